@@ -1,0 +1,44 @@
+//! Errors carry their cause in their message, so the one line an operator
+//! sees names the file, the sink or the position and what went wrong there.
+
+use thiserror::Error;
+
+/// A sink could not take what it was given.
+#[derive(Debug, Error)]
+pub enum SinkError {
+    #[error("{context}: {cause}")]
+    Io { context: String, cause: std::io::Error },
+    #[error("{0}")]
+    Other(String),
+}
+
+impl SinkError {
+    pub fn io(context: impl Into<String>, cause: std::io::Error) -> Self {
+        SinkError::Io { context: context.into(), cause }
+    }
+}
+
+/// Why the pipeline stopped.
+#[derive(Debug, Error)]
+pub enum PipelineError {
+    #[error("sink {sink}: {cause}")]
+    Sink { sink: String, cause: SinkError },
+    #[error("dead-letter output: {0}")]
+    DeadLetter(SinkError),
+    #[error("building an Arrow batch: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+}
+
+/// A source could not be read. Always names the file (or topic) and, where
+/// known, how far reading got.
+#[derive(Debug, Error)]
+pub enum SourceError {
+    #[error("cannot open input {path}: {cause}")]
+    Open { path: String, cause: std::io::Error },
+    #[error("input {path}: {what} after line {line} (byte {offset}{of}): {cause}",
+        what = if *.gzip { "corrupt or truncated gzip data" } else { "read failed" },
+        of = if *.gzip { " of the decompressed stream" } else { "" })]
+    Read { path: String, line: u64, offset: u64, gzip: bool, cause: std::io::Error },
+}

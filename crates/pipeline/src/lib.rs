@@ -1,0 +1,15 @@
+//! termwatch's pipeline: sources push raw records in; the pipeline decodes
+//! and validates them, micro-batches the valid ones into Arrow record
+//! batches for its sinks, and sends the rest to the dead-letter output.
+
+pub mod dead_letter;
+pub mod error;
+pub mod pipeline;
+pub mod replay;
+pub mod source;
+
+pub use dead_letter::{DeadLetter, DeadLetterSink, FileDeadLetters, MemoryDeadLetters, Position};
+pub use error::{PipelineError, SinkError, SourceError};
+pub use pipeline::{BatchConfig, BatchSink, Pipeline, Stats};
+pub use replay::{ReplayReport, replay};
+pub use source::NdjsonFile;

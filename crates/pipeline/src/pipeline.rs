@@ -1,0 +1,277 @@
+//! The path from raw records to sinks: decode and validate, micro-batch into
+//! Arrow, hand each batch to every sink, and send rejections to the
+//! dead-letter output. Sources (file now, Kafka later) push raw bytes in and
+//! decide when to acknowledge: everything pushed before a successful
+//! [`Pipeline::flush`] has reached every sink.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use arrow::record_batch::RecordBatch;
+use termwatch_telemetry::{BatchBuilder, Field, Problem, decode, time};
+
+use crate::dead_letter::{DeadLetter, DeadLetterSink, Position};
+use crate::error::{PipelineError, SinkError};
+
+/// When a batch closes: at `max_rows` rows or `max_age` after its first
+/// record, whichever comes first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchConfig {
+    pub max_rows: usize,
+    pub max_age: Duration,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig { max_rows: 8192, max_age: Duration::from_millis(200) }
+    }
+}
+
+/// Receives every closed batch. An error stops the pipeline: the records of
+/// that batch must not be acknowledged.
+pub trait BatchSink: Send {
+    /// Names the sink in errors and logs.
+    fn name(&self) -> &str;
+    fn process_batch(&mut self, batch: &RecordBatch) -> Result<(), SinkError>;
+    /// Makes everything processed so far durable.
+    fn flush(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+/// Counts of what the pipeline saw.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub read: u64,
+    pub accepted: u64,
+    pub rejected: BTreeMap<(Field, Problem), u64>,
+    pub batches: u64,
+    /// Bytes of raw records pushed.
+    pub bytes: u64,
+}
+
+impl Stats {
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.values().sum()
+    }
+}
+
+impl fmt::Display for Stats {
+    /// `1000 read, 990 accepted, 10 rejected (ts:invalid 4, (record):malformed 6)`
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} read, {} accepted, {} rejected", self.read, self.accepted, self.rejected_total())?;
+        if !self.rejected.is_empty() {
+            f.write_str(" (")?;
+            for (i, ((field, problem), n)) in self.rejected.iter().enumerate() {
+                if i > 0 {
+                    f.write_str(", ")?;
+                }
+                write!(f, "{field}:{problem} {n}")?;
+            }
+            f.write_str(")")?;
+        }
+        Ok(())
+    }
+}
+
+pub struct Pipeline {
+    config: BatchConfig,
+    builder: BatchBuilder,
+    sinks: Vec<Box<dyn BatchSink>>,
+    dead_letters: Box<dyn DeadLetterSink>,
+    stats: Stats,
+    /// When the open batch received its first record.
+    opened: Option<Instant>,
+    /// Ingestion time for the future-`ts` check, refreshed as each batch opens.
+    ingest_ms: i64,
+    clock: fn() -> i64,
+}
+
+impl Pipeline {
+    pub fn new(config: BatchConfig, sinks: Vec<Box<dyn BatchSink>>, dead_letters: Box<dyn DeadLetterSink>) -> Self {
+        Pipeline {
+            builder: BatchBuilder::with_capacity(config.max_rows),
+            config,
+            sinks,
+            dead_letters,
+            stats: Stats::default(),
+            opened: None,
+            ingest_ms: 0,
+            clock: time::now_ms,
+        }
+    }
+
+    /// Replaces the wall clock used as ingestion time (tests).
+    pub fn with_ingest_clock(mut self, clock: fn() -> i64) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Decodes one raw record. A valid one joins the open batch, which is
+    /// flushed when full; a rejected one goes to the dead-letter output. An
+    /// error means a sink or the dead-letter output failed: stop, and do not
+    /// acknowledge this record.
+    pub fn push(&mut self, raw: &[u8], position: Position<'_>) -> Result<(), PipelineError> {
+        if self.opened.is_none() {
+            self.opened = Some(Instant::now());
+            self.ingest_ms = (self.clock)();
+        }
+        self.stats.read += 1;
+        self.stats.bytes += raw.len() as u64;
+        match decode(raw, self.ingest_ms) {
+            Ok(record) => {
+                self.builder.append(&record)?;
+                self.stats.accepted += 1;
+                if self.builder.len() >= self.config.max_rows {
+                    self.flush()?;
+                }
+            }
+            Err(rejection) => {
+                self.dead_letters
+                    .send(&DeadLetter { raw, position, rejection: &rejection })
+                    .map_err(PipelineError::DeadLetter)?;
+                *self.stats.rejected.entry(rejection.reason()).or_default() += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes the open batch if it is older than `max_age`. Call it from a
+    /// ticker (or every few records of a fast source). Returns whether a
+    /// batch was flushed.
+    pub fn poll_age(&mut self, now: Instant) -> Result<bool, PipelineError> {
+        match self.opened {
+            Some(t) if now.duration_since(t) >= self.config.max_age => {
+                self.flush()?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Sends the open batch (if any rows) to every sink and makes the
+    /// dead-letter output durable. When it returns `Ok`, everything pushed so
+    /// far has reached every sink and may be acknowledged.
+    pub fn flush(&mut self) -> Result<(), PipelineError> {
+        self.opened = None;
+        self.dead_letters.flush().map_err(PipelineError::DeadLetter)?;
+        if self.builder.is_empty() {
+            return Ok(());
+        }
+        let batch = self.builder.finish()?;
+        self.stats.batches += 1;
+        for sink in &mut self.sinks {
+            sink.process_batch(&batch).map_err(|cause| PipelineError::Sink { sink: sink.name().to_string(), cause })?;
+        }
+        Ok(())
+    }
+
+    /// Flushes the last batch and every sink, and returns the counts.
+    pub fn finish(mut self) -> Result<Stats, PipelineError> {
+        self.flush()?;
+        for sink in &mut self.sinks {
+            sink.flush().map_err(|cause| PipelineError::Sink { sink: sink.name().to_string(), cause })?;
+        }
+        Ok(self.stats)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::dead_letter::MemoryDeadLetters;
+
+    const NOW: i64 = 1_795_514_460_000; // 2026-11-24T10:01:00Z
+
+    /// Records the row count of every batch it sees.
+    #[derive(Clone, Default)]
+    struct Rows(Arc<Mutex<Vec<usize>>>);
+
+    impl BatchSink for Rows {
+        fn name(&self) -> &str {
+            "rows"
+        }
+        fn process_batch(&mut self, batch: &RecordBatch) -> Result<(), SinkError> {
+            self.0.lock().map_err(|e| SinkError::Other(e.to_string()))?.push(batch.num_rows());
+            Ok(())
+        }
+    }
+
+    struct Failing;
+    impl BatchSink for Failing {
+        fn name(&self) -> &str {
+            "failing"
+        }
+        fn process_batch(&mut self, _: &RecordBatch) -> Result<(), SinkError> {
+            Err(SinkError::Other("disk full".into()))
+        }
+    }
+
+    fn pos(line: u64) -> Position<'static> {
+        Position::File { path: "t", line, offset: 0 }
+    }
+
+    fn record(i: usize) -> String {
+        format!(r#"{{"terminal_id":"T-{i}","ts":"2026-11-24T10:01:00Z","region":"r"}}"#)
+    }
+
+    #[test]
+    fn closes_batches_at_max_rows() {
+        let rows = Rows::default();
+        let config = BatchConfig { max_rows: 3, max_age: Duration::from_secs(3600) };
+        let mut p = Pipeline::new(config, vec![Box::new(rows.clone())], Box::new(MemoryDeadLetters::default()))
+            .with_ingest_clock(|| NOW);
+        for i in 0..7 {
+            p.push(record(i).as_bytes(), pos(i as u64)).expect("push");
+        }
+        assert_eq!(*rows.0.lock().expect("lock"), vec![3, 3]);
+        let stats = p.finish().expect("finish");
+        assert_eq!(*rows.0.lock().expect("lock"), vec![3, 3, 1]);
+        assert_eq!((stats.read, stats.accepted, stats.batches), (7, 7, 3));
+    }
+
+    #[test]
+    fn closes_batches_at_max_age() {
+        let rows = Rows::default();
+        let config = BatchConfig { max_rows: 1000, max_age: Duration::from_millis(50) };
+        let mut p = Pipeline::new(config, vec![Box::new(rows.clone())], Box::new(MemoryDeadLetters::default()))
+            .with_ingest_clock(|| NOW);
+        p.push(record(0).as_bytes(), pos(1)).expect("push");
+        assert!(!p.poll_age(Instant::now()).expect("poll"), "too young to close");
+        assert!(p.poll_age(Instant::now() + Duration::from_millis(60)).expect("poll"));
+        assert_eq!(*rows.0.lock().expect("lock"), vec![1]);
+    }
+
+    #[test]
+    fn rejections_are_counted_by_reason_and_never_stop_the_run() {
+        let rows = Rows::default();
+        let mut p =
+            Pipeline::new(BatchConfig::default(), vec![Box::new(rows.clone())], Box::new(MemoryDeadLetters::default()))
+                .with_ingest_clock(|| NOW);
+        p.push(b"garbage", pos(1)).expect("push");
+        p.push(record(1).as_bytes(), pos(2)).expect("push");
+        p.push(br#"{"terminal_id":"T","ts":"soon","region":"r"}"#, pos(3)).expect("push");
+        p.push(b"garbage again", pos(4)).expect("push");
+        let stats = p.finish().expect("finish");
+        assert_eq!(stats.accepted, 1);
+        assert_eq!(stats.rejected[&(Field::Record, Problem::Malformed)], 2);
+        assert_eq!(stats.rejected[&(Field::Ts, Problem::Invalid)], 1);
+        assert_eq!(stats.to_string(), "4 read, 1 accepted, 3 rejected ((record):malformed 2, ts:invalid 1)");
+    }
+
+    #[test]
+    fn a_failing_sink_stops_the_pipeline_with_its_name() {
+        let config = BatchConfig { max_rows: 1, max_age: Duration::from_secs(1) };
+        let mut p = Pipeline::new(config, vec![Box::new(Failing)], Box::new(MemoryDeadLetters::default()))
+            .with_ingest_clock(|| NOW);
+        let err = p.push(record(0).as_bytes(), pos(1)).expect_err("sink fails");
+        assert_eq!(err.to_string(), "sink failing: disk full");
+    }
+}
