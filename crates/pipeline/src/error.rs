@@ -29,6 +29,8 @@ pub enum PipelineError {
     Arrow(#[from] arrow::error::ArrowError),
     #[error(transparent)]
     Source(#[from] SourceError),
+    #[error("the pipeline stopped after an earlier failure: {0}")]
+    Stopped(String),
 }
 
 /// A source could not be read. Always names the file (or topic) and, where

@@ -4,12 +4,16 @@
 
 pub mod dead_letter;
 pub mod error;
+pub mod kafka;
+pub mod metrics;
 pub mod pipeline;
 pub mod replay;
 pub mod source;
 
 pub use dead_letter::{DeadLetter, DeadLetterSink, FileDeadLetters, MemoryDeadLetters, Position};
 pub use error::{PipelineError, SinkError, SourceError};
+pub use kafka::{KafkaConfig, KafkaDeadLetters, KafkaSource, KafkaSourceError};
+pub use metrics::{KafkaMetrics, PipelineMetrics};
 pub use pipeline::{BatchConfig, BatchSink, Pipeline, Stats};
 pub use replay::{ReplayReport, replay};
 pub use source::NdjsonFile;

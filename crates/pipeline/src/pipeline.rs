@@ -13,6 +13,7 @@ use termwatch_telemetry::{BatchBuilder, Field, Problem, decode, time};
 
 use crate::dead_letter::{DeadLetter, DeadLetterSink, Position};
 use crate::error::{PipelineError, SinkError};
+use crate::metrics::PipelineMetrics;
 
 /// When a batch closes: at `max_rows` rows or `max_age` after its first
 /// record, whichever comes first.
@@ -86,6 +87,13 @@ pub struct Pipeline {
     /// Ingestion time for the future-`ts` check, refreshed as each batch opens.
     ingest_ms: i64,
     clock: fn() -> i64,
+    metrics: Option<PipelineMetrics>,
+    /// What the metrics have been told so far, to report deltas per batch.
+    reported: Stats,
+    /// Set by the first sink or dead-letter failure. From then on every call
+    /// fails: the failed batch's rows are gone from the builder, so a later
+    /// "successful" flush must never let a source acknowledge them.
+    failed: Option<String>,
 }
 
 impl Pipeline {
@@ -99,7 +107,16 @@ impl Pipeline {
             opened: None,
             ingest_ms: 0,
             clock: time::now_ms,
+            metrics: None,
+            reported: Stats::default(),
+            failed: None,
         }
+    }
+
+    /// Reports counts and batch latency to Prometheus, once per batch.
+    pub fn with_metrics(mut self, metrics: PipelineMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Replaces the wall clock used as ingestion time (tests).
@@ -113,10 +130,13 @@ impl Pipeline {
     }
 
     /// Decodes one raw record. A valid one joins the open batch, which is
-    /// flushed when full; a rejected one goes to the dead-letter output. An
-    /// error means a sink or the dead-letter output failed: stop, and do not
-    /// acknowledge this record.
-    pub fn push(&mut self, raw: &[u8], position: Position<'_>) -> Result<(), PipelineError> {
+    /// flushed when full; a rejected one goes to the dead-letter output.
+    /// Returns `true` when the push closed a batch: everything pushed so far,
+    /// this record included, has then reached every sink. An error means a
+    /// sink or the dead-letter output failed: stop, and do not acknowledge
+    /// this record.
+    pub fn push(&mut self, raw: &[u8], position: Position<'_>) -> Result<bool, PipelineError> {
+        self.check_failed()?;
         if self.opened.is_none() {
             self.opened = Some(Instant::now());
             self.ingest_ms = (self.clock)();
@@ -129,16 +149,16 @@ impl Pipeline {
                 self.stats.accepted += 1;
                 if self.builder.len() >= self.config.max_rows {
                     self.flush()?;
+                    return Ok(true);
                 }
             }
             Err(rejection) => {
-                self.dead_letters
-                    .send(&DeadLetter { raw, position, rejection: &rejection })
-                    .map_err(PipelineError::DeadLetter)?;
+                let sent = self.dead_letters.send(&DeadLetter { raw, position, rejection: &rejection });
+                self.fail_on(sent.map_err(PipelineError::DeadLetter))?;
                 *self.stats.rejected.entry(rejection.reason()).or_default() += 1;
             }
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Closes the open batch if it is older than `max_age`. Call it from a
@@ -158,17 +178,57 @@ impl Pipeline {
     /// dead-letter output durable. When it returns `Ok`, everything pushed so
     /// far has reached every sink and may be acknowledged.
     pub fn flush(&mut self) -> Result<(), PipelineError> {
-        self.opened = None;
+        self.check_failed()?;
+        let result = self.flush_inner();
+        self.fail_on(result)
+    }
+
+    fn check_failed(&self) -> Result<(), PipelineError> {
+        match &self.failed {
+            Some(first) => Err(PipelineError::Stopped(first.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn fail_on<T>(&mut self, result: Result<T, PipelineError>) -> Result<T, PipelineError> {
+        if let Err(e) = &result {
+            self.failed = Some(e.to_string());
+        }
+        result
+    }
+
+    fn flush_inner(&mut self) -> Result<(), PipelineError> {
+        let opened = self.opened.take();
         self.dead_letters.flush().map_err(PipelineError::DeadLetter)?;
-        if self.builder.is_empty() {
-            return Ok(());
+        if !self.builder.is_empty() {
+            let batch = self.builder.finish()?;
+            for sink in &mut self.sinks {
+                sink.process_batch(&batch)
+                    .map_err(|cause| PipelineError::Sink { sink: sink.name().to_string(), cause })?;
+            }
+            self.stats.batches += 1;
+            if let (Some(m), Some(opened)) = (&self.metrics, opened) {
+                m.batch_latency.observe(opened.elapsed().as_secs_f64());
+                m.batch_rows.observe(batch.num_rows() as f64);
+            }
         }
-        let batch = self.builder.finish()?;
-        self.stats.batches += 1;
-        for sink in &mut self.sinks {
-            sink.process_batch(&batch).map_err(|cause| PipelineError::Sink { sink: sink.name().to_string(), cause })?;
-        }
+        self.report_counts();
         Ok(())
+    }
+
+    fn report_counts(&mut self) {
+        let Some(m) = &self.metrics else { return };
+        let (now, was) = (&self.stats, &mut self.reported);
+        m.records_read.inc_by(now.read - was.read);
+        m.records_accepted.inc_by(now.accepted - was.accepted);
+        m.batches.inc_by(now.batches - was.batches);
+        for (&(field, problem), &n) in &now.rejected {
+            let before = was.rejected.get(&(field, problem)).copied().unwrap_or(0);
+            if n > before {
+                m.records_rejected.with_label_values(&[field.name(), problem.as_str()]).inc_by(n - before);
+            }
+        }
+        *was = now.clone();
     }
 
     /// Flushes the last batch and every sink, and returns the counts.
@@ -273,5 +333,31 @@ mod tests {
             .with_ingest_clock(|| NOW);
         let err = p.push(record(0).as_bytes(), pos(1)).expect_err("sink fails");
         assert_eq!(err.to_string(), "sink failing: disk full");
+        // The failed batch is gone from the builder: a later flush must not
+        // report success, or a source would acknowledge the lost rows.
+        let again = p.flush().expect_err("stays failed");
+        assert!(again.to_string().contains("disk full"), "{again}");
+        assert!(p.push(record(1).as_bytes(), pos(2)).is_err());
+    }
+
+    #[test]
+    fn reports_counts_and_latency_to_prometheus_per_batch() {
+        let registry = prometheus::Registry::new();
+        let metrics = PipelineMetrics::register(&registry).expect("register");
+        let config = BatchConfig { max_rows: 2, max_age: Duration::from_secs(60) };
+        let mut p = Pipeline::new(config, vec![], Box::new(MemoryDeadLetters::default()))
+            .with_ingest_clock(|| NOW)
+            .with_metrics(metrics.clone());
+        assert!(!p.push(record(0).as_bytes(), pos(1)).expect("push"));
+        assert!(!p.push(b"{", pos(2)).expect("push"));
+        assert_eq!(metrics.records_read.get(), 0, "nothing is reported before a batch closes");
+        assert!(p.push(record(1).as_bytes(), pos(3)).expect("push"), "the second valid record closes the batch");
+        assert_eq!((metrics.records_read.get(), metrics.records_accepted.get(), metrics.batches.get()), (3, 2, 1));
+        assert_eq!(metrics.records_rejected.with_label_values(&["(record)", "malformed"]).get(), 1);
+        assert_eq!(metrics.batch_latency.get_sample_count(), 1);
+        p.push(b"{", pos(4)).expect("push");
+        p.finish().expect("finish");
+        assert_eq!(metrics.records_rejected.with_label_values(&["(record)", "malformed"]).get(), 2);
+        assert_eq!(metrics.batches.get(), 1, "an empty flush is not a batch");
     }
 }

@@ -1,6 +1,8 @@
 //! The contract's own examples, and properties the decoder must keep on any
 //! input.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
