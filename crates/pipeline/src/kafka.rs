@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, channel, sync_channel};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -121,52 +122,247 @@ fn is_consumer_only(key: &str) -> bool {
         || key == "queued.max.messages.kbytes"
 }
 
-/// What the consumer loop and the rebalance callback share.
-struct Shared {
-    pipeline: Pipeline,
-    /// Next offset to store, per topic and partition, for everything pushed
-    /// since the last store.
-    pending: HashMap<String, HashMap<i32, i64>>,
-    /// Set when a flush failed inside a rebalance callback: the loop stops.
-    failed: Option<PipelineError>,
+/// How many messages the poll thread hands over at once, and the longest it
+/// holds a partial chunk: small enough for latency, large enough that the
+/// hand-over costs nothing per message.
+const CHUNK_MESSAGES: usize = 1024;
+const CHUNK_MAX_AGE: Duration = Duration::from_millis(20);
+/// Chunks in flight between the threads; a full queue blocks polling, which
+/// is the back-pressure that keeps memory bounded.
+const CHUNKS_IN_FLIGHT: usize = 4;
+
+/// Messages copied out of librdkafka's buffers, so the poll thread can keep
+/// polling while the worker decodes.
+#[derive(Default)]
+struct Chunk {
+    bytes: Vec<u8>,
+    topics: Vec<String>,
+    /// (topic index, partition, offset, payload end in `bytes`)
+    entries: Vec<(u32, i32, i64, usize)>,
+    started: Option<Instant>,
 }
 
-impl Shared {
-    fn note(&mut self, topic: &str, partition: i32, offset: i64) {
-        match self.pending.get_mut(topic) {
-            Some(p) => {
-                p.insert(partition, offset + 1);
-            }
+impl Chunk {
+    fn add(&mut self, topic: &str, partition: i32, offset: i64, payload: &[u8]) {
+        let t = match self.topics.iter().position(|t| t == topic) {
+            Some(i) => i,
             None => {
-                self.pending.insert(topic.to_string(), HashMap::from([(partition, offset + 1)]));
+                self.topics.push(topic.to_string());
+                self.topics.len() - 1
             }
-        }
+        };
+        self.bytes.extend_from_slice(payload);
+        self.entries.push((t as u32, partition, offset, self.bytes.len()));
+        self.started.get_or_insert_with(Instant::now);
     }
 
-    /// Stores the pending offsets. Called only after a successful flush.
-    fn store<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> KafkaResult<()> {
-        if self.pending.values().all(HashMap::is_empty) {
-            return Ok(());
-        }
-        let mut tpl = TopicPartitionList::new();
-        for (topic, parts) in &self.pending {
-            for (&partition, &next) in parts {
-                tpl.add_partition_offset(topic, partition, Offset::Offset(next))?;
-            }
-        }
-        self.pending.clear();
-        consumer.store_offsets(&tpl)
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.entries.clear();
+        self.started = None;
     }
 }
 
-fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
-    // A panic while holding the lock cannot leave offsets stored past
-    // unflushed data (storing happens last), so the state stays usable.
-    shared.lock().unwrap_or_else(PoisonError::into_inner)
+/// Next offsets to store, per topic and partition.
+type Offsets = HashMap<String, HashMap<i32, i64>>;
+
+enum Work {
+    Chunk(Chunk),
+    /// Flush everything received so far, then answer with [`Ack::Barrier`].
+    Barrier,
+}
+
+enum Ack {
+    /// A batch reached every sink: these offsets may be stored.
+    Store(Offsets),
+    /// The answer to [`Work::Barrier`]: the last offsets, or the failure.
+    Barrier(Result<Offsets, String>),
+    /// The pipeline failed: nothing after the last `Store` may be stored.
+    Failed(String),
+}
+
+/// The decode side: owns the pipeline, runs on its own thread.
+struct Worker {
+    pipeline: Pipeline,
+    pending: Offsets,
+    acks: Sender<Ack>,
+    recycle: Sender<Chunk>,
+}
+
+impl Worker {
+    fn run(mut self, work: Receiver<Work>) -> Stats {
+        loop {
+            let item = match work.recv_timeout(Duration::from_millis(50)) {
+                Ok(item) => Some(item),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let result = match item {
+                Some(Work::Chunk(chunk)) => self.process(chunk),
+                Some(Work::Barrier) => {
+                    let answer = match self.pipeline.flush() {
+                        Ok(()) => Ok(std::mem::take(&mut self.pending)),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    let failed = answer.is_err();
+                    let _ = self.acks.send(Ack::Barrier(answer));
+                    if failed {
+                        break;
+                    }
+                    Ok(())
+                }
+                None => self.flush_if_old(),
+            };
+            if let Err(e) = result {
+                let _ = self.acks.send(Ack::Failed(e.to_string()));
+                break;
+            }
+        }
+        self.pipeline.stats().clone()
+    }
+
+    fn process(&mut self, mut chunk: Chunk) -> Result<(), PipelineError> {
+        let mut start = 0;
+        for &(t, partition, offset, end) in &chunk.entries {
+            let topic = chunk.topics[t as usize].as_str();
+            let flushed = self.pipeline.push(&chunk.bytes[start..end], Position::Kafka { topic, partition, offset })?;
+            start = end;
+            match self.pending.get_mut(topic) {
+                Some(p) => {
+                    p.insert(partition, offset + 1);
+                }
+                None => {
+                    self.pending.insert(topic.to_string(), HashMap::from([(partition, offset + 1)]));
+                }
+            }
+            if flushed {
+                let _ = self.acks.send(Ack::Store(std::mem::take(&mut self.pending)));
+            }
+        }
+        chunk.clear();
+        let _ = self.recycle.send(chunk);
+        self.flush_if_old()
+    }
+
+    fn flush_if_old(&mut self) -> Result<(), PipelineError> {
+        if self.pipeline.poll_age(Instant::now())? {
+            let _ = self.acks.send(Ack::Store(std::mem::take(&mut self.pending)));
+        }
+        Ok(())
+    }
+}
+
+/// The poll side's state, shared with the rebalance callback (which runs on
+/// the poll thread, inside `poll`).
+struct Feeder {
+    chunk: Chunk,
+    work: Option<SyncSender<Work>>,
+    acks: Receiver<Ack>,
+    recycled: Receiver<Chunk>,
+    /// The first failure reported by the worker.
+    failed: Option<String>,
+}
+
+impl Feeder {
+    fn send_chunk(&mut self) {
+        if self.chunk.is_empty() {
+            return;
+        }
+        let fresh = self.recycled.try_recv().unwrap_or_default();
+        let full = std::mem::replace(&mut self.chunk, fresh);
+        let delivered = self.work.as_ref().is_some_and(|w| w.send(Work::Chunk(full)).is_ok());
+        if !delivered && self.failed.is_none() {
+            self.failed = Some("the decode worker stopped".into());
+        }
+    }
+
+    /// Stores what the worker acknowledged so far, without waiting.
+    fn store_acked<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
+        while let Ok(ack) = self.acks.try_recv() {
+            self.handle(ack, consumer);
+        }
+    }
+
+    fn handle<C: ConsumerContext>(&mut self, ack: Ack, consumer: &BaseConsumer<C>) -> Option<Result<(), String>> {
+        match ack {
+            Ack::Store(offsets) => {
+                if self.failed.is_none() {
+                    store(consumer, &offsets);
+                }
+                None
+            }
+            Ack::Failed(e) => {
+                self.failed.get_or_insert(e);
+                None
+            }
+            Ack::Barrier(Ok(offsets)) => {
+                if self.failed.is_none() {
+                    store(consumer, &offsets);
+                }
+                Some(Ok(()))
+            }
+            Ack::Barrier(Err(e)) => {
+                self.failed.get_or_insert(e.clone());
+                Some(Err(e))
+            }
+        }
+    }
+
+    /// Hands over the partial chunk, waits until the worker has flushed
+    /// everything, and stores the offsets. Err: do not commit.
+    fn barrier<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Result<(), String> {
+        self.send_chunk();
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        let sent = self.work.as_ref().is_some_and(|w| w.send(Work::Barrier).is_ok());
+        if !sent {
+            return Err(self.failed.clone().unwrap_or_else(|| "the decode worker stopped".into()));
+        }
+        loop {
+            match self.acks.recv() {
+                Ok(ack) => {
+                    if let Some(result) = self.handle(ack, consumer) {
+                        return result;
+                    }
+                }
+                Err(_) => return Err(self.failed.clone().unwrap_or_else(|| "the decode worker stopped".into())),
+            }
+        }
+    }
+}
+
+fn store<C: ConsumerContext>(consumer: &BaseConsumer<C>, offsets: &Offsets) {
+    if offsets.values().all(HashMap::is_empty) {
+        return;
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (topic, parts) in offsets {
+        for (&partition, &next) in parts {
+            if let Err(e) = tpl.add_partition_offset(topic, partition, Offset::Offset(next)) {
+                warn!(error = %e, topic, partition, "cannot list an offset to store");
+            }
+        }
+    }
+    if let Err(e) = consumer.store_offsets(&tpl) {
+        // The partition was revoked meanwhile: its new owner re-reads from
+        // the last commit, which is the at-least-once promise.
+        warn!(error = %e, "storing offsets failed");
+    }
+}
+
+fn lock(feeder: &Mutex<Feeder>) -> MutexGuard<'_, Feeder> {
+    // Storing happens only after the worker's flush succeeded, so a panic
+    // elsewhere while holding the lock cannot store past unflushed data.
+    feeder.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 struct Context {
-    shared: Arc<Mutex<Shared>>,
+    feeder: Arc<Mutex<Feeder>>,
     metrics: KafkaMetrics,
 }
 
@@ -189,22 +385,13 @@ impl ConsumerContext for Context {
         let Rebalance::Revoke(tpl) = rebalance else { return };
         self.metrics.rebalances.with_label_values(&["revoke"]).inc();
         info!(event = "revoke", partitions = %describe(tpl), "partitions revoked; flushing and committing");
-        let mut shared = lock(&self.shared);
-        if let Err(e) = shared.pipeline.flush() {
+        let mut feeder = lock(&self.feeder);
+        if let Err(e) = feeder.barrier(consumer) {
             error!(error = %e, "flush on revoke failed; not committing past the open batch");
-            shared.failed = Some(e);
             return;
         }
-        if let Err(e) = shared.store(consumer) {
-            warn!(error = %e, "storing offsets on revoke failed");
-        }
-        if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
-            // Nothing stored since the last commit is not an error worth a count.
-            if e.rdkafka_error_code() != Some(RDKafkaErrorCode::NoOffset) {
-                self.metrics.commit_failures.inc();
-                warn!(error = %e, "synchronous commit on revoke failed");
-            }
-        }
+        drop(feeder);
+        commit_sync(consumer, &self.metrics, "revoke");
         for e in tpl.elements() {
             let _ = self.metrics.consumer_lag.remove_label_values(&[e.topic(), &e.partition().to_string()]);
         }
@@ -236,6 +423,31 @@ impl ConsumerContext for Context {
     }
 }
 
+/// Commits what was stored. A commit can meet a rebalance started by another
+/// member; it is retried briefly, and if it still fails the offsets stay
+/// stored for the next commit: at worst a successor re-reads some records,
+/// which at-least-once allows.
+fn commit_sync<C: ConsumerContext>(consumer: &BaseConsumer<C>, metrics: &KafkaMetrics, when: &str) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        match consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => return,
+            Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::NoOffset) => return,
+            Err(e)
+                if Instant::now() < deadline
+                    && e.rdkafka_error_code() == Some(RDKafkaErrorCode::RebalanceInProgress) =>
+            {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => {
+                metrics.commit_failures.inc();
+                warn!(error = %e, when, "synchronous commit failed; stored offsets are committed later or re-read");
+                return;
+            }
+        }
+    }
+}
+
 fn describe(tpl: &TopicPartitionList) -> String {
     let mut parts: Vec<String> = tpl.elements().iter().map(|e| format!("{}/{}", e.topic(), e.partition())).collect();
     parts.sort();
@@ -248,16 +460,23 @@ pub enum KafkaSourceError {
     #[error("kafka consumer for {brokers}: {cause}")]
     Client { brokers: String, cause: KafkaError },
     #[error("pipeline stopped; offsets were not committed past the failed batch: {0}")]
-    Pipeline(#[from] PipelineError),
+    Pipeline(String),
 }
 
-/// How many messages to take between checks of the batch age.
-const AGE_CHECK_EVERY: u64 = 512;
+impl From<PipelineError> for KafkaSourceError {
+    fn from(e: PipelineError) -> Self {
+        KafkaSourceError::Pipeline(e.to_string())
+    }
+}
 
-/// A consumer-group member feeding a pipeline.
+/// A consumer-group member feeding a pipeline. Two threads: the caller's
+/// polls librdkafka and copies messages into chunks; a worker decodes them
+/// through the pipeline and reports which offsets have reached every sink,
+/// which the polling thread then stores.
 pub struct KafkaSource {
     consumer: BaseConsumer<Context>,
-    shared: Arc<Mutex<Shared>>,
+    feeder: Arc<Mutex<Feeder>>,
+    worker: Option<(Worker, Receiver<Work>)>,
     metrics: KafkaMetrics,
     brokers: String,
 }
@@ -266,105 +485,76 @@ impl KafkaSource {
     /// Creates the consumer and subscribes. Errors name the brokers.
     pub fn new(config: &KafkaConfig, pipeline: Pipeline, metrics: KafkaMetrics) -> Result<Self, KafkaSourceError> {
         let client_err = |cause| KafkaSourceError::Client { brokers: config.brokers.clone(), cause };
-        let shared = Arc::new(Mutex::new(Shared { pipeline, pending: HashMap::new(), failed: None }));
-        let context = Context { shared: Arc::clone(&shared), metrics: metrics.clone() };
+        let (work_tx, work_rx) = sync_channel(CHUNKS_IN_FLIGHT);
+        let (ack_tx, ack_rx) = channel();
+        let (recycle_tx, recycle_rx) = channel();
+        let feeder = Arc::new(Mutex::new(Feeder {
+            chunk: Chunk::default(),
+            work: Some(work_tx),
+            acks: ack_rx,
+            recycled: recycle_rx,
+            failed: None,
+        }));
+        let worker = Worker { pipeline, pending: HashMap::new(), acks: ack_tx, recycle: recycle_tx };
+        let context = Context { feeder: Arc::clone(&feeder), metrics: metrics.clone() };
         let consumer: BaseConsumer<Context> =
             config.consumer_config().create_with_context(context).map_err(client_err)?;
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics).map_err(client_err)?;
-        Ok(KafkaSource { consumer, shared, metrics, brokers: config.brokers.clone() })
+        Ok(KafkaSource { consumer, feeder, worker: Some((worker, work_rx)), metrics, brokers: config.brokers.clone() })
     }
 
     /// Consumes until `shutdown` is set, then flushes, commits synchronously
     /// and returns the pipeline's counts. Blocking: run it on its own thread.
-    pub fn run(self, shutdown: &AtomicBool) -> Result<Stats, KafkaSourceError> {
-        let mut since_age_check = 0u64;
-        let mut consumed = 0u64;
-        while !shutdown.load(Ordering::Relaxed) {
-            let Some(polled) = self.consumer.poll(Duration::from_millis(100)) else {
-                self.metrics.messages_consumed.inc_by(std::mem::take(&mut consumed));
-                self.flush_if_old()?;
-                continue;
-            };
-            let msg = match polled {
-                Ok(msg) => msg,
-                Err(e) => {
-                    self.metrics.consumer_errors.inc();
-                    warn!(error = %e, "consumer error; librdkafka retries");
-                    continue;
-                }
-            };
-            consumed += 1;
-            let mut shared = lock(&self.shared);
-            if let Some(e) = shared.failed.take() {
-                return Err(e.into());
-            }
-            let position = Position::Kafka { topic: msg.topic(), partition: msg.partition(), offset: msg.offset() };
-            let flushed = shared.pipeline.push(msg.payload().unwrap_or_default(), position)?;
-            shared.note(msg.topic(), msg.partition(), msg.offset());
-            if flushed {
-                self.metrics.messages_consumed.inc_by(std::mem::take(&mut consumed));
-                self.store(&mut shared);
-            }
-            drop(shared);
-            since_age_check += 1;
-            if since_age_check >= AGE_CHECK_EVERY {
-                since_age_check = 0;
-                self.flush_if_old()?;
-            }
-        }
-        self.metrics.messages_consumed.inc_by(consumed);
-        self.shutdown()
-    }
-
-    fn flush_if_old(&self) -> Result<(), KafkaSourceError> {
-        let mut shared = lock(&self.shared);
-        if let Some(e) = shared.failed.take() {
-            return Err(e.into());
-        }
-        if shared.pipeline.poll_age(Instant::now())? {
-            self.store(&mut shared);
-        }
-        Ok(())
-    }
-
-    fn store(&self, shared: &mut Shared) {
-        if let Err(e) = shared.store(&self.consumer) {
-            // The partition was revoked meanwhile: its new owner re-reads
-            // from the last commit, which is the at-least-once promise.
-            warn!(error = %e, "storing offsets failed");
-        }
-    }
-
-    fn shutdown(self) -> Result<Stats, KafkaSourceError> {
-        let stats = {
-            let mut shared = lock(&self.shared);
-            shared.pipeline.flush()?;
-            self.store(&mut shared);
-            shared.pipeline.stats().clone()
+    pub fn run(mut self, shutdown: &AtomicBool) -> Result<Stats, KafkaSourceError> {
+        let Some((worker, work_rx)) = self.worker.take() else {
+            return Err(KafkaSourceError::Pipeline("the source already ran".into()));
         };
-        // A commit can meet a rebalance started by another member leaving;
-        // retry briefly. If it still fails, the offsets stay stored and the
-        // consumer's close commits them; at worst a successor re-reads some
-        // records, which at-least-once allows: not a reason to fail the exit.
-        let deadline = Instant::now() + Duration::from_secs(3);
-        loop {
-            match self.consumer.commit_consumer_state(CommitMode::Sync) {
-                Ok(()) => break,
-                Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::NoOffset) => break,
-                Err(e) if Instant::now() < deadline => {
-                    info!(error = %e, "commit at shutdown failed; retrying");
-                    let _ = self.consumer.poll(Duration::from_millis(100));
-                }
-                Err(e) => {
-                    self.metrics.commit_failures.inc();
-                    warn!(error = %e, "commit at shutdown failed; offsets will be committed on close or re-read");
-                    break;
-                }
-            }
-        }
+        let worker = std::thread::Builder::new()
+            .name("termwatch-decode".into())
+            .spawn(move || worker.run(work_rx))
+            .map_err(|e| KafkaSourceError::Pipeline(format!("cannot start the decode thread: {e}")))?;
+        let outcome = self.poll_loop(shutdown);
+        // Dropping the sender ends the worker; it has flushed at the barrier.
+        lock(&self.feeder).work = None;
+        let stats = worker.join().map_err(|_| KafkaSourceError::Pipeline("the decode thread panicked".into()))?;
+        outcome?;
+        commit_sync(&self.consumer, &self.metrics, "shutdown");
         info!(brokers = %self.brokers, "consumer stopped");
         Ok(stats)
+    }
+
+    fn poll_loop(&self, shutdown: &AtomicBool) -> Result<(), KafkaSourceError> {
+        let mut since_handover = 0u64;
+        while !shutdown.load(Ordering::Relaxed) {
+            let polled = self.consumer.poll(Duration::from_millis(50));
+            let mut feeder = lock(&self.feeder);
+            feeder.store_acked(&self.consumer);
+            if let Some(e) = &feeder.failed {
+                return Err(KafkaSourceError::Pipeline(e.clone()));
+            }
+            let idle = polled.is_none();
+            match polled {
+                Some(Ok(msg)) => {
+                    feeder.chunk.add(msg.topic(), msg.partition(), msg.offset(), msg.payload().unwrap_or_default());
+                    since_handover += 1;
+                }
+                Some(Err(e)) => {
+                    self.metrics.consumer_errors.inc();
+                    warn!(error = %e, "consumer error; librdkafka retries");
+                }
+                None => {}
+            }
+            let old = feeder.chunk.started.is_some_and(|t| t.elapsed() >= CHUNK_MAX_AGE);
+            if feeder.chunk.entries.len() >= CHUNK_MESSAGES || (old || idle) && !feeder.chunk.is_empty() {
+                // Blocks while the worker is behind: back-pressure.
+                feeder.send_chunk();
+                self.metrics.messages_consumed.inc_by(std::mem::take(&mut since_handover));
+            }
+        }
+        let mut feeder = lock(&self.feeder);
+        self.metrics.messages_consumed.inc_by(since_handover);
+        feeder.barrier(&self.consumer).map_err(KafkaSourceError::Pipeline)
     }
 }
 

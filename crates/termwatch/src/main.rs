@@ -1,5 +1,11 @@
 //! termwatch: watches a fleet of payment terminals through their telemetry.
 
+mod config;
+mod demo;
+mod run;
+mod serve;
+mod simulate;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -17,8 +23,21 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Streams a simulated fleet through an embedded Kafka into the real service: the main job, nothing to install.
+    Demo(demo::DemoArgs),
+    /// Consumes telemetry from Kafka as a consumer-group member: the service.
+    Run(RunArgs),
     /// Replays telemetry history (NDJSON, plain or gzip) through the pipeline.
     Replay(ReplayArgs),
+    /// Writes a simulated fleet's telemetry history and its ground-truth labels.
+    Simulate(simulate::SimulateArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// TOML configuration; every key has a default, and TERMWATCH_* environment variables override the file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -53,13 +72,17 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TERMWATCH_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
     let result = match cli.command {
+        Command::Demo(args) => demo::demo(args),
+        Command::Run(args) => config::Config::load(args.config.as_deref(), std::env::vars()).and_then(run::run),
         Command::Replay(args) => replay(args),
+        Command::Simulate(args) => simulate::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,5 +1,7 @@
 //! The `termwatch` binary as an operator uses it.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

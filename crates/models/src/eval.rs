@@ -1,0 +1,1 @@
+//! Evaluation of alert events against incident labels (alerts-v1).

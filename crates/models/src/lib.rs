@@ -1,0 +1,3 @@
+//! termwatch's detectors and their evaluation.
+
+pub mod eval;

@@ -1,0 +1,220 @@
+//! `termwatch run` configuration: a TOML file, then environment overrides.
+//! Unknown keys, in the file or as `TERMWATCH_*` variables, are errors that
+//! name the key: a typo must not silently fall back to a default.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use serde::{Deserialize, Serialize};
+use termwatch_pipeline::{BatchConfig, KafkaConfig};
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The Kafka consumer (see `KafkaConfig` for each key's default).
+    pub kafka: KafkaConfig,
+    /// Micro-batching.
+    pub batch: BatchSettings,
+    /// The HTTP endpoint for `/metrics`, `/healthz` and `/readyz`.
+    pub metrics: MetricsSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchSettings {
+    /// A batch closes at this many rows. Default 8192.
+    pub max_rows: usize,
+    /// ...or this many milliseconds after its first record. Default 200.
+    pub max_ms: u64,
+}
+
+impl Default for BatchSettings {
+    fn default() -> Self {
+        BatchSettings { max_rows: 8192, max_ms: 200 }
+    }
+}
+
+impl BatchSettings {
+    pub fn config(&self) -> BatchConfig {
+        BatchConfig { max_rows: self.max_rows, max_age: Duration::from_millis(self.max_ms) }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    /// Listen address. Default `0.0.0.0:9464`.
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        MetricsSettings { listen: SocketAddr::from(([0, 0, 0, 0], 9464)) }
+    }
+}
+
+/// Environment variables that override the file. `TERMWATCH_KAFKA_PROPERTY_X_Y`
+/// sets the librdkafka property `x.y`.
+pub const ENV_VARS: &[(&str, &str)] = &[
+    ("TERMWATCH_KAFKA_BROKERS", "kafka.brokers"),
+    ("TERMWATCH_KAFKA_GROUP_ID", "kafka.group_id"),
+    ("TERMWATCH_KAFKA_TOPICS", "kafka.topics (comma-separated)"),
+    ("TERMWATCH_KAFKA_DEAD_LETTER_TOPIC", "kafka.dead_letter_topic"),
+    ("TERMWATCH_BATCH_MAX_ROWS", "batch.max_rows"),
+    ("TERMWATCH_BATCH_MAX_MS", "batch.max_ms"),
+    ("TERMWATCH_METRICS_LISTEN", "metrics.listen"),
+];
+const PROPERTY_PREFIX: &str = "TERMWATCH_KAFKA_PROPERTY_";
+/// Variables that are not configuration (logging).
+const NOT_CONFIG: &[&str] = &["TERMWATCH_LOG"];
+
+impl Config {
+    /// Reads `path` (if given), then applies the environment.
+    pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> anyhow::Result<Config> {
+        let mut config = match path {
+            Some(p) => {
+                let text =
+                    std::fs::read_to_string(p).with_context(|| format!("cannot read config file {}", p.display()))?;
+                // toml's message names the unknown key and its line.
+                toml::from_str(&text).with_context(|| format!("config file {}", p.display()))?
+            }
+            None => Config::default(),
+        };
+        config.apply_env(env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn apply_env(&mut self, env: impl IntoIterator<Item = (String, String)>) -> anyhow::Result<()> {
+        let vars: BTreeMap<String, String> = env.into_iter().filter(|(k, _)| k.starts_with("TERMWATCH_")).collect();
+        for (key, value) in vars {
+            let parse_err = || format!("environment variable {key}={value:?}");
+            match key.as_str() {
+                "TERMWATCH_KAFKA_BROKERS" => self.kafka.brokers = value,
+                "TERMWATCH_KAFKA_GROUP_ID" => self.kafka.group_id = value,
+                "TERMWATCH_KAFKA_TOPICS" => {
+                    self.kafka.topics =
+                        value.split(',').map(str::trim).filter(|t| !t.is_empty()).map(String::from).collect()
+                }
+                "TERMWATCH_KAFKA_DEAD_LETTER_TOPIC" => self.kafka.dead_letter_topic = value,
+                "TERMWATCH_BATCH_MAX_ROWS" => self.batch.max_rows = value.parse().with_context(parse_err)?,
+                "TERMWATCH_BATCH_MAX_MS" => self.batch.max_ms = value.parse().with_context(parse_err)?,
+                "TERMWATCH_METRICS_LISTEN" => self.metrics.listen = value.parse().with_context(parse_err)?,
+                k if k.starts_with(PROPERTY_PREFIX) && k.len() > PROPERTY_PREFIX.len() => {
+                    let property = k[PROPERTY_PREFIX.len()..].to_ascii_lowercase().replace('_', ".");
+                    self.kafka.properties.insert(property, value);
+                }
+                k if NOT_CONFIG.contains(&k) => {}
+                k => {
+                    let known: Vec<&str> = ENV_VARS.iter().map(|(v, _)| *v).collect();
+                    bail!(
+                        "unknown environment variable {k}: termwatch reads {}, and {PROPERTY_PREFIX}<NAME>",
+                        known.join(", ")
+                    )
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.kafka.topics.is_empty() {
+            bail!("kafka.topics is empty: name at least one topic to consume");
+        }
+        if self.kafka.brokers.trim().is_empty() {
+            bail!("kafka.brokers is empty");
+        }
+        if !(1..=1_048_576).contains(&self.batch.max_rows) {
+            bail!("batch.max_rows must be 1..=1048576, not {}", self.batch.max_rows);
+        }
+        if !(1..=3_600_000).contains(&self.batch.max_ms) {
+            bail!("batch.max_ms must be 1..=3600000, not {}", self.batch.max_ms);
+        }
+        if self.kafka.topics.contains(&self.kafka.dead_letter_topic) {
+            bail!("kafka.dead_letter_topic {:?} is also consumed: rejects would loop", self.kafka.dead_letter_topic);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().expect("temp file");
+        std::fs::write(f.path(), text).expect("write");
+        f
+    }
+
+    #[test]
+    fn defaults_without_file_or_env() {
+        let c = Config::load(None, env(&[])).expect("defaults");
+        assert_eq!(c.kafka.brokers, "localhost:9092");
+        assert_eq!(c.kafka.topics, ["telemetry"]);
+        assert_eq!(c.batch.max_rows, 8192);
+        assert_eq!(c.metrics.listen.port(), 9464);
+    }
+
+    #[test]
+    fn reads_file_then_env_overrides() {
+        let f = write(
+            r#"
+[kafka]
+brokers = "k1:9092,k2:9092"
+group_id = "noc"
+[kafka.properties]
+"security.protocol" = "SASL_SSL"
+[batch]
+max_ms = 50
+"#,
+        );
+        let c = Config::load(
+            Some(f.path()),
+            env(&[
+                ("TERMWATCH_KAFKA_GROUP_ID", "noc-2"),
+                ("TERMWATCH_KAFKA_PROPERTY_SASL_PASSWORD", "s3cret"),
+                ("PATH", "/bin"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(c.kafka.brokers, "k1:9092,k2:9092");
+        assert_eq!(c.kafka.group_id, "noc-2");
+        assert_eq!(c.kafka.properties["security.protocol"], "SASL_SSL");
+        assert_eq!(c.kafka.properties["sasl.password"], "s3cret");
+        assert_eq!((c.batch.max_ms, c.batch.max_rows), (50, 8192));
+    }
+
+    #[test]
+    fn unknown_file_key_is_named() {
+        let f = write("[kafka]\nbrokerz = \"x\"\n");
+        let err = format!("{:#}", Config::load(Some(f.path()), env(&[])).expect_err("unknown key"));
+        assert!(err.contains("brokerz"), "{err}");
+    }
+
+    #[test]
+    fn unknown_env_var_is_named() {
+        let err = format!("{:#}", Config::load(None, env(&[("TERMWATCH_KAFKA_BROKER", "x")])).expect_err("typo"));
+        assert!(err.contains("TERMWATCH_KAFKA_BROKER"), "{err}");
+    }
+
+    #[test]
+    fn bad_env_value_names_the_variable() {
+        let err = format!("{:#}", Config::load(None, env(&[("TERMWATCH_BATCH_MAX_ROWS", "lots")])).expect_err("bad"));
+        assert!(err.contains("TERMWATCH_BATCH_MAX_ROWS"), "{err}");
+    }
+
+    #[test]
+    fn consuming_the_dead_letter_topic_is_refused() {
+        let err = Config::load(None, env(&[("TERMWATCH_KAFKA_TOPICS", "telemetry,telemetry-dead-letters")]))
+            .expect_err("loop");
+        assert!(err.to_string().contains("loop"), "{err}");
+    }
+}

@@ -1,0 +1,212 @@
+//! `termwatch run` as a process against librdkafka's mock cluster: the
+//! signals an orchestrator sends, and a crash.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+const TOPIC: &str = "telemetry";
+const PARTITIONS: i32 = 4;
+
+struct Fixture {
+    _cluster: MockCluster<'static, DefaultProducerContext>,
+    brokers: String,
+}
+
+impl Fixture {
+    fn new(records: usize) -> Fixture {
+        let cluster = MockCluster::new(1).expect("mock cluster");
+        cluster.create_topic(TOPIC, PARTITIONS, 1).expect("topic");
+        cluster.create_topic("telemetry-dead-letters", 1, 1).expect("dlq");
+        let brokers = cluster.bootstrap_servers();
+        let producer: ThreadedProducer<DefaultProducerContext> =
+            ClientConfig::new().set("bootstrap.servers", &brokers).create().expect("producer");
+        for i in 0..records {
+            let id = format!("T-{:03}", i % 25);
+            let body = format!(
+                r#"{{"terminal_id":"{id}","ts":{},"region":"r","cpu_pct":5}}"#,
+                1_795_514_460_000i64 + i as i64 * 60_000
+            );
+            producer.send(BaseRecord::<str, str>::to(TOPIC).key(&id).payload(&body)).expect("queue");
+        }
+        producer.flush(Duration::from_secs(30)).expect("flush");
+        Fixture { _cluster: cluster, brokers }
+    }
+
+    fn start(&self, group: &str, port: u16, extra: &[(&str, &str)]) -> Child {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_termwatch"));
+        // termwatch refuses unknown TERMWATCH_* variables, such as the test
+        // harness's own: hand it only the ones set here.
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("TERMWATCH_")) {
+            cmd.env_remove(k);
+        }
+        cmd.arg("run")
+            .env("TERMWATCH_KAFKA_BROKERS", &self.brokers)
+            .env("TERMWATCH_KAFKA_GROUP_ID", group)
+            .env("TERMWATCH_METRICS_LISTEN", format!("127.0.0.1:{port}"))
+            .env("TERMWATCH_KAFKA_PROPERTY_FETCH_WAIT_MAX_MS", "5")
+            .env("TERMWATCH_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        cmd.spawn().expect("starts termwatch run")
+    }
+
+    fn committed(&self, group: &str) -> i64 {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", group)
+            .create()
+            .expect("consumer");
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..PARTITIONS {
+            tpl.add_partition(TOPIC, p);
+        }
+        let c = consumer.committed_offsets(tpl, Duration::from_secs(10)).expect("committed");
+        c.elements()
+            .iter()
+            .map(|e| match e.offset() {
+                Offset::Offset(o) => o,
+                _ => 0,
+            })
+            .sum()
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// A counter's value from `/metrics`, or None while the endpoint is not up.
+fn metric(port: u16, name: &str) -> Option<f64> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    body.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+}
+
+fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+/// Waits for the accepted-records counter to satisfy `cond`; if it does not,
+/// kills the child and fails with what it printed.
+fn wait_for_accepted(child: &mut Child, port: u16, what: &str, mut cond: impl FnMut(f64) -> bool) {
+    let ok = wait_for(Duration::from_secs(60), || {
+        metric(port, "termwatch_records_accepted_total").is_some_and(&mut cond)
+            || child.try_wait().ok().flatten().is_some()
+    }) && child.try_wait().ok().flatten().is_none();
+    if !ok {
+        let _ = child.kill();
+        let _ = child.wait();
+        let mut stderr = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_string(&mut stderr);
+        }
+        panic!("{what}: last value {:?}; termwatch said: {stderr}", metric(port, "termwatch_records_accepted_total"));
+    }
+}
+
+fn signal(child: &Child, sig: &str) {
+    let status = Command::new("kill").args([sig, &child.id().to_string()]).status().expect("kill");
+    assert!(status.success());
+}
+
+fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+#[test]
+fn sigterm_flushes_commits_and_exits_zero_within_seconds() {
+    let f = Fixture::new(100);
+    let port = free_port();
+    // A long batch age: only the shutdown flush can deliver the tail.
+    let mut child =
+        f.start("g-term", port, &[("TERMWATCH_BATCH_MAX_MS", "600000"), ("TERMWATCH_BATCH_MAX_ROWS", "64")]);
+    assert!(
+        wait_for(Duration::from_secs(60), || metric(port, "termwatch_records_accepted_total")
+            .is_some_and(|v| v >= 64.0)),
+        "the first batch was not delivered"
+    );
+    // The consumer has read all 100 by now or soon; give it a moment, then stop.
+    std::thread::sleep(Duration::from_secs(2));
+    let asked = Instant::now();
+    signal(&child, "-TERM");
+    let status = wait_exit(&mut child, Duration::from_secs(10)).expect("exits after SIGTERM");
+    let mut stderr = String::new();
+    child.stderr.take().expect("stderr").read_to_string(&mut stderr).expect("read");
+    assert!(status.success(), "exit status {status:?}: {stderr}");
+    assert!(asked.elapsed() < Duration::from_secs(5), "took {:?}", asked.elapsed());
+    assert_eq!(f.committed("g-term"), 100, "the tail batch was flushed and committed on SIGTERM");
+}
+
+#[test]
+fn kill_9_replays_from_the_last_commit_and_loses_nothing() {
+    let f = Fixture::new(200);
+    let port = free_port();
+    let mut first =
+        f.start("g-kill", port, &[("TERMWATCH_BATCH_MAX_ROWS", "32"), ("TERMWATCH_BATCH_MAX_MS", "600000")]);
+    assert!(
+        wait_for(Duration::from_secs(60), || metric(port, "termwatch_records_accepted_total")
+            .is_some_and(|v| v >= 96.0)),
+        "batches were not delivered"
+    );
+    // Let the auto-commit (1 s) catch up with what was stored, then crash.
+    std::thread::sleep(Duration::from_secs(2));
+    signal(&first, "-KILL");
+    first.wait().expect("reaped");
+    let committed = f.committed("g-kill");
+    assert!(committed < 200, "a tail must be uncommitted for this test to mean anything ({committed})");
+
+    let port = free_port();
+    let mut second = f.start("g-kill", port, &[("TERMWATCH_BATCH_MAX_MS", "100")]);
+    let expected = (200 - committed) as f64;
+    wait_for_accepted(&mut second, port, "the successor should replay exactly the uncommitted records", |v| {
+        v == expected
+    });
+    signal(&second, "-TERM");
+    assert!(wait_exit(&mut second, Duration::from_secs(10)).is_some_and(|s| s.success()));
+    assert_eq!(f.committed("g-kill"), 200);
+}
+
+#[test]
+fn config_file_typo_is_one_line_naming_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("termwatch.toml");
+    std::fs::write(&path, "[kafka]\ngroup = \"x\"\n").expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_termwatch"))
+        .args(["run", "--config", path.to_str().expect("utf8")])
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("group") && stderr.contains("termwatch.toml"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
