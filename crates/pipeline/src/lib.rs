@@ -3,6 +3,7 @@
 //! batches for its sinks, and sends the rest to the dead-letter output.
 
 pub mod dead_letter;
+pub mod dedup;
 pub mod error;
 pub mod kafka;
 pub mod metrics;

@@ -12,6 +12,8 @@ pub struct PipelineMetrics {
     pub records_accepted: IntCounter,
     /// By `field` (or `(record)`) and `problem`.
     pub records_rejected: IntCounterVec,
+    /// Valid records dropped before batching, by `reason` (`duplicate`, `too_old`).
+    pub records_dropped: IntCounterVec,
     pub batches: IntCounter,
     /// From a batch's first record to the batch having reached every sink.
     pub batch_latency: Histogram,
@@ -72,6 +74,12 @@ impl PipelineMetrics {
                 "termwatch_records_rejected_total",
                 "Telemetry records rejected and sent to the dead-letter output, by the field named and the problem.",
                 &["field", "problem"],
+            )?,
+            records_dropped: counter_vec(
+                registry,
+                "termwatch_records_dropped_total",
+                "Valid records dropped before batching: seen before (duplicate) or too far behind their terminal to check (too_old).",
+                &["reason"],
             )?,
             batches: counter(registry, "termwatch_batches_total", "Arrow record batches delivered to every sink.")?,
             batch_latency: histogram(

@@ -12,6 +12,7 @@ use arrow::record_batch::RecordBatch;
 use termwatch_telemetry::{BatchBuilder, Field, Problem, decode, time};
 
 use crate::dead_letter::{DeadLetter, DeadLetterSink, Position};
+use crate::dedup::{Dedup, Seen};
 use crate::error::{PipelineError, SinkError};
 use crate::metrics::PipelineMetrics;
 
@@ -50,6 +51,11 @@ pub struct Stats {
     pub batches: u64,
     /// Bytes of raw records pushed.
     pub bytes: u64,
+    /// Valid reports seen before (same terminal and `ts`): dropped.
+    pub duplicates: u64,
+    /// Valid reports too far behind their terminal's latest to check for
+    /// duplicates: dropped (see [`crate::dedup`]).
+    pub too_old: u64,
 }
 
 impl Stats {
@@ -72,6 +78,12 @@ impl fmt::Display for Stats {
             }
             f.write_str(")")?;
         }
+        if self.duplicates > 0 {
+            write!(f, ", {} duplicates dropped", self.duplicates)?;
+        }
+        if self.too_old > 0 {
+            write!(f, ", {} too old to deduplicate dropped", self.too_old)?;
+        }
         Ok(())
     }
 }
@@ -79,6 +91,7 @@ impl fmt::Display for Stats {
 pub struct Pipeline {
     config: BatchConfig,
     builder: BatchBuilder,
+    dedup: Dedup,
     sinks: Vec<Box<dyn BatchSink>>,
     dead_letters: Box<dyn DeadLetterSink>,
     stats: Stats,
@@ -100,6 +113,7 @@ impl Pipeline {
     pub fn new(config: BatchConfig, sinks: Vec<Box<dyn BatchSink>>, dead_letters: Box<dyn DeadLetterSink>) -> Self {
         Pipeline {
             builder: BatchBuilder::with_capacity(config.max_rows),
+            dedup: Dedup::new(),
             config,
             sinks,
             dead_letters,
@@ -145,8 +159,19 @@ impl Pipeline {
         self.stats.bytes += raw.len() as u64;
         match decode(raw, self.ingest_ms) {
             Ok(record) => {
-                self.builder.append(&record)?;
                 self.stats.accepted += 1;
+                match self.dedup.check(&record.terminal_id, record.ts_ms, record.interval_s) {
+                    Seen::New => {}
+                    Seen::Duplicate => {
+                        self.stats.duplicates += 1;
+                        return Ok(false);
+                    }
+                    Seen::TooOld => {
+                        self.stats.too_old += 1;
+                        return Ok(false);
+                    }
+                }
+                self.builder.append(&record)?;
                 if self.builder.len() >= self.config.max_rows {
                     self.flush()?;
                     return Ok(true);
@@ -222,6 +247,8 @@ impl Pipeline {
         m.records_read.inc_by(now.read - was.read);
         m.records_accepted.inc_by(now.accepted - was.accepted);
         m.batches.inc_by(now.batches - was.batches);
+        m.records_dropped.with_label_values(&["duplicate"]).inc_by(now.duplicates - was.duplicates);
+        m.records_dropped.with_label_values(&["too_old"]).inc_by(now.too_old - was.too_old);
         for (&(field, problem), &n) in &now.rejected {
             let before = was.rejected.get(&(field, problem)).copied().unwrap_or(0);
             if n > before {
@@ -359,5 +386,22 @@ mod tests {
         p.finish().expect("finish");
         assert_eq!(metrics.records_rejected.with_label_values(&["(record)", "malformed"]).get(), 2);
         assert_eq!(metrics.batches.get(), 1, "an empty flush is not a batch");
+    }
+
+    #[test]
+    fn replayed_reports_reach_the_sinks_once() {
+        let rows = Rows::default();
+        let mut p =
+            Pipeline::new(BatchConfig::default(), vec![Box::new(rows.clone())], Box::new(MemoryDeadLetters::default()))
+                .with_ingest_clock(|| NOW);
+        for _ in 0..3 {
+            for i in 0..5 {
+                p.push(record(i).as_bytes(), pos(i as u64)).expect("push");
+            }
+        }
+        let stats = p.finish().expect("finish");
+        assert_eq!(*rows.0.lock().expect("lock"), vec![5]);
+        assert_eq!((stats.read, stats.accepted, stats.duplicates), (15, 15, 10));
+        assert!(stats.to_string().ends_with(", 10 duplicates dropped"), "{stats}");
     }
 }

@@ -2,6 +2,7 @@
 
 mod config;
 mod demo;
+mod eval_cmd;
 mod run;
 mod serve;
 mod simulate;
@@ -25,6 +26,8 @@ struct Cli {
 enum Command {
     /// Streams a simulated fleet through an embedded Kafka into the real service: the main job, nothing to install.
     Demo(demo::DemoArgs),
+    /// Scores alert events against incident labels per kind: precision, recall, F1, false alerts per 1,000 terminal-days, delay, lead time.
+    Eval(eval_cmd::EvalArgs),
     /// Consumes telemetry from Kafka as a consumer-group member: the service.
     Run(RunArgs),
     /// Replays telemetry history (NDJSON, plain or gzip) through the pipeline.
@@ -80,6 +83,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Demo(args) => demo::demo(args),
+        Command::Eval(args) => eval_cmd::run(args),
         Command::Run(args) => config::Config::load(args.config.as_deref(), std::env::vars()).and_then(run::run),
         Command::Replay(args) => replay(args),
         Command::Simulate(args) => simulate::run(args),

@@ -64,7 +64,9 @@ fn dead_letters_every_invalid_example_with_field_position_and_raw_bytes() {
     let valid = valid.lines().next().expect("a valid line");
     let input = dir.path().join("mixed.ndjson");
     let mut f = std::fs::File::create(&input).expect("create");
-    for e in &examples {
+    for (i, e) in examples.iter().enumerate() {
+        // Distinct terminals: the same report twice would be a duplicate.
+        let valid = valid.replace("T-000123", &format!("T-{i:06}"));
         writeln!(f, "{valid}\n{}", e.line).expect("write");
     }
     drop(f);
@@ -111,7 +113,10 @@ fn reads_gzip_and_several_inputs_in_order() {
         dl.to_str().expect("utf8"),
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).starts_with("replay: 6 read, 6 accepted, 0 rejected"), "{}", text(&out.stdout));
+    // The second input repeats the first: its reports are dropped as duplicates.
+    let stdout = text(&out.stdout);
+    assert!(stdout.starts_with("replay: 6 read, 6 accepted, 0 rejected"), "{stdout}");
+    assert!(stdout.contains("3 duplicates dropped"), "{stdout}");
 }
 
 #[test]
@@ -159,4 +164,52 @@ fn usage_errors_exit_non_zero_without_panicking() {
     let out = termwatch(&["replay", "--dead-letter", "/tmp/x"]);
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("--input"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn eval_scores_alerts_against_labels_as_a_table_and_as_json() {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tests/data");
+    let p = |name: &str| data.join(name).to_str().expect("utf8").to_string();
+    let args = [
+        "eval",
+        "--alerts",
+        &p("alerts.ndjson"),
+        "--labels",
+        &p("labels.ndjson"),
+        "--telemetry",
+        &p("telemetry-east.ndjson"),
+        "--telemetry",
+        &p("telemetry-west.ndjson.gz"),
+    ];
+    let out = termwatch(&args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    assert!(table.contains("hardware_aging") && table.contains("precision"), "{table}");
+
+    let mut json_args = args.to_vec();
+    json_args.push("--json");
+    let out = termwatch(&json_args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data.join("expected-report.json")).expect("golden"))
+            .expect("golden JSON");
+    assert_eq!(report["kinds"], expected["kinds"], "the CLI reports what the library's golden file says");
+}
+
+#[test]
+fn eval_with_a_missing_labels_file_is_one_line_naming_it() {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tests/data");
+    let alerts = data.join("alerts.ndjson");
+    let telemetry = data.join("telemetry-east.ndjson");
+    let out = termwatch(&[
+        "eval",
+        "--alerts",
+        alerts.to_str().expect("utf8"),
+        "--labels",
+        "/no/such/labels.ndjson",
+        "--telemetry",
+        telemetry.to_str().expect("utf8"),
+    ]);
+    assert_operator_error(&out, "/no/such/labels.ndjson");
 }
