@@ -1,3 +1,4 @@
 //! termwatch's detectors and their evaluation.
 
+pub mod alerting;
 pub mod eval;

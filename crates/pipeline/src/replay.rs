@@ -61,7 +61,7 @@ pub fn replay(inputs: &[PathBuf], mut pipeline: Pipeline) -> ReplayReport {
                 input_bytes += source.bytes_read();
                 break 'inputs;
             }
-            if n % AGE_CHECK_EVERY == 0
+            if n.is_multiple_of(AGE_CHECK_EVERY)
                 && let Err(e) = pipeline.poll_age(Instant::now())
             {
                 error = Some(e);

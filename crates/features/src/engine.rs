@@ -1,0 +1,760 @@
+use std::collections::{BTreeMap, HashMap};
+
+use arrow::array::{Array, AsArray, DictionaryArray, Float64Array, UInt32Array};
+use arrow::datatypes::{Float64Type, Int32Type, TimestampMillisecondType, UInt32Type};
+use arrow::record_batch::RecordBatch;
+use serde::{Deserialize, Serialize};
+use termwatch_telemetry::{Counter, Label, Measure};
+
+use crate::stats::{Ewma, median};
+
+/// How features are computed. Part of a model artifact: a model is only
+/// valid with the configuration its features were computed with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeatureConfig {
+    /// Window length, ms. Default 300000 (5 min): at 300 s reporting a
+    /// terminal has one report per window, and two windows fit the
+    /// 15-minute detection budget for network degradation.
+    pub window_ms: i64,
+    /// How long after its end a window waits for late reports, ms. Default
+    /// 600000 (10 min). Delay is judged in event time, so lateness costs
+    /// wall-clock latency only.
+    pub lateness_ms: i64,
+    /// Memory of a terminal's baselines, in windows. Default 2016 (7 days).
+    pub baseline_windows: f64,
+    /// Windows a terminal's own baseline needs before it replaces its
+    /// cohort's (model and firmware). Default 24 (2 h).
+    pub warmup_windows: f32,
+    /// Short memory of the wear counters (hardware aging), in windows. Default 144 (12 h).
+    pub aging_short_windows: f64,
+    /// Long memory of the wear counters, in windows. Default 4032 (14 days).
+    pub aging_long_windows: f64,
+}
+
+impl Default for FeatureConfig {
+    fn default() -> Self {
+        FeatureConfig {
+            window_ms: 300_000,
+            lateness_ms: 600_000,
+            baseline_windows: 2016.0,
+            warmup_windows: 24.0,
+            aging_short_windows: 144.0,
+            aging_long_windows: 4032.0,
+        }
+    }
+}
+
+/// What the engine has counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub reports: u64,
+    /// Reports for a window that had already closed: dropped.
+    pub late: u64,
+    pub windows_closed: u64,
+}
+
+/// One terminal's voltage features in one window.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TerminalVoltageRow {
+    pub terminal: u32,
+    pub features: [f64; 6],
+    /// The baselines the features were measured against, for alert reasons.
+    pub baselines: [f64; 6],
+}
+
+/// One site's voltage features in one window (its reporting terminals).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SiteVoltageRow {
+    pub site: u32,
+    pub features: [f64; 6],
+}
+
+/// One region's network features in one window.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NetworkRow {
+    pub region: u32,
+    pub features: [f64; 6],
+}
+
+/// One terminal's wear features, as of one window.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AgingRow {
+    pub terminal: u32,
+    pub features: [f64; 5],
+    pub baselines: [f64; 5],
+}
+
+/// Everything one closed window produced.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WindowRows {
+    /// The window's end, epoch ms: the event time of its rows.
+    pub end_ms: i64,
+    pub terminal_voltage: Vec<TerminalVoltageRow>,
+    pub site_voltage: Vec<SiteVoltageRow>,
+    pub network: Vec<NetworkRow>,
+    pub aging: Vec<AgingRow>,
+}
+
+/// Sums over one terminal's reports in one window.
+#[derive(Debug, Clone, Copy, Default)]
+struct Acc {
+    window: i64,
+    n: u32,
+    v_n: u32,
+    v_mean_sum: f64,
+    v_std_sum: f64,
+    v_min: f64,
+    v_max: f64,
+    nominal: f64,
+    sags: u32,
+    reboots: u32,
+    rtt_log_sum: f64,
+    rtt_n: u32,
+    loss_sum: f64,
+    loss_n: u32,
+    reconnects: u32,
+    timeouts: u32,
+    txn: u32,
+    card_reads: u32,
+    card_errors: u32,
+    print_jobs: u32,
+    print_errors: u32,
+    health_sum: f64,
+    health_n: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+struct Baseline {
+    v_std: Ewma,
+    v_mean: Ewma,
+    v_range: Ewma,
+    rtt_log: Ewma,
+    loss: Ewma,
+}
+
+/// Decayed sums of wear counters: rates weighted by how much was attempted.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+struct Wear {
+    reader_short: (f64, f64),
+    reader_long: (f64, f64),
+    printer_short: (f64, f64),
+    printer_long: (f64, f64),
+    health_short: Ewma,
+    health_long: Ewma,
+}
+
+struct Terminal {
+    id: Box<str>,
+    site: u32,
+    region: u32,
+    cohort: u32,
+    ring: Vec<Acc>,
+    base: Baseline,
+    wear: Wear,
+}
+
+#[derive(Default)]
+struct Names {
+    index: HashMap<Box<str>, u32>,
+    names: Vec<Box<str>>,
+}
+
+impl Names {
+    fn intern(&mut self, s: &str) -> u32 {
+        if let Some(&i) = self.index.get(s) {
+            return i;
+        }
+        let i = self.names.len() as u32;
+        self.names.push(s.into());
+        self.index.insert(s.into(), i);
+        i
+    }
+}
+
+/// Per-terminal, per-site and per-region state; see the crate docs.
+pub struct FeatureEngine {
+    config: FeatureConfig,
+    terminals: Vec<Terminal>,
+    terminal_index: HashMap<Box<str>, u32>,
+    sites: Names,
+    regions: Names,
+    cohorts: Names,
+    cohort_base: Vec<Baseline>,
+    /// Terminals with reports in each open window.
+    members: BTreeMap<i64, Vec<u32>>,
+    watermark: i64,
+    /// Every window below this index has closed.
+    next_to_close: Option<i64>,
+    counters: Counters,
+}
+
+/// Sites without a `site_id` are keyed by their terminal: one terminal, one site.
+const NO_SITE_PREFIX: &str = "terminal:";
+const EPS_V: f64 = 0.002;
+
+fn column<'a>(batch: &'a RecordBatch, name: &str) -> Option<&'a dyn Array> {
+    batch.column_by_name(name).map(|c| c.as_ref())
+}
+
+impl FeatureEngine {
+    pub fn new(config: FeatureConfig) -> Self {
+        FeatureEngine {
+            config,
+            terminals: Vec::new(),
+            terminal_index: HashMap::new(),
+            sites: Names::default(),
+            regions: Names::default(),
+            cohorts: Names::default(),
+            cohort_base: Vec::new(),
+            members: BTreeMap::new(),
+            watermark: i64::MIN,
+            next_to_close: None,
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn config(&self) -> &FeatureConfig {
+        &self.config
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    pub fn terminal_id(&self, t: u32) -> &str {
+        self.terminals.get(t as usize).map(|t| &*t.id).unwrap_or("")
+    }
+
+    pub fn terminal_site(&self, t: u32) -> u32 {
+        self.terminals.get(t as usize).map(|t| t.site).unwrap_or(0)
+    }
+
+    pub fn terminal_region(&self, t: u32) -> u32 {
+        self.terminals.get(t as usize).map(|t| t.region).unwrap_or(0)
+    }
+
+    /// The site's `site_id` (or `terminal:<id>` for a terminal without one).
+    pub fn site_id(&self, s: u32) -> &str {
+        self.sites.names.get(s as usize).map(|s| &**s).unwrap_or("")
+    }
+
+    pub fn region_name(&self, r: u32) -> &str {
+        self.regions.names.get(r as usize).map(|s| &**s).unwrap_or("")
+    }
+
+    /// The region a site is in (that of its first terminal seen).
+    pub fn site_region(&self, s: u32) -> u32 {
+        self.terminals.iter().find(|t| t.site == s).map(|t| t.region).unwrap_or(0)
+    }
+
+    pub fn tracked_terminals(&self) -> usize {
+        self.terminals.len()
+    }
+
+    fn window_of(&self, ts: i64) -> i64 {
+        ts.div_euclid(self.config.window_ms)
+    }
+
+    fn ring_len(&self) -> usize {
+        (self.config.lateness_ms / self.config.window_ms.max(1)) as usize + 2
+    }
+
+    /// Applies a telemetry batch; returns the windows it closed, oldest first.
+    pub fn process_batch(&mut self, batch: &RecordBatch) -> Vec<WindowRows> {
+        let mut closed = Vec::new();
+        let Some(ids) = column(batch, "terminal_id").and_then(|c| c.as_dictionary_opt::<Int32Type>()) else {
+            return closed;
+        };
+        let Some(ts) = column(batch, "ts").and_then(|c| c.as_primitive_opt::<TimestampMillisecondType>()) else {
+            return closed;
+        };
+        let dict = |name: &str| column(batch, name).and_then(|c| c.as_dictionary_opt::<Int32Type>());
+        let (regions, sites, models, firmwares) =
+            (dict("region"), dict(Label::SiteId.name()), dict(Label::Model.name()), dict(Label::Firmware.name()));
+        let f64col = |m: Measure| column(batch, m.name()).and_then(|c| c.as_primitive_opt::<Float64Type>());
+        let u32col = |c: Counter| column(batch, c.name()).and_then(|c| c.as_primitive_opt::<UInt32Type>());
+        let nominal = column(batch, "supply_v_nominal").and_then(|c| c.as_primitive_opt::<Float64Type>());
+        let cols = Cols {
+            v_mean: f64col(Measure::SupplyVMean),
+            v_std: f64col(Measure::SupplyVStd),
+            v_min: f64col(Measure::SupplyVMin),
+            v_max: f64col(Measure::SupplyVMax),
+            rtt: f64col(Measure::NetRttMs),
+            loss: f64col(Measure::NetLossPct),
+            health: f64col(Measure::BatteryHealthPct),
+            nominal,
+            sags: u32col(Counter::SupplySags),
+            swells: u32col(Counter::SupplySwells),
+            reboots: u32col(Counter::Reboots),
+            reconnects: u32col(Counter::NetReconnects),
+            timeouts: u32col(Counter::TxnTimeouts),
+            txn: u32col(Counter::TxnCount),
+            card_reads: u32col(Counter::CardReads),
+            card_errors: u32col(Counter::CardReadErrors),
+            print_jobs: u32col(Counter::PrintJobs),
+            print_errors: u32col(Counter::PrintErrors),
+        };
+        // Dictionary value -> terminal index, resolved once per batch.
+        let mut local: Vec<Option<u32>> = vec![None; ids.values().len()];
+        for row in 0..batch.num_rows() {
+            if ids.is_null(row) || ts.is_null(row) {
+                continue;
+            }
+            let key = ids.keys().value(row) as usize;
+            let t = match local.get(key).copied().flatten() {
+                Some(t) => t,
+                None => {
+                    let id = ids.values().as_string::<i32>().value(key);
+                    let t = self.terminal(
+                        id,
+                        dict_value(regions, row).unwrap_or(""),
+                        dict_value(sites, row),
+                        dict_value(models, row).unwrap_or("?"),
+                        dict_value(firmwares, row).unwrap_or("?"),
+                    );
+                    if let Some(slot) = local.get_mut(key) {
+                        *slot = Some(t);
+                    }
+                    t
+                }
+            };
+            self.apply(t, ts.value(row), &cols, row, &mut closed);
+        }
+        closed
+    }
+
+    /// Closes every open window (end of a history), returning their rows.
+    pub fn finish(&mut self) -> Vec<WindowRows> {
+        let mut out = Vec::new();
+        while let Some((&w, _)) = self.members.iter().next() {
+            out.push(self.close(w));
+            self.next_to_close = Some(w + 1);
+        }
+        out
+    }
+
+    /// Windows below this index have closed: reports for them are late.
+    pub fn closed_below(&self) -> Option<i64> {
+        self.next_to_close
+    }
+
+    fn terminal(&mut self, id: &str, region: &str, site: Option<&str>, model: &str, firmware: &str) -> u32 {
+        if let Some(&t) = self.terminal_index.get(id) {
+            return t;
+        }
+        let region = self.regions.intern(region);
+        let site = match site {
+            Some(s) => self.sites.intern(s),
+            None => self.sites.intern(&format!("{NO_SITE_PREFIX}{id}")),
+        };
+        let cohort = self.cohorts.intern(&format!("{model}|{firmware}"));
+        if self.cohort_base.len() <= cohort as usize {
+            self.cohort_base.resize(cohort as usize + 1, Baseline::default());
+        }
+        let t = self.terminals.len() as u32;
+        let ring = vec![Acc { window: i64::MIN, ..Acc::default() }; self.ring_len()];
+        self.terminals.push(Terminal {
+            id: id.into(),
+            site,
+            region,
+            cohort,
+            ring,
+            base: Baseline::default(),
+            wear: Wear::default(),
+        });
+        self.terminal_index.insert(id.into(), t);
+        t
+    }
+
+    fn apply(&mut self, t: u32, ts: i64, c: &Cols<'_>, row: usize, closed: &mut Vec<WindowRows>) {
+        self.counters.reports += 1;
+        let w = self.window_of(ts);
+        if self.next_to_close.is_some_and(|next| w < next) {
+            self.counters.late += 1;
+            return;
+        }
+        if ts > self.watermark {
+            self.watermark = ts;
+        }
+        let ring_len = self.ring_len();
+        let Some(term) = self.terminals.get_mut(t as usize) else { return };
+        let slot = w.rem_euclid(ring_len as i64) as usize;
+        let acc = &mut term.ring[slot];
+        if acc.window != w {
+            *acc = Acc { window: w, v_min: f64::INFINITY, v_max: f64::NEG_INFINITY, ..Acc::default() };
+            self.members.entry(w).or_default().push(t);
+        }
+        acc.n += 1;
+        let f = |a: Option<&Float64Array>| a.filter(|a| a.is_valid(row)).map(|a| a.value(row));
+        let u = |a: Option<&UInt32Array>| a.filter(|a| a.is_valid(row)).map(|a| a.value(row)).unwrap_or(0);
+        let nominal = f(c.nominal).unwrap_or(12.0).max(0.1);
+        if let (Some(mean), Some(std)) = (f(c.v_mean), f(c.v_std)) {
+            acc.v_n += 1;
+            acc.v_mean_sum += mean / nominal;
+            acc.v_std_sum += std / nominal;
+            acc.v_min = acc.v_min.min(f(c.v_min).unwrap_or(mean) / nominal);
+            acc.v_max = acc.v_max.max(f(c.v_max).unwrap_or(mean) / nominal);
+            acc.nominal = nominal;
+        }
+        acc.sags += u(c.sags) + u(c.swells);
+        acc.reboots += u(c.reboots);
+        if let Some(rtt) = f(c.rtt) {
+            acc.rtt_log_sum += (rtt.max(0.0) + 1.0).ln();
+            acc.rtt_n += 1;
+        }
+        if let Some(loss) = f(c.loss) {
+            acc.loss_sum += loss;
+            acc.loss_n += 1;
+        }
+        acc.reconnects += u(c.reconnects);
+        acc.timeouts += u(c.timeouts);
+        acc.txn += u(c.txn);
+        acc.card_reads += u(c.card_reads);
+        acc.card_errors += u(c.card_errors);
+        acc.print_jobs += u(c.print_jobs);
+        acc.print_errors += u(c.print_errors);
+        if let Some(h) = f(c.health) {
+            acc.health_sum += h;
+            acc.health_n += 1;
+        }
+        // Close every window the watermark has left behind by `lateness`:
+        // window w closes once (w + 1) * window_ms + lateness_ms <= watermark.
+        let limit = (self.watermark - self.config.lateness_ms).div_euclid(self.config.window_ms);
+        while let Some((&first, _)) = self.members.iter().next() {
+            if first >= limit {
+                break;
+            }
+            closed.push(self.close(first));
+        }
+        if self.next_to_close.is_none_or(|next| next < limit) {
+            self.next_to_close = Some(limit);
+        }
+    }
+
+    fn close(&mut self, w: i64) -> WindowRows {
+        self.counters.windows_closed += 1;
+        let members = self.members.remove(&w).unwrap_or_default();
+        let end_ms = (w + 1) * self.config.window_ms;
+        let mut rows = WindowRows { end_ms, ..WindowRows::default() };
+        let cfg = self.config.clone();
+        let alpha = 1.0 / cfg.baseline_windows;
+        let ring_len = self.ring_len();
+        let mut site_acc: HashMap<u32, SiteAgg> = HashMap::new();
+        let mut region_acc: HashMap<u32, RegionAgg> = HashMap::new();
+        for t in members {
+            let Some(term) = self.terminals.get_mut(t as usize) else { continue };
+            let slot = w.rem_euclid(ring_len as i64) as usize;
+            let acc = std::mem::take(&mut term.ring[slot]);
+            if acc.window != w || acc.n == 0 {
+                continue;
+            }
+            term.ring[slot].window = i64::MIN;
+            let Some(cohort) = self.cohort_base.get_mut(term.cohort as usize) else { continue };
+            let n = f64::from(acc.n);
+            let site = site_acc.entry(term.site).or_default();
+            let region = region_acc.entry(term.region).or_default();
+            region.sites.entry(term.site).or_default();
+
+            // Voltage, against the terminal's baseline or, while young, its cohort's.
+            if acc.v_n > 0 {
+                let vn = f64::from(acc.v_n);
+                let (v_mean, v_std, v_range) = (acc.v_mean_sum / vn, acc.v_std_sum / vn, acc.v_max - acc.v_min);
+                let base_std = term.base.v_std.or(cohort.v_std.or(v_std, 1.0), cfg.warmup_windows);
+                let base_mean = term.base.v_mean.or(cohort.v_mean.or(v_mean, 1.0), cfg.warmup_windows);
+                let base_range = term.base.v_range.or(cohort.v_range.or(v_range, 1.0), cfg.warmup_windows);
+                let features = [
+                    ((v_std + EPS_V) / (base_std + EPS_V)).ln(),
+                    base_mean - v_mean,
+                    ((v_range + EPS_V) / (base_range + EPS_V)).ln(),
+                    f64::from(acc.sags) / n,
+                    f64::from(acc.reboots) / n,
+                    base_mean - acc.v_min,
+                ];
+                let baselines = [base_std, base_mean, base_range, 0.0, 0.0, base_mean];
+                rows.terminal_voltage.push(TerminalVoltageRow { terminal: t, features, baselines });
+                // Learn only from quiet windows, so a fault is not absorbed
+                // into the baseline it is measured against.
+                let unstable = features[0] > 0.7 || features[2] > 0.7 || features[3] > 0.0 || features[1] > 0.01;
+                if !unstable {
+                    term.base.v_std.update(v_std, alpha);
+                    term.base.v_mean.update(v_mean, alpha);
+                    term.base.v_range.update(v_range, alpha);
+                    cohort.v_std.update(v_std, alpha);
+                    cohort.v_mean.update(v_mean, alpha);
+                    cohort.v_range.update(v_range, alpha);
+                }
+                site.voltage_n += 1;
+                site.unstable += u32::from(unstable);
+                for (s, f) in site.voltage_sum.iter_mut().zip([features[0], features[1], features[3], features[4]]) {
+                    *s += f;
+                }
+            }
+
+            // Network, against the terminal's own baseline once it has one.
+            if acc.rtt_n > 0 || acc.loss_n > 0 {
+                let rtt_log = if acc.rtt_n > 0 { Some(acc.rtt_log_sum / f64::from(acc.rtt_n)) } else { None };
+                let loss = if acc.loss_n > 0 { Some(acc.loss_sum / f64::from(acc.loss_n)) } else { None };
+                let warm = term.base.rtt_log.weight >= cfg.warmup_windows;
+                let ratio = match (rtt_log, term.base.rtt_log.get()) {
+                    (Some(x), Some(b)) if warm => x - b,
+                    _ => 0.0,
+                };
+                let excess = match (loss, term.base.loss.get()) {
+                    (Some(x), Some(b)) if warm => x - b,
+                    _ => 0.0,
+                };
+                let degraded = ratio > 0.4 || excess > 1.5;
+                if !degraded {
+                    if let Some(x) = rtt_log {
+                        term.base.rtt_log.update(x, alpha);
+                    }
+                    if let Some(x) = loss {
+                        term.base.loss.update(x, alpha);
+                    }
+                }
+                if warm {
+                    region.terminals += 1;
+                    region.degraded += u32::from(degraded);
+                    region.rtt_ratios.push(ratio);
+                    region.loss_excess_sum += excess;
+                    region.reconnects_per_report_sum += f64::from(acc.reconnects) / n;
+                    region.timeouts_per_txn_sum += f64::from(acc.timeouts) / f64::from(acc.txn.max(1));
+                    let s = region.sites.entry(term.site).or_default();
+                    s.0 += 1;
+                    s.1 += u32::from(degraded);
+                }
+            }
+
+            // Wear: decayed sums, so a rate is weighted by how much was tried.
+            let (short, long) = (1.0 / cfg.aging_short_windows, 1.0 / cfg.aging_long_windows);
+            let wear = &mut term.wear;
+            decay_add(&mut wear.reader_short, acc.card_errors, acc.card_reads, short);
+            decay_add(&mut wear.printer_short, acc.print_errors, acc.print_jobs, short);
+            let reader_now = rate(wear.reader_short);
+            let printer_now = rate(wear.printer_short);
+            let reader_base = rate(wear.reader_long);
+            let printer_base = rate(wear.printer_long);
+            // The long memory learns only while the short one is not far above it.
+            if reader_now <= 2.0 * reader_base + 0.01 || wear.reader_long.1 < 50.0 {
+                decay_add(&mut wear.reader_long, acc.card_errors, acc.card_reads, long);
+            }
+            if printer_now <= 2.0 * printer_base + 0.01 || wear.printer_long.1 < 50.0 {
+                decay_add(&mut wear.printer_long, acc.print_errors, acc.print_jobs, long);
+            }
+            if acc.health_n > 0 {
+                let h = acc.health_sum / f64::from(acc.health_n);
+                wear.health_short.update(h, short);
+                wear.health_long.update(h, long * 4.0);
+            }
+            if wear.reader_short.1 + wear.printer_short.1 > 0.0 || wear.health_short.weight > 0.0 {
+                // Short and long EWMAs lag by half their memories; their
+                // difference over that lag is a drop per day.
+                let lag_days = (cfg.aging_long_windows / 4.0 - cfg.aging_short_windows) / 2.0 * cfg.window_ms as f64
+                    / 86_400_000.0;
+                let health_drop = match (wear.health_long.get(), wear.health_short.get()) {
+                    (Some(l), Some(s)) if wear.health_long.weight > 12.0 => (l - s) / lag_days.max(0.1),
+                    _ => 0.0,
+                };
+                let features = [
+                    ((reader_now + 0.002) / (reader_base + 0.002)).ln(),
+                    ((printer_now + 0.002) / (printer_base + 0.002)).ln(),
+                    health_drop,
+                    reader_now,
+                    printer_now,
+                ];
+                let baselines = [reader_base, printer_base, 0.0, reader_base, printer_base];
+                rows.aging.push(AgingRow { terminal: t, features, baselines });
+            }
+        }
+
+        for (s, agg) in site_acc {
+            if agg.voltage_n == 0 {
+                continue;
+            }
+            let n = f64::from(agg.voltage_n);
+            rows.site_voltage.push(SiteVoltageRow {
+                site: s,
+                features: [
+                    agg.voltage_sum[0] / n,
+                    agg.voltage_sum[1] / n,
+                    agg.voltage_sum[2] / n,
+                    f64::from(agg.unstable) / n,
+                    agg.voltage_sum[3] / n,
+                    n,
+                ],
+            });
+        }
+        for (r, mut agg) in region_acc {
+            if agg.terminals == 0 {
+                continue;
+            }
+            let n = f64::from(agg.terminals);
+            let sites: Vec<&(u32, u32)> = agg.sites.values().filter(|s| s.0 > 0).collect();
+            let sites_degraded = sites.iter().filter(|s| 2 * s.1 > s.0).count() as f64;
+            rows.network.push(NetworkRow {
+                region: r,
+                features: [
+                    sites_degraded / (sites.len().max(1) as f64),
+                    f64::from(agg.degraded) / n,
+                    median(&mut agg.rtt_ratios).unwrap_or(0.0),
+                    agg.loss_excess_sum / n,
+                    agg.reconnects_per_report_sum / n,
+                    agg.timeouts_per_txn_sum / n,
+                ],
+            });
+        }
+        // Rows in a fixed order, whatever the hash maps did: the training
+        // and serving paths must agree row for row.
+        rows.terminal_voltage.sort_by_key(|r| r.terminal);
+        rows.site_voltage.sort_by_key(|r| r.site);
+        rows.network.sort_by_key(|r| r.region);
+        rows.aging.sort_by_key(|r| r.terminal);
+        rows
+    }
+}
+
+struct Cols<'a> {
+    v_mean: Option<&'a Float64Array>,
+    v_std: Option<&'a Float64Array>,
+    v_min: Option<&'a Float64Array>,
+    v_max: Option<&'a Float64Array>,
+    rtt: Option<&'a Float64Array>,
+    loss: Option<&'a Float64Array>,
+    health: Option<&'a Float64Array>,
+    nominal: Option<&'a Float64Array>,
+    sags: Option<&'a UInt32Array>,
+    swells: Option<&'a UInt32Array>,
+    reboots: Option<&'a UInt32Array>,
+    reconnects: Option<&'a UInt32Array>,
+    timeouts: Option<&'a UInt32Array>,
+    txn: Option<&'a UInt32Array>,
+    card_reads: Option<&'a UInt32Array>,
+    card_errors: Option<&'a UInt32Array>,
+    print_jobs: Option<&'a UInt32Array>,
+    print_errors: Option<&'a UInt32Array>,
+}
+
+#[derive(Default)]
+struct SiteAgg {
+    voltage_n: u32,
+    unstable: u32,
+    /// v_std_log_ratio, v_mean_drop, sags_per_report, reboots_per_report
+    voltage_sum: [f64; 4],
+}
+
+#[derive(Default)]
+struct RegionAgg {
+    terminals: u32,
+    degraded: u32,
+    rtt_ratios: Vec<f64>,
+    loss_excess_sum: f64,
+    reconnects_per_report_sum: f64,
+    timeouts_per_txn_sum: f64,
+    /// Per site: (terminals with network data, degraded).
+    sites: HashMap<u32, (u32, u32)>,
+}
+
+fn dict_value(d: Option<&DictionaryArray<Int32Type>>, row: usize) -> Option<&str> {
+    let d = d?;
+    if d.is_null(row) {
+        return None;
+    }
+    let values = d.values().as_string_opt::<i32>()?;
+    Some(values.value(d.keys().value(row) as usize))
+}
+
+fn decay_add(sum: &mut (f64, f64), errors: u32, attempts: u32, alpha: f64) {
+    sum.0 = sum.0 * (1.0 - alpha) + f64::from(errors);
+    sum.1 = sum.1 * (1.0 - alpha) + f64::from(attempts);
+}
+
+fn rate(sum: (f64, f64)) -> f64 {
+    if sum.1 > 0.0 { sum.0 / sum.1 } else { 0.0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use termwatch_telemetry::{BatchBuilder, decode};
+
+    use super::*;
+
+    const MIN: i64 = 60_000;
+    const T0: i64 = 1_795_514_400_000; // a window boundary
+
+    fn batch(lines: &[String]) -> RecordBatch {
+        let mut b = BatchBuilder::with_capacity(lines.len());
+        for l in lines {
+            b.append(&decode(l.as_bytes(), i64::MAX / 2).expect("valid")).expect("append");
+        }
+        b.finish().expect("batch")
+    }
+
+    fn report(t: &str, site: &str, ts: i64, v_std: f64) -> String {
+        format!(
+            r#"{{"terminal_id":"{t}","ts":{ts},"region":"r1","site_id":"{site}","supply_v_mean":12.0,"supply_v_min":11.9,"supply_v_max":12.1,"supply_v_std":{v_std},"net_rtt_ms":40,"net_loss_pct":0.1}}"#
+        )
+    }
+
+    #[test]
+    fn a_window_closes_once_the_watermark_passes_its_end_plus_lateness() {
+        let mut e = FeatureEngine::new(FeatureConfig::default());
+        // Window [T0, T0+5m) gets one report; the watermark then moves to T0+14m59s: not closed yet.
+        assert!(e.process_batch(&batch(&[report("T-1", "S-1", T0 + MIN, 0.04)])).is_empty());
+        assert!(e.process_batch(&batch(&[report("T-2", "S-1", T0 + 14 * MIN + 59_000, 0.04)])).is_empty());
+        // At T0+15m the first window (end T0+5m, lateness 10m) closes.
+        let closed = e.process_batch(&batch(&[report("T-2", "S-1", T0 + 15 * MIN, 0.04)]));
+        assert_eq!(closed.len(), 1);
+        assert_eq!(closed[0].end_ms, T0 + 5 * MIN);
+        assert_eq!(closed[0].terminal_voltage.len(), 1);
+        assert_eq!(e.terminal_id(closed[0].terminal_voltage[0].terminal), "T-1");
+    }
+
+    #[test]
+    fn late_reports_within_lateness_count_and_later_ones_are_dropped() {
+        let mut e = FeatureEngine::new(FeatureConfig::default());
+        e.process_batch(&batch(&[report("T-1", "S-1", T0 + MIN, 0.04), report("T-1", "S-1", T0 + 12 * MIN, 0.04)]));
+        // 11 minutes late but its window (ends T0+5m) is still open until T0+15m.
+        e.process_batch(&batch(&[report("T-2", "S-1", T0 + 2 * MIN, 0.04)]));
+        let closed = e.process_batch(&batch(&[report("T-1", "S-1", T0 + 16 * MIN, 0.04)]));
+        assert_eq!(closed[0].terminal_voltage.len(), 2, "the late report made it");
+        e.process_batch(&batch(&[report("T-3", "S-1", T0 + 3 * MIN, 0.04)]));
+        assert_eq!(e.counters().late, 1, "a report for a closed window is late");
+    }
+
+    #[test]
+    fn gaps_produce_no_rows() {
+        let mut e = FeatureEngine::new(FeatureConfig::default());
+        e.process_batch(&batch(&[report("T-1", "S-1", T0 + MIN, 0.04)]));
+        // T-1 is switched off for hours; only T-2 reports.
+        let mut closed = Vec::new();
+        for k in 1..40 {
+            closed.extend(e.process_batch(&batch(&[report("T-2", "S-2", T0 + k * 5 * MIN + MIN, 0.04)])));
+        }
+        let t1_rows: usize =
+            closed.iter().flat_map(|w| &w.terminal_voltage).filter(|r| e.terminal_id(r.terminal) == "T-1").count();
+        assert_eq!(t1_rows, 1, "one window with a report, no rows for the gap");
+    }
+
+    #[test]
+    fn voltage_features_are_relative_to_the_terminals_baseline() {
+        let mut e = FeatureEngine::new(FeatureConfig::default());
+        let mut closed = Vec::new();
+        // Two days of quiet reports build the baseline, then the noise triples.
+        for k in 0..600 {
+            let std = if k < 576 { 0.04 } else { 0.12 };
+            closed.extend(e.process_batch(&batch(&[report("T-1", "S-1", T0 + k * 5 * MIN, std)])));
+        }
+        closed.extend(e.finish());
+        let ratio = |i: usize| closed[i].terminal_voltage[0].features[0];
+        assert!(ratio(500).abs() < 0.05, "quiet: {}", ratio(500));
+        // ln((0.12/12 + eps) / (0.04/12 + eps)) with eps = 0.002 of nominal, which keeps a
+        // near-silent supply from making huge ratios out of millivolts.
+        let expected = ((0.12 / 12.0 + EPS_V) / (0.04 / 12.0 + EPS_V)).ln();
+        assert!((ratio(590) - expected).abs() < 1e-3, "three times the usual noise: {} vs {expected}", ratio(590));
+        assert!(
+            (closed[590].terminal_voltage[0].baselines[0] - 0.04 / 12.0).abs() < 1e-4,
+            "the baseline did not absorb the fault"
+        );
+    }
+}

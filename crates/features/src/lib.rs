@@ -1,0 +1,50 @@
+//! The one feature code path. Training and scoring both feed telemetry
+//! batches (the Arrow schema of `termwatch-telemetry`) into a
+//! [`FeatureEngine`], which keeps per-terminal, per-site and per-region state
+//! in event time and emits, for every closed window, one row of features per
+//! entity that reported in it. Training collects the rows; the service scores
+//! them. Nothing else computes features, so the two cannot drift apart.
+//!
+//! Windows are tumbling, `window_ms` long, on a grid anchored at the epoch;
+//! the row of window `[start, end)` carries `end` as its time. A window
+//! closes once the watermark (the latest event time seen) has passed its end
+//! by `lateness_ms`; a report for a window that has closed is late, counted
+//! and dropped. A terminal that sends nothing (switched off) has no row:
+//! gaps are absences, never zeros.
+
+mod engine;
+mod stats;
+
+pub use engine::{
+    AgingRow, Counters, FeatureConfig, FeatureEngine, NetworkRow, SiteVoltageRow, TerminalVoltageRow, WindowRows,
+};
+pub use stats::Ewma;
+
+/// Feature names, in the order of each row's `features` array.
+pub mod names {
+    pub const TERMINAL_VOLTAGE: [&str; 6] =
+        ["v_std_log_ratio", "v_mean_drop", "v_range_log_ratio", "sags_per_report", "reboots_per_report", "v_min_drop"];
+    pub const SITE_VOLTAGE: [&str; 6] = [
+        "v_std_log_ratio_mean",
+        "v_mean_drop_mean",
+        "sags_per_report_mean",
+        "share_terminals_unstable",
+        "reboots_per_report_mean",
+        "terminals_reporting",
+    ];
+    pub const NETWORK: [&str; 6] = [
+        "share_sites_degraded",
+        "share_terminals_degraded",
+        "rtt_log_ratio_median",
+        "loss_excess_mean",
+        "reconnects_per_report_mean",
+        "timeouts_per_txn_mean",
+    ];
+    pub const AGING: [&str; 5] = [
+        "reader_error_log_ratio",
+        "printer_error_log_ratio",
+        "battery_health_drop_per_day",
+        "reader_error_rate",
+        "printer_error_rate",
+    ];
+}
