@@ -1,4 +1,7 @@
 //! termwatch's detectors and their evaluation.
 
 pub mod alerting;
+pub mod detector;
 pub mod eval;
+pub mod scoring;
+pub mod training;

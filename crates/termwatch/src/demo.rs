@@ -5,7 +5,7 @@
 //! `termwatch run`.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,17 +13,14 @@ use anyhow::{Context as _, anyhow};
 use arrow::array::AsArray;
 use arrow::datatypes::{Int32Type, TimestampMillisecondType};
 use arrow::record_batch::RecordBatch;
-use rdkafka::config::ClientConfig;
-use rdkafka::error::KafkaError;
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::types::RDKafkaErrorCode;
 use termwatch_pipeline::{BatchSink, KafkaConfig, SinkError};
 use termwatch_sim::{SimConfig, Simulator};
 use termwatch_telemetry::time::format_rfc3339_ms;
 
 use crate::config::{BatchSettings, Config, MetricsSettings};
 use crate::run::{Service, shutdown_signal};
+use crate::stream::{Produced, produce};
 
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
@@ -52,6 +49,9 @@ pub struct DemoArgs {
     /// Where to serve /metrics, /healthz and /readyz.
     #[arg(long, default_value = "127.0.0.1:9464")]
     metrics_listen: SocketAddr,
+    /// The model artifact that scores the stream; alerts print as they fire.
+    #[arg(long, value_name = "FILE", default_value = crate::models_cmd::DEFAULT_MODELS)]
+    models: std::path::PathBuf,
 }
 
 const TOPIC: &str = "telemetry";
@@ -90,18 +90,6 @@ impl BatchSink for ViewSink {
         }
         Ok(())
     }
-}
-
-/// Progress of the producer thread.
-#[derive(Default)]
-struct Produced {
-    records: AtomicU64,
-    damaged: AtomicU64,
-    sim_ms: AtomicI64,
-    /// The producer has sent everything.
-    finished: AtomicBool,
-    /// The demo is stopping: the producer should give up.
-    stop: AtomicBool,
 }
 
 pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
@@ -161,14 +149,27 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         let speed = args.speed;
         std::thread::Builder::new()
             .name("demo-producer".into())
-            .spawn(move || produce(sim, &brokers, speed, &produced))
+            .spawn(move || produce(sim, &brokers, TOPIC, speed, &produced))
             .context("starting the producer thread")?
     };
 
     let view = ViewSink::default();
+    let mut sinks: Vec<Box<dyn BatchSink>> = vec![Box::new(view.clone())];
+    match crate::models_cmd::AlertSink::new(
+        &args.models,
+        "standard output".into(),
+        Box::new(std::io::stdout()),
+        crate::models_cmd::AlertFormat::Human,
+    ) {
+        Ok(alerts) => {
+            println!("scoring with {}", args.models.display());
+            sinks.push(Box::new(alerts));
+        }
+        Err(e) => println!("not scoring: {e:#} (scripts/train-default makes the default model)"),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
     let result = runtime.block_on(async {
-        let service = Service::start(&config, vec![Box::new(view.clone())]).await?;
+        let service = Service::start(&config, sinks).await?;
         println!("metrics: http://{}/metrics", service.metrics_addr);
         let started = Instant::now();
         let mut tick = tokio::time::interval(Duration::from_secs(2));
@@ -201,10 +202,6 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     drop(cluster);
     result?;
     produce_result?;
-    println!(
-        "scoring (hardware aging, voltage instability, network degradation) arrives with the detectors; \
-         today the demo shows the stream, validation and dead letters"
-    );
     Ok(())
 }
 
@@ -234,46 +231,4 @@ fn print_progress(view: &ViewSink, service: &Service, produced: &Produced, start
         if latest > 0 { format_rfc3339_ms(latest) } else { "-".into() },
         lag,
     );
-}
-
-/// Streams the simulation into the topic, pacing arrival times by `speed`.
-fn produce(mut sim: Simulator, brokers: &str, speed: f64, produced: &Produced) -> anyhow::Result<()> {
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("linger.ms", "5")
-        .set("queue.buffering.max.messages", "200000")
-        .create()
-        .context("demo producer")?;
-    let start_ms = sim.start_ms();
-    let wall0 = Instant::now();
-    let mut buf = Vec::with_capacity(1024);
-    while let Some(meta) = sim.next_record(&mut buf) {
-        if produced.stop.load(Ordering::Relaxed) {
-            break;
-        }
-        let due = Duration::from_secs_f64(((meta.arrival_ms - start_ms).max(0) as f64 / 1000.0) / speed);
-        if let Some(wait) = due.checked_sub(wall0.elapsed()) {
-            std::thread::sleep(wait);
-        }
-        let key = sim.terminal_id(meta.terminal).to_string();
-        let mut record = BaseRecord::<str, [u8]>::to(TOPIC).key(&key).payload(&buf);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Err((e, _)) => return Err(anyhow!("producing to the demo topic: {e}")),
-            }
-        }
-        produced.records.fetch_add(1, Ordering::Relaxed);
-        if meta.damage.is_some() {
-            produced.damaged.fetch_add(1, Ordering::Relaxed);
-        }
-        produced.sim_ms.store(meta.arrival_ms, Ordering::Relaxed);
-    }
-    producer.flush(Duration::from_secs(30)).context("flushing the demo producer")?;
-    produced.finished.store(true, Ordering::Relaxed);
-    Ok(())
 }

@@ -3,9 +3,11 @@
 mod config;
 mod demo;
 mod eval_cmd;
+mod models_cmd;
 mod run;
 mod serve;
 mod simulate;
+mod stream;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +36,8 @@ enum Command {
     Replay(ReplayArgs),
     /// Writes a simulated fleet's telemetry history and its ground-truth labels.
     Simulate(simulate::SimulateArgs),
+    /// Fits the detectors on a labelled history and writes a model artifact.
+    Train(models_cmd::TrainArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -51,6 +55,12 @@ struct ReplayArgs {
     /// Where rejected records go, one JSON object per line with the reason, the position and the raw record.
     #[arg(long, value_name = "FILE")]
     dead_letter: PathBuf,
+    /// Score the history and write alert events (alerts-v1) here, one JSON object per line.
+    #[arg(long, value_name = "FILE")]
+    alerts: Option<PathBuf>,
+    /// The model artifact to score with (with --alerts).
+    #[arg(long, value_name = "FILE", default_value = models_cmd::DEFAULT_MODELS)]
+    models: PathBuf,
     #[command(flatten)]
     batch: BatchArgs,
 }
@@ -87,6 +97,7 @@ fn main() -> ExitCode {
         Command::Run(args) => config::Config::load(args.config.as_deref(), std::env::vars()).and_then(run::run),
         Command::Replay(args) => replay(args),
         Command::Simulate(args) => simulate::run(args),
+        Command::Train(args) => models_cmd::train(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -102,8 +113,12 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     for input in &args.inputs {
         NdjsonFile::open(input)?;
     }
+    let mut sinks: Vec<Box<dyn termwatch_pipeline::BatchSink>> = Vec::new();
+    if let Some(alerts) = &args.alerts {
+        sinks.push(Box::new(models_cmd::AlertSink::file(&args.models, alerts)?));
+    }
     let dead_letters = FileDeadLetters::create(&args.dead_letter)?;
-    let pipeline = Pipeline::new(args.batch.config(), Vec::new(), Box::new(dead_letters));
+    let pipeline = Pipeline::new(args.batch.config(), sinks, Box::new(dead_letters));
     let report = termwatch_pipeline::replay(&args.inputs, pipeline);
     println!("{}", summary(&report));
     match report.error {

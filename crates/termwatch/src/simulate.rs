@@ -11,8 +11,17 @@ use termwatch_sim::SimConfig;
 #[derive(clap::Args, Debug)]
 pub struct SimulateArgs {
     /// Telemetry output, NDJSON in arrival order; gzip when the name ends in `.gz`.
-    #[arg(long, value_name = "FILE")]
-    pub out: PathBuf,
+    #[arg(long, value_name = "FILE", required_unless_present = "kafka")]
+    pub out: Option<PathBuf>,
+    /// Stream to Kafka instead of a file: bootstrap brokers, `host:port[,...]`.
+    #[arg(long, value_name = "BROKERS", conflicts_with = "out")]
+    pub kafka: Option<String>,
+    /// Topic to stream to (with --kafka); records are keyed by terminal_id.
+    #[arg(long, default_value = "telemetry", requires = "kafka")]
+    pub topic: String,
+    /// Simulated seconds per wall-clock second (with --kafka); 0 sends as fast as the broker takes it.
+    #[arg(long, default_value_t = 0.0, requires = "kafka")]
+    pub speed: f64,
     /// Ground-truth incident labels, one JSON object per line, sorted by start.
     #[arg(long, value_name = "FILE")]
     pub labels: Option<PathBuf>,
@@ -102,11 +111,37 @@ impl SimulateArgs {
 
 pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     let cfg = args.sim_config()?;
-    let summary = termwatch_sim::write_files(cfg, &args.out, args.labels.as_deref()).context("simulate")?;
     let labels = match &args.labels {
         Some(p) => format!(" (labels in {})", p.display()),
         None => String::new(),
     };
-    eprintln!("simulate: {summary}; wrote {}{labels}", args.out.display());
+    if let Some(brokers) = &args.kafka {
+        if !(args.speed.is_finite() && args.speed >= 0.0) {
+            anyhow::bail!("--speed must be 0 (as fast as possible) or a positive number, not {}", args.speed);
+        }
+        let sim = termwatch_sim::Simulator::new(cfg).context("simulate")?;
+        if let Some(path) = &args.labels {
+            let mut text = String::new();
+            for l in sim.labels() {
+                text.push_str(&serde_json::to_string(l).context("serialising a label")?);
+                text.push('\n');
+            }
+            std::fs::write(path, text).with_context(|| format!("cannot write labels file {}", path.display()))?;
+        }
+        let started = std::time::Instant::now();
+        let progress = crate::stream::Produced::default();
+        crate::stream::produce(sim, brokers, &args.topic, args.speed, &progress)?;
+        let n = progress.records.load(std::sync::atomic::Ordering::Relaxed);
+        eprintln!(
+            "simulate: {n} records ({} damaged) streamed to {brokers} topic {} in {:.2} s{labels}",
+            progress.damaged.load(std::sync::atomic::Ordering::Relaxed),
+            args.topic,
+            started.elapsed().as_secs_f64()
+        );
+        return Ok(());
+    }
+    let Some(out) = &args.out else { anyhow::bail!("give --out FILE or --kafka BROKERS") };
+    let summary = termwatch_sim::write_files(cfg, out, args.labels.as_deref()).context("simulate")?;
+    eprintln!("simulate: {summary}; wrote {}{labels}", out.display());
     Ok(())
 }

@@ -1,0 +1,213 @@
+//! Scoring in service: telemetry batches go through the same feature engine
+//! as training, each closed window's rows are scored by their detector, and
+//! alert state with hysteresis turns scores into alert events.
+
+use std::path::Path;
+
+use arrow::record_batch::RecordBatch;
+use termwatch_features::{FeatureEngine, WindowRows, names};
+use termwatch_telemetry::alerts::{AlertEvent, AlertKind, Scope};
+
+use crate::alerting::{AlertTracker, AlertingError, Scored};
+use crate::detector::Detector;
+use crate::training::{FORMAT, ModelSet};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("cannot read model artifact {path}: {cause}")]
+    Read { path: String, cause: std::io::Error },
+    #[error("model artifact {path} is not a termwatch model set: {cause}")]
+    Parse { path: String, cause: serde_json::Error },
+    #[error("model artifact {path} has format {found:?}; this termwatch reads {FORMAT:?}")]
+    Format { path: String, found: String },
+    #[error(
+        "model artifact {path}: detector {kind} {scope} was trained on features {found:?}, but this termwatch computes {expected:?}; retrain it"
+    )]
+    Features { path: String, kind: AlertKind, scope: Scope, found: Vec<String>, expected: Vec<String> },
+    #[error("model artifact {path} has no {kind} {scope} detector")]
+    Missing { path: String, kind: AlertKind, scope: Scope },
+    #[error("model artifact {path}: alerting configuration: {0}", .cause)]
+    Alerting { path: String, cause: AlertingError },
+}
+
+/// The feature names each detector must have been trained on.
+fn expected(kind: AlertKind, scope: Scope) -> &'static [&'static str] {
+    match (kind, scope) {
+        (AlertKind::VoltageInstability, Scope::Site) => &names::SITE_VOLTAGE,
+        (AlertKind::VoltageInstability, _) => &names::TERMINAL_VOLTAGE,
+        (AlertKind::NetworkDegradation, _) => &names::NETWORK,
+        (AlertKind::HardwareAging, _) => &names::AGING,
+    }
+}
+
+const DETECTORS: [(AlertKind, Scope); 4] = [
+    (AlertKind::VoltageInstability, Scope::Site),
+    (AlertKind::VoltageInstability, Scope::Terminal),
+    (AlertKind::NetworkDegradation, Scope::Region),
+    (AlertKind::HardwareAging, Scope::Terminal),
+];
+
+impl ModelSet {
+    /// Loads an artifact, refusing one whose format or feature set does not
+    /// match what this build computes.
+    pub fn load(path: &Path) -> Result<ModelSet, ModelError> {
+        let p = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|cause| ModelError::Read { path: p.clone(), cause })?;
+        let set: ModelSet =
+            serde_json::from_str(&text).map_err(|cause| ModelError::Parse { path: p.clone(), cause })?;
+        set.check(&p)?;
+        Ok(set)
+    }
+
+    fn check(&self, path: &str) -> Result<(), ModelError> {
+        if self.format != FORMAT {
+            return Err(ModelError::Format { path: path.into(), found: self.format.clone() });
+        }
+        for (kind, scope) in DETECTORS {
+            let d = self.detector(kind, scope).ok_or(ModelError::Missing { path: path.into(), kind, scope })?;
+            let want = expected(kind, scope);
+            if d.feature_names.iter().map(String::as_str).ne(want.iter().copied())
+                || d.means.len() != want.len()
+                || d.scales.len() != want.len()
+                || d.weights.len() != want.len()
+            {
+                return Err(ModelError::Features {
+                    path: path.into(),
+                    kind,
+                    scope,
+                    found: d.feature_names.clone(),
+                    expected: want.iter().map(|s| s.to_string()).collect(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub fn detector(&self, kind: AlertKind, scope: Scope) -> Option<&Detector> {
+        self.detectors.iter().find(|d| d.kind == kind && d.scope == scope)
+    }
+}
+
+/// Features, detectors and alert state together: batches in, alert events out.
+pub struct Scorer {
+    engine: FeatureEngine,
+    models: ModelSet,
+    alerts: AlertTracker,
+    windows: u64,
+}
+
+impl Scorer {
+    pub fn new(models: ModelSet) -> Result<Scorer, ModelError> {
+        let alerts =
+            models.alerting.build().map_err(|cause| ModelError::Alerting { path: models.version.clone(), cause })?;
+        Ok(Scorer { engine: FeatureEngine::new(models.features.clone()), models, alerts, windows: 0 })
+    }
+
+    pub fn engine(&self) -> &FeatureEngine {
+        &self.engine
+    }
+
+    pub fn alerts(&self) -> &AlertTracker {
+        &self.alerts
+    }
+
+    pub fn windows_scored(&self) -> u64 {
+        self.windows
+    }
+
+    /// Applies a batch; returns the alert events it caused, in event-time order.
+    pub fn process_batch(&mut self, batch: &RecordBatch) -> Vec<AlertEvent> {
+        let windows = self.engine.process_batch(batch);
+        self.score(&windows)
+    }
+
+    /// Closes every open window (end of a history) and scores it.
+    pub fn finish(&mut self) -> Vec<AlertEvent> {
+        let windows = self.engine.finish();
+        self.score(&windows)
+    }
+
+    fn score(&mut self, windows: &[WindowRows]) -> Vec<AlertEvent> {
+        let mut events = Vec::new();
+        let version = self.models.version.clone();
+        for w in windows {
+            self.windows += 1;
+            let mut bad_sites = std::collections::HashSet::new();
+            if let Some(d) = self.models.detector(AlertKind::VoltageInstability, Scope::Site) {
+                for r in &w.site_voltage {
+                    let score = d.score(&r.features);
+                    // A one-terminal site is that terminal: the terminal
+                    // detector speaks for it.
+                    if r.features[5] < 2.0 {
+                        continue;
+                    }
+                    if score >= d.threshold {
+                        bad_sites.insert(r.site);
+                    }
+                    let site = self.engine.site_id(r.site);
+                    let region = self.engine.region_name(self.engine.site_region(r.site));
+                    let scored =
+                        scored(d, w.end_ms, site, region, score, &version, d.reasons(&r.features, &d.means, 3));
+                    events.extend(self.alerts.observe(scored));
+                }
+            }
+            if let Some(d) = self.models.detector(AlertKind::VoltageInstability, Scope::Terminal) {
+                for r in &w.terminal_voltage {
+                    let site = self.engine.terminal_site(r.terminal);
+                    // The site's alert covers its terminals: one page, not one per terminal.
+                    let score = if bad_sites.contains(&site) { 0.0 } else { d.score(&r.features) };
+                    let term = self.engine.terminal_id(r.terminal);
+                    let region = self.engine.region_name(self.engine.terminal_region(r.terminal));
+                    let scored =
+                        scored(d, w.end_ms, term, region, score, &version, d.reasons(&r.features, &r.baselines, 3));
+                    events.extend(self.alerts.observe(scored));
+                }
+            }
+            if let Some(d) = self.models.detector(AlertKind::NetworkDegradation, Scope::Region) {
+                for r in &w.network {
+                    let region = self.engine.region_name(r.region);
+                    let score = d.score(&r.features);
+                    let scored =
+                        scored(d, w.end_ms, region, region, score, &version, d.reasons(&r.features, &d.means, 3));
+                    events.extend(self.alerts.observe(scored));
+                }
+            }
+            if let Some(d) = self.models.detector(AlertKind::HardwareAging, Scope::Terminal) {
+                for r in &w.aging {
+                    let term = self.engine.terminal_id(r.terminal);
+                    let region = self.engine.region_name(self.engine.terminal_region(r.terminal));
+                    let score = d.score(&r.features);
+                    let scored =
+                        scored(d, w.end_ms, term, region, score, &version, d.reasons(&r.features, &r.baselines, 3));
+                    events.extend(self.alerts.observe(scored));
+                }
+            }
+            events.extend(self.alerts.expire(w.end_ms));
+        }
+        events
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn scored<'a>(
+    d: &Detector,
+    end_ms: i64,
+    entity: &'a str,
+    region: &'a str,
+    score: f64,
+    version: &'a str,
+    reasons: Vec<termwatch_telemetry::alerts::Reason>,
+) -> Scored<'a> {
+    Scored {
+        window_end_ms: end_ms,
+        kind: d.kind,
+        scope: d.scope,
+        entity,
+        region,
+        score: (score * 1e4).round() / 1e4,
+        bad: score >= d.threshold,
+        critical: score >= d.critical_threshold,
+        model_version: version,
+        reasons,
+    }
+}

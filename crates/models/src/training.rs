@@ -1,0 +1,486 @@
+//! Training: feature rows from the one feature code path, joined with
+//! incident labels, fitted per detector, thresholds calibrated on healthy
+//! windows to a target false-alert rate, saved as one artifact.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use termwatch_features::{FeatureConfig, FeatureEngine, WindowRows, names};
+use termwatch_telemetry::alerts::{AlertKind, IncidentLabel, Scope, Verdict};
+
+use crate::alerting::AlertingConfig;
+use crate::detector::{Detector, DetectorError};
+
+/// The artifact format; a model set of another format is refused.
+pub const FORMAT: &str = "termwatch-models-v1";
+
+/// Feature rows of a history, with entity names resolved, in window order.
+#[derive(Debug, Default, Clone)]
+pub struct TrainingRows {
+    /// (window end, terminal, site, region, features)
+    pub terminal_voltage: Vec<(i64, String, String, String, Vec<f64>)>,
+    /// (window end, site, region, features)
+    pub site_voltage: Vec<(i64, String, String, Vec<f64>)>,
+    /// (window end, region, features)
+    pub network: Vec<(i64, String, Vec<f64>)>,
+    /// (window end, terminal, site, region, features)
+    pub aging: Vec<(i64, String, String, String, Vec<f64>)>,
+    pub first_ms: Option<i64>,
+    pub last_ms: Option<i64>,
+    /// Distinct (terminal, UTC day) pairs with a report: the exposure.
+    pub terminal_days: u64,
+    terminal_day_seen: std::collections::HashSet<(String, i64)>,
+}
+
+impl TrainingRows {
+    /// Appends the rows of another, independent history (another fleet, or
+    /// another period computed by its own feature engine).
+    pub fn merge(&mut self, other: TrainingRows) {
+        self.terminal_voltage.extend(other.terminal_voltage);
+        self.site_voltage.extend(other.site_voltage);
+        self.network.extend(other.network);
+        self.aging.extend(other.aging);
+        self.first_ms = match (self.first_ms, other.first_ms) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.last_ms = match (self.last_ms, other.last_ms) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        self.terminal_days += other.terminal_days;
+    }
+
+    /// Adds the rows of closed windows, resolving names through `engine`.
+    pub fn add(&mut self, engine: &FeatureEngine, windows: &[WindowRows]) {
+        for w in windows {
+            self.first_ms = Some(self.first_ms.map_or(w.end_ms, |f| f.min(w.end_ms)));
+            self.last_ms = Some(self.last_ms.map_or(w.end_ms, |l| l.max(w.end_ms)));
+            let day = w.end_ms.div_euclid(86_400_000);
+            for r in &w.terminal_voltage {
+                let t = engine.terminal_id(r.terminal).to_string();
+                if self.terminal_day_seen.insert((t.clone(), day)) {
+                    self.terminal_days += 1;
+                }
+                self.terminal_voltage.push((
+                    w.end_ms,
+                    t,
+                    engine.site_id(engine.terminal_site(r.terminal)).to_string(),
+                    engine.region_name(engine.terminal_region(r.terminal)).to_string(),
+                    r.features.to_vec(),
+                ));
+            }
+            for r in &w.site_voltage {
+                self.site_voltage.push((
+                    w.end_ms,
+                    engine.site_id(r.site).to_string(),
+                    engine.region_name(engine.site_region(r.site)).to_string(),
+                    r.features.to_vec(),
+                ));
+            }
+            for r in &w.network {
+                self.network.push((w.end_ms, engine.region_name(r.region).to_string(), r.features.to_vec()));
+            }
+            for r in &w.aging {
+                let t = engine.terminal_id(r.terminal).to_string();
+                if self.terminal_day_seen.insert((t.clone(), day)) {
+                    self.terminal_days += 1;
+                }
+                self.aging.push((
+                    w.end_ms,
+                    t,
+                    engine.site_id(engine.terminal_site(r.terminal)).to_string(),
+                    engine.region_name(engine.terminal_region(r.terminal)).to_string(),
+                    r.features.to_vec(),
+                ));
+            }
+        }
+    }
+}
+
+/// Training options.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// False alerts per 1,000 terminal-days that calibration aims at, per
+    /// detector, on the healthy windows of the training data. Default 0.2
+    /// (the acceptance bar is 0.5 on unseen data).
+    pub target_false_alerts_per_1000_terminal_days: f64,
+    /// L2 penalty of the logistic regressions. Default 1.0.
+    pub l2: f64,
+    /// Most healthy windows used to fit one detector (all are used to
+    /// calibrate). Default 200000.
+    pub max_fit_negatives: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig { target_false_alerts_per_1000_terminal_days: 0.2, l2: 1.0, max_fit_negatives: 200_000 }
+    }
+}
+
+/// How one detector did on its training windows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DetectorFigures {
+    pub kind: AlertKind,
+    pub scope: Scope,
+    pub positive_windows: usize,
+    pub negative_windows: usize,
+    pub excluded_windows: usize,
+    /// Share of positive windows at or above the threshold.
+    pub window_recall: f64,
+    /// Share of negative windows below it.
+    pub window_specificity: f64,
+    /// False alerts per 1,000 terminal-days on the healthy training windows,
+    /// with the hysteresis of service.
+    pub calibrated_false_alerts_per_1000_terminal_days: f64,
+}
+
+/// What a model set was trained on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingData {
+    /// The inputs as given, with their sizes in bytes.
+    pub inputs: Vec<(String, u64)>,
+    /// FNV-1a 64 of every input's bytes, in order: equal data, equal fingerprint.
+    pub fingerprint: String,
+    pub labels: Option<String>,
+    pub first_window_end: String,
+    pub last_window_end: String,
+    pub terminal_days: u64,
+    pub incidents_by_kind: Vec<(AlertKind, usize)>,
+    pub not_incident_labels: usize,
+}
+
+/// The artifact: every detector, the feature configuration they need, the
+/// alerting hysteresis they were calibrated with, and what they were trained on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSet {
+    pub format: String,
+    pub version: String,
+    pub features: FeatureConfig,
+    pub alerting: AlertingConfig,
+    pub detectors: Vec<Detector>,
+    pub trained_on: TrainingData,
+    pub figures: Vec<DetectorFigures>,
+}
+
+/// The label state of one window: inside an incident, clear of every
+/// incident, or too close to one to say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Truth {
+    Positive,
+    Negative,
+    Excluded,
+}
+
+/// Label spans (start, end, verdict) by (kind, scope, entity).
+type Spans = HashMap<(AlertKind, Scope, String), Vec<(i64, i64, Verdict)>>;
+
+struct LabelIndex {
+    spans: Spans,
+}
+
+impl LabelIndex {
+    fn new(labels: &[IncidentLabel]) -> Self {
+        let mut spans: HashMap<_, Vec<_>> = HashMap::new();
+        for l in labels {
+            spans.entry((l.kind, l.scope, l.entity.clone())).or_default().push((l.start, l.end, l.verdict));
+        }
+        LabelIndex { spans }
+    }
+
+    /// Positive when an incident is active at `t` (past its first `skip_ms`),
+    /// excluded within `margin_ms` around it, negative otherwise. A
+    /// not_incident label makes its span a firm negative.
+    fn truth(&self, kind: AlertKind, scope: Scope, entity: &str, t: i64, skip_ms: i64, margin_ms: i64) -> Truth {
+        let Some(spans) = self.spans.get(&(kind, scope, entity.to_string())) else { return Truth::Negative };
+        let mut truth = Truth::Negative;
+        for &(start, end, verdict) in spans {
+            if verdict == Verdict::NotIncident {
+                continue;
+            }
+            if t >= start + skip_ms && t <= end {
+                return Truth::Positive;
+            }
+            if t >= start - margin_ms && t <= end + margin_ms {
+                truth = Truth::Excluded;
+            }
+        }
+        truth
+    }
+
+    fn active(&self, kind: AlertKind, scope: Scope, entity: &str, t: i64, margin_ms: i64) -> bool {
+        self.spans.get(&(kind, scope, entity.to_string())).is_some_and(|s| {
+            s.iter().any(|&(a, b, v)| v == Verdict::Incident && t >= a - margin_ms && t <= b + margin_ms)
+        })
+    }
+}
+
+const MIN: i64 = 60_000;
+
+/// Fits every detector and calibrates its thresholds.
+pub fn train(
+    rows: &TrainingRows,
+    labels: &[IncidentLabel],
+    features: FeatureConfig,
+    config: &TrainConfig,
+    trained_on: TrainingData,
+    version: String,
+) -> Result<ModelSet, DetectorError> {
+    let index = LabelIndex::new(labels);
+    let alerting = AlertingConfig::default();
+    let mut detectors = Vec::new();
+    let mut figures = Vec::new();
+    let window = features.window_ms;
+
+    // Site voltage: mains problems. A site whose terminal has a failing
+    // supply is ambiguous for a site model and left out.
+    let psu_sites: HashMap<&str, std::collections::BTreeSet<&str>> =
+        rows.terminal_voltage.iter().fold(HashMap::new(), |mut m, r| {
+            m.entry(r.2.as_str()).or_default().insert(r.1.as_str());
+            m
+        });
+    let truths: Vec<(i64, String, Vec<f64>, Truth)> = rows
+        .site_voltage
+        .iter()
+        .map(|(t, site, _, f)| {
+            let mut truth = index.truth(AlertKind::VoltageInstability, Scope::Site, site, *t, window, 30 * MIN);
+            let psu = psu_sites.get(site.as_str()).is_some_and(|terms| {
+                terms
+                    .iter()
+                    .any(|term| index.active(AlertKind::VoltageInstability, Scope::Terminal, term, *t, 30 * MIN))
+            });
+            if psu && truth == Truth::Negative {
+                truth = Truth::Excluded;
+            }
+            (*t, site.clone(), f.clone(), truth)
+        })
+        .collect();
+    fit_one(
+        AlertKind::VoltageInstability,
+        Scope::Site,
+        &names::SITE_VOLTAGE,
+        &truths,
+        rows.terminal_days,
+        &alerting,
+        config,
+        &mut detectors,
+        &mut figures,
+    )?;
+
+    // Terminal voltage: failing power supplies; terminals of a site with a
+    // mains problem are left out (the site alert covers them).
+    let truths: Vec<_> = rows
+        .terminal_voltage
+        .iter()
+        .map(|(t, term, site, _, f)| {
+            let mut truth = index.truth(AlertKind::VoltageInstability, Scope::Terminal, term, *t, 0, 30 * MIN);
+            if index.active(AlertKind::VoltageInstability, Scope::Site, site, *t, 30 * MIN) {
+                truth = Truth::Excluded;
+            }
+            (*t, term.clone(), f.clone(), truth)
+        })
+        .collect();
+    fit_one(
+        AlertKind::VoltageInstability,
+        Scope::Terminal,
+        &names::TERMINAL_VOLTAGE,
+        &truths,
+        rows.terminal_days,
+        &alerting,
+        config,
+        &mut detectors,
+        &mut figures,
+    )?;
+
+    // Network: regional incidents, past their first window (the ramp-in).
+    let truths: Vec<_> = rows
+        .network
+        .iter()
+        .map(|(t, region, f)| {
+            (
+                *t,
+                region.clone(),
+                f.clone(),
+                index.truth(AlertKind::NetworkDegradation, Scope::Region, region, *t, window, 30 * MIN),
+            )
+        })
+        .collect();
+    fit_one(
+        AlertKind::NetworkDegradation,
+        Scope::Region,
+        &names::NETWORK,
+        &truths,
+        rows.terminal_days,
+        &alerting,
+        config,
+        &mut detectors,
+        &mut figures,
+    )?;
+
+    // Aging: from onset to failure; the days after a failure (broken, then
+    // swapped, baselines relearning) are left out.
+    let truths: Vec<_> = rows
+        .aging
+        .iter()
+        .map(|(t, term, _, _, f)| {
+            (
+                *t,
+                term.clone(),
+                f.clone(),
+                index.truth(AlertKind::HardwareAging, Scope::Terminal, term, *t, 0, 2 * 24 * 60 * MIN),
+            )
+        })
+        .collect();
+    fit_one(
+        AlertKind::HardwareAging,
+        Scope::Terminal,
+        &names::AGING,
+        &truths,
+        rows.terminal_days,
+        &alerting,
+        config,
+        &mut detectors,
+        &mut figures,
+    )?;
+
+    let incidents_by_kind = AlertKind::ALL
+        .iter()
+        .map(|k| (*k, labels.iter().filter(|l| l.kind == *k && l.verdict == Verdict::Incident).count()))
+        .collect();
+    Ok(ModelSet {
+        format: FORMAT.to_string(),
+        version,
+        features,
+        alerting,
+        detectors,
+        trained_on: TrainingData {
+            incidents_by_kind,
+            not_incident_labels: labels.iter().filter(|l| l.verdict == Verdict::NotIncident).count(),
+            ..trained_on
+        },
+        figures,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn fit_one(
+    kind: AlertKind,
+    scope: Scope,
+    feature_names: &[&str],
+    rows: &[(i64, String, Vec<f64>, Truth)],
+    terminal_days: u64,
+    alerting: &AlertingConfig,
+    config: &TrainConfig,
+    detectors: &mut Vec<Detector>,
+    figures: &mut Vec<DetectorFigures>,
+) -> Result<(), DetectorError> {
+    let positives: Vec<&(i64, String, Vec<f64>, Truth)> = rows.iter().filter(|r| r.3 == Truth::Positive).collect();
+    let negatives: Vec<&(i64, String, Vec<f64>, Truth)> = rows.iter().filter(|r| r.3 == Truth::Negative).collect();
+    let excluded = rows.len() - positives.len() - negatives.len();
+    // Every n-th healthy window, deterministically, to bound the fit's cost.
+    let step = negatives.len().div_ceil(config.max_fit_negatives.max(1)).max(1);
+    let mut x = Vec::new();
+    let mut y = Vec::new();
+    for p in &positives {
+        x.push(p.2.clone());
+        y.push(true);
+    }
+    for n in negatives.iter().step_by(step) {
+        x.push(n.2.clone());
+        y.push(false);
+    }
+    let mut d = Detector::fit(kind, scope, feature_names, &x, &y, config.l2)?;
+
+    // Calibrate on every healthy window, in time order per entity, with the
+    // hysteresis of service: the lowest threshold whose false alerts stay
+    // within the target.
+    let k = alerting.for_kind(kind).fire_after_bad_windows as usize;
+    let mut by_entity: HashMap<&str, Vec<(i64, f64)>> = HashMap::new();
+    for n in &negatives {
+        by_entity.entry(n.1.as_str()).or_default().push((n.0, d.score(&n.2)));
+    }
+    for v in by_entity.values_mut() {
+        v.sort_by_key(|e| e.0);
+    }
+    let per_1000 = |threshold: f64| {
+        let alerts: usize = by_entity.values().map(|seq| false_alerts(seq, threshold, k)).sum();
+        alerts as f64 * 1000.0 / terminal_days.max(1) as f64
+    };
+    let mut candidates: Vec<f64> = (1..200).map(|i| i as f64 / 200.0).collect();
+    candidates.extend([0.999, 0.9999, 0.99999]);
+    let threshold = candidates
+        .iter()
+        .copied()
+        .find(|&t| per_1000(t) <= config.target_false_alerts_per_1000_terminal_days)
+        .unwrap_or(0.99999);
+    d.threshold = threshold;
+    d.critical_threshold = (threshold + (1.0 - threshold) * 0.8).max(threshold);
+    let recall = positives.iter().filter(|p| d.score(&p.2) >= threshold).count() as f64 / positives.len().max(1) as f64;
+    let specificity =
+        negatives.iter().filter(|n| d.score(&n.2) < threshold).count() as f64 / negatives.len().max(1) as f64;
+    figures.push(DetectorFigures {
+        kind,
+        scope,
+        positive_windows: positives.len(),
+        negative_windows: negatives.len(),
+        excluded_windows: excluded,
+        window_recall: recall,
+        window_specificity: specificity,
+        calibrated_false_alerts_per_1000_terminal_days: per_1000(threshold),
+    });
+    detectors.push(d);
+    Ok(())
+}
+
+/// Alerts that `k` consecutive windows at or above `threshold` would fire
+/// on one entity's healthy windows (a new alert only after a good window).
+fn false_alerts(seq: &[(i64, f64)], threshold: f64, k: usize) -> usize {
+    let (mut run, mut alerts, mut firing) = (0usize, 0usize, false);
+    for &(_, s) in seq {
+        if s >= threshold {
+            run += 1;
+            if run >= k && !firing {
+                alerts += 1;
+                firing = true;
+            }
+        } else {
+            run = 0;
+            firing = false;
+        }
+    }
+    alerts
+}
+
+/// FNV-1a 64-bit, for fingerprints of training data (not security).
+pub fn fnv1a(hash: u64, bytes: &[u8]) -> u64 {
+    let mut h = hash;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100_0000_01b3);
+    }
+    h
+}
+
+pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn false_alerts_need_k_consecutive_bad_windows() {
+        let seq: Vec<(i64, f64)> =
+            [0.9, 0.1, 0.9, 0.9, 0.9, 0.1, 0.9, 0.9].iter().enumerate().map(|(i, s)| (i as i64, *s)).collect();
+        assert_eq!(false_alerts(&seq, 0.5, 2), 2);
+        assert_eq!(false_alerts(&seq, 0.5, 3), 1);
+        assert_eq!(false_alerts(&seq, 0.95, 1), 0);
+    }
+
+    #[test]
+    fn fnv_is_stable() {
+        assert_eq!(fnv1a(FNV_OFFSET, b""), FNV_OFFSET);
+        assert_eq!(fnv1a(FNV_OFFSET, b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+}

@@ -1,0 +1,301 @@
+//! `termwatch train`, and the scoring sink `termwatch replay --alerts` uses.
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use arrow::record_batch::RecordBatch;
+use termwatch_features::{FeatureConfig, FeatureEngine};
+use termwatch_models::scoring::Scorer;
+use termwatch_models::training::{self, FNV_OFFSET, ModelSet, TrainConfig, TrainingData, TrainingRows};
+use termwatch_pipeline::{BatchConfig, BatchSink, MemoryDeadLetters, Pipeline, SinkError};
+use termwatch_telemetry::time::format_rfc3339_ms;
+
+/// Where `replay --alerts` finds its models unless told otherwise.
+pub const DEFAULT_MODELS: &str = "models/default/model.json";
+
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// Telemetry history, NDJSON plain or gzip; repeat for several files, read in order.
+    #[arg(long = "input", required = true, value_name = "FILE")]
+    inputs: Vec<PathBuf>,
+    /// Incident labels (alerts-v1): ground truth, and analysts' not_incident feedback.
+    #[arg(long, value_name = "FILE")]
+    labels: PathBuf,
+    /// Directory to write the artifact to (model.json and MODEL_CARD.md).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Version recorded in the artifact and in every alert it raises.
+    #[arg(long, default_value = "termwatch-default-1")]
+    version: String,
+    /// Calibration target: false alerts per 1,000 terminal-days on healthy training windows, per detector.
+    #[arg(long, default_value_t = 0.2)]
+    target_false_alerts: f64,
+    /// Each --input is a history of its own (another fleet or period, e.g. one simulated at 60 s and one
+    /// at 300 s), with its own feature state; without it, the inputs are consecutive parts of one history.
+    #[arg(long)]
+    independent: bool,
+}
+
+/// Feeds batches to a feature engine and keeps the rows for training.
+#[derive(Clone)]
+struct Collect(Arc<Mutex<(FeatureEngine, TrainingRows)>>);
+
+impl BatchSink for Collect {
+    fn name(&self) -> &str {
+        "training-features"
+    }
+    fn process_batch(&mut self, batch: &RecordBatch) -> Result<(), SinkError> {
+        let mut g = self.0.lock().map_err(|_| SinkError::Other("training lock poisoned".into()))?;
+        let (engine, rows) = &mut *g;
+        let windows = engine.process_batch(batch);
+        rows.add(engine, &windows);
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<(), SinkError> {
+        let mut g = self.0.lock().map_err(|_| SinkError::Other("training lock poisoned".into()))?;
+        let (engine, rows) = &mut *g;
+        let windows = engine.finish();
+        rows.add(engine, &windows);
+        Ok(())
+    }
+}
+
+/// Runs one history through the pipeline and the feature engine: the same
+/// path as the service, so training sees the features scoring will.
+fn collect_rows(inputs: &[PathBuf], features: &FeatureConfig) -> anyhow::Result<TrainingRows> {
+    let collect = Collect(Arc::new(Mutex::new((FeatureEngine::new(features.clone()), TrainingRows::default()))));
+    let pipeline = Pipeline::new(
+        BatchConfig { max_rows: 8192, max_age: Duration::from_secs(3600) },
+        vec![Box::new(collect.clone())],
+        Box::new(MemoryDeadLetters::default()),
+    );
+    let report = termwatch_pipeline::replay(inputs, pipeline);
+    if let Some(e) = report.error {
+        return Err(e).context("reading the training history");
+    }
+    eprintln!("train: history {}", report.stats);
+    let inner = Arc::try_unwrap(collect.0)
+        .map_err(|_| anyhow::anyhow!("the training sink is still shared"))?
+        .into_inner()
+        .map_err(|_| anyhow::anyhow!("training lock poisoned"))?;
+    Ok(inner.1)
+}
+
+fn fingerprint(inputs: &[PathBuf]) -> anyhow::Result<(String, Vec<(String, u64)>)> {
+    let mut h = FNV_OFFSET;
+    let mut sizes = Vec::new();
+    let mut buf = vec![0u8; 1 << 20];
+    for p in inputs {
+        let mut f = File::open(p).with_context(|| format!("cannot open input {}", p.display()))?;
+        let mut n = 0u64;
+        loop {
+            let k = f.read(&mut buf).with_context(|| format!("cannot read input {}", p.display()))?;
+            if k == 0 {
+                break;
+            }
+            h = training::fnv1a(h, &buf[..k]);
+            n += k as u64;
+        }
+        sizes.push((p.display().to_string(), n));
+    }
+    Ok((format!("fnv1a64:{h:016x}"), sizes))
+}
+
+pub fn train(args: TrainArgs) -> anyhow::Result<()> {
+    let (fingerprint, inputs) = fingerprint(&args.inputs)?;
+    let labels = termwatch_models::eval::read_labels(&args.labels)?;
+    let features = FeatureConfig::default();
+    let groups: Vec<Vec<PathBuf>> = if args.independent {
+        args.inputs.iter().map(|p| vec![p.clone()]).collect()
+    } else {
+        vec![args.inputs.clone()]
+    };
+    let mut rows = TrainingRows::default();
+    for group in &groups {
+        rows.merge(collect_rows(group, &features)?);
+    }
+    let (Some(first), Some(last)) = (rows.first_ms, rows.last_ms) else {
+        bail!("the training history closed no feature window: is it empty?");
+    };
+    let data = TrainingData {
+        inputs,
+        fingerprint,
+        labels: Some(args.labels.display().to_string()),
+        first_window_end: format_rfc3339_ms(first),
+        last_window_end: format_rfc3339_ms(last),
+        terminal_days: rows.terminal_days,
+        incidents_by_kind: Vec::new(),
+        not_incident_labels: 0,
+    };
+    let config =
+        TrainConfig { target_false_alerts_per_1000_terminal_days: args.target_false_alerts, ..TrainConfig::default() };
+    let set = training::train(&rows, &labels, features, &config, data, args.version.clone())?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
+    let path = args.out.join("model.json");
+    let json = serde_json::to_string_pretty(&set).context("serialising the model set")?;
+    std::fs::write(&path, json + "\n").with_context(|| format!("cannot write {}", path.display()))?;
+    let card = args.out.join("MODEL_CARD.md");
+    std::fs::write(&card, model_card(&set)).with_context(|| format!("cannot write {}", card.display()))?;
+    for f in &set.figures {
+        eprintln!(
+            "train: {} {}: {} positive / {} healthy windows, threshold {:.3}, window recall {:.3}, specificity {:.5}, calibrated false alerts {:.3} per 1,000 terminal-days",
+            f.kind,
+            f.scope,
+            f.positive_windows,
+            f.negative_windows,
+            set.detector(f.kind, f.scope).map(|d| d.threshold).unwrap_or(f64::NAN),
+            f.window_recall,
+            f.window_specificity,
+            f.calibrated_false_alerts_per_1000_terminal_days
+        );
+    }
+    println!("wrote {} and {}", path.display(), card.display());
+    Ok(())
+}
+
+fn model_card(set: &ModelSet) -> String {
+    let mut s = format!(
+        "# Model card: {}\n\nFormat `{}`. Four detectors, each a logistic regression (linfa) over window features\n\
+         computed by `termwatch-features` (windows of {} s, lateness {} s), standardised with the\n\
+         training data's means and deviations. Thresholds were calibrated on the healthy windows of the\n\
+         training data so that, with the alerting hysteresis of service, false alerts stay at or below the\n\
+         target per 1,000 terminal-days.\n\n## Trained on\n\n- inputs: {}\n- fingerprint: `{}`\n- windows: {} .. {}\n\
+         - terminal-days: {}\n- incidents: {}\n- not_incident labels: {}\n\n## Detectors\n\n\
+         | kind | scope | features | threshold | critical | positive windows | healthy windows | window recall | specificity | false alerts / 1,000 terminal-days (training, healthy) |\n|---|---|---|---|---|---|---|---|---|---|\n",
+        set.version,
+        set.format,
+        set.features.window_ms / 1000,
+        set.features.lateness_ms / 1000,
+        set.trained_on.inputs.iter().map(|(p, n)| format!("{p} ({n} bytes)")).collect::<Vec<_>>().join(", "),
+        set.trained_on.fingerprint,
+        set.trained_on.first_window_end,
+        set.trained_on.last_window_end,
+        set.trained_on.terminal_days,
+        set.trained_on.incidents_by_kind.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", "),
+        set.trained_on.not_incident_labels,
+    );
+    for (d, f) in set.detectors.iter().zip(&set.figures) {
+        s.push_str(&format!(
+            "| {} | {} | {} | {:.3} | {:.3} | {} | {} | {:.3} | {:.5} | {:.3} |\n",
+            d.kind,
+            d.scope,
+            d.feature_names.join(", "),
+            d.threshold,
+            d.critical_threshold,
+            f.positive_windows,
+            f.negative_windows,
+            f.window_recall,
+            f.window_specificity,
+            f.calibrated_false_alerts_per_1000_terminal_days
+        ));
+    }
+    s.push_str(
+        "\n## Limits\n\nTrained and calibrated on simulated fleets (docs/simulator.md). Figures above are on the\n\
+         training data; figures on unseen histories come from `termwatch eval` (see the README).\n",
+    );
+    s
+}
+
+/// How alert events are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlertFormat {
+    /// alerts-v1 JSON, one event per line.
+    Ndjson,
+    /// One readable line per event, for a terminal.
+    Human,
+}
+
+/// Scores every batch and writes the alert events it causes.
+pub struct AlertSink {
+    scorer: Scorer,
+    name: String,
+    out: Box<dyn Write + Send>,
+    format: AlertFormat,
+    written: u64,
+}
+
+impl AlertSink {
+    /// Alert events as NDJSON into `path`.
+    pub fn file(models: &Path, path: &Path) -> anyhow::Result<AlertSink> {
+        let file = File::create(path).with_context(|| format!("cannot create alerts file {}", path.display()))?;
+        Self::new(
+            models,
+            format!("alerts file {}", path.display()),
+            Box::new(BufWriter::new(file)),
+            AlertFormat::Ndjson,
+        )
+    }
+
+    pub fn new(
+        models: &Path,
+        name: String,
+        out: Box<dyn Write + Send>,
+        format: AlertFormat,
+    ) -> anyhow::Result<AlertSink> {
+        let set = ModelSet::load(models)?;
+        let scorer = Scorer::new(set)?;
+        Ok(AlertSink { scorer, name, out, format, written: 0 })
+    }
+
+    fn write(&mut self, events: Vec<termwatch_telemetry::alerts::AlertEvent>) -> Result<(), SinkError> {
+        for e in events {
+            let line = match self.format {
+                AlertFormat::Ndjson => serde_json::to_string(&e).map_err(|e| SinkError::Other(e.to_string()))?,
+                AlertFormat::Human => human(&e),
+            };
+            let name = &self.name;
+            writeln!(self.out, "{line}").map_err(|e| SinkError::io(format!("cannot write {name}"), e))?;
+            self.written += 1;
+        }
+        Ok(())
+    }
+}
+
+fn human(e: &termwatch_telemetry::alerts::AlertEvent) -> String {
+    use termwatch_telemetry::alerts::AlertState;
+    let reasons: Vec<String> =
+        e.reasons.iter().map(|r| format!("{} {} (baseline {})", r.feature, r.value, r.baseline)).collect();
+    format!(
+        "ALERT {} {} {:?} {} {} in {} at {} score {:.2}{}",
+        match e.state {
+            AlertState::Firing => "FIRING  ",
+            AlertState::Resolved => "resolved",
+        },
+        e.kind,
+        e.severity,
+        e.scope,
+        e.entity,
+        e.region,
+        format_rfc3339_ms(e.ts),
+        e.score,
+        if reasons.is_empty() { String::new() } else { format!(": {}", reasons.join(", ")) }
+    )
+}
+
+impl BatchSink for AlertSink {
+    fn name(&self) -> &str {
+        "alerts"
+    }
+    fn process_batch(&mut self, batch: &RecordBatch) -> Result<(), SinkError> {
+        let events = self.scorer.process_batch(batch);
+        self.write(events)?;
+        let name = &self.name;
+        self.out.flush().map_err(|e| SinkError::io(format!("cannot write {name}"), e))
+    }
+    fn flush(&mut self) -> Result<(), SinkError> {
+        let events = self.scorer.finish();
+        self.write(events)?;
+        let name = &self.name;
+        self.out.flush().map_err(|e| SinkError::io(format!("cannot write {name}"), e))?;
+        eprintln!(
+            "alerts: {} events written to {name}; {} firing now",
+            self.written,
+            self.scorer.alerts().firing_len()
+        );
+        Ok(())
+    }
+}
