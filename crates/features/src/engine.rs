@@ -248,6 +248,11 @@ impl FeatureEngine {
         self.terminals.iter().find(|t| t.site == s).map(|t| t.region).unwrap_or(0)
     }
 
+    /// The latest event time seen, epoch ms (None before the first report).
+    pub fn watermark(&self) -> Option<i64> {
+        (self.watermark != i64::MIN).then_some(self.watermark)
+    }
+
     pub fn tracked_terminals(&self) -> usize {
         self.terminals.len()
     }

@@ -94,13 +94,58 @@ pub struct Scorer {
     models: ModelSet,
     alerts: AlertTracker,
     windows: u64,
+    /// The latest network score of each region (region index -> score).
+    region_scores: Vec<Option<f64>>,
+    /// Scores since the last `take_scores`, per detector, for histograms;
+    /// kept only when asked for, so a replay does not hoard them.
+    scores: Vec<((AlertKind, Scope), Vec<f64>)>,
+    keep_scores: bool,
 }
 
 impl Scorer {
     pub fn new(models: ModelSet) -> Result<Scorer, ModelError> {
         let alerts =
             models.alerting.build().map_err(|cause| ModelError::Alerting { path: models.version.clone(), cause })?;
-        Ok(Scorer { engine: FeatureEngine::new(models.features.clone()), models, alerts, windows: 0 })
+        let scores = DETECTORS.iter().map(|d| (*d, Vec::new())).collect();
+        Ok(Scorer {
+            engine: FeatureEngine::new(models.features.clone()),
+            models,
+            alerts,
+            windows: 0,
+            region_scores: Vec::new(),
+            scores,
+            keep_scores: false,
+        })
+    }
+
+    /// Keeps every score for [`Scorer::take_scores`] (metrics histograms).
+    pub fn keep_scores(mut self, keep: bool) -> Self {
+        self.keep_scores = keep;
+        self
+    }
+
+    pub fn model_version(&self) -> &str {
+        &self.models.version
+    }
+
+    /// The latest network-degradation score of every region seen: (region, score).
+    pub fn region_scores(&self) -> impl Iterator<Item = (&str, f64)> {
+        self.region_scores.iter().enumerate().filter_map(|(r, s)| s.map(|s| (self.engine.region_name(r as u32), s)))
+    }
+
+    /// Every score computed since the last call, per detector (for histograms;
+    /// drained so each score is observed once).
+    pub fn take_scores(&mut self) -> Vec<((AlertKind, Scope), Vec<f64>)> {
+        self.scores.iter_mut().map(|(d, v)| (*d, std::mem::take(v))).collect()
+    }
+
+    fn record(&mut self, kind: AlertKind, scope: Scope, score: f64) {
+        if !self.keep_scores {
+            return;
+        }
+        if let Some((_, v)) = self.scores.iter_mut().find(|(d, _)| *d == (kind, scope)) {
+            v.push(score);
+        }
     }
 
     pub fn engine(&self) -> &FeatureEngine {
@@ -133,6 +178,10 @@ impl Scorer {
         for w in windows {
             self.windows += 1;
             let mut bad_sites = std::collections::HashSet::new();
+            let mut site_scores = Vec::new();
+            let mut terminal_scores = Vec::new();
+            let mut network_scores = Vec::new();
+            let mut aging_scores = Vec::new();
             if let Some(d) = self.models.detector(AlertKind::VoltageInstability, Scope::Site) {
                 for r in &w.site_voltage {
                     let score = d.score(&r.features);
@@ -141,6 +190,7 @@ impl Scorer {
                     if r.features[5] < 2.0 {
                         continue;
                     }
+                    site_scores.push(score);
                     if score >= d.threshold {
                         bad_sites.insert(r.site);
                     }
@@ -156,6 +206,7 @@ impl Scorer {
                     let site = self.engine.terminal_site(r.terminal);
                     // The site's alert covers its terminals: one page, not one per terminal.
                     let score = if bad_sites.contains(&site) { 0.0 } else { d.score(&r.features) };
+                    terminal_scores.push(score);
                     let term = self.engine.terminal_id(r.terminal);
                     let region = self.engine.region_name(self.engine.terminal_region(r.terminal));
                     let scored =
@@ -167,6 +218,7 @@ impl Scorer {
                 for r in &w.network {
                     let region = self.engine.region_name(r.region);
                     let score = d.score(&r.features);
+                    network_scores.push((r.region, score));
                     let scored =
                         scored(d, w.end_ms, region, region, score, &version, d.reasons(&r.features, &d.means, 3));
                     events.extend(self.alerts.observe(scored));
@@ -177,12 +229,29 @@ impl Scorer {
                     let term = self.engine.terminal_id(r.terminal);
                     let region = self.engine.region_name(self.engine.terminal_region(r.terminal));
                     let score = d.score(&r.features);
+                    aging_scores.push(score);
                     let scored =
                         scored(d, w.end_ms, term, region, score, &version, d.reasons(&r.features, &r.baselines, 3));
                     events.extend(self.alerts.observe(scored));
                 }
             }
             events.extend(self.alerts.expire(w.end_ms));
+            for s in site_scores {
+                self.record(AlertKind::VoltageInstability, Scope::Site, s);
+            }
+            for s in terminal_scores {
+                self.record(AlertKind::VoltageInstability, Scope::Terminal, s);
+            }
+            for s in aging_scores {
+                self.record(AlertKind::HardwareAging, Scope::Terminal, s);
+            }
+            for (r, s) in network_scores {
+                self.record(AlertKind::NetworkDegradation, Scope::Region, s);
+                if self.region_scores.len() <= r as usize {
+                    self.region_scores.resize(r as usize + 1, None);
+                }
+                self.region_scores[r as usize] = Some(s);
+            }
         }
         events
     }
