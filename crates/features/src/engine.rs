@@ -248,6 +248,19 @@ impl FeatureEngine {
         self.terminals.iter().find(|t| t.site == s).map(|t| t.region).unwrap_or(0)
     }
 
+    /// Bytes of per-terminal state (state, open windows, id, index entry),
+    /// counted from the data structures' sizes and capacities: the figure
+    /// that must stay under 1 KiB per tracked terminal.
+    pub fn state_bytes_per_terminal(&self) -> f64 {
+        let n = self.terminals.len().max(1);
+        let fixed = self.terminals.capacity() * std::mem::size_of::<Terminal>();
+        let rings: usize = self.terminals.iter().map(|t| t.ring.capacity() * std::mem::size_of::<Acc>()).sum();
+        let ids: usize = self.terminals.iter().map(|t| t.id.len()).sum::<usize>() * 2; // state and index keys
+        // A hashbrown entry: the key (a boxed str), the value, one control byte; 7/8 load.
+        let index = self.terminal_index.capacity() * (std::mem::size_of::<(Box<str>, u32)>() + 1) * 8 / 7;
+        (fixed + rings + ids + index) as f64 / n as f64
+    }
+
     /// The latest event time seen, epoch ms (None before the first report).
     pub fn watermark(&self) -> Option<i64> {
         (self.watermark != i64::MIN).then_some(self.watermark)
