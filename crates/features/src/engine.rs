@@ -52,6 +52,10 @@ pub struct Counters {
     /// Reports for a window that had already closed: dropped.
     pub late: u64,
     pub windows_closed: u64,
+    /// Reports at or before their terminal's latest event time when a
+    /// snapshot was taken, seen again after a restore: skipped, so that no
+    /// report is applied twice.
+    pub replayed: u64,
 }
 
 /// One terminal's voltage features in one window.
@@ -97,7 +101,7 @@ pub struct WindowRows {
 }
 
 /// Sums over one terminal's reports in one window.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 struct Acc {
     window: i64,
     n: u32,
@@ -144,8 +148,14 @@ struct Wear {
     health_long: Ewma,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Terminal {
     id: Box<str>,
+    /// Latest event time applied.
+    max_ts: i64,
+    /// Reports at or before this were applied before the snapshot this
+    /// state was restored from.
+    skip_until: i64,
     site: u32,
     region: u32,
     cohort: u32,
@@ -154,7 +164,7 @@ struct Terminal {
     wear: Wear,
 }
 
-#[derive(Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Names {
     index: HashMap<Box<str>, u32>,
     names: Vec<Box<str>>,
@@ -173,6 +183,7 @@ impl Names {
 }
 
 /// Per-terminal, per-site and per-region state; see the crate docs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FeatureEngine {
     config: FeatureConfig,
     terminals: Vec<Terminal>,
@@ -180,6 +191,8 @@ pub struct FeatureEngine {
     sites: Names,
     regions: Names,
     cohorts: Names,
+    /// Region of each site (that of its first terminal seen).
+    site_regions: Vec<u32>,
     cohort_base: Vec<Baseline>,
     /// Terminals with reports in each open window.
     members: BTreeMap<i64, Vec<u32>>,
@@ -206,6 +219,7 @@ impl FeatureEngine {
             sites: Names::default(),
             regions: Names::default(),
             cohorts: Names::default(),
+            site_regions: Vec::new(),
             cohort_base: Vec::new(),
             members: BTreeMap::new(),
             watermark: i64::MIN,
@@ -245,7 +259,7 @@ impl FeatureEngine {
 
     /// The region a site is in (that of its first terminal seen).
     pub fn site_region(&self, s: u32) -> u32 {
-        self.terminals.iter().find(|t| t.site == s).map(|t| t.region).unwrap_or(0)
+        self.site_regions.get(s as usize).copied().unwrap_or(0)
     }
 
     /// Bytes of per-terminal state (state, open windows, id, index entry),
@@ -342,6 +356,15 @@ impl FeatureEngine {
         closed
     }
 
+    /// Marks every terminal's reports up to its latest applied event time as
+    /// applied: call after restoring a snapshot, so that records replayed
+    /// from before it are skipped and counted rather than applied twice.
+    pub fn mark_restored(&mut self) {
+        for t in &mut self.terminals {
+            t.skip_until = t.max_ts;
+        }
+    }
+
     /// Closes every open window (end of a history), returning their rows.
     pub fn finish(&mut self) -> Vec<WindowRows> {
         let mut out = Vec::new();
@@ -366,6 +389,9 @@ impl FeatureEngine {
             Some(s) => self.sites.intern(s),
             None => self.sites.intern(&format!("{NO_SITE_PREFIX}{id}")),
         };
+        if self.site_regions.len() <= site as usize {
+            self.site_regions.resize(site as usize + 1, region);
+        }
         let cohort = self.cohorts.intern(&format!("{model}|{firmware}"));
         if self.cohort_base.len() <= cohort as usize {
             self.cohort_base.resize(cohort as usize + 1, Baseline::default());
@@ -374,6 +400,8 @@ impl FeatureEngine {
         let ring = vec![Acc { window: i64::MIN, ..Acc::default() }; self.ring_len()];
         self.terminals.push(Terminal {
             id: id.into(),
+            max_ts: i64::MIN,
+            skip_until: i64::MIN,
             site,
             region,
             cohort,
@@ -397,6 +425,11 @@ impl FeatureEngine {
         }
         let ring_len = self.ring_len();
         let Some(term) = self.terminals.get_mut(t as usize) else { return };
+        if ts <= term.skip_until {
+            self.counters.replayed += 1;
+            return;
+        }
+        term.max_ts = term.max_ts.max(ts);
         let slot = w.rem_euclid(ring_len as i64) as usize;
         let acc = &mut term.ring[slot];
         if acc.window != w {

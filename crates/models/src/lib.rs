@@ -4,4 +4,5 @@ pub mod alerting;
 pub mod detector;
 pub mod eval;
 pub mod scoring;
+pub mod snapshot;
 pub mod training;

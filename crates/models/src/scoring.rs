@@ -10,6 +10,7 @@ use termwatch_telemetry::alerts::{AlertEvent, AlertKind, Scope};
 
 use crate::alerting::{AlertTracker, AlertingError, Scored};
 use crate::detector::Detector;
+use crate::snapshot::{Snapshot, SnapshotError, SnapshotRef};
 use crate::training::{FORMAT, ModelSet};
 
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +123,36 @@ impl Scorer {
     pub fn keep_scores(mut self, keep: bool) -> Self {
         self.keep_scores = keep;
         self
+    }
+
+    /// Saves what scoring has learned to `path` (atomically); `position`
+    /// says, in words, what input the state covers.
+    pub fn save_snapshot(&self, path: &Path, position: &str) -> Result<u64, SnapshotError> {
+        let alerts = self.alerts.snapshot();
+        SnapshotRef { model_version: &self.models.version, engine: &self.engine, alerts: &alerts, position }.save(path)
+    }
+
+    /// Restores a snapshot taken with the same model and feature
+    /// configuration; reports it already applied are then skipped and
+    /// counted. On error nothing changes: scoring goes on cold.
+    pub fn restore_snapshot(&mut self, path: &Path) -> Result<String, SnapshotError> {
+        let snap = Snapshot::load(path)?;
+        let p = path.display().to_string();
+        if snap.model_version != self.models.version {
+            return Err(SnapshotError::Model {
+                path: p,
+                found: snap.model_version,
+                expected: self.models.version.clone(),
+            });
+        }
+        if snap.engine.config() != &self.models.features {
+            return Err(SnapshotError::Features { path: p });
+        }
+        // The tracker is left unchanged when its part is refused.
+        self.alerts.restore(snap.alerts).map_err(|e| SnapshotError::Decode { path: p, cause: e.to_string() })?;
+        self.engine = snap.engine;
+        self.engine.mark_restored();
+        Ok(snap.position)
     }
 
     pub fn model_version(&self) -> &str {

@@ -195,6 +195,15 @@ struct Worker {
 
 impl Worker {
     fn run(mut self, work: Receiver<Work>) -> Stats {
+        let stats = self.serve(work);
+        // Sinks make what they hold durable (snapshots, files) on the way out.
+        if let Err(e) = self.pipeline.flush_sinks() {
+            let _ = self.acks.send(Ack::Failed(e.to_string()));
+        }
+        stats
+    }
+
+    fn serve(&mut self, work: Receiver<Work>) -> Stats {
         loop {
             let item = match work.recv_timeout(Duration::from_millis(50)) {
                 Ok(item) => Some(item),

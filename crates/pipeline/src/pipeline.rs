@@ -40,6 +40,11 @@ pub trait BatchSink: Send {
     fn flush(&mut self) -> Result<(), SinkError> {
         Ok(())
     }
+    /// The input has ended for good (the end of a history file, not a pause
+    /// in a stream): close whatever waits for more data.
+    fn end_of_input(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
 }
 
 /// Counts of what the pipeline saw.
@@ -258,13 +263,33 @@ impl Pipeline {
         *was = now.clone();
     }
 
+    /// Flushes the last batch and tells every sink the input has ended (a
+    /// history replayed to its end; never called on a live stream).
+    pub fn end_of_input(&mut self) -> Result<(), PipelineError> {
+        self.flush()?;
+        let mut ended = Ok(());
+        for sink in &mut self.sinks {
+            ended = sink.end_of_input().map_err(|cause| PipelineError::Sink { sink: sink.name().to_string(), cause });
+            if ended.is_err() {
+                break;
+            }
+        }
+        self.fail_on(ended)
+    }
+
     /// Flushes the last batch and every sink, and returns the counts.
     pub fn finish(mut self) -> Result<Stats, PipelineError> {
+        self.flush_sinks()?;
+        Ok(self.stats)
+    }
+
+    /// Flushes the last batch, then asks every sink to make what it holds durable.
+    pub fn flush_sinks(&mut self) -> Result<(), PipelineError> {
         self.flush()?;
         for sink in &mut self.sinks {
             sink.flush().map_err(|cause| PipelineError::Sink { sink: sink.name().to_string(), cause })?;
         }
-        Ok(self.stats)
+        Ok(())
     }
 }
 

@@ -72,7 +72,13 @@ pub fn replay(inputs: &[PathBuf], mut pipeline: Pipeline) -> ReplayReport {
         input_bytes += source.bytes_read();
     }
     // Flush what was read even after an input failed: it was valid, and the
-    // operator fixes the broken file and replays only that one.
+    // operator fixes the broken file and replays only that one. Only a
+    // history read to its end closes its last windows.
+    if error.is_none()
+        && let Err(e) = pipeline.end_of_input()
+    {
+        error = Some(e);
+    }
     let stats = pipeline.stats().clone();
     let (stats, flush_error) = match pipeline.finish() {
         Ok(stats) => (stats, None),
