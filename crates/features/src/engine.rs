@@ -205,6 +205,9 @@ pub struct FeatureEngine {
 /// Sites without a `site_id` are keyed by their terminal: one terminal, one site.
 const NO_SITE_PREFIX: &str = "terminal:";
 const EPS_V: f64 = 0.002;
+/// Card reads and print jobs a terminal's long wear memory needs before its
+/// rates are a baseline.
+const MIN_WEAR_ATTEMPTS: f64 = 500.0;
 
 fn column<'a>(batch: &'a RecordBatch, name: &str) -> Option<&'a dyn Array> {
     batch.column_by_name(name).map(|c| c.as_ref())
@@ -598,7 +601,12 @@ impl FeatureEngine {
                 wear.health_short.update(h, short);
                 wear.health_long.update(h, long * 4.0);
             }
-            if wear.reader_short.1 + wear.printer_short.1 > 0.0 || wear.health_short.weight > 0.0 {
+            // A row only for a window with activity, once the long memory has
+            // seen enough to be a baseline: a quiet night repeats yesterday's
+            // evidence, and a young baseline is no reference.
+            let active = acc.card_reads + acc.print_jobs > 0 || acc.health_n > 0;
+            let warm = wear.reader_long.1 + wear.printer_long.1 >= MIN_WEAR_ATTEMPTS || wear.health_long.weight > 144.0;
+            if active && warm {
                 // Short and long EWMAs lag by half their memories; their
                 // difference over that lag is a drop per day.
                 let lag_days = (cfg.aging_long_windows / 4.0 - cfg.aging_short_windows) / 2.0 * cfg.window_ms as f64
