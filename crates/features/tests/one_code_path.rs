@@ -55,7 +55,8 @@ fn run(lines: &[Vec<u8>], max_rows: usize) -> (Vec<WindowRows>, FeatureEngine) {
         p.push(l, Position::File { path: "sim", line: i as u64 + 1, offset: 0 }).expect("push");
     }
     p.finish().expect("finish");
-    let (mut engine, mut rows) = Arc::try_unwrap(features.0).ok().expect("sole owner").into_inner().unwrap();
+    let Ok(shared) = Arc::try_unwrap(features.0) else { panic!("the pipeline still holds the sink") };
+    let (mut engine, mut rows) = shared.into_inner().unwrap();
     rows.extend(engine.finish());
     (rows, engine)
 }

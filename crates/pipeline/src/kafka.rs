@@ -44,6 +44,9 @@ pub struct KafkaConfig {
     pub topics: Vec<String>,
     /// Topic that receives rejected records with their reason in headers. Default `telemetry-dead-letters`.
     pub dead_letter_topic: String,
+    /// Topic that also receives alert events (alerts-v1 JSON, keyed by
+    /// kind/scope/entity). Default: none.
+    pub alerts_topic: Option<String>,
     /// librdkafka properties passed through unchanged (security.protocol,
     /// sasl.*, ssl.*, fetch tuning, ...). They override termwatch's defaults.
     /// Default: none.
@@ -57,6 +60,7 @@ impl Default for KafkaConfig {
             group_id: "termwatch".into(),
             topics: vec!["telemetry".into()],
             dead_letter_topic: "telemetry-dead-letters".into(),
+            alerts_topic: None,
             properties: BTreeMap::new(),
         }
     }
@@ -324,6 +328,15 @@ impl Feeder {
     /// Hands over the partial chunk, waits until the worker has flushed
     /// everything, and stores the offsets. Err: do not commit.
     fn barrier<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Result<(), String> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        if self.work.is_none() {
+            // Shutting down: the final barrier already flushed everything,
+            // and the worker is gone. The revoke that closing the consumer
+            // triggers has nothing left to flush.
+            return Ok(());
+        }
         self.send_chunk();
         if let Some(e) = &self.failed {
             return Err(e.clone());

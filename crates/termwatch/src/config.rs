@@ -20,6 +20,24 @@ pub struct Config {
     pub batch: BatchSettings,
     /// The HTTP endpoint for `/metrics`, `/healthz` and `/readyz`.
     pub metrics: MetricsSettings,
+    /// Snapshots of what scoring has learned.
+    pub state: StateSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateSettings {
+    /// Snapshot file: restored at start-up when present, written every
+    /// `interval_s` and on shutdown. Default: none (no snapshots).
+    pub path: Option<std::path::PathBuf>,
+    /// Seconds between snapshots. Default 300.
+    pub interval_s: u64,
+}
+
+impl Default for StateSettings {
+    fn default() -> Self {
+        StateSettings { path: None, interval_s: 300 }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,9 +81,12 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("TERMWATCH_KAFKA_GROUP_ID", "kafka.group_id"),
     ("TERMWATCH_KAFKA_TOPICS", "kafka.topics (comma-separated)"),
     ("TERMWATCH_KAFKA_DEAD_LETTER_TOPIC", "kafka.dead_letter_topic"),
+    ("TERMWATCH_KAFKA_ALERTS_TOPIC", "kafka.alerts_topic"),
     ("TERMWATCH_BATCH_MAX_ROWS", "batch.max_rows"),
     ("TERMWATCH_BATCH_MAX_MS", "batch.max_ms"),
     ("TERMWATCH_METRICS_LISTEN", "metrics.listen"),
+    ("TERMWATCH_STATE_PATH", "state.path"),
+    ("TERMWATCH_STATE_INTERVAL_S", "state.interval_s"),
 ];
 const PROPERTY_PREFIX: &str = "TERMWATCH_KAFKA_PROPERTY_";
 /// Variables that are not configuration (logging).
@@ -100,9 +121,12 @@ impl Config {
                         value.split(',').map(str::trim).filter(|t| !t.is_empty()).map(String::from).collect()
                 }
                 "TERMWATCH_KAFKA_DEAD_LETTER_TOPIC" => self.kafka.dead_letter_topic = value,
+                "TERMWATCH_KAFKA_ALERTS_TOPIC" => self.kafka.alerts_topic = Some(value),
                 "TERMWATCH_BATCH_MAX_ROWS" => self.batch.max_rows = value.parse().with_context(parse_err)?,
                 "TERMWATCH_BATCH_MAX_MS" => self.batch.max_ms = value.parse().with_context(parse_err)?,
                 "TERMWATCH_METRICS_LISTEN" => self.metrics.listen = value.parse().with_context(parse_err)?,
+                "TERMWATCH_STATE_PATH" => self.state.path = Some(value.into()),
+                "TERMWATCH_STATE_INTERVAL_S" => self.state.interval_s = value.parse().with_context(parse_err)?,
                 k if k.starts_with(PROPERTY_PREFIX) && k.len() > PROPERTY_PREFIX.len() => {
                     let property = k[PROPERTY_PREFIX.len()..].to_ascii_lowercase().replace('_', ".");
                     self.kafka.properties.insert(property, value);
@@ -132,6 +156,9 @@ impl Config {
         }
         if !(1..=3_600_000).contains(&self.batch.max_ms) {
             bail!("batch.max_ms must be 1..=3600000, not {}", self.batch.max_ms);
+        }
+        if self.state.interval_s == 0 {
+            bail!("state.interval_s must be at least 1");
         }
         if self.kafka.topics.contains(&self.kafka.dead_letter_topic) {
             bail!("kafka.dead_letter_topic {:?} is also consumed: rejects would loop", self.kafka.dead_letter_topic);

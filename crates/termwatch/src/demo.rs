@@ -18,6 +18,7 @@ use termwatch_pipeline::{BatchSink, KafkaConfig, SinkError};
 use termwatch_sim::{SimConfig, Simulator};
 use termwatch_telemetry::time::format_rfc3339_ms;
 
+use crate::alert_metrics::AlertMetrics;
 use crate::config::{BatchSettings, Config, MetricsSettings};
 use crate::run::{Service, shutdown_signal};
 use crate::stream::{Produced, produce};
@@ -52,6 +53,12 @@ pub struct DemoArgs {
     /// The model artifact that scores the stream; alerts print as they fire.
     #[arg(long, value_name = "FILE", default_value = crate::models_cmd::DEFAULT_MODELS)]
     models: std::path::PathBuf,
+    /// Firing alerts exported one series each on /metrics, highest scores first; the rest are counted.
+    #[arg(long, default_value_t = crate::alert_metrics::DEFAULT_TOP_K)]
+    top_k: usize,
+    /// Keep serving /metrics this many seconds after the stream is consumed.
+    #[arg(long, default_value_t = 0, value_name = "SECONDS")]
+    linger_s: u64,
 }
 
 const TOPIC: &str = "telemetry";
@@ -141,6 +148,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         kafka,
         batch: BatchSettings { max_rows: 4096, max_ms: 200 },
         metrics: MetricsSettings { listen: args.metrics_listen },
+        state: Default::default(),
     };
 
     let produced = Arc::new(Produced::default());
@@ -155,11 +163,15 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
 
     let view = ViewSink::default();
     let mut sinks: Vec<Box<dyn BatchSink>> = vec![Box::new(view.clone())];
-    match crate::models_cmd::AlertSink::new(
+    let registry = prometheus::Registry::new();
+    let alert_metrics =
+        AlertMetrics::register_with_top_k(&registry, args.top_k).context("registering alert metrics")?;
+    match crate::models_cmd::AlertSink::with_metrics(
         &args.models,
         "standard output".into(),
         Box::new(std::io::stdout()),
         crate::models_cmd::AlertFormat::Human,
+        Some(alert_metrics),
     ) {
         Ok(alerts) => {
             println!("scoring with {}", args.models.display());
@@ -169,7 +181,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
     let result = runtime.block_on(async {
-        let service = Service::start(&config, sinks).await?;
+        let service = Service::start(&config, registry, sinks).await?;
         println!("metrics: http://{}/metrics", service.metrics_addr);
         let started = Instant::now();
         let mut tick = tokio::time::interval(Duration::from_secs(2));
@@ -195,6 +207,15 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         }
         let stats = service.stop().await?;
         println!("pipeline: {stats}");
+        if args.linger_s > 0 {
+            // The consumer has stopped; the endpoint keeps serving the final
+            // state (for a Prometheus that scrapes it in a test).
+            println!("serving metrics for {} s more (--linger-s)", args.linger_s);
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(args.linger_s)) => {}
+                s = shutdown_signal() => println!("{}: stopping", s?),
+            }
+        }
         anyhow::Ok(())
     });
     produced.stop.store(true, Ordering::Relaxed);

@@ -1,5 +1,7 @@
 //! termwatch: watches a fleet of payment terminals through their telemetry.
 
+mod alert_metrics;
+mod alert_topic;
 mod config;
 mod demo;
 mod eval_cmd;
@@ -61,6 +63,10 @@ struct ReplayArgs {
     /// The model artifact to score with (with --alerts).
     #[arg(long, value_name = "FILE", default_value = models_cmd::DEFAULT_MODELS)]
     models: PathBuf,
+    /// Snapshot of what scoring has learned (with --alerts): restored at the start when present,
+    /// written at the end, so a later replay or `termwatch run` continues from it.
+    #[arg(long, value_name = "FILE", requires = "alerts")]
+    state: Option<PathBuf>,
     #[command(flatten)]
     batch: BatchArgs,
 }
@@ -115,7 +121,13 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     }
     let mut sinks: Vec<Box<dyn termwatch_pipeline::BatchSink>> = Vec::new();
     if let Some(alerts) = &args.alerts {
-        sinks.push(Box::new(models_cmd::AlertSink::file(&args.models, alerts)?));
+        let mut sink = models_cmd::AlertSink::file(&args.models, alerts)?;
+        if let Some(state) = &args.state {
+            let inputs: Vec<String> = args.inputs.iter().map(|p| p.display().to_string()).collect();
+            let position = format!("the end of {}", inputs.join(", "));
+            sink = sink.with_state(models_cmd::StateFile::new(state.clone(), Duration::MAX, position));
+        }
+        sinks.push(Box::new(sink));
     }
     let dead_letters = FileDeadLetters::create(&args.dead_letter)?;
     let pipeline = Pipeline::new(args.batch.config(), sinks, Box::new(dead_letters));

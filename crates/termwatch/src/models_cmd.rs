@@ -14,6 +14,8 @@ use termwatch_models::training::{self, FNV_OFFSET, ModelSet, TrainConfig, Traini
 use termwatch_pipeline::{BatchConfig, BatchSink, MemoryDeadLetters, Pipeline, SinkError};
 use termwatch_telemetry::time::format_rfc3339_ms;
 
+use crate::alert_metrics::AlertMetrics;
+
 /// Where `replay --alerts` finds its models unless told otherwise.
 pub const DEFAULT_MODELS: &str = "models/default/model.json";
 
@@ -55,7 +57,7 @@ impl BatchSink for Collect {
         rows.add(engine, &windows);
         Ok(())
     }
-    fn flush(&mut self) -> Result<(), SinkError> {
+    fn end_of_input(&mut self) -> Result<(), SinkError> {
         let mut g = self.0.lock().map_err(|_| SinkError::Other("training lock poisoned".into()))?;
         let (engine, rows) = &mut *g;
         let windows = engine.finish();
@@ -216,6 +218,28 @@ pub struct AlertSink {
     out: Box<dyn Write + Send>,
     format: AlertFormat,
     written: u64,
+    /// Alert metrics, updated once per batch, when the service exports them.
+    metrics: Option<AlertMetrics>,
+    /// Where and how often to snapshot what scoring has learned.
+    state: Option<StateFile>,
+    /// Alert events also go to this Kafka topic.
+    topic: Option<crate::alert_topic::AlertTopic>,
+}
+
+/// A snapshot file and its schedule.
+pub struct StateFile {
+    pub path: PathBuf,
+    /// Wall-clock time between snapshots while streaming; one is also taken
+    /// on every durable flush (shutdown, end of a replay).
+    pub every: Duration,
+    pub position: String,
+    last: std::time::Instant,
+}
+
+impl StateFile {
+    pub fn new(path: PathBuf, every: Duration, position: String) -> StateFile {
+        StateFile { path, every, position, last: std::time::Instant::now() }
+    }
 }
 
 impl AlertSink {
@@ -236,9 +260,57 @@ impl AlertSink {
         out: Box<dyn Write + Send>,
         format: AlertFormat,
     ) -> anyhow::Result<AlertSink> {
+        Self::with_metrics(models, name, out, format, None)
+    }
+
+    /// As [`AlertSink::new`], and with `metrics` exports the alert state as
+    /// Prometheus metrics, updated once per batch (the scorer then keeps its
+    /// scores for the histograms, which only metrics need).
+    pub fn with_metrics(
+        models: &Path,
+        name: String,
+        out: Box<dyn Write + Send>,
+        format: AlertFormat,
+        metrics: Option<AlertMetrics>,
+    ) -> anyhow::Result<AlertSink> {
         let set = ModelSet::load(models)?;
-        let scorer = Scorer::new(set)?;
-        Ok(AlertSink { scorer, name, out, format, written: 0 })
+        let mut scorer = Scorer::new(set)?.keep_scores(metrics.is_some());
+        if let Some(m) = &metrics {
+            // The model version and the gauges are on /metrics before the first batch.
+            m.update(&mut scorer, &[]);
+        }
+        Ok(AlertSink { scorer, name, out, format, written: 0, metrics, state: None, topic: None })
+    }
+
+    /// Sends every alert event to a Kafka topic too; a batch whose events
+    /// are not delivered fails, so its offsets are not committed.
+    pub fn with_topic(mut self, topic: crate::alert_topic::AlertTopic) -> AlertSink {
+        self.topic = Some(topic);
+        self
+    }
+
+    /// Restores a snapshot if one is there, and snapshots to it from now on.
+    /// A snapshot that cannot be used is refused with a message that says
+    /// why, and scoring starts cold.
+    pub fn with_state(mut self, state: StateFile) -> AlertSink {
+        if state.path.exists() {
+            match self.scorer.restore_snapshot(&state.path) {
+                Ok(position) => eprintln!("state: restored {} (it covers {position})", state.path.display()),
+                Err(e) => eprintln!("state: {e}; starting cold"),
+            }
+        } else {
+            eprintln!("state: no snapshot at {} yet; starting cold", state.path.display());
+        }
+        self.state = Some(state);
+        self
+    }
+
+    fn save_state(&mut self) -> Result<(), SinkError> {
+        let Some(st) = &mut self.state else { return Ok(()) };
+        let bytes = self.scorer.save_snapshot(&st.path, &st.position).map_err(|e| SinkError::Other(e.to_string()))?;
+        st.last = std::time::Instant::now();
+        tracing::debug!(path = %st.path.display(), bytes, "state snapshot written");
+        Ok(())
     }
 
     fn write(&mut self, events: Vec<termwatch_telemetry::alerts::AlertEvent>) -> Result<(), SinkError> {
@@ -250,6 +322,12 @@ impl AlertSink {
             let name = &self.name;
             writeln!(self.out, "{line}").map_err(|e| SinkError::io(format!("cannot write {name}"), e))?;
             self.written += 1;
+            if let Some(t) = &mut self.topic {
+                t.send(&e).map_err(SinkError::Other)?;
+            }
+        }
+        if let Some(t) = &mut self.topic {
+            t.flush().map_err(SinkError::Other)?;
         }
         Ok(())
     }
@@ -282,15 +360,34 @@ impl BatchSink for AlertSink {
     }
     fn process_batch(&mut self, batch: &RecordBatch) -> Result<(), SinkError> {
         let events = self.scorer.process_batch(batch);
-        self.write(events)?;
-        let name = &self.name;
-        self.out.flush().map_err(|e| SinkError::io(format!("cannot write {name}"), e))
-    }
-    fn flush(&mut self) -> Result<(), SinkError> {
-        let events = self.scorer.finish();
+        if let Some(metrics) = &self.metrics {
+            metrics.update(&mut self.scorer, &events);
+        }
         self.write(events)?;
         let name = &self.name;
         self.out.flush().map_err(|e| SinkError::io(format!("cannot write {name}"), e))?;
+        if self.state.as_ref().is_some_and(|st| st.last.elapsed() >= st.every) {
+            self.save_state()?;
+        }
+        Ok(())
+    }
+    fn end_of_input(&mut self) -> Result<(), SinkError> {
+        // With a state file the history is the prefix of a stream that goes
+        // on (a later replay, or `termwatch run`): its last windows stay
+        // open in the snapshot instead of closing half full.
+        if self.state.is_some() {
+            return Ok(());
+        }
+        let events = self.scorer.finish();
+        if let Some(metrics) = &self.metrics {
+            metrics.update(&mut self.scorer, &events);
+        }
+        self.write(events)
+    }
+    fn flush(&mut self) -> Result<(), SinkError> {
+        let name = self.name.clone();
+        self.out.flush().map_err(|e| SinkError::io(format!("cannot write {name}"), e))?;
+        self.save_state()?;
         eprintln!(
             "alerts: {} events written to {name}; {} firing now",
             self.written,

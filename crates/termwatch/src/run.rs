@@ -10,7 +10,9 @@ use prometheus::Registry;
 use termwatch_pipeline::{BatchSink, KafkaDeadLetters, KafkaMetrics, KafkaSource, Pipeline, PipelineMetrics, Stats};
 use tracing::info;
 
+use crate::alert_metrics::AlertMetrics;
 use crate::config::Config;
+use crate::models_cmd::{AlertFormat, AlertSink};
 use crate::serve::{self, Endpoints};
 
 /// A running service's handles, for `run` and for the demo.
@@ -23,9 +25,9 @@ pub struct Service {
 }
 
 impl Service {
-    /// Starts the metrics endpoint and the consumer.
-    pub async fn start(config: &Config, sinks: Vec<Box<dyn BatchSink>>) -> anyhow::Result<Service> {
-        let registry = Registry::new();
+    /// Starts the metrics endpoint and the consumer. `registry` is the one
+    /// registry of the process: the sinks may have registered theirs in it.
+    pub async fn start(config: &Config, registry: Registry, sinks: Vec<Box<dyn BatchSink>>) -> anyhow::Result<Service> {
         let pipeline_metrics = PipelineMetrics::register(&registry).context("registering metrics")?;
         let kafka_metrics = KafkaMetrics::register(&registry).context("registering metrics")?;
         let listener = serve::bind(config.metrics.listen).await?;
@@ -65,7 +67,9 @@ impl Service {
 pub fn run(config: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
     runtime.block_on(async {
-        let service = Service::start(&config, Vec::new()).await?;
+        let registry = Registry::new();
+        let sinks = scoring_sinks(&registry, &config)?;
+        let service = Service::start(&config, registry, sinks).await?;
         let stop = Arc::clone(&service.stop);
         tokio::select! {
             signal = shutdown_signal() => {
@@ -78,6 +82,43 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         info!(%stats, "stopped");
         Ok(())
     })
+}
+
+/// Scores with the default model when its file exists (alert events to
+/// standard output as alerts-v1 NDJSON, alert metrics in `registry`);
+/// consumes without scoring otherwise.
+fn scoring_sinks(registry: &Registry, config: &Config) -> anyhow::Result<Vec<Box<dyn BatchSink>>> {
+    let models = std::path::Path::new(crate::models_cmd::DEFAULT_MODELS);
+    if !models.exists() {
+        info!(models = %models.display(), "not scoring: no model file (scripts/train-default makes it)");
+        return Ok(Vec::new());
+    }
+    let metrics = AlertMetrics::register(registry).context("registering alert metrics")?;
+    let sink = AlertSink::with_metrics(
+        models,
+        "standard output".into(),
+        Box::new(std::io::stdout()),
+        AlertFormat::Ndjson,
+        Some(metrics),
+    )
+    .with_context(|| format!("loading {}", models.display()))?;
+    info!(models = %models.display(), "scoring with the default model; alert events (alerts-v1) on standard output");
+    let sink = match &config.kafka.alerts_topic {
+        Some(topic) => {
+            info!(topic = %topic, "alert events also go to Kafka");
+            sink.with_topic(crate::alert_topic::AlertTopic::new(&config.kafka, topic)?)
+        }
+        None => sink,
+    };
+    let sink = match &config.state.path {
+        Some(path) => sink.with_state(crate::models_cmd::StateFile::new(
+            path.clone(),
+            std::time::Duration::from_secs(config.state.interval_s),
+            format!("group {} on {}", config.kafka.group_id, config.kafka.topics.join(",")),
+        )),
+        None => sink,
+    };
+    Ok(vec![Box::new(sink)])
 }
 
 async fn wait_finished(service: &Service) {

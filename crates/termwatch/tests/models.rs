@@ -140,3 +140,71 @@ fn trains_scores_and_evaluates_and_refuses_a_mismatched_artifact() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("trained on features") && stderr.contains("retrain"), "{stderr}");
 }
+
+#[test]
+fn a_restart_from_a_snapshot_continues_exactly_where_it_stopped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    termwatch(&[
+        "simulate",
+        "--terminals",
+        "60",
+        "--regions",
+        "2",
+        "--days",
+        "1",
+        "--seed",
+        "31",
+        "--fault-scale",
+        "20",
+        "--out",
+        s(&d.join("h.ndjson")),
+        "--labels",
+        s(&d.join("h.labels.ndjson")),
+    ]);
+    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/default/model.json");
+    let text = std::fs::read_to_string(d.join("h.ndjson")).expect("history");
+    let lines: Vec<&str> = text.lines().collect();
+    let (first, second) = lines.split_at(lines.len() / 2);
+    std::fs::write(d.join("first.ndjson"), first.join("\n") + "\n").expect("write");
+    std::fs::write(d.join("second.ndjson"), second.join("\n") + "\n").expect("write");
+    let replay = |inputs: &[&str], state: &Path, alerts: &Path| {
+        let mut args = vec!["replay"];
+        for i in inputs {
+            args.extend(["--input", i]);
+        }
+        let dead = d.join("dead.ndjson");
+        args.extend(["--dead-letter", s(&dead), "--alerts", s(alerts), "--models", s(&models), "--state", s(state)]);
+        termwatch(&args)
+    };
+    // One process over the whole history...
+    replay(&[s(&d.join("h.ndjson"))], &d.join("whole.state"), &d.join("whole.alerts"));
+    // ...and two, the second restoring what the first learned.
+    replay(&[s(&d.join("first.ndjson"))], &d.join("split.state"), &d.join("a1.alerts"));
+    let out = replay(&[s(&d.join("second.ndjson"))], &d.join("split.state"), &d.join("a2.alerts"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("state: restored"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let whole = std::fs::read_to_string(d.join("whole.alerts")).expect("alerts");
+    let split = std::fs::read_to_string(d.join("a1.alerts")).expect("alerts")
+        + &std::fs::read_to_string(d.join("a2.alerts")).expect("alerts");
+    assert!(!whole.is_empty(), "the history raised alerts");
+    assert_eq!(split, whole, "the restarted run raised exactly the alerts of the continuous one");
+
+    // Replaying the second half again over the final state applies nothing twice.
+    let again = replay(&[s(&d.join("second.ndjson"))], &d.join("split.state"), &d.join("a3.alerts"));
+    assert_eq!(
+        std::fs::read_to_string(d.join("a3.alerts")).expect("alerts"),
+        "",
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+
+    // A corrupt snapshot is refused, and scoring starts cold.
+    std::fs::write(d.join("split.state"), b"TWSNAP garbage").expect("write");
+    let cold = replay(&[s(&d.join("second.ndjson"))], &d.join("split.state"), &d.join("a4.alerts"));
+    let stderr = String::from_utf8_lossy(&cold.stderr);
+    assert!(stderr.contains("starting cold"), "{stderr}");
+}

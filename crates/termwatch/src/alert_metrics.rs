@@ -1,0 +1,526 @@
+//! Alert state as Prometheus metrics, with cardinality bounded whatever the
+//! fleet size.
+//!
+//! Every label value comes from a small closed set (kind, scope, severity,
+//! state, region, model version) except on one family,
+//! `termwatch_alert_entity_score`, which names entities: it holds only the
+//! currently firing alerts, at most the top K of them by score, and the number
+//! left out is exported as `termwatch_alert_entities_cut_off`. So with N
+//! regions the alert metrics are about `18·2·N` firing counts, N region scores,
+//! 4 score histograms, K entity series and a handful of gauges, whether the
+//! fleet has a thousand terminals or a million.
+//!
+//! [`AlertMetrics::update`] runs once per batch, on the pipeline's thread. The
+//! top K is recomputed only when the batch closed windows or changed alerts
+//! (scores and alert state change at window boundaries only), so a batch that
+//! only fills open windows costs a few gauge writes.
+
+use std::cmp::Ordering;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prometheus::{Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use termwatch_features::FeatureEngine;
+use termwatch_models::alerting::{AlertTracker, FiringAlert};
+use termwatch_models::scoring::Scorer;
+use termwatch_telemetry::alerts::{AlertEvent, AlertKind, AlertState, Scope, Severity};
+
+/// Per-entity series exported unless told otherwise.
+pub const DEFAULT_TOP_K: usize = 200;
+
+/// Buckets of the score histograms: scores are probabilities, and what
+/// matters is the upper tail, where the thresholds sit.
+pub const SCORE_BUCKETS: [f64; 14] = [0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99];
+
+/// Labels of `termwatch_alert_entity_score`, in order.
+pub const ENTITY_LABELS: [&str; 7] = ["kind", "scope", "entity", "site", "region", "severity", "top_reason"];
+
+fn severity_str(s: Severity) -> &'static str {
+    match s {
+        Severity::Warning => "warning",
+        Severity::Critical => "critical",
+    }
+}
+
+fn state_str(s: AlertState) -> &'static str {
+    match s {
+        AlertState::Firing => "firing",
+        AlertState::Resolved => "resolved",
+    }
+}
+
+type EntityLabels = [String; 7];
+
+/// What the metrics remember between updates.
+#[derive(Default)]
+struct State {
+    /// Label sets of the entity series exported now, to remove those that leave.
+    exported: HashSet<EntityLabels>,
+    /// Site of each terminal in the top K (looked up in the feature engine).
+    sites: HashMap<String, String>,
+    model_version: Option<String>,
+    /// The top K has been computed at least once.
+    primed: bool,
+}
+
+/// The alert metrics; cheap to clone (the handles are shared).
+#[derive(Clone)]
+pub struct AlertMetrics {
+    top_k: usize,
+    firing: IntGaugeVec,
+    events: IntCounterVec,
+    region_score: GaugeVec,
+    scores: HistogramVec,
+    entity_score: GaugeVec,
+    entities_cut_off: IntGauge,
+    model_info: IntGaugeVec,
+    event_time_lag: Gauge,
+    watermark: Gauge,
+    tracked_terminals: IntGauge,
+    tracked_alert_entities: IntGauge,
+    state: Arc<Mutex<State>>,
+}
+
+/// The parts of a [`Scorer`] one update reads; built by [`AlertMetrics::update`],
+/// or by hand in tests and benchmarks.
+pub struct AlertView<'a> {
+    pub alerts: &'a AlertTracker,
+    pub engine: &'a FeatureEngine,
+    /// The alert events the batch caused.
+    pub events: &'a [AlertEvent],
+    /// Scores computed by the batch, per detector.
+    pub scores: &'a [((AlertKind, Scope), Vec<f64>)],
+    /// Latest network score of every region seen.
+    pub region_scores: &'a [(&'a str, f64)],
+    pub model_version: &'a str,
+    /// Wall clock, epoch ms.
+    pub now_ms: i64,
+}
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, m: T) -> prometheus::Result<T> {
+    registry.register(Box::new(m.clone()))?;
+    Ok(m)
+}
+
+impl AlertMetrics {
+    /// Registers every alert metric in `registry`, with the default top K.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        Self::register_with_top_k(registry, DEFAULT_TOP_K)
+    }
+
+    /// Registers every alert metric, exporting at most `top_k` entity series.
+    pub fn register_with_top_k(registry: &Registry, top_k: usize) -> prometheus::Result<Self> {
+        Ok(AlertMetrics {
+            top_k,
+            firing: register(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "termwatch_alerts_firing",
+                        "Alerts firing now, by kind, scope, peak severity and region. Groups that fired once stay at 0.",
+                    ),
+                    &["kind", "scope", "severity", "region"],
+                )?,
+            )?,
+            events: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new("termwatch_alert_events_total", "Alert events (alerts-v1), by kind, scope and state."),
+                    &["kind", "scope", "state"],
+                )?,
+            )?,
+            region_score: register(
+                registry,
+                GaugeVec::new(
+                    Opts::new(
+                        "termwatch_region_network_score",
+                        "Latest network-degradation score of each region, 0-1.",
+                    ),
+                    &["region"],
+                )?,
+            )?,
+            scores: register(
+                registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "termwatch_anomaly_score",
+                        "Anomaly scores (0-1) of every scored window, by kind and scope of the detector.",
+                    )
+                    .buckets(SCORE_BUCKETS.to_vec()),
+                    &["kind", "scope"],
+                )?,
+            )?,
+            entity_score: register(
+                registry,
+                GaugeVec::new(
+                    Opts::new(
+                        "termwatch_alert_entity_score",
+                        "Latest score of each currently firing alert, for the top K by score only (see termwatch_alert_entities_cut_off). \
+                         severity is the peak severity; top_reason the feature that drove the latest bad window.",
+                    ),
+                    &ENTITY_LABELS,
+                )?,
+            )?,
+            entities_cut_off: register(
+                registry,
+                IntGauge::new(
+                    "termwatch_alert_entities_cut_off",
+                    "Firing alerts left out of termwatch_alert_entity_score by the top-K cap.",
+                )?,
+            )?,
+            model_info: register(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new("termwatch_model_info", "The model version in service (value 1)."),
+                    &["version"],
+                )?,
+            )?,
+            event_time_lag: register(
+                registry,
+                Gauge::new(
+                    "termwatch_event_time_lag_seconds",
+                    "Wall clock minus the feature engine's event-time watermark, at the last batch.",
+                )?,
+            )?,
+            watermark: register(
+                registry,
+                Gauge::new(
+                    "termwatch_event_time_watermark_timestamp_seconds",
+                    "The feature engine's event-time watermark (latest telemetry ts seen), Unix seconds.",
+                )?,
+            )?,
+            tracked_terminals: register(
+                registry,
+                IntGauge::new("termwatch_tracked_terminals", "Terminals the feature engine holds state for.")?,
+            )?,
+            tracked_alert_entities: register(
+                registry,
+                IntGauge::new(
+                    "termwatch_tracked_alert_entities",
+                    "(kind, scope, entity) the alert tracker holds state for, firing or not.",
+                )?,
+            )?,
+            state: Arc::new(Mutex::new(State::default())),
+        })
+    }
+
+    /// Updates every alert metric after a batch: `events` are the alert events
+    /// the batch caused. Drains the scorer's kept scores into the histograms.
+    pub fn update(&self, scorer: &mut Scorer, events: &[AlertEvent]) {
+        let scores = scorer.take_scores();
+        let region_scores: Vec<(&str, f64)> = scorer.region_scores().collect();
+        let view = AlertView {
+            alerts: scorer.alerts(),
+            engine: scorer.engine(),
+            events,
+            scores: &scores,
+            region_scores: &region_scores,
+            model_version: scorer.model_version(),
+            now_ms: wall_ms(),
+        };
+        self.observe(&view);
+    }
+
+    /// [`AlertMetrics::update`] on an explicit view.
+    pub fn observe(&self, view: &AlertView<'_>) {
+        let mut state = match self.state.lock() {
+            Ok(g) => g,
+            // A panic elsewhere while holding the lock leaves nothing half-done
+            // that the next full update does not overwrite.
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        for e in view.events {
+            self.events.with_label_values(&[e.kind.as_str(), e.scope.as_str(), state_str(e.state)]).inc();
+        }
+        let mut scored = false;
+        for ((kind, scope), values) in view.scores {
+            if values.is_empty() {
+                continue;
+            }
+            scored = true;
+            let h = self.scores.with_label_values(&[kind.as_str(), scope.as_str()]);
+            for v in values {
+                h.observe(*v);
+            }
+        }
+        for (region, score) in view.region_scores {
+            self.region_score.with_label_values(&[region]).set(*score);
+        }
+        for c in view.alerts.firing_counts() {
+            self.firing
+                .with_label_values(&[c.kind.as_str(), c.scope.as_str(), severity_str(c.severity), c.region])
+                .set(i64::from(c.count));
+        }
+        if state.model_version.as_deref() != Some(view.model_version) {
+            if let Some(old) = state.model_version.take() {
+                // Gone from service: the series goes, it does not stay at 1.
+                let _ = self.model_info.remove_label_values(&[&old]);
+            }
+            self.model_info.with_label_values(&[view.model_version]).set(1);
+            state.model_version = Some(view.model_version.to_string());
+        }
+        if let Some(wm) = view.engine.watermark() {
+            self.watermark.set(wm as f64 / 1000.0);
+            self.event_time_lag.set((view.now_ms - wm) as f64 / 1000.0);
+        }
+        self.tracked_terminals.set(view.engine.tracked_terminals() as i64);
+        self.tracked_alert_entities.set(view.alerts.len() as i64);
+        if scored || !view.events.is_empty() || !state.primed {
+            self.export_top_k(&mut state, view);
+            state.primed = true;
+        }
+    }
+
+    /// Replaces the entity series with the current top K firing alerts.
+    fn export_top_k(&self, state: &mut State, view: &AlertView<'_>) {
+        let mut firing: Vec<FiringAlert<'_>> = view.alerts.firing().collect();
+        let total = firing.len();
+        if total > self.top_k {
+            if self.top_k > 0 {
+                firing.select_nth_unstable_by(self.top_k - 1, rank);
+            }
+            firing.truncate(self.top_k);
+        }
+        self.entities_cut_off.set((total - firing.len()) as i64);
+
+        // Sites of the terminals in the top K: one pass over the engine's
+        // terminals for those not known yet, none when all are.
+        let wanted: HashSet<&str> = firing
+            .iter()
+            .filter(|a| a.scope == Scope::Terminal && !state.sites.contains_key(a.entity))
+            .map(|a| a.entity)
+            .collect();
+        if !wanted.is_empty() {
+            let engine = view.engine;
+            for t in 0..engine.tracked_terminals() as u32 {
+                let id = engine.terminal_id(t);
+                if wanted.contains(id) {
+                    state.sites.insert(id.to_string(), engine.site_id(engine.terminal_site(t)).to_string());
+                }
+            }
+        }
+        let terminals: HashSet<&str> = firing.iter().filter(|a| a.scope == Scope::Terminal).map(|a| a.entity).collect();
+        state.sites.retain(|t, _| terminals.contains(t.as_str()));
+
+        let mut exported = HashSet::with_capacity(firing.len());
+        for a in &firing {
+            let site = match a.scope {
+                Scope::Terminal => state.sites.get(a.entity).map(String::as_str).unwrap_or(""),
+                Scope::Site => a.entity,
+                Scope::Region => "",
+            };
+            let labels: EntityLabels = [
+                a.kind.as_str().to_string(),
+                a.scope.as_str().to_string(),
+                a.entity.to_string(),
+                site.to_string(),
+                a.region.to_string(),
+                severity_str(a.peak_severity).to_string(),
+                a.reasons.first().map(|r| r.feature.clone()).unwrap_or_default(),
+            ];
+            self.entity_score.with_label_values(&label_refs(&labels)).set(a.last_score);
+            exported.insert(labels);
+        }
+        for old in state.exported.difference(&exported) {
+            let _ = self.entity_score.remove_label_values(&label_refs(old));
+        }
+        state.exported = exported;
+    }
+}
+
+fn label_refs(labels: &EntityLabels) -> [&str; 7] {
+    [&labels[0], &labels[1], &labels[2], &labels[3], &labels[4], &labels[5], &labels[6]]
+}
+
+/// Highest score first; ties by kind, scope and entity, so the cut is stable.
+fn rank(a: &FiringAlert<'_>, b: &FiringAlert<'_>) -> Ordering {
+    b.last_score.total_cmp(&a.last_score).then_with(|| (a.kind, a.scope, a.entity).cmp(&(b.kind, b.scope, b.entity)))
+}
+
+fn wall_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use termwatch_features::FeatureConfig;
+    use termwatch_models::alerting::{AlertingConfig, Scored};
+    use termwatch_models::training::ModelSet;
+    use termwatch_telemetry::alerts::Reason;
+
+    /// Every metric family this module exports (a test checks each is emitted).
+    const METRIC_NAMES: [&str; 11] = [
+        "termwatch_alerts_firing",
+        "termwatch_alert_events_total",
+        "termwatch_region_network_score",
+        "termwatch_anomaly_score",
+        "termwatch_alert_entity_score",
+        "termwatch_alert_entities_cut_off",
+        "termwatch_model_info",
+        "termwatch_event_time_lag_seconds",
+        "termwatch_event_time_watermark_timestamp_seconds",
+        "termwatch_tracked_terminals",
+        "termwatch_tracked_alert_entities",
+    ];
+
+    const T0: i64 = 1_790_000_000_000;
+    const MIN5: i64 = 300_000;
+
+    fn gathered(registry: &Registry) -> HashMap<String, usize> {
+        registry.gather().iter().map(|f| (f.name().to_string(), f.get_metric().len())).collect()
+    }
+
+    fn window<'a>(entity: &'a str, i: i64, score: f64) -> Scored<'a> {
+        Scored {
+            window_end_ms: T0 + i * MIN5,
+            kind: AlertKind::VoltageInstability,
+            scope: Scope::Terminal,
+            entity,
+            region: "east-07",
+            score,
+            bad: true,
+            critical: score > 0.99,
+            model_version: "test-1",
+            reasons: vec![Reason { feature: "v_min_drop".into(), value: 1.0, baseline: 0.0 }],
+        }
+    }
+
+    #[test]
+    fn caps_entity_series_at_top_k_and_exports_the_cut_off() {
+        let registry = Registry::new();
+        let metrics = AlertMetrics::register(&registry).expect("register");
+        let mut tracker = AlertingConfig::default().build().expect("tracker");
+        let ids: Vec<String> = (0..1000).map(|i| format!("T-{i:04}")).collect();
+        for (n, id) in ids.iter().enumerate() {
+            // Distinct scores: T-0999 scores highest.
+            let score = 0.5 + n as f64 / 2000.0;
+            tracker.observe(window(id, 0, score));
+            tracker.observe(window(id, 1, score));
+        }
+        assert_eq!(tracker.firing().count(), 1000);
+        let engine = FeatureEngine::new(FeatureConfig::default());
+        let view = AlertView {
+            alerts: &tracker,
+            engine: &engine,
+            events: &[],
+            scores: &[],
+            region_scores: &[],
+            model_version: "test-1",
+            now_ms: T0,
+        };
+        metrics.observe(&view);
+        let families = registry.gather();
+        let entity = families.iter().find(|f| f.name() == "termwatch_alert_entity_score").expect("entity series");
+        assert_eq!(entity.get_metric().len(), DEFAULT_TOP_K);
+        assert_eq!(metrics.entities_cut_off.get(), 800);
+        // The kept ones are the highest scores: T-0800 .. T-0999.
+        let min_kept = entity.get_metric().iter().map(|m| m.get_gauge().get_value()).fold(f64::INFINITY, f64::min);
+        assert_eq!(min_kept, 0.5 + 800.0 / 2000.0);
+        let total: usize = families.iter().map(|f| f.get_metric().len()).sum();
+        assert!(total <= DEFAULT_TOP_K + 50, "{total} series");
+
+        // Resolving alerts removes their series instead of leaving them stale.
+        let mut tracker = AlertingConfig::default().build().expect("tracker");
+        tracker.observe(window("T-0001", 0, 0.9));
+        tracker.observe(window("T-0001", 1, 0.9));
+        let view = AlertView { alerts: &tracker, ..view };
+        // A batch that closed no window and changed no alert leaves the top K as it was...
+        metrics.observe(&AlertView { events: &[], ..view });
+        let entity = registry.gather().into_iter().find(|f| f.name() == "termwatch_alert_entity_score");
+        let event = AlertEvent {
+            ts: T0,
+            kind: AlertKind::VoltageInstability,
+            scope: Scope::Terminal,
+            entity: "T-0001".into(),
+            region: "east-07".into(),
+            state: AlertState::Firing,
+            severity: Severity::Warning,
+            score: 0.9,
+            model_version: "test-1".into(),
+            reasons: Vec::new(),
+        };
+        assert_eq!(entity.map(|f| f.get_metric().len()), Some(DEFAULT_TOP_K));
+        // ...and one with an alert event recomputes it.
+        metrics.observe(&AlertView { events: std::slice::from_ref(&event), ..view });
+        let entity = registry.gather().into_iter().find(|f| f.name() == "termwatch_alert_entity_score");
+        assert_eq!(entity.map(|f| f.get_metric().len()), Some(1));
+        assert_eq!(metrics.entities_cut_off.get(), 0);
+    }
+
+    #[test]
+    fn top_k_of_zero_exports_only_the_count() {
+        let registry = Registry::new();
+        let metrics = AlertMetrics::register_with_top_k(&registry, 0).expect("register");
+        let mut tracker = AlertingConfig::default().build().expect("tracker");
+        tracker.observe(window("T-1", 0, 0.9));
+        tracker.observe(window("T-1", 1, 0.9));
+        let engine = FeatureEngine::new(FeatureConfig::default());
+        metrics.observe(&AlertView {
+            alerts: &tracker,
+            engine: &engine,
+            events: &[],
+            scores: &[],
+            region_scores: &[],
+            model_version: "m",
+            now_ms: T0,
+        });
+        assert_eq!(gathered(&registry).get("termwatch_alert_entity_score"), None);
+        assert_eq!(metrics.entities_cut_off.get(), 1);
+    }
+
+    /// Streams a small simulated fleet with faults through the default model
+    /// and the metrics, as the service does; fails when any alert metric
+    /// stops being emitted, and checks the site label of terminal alerts.
+    #[test]
+    fn emits_every_alert_metric_on_a_simulated_fleet() {
+        use termwatch_sim::{SimConfig, Simulator};
+        use termwatch_telemetry::{BatchBuilder, decode};
+
+        let models = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/default/model.json");
+        let set = ModelSet::load(&models).expect("models/default (scripts/train-default)");
+        let mut scorer = Scorer::new(set).expect("scorer").keep_scores(true);
+        let registry = Registry::new();
+        let metrics = AlertMetrics::register(&registry).expect("register");
+        let mut config = SimConfig { seed: 7, terminals: 200, regions: 4, days: 1.0, ..SimConfig::default() };
+        config.faults.scale_faults(12.0);
+        let mut sim = Simulator::new(config).expect("simulator");
+        let mut buf = Vec::new();
+        let mut builder = BatchBuilder::with_capacity(4096);
+        let mut events_seen = 0;
+        let mut feed = |builder: &mut BatchBuilder, scorer: &mut Scorer| {
+            let batch = builder.finish().expect("batch");
+            let events = scorer.process_batch(&batch);
+            events_seen += events.len();
+            metrics.update(scorer, &events);
+        };
+        while let Some(meta) = sim.next_record(&mut buf) {
+            if let Ok(r) = decode(&buf, meta.arrival_ms) {
+                builder.append(&r).expect("append");
+            }
+            if builder.len() >= 4096 {
+                feed(&mut builder, &mut scorer);
+            }
+        }
+        feed(&mut builder, &mut scorer);
+        assert!(events_seen > 0, "the simulated faults raised no alert");
+
+        let families = gathered(&registry);
+        let missing: Vec<&str> = METRIC_NAMES.iter().copied().filter(|n| !families.contains_key(*n)).collect();
+        assert!(missing.is_empty(), "not emitted: {missing:?}");
+        let text = {
+            let mut out = Vec::new();
+            prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &registry.gather(), &mut out).expect("encode");
+            String::from_utf8(out).expect("utf-8")
+        };
+        assert!(text.contains(&format!("termwatch_model_info{{version=\"{}\"}} 1", scorer.model_version())), "{text}");
+        // Every terminal alert carries the site of its terminal.
+        for line in text.lines().filter(|l| l.starts_with("termwatch_alert_entity_score{")) {
+            if line.contains("scope=\"terminal\"") {
+                assert!(!line.contains("site=\"\""), "terminal alert without a site: {line}");
+            }
+        }
+        assert!(metrics.tracked_terminals.get() > 150);
+    }
+}
