@@ -230,120 +230,86 @@ pub fn train(
 ) -> Result<ModelSet, DetectorError> {
     let index = LabelIndex::new(labels);
     let alerting = AlertingConfig::default();
-    let mut detectors = Vec::new();
-    let mut figures = Vec::new();
     let window = features.window_ms;
+    let margin = 30 * MIN;
+    use AlertKind::{HardwareAging, NetworkDegradation, VoltageInstability};
 
     // Site voltage: mains problems. A site whose terminal has a failing
     // supply is ambiguous for a site model and left out.
-    let psu_sites: HashMap<&str, std::collections::BTreeSet<&str>> =
+    let site_terminals: HashMap<&str, std::collections::BTreeSet<&str>> =
         rows.terminal_voltage.iter().fold(HashMap::new(), |mut m, r| {
             m.entry(r.2.as_str()).or_default().insert(r.1.as_str());
             m
         });
-    let truths: Vec<(i64, String, Vec<f64>, Truth)> = rows
+    let site: Vec<Labelled<'_>> = rows
         .site_voltage
         .iter()
         .map(|(t, site, _, f)| {
-            let mut truth = index.truth(AlertKind::VoltageInstability, Scope::Site, site, *t, window, 30 * MIN);
-            let psu = psu_sites.get(site.as_str()).is_some_and(|terms| {
-                terms
-                    .iter()
-                    .any(|term| index.active(AlertKind::VoltageInstability, Scope::Terminal, term, *t, 30 * MIN))
+            let mut truth = index.truth(VoltageInstability, Scope::Site, site, *t, window, margin);
+            let psu = site_terminals.get(site.as_str()).is_some_and(|terms| {
+                terms.iter().any(|term| index.active(VoltageInstability, Scope::Terminal, term, *t, margin))
             });
             if psu && truth == Truth::Negative {
                 truth = Truth::Excluded;
             }
-            (*t, site.clone(), f.clone(), truth)
+            (*t, site.as_str(), f.as_slice(), truth)
         })
         .collect();
-    fit_one(
-        AlertKind::VoltageInstability,
-        Scope::Site,
-        &names::SITE_VOLTAGE,
-        &truths,
-        rows.terminal_days,
-        &alerting,
-        config,
-        &mut detectors,
-        &mut figures,
-    )?;
-
     // Terminal voltage: failing power supplies; terminals of a site with a
     // mains problem are left out (the site alert covers them).
-    let truths: Vec<_> = rows
+    let terminal: Vec<Labelled<'_>> = rows
         .terminal_voltage
         .iter()
         .map(|(t, term, site, _, f)| {
-            let mut truth = index.truth(AlertKind::VoltageInstability, Scope::Terminal, term, *t, 0, 30 * MIN);
-            if index.active(AlertKind::VoltageInstability, Scope::Site, site, *t, 30 * MIN) {
+            let mut truth = index.truth(VoltageInstability, Scope::Terminal, term, *t, 0, margin);
+            if index.active(VoltageInstability, Scope::Site, site, *t, margin) {
                 truth = Truth::Excluded;
             }
-            (*t, term.clone(), f.clone(), truth)
+            (*t, term.as_str(), f.as_slice(), truth)
         })
         .collect();
-    fit_one(
-        AlertKind::VoltageInstability,
-        Scope::Terminal,
-        &names::TERMINAL_VOLTAGE,
-        &truths,
-        rows.terminal_days,
-        &alerting,
-        config,
-        &mut detectors,
-        &mut figures,
-    )?;
-
     // Network: regional incidents, past their first window (the ramp-in).
-    let truths: Vec<_> = rows
+    let network: Vec<Labelled<'_>> = rows
         .network
         .iter()
         .map(|(t, region, f)| {
             (
                 *t,
-                region.clone(),
-                f.clone(),
-                index.truth(AlertKind::NetworkDegradation, Scope::Region, region, *t, window, 30 * MIN),
+                region.as_str(),
+                f.as_slice(),
+                index.truth(NetworkDegradation, Scope::Region, region, *t, window, margin),
             )
         })
         .collect();
-    fit_one(
-        AlertKind::NetworkDegradation,
-        Scope::Region,
-        &names::NETWORK,
-        &truths,
-        rows.terminal_days,
-        &alerting,
-        config,
-        &mut detectors,
-        &mut figures,
-    )?;
-
     // Aging: from onset to failure; the days after a failure (broken, then
     // swapped, baselines relearning) are left out.
-    let truths: Vec<_> = rows
+    let aging: Vec<Labelled<'_>> = rows
         .aging
         .iter()
         .map(|(t, term, _, _, f)| {
             (
                 *t,
-                term.clone(),
-                f.clone(),
-                index.truth(AlertKind::HardwareAging, Scope::Terminal, term, *t, 0, 2 * 24 * 60 * MIN),
+                term.as_str(),
+                f.as_slice(),
+                index.truth(HardwareAging, Scope::Terminal, term, *t, 0, 2 * 24 * 60 * MIN),
             )
         })
         .collect();
-    fit_one(
-        AlertKind::HardwareAging,
-        Scope::Terminal,
-        &names::AGING,
-        &truths,
-        rows.terminal_days,
-        &alerting,
-        config,
-        &mut detectors,
-        &mut figures,
-    )?;
+
+    let plan: [(AlertKind, Scope, &[&str], &[Labelled<'_>]); 4] = [
+        (VoltageInstability, Scope::Site, &names::SITE_VOLTAGE, &site),
+        (VoltageInstability, Scope::Terminal, &names::TERMINAL_VOLTAGE, &terminal),
+        (NetworkDegradation, Scope::Region, &names::NETWORK, &network),
+        (HardwareAging, Scope::Terminal, &names::AGING, &aging),
+    ];
+    let mut detectors = Vec::new();
+    let mut figures = Vec::new();
+    for (kind, scope, feature_names, truths) in plan {
+        let k = alerting.for_kind(kind).fire_after_bad_windows as usize;
+        let (d, f) = fit_one(kind, scope, feature_names, truths, rows.terminal_days, k, config)?;
+        detectors.push(d);
+        figures.push(f);
+    }
 
     let incidents_by_kind = AlertKind::ALL
         .iter()
@@ -364,31 +330,31 @@ pub fn train(
     })
 }
 
-#[allow(clippy::too_many_arguments)]
+/// A feature row with its time, entity and label state.
+type Labelled<'a> = (i64, &'a str, &'a [f64], Truth);
+
 fn fit_one(
     kind: AlertKind,
     scope: Scope,
     feature_names: &[&str],
-    rows: &[(i64, String, Vec<f64>, Truth)],
+    rows: &[Labelled<'_>],
     terminal_days: u64,
-    alerting: &AlertingConfig,
+    k: usize,
     config: &TrainConfig,
-    detectors: &mut Vec<Detector>,
-    figures: &mut Vec<DetectorFigures>,
-) -> Result<(), DetectorError> {
-    let positives: Vec<&(i64, String, Vec<f64>, Truth)> = rows.iter().filter(|r| r.3 == Truth::Positive).collect();
-    let negatives: Vec<&(i64, String, Vec<f64>, Truth)> = rows.iter().filter(|r| r.3 == Truth::Negative).collect();
+) -> Result<(Detector, DetectorFigures), DetectorError> {
+    let positives: Vec<&Labelled<'_>> = rows.iter().filter(|r| r.3 == Truth::Positive).collect();
+    let negatives: Vec<&Labelled<'_>> = rows.iter().filter(|r| r.3 == Truth::Negative).collect();
     let excluded = rows.len() - positives.len() - negatives.len();
     // Every n-th healthy window, deterministically, to bound the fit's cost.
     let step = negatives.len().div_ceil(config.max_fit_negatives.max(1)).max(1);
     let mut x = Vec::new();
     let mut y = Vec::new();
     for p in &positives {
-        x.push(p.2.clone());
+        x.push(p.2.to_vec());
         y.push(true);
     }
     for n in negatives.iter().step_by(step) {
-        x.push(n.2.clone());
+        x.push(n.2.to_vec());
         y.push(false);
     }
     let mut d = Detector::fit(kind, scope, feature_names, &x, &y, config.l2)?;
@@ -396,10 +362,9 @@ fn fit_one(
     // Calibrate on every healthy window, in time order per entity, with the
     // hysteresis of service: the lowest threshold whose false alerts stay
     // within the target.
-    let k = alerting.for_kind(kind).fire_after_bad_windows as usize;
     let mut by_entity: HashMap<&str, Vec<(i64, f64)>> = HashMap::new();
     for n in &negatives {
-        by_entity.entry(n.1.as_str()).or_default().push((n.0, d.score(&n.2)));
+        by_entity.entry(n.1).or_default().push((n.0, d.score(n.2)));
     }
     for v in by_entity.values_mut() {
         v.sort_by_key(|e| e.0);
@@ -417,10 +382,10 @@ fn fit_one(
         .unwrap_or(0.99999);
     d.threshold = threshold;
     d.critical_threshold = (threshold + (1.0 - threshold) * 0.8).max(threshold);
-    let recall = positives.iter().filter(|p| d.score(&p.2) >= threshold).count() as f64 / positives.len().max(1) as f64;
+    let recall = positives.iter().filter(|p| d.score(p.2) >= threshold).count() as f64 / positives.len().max(1) as f64;
     let specificity =
-        negatives.iter().filter(|n| d.score(&n.2) < threshold).count() as f64 / negatives.len().max(1) as f64;
-    figures.push(DetectorFigures {
+        negatives.iter().filter(|n| d.score(n.2) < threshold).count() as f64 / negatives.len().max(1) as f64;
+    let figures = DetectorFigures {
         kind,
         scope,
         positive_windows: positives.len(),
@@ -429,9 +394,8 @@ fn fit_one(
         window_recall: recall,
         window_specificity: specificity,
         calibrated_false_alerts_per_1000_terminal_days: per_1000(threshold),
-    });
-    detectors.push(d);
-    Ok(())
+    };
+    Ok((d, figures))
 }
 
 /// Alerts that `k` consecutive windows at or above `threshold` would fire
