@@ -243,6 +243,16 @@ impl FeatureEngine {
         self.terminals.get(t as usize).map(|t| &*t.id).unwrap_or("")
     }
 
+    /// The index of a terminal by its id, if it has reported.
+    pub fn terminal_index(&self, id: &str) -> Option<u32> {
+        self.terminal_index.get(id).copied()
+    }
+
+    /// The `site_id` of a terminal by its id, if it has reported.
+    pub fn site_of_terminal(&self, id: &str) -> Option<&str> {
+        self.terminal_index(id).map(|t| self.site_id(self.terminal_site(t)))
+    }
+
     pub fn terminal_site(&self, t: u32) -> u32 {
         self.terminals.get(t as usize).map(|t| t.site).unwrap_or(0)
     }

@@ -284,20 +284,12 @@ impl AlertMetrics {
         }
         self.entities_cut_off.set((total - firing.len()) as i64);
 
-        // Sites of the terminals in the top K: one pass over the engine's
-        // terminals for those not known yet, none when all are.
-        let wanted: HashSet<&str> = firing
-            .iter()
-            .filter(|a| a.scope == Scope::Terminal && !state.sites.contains_key(a.entity))
-            .map(|a| a.entity)
-            .collect();
-        if !wanted.is_empty() {
-            let engine = view.engine;
-            for t in 0..engine.tracked_terminals() as u32 {
-                let id = engine.terminal_id(t);
-                if wanted.contains(id) {
-                    state.sites.insert(id.to_string(), engine.site_id(engine.terminal_site(t)).to_string());
-                }
+        // Sites of the terminals in the top K, looked up by id for those not known yet.
+        for a in firing.iter().filter(|a| a.scope == Scope::Terminal) {
+            if !state.sites.contains_key(a.entity)
+                && let Some(site) = view.engine.site_of_terminal(a.entity)
+            {
+                state.sites.insert(a.entity.to_string(), site.to_string());
             }
         }
         let terminals: HashSet<&str> = firing.iter().filter(|a| a.scope == Scope::Terminal).map(|a| a.entity).collect();
