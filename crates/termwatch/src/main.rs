@@ -47,6 +47,10 @@ struct RunArgs {
     /// TOML configuration; every key has a default, and TERMWATCH_* environment variables override the file.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Before consuming, replay this history (NDJSON, plain or gzip; repeat for several) so baselines are
+    /// learned before going live. Needs the default model; continues from and into the state snapshot.
+    #[arg(long = "warm-up", value_name = "FILE")]
+    warm_up: Vec<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -100,7 +104,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(args) => demo::demo(args),
         Command::Eval(args) => eval_cmd::run(args),
-        Command::Run(args) => config::Config::load(args.config.as_deref(), std::env::vars()).and_then(run::run),
+        Command::Run(args) => {
+            config::Config::load(args.config.as_deref(), std::env::vars()).and_then(|c| run::run(c, &args.warm_up))
+        }
         Command::Replay(args) => replay(args),
         Command::Simulate(args) => simulate::run(args),
         Command::Train(args) => models_cmd::train(args),

@@ -64,7 +64,10 @@ impl Service {
     }
 }
 
-pub fn run(config: Config) -> anyhow::Result<()> {
+pub fn run(mut config: Config, warm_up: &[std::path::PathBuf]) -> anyhow::Result<()> {
+    if !warm_up.is_empty() {
+        warm_up_from(&mut config, warm_up)?;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
     runtime.block_on(async {
         let registry = Registry::new();
@@ -119,6 +122,48 @@ fn scoring_sinks(registry: &Registry, config: &Config) -> anyhow::Result<Vec<Box
         None => sink,
     };
     Ok(vec![Box::new(sink)])
+}
+
+/// Replays history through the scoring sink into the state snapshot, which
+/// the live sink then restores: learning happens on the one code path, and
+/// going live continues exactly where the history ended. Without a
+/// configured state path, a snapshot in the temporary directory carries it.
+fn warm_up_from(config: &mut Config, inputs: &[std::path::PathBuf]) -> anyhow::Result<()> {
+    let models = std::path::Path::new(crate::models_cmd::DEFAULT_MODELS);
+    if !models.exists() {
+        anyhow::bail!("--warm-up needs the model {} (scripts/train-default makes it)", models.display());
+    }
+    let state = match &config.state.path {
+        Some(p) => p.clone(),
+        None => {
+            let p = std::env::temp_dir().join(format!("termwatch-warm-up-{}.snap", std::process::id()));
+            config.state.path = Some(p.clone());
+            p
+        }
+    };
+    let position = format!(
+        "the end of the warm-up history {}",
+        inputs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    );
+    let sink = AlertSink::with_metrics(
+        models,
+        "standard output".into(),
+        Box::new(std::io::stdout()),
+        AlertFormat::Ndjson,
+        None,
+    )?
+    .with_state(crate::models_cmd::StateFile::new(state, std::time::Duration::MAX, position));
+    let pipeline = termwatch_pipeline::Pipeline::new(
+        config.batch.config(),
+        vec![Box::new(sink)],
+        Box::new(termwatch_pipeline::MemoryDeadLetters::default()),
+    );
+    let report = termwatch_pipeline::replay(inputs, pipeline);
+    if let Some(e) = report.error {
+        return Err(e).context("warm-up history");
+    }
+    info!(stats = %report.stats, "warm-up done; going live");
+    Ok(())
 }
 
 async fn wait_finished(service: &Service) {

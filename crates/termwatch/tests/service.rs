@@ -257,3 +257,41 @@ fn simulate_streams_to_kafka_keyed_by_terminal() {
     }
     assert_eq!(got, sent, "every simulated record reached the topic");
 }
+
+#[test]
+fn run_warms_up_from_history_then_goes_live_with_what_it_learned() {
+    let f = Fixture::new(20);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let history = dir.path().join("history.ndjson");
+    let out = Command::new(env!("CARGO_BIN_EXE_termwatch"))
+        .args(["simulate", "--terminals", "30", "--regions", "2", "--days", "0.2", "--seed", "8"])
+        .args(["--out", history.to_str().expect("utf8")])
+        .output()
+        .expect("simulate");
+    assert!(out.status.success());
+    let state = dir.path().join("state.snap");
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_termwatch"))
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+        .args(["run", "--warm-up", history.to_str().expect("utf8")])
+        // Only the variables set here: termwatch refuses unknown TERMWATCH_* ones.
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("TERMWATCH_KAFKA_BROKERS", &f.brokers)
+        .env("TERMWATCH_KAFKA_GROUP_ID", "g-warm")
+        .env("TERMWATCH_METRICS_LISTEN", format!("127.0.0.1:{port}"))
+        .env("TERMWATCH_STATE_PATH", &state)
+        .env("TERMWATCH_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts");
+    wait_for_accepted(&mut child, port, "the live stream was not consumed", |v| v >= 20.0);
+    signal(&child, "-TERM");
+    assert!(wait_exit(&mut child, Duration::from_secs(10)).is_some_and(|s| s.success()));
+    let mut stderr = String::new();
+    child.stderr.take().expect("stderr").read_to_string(&mut stderr).expect("read");
+    assert!(stderr.contains("warm-up done"), "{stderr}");
+    assert!(stderr.contains("state: restored"), "the live sink continued from the warm-up: {stderr}");
+    assert!(state.exists(), "the state was written on shutdown");
+}
