@@ -388,11 +388,6 @@ impl FeatureEngine {
         out
     }
 
-    /// Windows below this index have closed: reports for them are late.
-    pub fn closed_below(&self) -> Option<i64> {
-        self.next_to_close
-    }
-
     fn terminal(&mut self, id: &str, region: &str, site: Option<&str>, model: &str, firmware: &str) -> u32 {
         if let Some(&t) = self.terminal_index.get(id) {
             return t;

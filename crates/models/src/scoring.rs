@@ -94,7 +94,6 @@ pub struct Scorer {
     engine: FeatureEngine,
     models: ModelSet,
     alerts: AlertTracker,
-    windows: u64,
     /// The latest network score of each region (region index -> score).
     region_scores: Vec<Option<f64>>,
     /// Scores since the last `take_scores`, per detector, for histograms;
@@ -112,7 +111,6 @@ impl Scorer {
             engine: FeatureEngine::new(models.features.clone()),
             models,
             alerts,
-            windows: 0,
             region_scores: Vec::new(),
             scores,
             keep_scores: false,
@@ -187,10 +185,6 @@ impl Scorer {
         &self.alerts
     }
 
-    pub fn windows_scored(&self) -> u64 {
-        self.windows
-    }
-
     /// Applies a batch; returns the alert events it caused, in event-time order.
     pub fn process_batch(&mut self, batch: &RecordBatch) -> Vec<AlertEvent> {
         let windows = self.engine.process_batch(batch);
@@ -207,7 +201,6 @@ impl Scorer {
         let mut events = Vec::new();
         let version = self.models.version.clone();
         for w in windows {
-            self.windows += 1;
             let mut bad_sites = std::collections::HashSet::new();
             let mut site_scores = Vec::new();
             let mut terminal_scores = Vec::new();

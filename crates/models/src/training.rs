@@ -29,10 +29,26 @@ pub struct TrainingRows {
     pub last_ms: Option<i64>,
     /// Distinct (terminal, UTC day) pairs with a report: the exposure.
     pub terminal_days: u64,
-    terminal_day_seen: std::collections::HashSet<(String, i64)>,
+    /// The last UTC day counted per terminal: windows come in time order,
+    /// so a terminal's days only move forward.
+    last_day: HashMap<String, i64>,
 }
 
 impl TrainingRows {
+    fn count_day(&mut self, terminal: &str, day: i64) {
+        match self.last_day.get_mut(terminal) {
+            Some(last) if *last >= day => {}
+            Some(last) => {
+                *last = day;
+                self.terminal_days += 1;
+            }
+            None => {
+                self.last_day.insert(terminal.to_string(), day);
+                self.terminal_days += 1;
+            }
+        }
+    }
+
     /// Appends the rows of another, independent history (another fleet, or
     /// another period computed by its own feature engine).
     pub fn merge(&mut self, other: TrainingRows) {
@@ -59,9 +75,7 @@ impl TrainingRows {
             let day = w.end_ms.div_euclid(86_400_000);
             for r in &w.terminal_voltage {
                 let t = engine.terminal_id(r.terminal).to_string();
-                if self.terminal_day_seen.insert((t.clone(), day)) {
-                    self.terminal_days += 1;
-                }
+                self.count_day(&t, day);
                 self.terminal_voltage.push((
                     w.end_ms,
                     t,
@@ -83,9 +97,7 @@ impl TrainingRows {
             }
             for r in &w.aging {
                 let t = engine.terminal_id(r.terminal).to_string();
-                if self.terminal_day_seen.insert((t.clone(), day)) {
-                    self.terminal_days += 1;
-                }
+                self.count_day(&t, day);
                 self.aging.push((
                     w.end_ms,
                     t,

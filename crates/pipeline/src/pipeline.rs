@@ -54,8 +54,6 @@ pub struct Stats {
     pub accepted: u64,
     pub rejected: BTreeMap<(Field, Problem), u64>,
     pub batches: u64,
-    /// Bytes of raw records pushed.
-    pub bytes: u64,
     /// Valid reports seen before (same terminal and `ts`): dropped.
     pub duplicates: u64,
     /// Valid reports too far behind their terminal's latest to check for
@@ -161,7 +159,6 @@ impl Pipeline {
             self.ingest_ms = (self.clock)();
         }
         self.stats.read += 1;
-        self.stats.bytes += raw.len() as u64;
         match decode(raw, self.ingest_ms) {
             Ok(record) => {
                 self.stats.accepted += 1;
