@@ -408,6 +408,12 @@ impl ConsumerContext for Context {
         self.metrics.rebalances.with_label_values(&["revoke"]).inc();
         info!(event = "revoke", partitions = %describe(tpl), "partitions revoked; flushing and committing");
         let mut feeder = lock(&self.feeder);
+        if feeder.work.is_none() {
+            // Closing: `run` has flushed and committed synchronously already.
+            // A synchronous commit from the revoke that closing triggers can
+            // wait forever inside librdkafka, so there is none.
+            return;
+        }
         if let Err(e) = feeder.barrier(consumer) {
             error!(error = %e, "flush on revoke failed; not committing past the open batch");
             return;
