@@ -30,6 +30,10 @@ pub struct FeatureConfig {
     pub aging_short_windows: f64,
     /// Long memory of the wear counters, in windows. Default 4032 (14 days).
     pub aging_long_windows: f64,
+    /// Memory of the wear evidence, in active windows (windows in which the
+    /// part was used). Default 288: about two trading days, so evidence builds
+    /// over days of use and fades within days of a part being swapped.
+    pub aging_evidence_windows: f64,
 }
 
 impl Default for FeatureConfig {
@@ -41,6 +45,7 @@ impl Default for FeatureConfig {
             warmup_windows: 24.0,
             aging_short_windows: 144.0,
             aging_long_windows: 4032.0,
+            aging_evidence_windows: 288.0,
         }
     }
 }
@@ -85,8 +90,8 @@ pub struct NetworkRow {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AgingRow {
     pub terminal: u32,
-    pub features: [f64; 5],
-    pub baselines: [f64; 5],
+    pub features: [f64; 8],
+    pub baselines: [f64; 8],
 }
 
 /// Everything one closed window produced.
@@ -137,6 +142,14 @@ struct Baseline {
     loss: Ewma,
 }
 
+/// A cohort's pooled wear: decayed (errors, attempts) over its terminals'
+/// windows without evidence of wear.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+struct CohortWear {
+    reader: (f64, f64),
+    printer: (f64, f64),
+}
+
 /// Decayed sums of wear counters: rates weighted by how much was attempted.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 struct Wear {
@@ -146,6 +159,19 @@ struct Wear {
     printer_long: (f64, f64),
     health_short: Ewma,
     health_long: Ewma,
+    /// Leaky CUSUM of the log-likelihood ratio "the error rate has doubled"
+    /// against "it is at its baseline", in nats, per part.
+    reader_evidence: f32,
+    printer_evidence: f32,
+    /// The same for "the rate is four times the cohort's" against "twice
+    /// it": a part far worse than its peers shows from its first reports,
+    /// before its own baseline is warm (or while a part that was already
+    /// wearing when tracking began would teach its own baseline).
+    reader_vs_cohort: f32,
+    printer_vs_cohort: f32,
+    /// The battery's health as it should be now: the highest level seen,
+    /// lowered at a normal battery's pace. A battery swap raises it.
+    health_peak: Option<f32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -194,6 +220,9 @@ pub struct FeatureEngine {
     /// Region of each site (that of its first terminal seen).
     site_regions: Vec<u32>,
     cohort_base: Vec<Baseline>,
+    /// Pooled wear rates per cohort: the prior a terminal's own rates are
+    /// shrunk towards.
+    cohort_wear: Vec<CohortWear>,
     /// Terminals with reports in each open window.
     members: BTreeMap<i64, Vec<u32>>,
     watermark: i64,
@@ -208,6 +237,22 @@ const EPS_V: f64 = 0.002;
 /// Card reads and print jobs a terminal's long wear memory needs before its
 /// rates are a baseline.
 const MIN_WEAR_ATTEMPTS: f64 = 500.0;
+/// Error rates below this are treated as this when testing for a doubling:
+/// a spotless part's baseline would make a single error look like wear.
+const MIN_BASE_RATE: f64 = 0.001;
+/// Above this much evidence (nats) the long wear memory learns at
+/// `SLOW_LEARNING` of its pace.
+const LEARN_BELOW_NATS: f32 = 3.0;
+const SLOW_LEARNING: f64 = 0.125;
+/// Weight of the cohort's rate in a terminal's wear baseline, in attempts:
+/// a few days of use, so the terminal's own rate dominates within a week
+/// and a young baseline is not all noise.
+const PRIOR_ATTEMPTS: f64 = 1000.0;
+/// Attempts a cohort's pooled rate needs before it is a reference.
+const MIN_COHORT_ATTEMPTS: f64 = 5000.0;
+/// A healthy battery loses about 4.5 points of health a year; the peak is
+/// lowered somewhat faster so that normal wear never builds a deficit.
+const NORMAL_HEALTH_LOSS_PER_WINDOW: f64 = 0.05 / 288.0;
 
 fn column<'a>(batch: &'a RecordBatch, name: &str) -> Option<&'a dyn Array> {
     batch.column_by_name(name).map(|c| c.as_ref())
@@ -224,6 +269,7 @@ impl FeatureEngine {
             cohorts: Names::default(),
             site_regions: Vec::new(),
             cohort_base: Vec::new(),
+            cohort_wear: Vec::new(),
             members: BTreeMap::new(),
             watermark: i64::MIN,
             next_to_close: None,
@@ -403,6 +449,7 @@ impl FeatureEngine {
         let cohort = self.cohorts.intern(&format!("{model}|{firmware}"));
         if self.cohort_base.len() <= cohort as usize {
             self.cohort_base.resize(cohort as usize + 1, Baseline::default());
+            self.cohort_wear.resize(cohort as usize + 1, CohortWear::default());
         }
         let t = self.terminals.len() as u32;
         let ring = vec![Acc { window: i64::MIN, ..Acc::default() }; self.ring_len()];
@@ -587,30 +634,65 @@ impl FeatureEngine {
 
             // Wear: decayed sums, so a rate is weighted by how much was tried.
             let (short, long) = (1.0 / cfg.aging_short_windows, 1.0 / cfg.aging_long_windows);
+            let leak = 1.0 / cfg.aging_evidence_windows;
             let wear = &mut term.wear;
             decay_add(&mut wear.reader_short, acc.card_errors, acc.card_reads, short);
             decay_add(&mut wear.printer_short, acc.print_errors, acc.print_jobs, short);
-            let reader_now = rate(wear.reader_short);
-            let printer_now = rate(wear.printer_short);
-            let reader_base = rate(wear.reader_long);
-            let printer_base = rate(wear.printer_long);
-            // The long memory learns only while the short one is not far above it.
-            if reader_now <= 2.0 * reader_base + 0.01 || wear.reader_long.1 < 50.0 {
-                decay_add(&mut wear.reader_long, acc.card_errors, acc.card_reads, long);
+            let reader_warm = wear.reader_long.1 >= MIN_WEAR_ATTEMPTS;
+            let printer_warm = wear.printer_long.1 >= MIN_WEAR_ATTEMPTS;
+            let prior = self.cohort_wear.get(term.cohort as usize).copied().unwrap_or_default();
+            let reader_base = shrunk_rate(wear.reader_long, prior.reader);
+            let printer_base = shrunk_rate(wear.printer_long, prior.printer);
+            // Evidence accumulates only against a baseline worth the name; a
+            // young one would call its own noise a change.
+            if reader_warm && acc.card_reads > 0 {
+                wear.reader_evidence = accumulate(wear.reader_evidence, acc.card_errors, acc.card_reads, reader_base, leak);
             }
-            if printer_now <= 2.0 * printer_base + 0.01 || wear.printer_long.1 < 50.0 {
-                decay_add(&mut wear.printer_long, acc.print_errors, acc.print_jobs, long);
+            if printer_warm && acc.print_jobs > 0 {
+                wear.printer_evidence =
+                    accumulate(wear.printer_evidence, acc.print_errors, acc.print_jobs, printer_base, leak);
+            }
+            if let Some(c) = cohort_rate(prior.reader) {
+                wear.reader_vs_cohort =
+                    accumulate(wear.reader_vs_cohort, acc.card_errors, acc.card_reads, 2.0 * c, leak);
+            }
+            if let Some(c) = cohort_rate(prior.printer) {
+                wear.printer_vs_cohort =
+                    accumulate(wear.printer_vs_cohort, acc.print_errors, acc.print_jobs, 2.0 * c, leak);
+            }
+            // With evidence of a change the long memory learns at a fraction
+            // of its pace, so a part wearing out over weeks does not become
+            // its own baseline, yet a baseline that started out wrong still
+            // converges instead of locking in.
+            let reader_long = if wear.reader_evidence < LEARN_BELOW_NATS { long } else { long * SLOW_LEARNING };
+            let printer_long = if wear.printer_evidence < LEARN_BELOW_NATS { long } else { long * SLOW_LEARNING };
+            decay_add(&mut wear.reader_long, acc.card_errors, acc.card_reads, reader_long);
+            decay_add(&mut wear.printer_long, acc.print_errors, acc.print_jobs, printer_long);
+            if let Some(c) = self.cohort_wear.get_mut(term.cohort as usize) {
+                // Only windows with use: a cohort's memory is counted in
+                // its terminals' windows, and idle ones would wash it out.
+                if acc.card_reads > 0 && wear.reader_evidence.max(wear.reader_vs_cohort) < LEARN_BELOW_NATS {
+                    decay_add(&mut c.reader, acc.card_errors, acc.card_reads, long);
+                }
+                if acc.print_jobs > 0 && wear.printer_evidence.max(wear.printer_vs_cohort) < LEARN_BELOW_NATS {
+                    decay_add(&mut c.printer, acc.print_errors, acc.print_jobs, long);
+                }
             }
             if acc.health_n > 0 {
                 let h = acc.health_sum / f64::from(acc.health_n);
                 wear.health_short.update(h, short);
                 wear.health_long.update(h, long * 4.0);
+                if let Some(now) = wear.health_short.get() {
+                    let lowered = wear.health_peak.map_or(now, |p| f64::from(p) - NORMAL_HEALTH_LOSS_PER_WINDOW);
+                    wear.health_peak = Some(lowered.max(now) as f32);
+                }
             }
             // A row only for a window with activity, once the long memory has
             // seen enough to be a baseline: a quiet night repeats yesterday's
             // evidence, and a young baseline is no reference.
             let active = acc.card_reads + acc.print_jobs > 0 || acc.health_n > 0;
-            let warm = wear.reader_long.1 + wear.printer_long.1 >= MIN_WEAR_ATTEMPTS || wear.health_long.weight > 144.0;
+            let cohort_warm = cohort_rate(prior.reader).is_some() || cohort_rate(prior.printer).is_some();
+            let warm = cohort_warm || reader_warm || printer_warm || wear.health_long.weight > 144.0;
             if active && warm {
                 // Short and long EWMAs lag by half their memories; their
                 // difference over that lag is a drop per day.
@@ -620,14 +702,28 @@ impl FeatureEngine {
                     (Some(l), Some(s)) if wear.health_long.weight > 12.0 => (l - s) / lag_days.max(0.1),
                     _ => 0.0,
                 };
+                let health_now = wear.health_short.get();
+                let health_deficit = match (wear.health_peak, health_now) {
+                    (Some(p), Some(s)) => (f64::from(p) - s).max(0.0),
+                    _ => 0.0,
+                };
+                let reader_now = rate(wear.reader_short);
+                let printer_now = rate(wear.printer_short);
                 let features = [
-                    ((reader_now + 0.002) / (reader_base + 0.002)).ln(),
-                    ((printer_now + 0.002) / (printer_base + 0.002)).ln(),
+                    f64::from(wear.reader_evidence).ln_1p(),
+                    f64::from(wear.printer_evidence).ln_1p(),
+                    f64::from(wear.reader_vs_cohort).ln_1p(),
+                    f64::from(wear.printer_vs_cohort).ln_1p(),
+                    health_deficit,
+                    if reader_warm { ((reader_now + 0.002) / (reader_base + 0.002)).ln() } else { 0.0 },
+                    if printer_warm { ((printer_now + 0.002) / (printer_base + 0.002)).ln() } else { 0.0 },
                     health_drop,
-                    reader_now,
-                    printer_now,
                 ];
-                let baselines = [reader_base, printer_base, 0.0, reader_base, printer_base];
+                let peak = wear.health_peak.map_or(0.0, f64::from);
+                let reader_cohort = 2.0 * cohort_rate(prior.reader).unwrap_or(0.0);
+                let printer_cohort = 2.0 * cohort_rate(prior.printer).unwrap_or(0.0);
+                let baselines =
+                    [reader_base, printer_base, reader_cohort, printer_cohort, peak, reader_base, printer_base, 0.0];
                 rows.aging.push(AgingRow { terminal: t, features, baselines });
             }
         }
@@ -731,6 +827,39 @@ fn dict_value(d: Option<&DictionaryArray<Int32Type>>, row: usize) -> Option<&str
 fn decay_add(sum: &mut (f64, f64), errors: u32, attempts: u32, alpha: f64) {
     sum.0 = sum.0 * (1.0 - alpha) + f64::from(errors);
     sum.1 = sum.1 * (1.0 - alpha) + f64::from(attempts);
+}
+
+/// Bounds on the wear evidence. A broken part (most reads failing for the
+/// half hour before it is swapped) would otherwise pile up so much evidence
+/// that the new part would look worn for days.
+const MAX_STEP_NATS: f64 = 1.0;
+const MAX_EVIDENCE_NATS: f64 = 20.0;
+
+/// One step of a leaky CUSUM for "the error rate is twice `base`": the log-
+/// likelihood ratio of `errors` in `attempts` under 2·base against base,
+/// added to evidence that leaks at `leak` per step and never goes below 0.
+/// It is the sequential test for a rate change, weighted by how much the
+/// part was used, so a busy terminal's wear shows sooner than a quiet one's.
+fn accumulate(evidence: f32, errors: u32, attempts: u32, base: f64, leak: f64) -> f32 {
+    let p0 = base.min(0.4);
+    let p1 = 2.0 * p0;
+    let e = f64::from(errors.min(attempts));
+    let n = f64::from(attempts);
+    let llr = e * (p1 / p0).ln() + (n - e) * ((1.0 - p1) / (1.0 - p0)).ln();
+    (f64::from(evidence) * (1.0 - leak) + llr.min(MAX_STEP_NATS)).clamp(0.0, MAX_EVIDENCE_NATS) as f32
+}
+
+/// A cohort's pooled error rate, once it rests on enough attempts, never
+/// below `MIN_BASE_RATE`.
+fn cohort_rate(pooled: (f64, f64)) -> Option<f64> {
+    (pooled.1 >= MIN_COHORT_ATTEMPTS).then(|| (pooled.0 / pooled.1).max(MIN_BASE_RATE))
+}
+
+/// A terminal's error rate shrunk towards its cohort's, never below
+/// `MIN_BASE_RATE`.
+fn shrunk_rate(own: (f64, f64), cohort: (f64, f64)) -> f64 {
+    let prior = if cohort.1 > 0.0 { cohort.0 / cohort.1 } else { rate(own) };
+    ((own.0 + PRIOR_ATTEMPTS * prior) / (own.1 + PRIOR_ATTEMPTS)).max(MIN_BASE_RATE)
 }
 
 fn rate(sum: (f64, f64)) -> f64 {

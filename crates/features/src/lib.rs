@@ -40,11 +40,14 @@ pub mod names {
         "reconnects_per_report_mean",
         "timeouts_per_txn_mean",
     ];
-    pub const AGING: [&str; 5] = [
+    pub const AGING: [&str; 8] = [
+        "reader_wear_evidence",
+        "printer_wear_evidence",
+        "reader_wear_vs_cohort",
+        "printer_wear_vs_cohort",
+        "battery_health_deficit",
         "reader_error_log_ratio",
         "printer_error_log_ratio",
         "battery_health_drop_per_day",
-        "reader_error_rate",
-        "printer_error_rate",
     ];
 }

@@ -53,7 +53,7 @@ pub struct HysteresisConfig {
     /// Default 3 for `hardware_aging`, 2 for the others.
     pub fire_after_bad_windows: u32,
     /// Consecutive good windows that resolve a firing alert (`m`), at least 1.
-    /// Default 6 for `hardware_aging`, 3 for the others.
+    /// Default 72 for `hardware_aging`, 3 for the others.
     pub resolve_after_good_windows: u32,
     /// Event time without a scored window after which a firing alert is
     /// resolved by [`AlertTracker::expire`] and a quiet entity is forgotten,
@@ -89,10 +89,11 @@ impl HysteresisConfig {
 ///   pages, and at 5-minute windows the alert comes 10 minutes after the
 ///   fault starts, inside the 30-minute (voltage) and 15-minute (network)
 ///   delay targets of issue 5.
-/// - Aging fires after 3 and resolves after 6: wear develops over days, so
+/// - Aging fires after 3 and resolves after 72: wear develops over days, so
 ///   waiting one more window costs almost no lead time, and a worn part
-///   does not heal, so a few good windows (a quiet hour at the shop) must
-///   not close the alert.
+///   does not heal, so only six hours of use that look healthy (the part
+///   was swapped) close the alert; aging windows count only when the part
+///   was used, so quiet hours at the shop do not count towards them.
 /// - Staleness is longer than the gaps that are normal for the kind. Sites
 ///   that switch terminals off at night are silent up to ~16 h (a café
 ///   closing at 15:00 and opening at 06:30), so a terminal voltage alert
@@ -102,7 +103,7 @@ impl HysteresisConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AlertingConfig {
-    /// Default `{fire_after_bad_windows: 3, resolve_after_good_windows: 6, stale_after_ms: 259200000}` (72 h).
+    /// Default `{fire_after_bad_windows: 3, resolve_after_good_windows: 72, stale_after_ms: 259200000}` (72 h).
     pub hardware_aging: HysteresisConfig,
     /// Default `{fire_after_bad_windows: 2, resolve_after_good_windows: 3, stale_after_ms: 64800000}` (18 h).
     pub voltage_instability: HysteresisConfig,
@@ -115,7 +116,7 @@ impl Default for AlertingConfig {
         AlertingConfig {
             hardware_aging: HysteresisConfig {
                 fire_after_bad_windows: 3,
-                resolve_after_good_windows: 6,
+                resolve_after_good_windows: 72,
                 stale_after_ms: 72 * MS_PER_HOUR,
             },
             voltage_instability: HysteresisConfig {
@@ -901,7 +902,7 @@ mod tests {
         let config: AlertingConfig = serde_json::from_str("{}").expect("empty config is valid");
         assert_eq!(config, AlertingConfig::default());
         assert_eq!(config.hardware_aging.fire_after_bad_windows, 3);
-        assert_eq!(config.hardware_aging.resolve_after_good_windows, 6);
+        assert_eq!(config.hardware_aging.resolve_after_good_windows, 72);
         assert_eq!(config.voltage_instability.fire_after_bad_windows, 2);
         assert_eq!(config.network_degradation.resolve_after_good_windows, 3);
         let partial: AlertingConfig = serde_json::from_str(

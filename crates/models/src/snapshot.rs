@@ -20,7 +20,8 @@ use crate::alerting::AlertSnapshot;
 use crate::training::{FNV_OFFSET, fnv1a};
 
 const MAGIC: &[u8; 6] = b"TWSNAP";
-const FORMAT: u32 = 1;
+/// 2: the wear evidence of hardware aging (feature state of another shape).
+const FORMAT: u32 = 2;
 const HEADER: usize = 6 + 4 + 8;
 
 #[derive(Debug, thiserror::Error)]

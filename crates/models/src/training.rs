@@ -123,11 +123,21 @@ pub struct TrainConfig {
     /// Most healthy windows used to fit one detector (all are used to
     /// calibrate). Default 200000.
     pub max_fit_negatives: usize,
+    /// How many times each window of an analyst's not_incident label counts
+    /// in the fit, against one for an unlabelled healthy window. Default 20:
+    /// a reviewed false alarm is worth more than a window nobody looked at,
+    /// and it is rare, so without weight the fit would barely see it.
+    pub feedback_weight: usize,
 }
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        TrainConfig { target_false_alerts_per_1000_terminal_days: 0.2, l2: 1.0, max_fit_negatives: 200_000 }
+        TrainConfig {
+            target_false_alerts_per_1000_terminal_days: 0.2,
+            l2: 1.0,
+            max_fit_negatives: 200_000,
+            feedback_weight: 20,
+        }
     }
 }
 
@@ -139,6 +149,10 @@ pub struct DetectorFigures {
     pub positive_windows: usize,
     pub negative_windows: usize,
     pub excluded_windows: usize,
+    /// Healthy windows inside an analyst's not_incident label (part of
+    /// `negative_windows`, weighted in the fit).
+    #[serde(default)]
+    pub feedback_windows: usize,
     /// Share of positive windows at or above the threshold.
     pub window_recall: f64,
     /// Share of negative windows below it.
@@ -178,12 +192,20 @@ pub struct ModelSet {
 }
 
 /// The label state of one window: inside an incident, clear of every
-/// incident, or too close to one to say.
+/// incident, inside a span an analyst marked not_incident (healthy, and
+/// surely so), or too close to an incident to say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Truth {
     Positive,
     Negative,
+    Feedback,
     Excluded,
+}
+
+impl Truth {
+    fn healthy(self) -> bool {
+        matches!(self, Truth::Negative | Truth::Feedback)
+    }
 }
 
 /// Label spans (start, end, verdict) by (kind, scope, entity).
@@ -203,13 +225,16 @@ impl LabelIndex {
     }
 
     /// Positive when an incident is active at `t` (past its first `skip_ms`),
-    /// excluded within `margin_ms` around it, negative otherwise. A
-    /// not_incident label makes its span a firm negative.
+    /// excluded within `margin_ms` around it, negative otherwise. Inside a
+    /// not_incident label it is feedback: a firm negative, even within an
+    /// incident's margin (the analyst looked), though not inside an incident
+    /// (the incident label is the more specific claim).
     fn truth(&self, kind: AlertKind, scope: Scope, entity: &str, t: i64, skip_ms: i64, margin_ms: i64) -> Truth {
         let Some(spans) = self.spans.get(&(kind, scope, entity.to_string())) else { return Truth::Negative };
-        let mut truth = Truth::Negative;
+        let (mut truth, mut feedback) = (Truth::Negative, false);
         for &(start, end, verdict) in spans {
             if verdict == Verdict::NotIncident {
+                feedback |= t >= start && t <= end;
                 continue;
             }
             if t >= start + skip_ms && t <= end {
@@ -219,7 +244,7 @@ impl LabelIndex {
                 truth = Truth::Excluded;
             }
         }
-        truth
+        if feedback { Truth::Feedback } else { truth }
     }
 
     fn active(&self, kind: AlertKind, scope: Scope, entity: &str, t: i64, margin_ms: i64) -> bool {
@@ -274,7 +299,7 @@ pub fn train(
         .iter()
         .map(|(t, term, site, _, f)| {
             let mut truth = index.truth(VoltageInstability, Scope::Terminal, term, *t, 0, margin);
-            if index.active(VoltageInstability, Scope::Site, site, *t, margin) {
+            if truth != Truth::Feedback && index.active(VoltageInstability, Scope::Site, site, *t, margin) {
                 truth = Truth::Excluded;
             }
             (*t, term.as_str(), f.as_slice(), truth)
@@ -317,8 +342,9 @@ pub fn train(
     let mut detectors = Vec::new();
     let mut figures = Vec::new();
     for (kind, scope, feature_names, truths) in plan {
-        let k = alerting.for_kind(kind).fire_after_bad_windows as usize;
-        let (d, f) = fit_one(kind, scope, feature_names, truths, rows.terminal_days, k, config)?;
+        let h = alerting.for_kind(kind);
+        let (k, m) = (h.fire_after_bad_windows as usize, h.resolve_after_good_windows as usize);
+        let (d, f) = fit_one(kind, scope, feature_names, truths, rows.terminal_days, (k, m), config)?;
         detectors.push(d);
         figures.push(f);
     }
@@ -351,13 +377,15 @@ fn fit_one(
     feature_names: &[&str],
     rows: &[Labelled<'_>],
     terminal_days: u64,
-    k: usize,
+    (k, m): (usize, usize),
     config: &TrainConfig,
 ) -> Result<(Detector, DetectorFigures), DetectorError> {
     let positives: Vec<&Labelled<'_>> = rows.iter().filter(|r| r.3 == Truth::Positive).collect();
-    let negatives: Vec<&Labelled<'_>> = rows.iter().filter(|r| r.3 == Truth::Negative).collect();
+    let negatives: Vec<&Labelled<'_>> = rows.iter().filter(|r| r.3.healthy()).collect();
+    let feedback: Vec<&Labelled<'_>> = rows.iter().filter(|r| r.3 == Truth::Feedback).collect();
     let excluded = rows.len() - positives.len() - negatives.len();
-    // Every n-th healthy window, deterministically, to bound the fit's cost.
+    // Every n-th healthy window, deterministically, to bound the fit's cost;
+    // then every feedback window, weighted by repetition.
     let step = negatives.len().div_ceil(config.max_fit_negatives.max(1)).max(1);
     let mut x = Vec::new();
     let mut y = Vec::new();
@@ -368,6 +396,12 @@ fn fit_one(
     for n in negatives.iter().step_by(step) {
         x.push(n.2.to_vec());
         y.push(false);
+    }
+    for f in &feedback {
+        for _ in 0..config.feedback_weight {
+            x.push(f.2.to_vec());
+            y.push(false);
+        }
     }
     let mut d = Detector::fit(kind, scope, feature_names, &x, &y, config.l2)?;
 
@@ -382,7 +416,7 @@ fn fit_one(
         v.sort_by_key(|e| e.0);
     }
     let per_1000 = |threshold: f64| {
-        let alerts: usize = by_entity.values().map(|seq| false_alerts(seq, threshold, k)).sum();
+        let alerts: usize = by_entity.values().map(|seq| false_alerts(seq, threshold, k, m)).sum();
         alerts as f64 * 1000.0 / terminal_days.max(1) as f64
     };
     let mut candidates: Vec<f64> = (1..200).map(|i| i as f64 / 200.0).collect();
@@ -403,6 +437,7 @@ fn fit_one(
         positive_windows: positives.len(),
         negative_windows: negatives.len(),
         excluded_windows: excluded,
+        feedback_windows: feedback.len(),
         window_recall: recall,
         window_specificity: specificity,
         calibrated_false_alerts_per_1000_terminal_days: per_1000(threshold),
@@ -410,20 +445,25 @@ fn fit_one(
     Ok((d, figures))
 }
 
-/// Alerts that `k` consecutive windows at or above `threshold` would fire
-/// on one entity's healthy windows (a new alert only after a good window).
-fn false_alerts(seq: &[(i64, f64)], threshold: f64, k: usize) -> usize {
-    let (mut run, mut alerts, mut firing) = (0usize, 0usize, false);
+/// Alerts that the hysteresis of service (fire after `k` consecutive
+/// windows at or above `threshold`, resolve after `m` below it) would fire
+/// on one entity's healthy windows.
+fn false_alerts(seq: &[(i64, f64)], threshold: f64, k: usize, m: usize) -> usize {
+    let (mut bad, mut good, mut alerts, mut firing) = (0usize, 0usize, 0usize, false);
     for &(_, s) in seq {
         if s >= threshold {
-            run += 1;
-            if run >= k && !firing {
+            bad += 1;
+            good = 0;
+            if bad >= k && !firing {
                 alerts += 1;
                 firing = true;
             }
         } else {
-            run = 0;
-            firing = false;
+            bad = 0;
+            good += 1;
+            if firing && good >= m {
+                firing = false;
+            }
         }
     }
     alerts
@@ -449,10 +489,76 @@ mod tests {
     fn false_alerts_need_k_consecutive_bad_windows() {
         let seq: Vec<(i64, f64)> =
             [0.9, 0.1, 0.9, 0.9, 0.9, 0.1, 0.9, 0.9].iter().enumerate().map(|(i, s)| (i as i64, *s)).collect();
-        assert_eq!(false_alerts(&seq, 0.5, 2), 2);
-        assert_eq!(false_alerts(&seq, 0.5, 3), 1);
-        assert_eq!(false_alerts(&seq, 0.95, 1), 0);
+        assert_eq!(false_alerts(&seq, 0.5, 2, 1), 2);
+        assert_eq!(false_alerts(&seq, 0.5, 3, 1), 1);
+        assert_eq!(false_alerts(&seq, 0.95, 1, 1), 0);
+        // Resolving takes two good windows: the single good window between
+        // the runs does not, so the second run is the same alert.
+        assert_eq!(false_alerts(&seq, 0.5, 2, 2), 1);
     }
+
+    fn label(start: i64, end: i64, verdict: Verdict) -> IncidentLabel {
+        IncidentLabel {
+            kind: AlertKind::HardwareAging,
+            scope: Scope::Terminal,
+            entity: "T-1".into(),
+            region: "r".into(),
+            start,
+            end,
+            verdict,
+            cause: None,
+        }
+    }
+
+    #[test]
+    fn not_incident_labels_are_firm_negatives() {
+        let index = LabelIndex::new(&[label(1000, 2000, Verdict::Incident), label(2100, 3000, Verdict::NotIncident)]);
+        let truth = |t| index.truth(AlertKind::HardwareAging, Scope::Terminal, "T-1", t, 0, 500);
+        assert_eq!(truth(1500), Truth::Positive);
+        // Inside the incident's margin, but an analyst looked: feedback.
+        assert_eq!(truth(2200), Truth::Feedback);
+        // Inside the margin without feedback: left out.
+        assert_eq!(truth(2050), Truth::Excluded);
+        assert_eq!(truth(2900), Truth::Feedback);
+        assert_eq!(truth(3600), Truth::Negative);
+        let other = index.truth(AlertKind::HardwareAging, Scope::Terminal, "T-2", 2200, 0, 500);
+        assert_eq!(other, Truth::Negative);
+    }
+
+    #[test]
+    fn feedback_lowers_the_score_of_what_it_marks() {
+        // One feature: incidents near 3, healthy windows near 0, and a few
+        // healthy look-alikes near 2 that an analyst may mark not_incident.
+        let names = ["x"];
+        let feats: Vec<[f64; 1]> = (0..3000).map(|i| [f64::from(i % 7) * 0.05]).collect();
+        let build = |look_alike: Truth| -> Vec<Labelled<'_>> {
+            let mut rows = Vec::new();
+            for (i, f) in feats.iter().enumerate() {
+                let t = i as i64;
+                let (entity, truth, x): (&str, Truth, &[f64]) = match i % 10 {
+                    0 => ("pos", Truth::Positive, &POS),
+                    1 if i < 300 => ("alike", look_alike, &ALIKE),
+                    _ => ("neg", Truth::Negative, f.as_slice()),
+                };
+                rows.push((t, entity, x, truth));
+            }
+            rows
+        };
+        let config = TrainConfig::default();
+        let fit = |look_alike| {
+            let rows = build(look_alike);
+            let (d, f) = fit_one(AlertKind::HardwareAging, Scope::Terminal, &names, &rows, 1000, (1, 1), &config)
+                .expect("fits");
+            (d.score(&ALIKE), f.feedback_windows)
+        };
+        let (plain, none) = fit(Truth::Negative);
+        let (reviewed, marked) = fit(Truth::Feedback);
+        assert_eq!((none, marked), (0, 30));
+        assert!(reviewed < plain * 0.5, "feedback should lower the look-alikes' score: {plain} -> {reviewed}");
+    }
+
+    const POS: [f64; 1] = [3.0];
+    const ALIKE: [f64; 1] = [2.0];
 
     #[test]
     fn fnv_is_stable() {
