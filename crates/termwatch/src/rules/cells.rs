@@ -1,0 +1,329 @@
+//! Raw telemetry as a Prometheus server would hold it if every terminal were
+//! exported as metrics: per terminal, per 5-minute evaluation step, the
+//! plain aggregates a PromQL expression can take over `[5m]` (max, min, sum,
+//! average). No baselines, no learned state: only what the terminal sent.
+//!
+//! Steps are aligned to the epoch: step `b` holds the reports whose `ts` is
+//! in `(b·5m, (b+1)·5m]`, and a rule evaluated on it speaks at `(b+1)·5m`,
+//! the way `x[5m]` at evaluation time `T` covers `(T−5m, T]`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use termwatch_models::eval::FleetIndex;
+use termwatch_pipeline::NdjsonFile;
+use termwatch_pipeline::dedup::{Dedup, Seen};
+use termwatch_telemetry::{Counter, Label, Measure, Telemetry, decode};
+
+/// One evaluation step: the usual `[5m]` range and rule evaluation interval.
+pub const STEP_MS: i64 = 300_000;
+
+/// The ingestion time given to history records: far enough ahead that no
+/// recorded `ts` counts as "from the future" (as `termwatch eval` reads them).
+const HISTORY_INGEST_MS: i64 = i64::MAX / 2;
+
+/// Terminals × steps above this are refused: the grid is dense, ~64 bytes a
+/// cell, and this tool is for evaluation histories, not a year of a fleet.
+const MAX_CELLS: usize = 16_000_000;
+
+/// What one terminal reported within one step. Absent measurements leave the
+/// neutral element (−∞ for a max, +∞ for a min, 0 for sums and counts), so a
+/// threshold comparison on an absent series is false, as in PromQL.
+#[derive(Debug, Clone, Copy)]
+pub struct Cell {
+    pub reports: u16,
+    /// `max_over_time(supply_v_std[5m])`, volts.
+    pub v_std_max: f32,
+    /// `min_over_time(supply_v_mean[5m] / supply_v_nominal)`.
+    pub v_mean_ratio_min: f32,
+    /// `increase(supply_sags[5m])`.
+    pub sags: u32,
+    pub loss_sum: f32,
+    pub loss_n: u16,
+    pub rtt_sum: f32,
+    pub rtt_n: u16,
+    pub card_reads: u32,
+    pub card_read_errors: u32,
+    pub print_jobs: u32,
+    pub print_errors: u32,
+    /// `max_over_time(battery_health_pct[5m])`.
+    pub health_max: f32,
+    /// The latest `battery_health_pct` in the step (NaN when none).
+    pub health_last: f32,
+    pub health_last_ts: i64,
+}
+
+impl Default for Cell {
+    fn default() -> Self {
+        Cell {
+            reports: 0,
+            v_std_max: f32::NEG_INFINITY,
+            v_mean_ratio_min: f32::INFINITY,
+            sags: 0,
+            loss_sum: 0.0,
+            loss_n: 0,
+            rtt_sum: 0.0,
+            rtt_n: 0,
+            card_reads: 0,
+            card_read_errors: 0,
+            print_jobs: 0,
+            print_errors: 0,
+            health_max: f32::NEG_INFINITY,
+            health_last: f32::NAN,
+            health_last_ts: i64::MIN,
+        }
+    }
+}
+
+impl Cell {
+    fn add(&mut self, t: &Telemetry<'_>) {
+        self.reports = self.reports.saturating_add(1);
+        if let Some(v) = t.measure(Measure::SupplyVStd) {
+            self.v_std_max = self.v_std_max.max(v as f32);
+        }
+        if let Some(v) = t.measure(Measure::SupplyVMean)
+            && t.supply_v_nominal > 0.0
+        {
+            self.v_mean_ratio_min = self.v_mean_ratio_min.min((v / t.supply_v_nominal) as f32);
+        }
+        let count = |c| t.counter(c).unwrap_or(0);
+        self.sags = self.sags.saturating_add(count(Counter::SupplySags));
+        if let Some(v) = t.measure(Measure::NetLossPct) {
+            self.loss_sum += v as f32;
+            self.loss_n = self.loss_n.saturating_add(1);
+        }
+        if let Some(v) = t.measure(Measure::NetRttMs) {
+            self.rtt_sum += v as f32;
+            self.rtt_n = self.rtt_n.saturating_add(1);
+        }
+        self.card_reads = self.card_reads.saturating_add(count(Counter::CardReads));
+        self.card_read_errors = self.card_read_errors.saturating_add(count(Counter::CardReadErrors));
+        self.print_jobs = self.print_jobs.saturating_add(count(Counter::PrintJobs));
+        self.print_errors = self.print_errors.saturating_add(count(Counter::PrintErrors));
+        if let Some(v) = t.measure(Measure::BatteryHealthPct) {
+            self.health_max = self.health_max.max(v as f32);
+            if t.ts_ms >= self.health_last_ts {
+                self.health_last = v as f32;
+                self.health_last_ts = t.ts_ms;
+            }
+        }
+    }
+
+    /// `avg_over_time(net_loss_pct[5m])`, NaN when not measured.
+    pub fn loss_avg(&self) -> f32 {
+        if self.loss_n == 0 { f32::NAN } else { self.loss_sum / f32::from(self.loss_n) }
+    }
+
+    /// `avg_over_time(net_rtt_ms[5m])`, NaN when not measured.
+    pub fn rtt_avg(&self) -> f32 {
+        if self.rtt_n == 0 { f32::NAN } else { self.rtt_sum / f32::from(self.rtt_n) }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Terminal {
+    pub id: String,
+    pub region: usize,
+    /// Index into [`Cells::models`].
+    pub model: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Site {
+    pub id: String,
+    pub region: usize,
+    pub terminals: Vec<usize>,
+}
+
+/// The whole history on a dense grid of terminals × steps, with the fleet's
+/// structure (which site and region each terminal is in, its model label).
+#[derive(Debug)]
+pub struct Cells {
+    /// Step index (epoch-aligned) of column 0.
+    pub first_step: i64,
+    pub steps: usize,
+    pub terminals: Vec<Terminal>,
+    pub sites: Vec<Site>,
+    pub regions: Vec<String>,
+    /// Model labels, sorted; a terminal without one has `-`.
+    pub models: Vec<String>,
+    cells: Vec<Cell>,
+    /// What `termwatch eval` would build from the same files.
+    pub fleet: FleetIndex,
+    pub stats: ReadStats,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ReadStats {
+    pub lines: u64,
+    pub rejected: u64,
+    /// Dropped as `termwatch replay` drops them: duplicates and reports too old to check.
+    pub duplicates: u64,
+}
+
+/// The label of a terminal that reports no model.
+pub const NO_MODEL: &str = "-";
+
+impl Cells {
+    /// The row of one terminal: one cell per step.
+    pub fn row(&self, terminal: usize) -> &[Cell] {
+        &self.cells[terminal * self.steps..(terminal + 1) * self.steps]
+    }
+
+    /// Event time at which a rule evaluated on step `s` speaks.
+    pub fn step_end_ms(&self, s: usize) -> i64 {
+        (self.first_step + s as i64 + 1) * STEP_MS
+    }
+
+    /// Reads telemetry files in order. Rejected records are skipped and
+    /// counted, duplicates dropped as replay drops them; a missing or corrupt
+    /// file fails the read, naming it.
+    pub fn read(paths: &[PathBuf]) -> anyhow::Result<Cells> {
+        let mut files = Vec::with_capacity(paths.len());
+        for p in paths {
+            files.push(NdjsonFile::open(p).with_context(|| format!("telemetry file {}", p.display()))?);
+        }
+        let mut b = Builder::default();
+        for mut file in files {
+            let name = file.path().to_owned();
+            while let Some(line) = file.next_line().with_context(|| format!("telemetry file {name}"))? {
+                if line.is_blank() {
+                    continue;
+                }
+                b.stats.lines += 1;
+                match decode(line.bytes, HISTORY_INGEST_MS) {
+                    Ok(t) => b.add(&t),
+                    Err(_) => b.stats.rejected += 1,
+                }
+            }
+        }
+        b.finish()
+    }
+
+    /// Builds the grid from decoded records.
+    #[cfg(test)]
+    pub fn from_records<'a>(records: impl IntoIterator<Item = Telemetry<'a>>) -> anyhow::Result<Cells> {
+        let mut b = Builder::default();
+        for t in records {
+            b.stats.lines += 1;
+            b.add(&t);
+        }
+        b.finish()
+    }
+}
+
+#[derive(Default)]
+struct Builder {
+    ids: HashMap<String, usize>,
+    /// Per terminal: the latest region, site and model labels seen, and its cells by step.
+    terminals: Vec<(String, String, Option<String>, String, HashMap<i64, Cell>)>,
+    dedup: Dedup,
+    fleet: FleetIndex,
+    stats: ReadStats,
+}
+
+impl Builder {
+    fn add(&mut self, t: &Telemetry<'_>) {
+        let site = t.label(Label::SiteId);
+        // Observed before deduplication, as `termwatch eval` reads the same file.
+        self.fleet.observe(&t.terminal_id, site, &t.region, t.ts_ms);
+        if self.dedup.check(&t.terminal_id, t.ts_ms, t.interval_s) != Seen::New {
+            self.stats.duplicates += 1;
+            return;
+        }
+        let idx = match self.ids.get(t.terminal_id.as_ref()) {
+            Some(&i) => i,
+            None => {
+                let i = self.terminals.len();
+                self.ids.insert(t.terminal_id.to_string(), i);
+                self.terminals.push((t.terminal_id.to_string(), String::new(), None, String::new(), HashMap::new()));
+                i
+            }
+        };
+        let entry = &mut self.terminals[idx];
+        if entry.1 != t.region {
+            entry.1 = t.region.to_string();
+        }
+        if entry.2.as_deref() != site {
+            entry.2 = site.map(str::to_owned);
+        }
+        let model = t.label(Label::Model).unwrap_or(NO_MODEL);
+        if entry.3 != model {
+            entry.3 = model.to_owned();
+        }
+        let step = (t.ts_ms - 1).div_euclid(STEP_MS);
+        entry.4.entry(step).or_default().add(t);
+    }
+
+    fn finish(self) -> anyhow::Result<Cells> {
+        let (mut lo, mut hi) = (i64::MAX, i64::MIN);
+        for (.., steps) in &self.terminals {
+            for &s in steps.keys() {
+                lo = lo.min(s);
+                hi = hi.max(s);
+            }
+        }
+        let steps = if lo > hi { 0 } else { usize::try_from(hi - lo + 1).unwrap_or(usize::MAX) };
+        let n_cells = steps.saturating_mul(self.terminals.len());
+        if n_cells > MAX_CELLS {
+            anyhow::bail!(
+                "telemetry spans {} steps of 5 min ({:.1} days) for {} terminals: more than {MAX_CELLS} terminal-steps, \
+                 too large for rule evaluation (give a shorter history)",
+                steps,
+                steps as f64 * STEP_MS as f64 / 86_400_000.0,
+                self.terminals.len()
+            );
+        }
+
+        // Sorted identifiers, so output order does not depend on arrival order.
+        let mut order: Vec<usize> = (0..self.terminals.len()).collect();
+        order.sort_by(|&a, &b| self.terminals[a].0.cmp(&self.terminals[b].0));
+        let mut regions: Vec<String> = self.terminals.iter().map(|t| t.1.clone()).collect();
+        regions.sort();
+        regions.dedup();
+        let mut models: Vec<String> = self.terminals.iter().map(|t| t.3.clone()).collect();
+        models.sort();
+        models.dedup();
+        let mut site_ids: Vec<(String, String)> =
+            self.terminals.iter().filter_map(|t| t.2.clone().map(|s| (s, t.1.clone()))).collect();
+        site_ids.sort();
+        site_ids.dedup_by(|a, b| a.0 == b.0);
+        let index_of = |list: &[String], v: &str| list.binary_search_by(|x| x.as_str().cmp(v)).unwrap_or(0);
+
+        let mut sites: Vec<Site> = site_ids
+            .iter()
+            .map(|(id, region)| Site { id: id.clone(), region: index_of(&regions, region), terminals: Vec::new() })
+            .collect();
+        let mut terminals = Vec::with_capacity(order.len());
+        let mut cells = vec![Cell::default(); n_cells];
+        for (new, &old) in order.iter().enumerate() {
+            let (id, region, site, model, by_step) = &self.terminals[old];
+            let site = site.as_deref().and_then(|s| sites.binary_search_by(|x| x.id.as_str().cmp(s)).ok());
+            if let Some(s) = site {
+                sites[s].terminals.push(new);
+            }
+            terminals.push(Terminal {
+                id: id.clone(),
+                region: index_of(&regions, region),
+                model: index_of(&models, model),
+            });
+            for (&s, cell) in by_step {
+                // `s - lo` is in 0..steps by construction of lo and hi.
+                let col = usize::try_from(s - lo).unwrap_or(0);
+                cells[new * steps + col] = *cell;
+            }
+        }
+        Ok(Cells {
+            first_step: if lo > hi { 0 } else { lo },
+            steps,
+            terminals,
+            sites,
+            regions,
+            models,
+            cells,
+            fleet: self.fleet,
+            stats: self.stats,
+        })
+    }
+}

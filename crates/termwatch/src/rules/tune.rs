@@ -1,0 +1,404 @@
+//! Tuning the static rules on labelled data: per kind, a coordinate search
+//! over every threshold, window and duration of that kind's rules, each
+//! candidate scored by the same evaluator as `termwatch eval`. The objective
+//! is F1; ties go to the shorter median delay (the longer median lead time
+//! for aging), then to fewer alerts.
+//!
+//! Threshold candidates are quantiles of the aggregate itself on the data
+//! being scored, rounded to three significant digits: the grid adapts to each
+//! model's scale, and tuning on the evaluation data is what makes this the
+//! rules' best case.
+
+use std::collections::{BTreeMap, HashMap};
+
+use termwatch_models::eval::{KindReport, evaluate};
+use termwatch_telemetry::alerts::{AlertEvent, AlertKind, IncidentLabel};
+
+use super::cells::{Cell, Cells};
+use super::engine::{RegionNetwork, RuleSet, SiteSupply, TerminalAging, TerminalSupply, sort_events};
+
+/// Upper quantiles for "above" thresholds on per-terminal aggregates.
+const Q_HIGH: [f64; 12] = [0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995, 0.9998, 0.9999, 0.99995, 0.99999];
+/// Quantiles for thresholds counted across many terminals (site, region).
+const Q_SHARED: [f64; 10] = [0.5, 0.75, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995];
+/// Coordinate rounds per start; the search stops earlier when a round changes nothing.
+const MAX_ROUNDS: usize = 5;
+
+/// How good one candidate is; compared lexicographically.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Objective {
+    pub f1: f64,
+    /// Median delay in ms, or minus the median lead time for aging; +∞ when nothing was detected.
+    pub timing: f64,
+    pub firing: usize,
+}
+
+impl Objective {
+    fn of(r: &KindReport) -> Objective {
+        let timing = if r.kind == AlertKind::HardwareAging {
+            r.median_lead_time_ms.map_or(f64::INFINITY, |l| -l)
+        } else {
+            r.median_delay_ms.unwrap_or(f64::INFINITY)
+        };
+        Objective { f1: r.f1, timing, firing: r.firing_alerts }
+    }
+
+    pub fn better_than(&self, other: &Objective) -> bool {
+        if (self.f1 - other.f1).abs() > 1e-9 {
+            return self.f1 > other.f1;
+        }
+        if self.timing != other.timing {
+            return self.timing < other.timing;
+        }
+        self.firing < other.firing
+    }
+}
+
+/// One tunable parameter and its candidate values (±∞ switches a condition off).
+#[derive(Debug, Clone)]
+pub struct Knob {
+    pub name: String,
+    pub values: Vec<f64>,
+}
+
+impl Knob {
+    fn new(name: impl Into<String>, values: Vec<f64>) -> Knob {
+        Knob { name: name.into(), values }
+    }
+}
+
+/// Coordinate search from each start in turn; evaluations are memoised, so
+/// revisiting a point costs nothing. Returns the best point's values.
+pub fn search(
+    knobs: &[Knob],
+    starts: &[Vec<usize>],
+    mut score: impl FnMut(&[f64]) -> Objective,
+) -> (Vec<f64>, Objective, usize) {
+    let mut memo: HashMap<Vec<usize>, Objective> = HashMap::new();
+    let mut eval = |at: &[usize]| -> Objective {
+        if let Some(o) = memo.get(at) {
+            return *o;
+        }
+        let values: Vec<f64> = at.iter().zip(knobs).map(|(&i, k)| k.values[i]).collect();
+        let o = score(&values);
+        memo.insert(at.to_vec(), o);
+        o
+    };
+    let mut best: Option<(Vec<usize>, Objective)> = None;
+    for start in starts {
+        let mut at = start.clone();
+        let mut here = eval(&at);
+        for _ in 0..MAX_ROUNDS {
+            let mut moved = false;
+            for k in 0..knobs.len() {
+                for c in 0..knobs[k].values.len() {
+                    if c == at[k] {
+                        continue;
+                    }
+                    let mut cand = at.clone();
+                    cand[k] = c;
+                    let o = eval(&cand);
+                    if o.better_than(&here) {
+                        here = o;
+                        at = cand;
+                        moved = true;
+                    }
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
+        if best.as_ref().is_none_or(|(_, b)| here.better_than(b)) {
+            best = Some((at, here));
+        }
+    }
+    let evaluations = memo.len();
+    match best {
+        Some((at, o)) => (at.iter().zip(knobs).map(|(&i, k)| k.values[i]).collect(), o, evaluations),
+        None => (knobs.iter().map(|k| k.values[0]).collect(), Objective { f1: 0.0, timing: f64::INFINITY, firing: 0 }, 0),
+    }
+}
+
+/// Three significant digits: thresholds a person would type.
+fn round3(v: f64) -> f64 {
+    if v == 0.0 || !v.is_finite() {
+        return v;
+    }
+    let mag = 10f64.powi(2 - v.abs().log10().floor() as i32);
+    (v * mag).round() / mag
+}
+
+/// Quantiles of `values` (finite ones), rounded and deduplicated, ascending.
+fn quantiles(mut values: Vec<f32>, qs: &[f64]) -> Vec<f64> {
+    values.retain(|v| v.is_finite());
+    values.sort_by(f32::total_cmp);
+    let mut out: Vec<f64> = if values.is_empty() {
+        Vec::new()
+    } else {
+        qs.iter()
+            .map(|q| {
+                let i = ((values.len() - 1) as f64 * q).round() as usize;
+                round3(f64::from(values[i.min(values.len() - 1)]))
+            })
+            .collect()
+    };
+    out.sort_by(f64::total_cmp);
+    out.dedup();
+    out
+}
+
+fn finite(v: f64) -> Option<f64> {
+    v.is_finite().then_some(v)
+}
+
+fn minutes(steps: f64) -> u32 {
+    (steps.max(0.0) as u32) * 5
+}
+
+/// Collects one aggregate over every cell with reports, per model.
+fn per_model_values(cells: &Cells, f: impl Fn(&Cell) -> f32) -> Vec<Vec<f32>> {
+    let mut out = vec![Vec::new(); cells.models.len()];
+    for (i, t) in cells.terminals.iter().enumerate() {
+        out[t.model].extend(cells.row(i).iter().filter(|c| c.reports > 0).map(&f));
+    }
+    out
+}
+
+fn index_of(values: &[f64], v: f64) -> usize {
+    values.iter().position(|&x| x == v).unwrap_or(0)
+}
+
+/// Scores one kind's alerts with the evaluator.
+fn objective(kind: AlertKind, mut alerts: Vec<AlertEvent>, labels: &[IncidentLabel], cells: &Cells) -> Objective {
+    sort_events(&mut alerts);
+    let report = evaluate(&alerts, labels, &cells.fleet);
+    report.kind(kind).map_or(Objective { f1: 0.0, timing: f64::INFINITY, firing: 0 }, Objective::of)
+}
+
+/// What tuning found for one kind.
+#[derive(Debug, Clone)]
+pub struct Tuned {
+    pub kind: AlertKind,
+    pub objective: Objective,
+    pub evaluations: usize,
+}
+
+/// Tunes every rule on the labelled history.
+pub fn tune(cells: &Cells, labels: &[IncidentLabel]) -> (RuleSet, Vec<Tuned>) {
+    let labels_of = |k: AlertKind| labels.iter().filter(|l| l.kind == k).cloned().collect::<Vec<_>>();
+    let (terminal_supply, site_supply, v) = tune_voltage(cells, &labels_of(AlertKind::VoltageInstability));
+    let (region_network, n) = tune_network(cells, &labels_of(AlertKind::NetworkDegradation));
+    let (terminal_aging, a) = tune_aging(cells, &labels_of(AlertKind::HardwareAging));
+    (RuleSet { terminal_supply, site_supply, region_network, terminal_aging }, vec![a, v, n])
+}
+
+const FOR_STEPS: [f64; 8] = [0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 9.0, 12.0];
+const KEEP_STEPS: [f64; 6] = [0.0, 1.0, 2.0, 3.0, 6.0, 12.0];
+
+fn tune_voltage(cells: &Cells, labels: &[IncidentLabel]) -> (TerminalSupply, SiteSupply, Tuned) {
+    let std_by_model = per_model_values(cells, |c| c.v_std_max);
+    let mut knobs = Vec::new();
+    for (m, name) in cells.models.iter().enumerate() {
+        let mut v = quantiles(std_by_model[m].clone(), &Q_HIGH);
+        v.push(f64::INFINITY);
+        knobs.push(Knob::new(format!("terminal v_std_above[{name}]"), v));
+    }
+    let nm = cells.models.len();
+    knobs.push(Knob::new("terminal sags_at_least", vec![1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, f64::INFINITY]));
+    let ratios: Vec<f32> = cells.terminals.iter().enumerate().flat_map(|(i, _)| cells.row(i).iter().map(|c| c.v_mean_ratio_min)).collect();
+    let mut r = quantiles(ratios, &Q_HIGH.map(|q| 1.0 - q));
+    r.insert(0, f64::NEG_INFINITY);
+    knobs.push(Knob::new("terminal v_mean_ratio_below", r));
+    knobs.push(Knob::new("terminal for (steps)", FOR_STEPS.to_vec()));
+    knobs.push(Knob::new("terminal keep_firing_for (steps)", KEEP_STEPS.to_vec()));
+    for (m, name) in cells.models.iter().enumerate() {
+        let mut v = quantiles(std_by_model[m].clone(), &Q_SHARED);
+        v.push(f64::INFINITY);
+        knobs.push(Knob::new(format!("site v_std_above[{name}]"), v));
+    }
+    knobs.push(Knob::new("site terminals_at_least", vec![2.0, 3.0, 4.0, 6.0, f64::INFINITY]));
+    knobs.push(Knob::new("site for (steps)", FOR_STEPS.to_vec()));
+    knobs.push(Knob::new("site keep_firing_for (steps)", KEEP_STEPS.to_vec()));
+
+    let build = |v: &[f64]| {
+        let std_map = |off: usize| -> BTreeMap<String, f64> {
+            cells.models.iter().enumerate().filter_map(|(m, name)| finite(v[off + m]).map(|x| (name.clone(), x))).collect()
+        };
+        let t = TerminalSupply {
+            v_std_above: std_map(0),
+            sags_at_least: finite(v[nm]).map(|x| x as u32),
+            v_mean_ratio_below: finite(v[nm + 1]),
+            for_min: minutes(v[nm + 2]),
+            keep_firing_min: minutes(v[nm + 3]),
+        };
+        let s = SiteSupply {
+            v_std_above: std_map(nm + 4),
+            terminals_at_least: finite(v[2 * nm + 4]).map(|x| x as u32),
+            for_min: minutes(v[2 * nm + 5]),
+            keep_firing_min: minutes(v[2 * nm + 6]),
+        };
+        (t, s)
+    };
+    // Start with every condition off; one start per `for`, so a rule that
+    // needs persistence is not hidden behind a noisy first step.
+    let starts: Vec<Vec<usize>> = [0.0, 2.0, 6.0]
+        .iter()
+        .map(|&f| {
+            knobs
+                .iter()
+                .enumerate()
+                .map(|(i, k)| match i {
+                    i if i == nm + 2 => index_of(&k.values, f),
+                    i if i == nm + 1 => 0,
+                    i if i == 2 * nm + 5 => index_of(&k.values, 2.0),
+                    _ if k.name.contains("keep") => 0,
+                    _ => k.values.len() - 1,
+                })
+                .collect()
+        })
+        .collect();
+    let (best, objective, evaluations) = search(&knobs, &starts, |v| {
+        let (t, s) = build(v);
+        let mut alerts = Vec::new();
+        t.alerts(cells, &mut alerts);
+        s.alerts(cells, &mut alerts);
+        objective(AlertKind::VoltageInstability, alerts, labels, cells)
+    });
+    let (t, s) = build(&best);
+    (t, s, Tuned { kind: AlertKind::VoltageInstability, objective, evaluations })
+}
+
+fn tune_network(cells: &Cells, labels: &[IncidentLabel]) -> (RegionNetwork, Tuned) {
+    let all = |f: fn(&Cell) -> f32| -> Vec<f32> {
+        (0..cells.terminals.len()).flat_map(|i| cells.row(i).iter().map(f)).collect()
+    };
+    let mut loss = quantiles(all(Cell::loss_avg), &Q_SHARED);
+    loss.push(f64::INFINITY);
+    let mut rtt = quantiles(all(Cell::rtt_avg), &Q_SHARED);
+    rtt.push(f64::INFINITY);
+    let knobs = vec![
+        Knob::new("region loss_pct_above", loss),
+        Knob::new("region rtt_ms_above", rtt),
+        Knob::new("region share_at_least", vec![0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7]),
+        Knob::new("region min_terminals", vec![1.0, 3.0, 5.0, 10.0, 20.0]),
+        Knob::new("region for (steps)", FOR_STEPS.to_vec()),
+        Knob::new("region keep_firing_for (steps)", KEEP_STEPS.to_vec()),
+    ];
+    let build = |v: &[f64]| RegionNetwork {
+        loss_pct_above: finite(v[0]),
+        rtt_ms_above: finite(v[1]),
+        share_at_least: v[2],
+        min_terminals: v[3] as u32,
+        for_min: minutes(v[4]),
+        keep_firing_min: minutes(v[5]),
+    };
+    let starts: Vec<Vec<usize>> = [0.0, 2.0, 6.0]
+        .iter()
+        .map(|&f| {
+            vec![
+                knobs[0].values.len() - 1,
+                knobs[1].values.len() - 1,
+                index_of(&knobs[2].values, 0.2),
+                index_of(&knobs[3].values, 5.0),
+                index_of(&knobs[4].values, f),
+                0,
+            ]
+        })
+        .collect();
+    let (best, objective, evaluations) = search(&knobs, &starts, |v| {
+        let mut alerts = Vec::new();
+        build(v).alerts(cells, &mut alerts);
+        objective(AlertKind::NetworkDegradation, alerts, labels, cells)
+    });
+    (build(&best), Tuned { kind: AlertKind::NetworkDegradation, objective, evaluations })
+}
+
+fn tune_aging(cells: &Cells, labels: &[IncidentLabel]) -> (TerminalAging, Tuned) {
+    let ratios = vec![0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 0.1, 0.12, 0.15, 0.2, 0.25, 0.3, f64::INFINITY];
+    // 1 h, 3 h, 6 h, 12 h, 1 d, 2 d, 3 d.
+    let windows = vec![12.0, 36.0, 72.0, 144.0, 288.0, 576.0, 864.0];
+    let volumes = vec![1.0, 10.0, 20.0, 50.0, 100.0, 200.0];
+    let knobs = vec![
+        Knob::new("card_error_ratio_above", ratios.clone()),
+        Knob::new("card window (steps)", windows.clone()),
+        Knob::new("card_reads_at_least", volumes.clone()),
+        Knob::new("print_error_ratio_above", ratios),
+        Knob::new("print window (steps)", windows),
+        Knob::new("print_jobs_at_least", volumes),
+        Knob::new("battery_health_drop_above", vec![0.3, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, f64::INFINITY]),
+        Knob::new("battery window (steps)", vec![288.0, 576.0, 864.0]),
+        // 0 to 12 h.
+        Knob::new("aging for (steps)", vec![0.0, 1.0, 3.0, 6.0, 12.0, 24.0, 48.0, 72.0, 144.0]),
+        // 0, 1 h, 6 h, 1 d.
+        Knob::new("aging keep_firing_for (steps)", vec![0.0, 12.0, 72.0, 288.0]),
+    ];
+    let build = |v: &[f64]| TerminalAging {
+        card_error_ratio_above: finite(v[0]),
+        card_window_min: minutes(v[1]),
+        card_reads_at_least: v[2] as u32,
+        print_error_ratio_above: finite(v[3]),
+        print_window_min: minutes(v[4]),
+        print_jobs_at_least: v[5] as u32,
+        battery_health_drop_above: finite(v[6]),
+        battery_window_min: minutes(v[7]),
+        for_min: minutes(v[8]),
+        keep_firing_min: minutes(v[9]),
+    };
+    let starts: Vec<Vec<usize>> = [0.0, 12.0]
+        .iter()
+        .map(|&f| {
+            vec![
+                knobs[0].values.len() - 1,
+                index_of(&knobs[1].values, 288.0),
+                index_of(&knobs[2].values, 20.0),
+                knobs[3].values.len() - 1,
+                index_of(&knobs[4].values, 288.0),
+                index_of(&knobs[5].values, 20.0),
+                knobs[6].values.len() - 1,
+                0,
+                index_of(&knobs[8].values, f),
+                index_of(&knobs[9].values, 72.0),
+            ]
+        })
+        .collect();
+    let (best, objective, evaluations) = search(&knobs, &starts, |v| {
+        let mut alerts = Vec::new();
+        build(v).alerts(cells, &mut alerts);
+        objective(AlertKind::HardwareAging, alerts, labels, cells)
+    });
+    (build(&best), Tuned { kind: AlertKind::HardwareAging, objective, evaluations })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj(f1: f64, timing: f64, firing: usize) -> Objective {
+        Objective { f1, timing, firing }
+    }
+
+    #[test]
+    fn objective_prefers_f1_then_timing_then_fewer_alerts() {
+        assert!(obj(0.9, 1e9, 10).better_than(&obj(0.8, 1.0, 1)));
+        assert!(obj(0.9, 5.0, 10).better_than(&obj(0.9, 6.0, 1)));
+        assert!(obj(0.9, 5.0, 3).better_than(&obj(0.9, 5.0, 4)));
+        assert!(!obj(0.9, 5.0, 4).better_than(&obj(0.9, 5.0, 4)));
+    }
+
+    #[test]
+    fn search_finds_the_optimum_of_a_separable_objective() {
+        let knobs = vec![Knob::new("a", (0..10).map(f64::from).collect()), Knob::new("b", (0..10).map(f64::from).collect())];
+        // F1 peaks at a = 7, b = 3; nothing else distinguishes points.
+        let (best, o, _) = search(&knobs, &[vec![0, 0]], |v| obj(1.0 / (1.0 + (v[0] - 7.0).abs() + (v[1] - 3.0).abs()), 0.0, 0));
+        assert_eq!(best, vec![7.0, 3.0]);
+        assert_eq!(o.f1, 1.0);
+    }
+
+    #[test]
+    fn rounds_to_three_significant_digits() {
+        assert_eq!(round3(0.0123456), 0.0123);
+        assert_eq!(round3(123456.0), 123000.0);
+        assert_eq!(quantiles(vec![3.0, 1.0, f32::NAN, 2.0], &[0.0, 0.5, 1.0]), vec![1.0, 2.0, 3.0]);
+    }
+}
