@@ -21,45 +21,122 @@ use engine::RuleSet;
 
 #[derive(clap::Args, Debug)]
 pub struct RulesArgs {
-    /// Telemetry history (telemetry-v1), NDJSON plain or gzip; repeat for several, read in order.
-    #[arg(long = "telemetry", required = true, value_name = "FILE")]
-    pub telemetry: Vec<PathBuf>,
-    /// Incident labels to tune the rules on (grid search per kind, maximising F1, then delay or lead time).
-    #[arg(long, value_name = "FILE", required_unless_present = "rules")]
-    pub labels: Option<PathBuf>,
+    /// Tune the rules on this labelled history: a telemetry file (NDJSON, plain or gzip) and its incident labels.
+    /// Repeat for several independent histories, pooled (grid search per kind, maximising F1, then delay or lead time).
+    #[arg(long, num_args = 2, value_names = ["TELEMETRY", "LABELS"], required_unless_present = "rules")]
+    pub tune: Vec<PathBuf>,
     /// Apply these rules (JSON, as --rules-out writes them) instead of tuning.
-    #[arg(long, value_name = "FILE", conflicts_with = "rules_out")]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["tune", "rules_out"])]
     pub rules: Option<PathBuf>,
     /// Where to write the tuned rules (JSON).
     #[arg(long, value_name = "FILE")]
     pub rules_out: Option<PathBuf>,
-    /// Where to write the rules' alert events (alerts-v1 NDJSON).
-    #[arg(long, value_name = "FILE")]
-    pub alerts: PathBuf,
-    /// termwatch's alert events on the same history: print a side-by-side table (needs --labels).
-    #[arg(long, value_name = "FILE", requires = "labels")]
-    pub against: Option<PathBuf>,
+    /// The history to apply the rules to (telemetry-v1 NDJSON, plain or gzip); repeat for several files of one history.
+    #[arg(long = "telemetry", value_name = "FILE", requires = "alerts")]
+    pub telemetry: Vec<PathBuf>,
+    /// Where to write the rules' alert events on that history (alerts-v1 NDJSON).
+    #[arg(long, value_name = "FILE", requires = "telemetry")]
+    pub alerts: Option<PathBuf>,
+    /// Incident labels of that history: print the figures per kind as a Markdown table.
+    #[arg(long, value_name = "FILE", requires = "telemetry")]
+    pub labels: Option<PathBuf>,
+    /// Other alert events on the same history, as NAME=FILE (e.g. termwatch=alerts.ndjson): rows before the rules' own.
+    #[arg(long, value_name = "NAME=FILE", requires = "labels")]
+    pub against: Vec<String>,
+    /// The rules' row name in the table.
+    #[arg(long, value_name = "NAME", default_value = "static rules")]
+    pub name: String,
 }
 
 pub fn run(args: RulesArgs) -> anyhow::Result<()> {
+    // Every small input first, so a mistyped path fails before minutes of reading.
     let labels = args.labels.as_deref().map(read_labels).transpose()?;
-    let rules_in = match &args.rules {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("rules file {}", path.display()))?;
-            let rules: RuleSet =
-                serde_json::from_str(&text).with_context(|| format!("rules file {}: not a rule set", path.display()))?;
-            rules.validate().map_err(|e| anyhow::anyhow!("rules file {}: {e}", path.display()))?;
-            Some(rules)
+    let mut against = Vec::with_capacity(args.against.len());
+    for spec in &args.against {
+        let Some((name, path)) = spec.split_once('=') else {
+            anyhow::bail!("--against {spec}: expected NAME=FILE");
+        };
+        against.push((name.to_owned(), read_alerts(std::path::Path::new(path))?));
+    }
+    let rules_in = args.rules.as_deref().map(read_rules).transpose()?;
+    let pairs: Vec<(&PathBuf, &PathBuf)> = args.tune.chunks_exact(2).map(|p| (&p[0], &p[1])).collect();
+    let tune_labels = pairs.iter().map(|(_, l)| read_labels(l)).collect::<Result<Vec<_>, _>>()?;
+
+    let mut out = std::io::stdout().lock();
+    let mut say = |line: String| -> anyhow::Result<()> {
+        match writeln!(out, "{line}") {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            other => other.context("writing to stdout"),
         }
-        None => None,
     };
-    let against = args.against.as_deref().map(read_alerts).transpose()?;
+
+    let (rules, mut histories) = match rules_in {
+        Some(r) => (r, Vec::new()),
+        None => {
+            let mut histories = Vec::with_capacity(pairs.len());
+            for ((telemetry, _), labels) in pairs.iter().zip(tune_labels) {
+                let cells = read_cells(std::slice::from_ref(*telemetry), &mut say)?;
+                histories.push(tune::History { cells, labels });
+            }
+            let started = std::time::Instant::now();
+            let (rules, tuned) = tune::tune(&histories);
+            for t in tuned {
+                say(format!(
+                    "tuned {}: F1 {:.3} over {} histories, {} candidate rule sets scored",
+                    t.kind,
+                    t.objective.f1,
+                    histories.len(),
+                    t.evaluations
+                ))?;
+            }
+            say(format!("tuning took {:.1} s", started.elapsed().as_secs_f64()))?;
+            (rules, histories)
+        }
+    };
+    if let Some(path) = &args.rules_out {
+        let json = serde_json::to_string_pretty(&rules).context("serialising the rules")?;
+        std::fs::write(path, json + "\n").with_context(|| format!("writing rules file {}", path.display()))?;
+        say(format!("rules written to {}", path.display()))?;
+    }
+    say(describe(&rules))?;
+
+    let Some(alerts_path) = &args.alerts else { return Ok(()) };
+    // The history tuned on is not read twice.
+    let reuse = match args.telemetry.as_slice() {
+        [one] => pairs.iter().position(|(t, _)| *t == one),
+        _ => None,
+    };
+    let cells = match reuse {
+        Some(i) => histories.swap_remove(i).cells,
+        None => read_cells(&args.telemetry, &mut say)?,
+    };
+    let alerts = rules.alerts(&cells);
+    write_alerts(alerts_path, &alerts)?;
+    say(format!("{} alert events written to {}", alerts.len(), alerts_path.display()))?;
+    if let Some(labels) = &labels {
+        let mut rows: Vec<(String, Report)> =
+            against.iter().map(|(name, a)| (name.clone(), evaluate(a, labels, &cells.fleet))).collect();
+        rows.push((args.name.clone(), evaluate(&alerts, labels, &cells.fleet)));
+        say(side_by_side(&rows))?;
+    }
+    Ok(())
+}
+
+fn read_rules(path: &std::path::Path) -> anyhow::Result<RuleSet> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("rules file {}", path.display()))?;
+    let rules: RuleSet =
+        serde_json::from_str(&text).with_context(|| format!("rules file {}: not a rule set", path.display()))?;
+    rules.validate().map_err(|e| anyhow::anyhow!("rules file {}: {e}", path.display()))?;
+    Ok(rules)
+}
+
+fn read_cells(paths: &[PathBuf], say: &mut impl FnMut(String) -> anyhow::Result<()>) -> anyhow::Result<Cells> {
     let started = std::time::Instant::now();
-    let cells = Cells::read(&args.telemetry)?;
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "telemetry: {} terminals, {} sites, {} regions, {} steps of 5 min; {} lines, {} rejected, {} duplicates dropped ({:.1} s)",
+    let cells = Cells::read(paths)?;
+    let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    say(format!(
+        "{}: {} terminals, {} sites, {} regions, {} steps of 5 min; {} lines, {} rejected, {} duplicates dropped ({:.1} s)",
+        names.join(", "),
         cells.terminals.len(),
         cells.sites.len(),
         cells.regions.len(),
@@ -68,43 +145,8 @@ pub fn run(args: RulesArgs) -> anyhow::Result<()> {
         cells.stats.rejected,
         cells.stats.duplicates,
         started.elapsed().as_secs_f64()
-    );
-    let rules = match (rules_in, &labels) {
-        (Some(r), _) => r,
-        (None, Some(labels)) => {
-            let started = std::time::Instant::now();
-            let (rules, tuned) = tune::tune(&cells, labels);
-            for t in tuned {
-                let _ = writeln!(
-                    out,
-                    "tuned {}: F1 {:.3} after {} candidate rule sets",
-                    t.kind, t.objective.f1, t.evaluations
-                );
-            }
-            let _ = writeln!(out, "tuning took {:.1} s", started.elapsed().as_secs_f64());
-            rules
-        }
-        // clap requires one of --labels and --rules.
-        (None, None) => anyhow::bail!("give --labels to tune the rules, or --rules to apply a rule file"),
-    };
-    if let Some(path) = &args.rules_out {
-        let json = serde_json::to_string_pretty(&rules).context("serialising the rules")?;
-        std::fs::write(path, json + "\n").with_context(|| format!("writing rules file {}", path.display()))?;
-    }
-    let alerts = rules.alerts(&cells);
-    write_alerts(&args.alerts, &alerts)?;
-    let _ = writeln!(out, "{} alert events written to {}", alerts.len(), args.alerts.display());
-    out.push_str(&describe(&rules));
-    if let Some(labels) = &labels {
-        let mine = evaluate(&alerts, labels, &cells.fleet);
-        let theirs = against.as_ref().map(|a| evaluate(a, labels, &cells.fleet));
-        out.push('\n');
-        out.push_str(&side_by_side(theirs.as_ref(), &mine));
-    }
-    match std::io::stdout().lock().write_all(out.as_bytes()) {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        other => other.context("writing to stdout"),
-    }
+    ))?;
+    Ok(cells)
 }
 
 fn write_alerts(path: &std::path::Path, alerts: &[AlertEvent]) -> anyhow::Result<()> {
@@ -182,8 +224,8 @@ fn describe(r: &RuleSet) -> String {
     o
 }
 
-/// A Markdown table, per kind one row for termwatch (when given) and one for the rules.
-fn side_by_side(termwatch: Option<&Report>, rules: &Report) -> String {
+/// A Markdown table: per kind, one row per detector.
+fn side_by_side(rows: &[(String, Report)]) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
@@ -192,8 +234,8 @@ fn side_by_side(termwatch: Option<&Report>, rules: &Report) -> String {
     let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|");
     let dur = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), format_duration);
     for kind in AlertKind::ALL {
-        for (name, report) in [("termwatch", termwatch), ("static rules", Some(rules))] {
-            let Some(k) = report.and_then(|r| r.kind(kind)) else { continue };
+        for (name, report) in rows {
+            let Some(k) = report.kind(kind) else { continue };
             let _ = writeln!(
                 o,
                 "| {kind} | {name} | {} ({}) | {} ({}) | {:.3} | {:.3} | {:.3} | {} | {} | {} |",
@@ -219,7 +261,7 @@ mod tests {
     use termwatch_telemetry::{Measure, Telemetry};
 
     use super::cells::{Cells, STEP_MS};
-    use super::tune::tune;
+    use super::tune::{History, tune};
 
     const T0: i64 = 1_788_220_800_000; // 2026-09-01T00:00:00Z
 
@@ -257,7 +299,9 @@ mod tests {
             verdict: Verdict::Incident,
             cause: None,
         };
-        let (rules, tuned) = tune(&cells, std::slice::from_ref(&label));
+        let history = History { cells, labels: vec![label.clone()] };
+        let (rules, tuned) = tune(std::slice::from_ref(&history));
+        let cells = history.cells;
         let v = tuned.iter().find(|t| t.kind == label.kind).expect("voltage tuned");
         assert_eq!(v.objective.f1, 1.0, "rules: {rules:?}");
         // Detected at the first step of the incident: the end of its first 5 minutes.

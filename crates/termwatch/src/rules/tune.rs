@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use termwatch_models::eval::{KindReport, evaluate};
+use termwatch_models::eval::{evaluate, f1, median};
 use termwatch_telemetry::alerts::{AlertEvent, AlertKind, IncidentLabel};
 
 use super::cells::{Cell, Cells};
@@ -34,15 +34,6 @@ pub struct Objective {
 }
 
 impl Objective {
-    fn of(r: &KindReport) -> Objective {
-        let timing = if r.kind == AlertKind::HardwareAging {
-            r.median_lead_time_ms.map_or(f64::INFINITY, |l| -l)
-        } else {
-            r.median_delay_ms.unwrap_or(f64::INFINITY)
-        };
-        Objective { f1: r.f1, timing, firing: r.firing_alerts }
-    }
-
     pub fn better_than(&self, other: &Objective) -> bool {
         if (self.f1 - other.f1).abs() > 1e-9 {
             return self.f1 > other.f1;
@@ -156,11 +147,33 @@ fn minutes(steps: f64) -> u32 {
     (steps.max(0.0) as u32) * 5
 }
 
-/// Collects one aggregate over every cell with reports, per model.
-fn per_model_values(cells: &Cells, f: impl Fn(&Cell) -> f32) -> Vec<Vec<f32>> {
-    let mut out = vec![Vec::new(); cells.models.len()];
-    for (i, t) in cells.terminals.iter().enumerate() {
-        out[t.model].extend(cells.row(i).iter().filter(|c| c.reports > 0).map(&f));
+/// Model labels over every history, sorted.
+fn models(histories: &[History]) -> Vec<String> {
+    let mut out: Vec<String> = histories.iter().flat_map(|h| h.cells.models.iter().cloned()).collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// One aggregate over every cell with reports of terminals of model `model`, in every history.
+fn model_values(histories: &[History], model: &str, f: impl Fn(&Cell) -> f32) -> Vec<f32> {
+    let mut out = Vec::new();
+    for h in histories {
+        let cells = &h.cells;
+        for (i, t) in cells.terminals.iter().enumerate() {
+            if cells.models[t.model] == model {
+                out.extend(cells.row(i).iter().filter(|c| c.reports > 0).map(&f));
+            }
+        }
+    }
+    out
+}
+
+/// One aggregate over every cell of every history.
+fn all_values(histories: &[History], f: impl Fn(&Cell) -> f32) -> Vec<f32> {
+    let mut out = Vec::new();
+    for h in histories {
+        out.extend((0..h.cells.terminals.len()).flat_map(|i| h.cells.row(i).iter().map(&f)));
     }
     out
 }
@@ -169,11 +182,36 @@ fn index_of(values: &[f64], v: f64) -> usize {
     values.iter().position(|&x| x == v).unwrap_or(0)
 }
 
-/// Scores one kind's alerts with the evaluator.
-fn objective(kind: AlertKind, mut alerts: Vec<AlertEvent>, labels: &[IncidentLabel], cells: &Cells) -> Objective {
-    sort_events(&mut alerts);
-    let report = evaluate(&alerts, labels, &cells.fleet);
-    report.kind(kind).map_or(Objective { f1: 0.0, timing: f64::INFINITY, firing: 0 }, Objective::of)
+/// A labelled history to tune on.
+pub struct History {
+    pub cells: Cells,
+    pub labels: Vec<IncidentLabel>,
+}
+
+/// Scores one kind's alerts on every history with the evaluator, pooling
+/// the counts (precision and recall over all alerts and incidents) and the
+/// delays or lead times (one median over every detection).
+fn objective(kind: AlertKind, histories: &[History], mut alerts_of: impl FnMut(&Cells) -> Vec<AlertEvent>) -> Objective {
+    let (mut firing, mut true_alerts, mut incidents, mut detected) = (0, 0, 0, 0);
+    let mut timings = Vec::new();
+    for h in histories {
+        let mut alerts = alerts_of(&h.cells);
+        sort_events(&mut alerts);
+        let labels: Vec<IncidentLabel> = h.labels.iter().filter(|l| l.kind == kind).cloned().collect();
+        let report = evaluate(&alerts, &labels, &h.cells.fleet);
+        let Some(r) = report.kind(kind) else { continue };
+        firing += r.firing_alerts;
+        true_alerts += r.true_alerts;
+        incidents += r.incidents;
+        detected += r.detected_incidents;
+        timings.extend(r.detections.iter().map(|d| if kind == AlertKind::HardwareAging { -d.lead_time_ms } else { d.delay_ms }));
+    }
+    let ratio = |n: usize, d: usize| if d == 0 { 1.0 } else { n as f64 / d as f64 };
+    Objective {
+        f1: f1(ratio(true_alerts, firing), ratio(detected, incidents)),
+        timing: median(timings).unwrap_or(f64::INFINITY),
+        firing,
+    }
 }
 
 /// What tuning found for one kind.
@@ -184,35 +222,34 @@ pub struct Tuned {
     pub evaluations: usize,
 }
 
-/// Tunes every rule on the labelled history.
-pub fn tune(cells: &Cells, labels: &[IncidentLabel]) -> (RuleSet, Vec<Tuned>) {
-    let labels_of = |k: AlertKind| labels.iter().filter(|l| l.kind == k).cloned().collect::<Vec<_>>();
-    let (terminal_supply, site_supply, v) = tune_voltage(cells, &labels_of(AlertKind::VoltageInstability));
-    let (region_network, n) = tune_network(cells, &labels_of(AlertKind::NetworkDegradation));
-    let (terminal_aging, a) = tune_aging(cells, &labels_of(AlertKind::HardwareAging));
+/// Tunes every rule on the labelled histories, pooled.
+pub fn tune(histories: &[History]) -> (RuleSet, Vec<Tuned>) {
+    let (terminal_supply, site_supply, v) = tune_voltage(histories);
+    let (region_network, n) = tune_network(histories);
+    let (terminal_aging, a) = tune_aging(histories);
     (RuleSet { terminal_supply, site_supply, region_network, terminal_aging }, vec![a, v, n])
 }
 
 const FOR_STEPS: [f64; 8] = [0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 9.0, 12.0];
 const KEEP_STEPS: [f64; 6] = [0.0, 1.0, 2.0, 3.0, 6.0, 12.0];
 
-fn tune_voltage(cells: &Cells, labels: &[IncidentLabel]) -> (TerminalSupply, SiteSupply, Tuned) {
-    let std_by_model = per_model_values(cells, |c| c.v_std_max);
+fn tune_voltage(histories: &[History]) -> (TerminalSupply, SiteSupply, Tuned) {
+    let models = models(histories);
+    let std_by_model: Vec<Vec<f32>> = models.iter().map(|m| model_values(histories, m, |c| c.v_std_max)).collect();
     let mut knobs = Vec::new();
-    for (m, name) in cells.models.iter().enumerate() {
+    for (m, name) in models.iter().enumerate() {
         let mut v = quantiles(std_by_model[m].clone(), &Q_HIGH);
         v.push(f64::INFINITY);
         knobs.push(Knob::new(format!("terminal v_std_above[{name}]"), v));
     }
-    let nm = cells.models.len();
+    let nm = models.len();
     knobs.push(Knob::new("terminal sags_at_least", vec![1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, f64::INFINITY]));
-    let ratios: Vec<f32> = cells.terminals.iter().enumerate().flat_map(|(i, _)| cells.row(i).iter().map(|c| c.v_mean_ratio_min)).collect();
-    let mut r = quantiles(ratios, &Q_HIGH.map(|q| 1.0 - q));
+    let mut r = quantiles(all_values(histories, |c| c.v_mean_ratio_min), &Q_HIGH.map(|q| 1.0 - q));
     r.insert(0, f64::NEG_INFINITY);
     knobs.push(Knob::new("terminal v_mean_ratio_below", r));
     knobs.push(Knob::new("terminal for (steps)", FOR_STEPS.to_vec()));
     knobs.push(Knob::new("terminal keep_firing_for (steps)", KEEP_STEPS.to_vec()));
-    for (m, name) in cells.models.iter().enumerate() {
+    for (m, name) in models.iter().enumerate() {
         let mut v = quantiles(std_by_model[m].clone(), &Q_SHARED);
         v.push(f64::INFINITY);
         knobs.push(Knob::new(format!("site v_std_above[{name}]"), v));
@@ -223,7 +260,7 @@ fn tune_voltage(cells: &Cells, labels: &[IncidentLabel]) -> (TerminalSupply, Sit
 
     let build = |v: &[f64]| {
         let std_map = |off: usize| -> BTreeMap<String, f64> {
-            cells.models.iter().enumerate().filter_map(|(m, name)| finite(v[off + m]).map(|x| (name.clone(), x))).collect()
+            models.iter().enumerate().filter_map(|(m, name)| finite(v[off + m]).map(|x| (name.clone(), x))).collect()
         };
         let t = TerminalSupply {
             v_std_above: std_map(0),
@@ -260,22 +297,21 @@ fn tune_voltage(cells: &Cells, labels: &[IncidentLabel]) -> (TerminalSupply, Sit
         .collect();
     let (best, objective, evaluations) = search(&knobs, &starts, |v| {
         let (t, s) = build(v);
-        let mut alerts = Vec::new();
-        t.alerts(cells, &mut alerts);
-        s.alerts(cells, &mut alerts);
-        objective(AlertKind::VoltageInstability, alerts, labels, cells)
+        objective(AlertKind::VoltageInstability, histories, |cells| {
+            let mut alerts = Vec::new();
+            t.alerts(cells, &mut alerts);
+            s.alerts(cells, &mut alerts);
+            alerts
+        })
     });
     let (t, s) = build(&best);
     (t, s, Tuned { kind: AlertKind::VoltageInstability, objective, evaluations })
 }
 
-fn tune_network(cells: &Cells, labels: &[IncidentLabel]) -> (RegionNetwork, Tuned) {
-    let all = |f: fn(&Cell) -> f32| -> Vec<f32> {
-        (0..cells.terminals.len()).flat_map(|i| cells.row(i).iter().map(f)).collect()
-    };
-    let mut loss = quantiles(all(Cell::loss_avg), &Q_SHARED);
+fn tune_network(histories: &[History]) -> (RegionNetwork, Tuned) {
+    let mut loss = quantiles(all_values(histories, Cell::loss_avg), &Q_SHARED);
     loss.push(f64::INFINITY);
-    let mut rtt = quantiles(all(Cell::rtt_avg), &Q_SHARED);
+    let mut rtt = quantiles(all_values(histories, Cell::rtt_avg), &Q_SHARED);
     rtt.push(f64::INFINITY);
     let knobs = vec![
         Knob::new("region loss_pct_above", loss),
@@ -307,14 +343,17 @@ fn tune_network(cells: &Cells, labels: &[IncidentLabel]) -> (RegionNetwork, Tune
         })
         .collect();
     let (best, objective, evaluations) = search(&knobs, &starts, |v| {
-        let mut alerts = Vec::new();
-        build(v).alerts(cells, &mut alerts);
-        objective(AlertKind::NetworkDegradation, alerts, labels, cells)
+        let rule = build(v);
+        objective(AlertKind::NetworkDegradation, histories, |cells| {
+            let mut alerts = Vec::new();
+            rule.alerts(cells, &mut alerts);
+            alerts
+        })
     });
     (build(&best), Tuned { kind: AlertKind::NetworkDegradation, objective, evaluations })
 }
 
-fn tune_aging(cells: &Cells, labels: &[IncidentLabel]) -> (TerminalAging, Tuned) {
+fn tune_aging(histories: &[History]) -> (TerminalAging, Tuned) {
     let ratios = vec![0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 0.1, 0.12, 0.15, 0.2, 0.25, 0.3, f64::INFINITY];
     // 1 h, 3 h, 6 h, 12 h, 1 d, 2 d, 3 d.
     let windows = vec![12.0, 36.0, 72.0, 144.0, 288.0, 576.0, 864.0];
@@ -363,9 +402,12 @@ fn tune_aging(cells: &Cells, labels: &[IncidentLabel]) -> (TerminalAging, Tuned)
         })
         .collect();
     let (best, objective, evaluations) = search(&knobs, &starts, |v| {
-        let mut alerts = Vec::new();
-        build(v).alerts(cells, &mut alerts);
-        objective(AlertKind::HardwareAging, alerts, labels, cells)
+        let rule = build(v);
+        objective(AlertKind::HardwareAging, histories, |cells| {
+            let mut alerts = Vec::new();
+            rule.alerts(cells, &mut alerts);
+            alerts
+        })
     });
     (build(&best), Tuned { kind: AlertKind::HardwareAging, objective, evaluations })
 }
