@@ -84,22 +84,17 @@ fn tuned_rules_emit_alert_events_that_eval_accepts() {
         assert!(e["state"] == "firing" || e["state"] == "resolved", "{line}");
     }
 
-    let out = termwatch(&[
-        "eval",
-        "--alerts",
-        s(&alerts),
-        "--labels",
-        s(&labels),
-        "--telemetry",
-        s(&telemetry),
-        "--json",
-    ]);
+    let out =
+        termwatch(&["eval", "--alerts", s(&alerts), "--labels", s(&labels), "--telemetry", s(&telemetry), "--json"]);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("eval json");
     for k in report["kinds"].as_array().expect("kinds") {
         let kind = k["kind"].as_str().expect("kind");
         assert_eq!(k["overlapping_firing"], 0, "{kind}: a second firing alert on an entity already firing");
         let f1 = k["f1"].as_f64().expect("f1");
-        assert!((f1 - table_f1(&table, kind)).abs() < 5e-4, "{kind}: eval says F1 {f1}, rules' table says otherwise:\n{table}");
+        assert!(
+            (f1 - table_f1(&table, kind)).abs() < 5e-4,
+            "{kind}: eval says F1 {f1}, rules' table says otherwise:\n{table}"
+        );
     }
 
     // The written rules, applied to the same history, raise the same events.

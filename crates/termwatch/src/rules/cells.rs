@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use termwatch_models::eval::FleetIndex;
 use termwatch_pipeline::NdjsonFile;
-use termwatch_pipeline::dedup::{Dedup, Seen};
+use termwatch_pipeline::dedup::{self, Dedup};
 use termwatch_telemetry::{Counter, Label, Measure, Telemetry, decode};
 
 /// One evaluation step: the usual `[5m]` range and rule evaluation interval.
@@ -213,11 +213,20 @@ impl Cells {
     }
 }
 
+/// One terminal while reading: its latest labels and its cells by step.
+#[derive(Default)]
+struct Seen {
+    id: String,
+    region: String,
+    site: Option<String>,
+    model: String,
+    steps: HashMap<i64, Cell>,
+}
+
 #[derive(Default)]
 struct Builder {
     ids: HashMap<String, usize>,
-    /// Per terminal: the latest region, site and model labels seen, and its cells by step.
-    terminals: Vec<(String, String, Option<String>, String, HashMap<i64, Cell>)>,
+    terminals: Vec<Seen>,
     dedup: Dedup,
     fleet: FleetIndex,
     stats: ReadStats,
@@ -228,7 +237,7 @@ impl Builder {
         let site = t.label(Label::SiteId);
         // Observed before deduplication, as `termwatch eval` reads the same file.
         self.fleet.observe(&t.terminal_id, site, &t.region, t.ts_ms);
-        if self.dedup.check(&t.terminal_id, t.ts_ms, t.interval_s) != Seen::New {
+        if self.dedup.check(&t.terminal_id, t.ts_ms, t.interval_s) != dedup::Seen::New {
             self.stats.duplicates += 1;
             return;
         }
@@ -237,29 +246,29 @@ impl Builder {
             None => {
                 let i = self.terminals.len();
                 self.ids.insert(t.terminal_id.to_string(), i);
-                self.terminals.push((t.terminal_id.to_string(), String::new(), None, String::new(), HashMap::new()));
+                self.terminals.push(Seen { id: t.terminal_id.to_string(), ..Seen::default() });
                 i
             }
         };
         let entry = &mut self.terminals[idx];
-        if entry.1 != t.region {
-            entry.1 = t.region.to_string();
+        if entry.region != t.region {
+            entry.region = t.region.to_string();
         }
-        if entry.2.as_deref() != site {
-            entry.2 = site.map(str::to_owned);
+        if entry.site.as_deref() != site {
+            entry.site = site.map(str::to_owned);
         }
         let model = t.label(Label::Model).unwrap_or(NO_MODEL);
-        if entry.3 != model {
-            entry.3 = model.to_owned();
+        if entry.model != model {
+            entry.model = model.to_owned();
         }
         let step = (t.ts_ms - 1).div_euclid(STEP_MS);
-        entry.4.entry(step).or_default().add(t);
+        entry.steps.entry(step).or_default().add(t);
     }
 
     fn finish(self) -> anyhow::Result<Cells> {
         let (mut lo, mut hi) = (i64::MAX, i64::MIN);
-        for (.., steps) in &self.terminals {
-            for &s in steps.keys() {
+        for t in &self.terminals {
+            for &s in t.steps.keys() {
                 lo = lo.min(s);
                 hi = hi.max(s);
             }
@@ -278,15 +287,15 @@ impl Builder {
 
         // Sorted identifiers, so output order does not depend on arrival order.
         let mut order: Vec<usize> = (0..self.terminals.len()).collect();
-        order.sort_by(|&a, &b| self.terminals[a].0.cmp(&self.terminals[b].0));
-        let mut regions: Vec<String> = self.terminals.iter().map(|t| t.1.clone()).collect();
+        order.sort_by(|&a, &b| self.terminals[a].id.cmp(&self.terminals[b].id));
+        let mut regions: Vec<String> = self.terminals.iter().map(|t| t.region.clone()).collect();
         regions.sort();
         regions.dedup();
-        let mut models: Vec<String> = self.terminals.iter().map(|t| t.3.clone()).collect();
+        let mut models: Vec<String> = self.terminals.iter().map(|t| t.model.clone()).collect();
         models.sort();
         models.dedup();
         let mut site_ids: Vec<(String, String)> =
-            self.terminals.iter().filter_map(|t| t.2.clone().map(|s| (s, t.1.clone()))).collect();
+            self.terminals.iter().filter_map(|t| t.site.clone().map(|s| (s, t.region.clone()))).collect();
         site_ids.sort();
         site_ids.dedup_by(|a, b| a.0 == b.0);
         let index_of = |list: &[String], v: &str| list.binary_search_by(|x| x.as_str().cmp(v)).unwrap_or(0);
@@ -298,7 +307,7 @@ impl Builder {
         let mut terminals = Vec::with_capacity(order.len());
         let mut cells = vec![Cell::default(); n_cells];
         for (new, &old) in order.iter().enumerate() {
-            let (id, region, site, model, by_step) = &self.terminals[old];
+            let Seen { id, region, site, model, steps: by_step } = &self.terminals[old];
             let site = site.as_deref().and_then(|s| sites.binary_search_by(|x| x.id.as_str().cmp(s)).ok());
             if let Some(s) = site {
                 sites[s].terminals.push(new);

@@ -99,7 +99,7 @@ pub struct TerminalAging {
 /// Minutes as whole evaluation steps; a duration that is not a whole number
 /// of steps is refused naming the field.
 fn steps(field: &str, minutes: u32) -> Result<usize, String> {
-    if minutes % STEP_MIN != 0 {
+    if !minutes.is_multiple_of(STEP_MIN) {
         return Err(format!("{field} = {minutes}: not a multiple of {STEP_MIN} minutes (the evaluation step)"));
     }
     Ok((minutes / STEP_MIN) as usize)
@@ -278,7 +278,8 @@ impl TerminalSupply {
         for (i, t) in cells.terminals.iter().enumerate() {
             let row = cells.row(i);
             let th = std_above[t.model];
-            let breach = |c: &Cell| c.v_std_max > th || (c.reports > 0 && c.sags >= sags) || c.v_mean_ratio_min < ratio_below;
+            let breach =
+                |c: &Cell| c.v_std_max > th || (c.reports > 0 && c.sags >= sags) || c.v_mean_ratio_min < ratio_below;
             let reasons = |s: usize| {
                 let c = &row[s];
                 let mut r = Vec::new();
@@ -289,7 +290,11 @@ impl TerminalSupply {
                     r.push(reason("increase(supply_sags[5m])", c.sags as f32, sags as f32));
                 }
                 if c.v_mean_ratio_min < ratio_below {
-                    r.push(reason("min_over_time(supply_v_mean[5m]) / supply_v_nominal", c.v_mean_ratio_min, ratio_below));
+                    r.push(reason(
+                        "min_over_time(supply_v_mean[5m]) / supply_v_nominal",
+                        c.v_mean_ratio_min,
+                        ratio_below,
+                    ));
                 }
                 r
             };
@@ -314,13 +319,24 @@ impl SiteSupply {
                 continue;
             }
             let count = |s: usize| {
-                site.terminals.iter().filter(|&&t| cells.row(t)[s].v_std_max > std_above[cells.terminals[t].model]).count()
+                site.terminals
+                    .iter()
+                    .filter(|&&t| cells.row(t)[s].v_std_max > std_above[cells.terminals[t].model])
+                    .count()
             };
             let reasons = |s: usize| {
-                vec![reason("count by (site_id) (max_over_time(supply_v_std[5m]) > per-model V)", count(s) as f32, k_min as f32)]
+                vec![reason(
+                    "count by (site_id) (max_over_time(supply_v_std[5m]) > per-model V)",
+                    count(s) as f32,
+                    k_min as f32,
+                )]
             };
-            let target =
-                Target { kind: AlertKind::VoltageInstability, scope: Scope::Site, entity: &site.id, region: &cells.regions[site.region] };
+            let target = Target {
+                kind: AlertKind::VoltageInstability,
+                scope: Scope::Site,
+                entity: &site.id,
+                region: &cells.regions[site.region],
+            };
             run(cells, target, Machine::new(f, k), |s| count(s) >= k_min as usize, reasons, out);
         }
     }
@@ -363,10 +379,18 @@ impl RegionNetwork {
                 let th = self.share_at_least as f32;
                 let mut r = Vec::new();
                 if self.loss_pct_above.is_some() {
-                    r.push(reason("share of terminals with avg_over_time(net_loss_pct[5m]) above threshold", share(lossy, n) as f32, th));
+                    r.push(reason(
+                        "share of terminals with avg_over_time(net_loss_pct[5m]) above threshold",
+                        share(lossy, n) as f32,
+                        th,
+                    ));
                 }
                 if self.rtt_ms_above.is_some() {
-                    r.push(reason("share of terminals with avg_over_time(net_rtt_ms[5m]) above threshold", share(slow, n) as f32, th));
+                    r.push(reason(
+                        "share of terminals with avg_over_time(net_rtt_ms[5m]) above threshold",
+                        share(slow, n) as f32,
+                        th,
+                    ));
                 }
                 r.sort_by(|a, b| b.value.total_cmp(&a.value));
                 r
@@ -416,8 +440,11 @@ impl TerminalAging {
             (self.print_window_min as usize / step).max(1),
             (self.battery_window_min as usize / step).max(1),
         );
-        let (card_th, print_th, drop_th) =
-            (above(self.card_error_ratio_above), above(self.print_error_ratio_above), above(self.battery_health_drop_above));
+        let (card_th, print_th, drop_th) = (
+            above(self.card_error_ratio_above),
+            above(self.print_error_ratio_above),
+            above(self.battery_health_drop_above),
+        );
         let (f, k) = (self.for_min as usize / step, self.keep_firing_min as usize / step);
         let empty = Vec::new;
         for (i, t) in cells.terminals.iter().enumerate() {
@@ -458,8 +485,12 @@ impl TerminalAging {
                 }
                 r
             };
-            let target =
-                Target { kind: AlertKind::HardwareAging, scope: Scope::Terminal, entity: &t.id, region: &cells.regions[t.region] };
+            let target = Target {
+                kind: AlertKind::HardwareAging,
+                scope: Scope::Terminal,
+                entity: &t.id,
+                region: &cells.regions[t.region],
+            };
             run(cells, target, Machine::new(f, k), holds, reasons, out);
         }
     }

@@ -107,7 +107,9 @@ pub fn search(
     let evaluations = memo.len();
     match best {
         Some((at, o)) => (at.iter().zip(knobs).map(|(&i, k)| k.values[i]).collect(), o, evaluations),
-        None => (knobs.iter().map(|k| k.values[0]).collect(), Objective { f1: 0.0, timing: f64::INFINITY, firing: 0 }, 0),
+        None => {
+            (knobs.iter().map(|k| k.values[0]).collect(), Objective { f1: 0.0, timing: f64::INFINITY, firing: 0 }, 0)
+        }
     }
 }
 
@@ -191,7 +193,11 @@ pub struct History {
 /// Scores one kind's alerts on every history with the evaluator, pooling
 /// the counts (precision and recall over all alerts and incidents) and the
 /// delays or lead times (one median over every detection).
-fn objective(kind: AlertKind, histories: &[History], mut alerts_of: impl FnMut(&Cells) -> Vec<AlertEvent>) -> Objective {
+fn objective(
+    kind: AlertKind,
+    histories: &[History],
+    mut alerts_of: impl FnMut(&Cells) -> Vec<AlertEvent>,
+) -> Objective {
     let (mut firing, mut true_alerts, mut incidents, mut detected) = (0, 0, 0, 0);
     let mut timings = Vec::new();
     for h in histories {
@@ -204,7 +210,9 @@ fn objective(kind: AlertKind, histories: &[History], mut alerts_of: impl FnMut(&
         true_alerts += r.true_alerts;
         incidents += r.incidents;
         detected += r.detected_incidents;
-        timings.extend(r.detections.iter().map(|d| if kind == AlertKind::HardwareAging { -d.lead_time_ms } else { d.delay_ms }));
+        timings.extend(
+            r.detections.iter().map(|d| if kind == AlertKind::HardwareAging { -d.lead_time_ms } else { d.delay_ms }),
+        );
     }
     let ratio = |n: usize, d: usize| if d == 0 { 1.0 } else { n as f64 / d as f64 };
     Objective {
@@ -430,9 +438,11 @@ mod tests {
 
     #[test]
     fn search_finds_the_optimum_of_a_separable_objective() {
-        let knobs = vec![Knob::new("a", (0..10).map(f64::from).collect()), Knob::new("b", (0..10).map(f64::from).collect())];
+        let knobs =
+            vec![Knob::new("a", (0..10).map(f64::from).collect()), Knob::new("b", (0..10).map(f64::from).collect())];
         // F1 peaks at a = 7, b = 3; nothing else distinguishes points.
-        let (best, o, _) = search(&knobs, &[vec![0, 0]], |v| obj(1.0 / (1.0 + (v[0] - 7.0).abs() + (v[1] - 3.0).abs()), 0.0, 0));
+        let (best, o, _) =
+            search(&knobs, &[vec![0, 0]], |v| obj(1.0 / (1.0 + (v[0] - 7.0).abs() + (v[1] - 3.0).abs()), 0.0, 0));
         assert_eq!(best, vec![7.0, 3.0]);
         assert_eq!(o.f1, 1.0);
     }
