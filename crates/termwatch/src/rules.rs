@@ -135,7 +135,7 @@ fn read_cells(paths: &[PathBuf], say: &mut impl FnMut(String) -> anyhow::Result<
     let cells = Cells::read(paths)?;
     let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
     say(format!(
-        "{}: {} terminals, {} sites, {} regions, {} steps of 5 min; {} lines, {} rejected, {} duplicates dropped ({:.1} s)",
+        "{}: {} terminals, {} sites, {} regions, {} steps of 1 min; {} lines, {} rejected, {} duplicates dropped ({:.1} s)",
         names.join(", "),
         cells.terminals.len(),
         cells.sites.len(),
@@ -260,19 +260,21 @@ mod tests {
     use termwatch_telemetry::alerts::{IncidentLabel, Scope, Verdict};
     use termwatch_telemetry::{Measure, Telemetry};
 
-    use super::cells::{Cells, STEP_MS};
+    use super::cells::Cells;
     use super::tune::{History, tune};
 
     const T0: i64 = 1_788_220_800_000; // 2026-09-01T00:00:00Z
 
-    /// Six terminals at two sites, one report per step for two days; supply
+    const REPORT_MS: i64 = 300_000;
+
+    /// Six terminals at two sites, one report every 5 minutes for two days; supply
     /// noise cycles through 0.020-0.039 V, except T-3's during its incident,
     /// where it is `planted` V.
     fn fleet(planted: f64, incident: (i64, i64)) -> Vec<Telemetry<'static>> {
         let mut out = Vec::new();
         for step in 0..576i64 {
             for t in 0..6 {
-                let ts = T0 + step * STEP_MS;
+                let ts = T0 + step * REPORT_MS;
                 let mut r = Telemetry::new(format!("T-{t}"), ts, "east-01");
                 r.labels[termwatch_telemetry::Label::SiteId.index()] = Some(format!("S-{}", t / 3).into());
                 r.labels[termwatch_telemetry::Label::Model.index()] = Some("P200".into());
@@ -304,8 +306,8 @@ mod tests {
         let cells = history.cells;
         let v = tuned.iter().find(|t| t.kind == label.kind).expect("voltage tuned");
         assert_eq!(v.objective.f1, 1.0, "rules: {rules:?}");
-        // Detected at the first step of the incident: the end of its first 5 minutes.
-        assert_eq!(v.objective.timing, STEP_MS as f64);
+        // Detected by the incident's first report, 5 minutes in, on the step it falls in.
+        assert_eq!(v.objective.timing, REPORT_MS as f64);
         let th = rules.terminal_supply.v_std_above.get("P200").copied();
         assert!(th.is_some_and(|th| (0.039..0.08).contains(&th)), "threshold {th:?} does not separate 0.039 from 0.08");
         // The alert events the rules emit are what the objective scored.
@@ -314,6 +316,6 @@ mod tests {
             .iter()
             .filter(|a| a.state == termwatch_telemetry::alerts::AlertState::Firing && a.kind == label.kind)
             .collect();
-        assert!(!firing.is_empty() && firing.iter().all(|a| a.ts > incident.0 && a.ts <= incident.1 + STEP_MS));
+        assert!(!firing.is_empty() && firing.iter().all(|a| a.ts > incident.0 && a.ts <= incident.1 + REPORT_MS));
     }
 }

@@ -104,14 +104,14 @@ fn tuned_rules_emit_alert_events_that_eval_accepts() {
 }
 
 #[test]
-fn refuses_a_rules_file_with_a_duration_off_the_step() {
+fn refuses_a_rules_file_with_an_empty_window() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     let rules = d.join("rules.json");
-    let text = r#"{"terminal_supply":{"v_std_above":{},"sags_at_least":null,"v_mean_ratio_below":null,"for_min":7,"keep_firing_min":0},
+    let text = r#"{"terminal_supply":{"v_std_above":{},"sags_at_least":null,"v_mean_ratio_below":null,"for_min":0,"keep_firing_min":0},
 "site_supply":{"v_std_above":{},"terminals_at_least":null,"for_min":0,"keep_firing_min":0},
 "region_network":{"loss_pct_above":null,"rtt_ms_above":null,"share_at_least":0.2,"min_terminals":5,"for_min":0,"keep_firing_min":0},
-"terminal_aging":{"card_error_ratio_above":null,"card_window_min":60,"card_reads_at_least":1,"print_error_ratio_above":null,
+"terminal_aging":{"card_error_ratio_above":null,"card_window_min":0,"card_reads_at_least":1,"print_error_ratio_above":null,
 "print_window_min":60,"print_jobs_at_least":1,"battery_health_drop_above":null,"battery_window_min":1440,"for_min":0,"keep_firing_min":0}}"#;
     std::fs::write(&rules, text).expect("write");
     let telemetry = d.join("t.ndjson");
@@ -126,5 +126,5 @@ fn refuses_a_rules_file_with_a_duration_off_the_step() {
         .expect("runs");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("terminal_supply.for_min = 7"), "{err}");
+    assert!(err.contains("terminal_aging.card_window_min = 0"), "{err}");
 }

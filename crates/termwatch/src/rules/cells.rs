@@ -1,11 +1,12 @@
 //! Raw telemetry as a Prometheus server would hold it if every terminal were
-//! exported as metrics: per terminal, per 5-minute evaluation step, the
-//! plain aggregates a PromQL expression can take over `[5m]` (max, min, sum,
-//! average). No baselines, no learned state: only what the terminal sent.
+//! exported as metrics: per terminal and per minute (Prometheus' usual rule
+//! evaluation interval), the plain aggregates a PromQL expression can take
+//! over `[5m]` (max, min, sum, average). No baselines, no learned state: only
+//! what the terminal sent.
 //!
 //! Steps are aligned to the epoch: step `b` holds the reports whose `ts` is
-//! in `(b·5m, (b+1)·5m]`, and a rule evaluated on it speaks at `(b+1)·5m`,
-//! the way `x[5m]` at evaluation time `T` covers `(T−5m, T]`.
+//! in `(b·1m, (b+1)·1m]`, and a rule evaluated at `T = (b+1)·1m` sees the
+//! range `(T−5m, T]`, the last [`RANGE_STEPS`] steps, as `x[5m]` does.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -16,16 +17,19 @@ use termwatch_pipeline::NdjsonFile;
 use termwatch_pipeline::dedup::{self, Dedup};
 use termwatch_telemetry::{Counter, Label, Measure, Telemetry, decode};
 
-/// One evaluation step: the usual `[5m]` range and rule evaluation interval.
-pub const STEP_MS: i64 = 300_000;
+/// One evaluation step: Prometheus' usual rule evaluation interval.
+pub const STEP_MS: i64 = 60_000;
+
+/// Steps in the `[5m]` range that rules aggregate over.
+pub const RANGE_STEPS: usize = 5;
 
 /// The ingestion time given to history records: far enough ahead that no
 /// recorded `ts` counts as "from the future" (as `termwatch eval` reads them).
 const HISTORY_INGEST_MS: i64 = i64::MAX / 2;
 
-/// Terminals × steps above this are refused: the grid is dense, ~64 bytes a
-/// cell, and this tool is for evaluation histories, not a year of a fleet.
-const MAX_CELLS: usize = 16_000_000;
+/// Terminals × steps above this are refused: the grid is dense, twice ~64
+/// bytes a cell, and this tool is for evaluation histories, not a year of a fleet.
+const MAX_CELLS: usize = 40_000_000;
 
 /// What one terminal reported within one step. Absent measurements leave the
 /// neutral element (−∞ for a max, +∞ for a min, 0 for sums and counts), so a
@@ -33,11 +37,11 @@ const MAX_CELLS: usize = 16_000_000;
 #[derive(Debug, Clone, Copy)]
 pub struct Cell {
     pub reports: u16,
-    /// `max_over_time(supply_v_std[5m])`, volts.
+    /// Max of `supply_v_std`, volts.
     pub v_std_max: f32,
-    /// `min_over_time(supply_v_mean[5m] / supply_v_nominal)`.
+    /// Min of `supply_v_mean / supply_v_nominal`.
     pub v_mean_ratio_min: f32,
-    /// `increase(supply_sags[5m])`.
+    /// Sum of `supply_sags`.
     pub sags: u32,
     pub loss_sum: f32,
     pub loss_n: u16,
@@ -47,7 +51,7 @@ pub struct Cell {
     pub card_read_errors: u32,
     pub print_jobs: u32,
     pub print_errors: u32,
-    /// `max_over_time(battery_health_pct[5m])`.
+    /// Max of `battery_health_pct`.
     pub health_max: f32,
     /// The latest `battery_health_pct` in the step (NaN when none).
     pub health_last: f32,
@@ -110,12 +114,33 @@ impl Cell {
         }
     }
 
-    /// `avg_over_time(net_loss_pct[5m])`, NaN when not measured.
+    /// Adds a later step's cell: the aggregate over both.
+    fn merge(&mut self, o: &Cell) {
+        self.reports = self.reports.saturating_add(o.reports);
+        self.v_std_max = self.v_std_max.max(o.v_std_max);
+        self.v_mean_ratio_min = self.v_mean_ratio_min.min(o.v_mean_ratio_min);
+        self.sags = self.sags.saturating_add(o.sags);
+        self.loss_sum += o.loss_sum;
+        self.loss_n = self.loss_n.saturating_add(o.loss_n);
+        self.rtt_sum += o.rtt_sum;
+        self.rtt_n = self.rtt_n.saturating_add(o.rtt_n);
+        self.card_reads = self.card_reads.saturating_add(o.card_reads);
+        self.card_read_errors = self.card_read_errors.saturating_add(o.card_read_errors);
+        self.print_jobs = self.print_jobs.saturating_add(o.print_jobs);
+        self.print_errors = self.print_errors.saturating_add(o.print_errors);
+        self.health_max = self.health_max.max(o.health_max);
+        if o.health_last_ts >= self.health_last_ts && !o.health_last.is_nan() {
+            self.health_last = o.health_last;
+            self.health_last_ts = o.health_last_ts;
+        }
+    }
+
+    /// Mean `net_loss_pct`, NaN when not measured.
     pub fn loss_avg(&self) -> f32 {
         if self.loss_n == 0 { f32::NAN } else { self.loss_sum / f32::from(self.loss_n) }
     }
 
-    /// `avg_over_time(net_rtt_ms[5m])`, NaN when not measured.
+    /// Mean `net_rtt_ms`, NaN when not measured.
     pub fn rtt_avg(&self) -> f32 {
         if self.rtt_n == 0 { f32::NAN } else { self.rtt_sum / f32::from(self.rtt_n) }
     }
@@ -149,6 +174,8 @@ pub struct Cells {
     /// Model labels, sorted; a terminal without one has `-`.
     pub models: Vec<String>,
     cells: Vec<Cell>,
+    /// Per step, the aggregate of the last [`RANGE_STEPS`] cells: what `x[5m]` sees.
+    ranges: Vec<Cell>,
     /// What `termwatch eval` would build from the same files.
     pub fleet: FleetIndex,
     pub stats: ReadStats,
@@ -166,9 +193,16 @@ pub struct ReadStats {
 pub const NO_MODEL: &str = "-";
 
 impl Cells {
-    /// The row of one terminal: one cell per step.
+    /// The row of one terminal: one cell per step (1 minute).
     pub fn row(&self, terminal: usize) -> &[Cell] {
         &self.cells[terminal * self.steps..(terminal + 1) * self.steps]
+    }
+
+    /// The row of one terminal's `[5m]` ranges: at each step, the aggregate
+    /// of that step and the four before it. A report stays visible in it for
+    /// five evaluations, as a sample does in `max_over_time(x[5m])`.
+    pub fn range_row(&self, terminal: usize) -> &[Cell] {
+        &self.ranges[terminal * self.steps..(terminal + 1) * self.steps]
     }
 
     /// Event time at which a rule evaluated on step `s` speaks.
@@ -277,7 +311,7 @@ impl Builder {
         let n_cells = steps.saturating_mul(self.terminals.len());
         if n_cells > MAX_CELLS {
             anyhow::bail!(
-                "telemetry spans {} steps of 5 min ({:.1} days) for {} terminals: more than {MAX_CELLS} terminal-steps, \
+                "telemetry spans {} steps of 1 min ({:.1} days) for {} terminals: more than {MAX_CELLS} terminal-steps, \
                  too large for rule evaluation (give a shorter history)",
                 steps,
                 steps as f64 * STEP_MS as f64 / 86_400_000.0,
@@ -323,6 +357,15 @@ impl Builder {
                 cells[new * steps + col] = *cell;
             }
         }
+        let mut ranges = vec![Cell::default(); n_cells];
+        for t in 0..terminals.len() {
+            let row = &cells[t * steps..(t + 1) * steps];
+            for (s, out) in ranges[t * steps..(t + 1) * steps].iter_mut().enumerate() {
+                for c in &row[s.saturating_sub(RANGE_STEPS - 1)..=s] {
+                    out.merge(c);
+                }
+            }
+        }
         Ok(Cells {
             first_step: if lo > hi { 0 } else { lo },
             steps,
@@ -331,8 +374,30 @@ impl Builder {
             regions,
             models,
             cells,
+            ranges,
             fleet: self.fleet,
             stats: self.stats,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_stays_in_the_five_minute_range_for_five_evaluations() {
+        let t0 = 1_788_220_800_000; // 2026-09-01T00:00:00Z, a step boundary
+        let mut a = Telemetry::new("T-1", t0 + 30_000, "east-01");
+        a.measures[Measure::SupplyVStd.index()] = Some(0.5);
+        let mut b = Telemetry::new("T-1", t0 + 9 * STEP_MS, "east-01");
+        b.measures[Measure::SupplyVStd.index()] = Some(0.1);
+        let cells = Cells::from_records([a, b]).expect("cells");
+        // 00:09:00 is the end of step 8, (00:08, 00:09].
+        assert_eq!(cells.steps, 9);
+        assert_eq!(cells.step_end_ms(0), t0 + STEP_MS, "a report at 00:00:30 is seen at 00:01:00");
+        let seen: Vec<f32> = cells.range_row(0).iter().map(|c| c.v_std_max).collect();
+        let inf = f32::NEG_INFINITY;
+        assert_eq!(seen, vec![0.5, 0.5, 0.5, 0.5, 0.5, inf, inf, inf, 0.1]);
     }
 }

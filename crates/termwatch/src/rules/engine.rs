@@ -276,7 +276,7 @@ impl TerminalSupply {
         let ratio_below = self.v_mean_ratio_below.map_or(f32::NEG_INFINITY, |v| v as f32);
         let (f, k) = (self.for_min as usize / STEP_MIN as usize, self.keep_firing_min as usize / STEP_MIN as usize);
         for (i, t) in cells.terminals.iter().enumerate() {
-            let row = cells.row(i);
+            let row = cells.range_row(i);
             let th = std_above[t.model];
             let breach =
                 |c: &Cell| c.v_std_max > th || (c.reports > 0 && c.sags >= sags) || c.v_mean_ratio_min < ratio_below;
@@ -356,7 +356,7 @@ impl RegionNetwork {
                 .map(|s| {
                     let mut c = (0, 0, 0);
                     for &t in &members {
-                        let cell = &cells.row(t)[s];
+                        let cell = &cells.range_row(t)[s];
                         if cell.reports == 0 {
                             continue;
                         }
@@ -449,6 +449,8 @@ impl TerminalAging {
         let empty = Vec::new;
         for (i, t) in cells.terminals.iter().enumerate() {
             let row = cells.row(i);
+            // An instant vector looks back 5 minutes for the latest sample.
+            let now = cells.range_row(i);
             let ratio = |th: f32, w: usize, num: fn(&Cell) -> u32, den: fn(&Cell) -> u32| {
                 if th.is_finite() { (window_sums(row, w, num), window_sums(row, w, den)) } else { (empty(), empty()) }
             };
@@ -468,7 +470,7 @@ impl TerminalAging {
                     .filter(|&r| r > print_th)
             };
             let battery = |s: usize| -> Option<f32> {
-                let drop = *health_max.get(s)? - row[s].health_last;
+                let drop = *health_max.get(s)? - now[s].health_last;
                 (drop > drop_th).then_some(drop)
             };
             let holds = |s: usize| card(s).is_some() || print(s).is_some() || battery(s).is_some();
@@ -529,9 +531,9 @@ mod tests {
     }
 
     #[test]
-    fn refuses_durations_that_are_not_whole_steps() {
-        assert!(steps("x.for_min", 7).is_err_and(|e| e.contains("x.for_min = 7")));
-        assert_eq!(steps("x", 15), Ok(3));
-        assert!(window_steps("w", 0).is_err());
+    fn refuses_an_empty_window() {
+        assert_eq!(steps("x.for_min", 15), Ok(15));
+        assert!(window_steps("w.card_window_min", 0).is_err_and(|e| e.contains("w.card_window_min = 0")));
+        assert_eq!(window_steps("w", 60), Ok(60));
     }
 }

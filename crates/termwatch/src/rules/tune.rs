@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use termwatch_models::eval::{evaluate, f1, median};
 use termwatch_telemetry::alerts::{AlertEvent, AlertKind, IncidentLabel};
 
-use super::cells::{Cell, Cells};
+use super::cells::{Cell, Cells, STEP_MS};
 use super::engine::{RegionNetwork, RuleSet, SiteSupply, TerminalAging, TerminalSupply, sort_events};
 
 /// Upper quantiles for "above" thresholds on per-terminal aggregates.
@@ -146,7 +146,7 @@ fn finite(v: f64) -> Option<f64> {
 }
 
 fn minutes(steps: f64) -> u32 {
-    (steps.max(0.0) as u32) * 5
+    (steps.max(0.0) as u32) * (STEP_MS / 60_000) as u32
 }
 
 /// Model labels over every history, sorted.
@@ -164,7 +164,7 @@ fn model_values(histories: &[History], model: &str, f: impl Fn(&Cell) -> f32) ->
         let cells = &h.cells;
         for (i, t) in cells.terminals.iter().enumerate() {
             if cells.models[t.model] == model {
-                out.extend(cells.row(i).iter().filter(|c| c.reports > 0).map(&f));
+                out.extend(cells.range_row(i).iter().filter(|c| c.reports > 0).map(&f));
             }
         }
     }
@@ -175,7 +175,7 @@ fn model_values(histories: &[History], model: &str, f: impl Fn(&Cell) -> f32) ->
 fn all_values(histories: &[History], f: impl Fn(&Cell) -> f32) -> Vec<f32> {
     let mut out = Vec::new();
     for h in histories {
-        out.extend((0..h.cells.terminals.len()).flat_map(|i| h.cells.row(i).iter().map(&f)));
+        out.extend((0..h.cells.terminals.len()).flat_map(|i| h.cells.range_row(i).iter().map(&f)));
     }
     out
 }
@@ -238,8 +238,10 @@ pub fn tune(histories: &[History]) -> (RuleSet, Vec<Tuned>) {
     (RuleSet { terminal_supply, site_supply, region_network, terminal_aging }, vec![a, v, n])
 }
 
-const FOR_STEPS: [f64; 8] = [0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 9.0, 12.0];
-const KEEP_STEPS: [f64; 6] = [0.0, 1.0, 2.0, 3.0, 6.0, 12.0];
+/// `for` candidates, in 1-minute steps: 0 to 1 h.
+const FOR_STEPS: [f64; 12] = [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 7.0, 10.0, 15.0, 20.0, 30.0, 60.0];
+/// `keep_firing_for` candidates: 0 to 1 h.
+const KEEP_STEPS: [f64; 8] = [0.0, 1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0];
 
 fn tune_voltage(histories: &[History]) -> (TerminalSupply, SiteSupply, Tuned) {
     let models = models(histories);
@@ -287,7 +289,7 @@ fn tune_voltage(histories: &[History]) -> (TerminalSupply, SiteSupply, Tuned) {
     };
     // Start with every condition off; one start per `for`, so a rule that
     // needs persistence is not hidden behind a noisy first step.
-    let starts: Vec<Vec<usize>> = [0.0, 2.0, 6.0]
+    let starts: Vec<Vec<usize>> = [0.0, 10.0, 30.0]
         .iter()
         .map(|&f| {
             knobs
@@ -296,7 +298,7 @@ fn tune_voltage(histories: &[History]) -> (TerminalSupply, SiteSupply, Tuned) {
                 .map(|(i, k)| match i {
                     i if i == nm + 2 => index_of(&k.values, f),
                     i if i == nm + 1 => 0,
-                    i if i == 2 * nm + 5 => index_of(&k.values, 2.0),
+                    i if i == 2 * nm + 5 => index_of(&k.values, 10.0),
                     _ if k.name.contains("keep") => 0,
                     _ => k.values.len() - 1,
                 })
@@ -337,7 +339,7 @@ fn tune_network(histories: &[History]) -> (RegionNetwork, Tuned) {
         for_min: minutes(v[4]),
         keep_firing_min: minutes(v[5]),
     };
-    let starts: Vec<Vec<usize>> = [0.0, 2.0, 6.0]
+    let starts: Vec<Vec<usize>> = [0.0, 10.0, 30.0]
         .iter()
         .map(|&f| {
             vec![
@@ -363,8 +365,8 @@ fn tune_network(histories: &[History]) -> (RegionNetwork, Tuned) {
 
 fn tune_aging(histories: &[History]) -> (TerminalAging, Tuned) {
     let ratios = vec![0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 0.1, 0.12, 0.15, 0.2, 0.25, 0.3, f64::INFINITY];
-    // 1 h, 3 h, 6 h, 12 h, 1 d, 2 d, 3 d.
-    let windows = vec![12.0, 36.0, 72.0, 144.0, 288.0, 576.0, 864.0];
+    // 1 h, 3 h, 6 h, 12 h, 1 d, 2 d, 3 d, in 1-minute steps.
+    let windows = vec![60.0, 180.0, 360.0, 720.0, 1440.0, 2880.0, 4320.0];
     let volumes = vec![1.0, 10.0, 20.0, 50.0, 100.0, 200.0];
     let knobs = vec![
         Knob::new("card_error_ratio_above", ratios.clone()),
@@ -374,11 +376,11 @@ fn tune_aging(histories: &[History]) -> (TerminalAging, Tuned) {
         Knob::new("print window (steps)", windows),
         Knob::new("print_jobs_at_least", volumes),
         Knob::new("battery_health_drop_above", vec![0.3, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, f64::INFINITY]),
-        Knob::new("battery window (steps)", vec![288.0, 576.0, 864.0]),
+        Knob::new("battery window (steps)", vec![1440.0, 2880.0, 4320.0]),
         // 0 to 12 h.
-        Knob::new("aging for (steps)", vec![0.0, 1.0, 3.0, 6.0, 12.0, 24.0, 48.0, 72.0, 144.0]),
+        Knob::new("aging for (steps)", vec![0.0, 5.0, 15.0, 30.0, 60.0, 120.0, 240.0, 360.0, 720.0]),
         // 0, 1 h, 6 h, 1 d.
-        Knob::new("aging keep_firing_for (steps)", vec![0.0, 12.0, 72.0, 288.0]),
+        Knob::new("aging keep_firing_for (steps)", vec![0.0, 60.0, 360.0, 1440.0]),
     ];
     let build = |v: &[f64]| TerminalAging {
         card_error_ratio_above: finite(v[0]),
@@ -392,20 +394,20 @@ fn tune_aging(histories: &[History]) -> (TerminalAging, Tuned) {
         for_min: minutes(v[8]),
         keep_firing_min: minutes(v[9]),
     };
-    let starts: Vec<Vec<usize>> = [0.0, 12.0]
+    let starts: Vec<Vec<usize>> = [0.0, 60.0]
         .iter()
         .map(|&f| {
             vec![
                 knobs[0].values.len() - 1,
-                index_of(&knobs[1].values, 288.0),
+                index_of(&knobs[1].values, 1440.0),
                 index_of(&knobs[2].values, 20.0),
                 knobs[3].values.len() - 1,
-                index_of(&knobs[4].values, 288.0),
+                index_of(&knobs[4].values, 1440.0),
                 index_of(&knobs[5].values, 20.0),
                 knobs[6].values.len() - 1,
                 0,
                 index_of(&knobs[8].values, f),
-                index_of(&knobs[9].values, 72.0),
+                index_of(&knobs[9].values, 360.0),
             ]
         })
         .collect();
