@@ -6,6 +6,7 @@ mod config;
 mod demo;
 mod eval_cmd;
 mod models_cmd;
+mod rules;
 mod run;
 mod serve;
 mod simulate;
@@ -34,6 +35,8 @@ enum Command {
     Eval(eval_cmd::EvalArgs),
     /// Consumes telemetry from Kafka as a consumer-group member: the service.
     Run(RunArgs),
+    /// Static-threshold rules (what a NOC would write in Prometheus), tuned on labels or read from a file: alert events to compare with.
+    Rules(rules::RulesArgs),
     /// Replays telemetry history (NDJSON, plain or gzip) through the pipeline.
     Replay(ReplayArgs),
     /// Writes a simulated fleet's telemetry history and its ground-truth labels.
@@ -108,6 +111,7 @@ fn main() -> ExitCode {
             config::Config::load(args.config.as_deref(), std::env::vars()).and_then(|c| run::run(c, &args.warm_up))
         }
         Command::Replay(args) => replay(args),
+        Command::Rules(args) => rules::run(args),
         Command::Simulate(args) => simulate::run(args),
         Command::Train(args) => models_cmd::train(args),
     };
