@@ -151,7 +151,8 @@ fn replay_blocks(inputs: &[PathBuf], mut pipeline: Pipeline, decoders: usize, bl
         drop((work_rx, done_tx));
         let sequenced = sequence(&mut pipeline, &names, done_rx, credit_rx, recycle_tx);
         // The reader ends on its own once the sequencer has hung up.
-        let read_result = reader.join().unwrap_or_else(|_| (0, Some(PipelineError::Stopped("the reader panicked".into()))));
+        let read_result =
+            reader.join().unwrap_or_else(|_| (0, Some(PipelineError::Stopped("the reader panicked".into()))));
         (read_result, sequenced)
     });
     let (input_bytes, read_error) = read_result;
@@ -313,11 +314,8 @@ fn take_block(
     let path = names.get(raw.input).map_or("", String::as_str);
     for (range, index, rejection) in &rejected {
         // The offset of a line is that of its first byte, as `NdjsonFile::next_line` gives it.
-        let position = Position::File {
-            path,
-            line: raw.block.first_line + index,
-            offset: raw.block.offset + range.start as u64,
-        };
+        let position =
+            Position::File { path, line: raw.block.first_line + index, offset: raw.block.offset + range.start as u64 };
         let bytes = raw.data.get(range.clone()).unwrap_or_default();
         pipeline.reject(&DeadLetter { raw: bytes, position, rejection })?;
     }
@@ -447,7 +445,11 @@ mod tests {
             assert_eq!(got.stats.read, want.stats.read, "{case}");
             assert_eq!(got.stats.accepted, want.stats.accepted, "{case}");
             assert_eq!(got.stats.rejected, want.stats.rejected, "{case}");
-            assert_eq!((got.stats.duplicates, got.stats.too_old), (want.stats.duplicates, want.stats.too_old), "{case}");
+            assert_eq!(
+                (got.stats.duplicates, got.stats.too_old),
+                (want.stats.duplicates, want.stats.too_old),
+                "{case}"
+            );
             assert_eq!((got.blank_lines, got.input_bytes), (want.blank_lines, want.input_bytes), "{case}");
             assert_eq!(rows, want_rows, "{case}");
             // Dead letters name the same file, line and byte offset.

@@ -252,8 +252,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let sizes = Sizes::new(args.smoke);
     let models = ModelSet::load(&args.models)?;
-    let scratch = args.scratch.clone().unwrap_or_else(std::env::temp_dir).join(format!("termwatch-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch).with_context(|| format!("cannot create scratch directory {}", scratch.display()))?;
+    let scratch =
+        args.scratch.clone().unwrap_or_else(std::env::temp_dir).join(format!("termwatch-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)
+        .with_context(|| format!("cannot create scratch directory {}", scratch.display()))?;
     let result = run_all(&args, &sizes, &models, &scratch);
     // The history is large: never leave it behind, whatever happened.
     let _ = std::fs::remove_dir_all(&scratch);
@@ -266,8 +268,20 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The 1-minute load average: what else the machine was doing.
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(f64::NAN)
+}
+
 fn run_all(args: &BenchArgs, sizes: &Sizes, models: &ModelSet, scratch: &Path) -> anyhow::Result<Table> {
     let mut table = Table::default();
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    table
+        .add("machine", "load average (1 min) at the start", load_average(), "")
+        .note(format!("{cores} cores; a load above 0 means other processes shared them"));
     let history = scratch.join("history.ndjson");
     eprintln!("bench: simulating {} terminals for {} days into {}", sizes.terminals, sizes.days, history.display());
     let sim = termwatch_sim::SimConfig {
@@ -290,6 +304,7 @@ fn run_all(args: &BenchArgs, sizes: &Sizes, models: &ModelSet, scratch: &Path) -
         Some(brokers) => kafka_section(&mut table, sizes, models, brokers)?,
         None => table.skip("kafka", "no --brokers given (scripts/bench-kafka starts tansu and passes one)".into()),
     }
+    table.add("machine", "load average (1 min) at the end", load_average(), "");
     Ok(table)
 }
 
@@ -386,9 +401,18 @@ fn replay_section(table: &mut Table, sizes: &Sizes, models: &ModelSet, history: 
         .target(Target::AtLeast(1_000_000.0))
         .note(format!("{} decoding threads + reader + scoring; {} rounds", threads, sizes.rounds));
     table.add("replay", "end to end, all cores: MB/s (median)", median(mbs), "MB/s");
+    let cpu = median(cpu);
     table
-        .add("replay", "end to end: CPU time per record (median)", median(cpu), "ns")
-        .note("user + system time of every thread; ~2,000 ns would need all of 2 cores for 1,000,000 records/s");
+        .add("replay", "end to end: CPU time per record (median)", cpu, "ns")
+        .note("user + system time of every thread (10 ms resolution)");
+    table
+        .add(
+            "replay",
+            "end to end: cores / CPU time per record (a bound, not a measurement)",
+            threads as f64 / cpu * 1e9,
+            "records/s",
+        )
+        .note("the rate if every core did nothing else and no thread ever waited");
 
     // One core, stage by stage, on the same history.
     let kept = Arc::new(Mutex::new(Vec::new()));
@@ -475,10 +499,16 @@ struct ServiceRun {
 /// Feeds the records to the service path (one thread that decodes, batches
 /// and scores, as `termwatch run` has behind its polling thread), at `rate`
 /// records/s or as fast as it takes them.
-fn service_run(models: &ModelSet, data: &[u8], lines: &[std::ops::Range<usize>], rate: Option<f64>) -> anyhow::Result<ServiceRun> {
+fn service_run(
+    models: &ModelSet,
+    data: &[u8],
+    lines: &[std::ops::Range<usize>],
+    rate: Option<f64>,
+) -> anyhow::Result<ServiceRun> {
     let (sink, events) = ScoringSink::new(models)?;
     // The service's batching: 8,192 rows or 200 ms.
-    let mut pipeline = Pipeline::new(BatchConfig::default(), vec![Box::new(sink)], Box::new(MemoryDeadLetters::default()));
+    let mut pipeline =
+        Pipeline::new(BatchConfig::default(), vec![Box::new(sink)], Box::new(MemoryDeadLetters::default()));
     // Chunks of up to 1,024 records, as the Kafka source's polling thread hands them over.
     let (tx, rx) = mpsc::sync_channel::<(Instant, std::ops::Range<usize>)>(64);
     let started = Instant::now();
@@ -525,7 +555,11 @@ fn service_run(models: &ModelSet, data: &[u8], lines: &[std::ops::Range<usize>],
             match rx.recv_timeout(Duration::from_millis(5)) {
                 Ok((arrived, range)) => {
                     for (i, r) in lines[range.clone()].iter().enumerate() {
-                        let pos = termwatch_pipeline::Position::File { path: "bench", line: (range.start + i) as u64 + 1, offset: r.start as u64 };
+                        let pos = termwatch_pipeline::Position::File {
+                            path: "bench",
+                            line: (range.start + i) as u64 + 1,
+                            offset: r.start as u64,
+                        };
                         match open.last_mut() {
                             Some((t, n)) if *t == arrived => *n += 1,
                             _ => open.push((arrived, 1)),
@@ -566,13 +600,13 @@ fn latency_section(table: &mut Table, sizes: &Sizes, models: &ModelSet, history:
     table
         .add("latency", "service path (1 decode+score thread): maximum sustained rate", max_rate, "records/s")
         .note(format!("{} records fed from memory as fast as taken", max.records));
-    table
-        .add("latency", "paced input rate (0.8 x maximum)", achieved, "records/s")
-        .note(format!("asked {rate:.0}"));
+    table.add("latency", "paced input rate (0.8 x maximum)", achieved, "records/s").note(format!("asked {rate:.0}"));
     table
         .add("latency", "arrival -> alert events out: p50", quantile(&paced.latencies, 0.5) * 1e3, "ms")
         .note("every record; batches close at 8,192 rows or 200 ms");
-    table.add("latency", "arrival -> alert events out: p99", quantile(&paced.latencies, 0.99) * 1e3, "ms").target(Target::AtMost(1000.0));
+    table
+        .add("latency", "arrival -> alert events out: p99", quantile(&paced.latencies, 0.99) * 1e3, "ms")
+        .target(Target::AtMost(1000.0));
     let ev = paced.event_latencies.iter().copied().fold(f64::NAN, f64::max);
     table
         .add("latency", "alert events raised: worst latency", if ev.is_nan() { 0.0 } else { ev * 1e3 }, "ms")
@@ -598,8 +632,9 @@ fn memory_child(models: &Path, n: u32) -> anyhow::Result<()> {
     let mut scorer = Scorer::new(set)?;
     let mut dedup = termwatch_pipeline::dedup::Dedup::new();
     let baseline_rss = status_bytes("VmRSS:").unwrap_or(0);
-    let ids: Vec<String> = (0..n).map(|t| format!("T-{t:07}")).collect();
-    let sites: Vec<String> = (0..n / 2 + 1).map(|s| format!("S-{s:07}")).collect();
+    // Identifiers are written into reused buffers, not held: the process
+    // should hold only what termwatch keeps per terminal.
+    let (mut id, mut site) = (String::new(), String::new());
     let regions: Vec<String> = (0..50).map(|r| format!("region-{r:02}")).collect();
     let mut b = BatchBuilder::with_capacity(8192);
     const T0: i64 = 1_790_000_000_000;
@@ -607,13 +642,18 @@ fn memory_child(models: &Path, n: u32) -> anyhow::Result<()> {
     // every terminal has baselines and alert state as well as open windows.
     for step in 0..5i64 {
         for t in 0..n as usize {
+            use std::fmt::Write as _;
+            id.clear();
+            site.clear();
+            let _ = write!(id, "T-{t:07}");
+            let _ = write!(site, "S-{:07}", t * 2 / 5);
             let ts = T0 + step * 300_000 + (t % 60) as i64 * 1000;
-            if !matches!(dedup.check(&ids[t], ts, 300), termwatch_pipeline::dedup::Seen::New) {
+            if !matches!(dedup.check(&id, ts, 300), termwatch_pipeline::dedup::Seen::New) {
                 continue;
             }
-            let mut r = Telemetry::new(ids[t].as_str(), ts, regions[t % regions.len()].as_str());
+            let mut r = Telemetry::new(id.as_str(), ts, regions[t % regions.len()].as_str());
             r.interval_s = 300;
-            r.labels[Label::SiteId.index()] = Some(sites[t * 2 / 5].as_str().into());
+            r.labels[Label::SiteId.index()] = Some(site.as_str().into());
             r.labels[Label::Model.index()] = Some("P200".into());
             r.labels[Label::Firmware.index()] = Some("4.2.1".into());
             let wobble = (t % 7) as f64 * 0.01;
@@ -628,7 +668,12 @@ fn memory_child(models: &Path, n: u32) -> anyhow::Result<()> {
             ] {
                 r.measures[m.index()] = Some(v);
             }
-            for (c, v) in [(Counter::CardReads, 20), (Counter::CardReadErrors, 0), (Counter::PrintJobs, 10), (Counter::TxnCount, 20)] {
+            for (c, v) in [
+                (Counter::CardReads, 20),
+                (Counter::CardReadErrors, 0),
+                (Counter::PrintJobs, 10),
+                (Counter::TxnCount, 20),
+            ] {
                 r.counters[c.index()] = Some(v);
             }
             b.append(&r)?;
@@ -648,8 +693,6 @@ fn memory_child(models: &Path, n: u32) -> anyhow::Result<()> {
         alert_entities: scorer.alerts().len() as u64,
         dedup_terminals: dedup.len() as u64,
     };
-    // The names must not be freed before the figures are taken: they are what an id costs.
-    drop(ids);
     println!("{}", serde_json::to_string(&figures)?);
     Ok(())
 }
@@ -682,7 +725,12 @@ fn memory_section(table: &mut Table, sizes: &Sizes, models: &Path) -> anyhow::Re
         let m: MemoryFigures = serde_json::from_str(line).with_context(|| format!("memory child printed {line:?}"))?;
         let per = (m.rss.saturating_sub(m.baseline_rss)) as f64 / m.terminals.max(1) as f64;
         table
-            .add("memory", format!("feature state per terminal at {}", fmt_num(n as f64)), m.feature_state_bytes_per_terminal, "bytes")
+            .add(
+                "memory",
+                format!("feature state per terminal at {}", fmt_num(n as f64)),
+                m.feature_state_bytes_per_terminal,
+                "bytes",
+            )
             .target(Target::AtMost(1024.0))
             .note("counted from the engine's data structures");
         table
@@ -717,7 +765,11 @@ fn scrape_section(table: &mut Table, terminals: u32) -> anyhow::Result<()> {
     let sites: Vec<String> = (0..terminals / 2 + 1).map(|s| format!("S-{s:07}")).collect();
     let regions: Vec<String> = (0..REGIONS).map(|r| format!("region-{r:02}")).collect();
     for t in 0..terminals {
-        let mut r = Telemetry::new(ids[t as usize].as_str(), T0 + i64::from(t % 60) * 1000, regions[(t % REGIONS) as usize].as_str());
+        let mut r = Telemetry::new(
+            ids[t as usize].as_str(),
+            T0 + i64::from(t % 60) * 1000,
+            regions[(t % REGIONS) as usize].as_str(),
+        );
         r.labels[Label::SiteId.index()] = Some(sites[(t * 2 / 5) as usize].as_str().into());
         builder.append(&r)?;
         if builder.len() == 8192 {
@@ -756,15 +808,51 @@ fn scrape_section(table: &mut Table, terminals: u32) -> anyhow::Result<()> {
             let region = regions[t % REGIONS as usize].as_str();
             let bad = t % 20 == 0;
             let score = if bad { 0.5 + (t % 1000) as f64 / 2000.0 } else { 0.01 };
-            tracker.observe(scored(AlertKind::VoltageInstability, Scope::Terminal, &ids[t], region, i, bad, score, &reasons));
-            tracker.observe(scored(AlertKind::HardwareAging, Scope::Terminal, &ids[t], region, i, false, 0.02, &reasons));
+            tracker.observe(scored(
+                AlertKind::VoltageInstability,
+                Scope::Terminal,
+                &ids[t],
+                region,
+                i,
+                bad,
+                score,
+                &reasons,
+            ));
+            tracker.observe(scored(
+                AlertKind::HardwareAging,
+                Scope::Terminal,
+                &ids[t],
+                region,
+                i,
+                false,
+                0.02,
+                &reasons,
+            ));
         }
         for s in 0..(sites.len() / 7).min(2000) {
             let region = regions[s % REGIONS as usize].as_str();
-            tracker.observe(scored(AlertKind::VoltageInstability, Scope::Site, &sites[s * 7], region, i, true, 0.8, &reasons));
+            tracker.observe(scored(
+                AlertKind::VoltageInstability,
+                Scope::Site,
+                &sites[s * 7],
+                region,
+                i,
+                true,
+                0.8,
+                &reasons,
+            ));
         }
         for (r, region) in regions.iter().enumerate() {
-            tracker.observe(scored(AlertKind::NetworkDegradation, Scope::Region, region, region, i, r < 10, 0.9, &reasons));
+            tracker.observe(scored(
+                AlertKind::NetworkDegradation,
+                Scope::Region,
+                region,
+                region,
+                i,
+                r < 10,
+                0.9,
+                &reasons,
+            ));
         }
     }
     let registry = prometheus::Registry::new();
@@ -773,7 +861,10 @@ fn scrape_section(table: &mut Table, terminals: u32) -> anyhow::Result<()> {
     let metrics = AlertMetrics::register(&registry)?;
     let region_scores: Vec<(&str, f64)> = regions.iter().map(|r| (r.as_str(), 0.1)).collect();
     let scores = vec![
-        ((AlertKind::VoltageInstability, Scope::Terminal), (0..terminals).map(|t| f64::from(t % 100) / 100.0).collect()),
+        (
+            (AlertKind::VoltageInstability, Scope::Terminal),
+            (0..terminals).map(|t| f64::from(t % 100) / 100.0).collect(),
+        ),
         ((AlertKind::HardwareAging, Scope::Terminal), vec![0.02; terminals as usize]),
     ];
     metrics.observe(&AlertView {
@@ -791,12 +882,14 @@ fn scrape_section(table: &mut Table, terminals: u32) -> anyhow::Result<()> {
     let listener = rt.block_on(crate::serve::bind("127.0.0.1:0".parse()?))?;
     let addr = listener.local_addr()?;
     let endpoints = crate::serve::Endpoints { registry, ready: Arc::new(AtomicBool::new(true)) };
-    let server = std::thread::spawn(move || rt.block_on(async move {
-        tokio::select! {
-            () = crate::serve::serve(listener, endpoints) => {}
-            () = tokio::time::sleep(Duration::from_secs(600)) => {}
-        }
-    }));
+    let server = std::thread::spawn(move || {
+        rt.block_on(async move {
+            tokio::select! {
+                () = crate::serve::serve(listener, endpoints) => {}
+                () = tokio::time::sleep(Duration::from_secs(600)) => {}
+            }
+        })
+    });
     let mut times = Vec::new();
     let mut body = Vec::new();
     for _ in 0..31 {
@@ -812,12 +905,20 @@ fn scrape_section(table: &mut Table, terminals: u32) -> anyhow::Result<()> {
     if !text.starts_with("HTTP/1.1 200") {
         bail!("/metrics answered {:?}", text.lines().next());
     }
-    let series = text.lines().filter(|l| l.starts_with("termwatch_") ).count();
+    let series = text.lines().filter(|l| l.starts_with("termwatch_")).count();
     let max = times.iter().copied().fold(0.0, f64::max);
     table
-        .add("scrape", format!("GET /metrics at {} tracked terminals (median of 31)", fmt_num(terminals as f64)), median(times), "ms")
+        .add(
+            "scrape",
+            format!("GET /metrics at {} tracked terminals (median of 31)", fmt_num(terminals as f64)),
+            median(times),
+            "ms",
+        )
         .target(Target::AtMost(50.0))
-        .note(format!("max {max:.2} ms; {} bytes, {series} series; {entities} alert entities, {firing} firing", body.len()));
+        .note(format!(
+            "max {max:.2} ms; {} bytes, {series} series; {entities} alert entities, {firing} firing",
+            body.len()
+        ));
     Ok(())
 }
 
@@ -833,10 +934,18 @@ fn kafka_section(table: &mut Table, sizes: &Sizes, models: &ModelSet, brokers: &
         tw.push(t);
         ratios.push(t / b);
     }
-    table.add("kafka", "bare rdkafka consumer (median)", median(bare), "msg/s").note(format!("{records} records, {} partitions", kafka::PARTITIONS));
     table
-        .add("kafka", "termwatch end to end: consume, decode, batch, features, scoring, alerts (median)", median(tw), "msg/s");
-    table.add("kafka", "termwatch / bare (median of the rounds' ratios)", median(ratios), "").target(Target::AtLeast(0.70));
+        .add("kafka", "bare rdkafka consumer (median)", median(bare), "msg/s")
+        .note(format!("{records} records, {} partitions", kafka::PARTITIONS));
+    table.add(
+        "kafka",
+        "termwatch end to end: consume, decode, batch, features, scoring, alerts (median)",
+        median(tw),
+        "msg/s",
+    );
+    table
+        .add("kafka", "termwatch / bare (median of the rounds' ratios)", median(ratios), "")
+        .target(Target::AtLeast(0.70));
     Ok(())
 }
 
@@ -872,10 +981,9 @@ mod kafka {
         let admin: AdminClient<DefaultClientContext> =
             ClientConfig::new().set("bootstrap.servers", brokers).create().context("Kafka admin client")?;
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let created = rt.block_on(admin.create_topics(
-            &[NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        ))?;
+        let created = rt.block_on(
+            admin.create_topics(&[NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1))], &AdminOptions::new()),
+        )?;
         for r in created {
             r.map_err(|(t, e)| anyhow::anyhow!("cannot create topic {t} on {brokers}: {e}"))?;
         }
