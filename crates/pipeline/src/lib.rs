@@ -16,5 +16,5 @@ pub use error::{PipelineError, SinkError, SourceError};
 pub use kafka::{KafkaConfig, KafkaDeadLetters, KafkaSource, KafkaSourceError};
 pub use metrics::{KafkaMetrics, PipelineMetrics};
 pub use pipeline::{BatchConfig, BatchSink, Pipeline, Stats};
-pub use replay::{ReplayReport, replay};
+pub use replay::{ReplayReport, replay, replay_parallel};
 pub use source::NdjsonFile;

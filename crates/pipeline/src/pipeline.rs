@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, Instant};
 
+use arrow::array::BooleanArray;
 use arrow::record_batch::RecordBatch;
+use termwatch_telemetry::batch::col;
 use termwatch_telemetry::{BatchBuilder, Field, Problem, decode, time};
 
 use crate::dead_letter::{DeadLetter, DeadLetterSink, Position};
@@ -188,6 +190,88 @@ impl Pipeline {
         Ok(false)
     }
 
+    /// The clock that gives ingestion time (for the future-`ts` check), for
+    /// records decoded off this thread.
+    pub(crate) fn ingest_clock(&self) -> fn() -> i64 {
+        self.clock
+    }
+
+    /// The rows per batch this pipeline was configured with.
+    pub(crate) fn max_rows(&self) -> usize {
+        self.config.max_rows
+    }
+
+    /// Counts `n` records read whose outcome comes separately (decoded off
+    /// this thread): see [`Self::reject`] and [`Self::push_batch`].
+    pub(crate) fn count_read(&mut self, n: u64) {
+        self.stats.read += n;
+    }
+
+    /// A record rejected by a decoder off this thread: to the dead-letter
+    /// output, counted by reason.
+    pub(crate) fn reject(&mut self, dead: &DeadLetter<'_>) -> Result<(), PipelineError> {
+        self.check_failed()?;
+        let sent = self.dead_letters.send(dead);
+        self.fail_on(sent.map_err(PipelineError::DeadLetter))?;
+        *self.stats.rejected.entry(dead.rejection.reason()).or_default() += 1;
+        Ok(())
+    }
+
+    /// A batch of valid records decoded off this thread, in input order:
+    /// duplicates are dropped exactly as [`Self::push`] would (the same
+    /// per-terminal state, row by row), then the batch goes to every sink.
+    /// Anything pushed record by record before is flushed first, so order
+    /// is kept.
+    pub(crate) fn push_batch(&mut self, batch: RecordBatch) -> Result<(), PipelineError> {
+        if !self.builder.is_empty() {
+            self.flush()?;
+        }
+        self.check_failed()?;
+        let rows = batch.num_rows();
+        self.stats.accepted += rows as u64;
+        let keep = self.dedup_batch(&batch)?;
+        let batch = match keep {
+            None => batch,
+            Some(keep) => arrow::compute::filter_record_batch(&batch, &keep)?,
+        };
+        let result = self.send_batch(&batch);
+        self.fail_on(result)
+    }
+
+    /// Runs every row through the duplicate check; `None` when all are new.
+    fn dedup_batch(&mut self, batch: &RecordBatch) -> Result<Option<BooleanArray>, PipelineError> {
+        use arrow::array::AsArray;
+        use arrow::datatypes::{Int32Type, TimestampMillisecondType, UInt32Type};
+        let column = |name: &str| {
+            batch.column_by_name(name).ok_or_else(|| {
+                arrow::error::ArrowError::SchemaError(format!("a telemetry batch without its {name} column"))
+            })
+        };
+        let ids = column(col::TERMINAL_ID)?.as_dictionary::<Int32Type>();
+        let names = ids.values().as_string::<i32>();
+        let ts = column(col::TS)?.as_primitive::<TimestampMillisecondType>();
+        let interval = column(col::INTERVAL_S)?.as_primitive::<UInt32Type>();
+        let mut keep: Option<Vec<bool>> = None;
+        for (row, key) in ids.keys().values().iter().enumerate() {
+            let seen = self.dedup.check(names.value(*key as usize), ts.value(row), interval.value(row));
+            let dropped = match seen {
+                Seen::New => false,
+                Seen::Duplicate => {
+                    self.stats.duplicates += 1;
+                    true
+                }
+                Seen::TooOld => {
+                    self.stats.too_old += 1;
+                    true
+                }
+            };
+            if dropped {
+                keep.get_or_insert_with(|| vec![true; batch.num_rows()])[row] = false;
+            }
+        }
+        Ok(keep.map(BooleanArray::from))
+    }
+
     /// Closes the open batch if it is older than `max_age`. Call it from a
     /// ticker (or every few records of a fast source). Returns whether a
     /// batch was flushed.
@@ -226,16 +310,29 @@ impl Pipeline {
 
     fn flush_inner(&mut self) -> Result<(), PipelineError> {
         let opened = self.opened.take();
+        if self.builder.is_empty() {
+            self.dead_letters.flush().map_err(PipelineError::DeadLetter)?;
+            self.report_counts();
+            return Ok(());
+        }
+        let batch = self.builder.finish()?;
+        self.send_batch(&batch)?;
+        if let (Some(m), Some(opened)) = (&self.metrics, opened) {
+            m.batch_latency.observe(opened.elapsed().as_secs_f64());
+        }
+        Ok(())
+    }
+
+    /// Makes the dead letters durable, then hands a closed batch to every sink.
+    fn send_batch(&mut self, batch: &RecordBatch) -> Result<(), PipelineError> {
         self.dead_letters.flush().map_err(PipelineError::DeadLetter)?;
-        if !self.builder.is_empty() {
-            let batch = self.builder.finish()?;
+        if batch.num_rows() > 0 {
             for sink in &mut self.sinks {
-                sink.process_batch(&batch)
+                sink.process_batch(batch)
                     .map_err(|cause| PipelineError::Sink { sink: sink.name().to_string(), cause })?;
             }
             self.stats.batches += 1;
-            if let (Some(m), Some(opened)) = (&self.metrics, opened) {
-                m.batch_latency.observe(opened.elapsed().as_secs_f64());
+            if let Some(m) = &self.metrics {
                 m.batch_rows.observe(batch.num_rows() as f64);
             }
         }

@@ -36,6 +36,18 @@ pub struct NdjsonFile {
     line: u64,
     offset: u64,
     buf: Vec<u8>,
+    /// A read error met after some whole lines of a block: those lines are
+    /// returned first, the error on the next call.
+    pending: Option<SourceError>,
+}
+
+/// Whole lines of an input read in one piece by [`NdjsonFile::next_block`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Block {
+    /// The 1-based number of the block's first line.
+    pub first_line: u64,
+    /// Where the block starts in the (decompressed) input.
+    pub offset: u64,
 }
 
 impl NdjsonFile {
@@ -53,7 +65,7 @@ impl NdjsonFile {
         } else {
             Box::new(raw)
         };
-        Ok(NdjsonFile { path: name, reader, gzip, line: 0, offset: 0, buf: Vec::with_capacity(4096) })
+        Ok(NdjsonFile { path: name, reader, gzip, line: 0, offset: 0, buf: Vec::with_capacity(4096), pending: None })
     }
 
     /// From any reader (stdin, a socket, a test buffer); `name` is what
@@ -66,6 +78,7 @@ impl NdjsonFile {
             line: 0,
             offset: 0,
             buf: Vec::with_capacity(4096),
+            pending: None,
         }
     }
 
@@ -80,6 +93,65 @@ impl NdjsonFile {
     /// Bytes of (decompressed) input consumed so far.
     pub fn bytes_read(&self) -> u64 {
         self.offset
+    }
+
+    /// Reads whole lines, at least `target` bytes of them unless the input
+    /// ends first, into `out` (replacing its content): the unit of work of a
+    /// parallel replay, which splits lines on its decoding threads. One copy
+    /// out of the read buffer, and no per-line work on the reading thread.
+    /// `None` at the end of the input. Do not mix with [`Self::next_line`].
+    pub fn next_block(&mut self, out: &mut Vec<u8>, target: usize) -> Result<Option<Block>, SourceError> {
+        if let Some(e) = self.pending.take() {
+            return Err(e);
+        }
+        out.clear();
+        // The part line left over by the previous block comes first.
+        out.append(&mut self.buf);
+        let mut eof = false;
+        while out.len() < target || memchr::memchr(b'\n', out).is_none() {
+            let chunk = match self.reader.fill_buf() {
+                Ok(c) => c,
+                Err(cause) if cause.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(cause) => {
+                    let error = SourceError::Read {
+                        path: self.path.clone(),
+                        line: self.line + memchr::memchr_iter(b'\n', out).count() as u64,
+                        offset: self.offset + memchr::memrchr(b'\n', out).map_or(0, |i| i as u64 + 1),
+                        gzip: self.gzip,
+                        cause,
+                    };
+                    // Whole lines read before the damage are still delivered.
+                    match memchr::memrchr(b'\n', out) {
+                        Some(_) => {
+                            self.pending = Some(error);
+                            break;
+                        }
+                        None => return Err(error),
+                    }
+                }
+            };
+            if chunk.is_empty() {
+                eof = true;
+                break;
+            }
+            let n = chunk.len();
+            out.extend_from_slice(chunk);
+            self.reader.consume(n);
+        }
+        // Keep the part line after the last newline for the next block (the
+        // whole rest at the end of the input is its last line).
+        if !eof && let Some(last) = memchr::memrchr(b'\n', out) {
+            self.buf.extend_from_slice(&out[last + 1..]);
+            out.truncate(last + 1);
+        }
+        if out.is_empty() {
+            return Ok(None);
+        }
+        let block = Block { first_line: self.line + 1, offset: self.offset };
+        let newlines = memchr::memchr_iter(b'\n', out).count() as u64;
+        self.line += newlines + u64::from(out.last() != Some(&b'\n'));
+        self.offset += out.len() as u64;
+        Ok(Some(block))
     }
 
     /// The next line, or `None` at the end of the input. A read error

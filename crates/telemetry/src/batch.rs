@@ -82,6 +82,7 @@ pub struct BatchBuilder {
     uptime_s: UInt64Builder,
     net_type: Int8Builder,
     len: usize,
+    capacity: usize,
 }
 
 impl BatchBuilder {
@@ -100,6 +101,7 @@ impl BatchBuilder {
             uptime_s: UInt64Builder::with_capacity(capacity),
             net_type: Int8Builder::with_capacity(capacity),
             len: 0,
+            capacity,
         }
     }
 
@@ -142,6 +144,16 @@ impl BatchBuilder {
 
     /// Takes the rows appended so far as a batch and starts an empty one.
     pub fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
+        // Arrow's builders restart from zero capacity after `finish`, and the
+        // next batch then regrows every column by doubling (about ten
+        // reallocations and copies per column per batch): start the next
+        // batch with its full capacity instead.
+        let mut full = BatchBuilder::with_capacity(self.capacity);
+        std::mem::swap(self, &mut full);
+        full.take_batch()
+    }
+
+    fn take_batch(mut self) -> Result<RecordBatch, ArrowError> {
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(telemetry_schema().fields().len());
         columns.push(Arc::new(self.terminal_id.finish()));
         columns.push(Arc::new(self.ts.finish()));
@@ -155,7 +167,6 @@ impl BatchBuilder {
         columns.push(Arc::new(self.uptime_s.finish()));
         let net_values = Arc::new(StringArray::from_iter_values(NetType::ALL.map(NetType::as_str)));
         columns.push(Arc::new(DictionaryArray::<Int8Type>::try_new(self.net_type.finish(), net_values)?));
-        self.len = 0;
         RecordBatch::try_new(telemetry_schema(), columns)
     }
 }

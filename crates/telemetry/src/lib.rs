@@ -6,6 +6,7 @@ pub mod alerts;
 pub mod batch;
 pub mod decode;
 pub mod fields;
+mod flat;
 pub mod time;
 
 pub use batch::{BatchBuilder, telemetry_schema};

@@ -2,6 +2,7 @@
 
 mod alert_metrics;
 mod alert_topic;
+mod bench;
 mod config;
 mod demo;
 mod eval_cmd;
@@ -29,6 +30,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Measures replay throughput, Kafka versus a bare consumer, memory per terminal, detection latency and
+    /// the /metrics scrape on this machine, each against its target (BENCHMARKS.md).
+    Bench(bench::BenchArgs),
     /// Streams a simulated fleet through an embedded Kafka into the real service: the main job, nothing to install.
     Demo(demo::DemoArgs),
     /// Scores alert events against incident labels per kind: precision, recall, F1, false alerts per 1,000 terminal-days, delay, lead time.
@@ -105,6 +109,7 @@ fn main() -> ExitCode {
         )
         .init();
     let result = match cli.command {
+        Command::Bench(args) => bench::run(args),
         Command::Demo(args) => demo::demo(args),
         Command::Eval(args) => eval_cmd::run(args),
         Command::Run(args) => {
@@ -141,12 +146,19 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     }
     let dead_letters = FileDeadLetters::create(&args.dead_letter)?;
     let pipeline = Pipeline::new(args.batch.config(), sinks, Box::new(dead_letters));
-    let report = termwatch_pipeline::replay(&args.inputs, pipeline);
+    let report = termwatch_pipeline::replay_parallel(&args.inputs, pipeline, decoders());
     println!("{}", summary(&report));
     match report.error {
         Some(e) => Err(e).context("replay stopped before the end of its inputs"),
         None => Ok(()),
     }
+}
+
+/// Threads that decode a replayed history: one per core. The reading
+/// thread and the one running the sinks share the cores with them; they
+/// are light by comparison (see BENCHMARKS.md).
+pub(crate) fn decoders() -> usize {
+    std::thread::available_parallelism().map_or(2, usize::from)
 }
 
 /// The one-line summary of a replay.
