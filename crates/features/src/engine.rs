@@ -646,7 +646,8 @@ impl FeatureEngine {
             // Evidence accumulates only against a baseline worth the name; a
             // young one would call its own noise a change.
             if reader_warm && acc.card_reads > 0 {
-                wear.reader_evidence = accumulate(wear.reader_evidence, acc.card_errors, acc.card_reads, reader_base, leak);
+                wear.reader_evidence =
+                    accumulate(wear.reader_evidence, acc.card_errors, acc.card_reads, reader_base, leak);
             }
             if printer_warm && acc.print_jobs > 0 {
                 wear.printer_evidence =
