@@ -16,6 +16,7 @@ use arrow::record_batch::RecordBatch;
 use rdkafka::mocking::MockCluster;
 use termwatch_pipeline::{BatchSink, KafkaConfig, SinkError};
 use termwatch_sim::{SimConfig, Simulator};
+use termwatch_telemetry::alerts::Scope;
 use termwatch_telemetry::time::format_rfc3339_ms;
 
 use crate::alert_metrics::AlertMetrics;
@@ -31,8 +32,9 @@ pub struct DemoArgs {
     /// Network regions.
     #[arg(long, default_value_t = 4)]
     regions: u32,
-    /// Simulated days to stream.
-    #[arg(long, default_value_t = 1.0)]
+    /// Simulated days to stream. Two by default: worn parts need a day of
+    /// use before their wear stands out from their cohort's.
+    #[arg(long, default_value_t = 2.0)]
     days: f64,
     /// Simulated seconds per wall-clock second.
     #[arg(long, default_value_t = 2880.0)]
@@ -123,9 +125,17 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         args.terminals, args.regions, args.days, args.speed, args.partitions
     );
     println!("faults injected (ground truth):");
+    let fleet = sim.fleet();
     for l in sim.labels() {
+        // A terminal's site too: a site alert for it is a detection (alerts-v1 matching).
+        let site = fleet
+            .terminals
+            .iter()
+            .find(|t| l.scope == Scope::Terminal && t.id == l.entity)
+            .map(|t| format!(" at {}", fleet.site_of(t).id))
+            .unwrap_or_default();
         println!(
-            "  {} {:<20} {:<8} {:<10} {} .. {}{}",
+            "  {} {:<20} {:<8} {:<10} {} .. {}{}{site}",
             l.region,
             l.kind.as_str(),
             l.scope.as_str(),
