@@ -5,6 +5,7 @@ mod alert_topic;
 mod config;
 mod demo;
 mod eval_cmd;
+mod export;
 mod models_cmd;
 mod run;
 mod serve;
@@ -32,6 +33,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Scores alert events against incident labels per kind: precision, recall, F1, false alerts per 1,000 terminal-days, delay, lead time.
     Eval(eval_cmd::EvalArgs),
+    /// Writes telemetry history and its features (the one feature code path) as day-partitioned Parquet.
+    Export(export::ExportArgs),
     /// Consumes telemetry from Kafka as a consumer-group member: the service.
     Run(RunArgs),
     /// Replays telemetry history (NDJSON, plain or gzip) through the pipeline.
@@ -104,6 +107,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(args) => demo::demo(args),
         Command::Eval(args) => eval_cmd::run(args),
+        Command::Export(args) => export::run(args),
         Command::Run(args) => {
             config::Config::load(args.config.as_deref(), std::env::vars()).and_then(|c| run::run(c, &args.warm_up))
         }
