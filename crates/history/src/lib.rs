@@ -226,11 +226,55 @@ fn polars_err(context: impl Into<String>) -> impl FnOnce(PolarsError) -> History
     move |source| HistoryError::Polars { context, source }
 }
 
-/// One checked file: its lazy scan with the contract columns selected and
-/// cast, and the expression for its time filter.
+/// One checked file: its raw scan, the expressions that select and cast the
+/// contract columns, and the types its filters compare against.
 struct Prepared {
     file: String,
-    frame: LazyFrame,
+    scan: LazyFrame,
+    exprs: Vec<Expr>,
+    ts_type: DataType,
+    seq_type: Option<DataType>,
+}
+
+impl Prepared {
+    /// `ms` as a literal of the file's `ts` type (unit and time zone: a
+    /// comparison across time zones is refused).
+    fn ts_lit(&self, ms: i64) -> Expr {
+        match &self.ts_type {
+            DataType::Datetime(unit, tz) => {
+                let v = match unit {
+                    TimeUnit::Nanoseconds => ms.saturating_mul(1_000_000),
+                    TimeUnit::Microseconds => ms.saturating_mul(1_000),
+                    TimeUnit::Milliseconds => ms,
+                };
+                lit(Scalar::new_datetime(v, *unit, tz.clone()))
+            }
+            // An all-null ts column: its nulls are refused before any row is read.
+            _ => lit(ms),
+        }
+    }
+
+    /// The rows in the time range (and with the order key in `key`), cast.
+    /// The filters compare raw columns with literals of their own type, so
+    /// the scan can skip row groups by their statistics.
+    fn frame(&self, opts: &LoadOptions, key: Option<(i64, i64)>) -> LazyFrame {
+        let mut keep = lit(true);
+        if let Some(from) = opts.from_ms {
+            keep = keep.and(col(tcol::TS).gt_eq(self.ts_lit(from)));
+        }
+        if let Some(to) = opts.to_ms {
+            keep = keep.and(col(tcol::TS).lt(self.ts_lit(to)));
+        }
+        if let Some((lo, hi)) = key {
+            keep = keep.and(match &self.seq_type {
+                Some(t) => col(SEQ_COLUMN)
+                    .gt_eq(lit(lo).strict_cast(t.clone()))
+                    .and(col(SEQ_COLUMN).lt(lit(hi).strict_cast(t.clone()))),
+                None => col(tcol::TS).gt_eq(self.ts_lit(lo)).and(col(tcol::TS).lt(self.ts_lit(hi))),
+            });
+        }
+        self.scan.clone().filter(keep).select(self.exprs.clone())
+    }
 }
 
 fn scan(file: &Path) -> Result<LazyFrame, HistoryError> {
@@ -277,9 +321,22 @@ fn prepare(file: &Path, cols: &[Column], with_seq: bool) -> Result<Prepared, His
         }
         exprs.push(e.alias(c.name.as_str()));
     }
+    let mut seq_type = None;
     if with_seq {
+        match schema.get(SEQ_COLUMN) {
+            Some(t) if t.is_integer() => seq_type = Some(t.clone()),
+            found => {
+                return Err(HistoryError::WrongType {
+                    file: name,
+                    column: SEQ_COLUMN.to_string(),
+                    found: found.map_or_else(|| "nothing".to_string(), |t| t.to_string()),
+                    expected: "an integer",
+                });
+            }
+        }
         exprs.push(col(SEQ_COLUMN).strict_cast(DataType::Int64));
     }
+    let ts_type = schema.get(tcol::TS).cloned().unwrap_or(DataType::Null);
     let required: Vec<Expr> = cols.iter().filter(|c| c.required).map(|c| col(c.name.as_str()).null_count()).collect();
     let nulls = lf.clone().select(required).collect().map_err(polars_err(format!("cannot read {name}")))?;
     for c in nulls.columns() {
@@ -288,7 +345,7 @@ fn prepare(file: &Path, cols: &[Column], with_seq: bool) -> Result<Prepared, His
             return Err(HistoryError::Null { file: name, column: c.name().to_string(), count: n });
         }
     }
-    Ok(Prepared { file: name, frame: lf.select(exprs) })
+    Ok(Prepared { file: name, scan: lf, exprs, ts_type, seq_type })
 }
 
 /// Whether every file has [`SEQ_COLUMN`].
@@ -316,16 +373,8 @@ pub fn load(
     let key = if with_seq { SEQ_COLUMN } else { tcol::TS };
     let prepared: Vec<Prepared> = files.iter().map(|f| prepare(f, &cols, with_seq)).collect::<Result<_, _>>()?;
     let mut report = LoadReport { files: files.len(), order: key, ..LoadReport::default() };
-    let mut in_range = lit(true);
-    if let Some(from) = opts.from_ms {
-        in_range = in_range.and(col(tcol::TS).gt_eq(lit(from)));
-    }
-    if let Some(to) = opts.to_ms {
-        in_range = in_range.and(col(tcol::TS).lt(lit(to)));
-    }
-    let frames: Vec<LazyFrame> = prepared.iter().map(|p| p.frame.clone()).collect();
-    let all =
-        concat(frames, UnionArgs::default()).map_err(polars_err("cannot combine the Parquet files"))?.filter(in_range);
+    let frames: Vec<LazyFrame> = prepared.iter().map(|p| p.frame(opts, None)).collect();
+    let all = concat(frames, UnionArgs::default()).map_err(polars_err("cannot combine the Parquet files"))?;
     let bounds = all
         .clone()
         .select([col(key).min().alias("lo"), col(key).max().alias("hi")])
@@ -343,12 +392,12 @@ pub fn load(
     while start <= hi {
         let end = start.saturating_add(step);
         let t = Instant::now();
-        let df = all
-            .clone()
-            .filter(col(key).gt_eq(lit(start)).and(col(key).lt(lit(end))))
+        let frames: Vec<LazyFrame> = prepared.iter().map(|p| p.frame(opts, Some((start, end)))).collect();
+        let df = concat(frames, UnionArgs::default())
+            .map_err(polars_err("cannot combine the Parquet files"))?
             .sort([key], SortMultipleOptions::default().with_maintain_order(true))
             .collect()
-            .map_err(|e| cast_error(e, &prepared, &cols))?;
+            .map_err(|e| cast_error(e, &prepared, &cols, opts))?;
         polars_time += t.elapsed();
         let t = Instant::now();
         let mut offset = 0;
@@ -368,10 +417,10 @@ pub fn load(
 
 /// A failed cast (a counter of -1, a number too large) names its column and
 /// file: the query is re-run per file and column to find them.
-fn cast_error(err: PolarsError, prepared: &[Prepared], cols: &[Column]) -> HistoryError {
+fn cast_error(err: PolarsError, prepared: &[Prepared], cols: &[Column], opts: &LoadOptions) -> HistoryError {
     for p in prepared {
         for c in cols {
-            if let Err(source) = p.frame.clone().select([col(c.name.as_str())]).collect() {
+            if let Err(source) = p.frame(opts, None).select([col(c.name.as_str())]).collect() {
                 return HistoryError::Cast {
                     file: p.file.clone(),
                     column: c.name.clone(),
@@ -389,8 +438,7 @@ fn file_with(prepared: &[Prepared], column: &str, value: &str) -> String {
     prepared
         .iter()
         .find(|p| {
-            p.frame
-                .clone()
+            p.frame(&LoadOptions::default(), None)
                 .filter(col(column).eq(lit(value)))
                 .select([len()])
                 .collect()
@@ -604,6 +652,37 @@ mod tests {
         let (cut, _) = load_all(&[path], &opts).unwrap();
         let kept: usize = cut.iter().map(RecordBatch::num_rows).sum();
         assert_eq!(kept, ts.iter().filter(|t| **t > lo && **t < hi).count());
+    }
+
+    #[test]
+    fn reads_timestamps_of_another_unit_without_a_time_zone_as_utc() {
+        let dir = tempfile::tempdir().unwrap();
+        let batch = examples();
+        let ms = batch.column(1).as_any().downcast_ref::<arrow::array::TimestampMillisecondArray>().unwrap();
+        let ns: ArrayRef = Arc::new(arrow::array::TimestampNanosecondArray::from_iter_values(
+            ms.values().iter().map(|v| v * 1_000_000),
+        ));
+        let path = dir.path().join("ns.parquet");
+        let ns_type = ArrowType::Timestamp(arrow::datatypes::TimeUnit::Nanosecond, None);
+        write(&path, &batch, "ts", vec![(Field::new("ts", ns_type, false), ns)]);
+        let lo = *ms.values().iter().min().unwrap();
+        let opts = LoadOptions { from_ms: Some(lo + 1), ..LoadOptions::default() };
+        let (got, _) = load_all(std::slice::from_ref(&path), &opts).unwrap();
+        let mut got: Vec<i64> = got
+            .iter()
+            .flat_map(|b| {
+                b.column(1)
+                    .as_any()
+                    .downcast_ref::<arrow::array::TimestampMillisecondArray>()
+                    .unwrap()
+                    .values()
+                    .to_vec()
+            })
+            .collect();
+        let mut want: Vec<i64> = ms.values().iter().copied().filter(|t| *t > lo).collect();
+        got.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(got, want);
     }
 
     #[test]

@@ -132,33 +132,41 @@ fn collect_rows(inputs: &[PathBuf], features: &FeatureConfig, range: Range) -> a
 
 /// The same, for Parquet: polars loads and prepares the history
 /// (`termwatch-history`), and its batches go through the same feature engine.
-fn collect_parquet_rows(files: &[PathBuf], features: &FeatureConfig, range: Range) -> anyhow::Result<TrainingRows> {
+/// Each input (an export, a file) is loaded in its own order, one after the other.
+fn collect_parquet_rows(
+    inputs: &[Vec<PathBuf>],
+    features: &FeatureConfig,
+    range: Range,
+) -> anyhow::Result<TrainingRows> {
     let mut engine = FeatureEngine::new(features.clone());
     let mut rows = TrainingRows::default();
     let opts = termwatch_history::LoadOptions { from_ms: range.from, to_ms: range.to, ..Default::default() };
-    let report = termwatch_history::load(files, &opts, |batch| {
-        let windows = engine.process_batch(batch);
-        rows.add(&engine, &windows);
-    })
-    .context("loading the Parquet training history")?;
+    for files in inputs {
+        let report = termwatch_history::load(files, &opts, |batch| {
+            let windows = engine.process_batch(batch);
+            rows.add(&engine, &windows);
+        })
+        .context("loading the Parquet training history")?;
+        eprintln!(
+            "train: history {} rows from {} Parquet files, replayed in {} order; polars {:.2} s, copy to Arrow {:.2} s",
+            report.rows,
+            report.files,
+            report.order,
+            report.polars.as_secs_f64(),
+            report.convert.as_secs_f64(),
+        );
+    }
     let windows = engine.finish();
     rows.add(&engine, &windows);
-    eprintln!(
-        "train: history {} rows from {} Parquet files, replayed in {} order; polars {:.2} s, copy to Arrow {:.2} s; {} late for features",
-        report.rows,
-        report.files,
-        report.order,
-        report.polars.as_secs_f64(),
-        report.convert.as_secs_f64(),
-        engine.counters().late,
-    );
+    eprintln!("train: {} reports late for their window, dropped", engine.counters().late);
     Ok(rows)
 }
 
 /// One history's inputs: NDJSON files, or the Parquet files of exports and .parquet files.
 enum History {
     Ndjson(Vec<PathBuf>),
-    Parquet(Vec<PathBuf>),
+    /// The Parquet files of each input.
+    Parquet(Vec<Vec<PathBuf>>),
 }
 
 fn history(inputs: &[PathBuf]) -> anyhow::Result<History> {
@@ -173,10 +181,7 @@ fn history(inputs: &[PathBuf]) -> anyhow::Result<History> {
             inputs[i].display()
         );
     }
-    let mut files = Vec::new();
-    for p in inputs {
-        files.extend(termwatch_history::parquet_files(p)?);
-    }
+    let files = inputs.iter().map(|p| termwatch_history::parquet_files(p)).collect::<Result<_, _>>()?;
     Ok(History::Parquet(files))
 }
 
