@@ -6,6 +6,7 @@ mod bench;
 mod config;
 mod demo;
 mod eval_cmd;
+mod export;
 mod models_cmd;
 mod rules;
 mod run;
@@ -37,6 +38,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Scores alert events against incident labels per kind: precision, recall, F1, false alerts per 1,000 terminal-days, delay, lead time.
     Eval(eval_cmd::EvalArgs),
+    /// Writes telemetry history and its features (the one feature code path) as day-partitioned Parquet.
+    Export(export::ExportArgs),
     /// Consumes telemetry from Kafka as a consumer-group member: the service.
     Run(RunArgs),
     /// Static-threshold rules (what a NOC would write in Prometheus), tuned on labels or read from a file: alert events to compare with.
@@ -112,6 +115,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Demo(args) => demo::demo(args),
         Command::Eval(args) => eval_cmd::run(args),
+        Command::Export(args) => export::run(args),
         Command::Run(args) => {
             config::Config::load(args.config.as_deref(), std::env::vars()).and_then(|c| run::run(c, &args.warm_up))
         }

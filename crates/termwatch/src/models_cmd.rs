@@ -21,9 +21,16 @@ pub const DEFAULT_MODELS: &str = "models/default/model.json";
 
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
-    /// Telemetry history, NDJSON plain or gzip; repeat for several files, read in order.
-    #[arg(long = "input", required = true, value_name = "FILE")]
+    /// Telemetry history: NDJSON (plain or gzip), a directory written by `termwatch export` (its
+    /// telemetry/), or a .parquet file; repeat for several, read in order.
+    #[arg(long = "input", required = true, value_name = "PATH")]
     inputs: Vec<PathBuf>,
+    /// Train only on reports at or after this time (RFC 3339, or YYYY-MM-DD for 00:00 UTC).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    from: Option<i64>,
+    /// Train only on reports before this time (RFC 3339, or YYYY-MM-DD for 00:00 UTC).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    to: Option<i64>,
     /// Incident labels (alerts-v1): ground truth, and analysts' not_incident feedback.
     #[arg(long, value_name = "FILE")]
     labels: PathBuf,
@@ -42,9 +49,44 @@ pub struct TrainArgs {
     independent: bool,
 }
 
+fn parse_time(s: &str) -> Result<i64, String> {
+    use termwatch_telemetry::time::{parse_date, parse_rfc3339_ms};
+    if s.len() == 10 {
+        return parse_date(s).map(|d| i64::from(d) * 86_400_000).map_err(|e| e.to_string());
+    }
+    parse_rfc3339_ms(s).map_err(|e| e.to_string())
+}
+
+/// Event-time range of the reports training uses, epoch ms, `[from, to)`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Range {
+    from: Option<i64>,
+    to: Option<i64>,
+}
+
+impl Range {
+    fn is_all(self) -> bool {
+        self.from.is_none() && self.to.is_none()
+    }
+
+    /// The rows of `batch` in range.
+    fn filter(self, batch: &RecordBatch) -> Result<RecordBatch, SinkError> {
+        use arrow::array::{AsArray, BooleanArray};
+        use arrow::datatypes::TimestampMillisecondType;
+        let ts = batch
+            .column_by_name("ts")
+            .and_then(|c| c.as_primitive_opt::<TimestampMillisecondType>())
+            .ok_or_else(|| SinkError::Other("telemetry batch without a ts column".into()))?;
+        let keep = BooleanArray::from_iter(
+            ts.values().iter().map(|t| Some(self.from.is_none_or(|f| *t >= f) && self.to.is_none_or(|e| *t < e))),
+        );
+        arrow::compute::filter_record_batch(batch, &keep).map_err(|e| SinkError::Other(e.to_string()))
+    }
+}
+
 /// Feeds batches to a feature engine and keeps the rows for training.
 #[derive(Clone)]
-struct Collect(Arc<Mutex<(FeatureEngine, TrainingRows)>>);
+struct Collect(Arc<Mutex<(FeatureEngine, TrainingRows)>>, Range);
 
 impl BatchSink for Collect {
     fn name(&self) -> &str {
@@ -53,7 +95,8 @@ impl BatchSink for Collect {
     fn process_batch(&mut self, batch: &RecordBatch) -> Result<(), SinkError> {
         let mut g = self.0.lock().map_err(|_| SinkError::Other("training lock poisoned".into()))?;
         let (engine, rows) = &mut *g;
-        let windows = engine.process_batch(batch);
+        let windows =
+            if self.1.is_all() { engine.process_batch(batch) } else { engine.process_batch(&self.1.filter(batch)?) };
         rows.add(engine, &windows);
         Ok(())
     }
@@ -68,8 +111,8 @@ impl BatchSink for Collect {
 
 /// Runs one history through the pipeline and the feature engine: the same
 /// path as the service, so training sees the features scoring will.
-fn collect_rows(inputs: &[PathBuf], features: &FeatureConfig) -> anyhow::Result<TrainingRows> {
-    let collect = Collect(Arc::new(Mutex::new((FeatureEngine::new(features.clone()), TrainingRows::default()))));
+fn collect_rows(inputs: &[PathBuf], features: &FeatureConfig, range: Range) -> anyhow::Result<TrainingRows> {
+    let collect = Collect(Arc::new(Mutex::new((FeatureEngine::new(features.clone()), TrainingRows::default()))), range);
     let pipeline = Pipeline::new(
         BatchConfig { max_rows: 8192, max_age: Duration::from_secs(3600) },
         vec![Box::new(collect.clone())],
@@ -87,11 +130,80 @@ fn collect_rows(inputs: &[PathBuf], features: &FeatureConfig) -> anyhow::Result<
     Ok(inner.1)
 }
 
+/// The same, for Parquet: polars loads and prepares the history
+/// (`termwatch-history`), and its batches go through the same feature engine.
+/// Each input (an export, a file) is loaded in its own order, one after the other.
+fn collect_parquet_rows(
+    inputs: &[Vec<PathBuf>],
+    features: &FeatureConfig,
+    range: Range,
+) -> anyhow::Result<TrainingRows> {
+    let mut engine = FeatureEngine::new(features.clone());
+    let mut rows = TrainingRows::default();
+    let opts = termwatch_history::LoadOptions { from_ms: range.from, to_ms: range.to, ..Default::default() };
+    for files in inputs {
+        let report = termwatch_history::load(files, &opts, |batch| {
+            let windows = engine.process_batch(batch);
+            rows.add(&engine, &windows);
+        })
+        .context("loading the Parquet training history")?;
+        eprintln!(
+            "train: history {} rows from {} Parquet files, replayed in {} order; polars {:.2} s, copy to Arrow {:.2} s",
+            report.rows,
+            report.files,
+            report.order,
+            report.polars.as_secs_f64(),
+            report.convert.as_secs_f64(),
+        );
+    }
+    let windows = engine.finish();
+    rows.add(&engine, &windows);
+    eprintln!("train: {} reports late for their window, dropped", engine.counters().late);
+    Ok(rows)
+}
+
+/// One history's inputs: NDJSON files, or the Parquet files of exports and .parquet files.
+enum History {
+    Ndjson(Vec<PathBuf>),
+    /// The Parquet files of each input.
+    Parquet(Vec<Vec<PathBuf>>),
+}
+
+fn history(inputs: &[PathBuf]) -> anyhow::Result<History> {
+    let parquet: Vec<bool> = inputs.iter().map(|p| termwatch_history::is_parquet(p)).collect();
+    if parquet.iter().all(|p| !p) {
+        return Ok(History::Ndjson(inputs.to_vec()));
+    }
+    if let Some(i) = parquet.iter().position(|p| !p) {
+        bail!(
+            "{} is NDJSON but other inputs of the same history are Parquet: export it with `termwatch export`, \
+             or pass --independent if it is another history",
+            inputs[i].display()
+        );
+    }
+    let files = inputs.iter().map(|p| termwatch_history::parquet_files(p)).collect::<Result<_, _>>()?;
+    Ok(History::Parquet(files))
+}
+
+/// The files whose bytes make up the inputs: NDJSON files as given, a
+/// Parquet directory's files in sorted path order.
+fn input_files(inputs: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for p in inputs {
+        if p.is_dir() {
+            files.extend(termwatch_history::parquet_files(p)?);
+        } else {
+            files.push(p.clone());
+        }
+    }
+    Ok(files)
+}
+
 fn fingerprint(inputs: &[PathBuf]) -> anyhow::Result<(String, Vec<(String, u64)>)> {
     let mut h = FNV_OFFSET;
     let mut sizes = Vec::new();
     let mut buf = vec![0u8; 1 << 20];
-    for p in inputs {
+    for p in &input_files(inputs)? {
         let mut f = File::open(p).with_context(|| format!("cannot open input {}", p.display()))?;
         let mut n = 0u64;
         loop {
@@ -116,9 +228,18 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     } else {
         vec![args.inputs.clone()]
     };
+    let range = Range { from: args.from, to: args.to };
+    if let (Some(from), Some(to)) = (range.from, range.to)
+        && from >= to
+    {
+        bail!("--from {} is not before --to {}", format_rfc3339_ms(from), format_rfc3339_ms(to));
+    }
     let mut rows = TrainingRows::default();
     for group in &groups {
-        rows.merge(collect_rows(group, &features)?);
+        rows.merge(match history(group)? {
+            History::Ndjson(files) => collect_rows(&files, &features, range)?,
+            History::Parquet(files) => collect_parquet_rows(&files, &features, range)?,
+        });
     }
     let (Some(first), Some(last)) = (rows.first_ms, rows.last_ms) else {
         bail!("the training history closed no feature window: is it empty?");
