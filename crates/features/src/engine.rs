@@ -544,6 +544,28 @@ impl FeatureEngine {
         ids
     }
 
+    /// A copy with only the terminals `keep` selects: the shared part of the
+    /// state (sites, regions, cohorts, windows, counters) plus those.
+    pub fn clone_with_terminals(&self, keep: impl FnMut(&str) -> bool) -> FeatureEngine {
+        let mut e = FeatureEngine {
+            config: self.config.clone(),
+            terminals: Vec::new(),
+            terminal_index: HashMap::new(),
+            sites: self.sites.clone(),
+            regions: self.regions.clone(),
+            cohorts: self.cohorts.clone(),
+            site_regions: self.site_regions.clone(),
+            cohort_base: self.cohort_base.clone(),
+            cohort_wear: self.cohort_wear.clone(),
+            members: BTreeMap::new(),
+            watermark: self.watermark,
+            next_to_close: self.next_to_close,
+            counters: self.counters,
+        };
+        e.import_terminals(self.export_terminals(keep));
+        e
+    }
+
     /// Closes every open window (end of a history), returning their rows.
     pub fn finish(&mut self) -> Vec<WindowRows> {
         let mut out = Vec::new();
@@ -770,7 +792,8 @@ impl FeatureEngine {
             // Evidence accumulates only against a baseline worth the name; a
             // young one would call its own noise a change.
             if reader_warm && acc.card_reads > 0 {
-                wear.reader_evidence = accumulate(wear.reader_evidence, acc.card_errors, acc.card_reads, reader_base, leak);
+                wear.reader_evidence =
+                    accumulate(wear.reader_evidence, acc.card_errors, acc.card_reads, reader_base, leak);
             }
             if printer_warm && acc.print_jobs > 0 {
                 wear.printer_evidence =
@@ -1098,7 +1121,10 @@ mod tests {
         for (x, y) in a.iter().zip(&b) {
             assert_eq!(x.end_ms, y.end_ms);
             let ids = |e: &FeatureEngine, w: &WindowRows| {
-                w.terminal_voltage.iter().map(|r| (e.terminal_id(r.terminal).to_string(), r.features)).collect::<Vec<_>>()
+                w.terminal_voltage
+                    .iter()
+                    .map(|r| (e.terminal_id(r.terminal).to_string(), r.features))
+                    .collect::<Vec<_>>()
             };
             let (mut xa, mut yb) = (ids(&whole, x), ids(&moved, y));
             xa.sort_by(|p, q| p.0.cmp(&q.0));

@@ -547,8 +547,8 @@ mod tests {
         let config = TrainConfig::default();
         let fit = |look_alike| {
             let rows = build(look_alike);
-            let (d, f) = fit_one(AlertKind::HardwareAging, Scope::Terminal, &names, &rows, 1000, (1, 1), &config)
-                .expect("fits");
+            let (d, f) =
+                fit_one(AlertKind::HardwareAging, Scope::Terminal, &names, &rows, 1000, (1, 1), &config).expect("fits");
             (d.score(&ALIKE), f.feedback_windows)
         };
         let (plain, none) = fit(Truth::Negative);
