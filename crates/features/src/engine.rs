@@ -834,9 +834,11 @@ impl FeatureEngine {
                     wear.health_peak = Some(lowered.max(now) as f32);
                 }
             }
-            // A row only for a window with activity, once the long memory has
-            // seen enough to be a baseline: a quiet night repeats yesterday's
-            // evidence, and a young baseline is no reference.
+            // A row only for a window with activity, once there is a reference
+            // (the terminal's own long memory, its cohort's pooled rates, or a
+            // battery history): a quiet night repeats yesterday's evidence.
+            // The cohort-relative evidence also leaks in windows in which only
+            // the battery was seen; it forgets a little faster, no more.
             let active = acc.card_reads + acc.print_jobs > 0 || acc.health_n > 0;
             let cohort_warm = cohort_rate(prior.reader).is_some() || cohort_rate(prior.printer).is_some();
             let warm = cohort_warm || reader_warm || printer_warm || wear.health_long.weight > 144.0;
