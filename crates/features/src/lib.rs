@@ -16,8 +16,7 @@ mod engine;
 mod stats;
 
 pub use engine::{
-    AgingRow, Counters, FeatureConfig, FeatureEngine, NetworkRow, SiteVoltageRow, TerminalStates, TerminalVoltageRow,
-    WindowRows,
+    AgingRow, Counters, FeatureConfig, FeatureEngine, NetworkRow, SiteVoltageRow, TerminalVoltageRow, WindowRows,
 };
 pub use stats::Ewma;
 
