@@ -75,9 +75,19 @@ pub fn replay(inputs: &[PathBuf], mut pipeline: Pipeline) -> ReplayReport {
         }
         input_bytes += source.bytes_read();
     }
-    // Flush what was read even after an input failed: it was valid, and the
-    // operator fixes the broken file and replays only that one. Only a
-    // history read to its end closes its last windows.
+    conclude(pipeline, error, blank_lines, input_bytes, started)
+}
+
+/// Ends a replay. What was read is flushed even after an input failed: it
+/// was valid, and the operator fixes the broken file and replays only that
+/// one. Only a history read to its end closes its last windows.
+fn conclude(
+    mut pipeline: Pipeline,
+    mut error: Option<PipelineError>,
+    blank_lines: u64,
+    input_bytes: u64,
+    started: Instant,
+) -> ReplayReport {
     if error.is_none()
         && let Err(e) = pipeline.end_of_input()
     {
@@ -158,18 +168,7 @@ fn replay_blocks(inputs: &[PathBuf], mut pipeline: Pipeline, decoders: usize, bl
     let (input_bytes, read_error) = read_result;
     let (blank_lines, sequence_error) = sequenced;
     // An input failure is what stopped the run unless a sink failed first.
-    let mut error = sequence_error.or(read_error);
-    if error.is_none()
-        && let Err(e) = pipeline.end_of_input()
-    {
-        error = Some(e);
-    }
-    let stats = pipeline.stats().clone();
-    let (stats, flush_error) = match pipeline.finish() {
-        Ok(stats) => (stats, None),
-        Err(e) => (stats, Some(e)),
-    };
-    ReplayReport { stats, blank_lines, input_bytes, elapsed: started.elapsed(), error: error.or(flush_error) }
+    conclude(pipeline, sequence_error.or(read_error), blank_lines, input_bytes, started)
 }
 
 /// The reading thread: every input in order, in blocks of whole lines.
