@@ -106,7 +106,7 @@ pub struct WindowRows {
 }
 
 /// Sums over one terminal's reports in one window.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 struct Acc {
     window: i64,
     n: u32,
@@ -133,7 +133,7 @@ struct Acc {
     health_n: u32,
 }
 
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 struct Baseline {
     v_std: Ewma,
     v_mean: Ewma,
@@ -144,14 +144,14 @@ struct Baseline {
 
 /// A cohort's pooled wear: decayed (errors, attempts) over its terminals'
 /// windows without evidence of wear.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 struct CohortWear {
     reader: (f64, f64),
     printer: (f64, f64),
 }
 
 /// Decayed sums of wear counters: rates weighted by how much was attempted.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 struct Wear {
     reader_short: (f64, f64),
     reader_long: (f64, f64),
@@ -174,7 +174,7 @@ struct Wear {
     health_peak: Option<f32>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Terminal {
     id: Box<str>,
     /// Latest event time applied.
@@ -205,6 +205,33 @@ impl Names {
         self.names.push(s.into());
         self.index.insert(s.into(), i);
         i
+    }
+}
+
+/// One terminal's state with the names of its site, region and cohort
+/// (indices are this process's own).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct TerminalState {
+    site: Box<str>,
+    region: Box<str>,
+    cohort: Box<str>,
+    state: Terminal,
+}
+
+/// The state of a set of terminals (those of one Kafka partition), for a
+/// per-partition snapshot; see [`FeatureEngine::export_terminals`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TerminalStates {
+    entries: Vec<TerminalState>,
+}
+
+impl TerminalStates {
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
     }
 }
 
@@ -424,6 +451,121 @@ impl FeatureEngine {
         }
     }
 
+    /// Copies the state of the terminals `keep` selects (their open windows
+    /// included), in terminal order, for a per-partition snapshot.
+    pub fn export_terminals(&self, mut keep: impl FnMut(&str) -> bool) -> TerminalStates {
+        let name = |n: &Names, i: u32| n.names.get(i as usize).cloned().unwrap_or_default();
+        let entries = self
+            .terminals
+            .iter()
+            .filter(|t| keep(&t.id))
+            .map(|t| TerminalState {
+                site: name(&self.sites, t.site),
+                region: name(&self.regions, t.region),
+                cohort: name(&self.cohorts, t.cohort),
+                state: t.clone(),
+            })
+            .collect();
+        TerminalStates { entries }
+    }
+
+    /// Forgets the terminals `remove` selects (their partition went to
+    /// another replica), open windows included. Site, region and cohort
+    /// state stays: it is shared. Returns how many were removed.
+    pub fn remove_terminals(&mut self, mut remove: impl FnMut(&str) -> bool) -> usize {
+        let before = self.terminals.len();
+        let mut remap: Vec<Option<u32>> = Vec::with_capacity(before);
+        let mut kept = Vec::with_capacity(before);
+        for t in std::mem::take(&mut self.terminals) {
+            if remove(&t.id) {
+                remap.push(None);
+            } else {
+                remap.push(Some(kept.len() as u32));
+                kept.push(t);
+            }
+        }
+        let removed = before - kept.len();
+        self.terminals = kept;
+        if removed == 0 {
+            return 0;
+        }
+        self.terminal_index = self.terminals.iter().enumerate().map(|(i, t)| (t.id.clone(), i as u32)).collect();
+        for members in self.members.values_mut() {
+            members.retain_mut(|t| match remap.get(*t as usize).copied().flatten() {
+                Some(new) => {
+                    *t = new;
+                    true
+                }
+                None => false,
+            });
+        }
+        self.members.retain(|_, m| !m.is_empty());
+        removed
+    }
+
+    /// Adds terminals from a per-partition snapshot, replacing any tracked
+    /// under the same id. Their open windows rejoin the windows still open
+    /// here; a window this engine has closed meanwhile is gone for them.
+    /// Returns the ids added.
+    pub fn import_terminals(&mut self, states: TerminalStates) -> Vec<Box<str>> {
+        let incoming: std::collections::HashSet<&str> = states.entries.iter().map(|e| &*e.state.id).collect();
+        self.remove_terminals(|id| incoming.contains(id));
+        let mut ids = Vec::with_capacity(states.entries.len());
+        let ring_len = self.ring_len();
+        for TerminalState { site, region, cohort, mut state } in states.entries {
+            state.region = self.regions.intern(&region);
+            state.site = self.sites.intern(&site);
+            if self.site_regions.len() <= state.site as usize {
+                self.site_regions.resize(state.site as usize + 1, state.region);
+            }
+            state.cohort = self.cohorts.intern(&cohort);
+            if self.cohort_base.len() <= state.cohort as usize {
+                self.cohort_base.resize(state.cohort as usize + 1, Baseline::default());
+                self.cohort_wear.resize(state.cohort as usize + 1, CohortWear::default());
+            }
+            // A ring of another length is another feature configuration,
+            // which the snapshot check refuses; this keeps `apply` in bounds.
+            state.ring.resize(ring_len, Acc { window: i64::MIN, ..Acc::default() });
+            let t = self.terminals.len() as u32;
+            for acc in &mut state.ring {
+                if acc.window == i64::MIN || acc.n == 0 {
+                    continue;
+                }
+                if self.next_to_close.is_some_and(|next| acc.window < next) {
+                    acc.window = i64::MIN;
+                } else {
+                    self.members.entry(acc.window).or_default().push(t);
+                }
+            }
+            ids.push(state.id.clone());
+            self.terminal_index.insert(state.id.clone(), t);
+            self.terminals.push(state);
+        }
+        ids
+    }
+
+    /// A copy with only the terminals `keep` selects: the shared part of the
+    /// state (sites, regions, cohorts, windows, counters) plus those.
+    pub fn clone_with_terminals(&self, keep: impl FnMut(&str) -> bool) -> FeatureEngine {
+        let mut e = FeatureEngine {
+            config: self.config.clone(),
+            terminals: Vec::new(),
+            terminal_index: HashMap::new(),
+            sites: self.sites.clone(),
+            regions: self.regions.clone(),
+            cohorts: self.cohorts.clone(),
+            site_regions: self.site_regions.clone(),
+            cohort_base: self.cohort_base.clone(),
+            cohort_wear: self.cohort_wear.clone(),
+            members: BTreeMap::new(),
+            watermark: self.watermark,
+            next_to_close: self.next_to_close,
+            counters: self.counters,
+        };
+        e.import_terminals(self.export_terminals(keep));
+        e
+    }
+
     /// Closes every open window (end of a history), returning their rows.
     pub fn finish(&mut self) -> Vec<WindowRows> {
         let mut out = Vec::new();
@@ -540,7 +682,11 @@ impl FeatureEngine {
 
     fn close(&mut self, w: i64) -> WindowRows {
         self.counters.windows_closed += 1;
-        let members = self.members.remove(&w).unwrap_or_default();
+        let mut members = self.members.remove(&w).unwrap_or_default();
+        // In terminal order, not arrival order: the sums over a site or a
+        // region then do not depend on which partition's records came first,
+        // nor on whether the terminals were restored from snapshots.
+        members.sort_unstable();
         let end_ms = (w + 1) * self.config.window_ms;
         let mut rows = WindowRows { end_ms, ..WindowRows::default() };
         let cfg = self.config.clone();
@@ -952,5 +1098,42 @@ mod tests {
             (closed[590].terminal_voltage[0].baselines[0] - 0.04 / 12.0).abs() < 1e-4,
             "the baseline did not absorb the fault"
         );
+    }
+
+    #[test]
+    fn terminals_move_out_and_back_in_without_changing_what_is_learned() {
+        // One engine sees everything; the other hands T-2 (one partition's
+        // terminal) away mid-window and takes it back: the rows must agree.
+        let lines = |k: i64| vec![report("T-1", "S-1", T0 + k * MIN, 0.04), report("T-2", "S-1", T0 + k * MIN, 0.05)];
+        let mut whole = FeatureEngine::new(FeatureConfig::default());
+        let mut moved = FeatureEngine::new(FeatureConfig::default());
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for k in 0..200 {
+            a.extend(whole.process_batch(&batch(&lines(k))));
+            b.extend(moved.process_batch(&batch(&lines(k))));
+            if k == 101 {
+                let part = moved.export_terminals(|id| id == "T-2");
+                assert_eq!(part.len(), 1);
+                assert_eq!(moved.remove_terminals(|id| id == "T-2"), 1);
+                assert_eq!(moved.tracked_terminals(), 1);
+                assert_eq!(moved.import_terminals(part).len(), 1);
+            }
+        }
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!(x.end_ms, y.end_ms);
+            let ids = |e: &FeatureEngine, w: &WindowRows| {
+                w.terminal_voltage
+                    .iter()
+                    .map(|r| (e.terminal_id(r.terminal).to_string(), r.features))
+                    .collect::<Vec<_>>()
+            };
+            let (mut xa, mut yb) = (ids(&whole, x), ids(&moved, y));
+            xa.sort_by(|p, q| p.0.cmp(&q.0));
+            yb.sort_by(|p, q| p.0.cmp(&q.0));
+            assert_eq!(xa, yb, "window ending {}", x.end_ms);
+            assert_eq!(x.site_voltage.len(), y.site_voltage.len());
+        }
+        assert_eq!(whole.export_terminals(|id| id == "T-2"), moved.export_terminals(|id| id == "T-2"));
     }
 }

@@ -16,7 +16,8 @@ mod engine;
 mod stats;
 
 pub use engine::{
-    AgingRow, Counters, FeatureConfig, FeatureEngine, NetworkRow, SiteVoltageRow, TerminalVoltageRow, WindowRows,
+    AgingRow, Counters, FeatureConfig, FeatureEngine, NetworkRow, SiteVoltageRow, TerminalStates, TerminalVoltageRow,
+    WindowRows,
 };
 pub use stats::Ewma;
 

@@ -499,6 +499,70 @@ impl AlertTracker {
         AlertSnapshot { entries }
     }
 
+    /// The state of the entries `keep` selects, sorted (for a per-partition
+    /// snapshot: the terminal-scope entries of that partition's terminals).
+    pub fn export(&self, mut keep: impl FnMut(Scope, &str) -> bool) -> AlertSnapshot {
+        let mut entries = Vec::new();
+        for (slot, map) in self.entities.iter().enumerate() {
+            let (kind, scope) = slot_key(slot);
+            for (entity, state) in map {
+                if keep(scope, entity) {
+                    entries.push(SnapshotEntry { kind, scope, entity: entity.clone(), state: state.clone() });
+                }
+            }
+        }
+        entries.sort_by(|a, b| (a.kind, a.scope, &a.entity).cmp(&(b.kind, b.scope, &b.entity)));
+        AlertSnapshot { entries }
+    }
+
+    /// Forgets the entries `remove` selects; returns how many.
+    pub fn remove(&mut self, mut remove: impl FnMut(Scope, &str) -> bool) -> usize {
+        let mut removed = 0;
+        for (slot, map) in self.entities.iter_mut().enumerate() {
+            let (_, scope) = slot_key(slot);
+            let counts = &mut self.counts;
+            map.retain(|entity, state| {
+                if !remove(scope, entity) {
+                    return true;
+                }
+                if let Some(firing) = &state.firing {
+                    count_remove(counts, slot, firing.peak_severity, &state.region);
+                }
+                removed += 1;
+                false
+            });
+        }
+        removed
+    }
+
+    /// Adds a snapshot's entries to the state, replacing entries of the same
+    /// `(kind, scope, entity)`. On error the tracker is left unchanged.
+    pub fn import(&mut self, snapshot: AlertSnapshot) -> Result<(), AlertingError> {
+        let mut seen = std::collections::HashSet::new();
+        for e in &snapshot.entries {
+            if !seen.insert((e.kind, e.scope, &e.entity)) {
+                return Err(AlertingError::DuplicateSnapshotEntry {
+                    kind: e.kind,
+                    scope: e.scope,
+                    entity: e.entity.to_string(),
+                });
+            }
+        }
+        for SnapshotEntry { kind, scope, entity, state } in snapshot.entries {
+            let slot = slot(kind, scope);
+            if let Some(firing) = &state.firing {
+                count_add(&mut self.counts, slot, firing.peak_severity, &state.region);
+            }
+            if let Some(old) = self.entities[slot].insert(entity, state)
+                && let Some(firing) = &old.firing
+            {
+                count_remove(&mut self.counts, slot, firing.peak_severity, &old.region);
+            }
+        }
+        self.next_expiry_ms = i64::MIN;
+        Ok(())
+    }
+
     /// Replaces the state with a snapshot's. The configuration stays this
     /// tracker's: runs are compared with the current `k` and `m`, so a
     /// smaller `k` fires on the next bad window. The stats are not restored.

@@ -10,7 +10,7 @@ use termwatch_telemetry::alerts::{AlertEvent, AlertKind, Scope};
 
 use crate::alerting::{AlertTracker, AlertingError, Scored};
 use crate::detector::Detector;
-use crate::snapshot::{Snapshot, SnapshotError, SnapshotRef};
+use crate::snapshot::{PartitionSnapshot, Snapshot, SnapshotError, SnapshotRef};
 use crate::training::{FORMAT, ModelSet};
 
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +151,83 @@ impl Scorer {
         self.engine = snap.engine;
         self.engine.mark_restored();
         Ok(snap.position)
+    }
+
+    /// Saves the shared part of what scoring has learned (site, region and
+    /// cohort state, open windows, counters, alert state above terminal
+    /// scope) with the terminals `unowned` selects: those no partition
+    /// snapshot holds (learned in a warm-up, or not seen since).
+    pub fn save_shared(
+        &self,
+        path: &Path,
+        position: &str,
+        mut unowned: impl FnMut(&str) -> bool,
+    ) -> Result<u64, SnapshotError> {
+        let engine = self.engine.clone_with_terminals(&mut unowned);
+        let alerts = self.alerts.export(|scope, entity| scope != Scope::Terminal || unowned(entity));
+        SnapshotRef { model_version: &self.models.version, engine: &engine, alerts: &alerts, position }.save(path)
+    }
+
+    /// Saves the state of the terminals `owned` selects (one partition's)
+    /// with the offset it covers.
+    pub fn save_partition(
+        &self,
+        path: &Path,
+        topic: &str,
+        partition: i32,
+        next_offset: i64,
+        mut owned: impl FnMut(&str) -> bool,
+    ) -> Result<u64, SnapshotError> {
+        PartitionSnapshot {
+            model_version: self.models.version.clone(),
+            features: self.models.features.clone(),
+            topic: topic.to_string(),
+            partition,
+            next_offset,
+            terminals: self.engine.export_terminals(&mut owned),
+            alerts: self.alerts.export(|scope, entity| scope == Scope::Terminal && owned(entity)),
+        }
+        .save(path)
+    }
+
+    /// Restores one partition's terminals; returns the offset to resume
+    /// from and the terminals restored. Reports after that offset were never
+    /// applied, so none is skipped. On error nothing changes.
+    pub fn restore_partition(
+        &mut self,
+        path: &Path,
+        topic: &str,
+        partition: i32,
+    ) -> Result<(i64, Vec<Box<str>>), SnapshotError> {
+        let snap = PartitionSnapshot::load(path)?;
+        let p = path.display().to_string();
+        if snap.topic != topic || snap.partition != partition {
+            return Err(SnapshotError::Partition {
+                path: p,
+                found: format!("{}-{}", snap.topic, snap.partition),
+                expected: format!("{topic}-{partition}"),
+            });
+        }
+        if snap.model_version != self.models.version {
+            return Err(SnapshotError::Model {
+                path: p,
+                found: snap.model_version,
+                expected: self.models.version.clone(),
+            });
+        }
+        if snap.features != self.models.features {
+            return Err(SnapshotError::Features { path: p });
+        }
+        self.alerts.import(snap.alerts).map_err(|e| SnapshotError::Decode { path: p, cause: e.to_string() })?;
+        let ids = self.engine.import_terminals(snap.terminals);
+        Ok((snap.next_offset, ids))
+    }
+
+    /// Forgets the terminals `drop` selects and their terminal-scope alert
+    /// state (their partition went to another replica).
+    pub fn drop_terminals(&mut self, mut drop: impl FnMut(&str) -> bool) -> usize {
+        self.alerts.remove(|scope, entity| scope == Scope::Terminal && drop(entity));
+        self.engine.remove_terminals(drop)
     }
 
     pub fn model_version(&self) -> &str {

@@ -14,12 +14,15 @@ use std::io::Write;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use termwatch_features::FeatureEngine;
+use termwatch_features::{FeatureConfig, FeatureEngine, TerminalStates};
 
 use crate::alerting::AlertSnapshot;
 use crate::training::{FNV_OFFSET, fnv1a};
 
 const MAGIC: &[u8; 6] = b"TWSNAP";
+/// A per-partition snapshot: same layout, its own magic, so one file is
+/// never taken for the other.
+const PARTITION_MAGIC: &[u8; 6] = b"TWPART";
 /// 2: the wear evidence of hardware aging (feature state of another shape).
 const FORMAT: u32 = 2;
 const HEADER: usize = 6 + 4 + 8;
@@ -30,7 +33,7 @@ pub enum SnapshotError {
     Read { path: String, cause: std::io::Error },
     #[error("cannot write snapshot {path}: {cause}")]
     Write { path: String, cause: std::io::Error },
-    #[error("snapshot {path} is not a termwatch snapshot (bad magic or too short)")]
+    #[error("snapshot {path} is not a termwatch snapshot of this kind (bad magic or too short)")]
     NotASnapshot { path: String },
     #[error("snapshot {path} has format {found}; this termwatch reads format {FORMAT}")]
     Format { path: String, found: u32 },
@@ -44,6 +47,8 @@ pub enum SnapshotError {
     Features { path: String },
     #[error("snapshot cannot be encoded: {0}")]
     Encode(String),
+    #[error("snapshot {path} is for partition {found}, not {expected}")]
+    Partition { path: String, found: String, expected: String },
 }
 
 /// Everything scoring has learned, with what it covers.
@@ -82,49 +87,93 @@ impl Snapshot {
 impl SnapshotRef<'_> {
     /// Writes atomically: a temporary file, synced, renamed over `path`.
     pub fn save(&self, path: &Path) -> Result<u64, SnapshotError> {
-        let p = path.display().to_string();
         let payload = postcard::to_stdvec(self).map_err(|e| SnapshotError::Encode(e.to_string()))?;
-        let tmp = path.with_extension("tmp");
-        let write = || -> std::io::Result<()> {
-            let mut f = File::create(&tmp)?;
-            f.write_all(MAGIC)?;
-            f.write_all(&FORMAT.to_le_bytes())?;
-            f.write_all(&fnv1a(FNV_OFFSET, &payload).to_le_bytes())?;
-            f.write_all(&payload)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, path)?;
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                File::open(dir)?.sync_all()?;
-            }
-            Ok(())
-        };
-        write().map_err(|cause| SnapshotError::Write { path: p, cause })?;
-        Ok((HEADER + payload.len()) as u64)
+        write_atomic(path, MAGIC, &payload)
     }
 }
 
 impl Snapshot {
     /// Reads and checks a snapshot.
     pub fn load(path: &Path) -> Result<Snapshot, SnapshotError> {
-        let p = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|cause| SnapshotError::Read { path: p.clone(), cause })?;
-        if bytes.len() < HEADER || &bytes[..6] != MAGIC {
-            return Err(SnapshotError::NotASnapshot { path: p });
-        }
-        let mut word = [0u8; 4];
-        word.copy_from_slice(&bytes[6..10]);
-        let format = u32::from_le_bytes(word);
-        if format != FORMAT {
-            return Err(SnapshotError::Format { path: p, found: format });
-        }
-        let mut sum = [0u8; 8];
-        sum.copy_from_slice(&bytes[10..18]);
-        let payload = &bytes[HEADER..];
-        if u64::from_le_bytes(sum) != fnv1a(FNV_OFFSET, payload) {
-            return Err(SnapshotError::Checksum { path: p });
-        }
-        postcard::from_bytes(payload).map_err(|e| SnapshotError::Decode { path: p, cause: e.to_string() })
+        let bytes = read_checked(path, MAGIC)?;
+        postcard::from_bytes(&bytes[HEADER..])
+            .map_err(|e| SnapshotError::Decode { path: path.display().to_string(), cause: e.to_string() })
     }
+}
+
+/// What scoring has learned about the terminals of one Kafka partition, and
+/// the offset it covers: every record before `next_offset` was applied,
+/// none after.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartitionSnapshot {
+    pub model_version: String,
+    pub features: FeatureConfig,
+    pub topic: String,
+    pub partition: i32,
+    /// The next offset to consume: where the consumer seeks on restore.
+    pub next_offset: i64,
+    pub terminals: TerminalStates,
+    /// Terminal-scope alert state of those terminals.
+    pub alerts: AlertSnapshot,
+}
+
+impl PartitionSnapshot {
+    pub fn save(&self, path: &Path) -> Result<u64, SnapshotError> {
+        let payload = postcard::to_stdvec(self).map_err(|e| SnapshotError::Encode(e.to_string()))?;
+        write_atomic(path, PARTITION_MAGIC, &payload)
+    }
+
+    pub fn load(path: &Path) -> Result<PartitionSnapshot, SnapshotError> {
+        let bytes = read_checked(path, PARTITION_MAGIC)?;
+        postcard::from_bytes(&bytes[HEADER..])
+            .map_err(|e| SnapshotError::Decode { path: path.display().to_string(), cause: e.to_string() })
+    }
+}
+
+/// Writes atomically: a temporary file, synced, renamed over `path`.
+fn write_atomic(path: &Path, magic: &[u8; 6], payload: &[u8]) -> Result<u64, SnapshotError> {
+    let p = path.display().to_string();
+    // Named per process: replicas sharing a state directory write
+    // `shared.snap` at the same time.
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.tmp", std::process::id()));
+    let tmp = std::path::PathBuf::from(tmp);
+    let write = || -> std::io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(magic)?;
+        f.write_all(&FORMAT.to_le_bytes())?;
+        f.write_all(&fnv1a(FNV_OFFSET, payload).to_le_bytes())?;
+        f.write_all(payload)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    };
+    write().map_err(|cause| SnapshotError::Write { path: p, cause })?;
+    Ok((HEADER + payload.len()) as u64)
+}
+
+/// Reads a snapshot file and checks its magic, format and checksum.
+fn read_checked(path: &Path, magic: &[u8; 6]) -> Result<Vec<u8>, SnapshotError> {
+    let p = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|cause| SnapshotError::Read { path: p.clone(), cause })?;
+    if bytes.len() < HEADER || &bytes[..6] != magic {
+        return Err(SnapshotError::NotASnapshot { path: p });
+    }
+    let mut word = [0u8; 4];
+    word.copy_from_slice(&bytes[6..10]);
+    let format = u32::from_le_bytes(word);
+    if format != FORMAT {
+        return Err(SnapshotError::Format { path: p, found: format });
+    }
+    let mut sum = [0u8; 8];
+    sum.copy_from_slice(&bytes[10..18]);
+    if u64::from_le_bytes(sum) != fnv1a(FNV_OFFSET, &bytes[HEADER..]) {
+        return Err(SnapshotError::Checksum { path: p });
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -150,7 +199,7 @@ mod tests {
         let path = dir.path().join("state.snap");
         let bytes = snapshot().save(&path).expect("save");
         assert!(bytes > HEADER as u64);
-        assert!(!path.with_extension("tmp").exists(), "the temporary file was renamed");
+        assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 1, "the temporary file was renamed");
         let back = Snapshot::load(&path).expect("load");
         assert_eq!(back.model_version, "m-1");
         assert_eq!(back.position, "test");

@@ -58,6 +58,11 @@ impl Dedup {
         self.terminals.is_empty()
     }
 
+    /// Forgets a terminal (its partition went to another replica).
+    pub fn remove(&mut self, terminal: &str) {
+        self.terminals.remove(terminal);
+    }
+
     /// Checks a report and remembers it if new.
     pub fn check(&mut self, terminal: &str, ts: i64, interval_s: u32) -> Seen {
         let interval_ms = i64::from(interval_s.max(1)) * 1000;

@@ -17,19 +17,20 @@ use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, RebalanceProtocol};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
 use crate::dead_letter::{DeadLetter, DeadLetterSink, Position};
 use crate::error::{PipelineError, SinkError};
 use crate::metrics::KafkaMetrics;
+use crate::partitions::PartitionKey;
 use crate::pipeline::{Pipeline, Stats};
 
 /// Where to consume from and how. Unknown keys are an error that names the key.
@@ -178,6 +179,12 @@ enum Work {
     Chunk(Chunk),
     /// Flush everything received so far, then answer with [`Ack::Barrier`].
     Barrier,
+    /// Partitions were assigned: restore their state, answer with
+    /// [`Ack::Assigned`].
+    Assign(Vec<PartitionKey>),
+    /// Partitions are being revoked (after a barrier): snapshot, forget
+    /// their state, answer with [`Ack::Revoked`].
+    Revoke(Vec<PartitionKey>),
 }
 
 enum Ack {
@@ -187,12 +194,19 @@ enum Ack {
     Barrier(Result<Offsets, String>),
     /// The pipeline failed: nothing after the last `Store` may be stored.
     Failed(String),
+    /// The answer to [`Work::Assign`]: where to resume each restored partition.
+    Assigned(Vec<(PartitionKey, i64)>),
+    /// The answer to [`Work::Revoke`].
+    Revoked(Result<(), String>),
 }
 
 /// The decode side: owns the pipeline, runs on its own thread.
 struct Worker {
     pipeline: Pipeline,
     pending: Offsets,
+    /// Next offset of every partition owned, as far as it reached every
+    /// sink: what a state snapshot covers.
+    positions: HashMap<PartitionKey, i64>,
     acks: Sender<Ack>,
     recycle: Sender<Chunk>,
 }
@@ -201,7 +215,15 @@ impl Worker {
     fn run(mut self, work: Receiver<Work>) -> Stats {
         let stats = self.serve(work);
         // Sinks make what they hold durable (snapshots, files) on the way out.
-        if let Err(e) = self.pipeline.flush_sinks() {
+        let durable = self
+            .pipeline
+            .flush()
+            .and_then(|()| {
+                self.settle();
+                self.pipeline.checkpoint(&self.positions, true)
+            })
+            .and_then(|()| self.pipeline.flush_sinks());
+        if let Err(e) = durable {
             let _ = self.acks.send(Ack::Failed(e.to_string()));
         }
         stats
@@ -216,9 +238,30 @@ impl Worker {
             };
             let result = match item {
                 Some(Work::Chunk(chunk)) => self.process(chunk),
+                Some(Work::Assign(partitions)) => {
+                    let seeks = self.pipeline.assign(&partitions);
+                    for (key, offset) in &seeks {
+                        self.positions.insert(key.clone(), *offset);
+                    }
+                    let _ = self.acks.send(Ack::Assigned(seeks));
+                    Ok(())
+                }
+                Some(Work::Revoke(partitions)) => {
+                    // The barrier before this flushed everything.
+                    let answer = self.pipeline.checkpoint(&self.positions, true).map_err(|e| e.to_string());
+                    self.pipeline.revoke(&partitions);
+                    for key in &partitions {
+                        self.positions.remove(key);
+                    }
+                    let _ = self.acks.send(Ack::Revoked(answer));
+                    Ok(())
+                }
                 Some(Work::Barrier) => {
                     let answer = match self.pipeline.flush() {
-                        Ok(()) => Ok(std::mem::take(&mut self.pending)),
+                        Ok(()) => {
+                            let offsets = self.settle();
+                            Ok(offsets)
+                        }
                         Err(e) => Err(e.to_string()),
                     };
                     let failed = answer.is_err();
@@ -253,7 +296,7 @@ impl Worker {
                 }
             }
             if flushed {
-                let _ = self.acks.send(Ack::Store(std::mem::take(&mut self.pending)));
+                self.flushed()?;
             }
         }
         chunk.clear();
@@ -263,9 +306,30 @@ impl Worker {
 
     fn flush_if_old(&mut self) -> Result<(), PipelineError> {
         if self.pipeline.poll_age(Instant::now())? {
-            let _ = self.acks.send(Ack::Store(std::mem::take(&mut self.pending)));
+            self.flushed()?;
         }
         Ok(())
+    }
+
+    /// After a flush: everything pushed has reached every sink. The offsets
+    /// may be stored, and the sinks may snapshot what they learned with
+    /// the positions it covers.
+    fn flushed(&mut self) -> Result<(), PipelineError> {
+        let offsets = self.settle();
+        let _ = self.acks.send(Ack::Store(offsets));
+        self.pipeline.checkpoint(&self.positions, false)
+    }
+
+    /// Takes the offsets pushed since the last flush, adding them to the
+    /// positions.
+    fn settle(&mut self) -> Offsets {
+        let offsets = std::mem::take(&mut self.pending);
+        for (topic, parts) in &offsets {
+            for (&partition, &next) in parts {
+                self.positions.insert(PartitionKey { topic: topic.clone(), partition }, next);
+            }
+        }
+        offsets
     }
 }
 
@@ -321,6 +385,27 @@ impl Feeder {
             Ack::Barrier(Err(e)) => {
                 self.failed.get_or_insert(e.clone());
                 Some(Err(e))
+            }
+            // Answers to requests; `request` takes them before `handle`.
+            Ack::Assigned(_) | Ack::Revoked(_) => None,
+        }
+    }
+
+    /// Sends a request to the worker and waits for its answer, storing the
+    /// offsets acknowledged meanwhile. None: the worker is gone.
+    fn request<C: ConsumerContext>(&mut self, work: Work, consumer: &BaseConsumer<C>) -> Option<Ack> {
+        self.send_chunk();
+        let sent = self.work.as_ref().is_some_and(|w| w.send(work).is_ok());
+        if !sent {
+            return None;
+        }
+        loop {
+            match self.acks.recv() {
+                Ok(ack @ (Ack::Assigned(_) | Ack::Revoked(_))) => return Some(ack),
+                Ok(ack) => {
+                    self.handle(ack, consumer);
+                }
+                Err(_) => return None,
             }
         }
     }
@@ -402,7 +487,70 @@ impl ClientContext for Context {
     }
 }
 
+impl Context {
+    /// Asks the sinks to restore the assigned partitions' state, and points
+    /// each restored partition at the offset its state covers, so that
+    /// nothing is applied twice and nothing after the snapshot is skipped.
+    fn restore(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+        let partitions: Vec<PartitionKey> = tpl
+            .elements()
+            .iter()
+            .map(|e| PartitionKey { topic: e.topic().to_string(), partition: e.partition() })
+            .collect();
+        let mut feeder = lock(&self.feeder);
+        if feeder.work.is_none() || feeder.failed.is_some() {
+            return;
+        }
+        let Some(Ack::Assigned(seeks)) = feeder.request(Work::Assign(partitions), consumer) else {
+            return;
+        };
+        drop(feeder);
+        for (key, offset) in seeks {
+            match tpl.set_partition_offset(&key.topic, key.partition, Offset::Offset(offset)) {
+                Ok(()) => info!(partition = %key, offset, "resuming the partition where its restored state ends"),
+                Err(e) => warn!(error = %e, partition = %key, "cannot resume at the restored state's offset"),
+            }
+        }
+    }
+}
+
 impl ConsumerContext for Context {
+    /// librdkafka's rebalance, as rdkafka's default does it (revoke: flush,
+    /// commit, unassign; assign: assign), except that an assignment starts
+    /// each partition whose state was restored at the offset that state
+    /// covers instead of the committed one.
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.restore(consumer, tpl);
+                let assigned = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
+                if let Err(e) = assigned {
+                    error!(error = %e, "assigning partitions failed");
+                }
+                self.post_rebalance(consumer, &Rebalance::Assign(tpl));
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.pre_rebalance(consumer, &Rebalance::Revoke(tpl));
+                let unassigned = if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
+                if let Err(e) = unassigned {
+                    error!(error = %e, "unassigning partitions failed");
+                }
+                self.post_rebalance(consumer, &Rebalance::Revoke(tpl));
+            }
+            _ => {
+                let code: RDKafkaErrorCode = err.into();
+                let rebalance = Rebalance::Error(KafkaError::Rebalance(code));
+                self.pre_rebalance(consumer, &rebalance);
+                let unassigned = if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
+                if let Err(e) = unassigned {
+                    error!(error = %e, "unassigning partitions after a rebalance error failed");
+                }
+                self.post_rebalance(consumer, &rebalance);
+            }
+        }
+    }
+
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Revoke(tpl) = rebalance else { return };
         self.metrics.rebalances.with_label_values(&["revoke"]).inc();
@@ -417,6 +565,18 @@ impl ConsumerContext for Context {
         if let Err(e) = feeder.barrier(consumer) {
             error!(error = %e, "flush on revoke failed; not committing past the open batch");
             return;
+        }
+        let partitions: Vec<PartitionKey> = tpl
+            .elements()
+            .iter()
+            .map(|e| PartitionKey { topic: e.topic().to_string(), partition: e.partition() })
+            .collect();
+        // Their state is snapshotted with the offsets just flushed, then
+        // dropped: the next owner restores it and resumes where it ends.
+        match feeder.request(Work::Revoke(partitions), consumer) {
+            Some(Ack::Revoked(Ok(()))) => {}
+            Some(Ack::Revoked(Err(e))) => error!(error = %e, "snapshot on revoke failed"),
+            _ => error!("the decode worker stopped before the revoke was handled"),
         }
         drop(feeder);
         commit_sync(consumer, &self.metrics, "revoke");
@@ -523,7 +683,8 @@ impl KafkaSource {
             recycled: recycle_rx,
             failed: None,
         }));
-        let worker = Worker { pipeline, pending: HashMap::new(), acks: ack_tx, recycle: recycle_tx };
+        let worker =
+            Worker { pipeline, pending: HashMap::new(), positions: HashMap::new(), acks: ack_tx, recycle: recycle_tx };
         let context = Context { feeder: Arc::clone(&feeder), metrics: metrics.clone() };
         let consumer: BaseConsumer<Context> =
             config.consumer_config().create_with_context(context).map_err(client_err)?;

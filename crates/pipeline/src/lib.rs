@@ -7,6 +7,7 @@ pub mod dedup;
 pub mod error;
 pub mod kafka;
 pub mod metrics;
+pub mod partitions;
 pub mod pipeline;
 pub mod replay;
 pub mod source;
@@ -15,6 +16,7 @@ pub use dead_letter::{DeadLetter, DeadLetterSink, FileDeadLetters, MemoryDeadLet
 pub use error::{PipelineError, SinkError, SourceError};
 pub use kafka::{KafkaConfig, KafkaDeadLetters, KafkaSource, KafkaSourceError};
 pub use metrics::{KafkaMetrics, PipelineMetrics};
+pub use partitions::{Checkpoint, Owners, PartitionKey};
 pub use pipeline::{BatchConfig, BatchSink, Pipeline, Stats};
 pub use replay::{ReplayReport, replay, replay_parallel};
 pub use source::NdjsonFile;

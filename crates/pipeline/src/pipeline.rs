@@ -4,7 +4,7 @@
 //! decide when to acknowledge: everything pushed before a successful
 //! [`Pipeline::flush`] has reached every sink.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,7 @@ use crate::dead_letter::{DeadLetter, DeadLetterSink, Position};
 use crate::dedup::{Dedup, Seen};
 use crate::error::{PipelineError, SinkError};
 use crate::metrics::PipelineMetrics;
+use crate::partitions::{Checkpoint, Owners, PartitionKey};
 
 /// When a batch closes: at `max_rows` rows or `max_age` after its first
 /// record, whichever comes first.
@@ -46,6 +47,25 @@ pub trait BatchSink: Send {
     /// in a stream): close whatever waits for more data.
     fn end_of_input(&mut self) -> Result<(), SinkError> {
         Ok(())
+    }
+    /// Kafka partitions were assigned: restore what the sink kept of them.
+    /// `owners` learns which terminals were restored for which partition.
+    /// Returns, per partition restored, the offset its state covers: the
+    /// consumer resumes there rather than at the committed offset.
+    fn assign(&mut self, partitions: &[PartitionKey], owners: &mut Owners) -> Vec<(PartitionKey, i64)> {
+        let _ = (partitions, owners);
+        Vec::new()
+    }
+    /// Everything consumed so far has reached the sink: snapshot per
+    /// partition if due (always when `checkpoint.force`).
+    fn checkpoint(&mut self, checkpoint: &Checkpoint<'_>) -> Result<(), SinkError> {
+        let _ = checkpoint;
+        Ok(())
+    }
+    /// Partitions were revoked, after a forced checkpoint: forget their
+    /// terminals (another replica owns them now).
+    fn revoke(&mut self, partitions: &[PartitionKey], owners: &Owners) {
+        let _ = (partitions, owners);
     }
 }
 
@@ -108,6 +128,8 @@ pub struct Pipeline {
     metrics: Option<PipelineMetrics>,
     /// What the metrics have been told so far, to report deltas per batch.
     reported: Stats,
+    /// The partition of every terminal seen from Kafka.
+    owners: Owners,
     /// Set by the first sink or dead-letter failure. From then on every call
     /// fails: the failed batch's rows are gone from the builder, so a later
     /// "successful" flush must never let a source acknowledge them.
@@ -129,6 +151,7 @@ impl Pipeline {
             metrics: None,
             reported: Stats::default(),
             failed: None,
+            owners: Owners::default(),
         }
     }
 
@@ -174,6 +197,9 @@ impl Pipeline {
                         self.stats.too_old += 1;
                         return Ok(false);
                     }
+                }
+                if let Position::Kafka { topic, partition, .. } = position {
+                    self.owners.claim(&record.terminal_id, topic, partition);
                 }
                 self.builder.append(&record)?;
                 if self.builder.len() >= self.config.max_rows {
@@ -369,6 +395,45 @@ impl Pipeline {
             }
         }
         self.fail_on(ended)
+    }
+
+    /// Tells every sink partitions were assigned; returns the offsets to
+    /// resume them from (see [`BatchSink::assign`]).
+    pub fn assign(&mut self, partitions: &[PartitionKey]) -> Vec<(PartitionKey, i64)> {
+        let mut seeks = Vec::new();
+        for sink in &mut self.sinks {
+            seeks.extend(sink.assign(partitions, &mut self.owners));
+        }
+        seeks
+    }
+
+    /// Tells every sink how far each partition has been consumed. Call it
+    /// only right after a successful flush: the positions must cover
+    /// exactly what reached the sinks.
+    pub fn checkpoint(&mut self, positions: &HashMap<PartitionKey, i64>, force: bool) -> Result<(), PipelineError> {
+        self.check_failed()?;
+        let cp = Checkpoint { positions, owners: &self.owners, force };
+        let mut result = Ok(());
+        for sink in &mut self.sinks {
+            result = sink.checkpoint(&cp).map_err(|cause| PipelineError::Sink { sink: sink.name().to_string(), cause });
+            if result.is_err() {
+                break;
+            }
+        }
+        self.fail_on(result)
+    }
+
+    /// Partitions were revoked (after a flush and a forced checkpoint):
+    /// every sink, and the duplicate check, forget their terminals.
+    pub fn revoke(&mut self, partitions: &[PartitionKey]) {
+        for sink in &mut self.sinks {
+            sink.revoke(partitions, &self.owners);
+        }
+        for key in partitions {
+            for terminal in self.owners.release(key) {
+                self.dedup.remove(&terminal);
+            }
+        }
     }
 
     /// Flushes the last batch and every sink, and returns the counts.

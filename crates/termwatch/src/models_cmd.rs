@@ -11,7 +11,9 @@ use arrow::record_batch::RecordBatch;
 use termwatch_features::{FeatureConfig, FeatureEngine};
 use termwatch_models::scoring::Scorer;
 use termwatch_models::training::{self, FNV_OFFSET, ModelSet, TrainConfig, TrainingData, TrainingRows};
-use termwatch_pipeline::{BatchConfig, BatchSink, MemoryDeadLetters, Pipeline, SinkError};
+use termwatch_pipeline::{
+    BatchConfig, BatchSink, Checkpoint, MemoryDeadLetters, Owners, PartitionKey, Pipeline, SinkError,
+};
 use termwatch_telemetry::time::format_rfc3339_ms;
 
 use crate::alert_metrics::AlertMetrics;
@@ -343,6 +345,8 @@ pub struct AlertSink {
     metrics: Option<AlertMetrics>,
     /// Where and how often to snapshot what scoring has learned.
     state: Option<StateFile>,
+    /// Per-partition snapshots (`termwatch run`), instead of `state`.
+    state_dir: Option<StateDir>,
     /// Alert events also go to this Kafka topic.
     topic: Option<crate::alert_topic::AlertTopic>,
 }
@@ -355,6 +359,44 @@ pub struct StateFile {
     pub every: Duration,
     pub position: String,
     last: std::time::Instant,
+}
+
+/// A snapshot directory (`termwatch run`): one file per Kafka partition
+/// (`<topic>-<partition>.snap`, the state of its terminals and the offset it
+/// covers) and `shared.snap` (site, region and cohort state, open windows,
+/// alert state above terminal scope, terminals no partition holds), all
+/// written at each checkpoint.
+pub struct StateDir {
+    pub dir: PathBuf,
+    pub every: Duration,
+    /// In words, for the shared snapshot: which group and topics.
+    pub source: String,
+    last: std::time::Instant,
+}
+
+impl StateDir {
+    /// Refuses a path that is a file: the single snapshot of an older
+    /// termwatch, which holds no offsets to resume partitions from.
+    pub fn new(dir: PathBuf, every: Duration, source: String) -> anyhow::Result<StateDir> {
+        if dir.is_file() {
+            bail!(
+                "state.path {} is a file (a single snapshot from an older termwatch); `termwatch run` keeps one \
+                 snapshot per Kafka partition in a directory: point state.path at a directory (a new path, or \
+                 remove the file to start cold)",
+                dir.display()
+            );
+        }
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create state directory {}", dir.display()))?;
+        Ok(StateDir { dir, every, source, last: std::time::Instant::now() })
+    }
+
+    pub fn shared_path(&self) -> PathBuf {
+        self.dir.join("shared.snap")
+    }
+
+    pub fn partition_path(&self, key: &PartitionKey) -> PathBuf {
+        self.dir.join(format!("{key}.snap"))
+    }
 }
 
 impl StateFile {
@@ -400,7 +442,7 @@ impl AlertSink {
             // The model version and the gauges are on /metrics before the first batch.
             m.update(&mut scorer, &[]);
         }
-        Ok(AlertSink { scorer, name, out, format, written: 0, metrics, state: None, topic: None })
+        Ok(AlertSink { scorer, name, out, format, written: 0, metrics, state: None, state_dir: None, topic: None })
     }
 
     /// Sends every alert event to a Kafka topic too; a batch whose events
@@ -424,6 +466,36 @@ impl AlertSink {
         }
         self.state = Some(state);
         self
+    }
+
+    /// Restores the shared snapshot of a state directory if there is one;
+    /// partitions are restored as they are assigned. A snapshot that cannot
+    /// be used is refused with a message naming it, and that part starts
+    /// cold.
+    pub fn with_state_dir(mut self, state: StateDir) -> AlertSink {
+        let shared = state.shared_path();
+        if shared.exists() {
+            match self.scorer.restore_snapshot(&shared) {
+                Ok(position) => eprintln!("state: restored {} ({position})", shared.display()),
+                Err(e) => eprintln!("state: {e}; shared state starts cold"),
+            }
+        } else {
+            eprintln!("state: no shared snapshot at {} yet; starting cold", shared.display());
+        }
+        self.state_dir = Some(state);
+        self
+    }
+
+    /// Loads a warm-up's snapshot (then deletes it): everything it learned,
+    /// replacing the shared state restored before. Its terminals belong to
+    /// no partition until their records arrive; reports they already applied
+    /// are skipped and counted. Partition snapshots restored on assignment
+    /// replace them for their terminals.
+    pub fn with_seed(mut self, seed: &Path) -> anyhow::Result<AlertSink> {
+        let position = self.scorer.restore_snapshot(seed).context("the warm-up's state")?;
+        eprintln!("state: restored {} (it covers {position})", seed.display());
+        std::fs::remove_file(seed).with_context(|| format!("cannot remove {}", seed.display()))?;
+        Ok(self)
     }
 
     fn save_state(&mut self) -> Result<(), SinkError> {
@@ -488,15 +560,78 @@ impl BatchSink for AlertSink {
         let name = &self.name;
         self.out.flush().map_err(|e| SinkError::io(format!("cannot write {name}"), e))?;
         if self.state.as_ref().is_some_and(|st| st.last.elapsed() >= st.every) {
+            // (With a state directory the source's checkpoints snapshot:
+            // only they know the offsets the state covers.)
             self.save_state()?;
         }
         Ok(())
     }
+    fn assign(&mut self, partitions: &[PartitionKey], owners: &mut Owners) -> Vec<(PartitionKey, i64)> {
+        let Some(st) = &self.state_dir else { return Vec::new() };
+        let mut seeks = Vec::new();
+        for key in partitions {
+            let path = st.partition_path(key);
+            if !path.exists() {
+                eprintln!("state: no snapshot of partition {key} at {} yet; it starts cold", path.display());
+                continue;
+            }
+            match self.scorer.restore_partition(&path, &key.topic, key.partition) {
+                Ok((offset, terminals)) => {
+                    for t in &terminals {
+                        owners.claim(t, &key.topic, key.partition);
+                    }
+                    eprintln!(
+                        "state: restored {} ({} terminals); partition {key} resumes at offset {offset}",
+                        path.display(),
+                        terminals.len()
+                    );
+                    seeks.push((key.clone(), offset));
+                }
+                Err(e) => eprintln!("state: {e}; partition {key} starts cold from its committed offset"),
+            }
+        }
+        seeks
+    }
+
+    fn checkpoint(&mut self, cp: &Checkpoint<'_>) -> Result<(), SinkError> {
+        let Some(st) = &mut self.state_dir else { return Ok(()) };
+        if !cp.force && st.last.elapsed() < st.every {
+            return Ok(());
+        }
+        let mut bytes = 0;
+        for (key, &offset) in cp.positions {
+            let owned = |id: &str| cp.owners.owner(id) == Some(key);
+            bytes += self
+                .scorer
+                .save_partition(&st.partition_path(key), &key.topic, key.partition, offset, owned)
+                .map_err(|e| SinkError::Other(e.to_string()))?;
+        }
+        let mut positions: Vec<String> = cp.positions.iter().map(|(k, o)| format!("{k}@{o}")).collect();
+        positions.sort();
+        let position = format!("{}, taken with partitions {}", st.source, positions.join(","));
+        let unowned = |id: &str| cp.owners.owner(id).is_none_or(|k| !cp.positions.contains_key(k));
+        bytes += self
+            .scorer
+            .save_shared(&st.shared_path(), &position, unowned)
+            .map_err(|e| SinkError::Other(e.to_string()))?;
+        st.last = std::time::Instant::now();
+        tracing::debug!(dir = %st.dir.display(), bytes, "state snapshots written");
+        Ok(())
+    }
+
+    fn revoke(&mut self, partitions: &[PartitionKey], owners: &Owners) {
+        if self.state_dir.is_none() {
+            return;
+        }
+        let dropped = self.scorer.drop_terminals(|id| owners.owner(id).is_some_and(|k| partitions.contains(k)));
+        tracing::info!(dropped, "terminals of revoked partitions forgotten");
+    }
+
     fn end_of_input(&mut self) -> Result<(), SinkError> {
         // With a state file the history is the prefix of a stream that goes
         // on (a later replay, or `termwatch run`): its last windows stay
         // open in the snapshot instead of closing half full.
-        if self.state.is_some() {
+        if self.state.is_some() || self.state_dir.is_some() {
             return Ok(());
         }
         let events = self.scorer.finish();

@@ -64,14 +64,12 @@ impl Service {
     }
 }
 
-pub fn run(mut config: Config, warm_up: &[std::path::PathBuf]) -> anyhow::Result<()> {
-    if !warm_up.is_empty() {
-        warm_up_from(&mut config, warm_up)?;
-    }
+pub fn run(config: Config, warm_up: &[std::path::PathBuf]) -> anyhow::Result<()> {
+    let seed = if warm_up.is_empty() { None } else { Some(warm_up_from(&config, warm_up)?) };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
     runtime.block_on(async {
         let registry = Registry::new();
-        let sinks = scoring_sinks(&registry, &config)?;
+        let sinks = scoring_sinks(&registry, &config, seed)?;
         let service = Service::start(&config, registry, sinks).await?;
         let stop = Arc::clone(&service.stop);
         tokio::select! {
@@ -90,7 +88,11 @@ pub fn run(mut config: Config, warm_up: &[std::path::PathBuf]) -> anyhow::Result
 /// Scores with the default model when its file exists (alert events to
 /// standard output as alerts-v1 NDJSON, alert metrics in `registry`);
 /// consumes without scoring otherwise.
-fn scoring_sinks(registry: &Registry, config: &Config) -> anyhow::Result<Vec<Box<dyn BatchSink>>> {
+fn scoring_sinks(
+    registry: &Registry,
+    config: &Config,
+    seed: Option<std::path::PathBuf>,
+) -> anyhow::Result<Vec<Box<dyn BatchSink>>> {
     let models = std::path::Path::new(crate::models_cmd::DEFAULT_MODELS);
     if !models.exists() {
         info!(models = %models.display(), "not scoring: no model file (scripts/train-default makes it)");
@@ -114,33 +116,30 @@ fn scoring_sinks(registry: &Registry, config: &Config) -> anyhow::Result<Vec<Box
         None => sink,
     };
     let sink = match &config.state.path {
-        Some(path) => sink.with_state(crate::models_cmd::StateFile::new(
+        Some(path) => sink.with_state_dir(crate::models_cmd::StateDir::new(
             path.clone(),
             std::time::Duration::from_secs(config.state.interval_s),
             format!("group {} on {}", config.kafka.group_id, config.kafka.topics.join(",")),
-        )),
+        )?),
+        None => sink,
+    };
+    let sink = match &seed {
+        Some(path) => sink.with_seed(path)?,
         None => sink,
     };
     Ok(vec![Box::new(sink)])
 }
 
-/// Replays history through the scoring sink into the state snapshot, which
-/// the live sink then restores: learning happens on the one code path, and
-/// going live continues exactly where the history ended. Without a
-/// configured state path, a snapshot in the temporary directory carries it.
-fn warm_up_from(config: &mut Config, inputs: &[std::path::PathBuf]) -> anyhow::Result<()> {
+/// Replays history through the scoring sink into a snapshot in the
+/// temporary directory, which the live sink then loads (see
+/// `AlertSink::with_seed`): learning happens on the one code path, and going
+/// live continues exactly where the history ended. The warm-up starts cold.
+fn warm_up_from(config: &Config, inputs: &[std::path::PathBuf]) -> anyhow::Result<std::path::PathBuf> {
     let models = std::path::Path::new(crate::models_cmd::DEFAULT_MODELS);
     if !models.exists() {
         anyhow::bail!("--warm-up needs the model {} (scripts/train-default makes it)", models.display());
     }
-    let state = match &config.state.path {
-        Some(p) => p.clone(),
-        None => {
-            let p = std::env::temp_dir().join(format!("termwatch-warm-up-{}.snap", std::process::id()));
-            config.state.path = Some(p.clone());
-            p
-        }
-    };
+    let state = std::env::temp_dir().join(format!("termwatch-warm-up-{}.snap", std::process::id()));
     let position = format!(
         "the end of the warm-up history {}",
         inputs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
@@ -152,7 +151,7 @@ fn warm_up_from(config: &mut Config, inputs: &[std::path::PathBuf]) -> anyhow::R
         AlertFormat::Ndjson,
         None,
     )?
-    .with_state(crate::models_cmd::StateFile::new(state, std::time::Duration::MAX, position));
+    .with_state(crate::models_cmd::StateFile::new(state.clone(), std::time::Duration::MAX, position));
     let pipeline = termwatch_pipeline::Pipeline::new(
         config.batch.config(),
         vec![Box::new(sink)],
@@ -163,7 +162,7 @@ fn warm_up_from(config: &mut Config, inputs: &[std::path::PathBuf]) -> anyhow::R
         return Err(e).context("warm-up history");
     }
     info!(stats = %report.stats, "warm-up done; going live");
-    Ok(())
+    Ok(state)
 }
 
 async fn wait_finished(service: &Service) {
