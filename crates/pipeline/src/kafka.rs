@@ -10,7 +10,7 @@
 //! loses nothing: what was not committed is consumed again.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, channel, sync_channel};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -135,6 +135,9 @@ const CHUNK_MAX_AGE: Duration = Duration::from_millis(20);
 /// Chunks in flight between the threads; a full queue blocks polling, which
 /// is the back-pressure that keeps memory bounded.
 const CHUNKS_IN_FLIGHT: usize = 4;
+/// How long shutting down waits for the group to take the partitions back
+/// before closing anyway (everything processed is committed by then).
+const LEAVE_GROUP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Messages copied out of librdkafka's buffers, so the poll thread can keep
 /// polling while the worker decodes.
@@ -471,6 +474,8 @@ fn lock(feeder: &Mutex<Feeder>) -> MutexGuard<'_, Feeder> {
 struct Context {
     feeder: Arc<Mutex<Feeder>>,
     metrics: KafkaMetrics,
+    /// Partitions assigned now, counted from the rebalances.
+    owned: AtomicI64,
 }
 
 impl ClientContext for Context {
@@ -488,18 +493,18 @@ impl ClientContext for Context {
 }
 
 impl Context {
-    /// Keeps the assigned-partitions gauge from the rebalances themselves.
-    /// Asking librdkafka (`assignment()`) is a request to the group's
-    /// thread; during close that thread can finish and never answer, which
-    /// hung the consumer's drop (seen with gdb, about one close in ten).
+    /// Counts the partitions owned from the rebalances themselves. Asking
+    /// librdkafka (`assignment()`) is a request to the group's thread, which
+    /// during close can finish and never answer (seen with gdb).
     fn count_owned(&self, cooperative: bool, change: i64) {
-        let gauge = &self.metrics.assigned_partitions;
-        match (cooperative, change >= 0) {
-            (true, _) => gauge.set((gauge.get() + change).max(0)),
+        let owned = if cooperative {
+            (self.owned.load(Ordering::Relaxed) + change).max(0)
+        } else {
             // Eager: an assignment is the whole set, a revoke takes all.
-            (false, true) => gauge.set(change),
-            (false, false) => gauge.set(0),
-        }
+            change.max(0)
+        };
+        self.owned.store(owned, Ordering::Relaxed);
+        self.metrics.assigned_partitions.set(owned);
     }
 
     /// Asks the sinks to restore the assigned partitions' state, and points
@@ -700,7 +705,7 @@ impl KafkaSource {
         }));
         let worker =
             Worker { pipeline, pending: HashMap::new(), positions: HashMap::new(), acks: ack_tx, recycle: recycle_tx };
-        let context = Context { feeder: Arc::clone(&feeder), metrics: metrics.clone() };
+        let context = Context { feeder: Arc::clone(&feeder), metrics: metrics.clone(), owned: AtomicI64::new(0) };
         let consumer: BaseConsumer<Context> =
             config.consumer_config().create_with_context(context).map_err(client_err)?;
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
@@ -721,11 +726,35 @@ impl KafkaSource {
         let outcome = self.poll_loop(shutdown);
         // Dropping the sender ends the worker; it has flushed at the barrier.
         lock(&self.feeder).work = None;
-        let stats = worker.join().map_err(|_| KafkaSourceError::Pipeline("the decode thread panicked".into()))?;
+        let joined = worker.join();
+        if outcome.is_ok() && joined.is_ok() {
+            commit_sync(&self.consumer, &self.metrics, "shutdown");
+        }
+        self.leave_group();
+        let stats = joined.map_err(|_| KafkaSourceError::Pipeline("the decode thread panicked".into()))?;
         outcome?;
-        commit_sync(&self.consumer, &self.metrics, "shutdown");
         info!(brokers = %self.brokers, "consumer stopped");
         Ok(stats)
+    }
+
+    /// Hands the partitions back before the consumer is dropped. Closing a
+    /// consumer that still owns partitions makes librdkafka raise a revoke
+    /// from inside the close, and answering it can wait forever
+    /// (librdkafka issues 4884 and 4527; about one close in ten here with
+    /// two members). Unsubscribing first and answering that revoke while
+    /// the group is still alive leaves the close nothing to revoke, the
+    /// workaround librdkafka's maintainers give.
+    fn leave_group(&self) {
+        self.consumer.unsubscribe();
+        let deadline = Instant::now() + LEAVE_GROUP_TIMEOUT;
+        while self.consumer.context().owned.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+            // Messages still buffered are dropped unprocessed: their offsets
+            // were not stored, so the next owner reads them.
+            let _ = self.consumer.poll(Duration::from_millis(50));
+        }
+        if self.consumer.context().owned.load(Ordering::Relaxed) > 0 {
+            warn!(timeout = ?LEAVE_GROUP_TIMEOUT, "the group did not take the partitions back in time; closing anyway");
+        }
     }
 
     fn poll_loop(&self, shutdown: &AtomicBool) -> Result<(), KafkaSourceError> {
