@@ -306,14 +306,15 @@ fn model_card(set: &ModelSet) -> String {
          Each detector alerts in two tiers: `k` consecutive windows at or above its threshold fire a\n\
          warning, and one window at or above its critical threshold fires a critical alert at once\n\
          (still one alert per entity; it resolves after `m` windows below the threshold). Both\n\
-         thresholds were calibrated together on the healthy windows of the training data: with the\n\
-         alerting hysteresis of service and both tiers, false alerts stay at or below the target per\n\
-         1,000 terminal-days. First the threshold of the `k` rule alone is the lowest within the target;\n\
-         then, for each critical threshold on a coarse grid, the lowest threshold that keeps both tiers\n\
-         within it. The training incidents choose among those pairs: the one that detects at least as\n\
-         many incidents as the `k` rule alone with the shortest median (then mean) delay, replayed as\n\
-         `termwatch eval` judges alerts. When no pair is faster, the critical tier is off (critical\n\
-         threshold 1.0, shown as \"off\") and the detector never raises a critical alert.\n\n## Trained on\n\n- inputs: {}\n- fingerprint: `{}`\n- windows: {} .. {}\n\
+         thresholds were calibrated on the training data with the alerting hysteresis of service:\n\
+         the threshold is the lowest at which the `k` rule alone keeps false alerts on the healthy\n\
+         windows at or below the target per 1,000 terminal-days; the critical threshold is tried from\n\
+         high to low on a coarse grid while both tiers together stay within the same target, and the\n\
+         training incidents, replayed as `termwatch eval` judges alerts, choose: the candidate that\n\
+         detects at least as many incidents as the `k` rule alone with the shortest median (then mean)\n\
+         delay. The tier only spends the part of the budget the `k` rule leaves. When no candidate is\n\
+         faster, the critical tier is off (critical threshold 1.0, shown as \"off\") and the detector\n\
+         never raises a critical alert.\n\n## Trained on\n\n- inputs: {}\n- fingerprint: `{}`\n- windows: {} .. {}\n\
          - terminal-days: {}\n- incidents: {}\n- not_incident labels: {}\n\n## Detectors\n\n\
          | kind | scope | features | threshold | critical | positive windows | healthy windows | window recall | specificity | false alerts / 1,000 terminal-days (training, healthy) | of which at once |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
         set.version,
@@ -347,21 +348,20 @@ fn model_card(set: &ModelSet) -> String {
     s.push_str(
         "\n## The critical tier on the training incidents\n\n\
          Incidents of the detector's kind and scope, replayed through the alert policy. \"k rule alone\" is\n\
-         the policy without the critical tier, at its own calibrated threshold; \"first caught at once\"\n\
+         the policy without the critical tier, at the same threshold; \"first caught at once\"\n\
          counts detections whose alert a single critical window fired before `k` bad windows could.\n\n\
-         | kind | scope | incidents | detected, k rule alone | median delay, k rule alone | threshold, k rule alone | detected, two tiers | median delay, two tiers | first caught at once |\n\
-         |---|---|---|---|---|---|---|---|---|\n",
+         | kind | scope | incidents | detected, k rule alone | median delay, k rule alone | detected, two tiers | median delay, two tiers | first caught at once |\n\
+         |---|---|---|---|---|---|---|---|\n",
     );
     for f in &set.figures {
         let i = &f.incidents;
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {:.3} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
             f.kind,
             f.scope,
             i.incidents,
             i.k_only_detected,
             delay_text(i.k_only_median_delay_ms),
-            i.k_only_threshold,
             i.detected,
             delay_text(i.median_delay_ms),
             i.first_caught_at_once,
