@@ -310,7 +310,8 @@ fn model_card(set: &ModelSet) -> String {
          the threshold is the lowest at which the `k` rule alone keeps false alerts on the healthy\n\
          windows at or below the target per 1,000 terminal-days; the critical threshold is tried from\n\
          high to low on a coarse grid while both tiers together stay within the same target, and the\n\
-         training incidents, replayed as `termwatch eval` judges alerts, choose: the candidate that\n\
+         training incidents choose (replayed per entity: an alert detects an incident when it fires\n\
+         within it, as `termwatch eval` judges, without its site-terminal matching): the candidate that\n\
          detects at least as many incidents as the `k` rule alone with the shortest median (then mean)\n\
          delay. The tier only spends the part of the budget the `k` rule leaves. When no candidate is\n\
          faster, the critical tier is off (critical threshold 1.0, shown as \"off\") and the detector\n\
