@@ -17,6 +17,15 @@ use termwatch_telemetry::alerts::{AlertKind, Reason, Scope};
 /// one absurd reading cannot dominate a score.
 const CLIP: f64 = 8.0;
 
+/// The critical threshold that switches the at-once tier off.
+pub const CRITICAL_OFF: f64 = 1.0;
+
+/// Whether `score` is critical under `critical_threshold`; never when the
+/// tier is off.
+pub fn is_critical(score: f64, critical_threshold: f64) -> bool {
+    critical_threshold < CRITICAL_OFF && score >= critical_threshold
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DetectorError {
     #[error("{kind} {scope}: {what}")]
@@ -35,9 +44,13 @@ pub struct Detector {
     pub scales: Vec<f64>,
     pub weights: Vec<f64>,
     pub intercept: f64,
-    /// A window scoring at or above this is bad.
+    /// A window scoring at or above this is bad; `k` bad windows in a row
+    /// fire a warning.
     pub threshold: f64,
-    /// ...and at or above this, critical.
+    /// A window scoring at or above this is critical: it fires an alert at
+    /// once, severity critical. Calibrated with `threshold` against one
+    /// false-alert budget; 1.0 switches the tier off (a logistic score can
+    /// round to exactly 1.0, so 1.0 is tested as "off", not as a level).
     pub critical_threshold: f64,
 }
 
@@ -102,8 +115,13 @@ impl Detector {
             weights: fitted.params().iter().map(|w| sign * w).collect(),
             intercept: sign * fitted.intercept(),
             threshold: 0.5,
-            critical_threshold: 0.9,
+            critical_threshold: CRITICAL_OFF,
         })
+    }
+
+    /// Whether a window with this score is critical (fires at once).
+    pub fn is_critical(&self, score: f64) -> bool {
+        is_critical(score, self.critical_threshold)
     }
 
     /// The probability that this window is inside an incident, 0-1.

@@ -376,7 +376,7 @@ fn scored<'a>(
         region,
         score: (score * 1e4).round() / 1e4,
         bad: score >= d.threshold,
-        critical: score >= d.critical_threshold,
+        critical: d.is_critical(score),
         model_version: version,
         reasons,
     }

@@ -9,10 +9,12 @@ use termwatch_features::{FeatureConfig, FeatureEngine, WindowRows, names};
 use termwatch_telemetry::alerts::{AlertKind, IncidentLabel, Scope, Verdict};
 
 use crate::alerting::AlertingConfig;
-use crate::detector::{Detector, DetectorError};
+use crate::detector::{CRITICAL_OFF, Detector, DetectorError, is_critical};
 
 /// The artifact format; a model set of another format is refused.
-pub const FORMAT: &str = "termwatch-models-v1";
+/// v2: `critical_threshold` is calibrated and fires an alert at once (v1's
+/// was a hand-set severity level), so a v1 artifact must be retrained.
+pub const FORMAT: &str = "termwatch-models-v2";
 
 /// Feature rows of a history, with entity names resolved, in window order.
 #[derive(Debug, Default, Clone)]
@@ -158,8 +160,31 @@ pub struct DetectorFigures {
     /// Share of negative windows below it.
     pub window_specificity: f64,
     /// False alerts per 1,000 terminal-days on the healthy training windows,
-    /// with the hysteresis of service.
+    /// with the hysteresis of service and both tiers.
     pub calibrated_false_alerts_per_1000_terminal_days: f64,
+    /// The part of those fired at once by one critical window.
+    pub calibrated_critical_false_alerts_per_1000_terminal_days: f64,
+    /// What the two-tier policy does on the training incidents of this
+    /// kind and scope, against the `k` rule alone (same threshold).
+    pub incidents: IncidentFigures,
+}
+
+/// Training incidents of one detector, replayed through the alert policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IncidentFigures {
+    /// Incident labels with at least one scored window of the entity.
+    pub incidents: usize,
+    /// Incidents the `k` rule alone detects (a firing event within the
+    /// incident, as the evaluator counts it).
+    pub k_only_detected: usize,
+    /// Median delay of those detections, ms.
+    pub k_only_median_delay_ms: Option<f64>,
+    /// Incidents the calibrated two-tier policy detects.
+    pub detected: usize,
+    /// Median delay of those detections, ms.
+    pub median_delay_ms: Option<f64>,
+    /// Incidents whose detecting alert was fired at once by a critical window.
+    pub first_caught_at_once: usize,
 }
 
 /// What a model set was trained on.
@@ -344,7 +369,14 @@ pub fn train(
     for (kind, scope, feature_names, truths) in plan {
         let h = alerting.for_kind(kind);
         let (k, m) = (h.fire_after_bad_windows as usize, h.resolve_after_good_windows as usize);
-        let (d, f) = fit_one(kind, scope, feature_names, truths, rows.terminal_days, (k, m), config)?;
+        let incidents: Incidents<'_> = labels
+            .iter()
+            .filter(|l| l.kind == kind && l.scope == scope && l.verdict == Verdict::Incident)
+            .fold(HashMap::new(), |mut m, l| {
+                m.entry(l.entity.as_str()).or_default().push((l.start, l.end));
+                m
+            });
+        let (d, f) = fit_one(kind, scope, feature_names, truths, &incidents, rows.terminal_days, (k, m), config)?;
         detectors.push(d);
         figures.push(f);
     }
@@ -371,11 +403,56 @@ pub fn train(
 /// A feature row with its time, entity and label state.
 type Labelled<'a> = (i64, &'a str, &'a [f64], Truth);
 
+/// Incident spans `(start, end)` by entity, for one kind and scope.
+type Incidents<'a> = HashMap<&'a str, Vec<(i64, i64)>>;
+
+/// One entity's windows `(end, score)` in time order, and its incident spans.
+type Replay = (Vec<(i64, f64)>, Vec<(i64, i64)>);
+
+/// Thresholds of the `k` rule tried by calibration, lowest first.
+fn threshold_candidates() -> Vec<f64> {
+    let mut candidates: Vec<f64> = (1..200).map(|i| i as f64 / 200.0).collect();
+    candidates.extend([0.999, 0.9999, 0.99999]);
+    candidates
+}
+
+/// Critical thresholds tried by calibration, highest (the tier off) first.
+/// Coarse on purpose: each costs passes over every healthy window, and a
+/// logistic score far out of the healthy range sits near 1 anyway.
+const CRITICAL_CANDIDATES: [f64; 24] = [
+    CRITICAL_OFF,
+    0.9999,
+    0.9995,
+    0.999,
+    0.998,
+    0.995,
+    0.99,
+    0.98,
+    0.97,
+    0.95,
+    0.9,
+    0.85,
+    0.8,
+    0.75,
+    0.7,
+    0.65,
+    0.6,
+    0.55,
+    0.5,
+    0.45,
+    0.4,
+    0.35,
+    0.3,
+    0.25,
+];
+
+#[allow(clippy::too_many_arguments)]
 fn fit_one(
     kind: AlertKind,
     scope: Scope,
     feature_names: &[&str],
     rows: &[Labelled<'_>],
+    incidents: &Incidents<'_>,
     terminal_days: u64,
     (k, m): (usize, usize),
     config: &TrainConfig,
@@ -405,32 +482,46 @@ fn fit_one(
     }
     let mut d = Detector::fit(kind, scope, feature_names, &x, &y, config.l2)?;
 
-    // Calibrate on every healthy window, in time order per entity, with the
-    // hysteresis of service: the lowest threshold whose false alerts stay
-    // within the target.
-    let mut by_entity: HashMap<&str, Vec<(i64, f64)>> = HashMap::new();
-    for n in &negatives {
-        by_entity.entry(n.1).or_default().push((n.0, d.score(n.2)));
+    // Healthy windows, in time order per entity, for the false alerts; every
+    // window of an entity that had an incident, for the detections.
+    let mut healthy: HashMap<&str, Vec<(i64, f64)>> = HashMap::new();
+    let mut around: HashMap<&str, Vec<(i64, f64)>> = HashMap::new();
+    for r in rows {
+        let incident = incidents.contains_key(r.1);
+        if !r.3.healthy() && !incident {
+            continue;
+        }
+        let score = d.score(r.2);
+        if r.3.healthy() {
+            healthy.entry(r.1).or_default().push((r.0, score));
+        }
+        if incident {
+            around.entry(r.1).or_default().push((r.0, score));
+        }
     }
-    for v in by_entity.values_mut() {
+    for v in healthy.values_mut().chain(around.values_mut()) {
         v.sort_by_key(|e| e.0);
     }
-    let per_1000 = |threshold: f64| {
-        let alerts: usize = by_entity.values().map(|seq| false_alerts(seq, threshold, k, m)).sum();
-        alerts as f64 * 1000.0 / terminal_days.max(1) as f64
+    let healthy: Vec<Vec<(i64, f64)>> = sorted_values(healthy);
+    let around: Vec<Replay> = sorted_values(
+        incidents.iter().filter_map(|(e, spans)| Some((*e, (around.remove(e)?, spans.clone())))).collect(),
+    );
+    let policy = Policy {
+        healthy: &healthy,
+        around: &around,
+        k,
+        m,
+        per_1000: 1000.0 / terminal_days.max(1) as f64,
+        target: config.target_false_alerts_per_1000_terminal_days,
     };
-    let mut candidates: Vec<f64> = (1..200).map(|i| i as f64 / 200.0).collect();
-    candidates.extend([0.999, 0.9999, 0.99999]);
-    let threshold = candidates
-        .iter()
-        .copied()
-        .find(|&t| per_1000(t) <= config.target_false_alerts_per_1000_terminal_days)
-        .unwrap_or(0.99999);
+    let calibration = policy.calibrate(&threshold_candidates(), &CRITICAL_CANDIDATES);
+    let (threshold, critical) = (calibration.threshold, calibration.critical_threshold);
     d.threshold = threshold;
-    d.critical_threshold = (threshold + (1.0 - threshold) * 0.8).max(threshold);
+    d.critical_threshold = critical;
     let recall = positives.iter().filter(|p| d.score(p.2) >= threshold).count() as f64 / positives.len().max(1) as f64;
     let specificity =
         negatives.iter().filter(|n| d.score(n.2) < threshold).count() as f64 / negatives.len().max(1) as f64;
+    let (warnings, criticals) = policy.false_alerts(threshold, critical);
     let figures = DetectorFigures {
         kind,
         scope,
@@ -440,23 +531,156 @@ fn fit_one(
         feedback_windows: feedback.len(),
         window_recall: recall,
         window_specificity: specificity,
-        calibrated_false_alerts_per_1000_terminal_days: per_1000(threshold),
+        calibrated_false_alerts_per_1000_terminal_days: (warnings + criticals) as f64 * policy.per_1000,
+        calibrated_critical_false_alerts_per_1000_terminal_days: criticals as f64 * policy.per_1000,
+        incidents: IncidentFigures {
+            incidents: calibration.chosen.incidents,
+            k_only_detected: calibration.k_only.delays.len(),
+            k_only_median_delay_ms: median(calibration.k_only.delays.clone()),
+            detected: calibration.chosen.delays.len(),
+            median_delay_ms: median(calibration.chosen.delays.clone()),
+            first_caught_at_once: calibration.chosen.at_once,
+        },
     };
     Ok((d, figures))
 }
 
-/// Alerts that the hysteresis of service (fire after `k` consecutive
-/// windows at or above `threshold`, resolve after `m` below it) would fire
-/// on one entity's healthy windows.
-fn false_alerts(seq: &[(i64, f64)], threshold: f64, k: usize, m: usize) -> usize {
-    let (mut bad, mut good, mut alerts, mut firing) = (0usize, 0usize, 0usize, false);
-    for &(_, s) in seq {
-        if s >= threshold {
+/// The map's values in the order of their keys, so that sums and searches
+/// over them do not depend on hashing.
+fn sorted_values<V>(map: HashMap<&str, V>) -> Vec<V> {
+    let mut v: Vec<_> = map.into_iter().collect();
+    v.sort_by(|a, b| a.0.cmp(b.0));
+    v.into_iter().map(|(_, v)| v).collect()
+}
+
+/// The training windows that calibration replays through the alert policy.
+struct Policy<'a> {
+    /// Healthy windows `(end, score)`, per entity, in time order.
+    healthy: &'a [Vec<(i64, f64)>],
+    /// Every window of an entity with incidents, and its incident spans.
+    around: &'a [Replay],
+    k: usize,
+    m: usize,
+    /// False alerts per 1,000 terminal-days per false alert.
+    per_1000: f64,
+    target: f64,
+}
+
+/// How one `(threshold, critical threshold)` pair does on the incidents.
+#[derive(Debug, Clone, PartialEq)]
+struct Detections {
+    incidents: usize,
+    /// Delay of each detected incident, ms.
+    delays: Vec<i64>,
+    /// Detections whose alert a critical window fired.
+    at_once: usize,
+}
+
+impl Detections {
+    /// Lower is better: the median delay, then the mean (a tie on the median
+    /// is common with 5-minute windows), in ms.
+    fn delay_key(&self) -> (f64, f64) {
+        let mean = self.delays.iter().map(|&d| d as f64).sum::<f64>() / self.delays.len().max(1) as f64;
+        (median(self.delays.clone()).unwrap_or(f64::INFINITY), mean)
+    }
+}
+
+/// The outcome of calibration: the pair chosen, and the `k` rule alone (at
+/// the same threshold) for comparison.
+#[derive(Debug, Clone, PartialEq)]
+struct Calibration {
+    threshold: f64,
+    critical_threshold: f64,
+    chosen: Detections,
+    k_only: Detections,
+}
+
+impl Policy<'_> {
+    /// False alerts `(warning, critical)` on the healthy windows.
+    fn false_alerts(&self, threshold: f64, critical: f64) -> (usize, usize) {
+        self.healthy.iter().fold((0, 0), |(w, c), seq| {
+            let (dw, dc) = false_alerts(seq, threshold, critical, self.k, self.m);
+            (w + dw, c + dc)
+        })
+    }
+
+    fn admissible(&self, threshold: f64, critical: f64) -> bool {
+        let (w, c) = self.false_alerts(threshold, critical);
+        (w + c) as f64 * self.per_1000 <= self.target
+    }
+
+    fn detections(&self, threshold: f64, critical: f64) -> Detections {
+        let mut d = Detections { incidents: 0, delays: Vec::new(), at_once: 0 };
+        for (seq, spans) in self.around {
+            let firings = firings(seq, threshold, critical, self.k, self.m);
+            for &(start, end) in spans {
+                if seq.iter().all(|w| w.0 < start || w.0 > end) {
+                    continue;
+                }
+                d.incidents += 1;
+                if let Some(&(ts, at_once)) = firings.iter().find(|f| f.0 >= start && f.0 <= end) {
+                    d.delays.push(ts - start);
+                    d.at_once += usize::from(at_once);
+                }
+            }
+        }
+        d
+    }
+
+    /// Picks `(threshold, critical threshold)`. First the `k` rule alone:
+    /// the lowest threshold within the false-alert target, as before the
+    /// critical tier existed. Then each critical threshold, from high to low,
+    /// while both tiers together stay within the target at that threshold.
+    /// Among those that detect at least as many training incidents as the
+    /// `k` rule alone, the one with the shortest median delay, then mean
+    /// delay, wins; ties keep the higher critical threshold, so the tier
+    /// stays off unless it makes detection faster.
+    ///
+    /// The threshold itself does not move to make room for the tier. Raising
+    /// it was tried (searching, per critical threshold, the lowest threshold
+    /// within the target): on the training fleets it bought seconds of
+    /// median delay with a site threshold 2.6 times higher, and that less
+    /// sensitive `k` rule missed a 30-minute mains incident on an unseen
+    /// fleet. So the tier only spends what the `k` rule leaves of the budget.
+    fn calibrate(&self, thresholds: &[f64], criticals: &[f64]) -> Calibration {
+        let threshold = thresholds
+            .iter()
+            .copied()
+            .find(|&t| self.admissible(t, CRITICAL_OFF))
+            .unwrap_or_else(|| thresholds.last().copied().unwrap_or(0.99999));
+        let k_only = self.detections(threshold, CRITICAL_OFF);
+        let mut best = (threshold, CRITICAL_OFF, k_only.clone());
+        for &critical in criticals.iter().filter(|&&c| c < CRITICAL_OFF && c > threshold) {
+            if !self.admissible(threshold, critical) {
+                // A lower critical threshold only adds at-once alerts.
+                break;
+            }
+            let found = self.detections(threshold, critical);
+            if found.delays.len() >= k_only.delays.len() && found.delay_key() < best.2.delay_key() {
+                best = (threshold, critical, found);
+            }
+        }
+        let (threshold, critical_threshold, chosen) = best;
+        Calibration { threshold, critical_threshold, chosen, k_only }
+    }
+}
+
+/// Firing events `(window end, fired at once)` of the alert policy of
+/// service on one entity's windows: fire after `k` consecutive windows at or
+/// above `threshold`, or at once on one at or above `critical`; resolve after
+/// `m` below `threshold`. Mirrors `alerting::step`.
+fn firings(seq: &[(i64, f64)], threshold: f64, critical: f64, k: usize, m: usize) -> Vec<(i64, bool)> {
+    let (mut bad, mut good, mut firing) = (0usize, 0usize, false);
+    let mut events = Vec::new();
+    for &(t, s) in seq {
+        let at_once = is_critical(s, critical);
+        if s >= threshold || at_once {
             bad += 1;
             good = 0;
-            if bad >= k && !firing {
-                alerts += 1;
+            if !firing && (bad >= k || at_once) {
+                events.push((t, at_once && bad < k));
                 firing = true;
+                bad = 0;
             }
         } else {
             bad = 0;
@@ -466,7 +690,18 @@ fn false_alerts(seq: &[(i64, f64)], threshold: f64, k: usize, m: usize) -> usize
             }
         }
     }
-    alerts
+    events
+}
+
+/// Alerts `(fired by k bad windows, fired at once by a critical window)`
+/// that the alert policy of service would fire on one entity's healthy
+/// windows.
+fn false_alerts(seq: &[(i64, f64)], threshold: f64, critical: f64, k: usize, m: usize) -> (usize, usize) {
+    firings(seq, threshold, critical, k, m).iter().fold((0, 0), |(w, c), f| if f.1 { (w, c + 1) } else { (w + 1, c) })
+}
+
+fn median(values: Vec<i64>) -> Option<f64> {
+    crate::eval::median(values)
 }
 
 /// FNV-1a 64-bit, for fingerprints of training data (not security).
@@ -489,13 +724,113 @@ mod tests {
     fn false_alerts_need_k_consecutive_bad_windows() {
         let seq: Vec<(i64, f64)> =
             [0.9, 0.1, 0.9, 0.9, 0.9, 0.1, 0.9, 0.9].iter().enumerate().map(|(i, s)| (i as i64, *s)).collect();
-        assert_eq!(false_alerts(&seq, 0.5, 2, 1), 2);
-        assert_eq!(false_alerts(&seq, 0.5, 3, 1), 1);
-        assert_eq!(false_alerts(&seq, 0.95, 1, 1), 0);
+        assert_eq!(false_alerts(&seq, 0.5, CRITICAL_OFF, 2, 1), (2, 0));
+        assert_eq!(false_alerts(&seq, 0.5, CRITICAL_OFF, 3, 1), (1, 0));
+        assert_eq!(false_alerts(&seq, 0.95, CRITICAL_OFF, 1, 1), (0, 0));
         // Resolving takes two good windows: the single good window between
         // the runs does not, so the second run is the same alert.
-        assert_eq!(false_alerts(&seq, 0.5, 2, 2), 1);
+        assert_eq!(false_alerts(&seq, 0.5, CRITICAL_OFF, 2, 2), (1, 0));
     }
+
+    fn seq(scores: &[f64]) -> Vec<(i64, f64)> {
+        scores.iter().enumerate().map(|(i, s)| (i as i64, *s)).collect()
+    }
+
+    #[test]
+    fn false_alerts_of_the_at_once_tier() {
+        let s = seq(&[0.97, 0.1, 0.6, 0.6, 0.1, 0.6, 0.97, 0.97, 0.1, 1.0]);
+        // Tier off: only the run of two (0.6, 0.6) and the run 0.6, 0.97, 0.97 fire.
+        assert_eq!(false_alerts(&s, 0.5, CRITICAL_OFF, 2, 1), (2, 0));
+        // At 0.95 the lone 0.97 fires at once; the run 0.6, 0.97 fires on its
+        // second window, which the k rule would have done too: a warning.
+        // A score of exactly 1.0 is critical when the tier is on...
+        assert_eq!(false_alerts(&s, 0.5, 0.95, 2, 1), (2, 2));
+        // ...and never when it is off (a logistic score can round to 1.0).
+        assert_eq!(false_alerts(&seq(&[1.0, 0.1, 1.0]), 0.5, CRITICAL_OFF, 2, 1), (0, 0));
+        // One alert per entity: critical windows while firing add none.
+        assert_eq!(false_alerts(&seq(&[0.99, 0.99, 0.99, 0.99]), 0.5, 0.95, 2, 3), (0, 1));
+        // Resolution counts good windows as before; the next critical window fires again.
+        assert_eq!(false_alerts(&seq(&[0.99, 0.1, 0.1, 0.99]), 0.5, 0.95, 2, 2), (0, 2));
+        assert_eq!(false_alerts(&seq(&[0.99, 0.1, 0.99]), 0.5, 0.95, 2, 2), (0, 1));
+    }
+
+    /// A policy over synthetic windows: `healthy` entities' scores, and one
+    /// incident entity per `(scores, incident start index)`, 5-minute windows.
+    fn calibrate(healthy: &[Vec<f64>], incidents: &[(Vec<f64>, i64)], terminal_days: u64) -> Calibration {
+        const W: i64 = 300_000;
+        let timed = |v: &[f64]| -> Vec<(i64, f64)> { v.iter().enumerate().map(|(i, s)| (i as i64 * W, *s)).collect() };
+        let healthy: Vec<_> = healthy.iter().map(|v| timed(v)).collect();
+        let around: Vec<_> =
+            incidents.iter().map(|(v, start)| (timed(v), vec![(start * W - W / 2, v.len() as i64 * W)])).collect();
+        let policy = Policy {
+            healthy: &healthy,
+            around: &around,
+            k: 2,
+            m: 3,
+            per_1000: 1000.0 / terminal_days as f64,
+            target: 0.2,
+        };
+        policy.calibrate(&threshold_candidates(), &CRITICAL_CANDIDATES)
+    }
+
+    /// Healthy entities whose scores return to 0.3 in pairs every six
+    /// windows: below 0.3 the k rule fires again and again, above it never.
+    fn healthy_fleet(n: usize) -> Vec<Vec<f64>> {
+        (0..n).map(|_| [0.1, 0.1, 0.1, 0.1, 0.3, 0.3].repeat(80)).collect()
+    }
+
+    #[test]
+    fn calibration_switches_the_at_once_tier_on_when_it_is_admissible_and_faster() {
+        // 10,000 terminal-days allow 2 false alerts. One healthy entity has a
+        // pair of 0.5s (one k-rule false alert above 0.3) and one lone 0.92
+        // (a false alert only for an at-once tier at or below it).
+        let mut healthy = healthy_fleet(3);
+        healthy[0][100] = 0.5;
+        healthy[0][101] = 0.5;
+        healthy[0][300] = 0.92;
+        // Incidents open with one window far out, then stay bad.
+        let incident = (vec![0.1, 0.1, 0.93, 0.8, 0.8, 0.8, 0.1], 2);
+        let c = calibrate(&healthy, &[incident.clone(), incident], 10_000);
+        assert_eq!(c.k_only.delays, vec![W5 / 2 + W5; 2]);
+        // Catching the 0.93 at once needs a critical threshold at or below
+        // it; the first candidate, 0.9, also fires on the lone 0.92, which
+        // the budget allows next to the k rule's one false alert. The k
+        // rule's threshold stays where the k rule alone put it.
+        assert_eq!((c.threshold, c.critical_threshold), (0.305, 0.9), "{c:?}");
+        assert_eq!((c.chosen.delays.clone(), c.chosen.at_once), (vec![W5 / 2; 2], 2));
+        let timed: Vec<Vec<(i64, f64)>> =
+            healthy.iter().map(|v| v.iter().enumerate().map(|(i, s)| (i as i64, *s)).collect()).collect();
+        let (warnings, criticals) = timed.iter().fold((0, 0), |(w, c), seq| {
+            let (dw, dc) = false_alerts(seq, 0.305, 0.9, 2, 3);
+            (w + dw, c + dc)
+        });
+        assert_eq!((warnings, criticals), (1, 1));
+    }
+
+    #[test]
+    fn calibration_keeps_the_at_once_tier_off_when_it_costs_too_many_false_alerts_or_does_not_help() {
+        // Lone healthy windows as far out as the incidents' first window:
+        // any tier that would catch them at once spends the budget.
+        let mut healthy = healthy_fleet(3);
+        for i in (0..480).step_by(50) {
+            healthy[0][i] = 0.995;
+        }
+        let incident = (vec![0.1, 0.1, 0.99, 0.8, 0.8, 0.8, 0.1], 2);
+        let c = calibrate(&healthy, &[incident.clone(), incident], 10_000);
+        assert_eq!(c.critical_threshold, CRITICAL_OFF, "{c:?}");
+        assert_eq!((c.threshold, c.chosen.clone()), (0.305, c.k_only.clone()));
+        assert_eq!(c.k_only.delays.len(), 2);
+        // A tier that would fire on the window before the incident's start
+        // detects nothing (the alert predates the incident, as the evaluator
+        // judges it), so it loses recall against the k rule: off again.
+        let early = (vec![0.1, 0.1, 0.8, 0.8, 0.8, 0.1], 3);
+        let c = calibrate(&healthy_fleet(3), &[early.clone(), early], 10_000);
+        assert_eq!(c.k_only.delays, vec![W5 / 2; 2]);
+        assert_eq!(c.critical_threshold, CRITICAL_OFF, "{c:?}");
+        assert_eq!((c.chosen.at_once, c.chosen.delays.len()), (0, 2));
+    }
+
+    const W5: i64 = 300_000;
 
     fn label(start: i64, end: i64, verdict: Verdict) -> IncidentLabel {
         IncidentLabel {
@@ -547,8 +882,17 @@ mod tests {
         let config = TrainConfig::default();
         let fit = |look_alike| {
             let rows = build(look_alike);
-            let (d, f) =
-                fit_one(AlertKind::HardwareAging, Scope::Terminal, &names, &rows, 1000, (1, 1), &config).expect("fits");
+            let (d, f) = fit_one(
+                AlertKind::HardwareAging,
+                Scope::Terminal,
+                &names,
+                &rows,
+                &HashMap::new(),
+                1000,
+                (1, 1),
+                &config,
+            )
+            .expect("fits");
             (d.score(&ALIKE), f.feedback_windows)
         };
         let (plain, none) = fit(Truth::Negative);

@@ -9,6 +9,8 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use arrow::record_batch::RecordBatch;
 use termwatch_features::{FeatureConfig, FeatureEngine};
+use termwatch_models::detector::CRITICAL_OFF;
+use termwatch_models::eval::format_duration;
 use termwatch_models::scoring::Scorer;
 use termwatch_models::training::{self, FNV_OFFSET, ModelSet, TrainConfig, TrainingData, TrainingRows};
 use termwatch_pipeline::{
@@ -267,30 +269,57 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     std::fs::write(&card, model_card(&set)).with_context(|| format!("cannot write {}", card.display()))?;
     for f in &set.figures {
         eprintln!(
-            "train: {} {}: {} positive / {} healthy windows, threshold {:.3}, window recall {:.3}, specificity {:.5}, calibrated false alerts {:.3} per 1,000 terminal-days",
+            "train: {} {}: {} positive / {} healthy windows, threshold {:.3}, critical {}, window recall {:.3}, specificity {:.5}, calibrated false alerts {:.3} per 1,000 terminal-days ({:.3} at once); training incidents {} detected {} (k rule alone {}), {} first caught at once, median delay {} (k rule alone {})",
             f.kind,
             f.scope,
             f.positive_windows,
             f.negative_windows,
             set.detector(f.kind, f.scope).map(|d| d.threshold).unwrap_or(f64::NAN),
+            set.detector(f.kind, f.scope).map_or_else(|| "-".to_owned(), |d| critical_text(d.critical_threshold)),
             f.window_recall,
             f.window_specificity,
-            f.calibrated_false_alerts_per_1000_terminal_days
+            f.calibrated_false_alerts_per_1000_terminal_days,
+            f.calibrated_critical_false_alerts_per_1000_terminal_days,
+            f.incidents.incidents,
+            f.incidents.detected,
+            f.incidents.k_only_detected,
+            f.incidents.first_caught_at_once,
+            delay_text(f.incidents.median_delay_ms),
+            delay_text(f.incidents.k_only_median_delay_ms),
         );
     }
     println!("wrote {} and {}", path.display(), card.display());
     Ok(())
 }
 
+fn critical_text(critical_threshold: f64) -> String {
+    if critical_threshold >= CRITICAL_OFF { "off".to_owned() } else { format!("{critical_threshold:.4}") }
+}
+
+fn delay_text(ms: Option<f64>) -> String {
+    ms.map_or_else(|| "-".to_owned(), format_duration)
+}
+
 fn model_card(set: &ModelSet) -> String {
     let mut s = format!(
         "# Model card: {}\n\nFormat `{}`. Four detectors, each a logistic regression (linfa) over window features\n\
          computed by `termwatch-features` (windows of {} s, lateness {} s), standardised with the\n\
-         training data's means and deviations. Thresholds were calibrated on the healthy windows of the\n\
-         training data so that, with the alerting hysteresis of service, false alerts stay at or below the\n\
-         target per 1,000 terminal-days.\n\n## Trained on\n\n- inputs: {}\n- fingerprint: `{}`\n- windows: {} .. {}\n\
+         training data's means and deviations.\n\n\
+         Each detector alerts in two tiers: `k` consecutive windows at or above its threshold fire a\n\
+         warning, and one window at or above its critical threshold fires a critical alert at once\n\
+         (still one alert per entity; it resolves after `m` windows below the threshold). Both\n\
+         thresholds were calibrated on the training data with the alerting hysteresis of service:\n\
+         the threshold is the lowest at which the `k` rule alone keeps false alerts on the healthy\n\
+         windows at or below the target per 1,000 terminal-days; the critical threshold is tried from\n\
+         high to low on a coarse grid while both tiers together stay within the same target, and the\n\
+         training incidents choose (replayed per entity: an alert detects an incident when it fires\n\
+         within it, as `termwatch eval` judges, without its site-terminal matching): the candidate that\n\
+         detects at least as many incidents as the `k` rule alone with the shortest median (then mean)\n\
+         delay. The tier only spends the part of the budget the `k` rule leaves. When no candidate is\n\
+         faster, the critical tier is off (critical threshold 1.0, shown as \"off\") and the detector\n\
+         never raises a critical alert.\n\n## Trained on\n\n- inputs: {}\n- fingerprint: `{}`\n- windows: {} .. {}\n\
          - terminal-days: {}\n- incidents: {}\n- not_incident labels: {}\n\n## Detectors\n\n\
-         | kind | scope | features | threshold | critical | positive windows | healthy windows | window recall | specificity | false alerts / 1,000 terminal-days (training, healthy) |\n|---|---|---|---|---|---|---|---|---|---|\n",
+         | kind | scope | features | threshold | critical | positive windows | healthy windows | window recall | specificity | false alerts / 1,000 terminal-days (training, healthy) | of which at once |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
         set.version,
         set.format,
         set.features.window_ms / 1000,
@@ -305,17 +334,40 @@ fn model_card(set: &ModelSet) -> String {
     );
     for (d, f) in set.detectors.iter().zip(&set.figures) {
         s.push_str(&format!(
-            "| {} | {} | {} | {:.3} | {:.3} | {} | {} | {:.3} | {:.5} | {:.3} |\n",
+            "| {} | {} | {} | {:.3} | {} | {} | {} | {:.3} | {:.5} | {:.3} | {:.3} |\n",
             d.kind,
             d.scope,
             d.feature_names.join(", "),
             d.threshold,
-            d.critical_threshold,
+            critical_text(d.critical_threshold),
             f.positive_windows,
             f.negative_windows,
             f.window_recall,
             f.window_specificity,
-            f.calibrated_false_alerts_per_1000_terminal_days
+            f.calibrated_false_alerts_per_1000_terminal_days,
+            f.calibrated_critical_false_alerts_per_1000_terminal_days,
+        ));
+    }
+    s.push_str(
+        "\n## The critical tier on the training incidents\n\n\
+         Incidents of the detector's kind and scope, replayed through the alert policy. \"k rule alone\" is\n\
+         the policy without the critical tier, at the same threshold; \"first caught at once\"\n\
+         counts detections whose alert a single critical window fired before `k` bad windows could.\n\n\
+         | kind | scope | incidents | detected, k rule alone | median delay, k rule alone | detected, two tiers | median delay, two tiers | first caught at once |\n\
+         |---|---|---|---|---|---|---|---|\n",
+    );
+    for f in &set.figures {
+        let i = &f.incidents;
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            f.kind,
+            f.scope,
+            i.incidents,
+            i.k_only_detected,
+            delay_text(i.k_only_median_delay_ms),
+            i.detected,
+            delay_text(i.median_delay_ms),
+            i.first_caught_at_once,
         ));
     }
     s.push_str(

@@ -66,7 +66,7 @@ fn trains_scores_and_evaluates_and_refuses_a_mismatched_artifact() {
     let model = model_dir.join("model.json");
     let artifact: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&model).expect("artifact")).expect("json");
-    assert_eq!(artifact["format"], "termwatch-models-v1");
+    assert_eq!(artifact["format"], "termwatch-models-v2");
     assert_eq!(artifact["detectors"].as_array().map(Vec::len), Some(4));
     assert!(artifact["trained_on"]["fingerprint"].as_str().is_some_and(|f| f.starts_with("fnv1a64:")));
     assert!(std::fs::read_to_string(model_dir.join("MODEL_CARD.md")).expect("card").contains("## Detectors"));
