@@ -738,8 +738,8 @@ impl FeatureEngine {
                 }
                 site.voltage_n += 1;
                 site.unstable += u32::from(unstable);
-                for (s, f) in site.voltage_sum.iter_mut().zip([features[0], features[1], features[3], features[4]]) {
-                    *s += f;
+                for (top, f) in site.worst.iter_mut().zip([features[0], features[1], features[3], features[4]]) {
+                    top.push(f);
                 }
             }
 
@@ -882,17 +882,9 @@ impl FeatureEngine {
                 continue;
             }
             let n = f64::from(agg.voltage_n);
-            rows.site_voltage.push(SiteVoltageRow {
-                site: s,
-                features: [
-                    agg.voltage_sum[0] / n,
-                    agg.voltage_sum[1] / n,
-                    agg.voltage_sum[2] / n,
-                    f64::from(agg.unstable) / n,
-                    agg.voltage_sum[3] / n,
-                    n,
-                ],
-            });
+            let [std, drop, sags, reboots] = agg.worst.map(|t| t.second());
+            rows.site_voltage
+                .push(SiteVoltageRow { site: s, features: [std, drop, sags, f64::from(agg.unstable) / n, reboots, n] });
         }
         for (r, mut agg) in region_acc {
             if agg.terminals == 0 {
@@ -948,8 +940,37 @@ struct Cols<'a> {
 struct SiteAgg {
     voltage_n: u32,
     unstable: u32,
-    /// v_std_log_ratio, v_mean_drop, sags_per_report, reboots_per_report
-    voltage_sum: [f64; 4],
+    /// v_std_log_ratio, v_mean_drop, sags_per_report, reboots_per_report:
+    /// the site's two worst terminals of each.
+    worst: [TopTwo; 4],
+}
+
+/// The two largest values pushed. A site's mains reach every terminal at
+/// once and one failing power supply reaches one, so a site feature is its
+/// second-worst terminal's: one terminal alone cannot raise it.
+#[derive(Clone, Copy)]
+struct TopTwo([f64; 2]);
+
+impl Default for TopTwo {
+    fn default() -> Self {
+        TopTwo([f64::NEG_INFINITY; 2])
+    }
+}
+
+impl TopTwo {
+    fn push(&mut self, x: f64) {
+        if x > self.0[0] {
+            self.0 = [x, self.0[0]];
+        } else if x > self.0[1] {
+            self.0[1] = x;
+        }
+    }
+
+    /// The second largest; with one value pushed, that value (a one-terminal
+    /// site is that terminal, and its terminal detector speaks for it).
+    fn second(&self) -> f64 {
+        if self.0[1].is_finite() { self.0[1] } else { self.0[0] }
+    }
 }
 
 #[derive(Default)]

@@ -25,12 +25,14 @@ pub use stats::Ewma;
 pub mod names {
     pub const TERMINAL_VOLTAGE: [&str; 6] =
         ["v_std_log_ratio", "v_mean_drop", "v_range_log_ratio", "sags_per_report", "reboots_per_report", "v_min_drop"];
+    /// `_second_worst`: the site's second-worst terminal's value, so one
+    /// terminal's failing power supply does not look like the site's mains.
     pub const SITE_VOLTAGE: [&str; 6] = [
-        "v_std_log_ratio_mean",
-        "v_mean_drop_mean",
-        "sags_per_report_mean",
+        "v_std_log_ratio_second_worst",
+        "v_mean_drop_second_worst",
+        "sags_per_report_second_worst",
         "share_terminals_unstable",
-        "reboots_per_report_mean",
+        "reboots_per_report_second_worst",
         "terminals_reporting",
     ];
     pub const NETWORK: [&str; 6] = [

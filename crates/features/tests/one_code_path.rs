@@ -107,4 +107,39 @@ fn injected_faults_move_their_features() {
         }
     }
     assert!(mean(&inside) > mean(&outside) + 0.3, "inside {} outside {}", mean(&inside), mean(&outside));
+    let mains_inside = mean(&inside);
+
+    // One terminal's failing supply, at a site with other terminals
+    // reporting and no mains problem: the terminal's own feature rises, the
+    // site's (its second-worst terminal's) does not.
+    let psu: Vec<_> =
+        labels.iter().filter(|l| l.kind == AlertKind::VoltageInstability && l.scope == Scope::Terminal).collect();
+    let (mut terminal, mut site) = (Vec::new(), Vec::new());
+    for w in &rows {
+        for r in &w.terminal_voltage {
+            let id = engine.terminal_id(r.terminal);
+            if !psu.iter().any(|l| l.entity == id && w.end_ms > l.start + 600_000 && w.end_ms <= l.end) {
+                continue;
+            }
+            let s = engine.terminal_site(r.terminal);
+            let site_id = engine.site_id(s);
+            if mains.iter().any(|l| l.entity == site_id && w.end_ms > l.start && w.end_ms <= l.end + 3_600_000) {
+                continue;
+            }
+            if let Some(row) = w.site_voltage.iter().find(|x| x.site == s && x.features[5] >= 2.0) {
+                terminal.push(r.features[0]);
+                site.push(row.features[0]);
+            }
+        }
+    }
+    assert!(terminal.len() > 20, "windows of supply faults at multi-terminal sites: {}", terminal.len());
+    eprintln!(
+        "v_std_log_ratio: supply fault {} its site {} healthy sites {} mains {}",
+        mean(&terminal),
+        mean(&site),
+        mean(&outside),
+        mains_inside
+    );
+    assert!(mean(&terminal) > mean(&outside) + 0.3, "terminal {} outside {}", mean(&terminal), mean(&outside));
+    assert!(mean(&site) < mean(&outside) + 0.1, "site {} outside {}", mean(&site), mean(&outside));
 }

@@ -285,21 +285,23 @@ impl Scorer {
             let mut aging_scores = Vec::new();
             if let Some(d) = self.models.detector(AlertKind::VoltageInstability, Scope::Site) {
                 for r in &w.site_voltage {
-                    let score = d.score(&r.features);
-                    // A one-terminal site is that terminal: the terminal
-                    // detector speaks for it.
-                    if r.features[5] < 2.0 {
+                    if !scored_at_site_scope(&r.features) {
                         continue;
                     }
+                    let score = d.score(&r.features);
                     site_scores.push(score);
-                    if score >= d.threshold {
-                        bad_sites.insert(r.site);
-                    }
                     let site = self.engine.site_id(r.site);
                     let region = self.engine.region_name(self.engine.site_region(r.site));
                     let scored =
                         scored(d, w.end_ms, site, region, score, &version, d.reasons(&r.features, &d.means, 3));
                     events.extend(self.alerts.observe(scored));
+                    // Until the site's alert resolves, its terminals' supply
+                    // trouble is the site's mains, already paged.
+                    if score >= d.threshold
+                        || self.alerts.firing_alert(AlertKind::VoltageInstability, Scope::Site, site).is_some()
+                    {
+                        bad_sites.insert(r.site);
+                    }
                 }
             }
             if let Some(d) = self.models.detector(AlertKind::VoltageInstability, Scope::Terminal) {
@@ -356,6 +358,14 @@ impl Scorer {
         }
         events
     }
+}
+
+/// Whether a site's voltage row is scored at site scope: a one-terminal site
+/// is that terminal, and the terminal detector speaks for it. Training
+/// leaves the same rows out.
+pub(crate) fn scored_at_site_scope(features: &[f64]) -> bool {
+    let terminals_reporting = names::SITE_VOLTAGE.iter().position(|n| *n == "terminals_reporting");
+    terminals_reporting.and_then(|i| features.get(i)).is_some_and(|n| *n >= 2.0)
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -296,24 +296,19 @@ pub fn train(
     let margin = 30 * MIN;
     use AlertKind::{HardwareAging, NetworkDegradation, VoltageInstability};
 
-    // Site voltage: mains problems. A site whose terminal has a failing
-    // supply is ambiguous for a site model and left out.
-    let site_terminals: HashMap<&str, std::collections::BTreeSet<&str>> =
-        rows.terminal_voltage.iter().fold(HashMap::new(), |mut m, r| {
-            m.entry(r.2.as_str()).or_default().insert(r.1.as_str());
-            m
-        });
+    // Site voltage: mains problems. One terminal's failing supply is a
+    // healthy window for the site: its features are the second-worst
+    // terminal's, and the terminal detector speaks for that supply. A
+    // one-terminal site is that terminal and is not scored at site scope.
     let site: Vec<Labelled<'_>> = rows
         .site_voltage
         .iter()
         .map(|(t, site, _, f)| {
-            let mut truth = index.truth(VoltageInstability, Scope::Site, site, *t, window, margin);
-            let psu = site_terminals.get(site.as_str()).is_some_and(|terms| {
-                terms.iter().any(|term| index.active(VoltageInstability, Scope::Terminal, term, *t, margin))
-            });
-            if psu && truth == Truth::Negative {
-                truth = Truth::Excluded;
-            }
+            let truth = if !crate::scoring::scored_at_site_scope(f) {
+                Truth::Excluded
+            } else {
+                index.truth(VoltageInstability, Scope::Site, site, *t, window, margin)
+            };
             (*t, site.as_str(), f.as_slice(), truth)
         })
         .collect();
