@@ -44,7 +44,8 @@ pub struct TrainArgs {
     /// Version recorded in the artifact and in every alert it raises.
     #[arg(long, default_value = "termwatch-default-1")]
     version: String,
-    /// Calibration target: false alerts per 1,000 terminal-days on healthy training windows, per detector.
+    /// Calibration target: false alerts per 1,000 terminal-days on healthy training windows, per alert kind
+    /// (voltage splits it between its site and terminal detectors).
     #[arg(long, default_value_t = 0.2)]
     target_false_alerts: f64,
     /// Each --input is a history of its own (another fleet or period, e.g. one simulated at 60 s and one
