@@ -366,7 +366,7 @@ pub fn train(
     let mut figures = Vec::new();
     for (kind, scope, feature_names, truths) in plan {
         let h = alerting.for_kind(kind);
-        let (k, m) = (h.fire_after_bad_windows as usize, h.resolve_after_good_windows as usize);
+        let (k, m) = (h.fire_after_bad_windows as usize, h.resolve_after(scope) as usize);
         let incidents: Incidents<'_> = labels
             .iter()
             .filter(|l| l.kind == kind && l.scope == scope && l.verdict == Verdict::Incident)
