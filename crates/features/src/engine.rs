@@ -4,6 +4,7 @@ use arrow::array::{Array, AsArray, DictionaryArray, Float64Array, UInt32Array};
 use arrow::datatypes::{Float64Type, Int32Type, TimestampMillisecondType, UInt32Type};
 use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
+use termwatch_telemetry::fields::DEFAULT_INTERVAL_S;
 use termwatch_telemetry::{Counter, Label, Measure};
 
 use crate::stats::{Ewma, median};
@@ -116,6 +117,9 @@ struct Acc {
     v_min: f64,
     v_max: f64,
     nominal: f64,
+    /// Minutes the reports' counters cover (their `interval_s`): counters
+    /// become rates per minute, the same whatever the reporting interval.
+    minutes: f64,
     sags: u32,
     reboots: u32,
     rtt_log_sum: f64,
@@ -402,6 +406,7 @@ impl FeatureEngine {
             loss: f64col(Measure::NetLossPct),
             health: f64col(Measure::BatteryHealthPct),
             nominal,
+            interval: column(batch, "interval_s").and_then(|c| c.as_primitive_opt::<UInt32Type>()),
             sags: u32col(Counter::SupplySags),
             swells: u32col(Counter::SupplySwells),
             reboots: u32col(Counter::Reboots),
@@ -645,6 +650,8 @@ impl FeatureEngine {
             acc.v_max = acc.v_max.max(f(c.v_max).unwrap_or(mean) / nominal);
             acc.nominal = nominal;
         }
+        let interval_s = c.interval.filter(|a| a.is_valid(row)).map_or(DEFAULT_INTERVAL_S, |a| a.value(row));
+        acc.minutes += f64::from(interval_s.max(1)) / 60.0;
         acc.sags += u(c.sags) + u(c.swells);
         acc.reboots += u(c.reboots);
         if let Some(rtt) = f(c.rtt) {
@@ -703,7 +710,7 @@ impl FeatureEngine {
             }
             term.ring[slot].window = i64::MIN;
             let Some(cohort) = self.cohort_base.get_mut(term.cohort as usize) else { continue };
-            let n = f64::from(acc.n);
+            let minutes = acc.minutes.max(1.0 / 60.0);
             let site = site_acc.entry(term.site).or_default();
             let region = region_acc.entry(term.region).or_default();
             region.sites.entry(term.site).or_default();
@@ -719,8 +726,8 @@ impl FeatureEngine {
                     ((v_std + EPS_V) / (base_std + EPS_V)).ln(),
                     base_mean - v_mean,
                     ((v_range + EPS_V) / (base_range + EPS_V)).ln(),
-                    f64::from(acc.sags) / n,
-                    f64::from(acc.reboots) / n,
+                    f64::from(acc.sags) / minutes,
+                    f64::from(acc.reboots) / minutes,
                     base_mean - acc.v_min,
                 ];
                 let baselines = [base_std, base_mean, base_range, 0.0, 0.0, base_mean];
@@ -770,7 +777,7 @@ impl FeatureEngine {
                     region.degraded += u32::from(degraded);
                     region.rtt_ratios.push(ratio);
                     region.loss_excess_sum += excess;
-                    region.reconnects_per_report_sum += f64::from(acc.reconnects) / n;
+                    region.reconnects_per_minute_sum += f64::from(acc.reconnects) / minutes;
                     region.timeouts_per_txn_sum += f64::from(acc.timeouts) / f64::from(acc.txn.max(1));
                     let s = region.sites.entry(term.site).or_default();
                     s.0 += 1;
@@ -900,7 +907,7 @@ impl FeatureEngine {
                     f64::from(agg.degraded) / n,
                     median(&mut agg.rtt_ratios).unwrap_or(0.0),
                     agg.loss_excess_sum / n,
-                    agg.reconnects_per_report_sum / n,
+                    agg.reconnects_per_minute_sum / n,
                     agg.timeouts_per_txn_sum / n,
                 ],
             });
@@ -924,6 +931,7 @@ struct Cols<'a> {
     loss: Option<&'a Float64Array>,
     health: Option<&'a Float64Array>,
     nominal: Option<&'a Float64Array>,
+    interval: Option<&'a UInt32Array>,
     sags: Option<&'a UInt32Array>,
     swells: Option<&'a UInt32Array>,
     reboots: Option<&'a UInt32Array>,
@@ -940,7 +948,7 @@ struct Cols<'a> {
 struct SiteAgg {
     voltage_n: u32,
     unstable: u32,
-    /// v_std_log_ratio, v_mean_drop, sags_per_report, reboots_per_report:
+    /// v_std_log_ratio, v_mean_drop, sags_per_minute, reboots_per_minute:
     /// the site's two worst terminals of each.
     worst: [TopTwo; 4],
 }
@@ -979,7 +987,7 @@ struct RegionAgg {
     degraded: u32,
     rtt_ratios: Vec<f64>,
     loss_excess_sum: f64,
-    reconnects_per_report_sum: f64,
+    reconnects_per_minute_sum: f64,
     timeouts_per_txn_sum: f64,
     /// Per site: (terminals with network data, degraded).
     sites: HashMap<u32, (u32, u32)>,
@@ -1041,6 +1049,7 @@ mod tests {
     use termwatch_telemetry::{BatchBuilder, decode};
 
     use super::*;
+    use crate::names;
 
     const MIN: i64 = 60_000;
     const T0: i64 = 1_795_514_400_000; // a window boundary
@@ -1057,6 +1066,28 @@ mod tests {
         format!(
             r#"{{"terminal_id":"{t}","ts":{ts},"region":"r1","site_id":"{site}","supply_v_mean":12.0,"supply_v_min":11.9,"supply_v_max":12.1,"supply_v_std":{v_std},"net_rtt_ms":40,"net_loss_pct":0.1}}"#
         )
+    }
+
+    #[test]
+    fn counters_are_rates_per_minute_whatever_the_reporting_interval() {
+        // The same supply, 2 sags and 1 reconnect a minute, reported every
+        // 60 s by T-1 and every 300 s by T-2, in the window [T0, T0+5m).
+        let line = |t: &str, ts: i64, interval: u32| {
+            let m = interval / 60;
+            format!(
+                r#"{{"terminal_id":"{t}","ts":{ts},"region":"r1","site_id":"S-{t}","interval_s":{interval},"supply_v_mean":12.0,"supply_v_min":11.9,"supply_v_max":12.1,"supply_v_std":0.04,"supply_sags":{},"net_reconnects":{m}}}"#,
+                2 * m
+            )
+        };
+        let mut lines: Vec<String> = (0..5).map(|i| line("T-1", T0 + i * MIN, 60)).collect();
+        lines.push(line("T-2", T0 + 4 * MIN, 300));
+        let mut e = FeatureEngine::new(FeatureConfig::default());
+        e.process_batch(&batch(&lines));
+        let rows = e.finish();
+        let w = rows.iter().find(|w| w.end_ms == T0 + 5 * MIN).expect("the window closed");
+        let sags = names::TERMINAL_VOLTAGE.iter().position(|n| *n == "sags_per_minute").expect("feature");
+        let per_terminal: Vec<f64> = w.terminal_voltage.iter().map(|r| r.features[sags]).collect();
+        assert_eq!(per_terminal, [2.0, 2.0]);
     }
 
     #[test]

@@ -24,15 +24,15 @@ pub use stats::Ewma;
 /// Feature names, in the order of each row's `features` array.
 pub mod names {
     pub const TERMINAL_VOLTAGE: [&str; 6] =
-        ["v_std_log_ratio", "v_mean_drop", "v_range_log_ratio", "sags_per_report", "reboots_per_report", "v_min_drop"];
+        ["v_std_log_ratio", "v_mean_drop", "v_range_log_ratio", "sags_per_minute", "reboots_per_minute", "v_min_drop"];
     /// `_second_worst`: the site's second-worst terminal's value, so one
     /// terminal's failing power supply does not look like the site's mains.
     pub const SITE_VOLTAGE: [&str; 6] = [
         "v_std_log_ratio_second_worst",
         "v_mean_drop_second_worst",
-        "sags_per_report_second_worst",
+        "sags_per_minute_second_worst",
         "share_terminals_unstable",
-        "reboots_per_report_second_worst",
+        "reboots_per_minute_second_worst",
         "terminals_reporting",
     ];
     pub const NETWORK: [&str; 6] = [
@@ -40,7 +40,7 @@ pub mod names {
         "share_terminals_degraded",
         "rtt_log_ratio_median",
         "loss_excess_mean",
-        "reconnects_per_report_mean",
+        "reconnects_per_minute_mean",
         "timeouts_per_txn_mean",
     ];
     pub const AGING: [&str; 8] = [

@@ -24,7 +24,8 @@ const MAGIC: &[u8; 6] = b"TWSNAP";
 /// never taken for the other.
 const PARTITION_MAGIC: &[u8; 6] = b"TWPART";
 /// 2: the wear evidence of hardware aging (feature state of another shape).
-const FORMAT: u32 = 2;
+/// 3: window sums hold the minutes their counters cover (`interval_s`).
+const FORMAT: u32 = 3;
 const HEADER: usize = 6 + 4 + 8;
 
 #[derive(Debug, thiserror::Error)]
