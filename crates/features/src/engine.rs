@@ -116,7 +116,6 @@ struct Acc {
     v_std_sum: f64,
     v_min: f64,
     v_max: f64,
-    nominal: f64,
     /// Minutes the reports' counters cover (their `interval_s`): counters
     /// become rates per minute, the same whatever the reporting interval.
     minutes: f64,
@@ -648,7 +647,6 @@ impl FeatureEngine {
             acc.v_std_sum += std / nominal;
             acc.v_min = acc.v_min.min(f(c.v_min).unwrap_or(mean) / nominal);
             acc.v_max = acc.v_max.max(f(c.v_max).unwrap_or(mean) / nominal);
-            acc.nominal = nominal;
         }
         let interval_s = c.interval.filter(|a| a.is_valid(row)).map_or(DEFAULT_INTERVAL_S, |a| a.value(row));
         acc.minutes += f64::from(interval_s.max(1)) / 60.0;
