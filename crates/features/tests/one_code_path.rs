@@ -94,7 +94,7 @@ fn injected_faults_move_their_features() {
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     assert!(mean(&inside) > 3.0 * mean(&outside) + 0.05, "inside {} outside {}", mean(&inside), mean(&outside));
 
-    // Voltage at site scope: the site's mean v_std log-ratio inside versus outside.
+    // Voltage at site scope: the site's (second-worst terminal's) v_std log-ratio inside versus outside.
     let mains: Vec<_> =
         labels.iter().filter(|l| l.kind == AlertKind::VoltageInstability && l.scope == Scope::Site).collect();
     assert!(!mains.is_empty(), "the simulation injected site mains problems");
