@@ -35,6 +35,8 @@ pub mod names {
         "reboots_per_minute_second_worst",
         "terminals_reporting",
     ];
+    /// Where `terminals_reporting` is in [`SITE_VOLTAGE`].
+    pub const SITE_TERMINALS_REPORTING: usize = 5;
     pub const NETWORK: [&str; 6] = [
         "share_sites_degraded",
         "share_terminals_degraded",
@@ -53,4 +55,12 @@ pub mod names {
         "printer_error_log_ratio",
         "battery_health_drop_per_day",
     ];
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn site_terminals_reporting_names_its_column() {
+        assert_eq!(super::names::SITE_VOLTAGE[super::names::SITE_TERMINALS_REPORTING], "terminals_reporting");
+    }
 }

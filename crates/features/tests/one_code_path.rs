@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arrow::record_batch::RecordBatch;
-use termwatch_features::{FeatureConfig, FeatureEngine, WindowRows};
+use termwatch_features::{FeatureConfig, FeatureEngine, WindowRows, names};
 use termwatch_pipeline::{BatchConfig, BatchSink, MemoryDeadLetters, Pipeline, Position, SinkError};
 use termwatch_sim::{SimConfig, Simulator};
 use termwatch_telemetry::alerts::{AlertKind, Scope};
@@ -126,7 +126,9 @@ fn injected_faults_move_their_features() {
             if mains.iter().any(|l| l.entity == site_id && w.end_ms > l.start && w.end_ms <= l.end + 3_600_000) {
                 continue;
             }
-            if let Some(row) = w.site_voltage.iter().find(|x| x.site == s && x.features[5] >= 2.0) {
+            if let Some(row) =
+                w.site_voltage.iter().find(|x| x.site == s && x.features[names::SITE_TERMINALS_REPORTING] >= 2.0)
+            {
                 terminal.push(r.features[0]);
                 site.push(row.features[0]);
             }

@@ -127,7 +127,7 @@ impl HysteresisConfig {
 ///   after the fault is gone, which is noise of its own (README.md,
 ///   "Detectors"). Network alerts already fire once per incident: 3.
 /// - A terminal's voltage alert resolves after 24 good windows (2 hours).
-///   A failing power supply flickers for days (a median of 93-103 hours on
+///   A failing power supply flickers for days (a median of 78-103 hours on
 ///   the evaluation histories), with quiet spells longer than half an hour:
 ///   resolved after 6, its alert re-fired 35 times per supply fault (149
 ///   voltage alerts for 13 incidents on the 7-day history at 300 s). After

@@ -364,8 +364,7 @@ impl Scorer {
 /// is that terminal, and the terminal detector speaks for it. Training
 /// leaves the same rows out.
 pub(crate) fn scored_at_site_scope(features: &[f64]) -> bool {
-    let terminals_reporting = names::SITE_VOLTAGE.iter().position(|n| *n == "terminals_reporting");
-    terminals_reporting.and_then(|i| features.get(i)).is_some_and(|n| *n >= 2.0)
+    features.get(names::SITE_TERMINALS_REPORTING).is_some_and(|n| *n >= 2.0)
 }
 
 #[allow(clippy::too_many_arguments)]
