@@ -17,7 +17,8 @@ start_tansu() {
   if [ -z "$tansu" ]; then
     echo "tansu is not installed: building it once into $TERMWATCH_TOOLS (about 10 minutes on 2 cores)"
     # Its own target directory: tansu's dependency set shares nothing useful with ours.
-    CARGO_TARGET_DIR="$TERMWATCH_TOOLS/target" \
+    # Without termwatch's clippy wrapper (scripts/lib/build.sh): tansu's code is not ours to lint.
+    env -u RUSTC_WORKSPACE_WRAPPER -u CLIPPY_ARGS CARGO_TARGET_DIR="$TERMWATCH_TOOLS/target" \
       cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore --root "$TERMWATCH_TOOLS"
     tansu="$TERMWATCH_TOOLS/bin/tansu"
   fi
