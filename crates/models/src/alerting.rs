@@ -155,6 +155,8 @@ pub struct AlertingConfig {
     pub voltage_instability: HysteresisConfig,
     /// Default `{fire_after_bad_windows: 2, resolve_after_good_windows: 3, stale_after_ms: 21600000}` (6 h).
     pub network_degradation: HysteresisConfig,
+    /// Default `{fire_after_bad_windows: 2, resolve_after_good_windows: 12, stale_after_ms: 86400000}` (24 h).
+    pub firmware_regression: HysteresisConfig,
 }
 
 impl Default for AlertingConfig {
@@ -178,6 +180,12 @@ impl Default for AlertingConfig {
                 terminal_resolve_after_good_windows: None,
                 stale_after_ms: 6 * MS_PER_HOUR,
             },
+            firmware_regression: HysteresisConfig {
+                fire_after_bad_windows: 2,
+                resolve_after_good_windows: 12,
+                terminal_resolve_after_good_windows: None,
+                stale_after_ms: 24 * MS_PER_HOUR,
+            },
         }
     }
 }
@@ -189,6 +197,7 @@ impl AlertingConfig {
             AlertKind::HardwareAging => &self.hardware_aging,
             AlertKind::VoltageInstability => &self.voltage_instability,
             AlertKind::NetworkDegradation => &self.network_degradation,
+            AlertKind::FirmwareRegression => &self.firmware_regression,
         }
     }
 
@@ -327,7 +336,7 @@ struct SnapshotEntry {
     state: Entry,
 }
 
-const SCOPES: [Scope; 3] = [Scope::Terminal, Scope::Site, Scope::Region];
+const SCOPES: [Scope; 4] = [Scope::Terminal, Scope::Site, Scope::Region, Scope::Cohort];
 const SLOTS: usize = AlertKind::ALL.len() * SCOPES.len();
 const SEVERITIES: [Severity; 2] = [Severity::Warning, Severity::Critical];
 
@@ -336,6 +345,7 @@ fn kind_index(kind: AlertKind) -> usize {
         AlertKind::HardwareAging => 0,
         AlertKind::VoltageInstability => 1,
         AlertKind::NetworkDegradation => 2,
+        AlertKind::FirmwareRegression => 3,
     }
 }
 
@@ -344,6 +354,7 @@ fn slot(kind: AlertKind, scope: Scope) -> usize {
         Scope::Terminal => 0,
         Scope::Site => 1,
         Scope::Region => 2,
+        Scope::Cohort => 3,
     };
     kind_index(kind) * SCOPES.len() + scope
 }
@@ -386,7 +397,7 @@ fn count_remove(counts: &mut Counts, slot: usize, severity: Severity, region: &s
 /// event time advances.
 #[derive(Debug, Clone)]
 pub struct AlertTracker {
-    params: [HysteresisConfig; 3],
+    params: [HysteresisConfig; AlertKind::ALL.len()],
     /// One map per `(kind, scope)`, so a lookup by `&str` allocates nothing.
     entities: [HashMap<Box<str>, Entry>; SLOTS],
     counts: Counts,
@@ -778,7 +789,7 @@ mod tests {
             terminal_resolve_after_good_windows: None,
             stale_after_ms: 6 * MS_PER_HOUR,
         };
-        AlertingConfig { hardware_aging: h, voltage_instability: h, network_degradation: h }
+        AlertingConfig { hardware_aging: h, voltage_instability: h, network_degradation: h, firmware_regression: h }
             .build()
             .expect("valid config")
     }
@@ -796,9 +807,14 @@ mod tests {
             terminal_resolve_after_good_windows: Some(4),
             stale_after_ms: 6 * MS_PER_HOUR,
         };
-        let mut t = AlertingConfig { hardware_aging: h, voltage_instability: h, network_degradation: h }
-            .build()
-            .expect("valid config");
+        let mut t = AlertingConfig {
+            hardware_aging: h,
+            voltage_instability: h,
+            network_degradation: h,
+            firmware_regression: h,
+        }
+        .build()
+        .expect("valid config");
         let site = |i, bad| Scored { scope: Scope::Site, entity: "S-1", ..win(i, bad) };
         let windows = (0..6).flat_map(|i| [win(i, i == 0), site(i, i == 0)]);
         let events: Vec<_> =
@@ -1172,7 +1188,7 @@ mod tests {
                 terminal_resolve_after_good_windows: None,
                 stale_after_ms: 60 * MIN5,
             };
-            let mut t = AlertingConfig { hardware_aging: h, voltage_instability: h, network_degradation: h }.build().expect("valid");
+            let mut t = AlertingConfig { hardware_aging: h, voltage_instability: h, network_degradation: h, firmware_regression: h }.build().expect("valid");
             let mut clock = [T0; 4];
             let mut watermark = T0;
             let mut last: BTreeMap<(AlertKind, String), (AlertState, i64)> = BTreeMap::new();

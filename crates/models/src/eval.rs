@@ -114,6 +114,8 @@ pub struct FleetIndex {
     terminals: HashMap<String, TerminalSeen>,
     site_terminals: HashMap<String, BTreeSet<String>>,
     regions: HashSet<String>,
+    /// Every `MODEL/FIRMWARE` reported.
+    cohorts: HashSet<String>,
     reports: u64,
     rejected: u64,
     blank_lines: u64,
@@ -157,7 +159,12 @@ impl FleetIndex {
                 continue;
             }
             match decode(line.bytes, HISTORY_INGEST_MS) {
-                Ok(t) => self.observe(&t.terminal_id, t.label(Label::SiteId), &t.region, t.ts_ms),
+                Ok(t) => {
+                    self.observe(&t.terminal_id, t.label(Label::SiteId), &t.region, t.ts_ms);
+                    if let (Some(model), Some(firmware)) = (t.label(Label::Model), t.label(Label::Firmware)) {
+                        self.observe_cohort(model, firmware);
+                    }
+                }
                 Err(rejection) => {
                     self.rejected += 1;
                     if self.first_rejection.is_none() {
@@ -167,6 +174,12 @@ impl FleetIndex {
             }
         }
         Ok(())
+    }
+
+    /// Records that a terminal of `model` reported on `firmware`: the cohort
+    /// `MODEL/FIRMWARE` exists.
+    pub fn observe_cohort(&mut self, model: &str, firmware: &str) {
+        self.cohorts.insert(format!("{model}/{firmware}"));
     }
 
     /// Records one valid report.
@@ -203,6 +216,7 @@ impl FleetIndex {
             Scope::Terminal => self.terminals.contains_key(entity),
             Scope::Site => self.site_terminals.contains_key(entity),
             Scope::Region => self.regions.contains(entity),
+            Scope::Cohort => self.cohorts.contains(entity),
         }
     }
 
@@ -412,7 +426,7 @@ fn evaluate_kind(kind: AlertKind, alerts: &[AlertEvent], labels: &[IncidentLabel
         match alert.scope {
             Scope::Terminal => fleet.sites_of(&alert.entity).for_each(|s| add(Scope::Site, s)),
             Scope::Site => fleet.terminals_at(&alert.entity).for_each(|t| add(Scope::Terminal, t)),
-            Scope::Region => {}
+            Scope::Region | Scope::Cohort => {}
         }
         let mut is_true = false;
         for &i in &candidates {

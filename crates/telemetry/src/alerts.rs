@@ -15,17 +15,25 @@ pub enum AlertKind {
     HardwareAging,
     VoltageInstability,
     NetworkDegradation,
+    /// A firmware version that makes terminals crash, leak memory or reboot
+    /// more than the version they ran before (cohort scope, 2026-12-03).
+    FirmwareRegression,
 }
 
 impl AlertKind {
-    pub const ALL: [AlertKind; 3] =
-        [AlertKind::HardwareAging, AlertKind::VoltageInstability, AlertKind::NetworkDegradation];
+    pub const ALL: [AlertKind; 4] = [
+        AlertKind::HardwareAging,
+        AlertKind::VoltageInstability,
+        AlertKind::NetworkDegradation,
+        AlertKind::FirmwareRegression,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             AlertKind::HardwareAging => "hardware_aging",
             AlertKind::VoltageInstability => "voltage_instability",
             AlertKind::NetworkDegradation => "network_degradation",
+            AlertKind::FirmwareRegression => "firmware_regression",
         }
     }
 }
@@ -43,6 +51,9 @@ pub enum Scope {
     Terminal,
     Site,
     Region,
+    /// A terminal model on one firmware version, entity `MODEL/FIRMWARE`,
+    /// region `"*"` (it spans the fleet).
+    Cohort,
 }
 
 impl Scope {
@@ -51,6 +62,7 @@ impl Scope {
             Scope::Terminal => "terminal",
             Scope::Site => "site",
             Scope::Region => "region",
+            Scope::Cohort => "cohort",
         }
     }
 }
@@ -150,6 +162,14 @@ mod tests {
         let line = r#"{"kind":"network_degradation","scope":"region","entity":"east-07","region":"east-07","start":"2026-11-24T10:00:00Z","end":"2026-11-24T12:30:00Z"}"#;
         let label: IncidentLabel = serde_json::from_str(line).expect("contract example parses");
         assert_eq!(label.verdict, Verdict::Incident);
+        assert_eq!(serde_json::to_string(&label).expect("serialises"), line);
+    }
+
+    #[test]
+    fn reads_the_firmware_regression_kind_and_cohort_scope() {
+        let line = r#"{"kind":"firmware_regression","scope":"cohort","entity":"P200/6.0.0","region":"*","start":"2026-11-24T10:00:00Z","end":"2026-11-26T10:00:00Z"}"#;
+        let label: IncidentLabel = serde_json::from_str(line).expect("contract example parses");
+        assert_eq!((label.kind, label.scope), (AlertKind::FirmwareRegression, Scope::Cohort));
         assert_eq!(serde_json::to_string(&label).expect("serialises"), line);
     }
 

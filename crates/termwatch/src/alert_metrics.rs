@@ -300,7 +300,7 @@ impl AlertMetrics {
             let site = match a.scope {
                 Scope::Terminal => state.sites.get(a.entity).map(String::as_str).unwrap_or(""),
                 Scope::Site => a.entity,
-                Scope::Region => "",
+                Scope::Region | Scope::Cohort => "",
             };
             let labels: EntityLabels = [
                 a.kind.as_str().to_string(),
