@@ -35,6 +35,12 @@ pub struct FeatureConfig {
     /// part was used). Default 288: about two trading days, so evidence builds
     /// over days of use and fades within days of a part being swapped.
     pub aging_evidence_windows: f64,
+    /// A report more than this far ahead of both its source's progress and
+    /// its terminal's latest report is a wrong clock, not news: dropped and
+    /// counted (`ahead`), so it moves no window, ms. It is also how far one
+    /// terminal reporting alone moves its source's progress ahead of the
+    /// others' (see [`SourceProgress`]). Default 900000 (15 min).
+    pub max_ahead_ms: i64,
 }
 
 impl Default for FeatureConfig {
@@ -47,6 +53,7 @@ impl Default for FeatureConfig {
             aging_short_windows: 144.0,
             aging_long_windows: 4032.0,
             aging_evidence_windows: 288.0,
+            max_ahead_ms: 900_000,
         }
     }
 }
@@ -55,8 +62,12 @@ impl Default for FeatureConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
     pub reports: u64,
-    /// Reports for a window that had already closed: dropped.
+    /// Reports for a window that had already closed, or that their own
+    /// source's progress had left behind by more than the lateness: dropped.
     pub late: u64,
+    /// Reports far ahead of their source and their terminal (a clock that
+    /// is wrong): dropped, see [`FeatureConfig::max_ahead_ms`].
+    pub ahead: u64,
     pub windows_closed: u64,
     /// Reports at or before their terminal's latest event time when a
     /// snapshot was taken, seen again after a restore: skipped, so that no
@@ -180,6 +191,8 @@ struct Wear {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Terminal {
     id: Box<str>,
+    /// A hash of `id`: who the terminal is in its source's progress.
+    key: u64,
     /// Latest event time applied.
     max_ts: i64,
     /// Reports at or before this were applied before the snapshot this
@@ -188,7 +201,13 @@ struct Terminal {
     site: u32,
     region: u32,
     cohort: u32,
-    ring: Vec<Acc>,
+    /// Share of its recent reports dropped as late or ahead (an exponential
+    /// mean over about `1 / DROP_ALPHA` reports): a clock or a link an
+    /// operator should look at.
+    dropped: f32,
+    /// Sums of the windows still open for this terminal, oldest first:
+    /// usually two or three; more while its source runs ahead of others.
+    open: Vec<Acc>,
     base: Baseline,
     wear: Wear,
 }
@@ -238,6 +257,62 @@ impl TerminalStates {
     }
 }
 
+/// Event-time progress of one input: a Kafka partition or a history file.
+///
+/// Its watermark is the second-latest event time among its terminals, or
+/// the latest less `max_ahead_ms` when that is later (a terminal reporting
+/// alone at night still moves time on). One terminal, whatever its clock
+/// says, cannot move the windows of everyone else in its partition: a report
+/// more than `max_ahead_ms` ahead is dropped, and one within it moves the
+/// watermark by nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceProgress {
+    /// The two terminals furthest ahead, (event time, terminal key), the
+    /// latest first; `i64::MIN` for none.
+    top: [(i64, u64); 2],
+    /// The input has ended for now (a file read to its end, a partition
+    /// caught up): it holds no window open until it sends again.
+    idle: bool,
+}
+
+impl Default for SourceProgress {
+    fn default() -> Self {
+        SourceProgress { top: [(i64::MIN, 0); 2], idle: false }
+    }
+}
+
+impl SourceProgress {
+    /// Event time up to which this input has delivered, as far as two of
+    /// its terminals agree (or one, `max_ahead_ms` behind it); `None` before
+    /// its first report.
+    pub fn watermark(&self, max_ahead_ms: i64) -> Option<i64> {
+        let [first, second] = self.top;
+        (first.0 != i64::MIN).then(|| second.0.max(first.0.saturating_sub(max_ahead_ms)))
+    }
+
+    /// The latest event time any of its terminals reported (`i64::MIN` for none).
+    fn latest(&self) -> i64 {
+        self.top[0].0
+    }
+
+    fn observe(&mut self, key: u64, ts: i64) {
+        let [first, second] = &mut self.top;
+        if first.0 != i64::MIN && first.1 == key {
+            first.0 = first.0.max(ts);
+        } else if second.0 != i64::MIN && second.1 == key {
+            second.0 = second.0.max(ts);
+            if second.0 > first.0 {
+                std::mem::swap(first, second);
+            }
+        } else if ts > first.0 {
+            *second = *first;
+            *first = (ts, key);
+        } else if ts > second.0 {
+            *second = (ts, key);
+        }
+    }
+}
+
 /// Per-terminal, per-site and per-region state; see the crate docs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FeatureEngine {
@@ -255,10 +330,39 @@ pub struct FeatureEngine {
     cohort_wear: Vec<CohortWear>,
     /// Terminals with reports in each open window.
     members: BTreeMap<i64, Vec<u32>>,
-    watermark: i64,
+    /// The latest event time applied, for display: windows close on the
+    /// sources' progress, not on this.
+    latest: i64,
+    /// Every input feeding the engine, by name: windows close once all of
+    /// them have passed (see [`FeatureEngine::watermark`]).
+    sources: BTreeMap<Box<str>, SourceProgress>,
+    /// Per region (by index): reports, and of them dropped as late and as
+    /// ahead, since this process started (counters for metrics).
+    #[serde(skip)]
+    region_counts: Vec<RegionCounts>,
     /// Every window below this index has closed.
     next_to_close: Option<i64>,
     counters: Counters,
+}
+
+/// Reports a region's terminals sent, and of them dropped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RegionCounts {
+    pub reports: u64,
+    pub late: u64,
+    pub ahead: u64,
+}
+
+/// Weight of each report in a terminal's dropped share: about the last 32.
+const DROP_ALPHA: f32 = 1.0 / 32.0;
+
+/// The input of [`FeatureEngine::process_batch`]: one history, in order.
+pub const DEFAULT_SOURCE: &str = "input";
+
+/// Who a terminal is in its source's progress: FNV-1a 64 of its id. Two ids
+/// that collide count as one terminal there, which only delays windows.
+fn terminal_key(id: &str) -> u64 {
+    id.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// Sites without a `site_id` are keyed by their terminal: one terminal, one site.
@@ -301,7 +405,9 @@ impl FeatureEngine {
             cohort_base: Vec::new(),
             cohort_wear: Vec::new(),
             members: BTreeMap::new(),
-            watermark: i64::MIN,
+            latest: i64::MIN,
+            sources: BTreeMap::new(),
+            region_counts: Vec::new(),
             next_to_close: None,
             counters: Counters::default(),
         }
@@ -357,16 +463,94 @@ impl FeatureEngine {
     pub fn state_bytes_per_terminal(&self) -> f64 {
         let n = self.terminals.len().max(1);
         let fixed = self.terminals.capacity() * std::mem::size_of::<Terminal>();
-        let rings: usize = self.terminals.iter().map(|t| t.ring.capacity() * std::mem::size_of::<Acc>()).sum();
+        let rings: usize = self.terminals.iter().map(|t| t.open.capacity() * std::mem::size_of::<Acc>()).sum();
         let ids: usize = self.terminals.iter().map(|t| t.id.len()).sum::<usize>() * 2; // state and index keys
         // A hashbrown entry: the key (a boxed str), the value, one control byte; 7/8 load.
         let index = self.terminal_index.capacity() * (std::mem::size_of::<(Box<str>, u32)>() + 1) * 8 / 7;
         (fixed + rings + ids + index) as f64 / n as f64
     }
 
-    /// The latest event time seen, epoch ms (None before the first report).
+    /// The latest event time applied, epoch ms (None before the first report).
+    pub fn latest(&self) -> Option<i64> {
+        (self.latest != i64::MIN).then_some(self.latest)
+    }
+
+    /// Event time up to which every input has delivered, epoch ms: the
+    /// lowest watermark among the inputs that are not idle (the highest of
+    /// all when every input is idle). `None` while an input that has not
+    /// sent anything yet holds the windows open. A window closes once this
+    /// has passed its end by the lateness.
     pub fn watermark(&self) -> Option<i64> {
-        (self.watermark != i64::MIN).then_some(self.watermark)
+        let mut lowest: Option<i64> = None;
+        let mut highest: Option<i64> = None;
+        let mut active = false;
+        for p in self.sources.values() {
+            let wm = p.watermark(self.config.max_ahead_ms);
+            highest = highest.max(wm);
+            if !p.idle {
+                let wm = wm?;
+                active = true;
+                lowest = Some(lowest.map_or(wm, |l| l.min(wm)));
+            }
+        }
+        if active { lowest } else { highest }
+    }
+
+    /// Per region: reports seen since this process started, and of them
+    /// dropped as late or ahead.
+    pub fn region_counts(&self) -> impl Iterator<Item = (&str, RegionCounts)> {
+        self.region_counts.iter().enumerate().map(|(r, c)| (self.region_name(r as u32), *c))
+    }
+
+    /// Terminals whose recent reports were dropped (as late or ahead) for at
+    /// least `min_share` of them: (terminal index, share).
+    pub fn dropping_terminals(&self, min_share: f32) -> Vec<(u32, f32)> {
+        self.terminals
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.dropped >= min_share)
+            .map(|(i, t)| (i as u32, t.dropped))
+            .collect()
+    }
+
+    /// Each input by name: its watermark, and whether it is idle.
+    pub fn sources(&self) -> impl Iterator<Item = (&str, Option<i64>, bool)> {
+        self.sources.iter().map(|(n, p)| (&**n, p.watermark(self.config.max_ahead_ms), p.idle))
+    }
+
+    /// An input that will feed the engine (a Kafka partition just
+    /// assigned): until it sends its first report or ends, no window closes.
+    pub fn register_source(&mut self, name: &str) {
+        if !self.sources.contains_key(name) {
+            self.sources.insert(name.into(), SourceProgress::default());
+        }
+    }
+
+    /// Restores an input's progress (from its partition's snapshot).
+    pub fn restore_source(&mut self, name: &str, progress: SourceProgress) {
+        self.sources.insert(name.into(), SourceProgress { idle: false, ..progress });
+    }
+
+    /// An input's progress, for its partition's snapshot.
+    pub fn source(&self, name: &str) -> Option<SourceProgress> {
+        self.sources.get(name).copied()
+    }
+
+    /// Forgets an input (its partition went to another replica): it no
+    /// longer holds windows open; they close with the next batch.
+    pub fn remove_source(&mut self, name: &str) -> Option<SourceProgress> {
+        self.sources.remove(name)
+    }
+
+    /// An input has ended for now: it holds no window open until it sends
+    /// again. Returns the windows that could then close.
+    pub fn end_of_source(&mut self, name: &str) -> Vec<WindowRows> {
+        let mut closed = Vec::new();
+        if let Some(p) = self.sources.get_mut(name) {
+            p.idle = true;
+            self.close_ready(&mut closed);
+        }
+        closed
     }
 
     pub fn tracked_terminals(&self) -> usize {
@@ -377,12 +561,16 @@ impl FeatureEngine {
         ts.div_euclid(self.config.window_ms)
     }
 
-    fn ring_len(&self) -> usize {
-        (self.config.lateness_ms / self.config.window_ms.max(1)) as usize + 2
+    /// Applies a telemetry batch from one input, [`DEFAULT_SOURCE`];
+    /// returns the windows it closed, oldest first.
+    pub fn process_batch(&mut self, batch: &RecordBatch) -> Vec<WindowRows> {
+        self.process_sourced(batch, &[(DEFAULT_SOURCE, batch.num_rows())])
     }
 
-    /// Applies a telemetry batch; returns the windows it closed, oldest first.
-    pub fn process_batch(&mut self, batch: &RecordBatch) -> Vec<WindowRows> {
+    /// Applies a telemetry batch whose rows come from several inputs, given
+    /// as runs of consecutive rows `(input, rows)` in row order; returns the
+    /// windows it closed, oldest first. Rows beyond the runs are ignored.
+    pub fn process_sourced(&mut self, batch: &RecordBatch, runs: &[(&str, usize)]) -> Vec<WindowRows> {
         let mut closed = Vec::new();
         let Some(ids) = column(batch, "terminal_id").and_then(|c| c.as_dictionary_opt::<Int32Type>()) else {
             return closed;
@@ -419,40 +607,58 @@ impl FeatureEngine {
         };
         // Dictionary value -> terminal index, resolved once per batch.
         let mut local: Vec<Option<u32>> = vec![None; ids.values().len()];
-        for row in 0..batch.num_rows() {
-            if ids.is_null(row) || ts.is_null(row) {
-                continue;
-            }
-            let key = ids.keys().value(row) as usize;
-            let t = match local.get(key).copied().flatten() {
-                Some(t) => t,
-                None => {
-                    let id = ids.values().as_string::<i32>().value(key);
-                    let t = self.terminal(
-                        id,
-                        dict_value(regions, row).unwrap_or(""),
-                        dict_value(sites, row),
-                        dict_value(models, row).unwrap_or("?"),
-                        dict_value(firmwares, row).unwrap_or("?"),
-                    );
-                    if let Some(slot) = local.get_mut(key) {
-                        *slot = Some(t);
-                    }
-                    t
+        let mut start = 0;
+        for &(name, len) in runs {
+            let end = (start + len).min(batch.num_rows());
+            let mut source = self.source_entry(name);
+            for row in start..end {
+                if ids.is_null(row) || ts.is_null(row) {
+                    continue;
                 }
-            };
-            self.apply(t, ts.value(row), &cols, row, &mut closed);
+                let key = ids.keys().value(row) as usize;
+                let t = match local.get(key).copied().flatten() {
+                    Some(t) => t,
+                    None => {
+                        let id = ids.values().as_string::<i32>().value(key);
+                        let t = self.terminal(
+                            id,
+                            dict_value(regions, row).unwrap_or(""),
+                            dict_value(sites, row),
+                            dict_value(models, row).unwrap_or("?"),
+                            dict_value(firmwares, row).unwrap_or("?"),
+                        );
+                        if let Some(slot) = local.get_mut(key) {
+                            *slot = Some(t);
+                        }
+                        t
+                    }
+                };
+                self.apply(t, &mut source, ts.value(row), &cols, row);
+            }
+            self.sources.insert(name.into(), source);
+            start = end;
         }
+        self.close_ready(&mut closed);
         closed
+    }
+
+    /// An input's progress, taken out while its rows are applied (and put
+    /// back after): it is no longer idle, since it sends.
+    fn source_entry(&mut self, name: &str) -> SourceProgress {
+        let progress = self.sources.remove(name).unwrap_or_default();
+        SourceProgress { idle: false, ..progress }
     }
 
     /// Marks every terminal's reports up to its latest applied event time as
     /// applied: call after restoring a snapshot, so that records replayed
     /// from before it are skipped and counted rather than applied twice.
+    /// The inputs are forgotten: whoever feeds the engine now registers its
+    /// own (a partition restores its progress with its terminals).
     pub fn mark_restored(&mut self) {
         for t in &mut self.terminals {
             t.skip_until = t.max_ts;
         }
+        self.sources.clear();
     }
 
     /// Copies the state of the terminals `keep` selects (their open windows
@@ -515,7 +721,6 @@ impl FeatureEngine {
         let incoming: std::collections::HashSet<&str> = states.entries.iter().map(|e| &*e.state.id).collect();
         self.remove_terminals(|id| incoming.contains(id));
         let mut ids = Vec::with_capacity(states.entries.len());
-        let ring_len = self.ring_len();
         for TerminalState { site, region, cohort, mut state } in states.entries {
             state.region = self.regions.intern(&region);
             state.site = self.sites.intern(&site);
@@ -527,19 +732,13 @@ impl FeatureEngine {
                 self.cohort_base.resize(state.cohort as usize + 1, Baseline::default());
                 self.cohort_wear.resize(state.cohort as usize + 1, CohortWear::default());
             }
-            // A ring of another length is another feature configuration,
-            // which the snapshot check refuses; this keeps `apply` in bounds.
-            state.ring.resize(ring_len, Acc { window: i64::MIN, ..Acc::default() });
             let t = self.terminals.len() as u32;
-            for acc in &mut state.ring {
-                if acc.window == i64::MIN || acc.n == 0 {
-                    continue;
-                }
-                if self.next_to_close.is_some_and(|next| acc.window < next) {
-                    acc.window = i64::MIN;
-                } else {
-                    self.members.entry(acc.window).or_default().push(t);
-                }
+            let next = self.next_to_close;
+            state.open.retain(|acc| acc.n > 0 && next.is_none_or(|next| acc.window >= next));
+            state.open.sort_by_key(|acc| acc.window);
+            state.open.dedup_by_key(|acc| acc.window);
+            for acc in &state.open {
+                self.members.entry(acc.window).or_default().push(t);
             }
             ids.push(state.id.clone());
             self.terminal_index.insert(state.id.clone(), t);
@@ -562,7 +761,9 @@ impl FeatureEngine {
             cohort_base: self.cohort_base.clone(),
             cohort_wear: self.cohort_wear.clone(),
             members: BTreeMap::new(),
-            watermark: self.watermark,
+            latest: self.latest,
+            sources: self.sources.clone(),
+            region_counts: Vec::new(),
             next_to_close: self.next_to_close,
             counters: self.counters,
         };
@@ -571,6 +772,7 @@ impl FeatureEngine {
     }
 
     /// Closes every open window (end of a history), returning their rows.
+    /// Reports after this for a window it closed are late.
     pub fn finish(&mut self) -> Vec<WindowRows> {
         let mut out = Vec::new();
         while let Some((&w, _)) = self.members.iter().next() {
@@ -598,15 +800,16 @@ impl FeatureEngine {
             self.cohort_wear.resize(cohort as usize + 1, CohortWear::default());
         }
         let t = self.terminals.len() as u32;
-        let ring = vec![Acc { window: i64::MIN, ..Acc::default() }; self.ring_len()];
         self.terminals.push(Terminal {
             id: id.into(),
+            key: terminal_key(id),
             max_ts: i64::MIN,
             skip_until: i64::MIN,
             site,
             region,
             cohort,
-            ring,
+            dropped: 0.0,
+            open: Vec::new(),
             base: Baseline::default(),
             wear: Wear::default(),
         });
@@ -614,29 +817,65 @@ impl FeatureEngine {
         t
     }
 
-    fn apply(&mut self, t: u32, ts: i64, c: &Cols<'_>, row: usize, closed: &mut Vec<WindowRows>) {
+    /// Applies one report from `source`. Whether it is late or ahead is
+    /// judged against its own source's progress and its own terminal's, never
+    /// against other inputs: so the order in which inputs interleave (which
+    /// partition a consumer happens to read first) changes nothing.
+    fn apply(&mut self, t: u32, source: &mut SourceProgress, ts: i64, c: &Cols<'_>, row: usize) {
         self.counters.reports += 1;
+        let (window_ms, lateness_ms, max_ahead_ms) =
+            (self.config.window_ms, self.config.lateness_ms, self.config.max_ahead_ms);
         let w = self.window_of(ts);
-        if self.next_to_close.is_some_and(|next| w < next) {
-            self.counters.late += 1;
-            return;
-        }
-        if ts > self.watermark {
-            self.watermark = ts;
-        }
-        let ring_len = self.ring_len();
         let Some(term) = self.terminals.get_mut(t as usize) else { return };
         if ts <= term.skip_until {
             self.counters.replayed += 1;
             return;
         }
-        term.max_ts = term.max_ts.max(ts);
-        let slot = w.rem_euclid(ring_len as i64) as usize;
-        let acc = &mut term.ring[slot];
-        if acc.window != w {
-            *acc = Acc { window: w, v_min: f64::INFINITY, v_max: f64::NEG_INFINITY, ..Acc::default() };
-            self.members.entry(w).or_default().push(t);
+        let progress = source.watermark(max_ahead_ms);
+        // Ahead of the latest report of its input and of its own: a clock
+        // that is off by more than max_ahead is rejected from its first
+        // report on, and never becomes the latest.
+        let reference = source.latest().max(term.max_ts);
+        let ahead = reference != i64::MIN && ts > reference.saturating_add(max_ahead_ms);
+        let late = !ahead
+            && (progress.is_some_and(|p| (w + 1) * window_ms + lateness_ms <= p)
+                || self.next_to_close.is_some_and(|next| w < next));
+        term.dropped += DROP_ALPHA * (f32::from(u8::from(ahead || late)) - term.dropped);
+        let region = term.region as usize;
+        if self.region_counts.len() <= region {
+            self.region_counts.resize(region + 1, RegionCounts::default());
         }
+        let counts = &mut self.region_counts[region];
+        counts.reports += 1;
+        if ahead {
+            counts.ahead += 1;
+            self.counters.ahead += 1;
+            return;
+        }
+        if late {
+            counts.late += 1;
+            self.counters.late += 1;
+            return;
+        }
+        term.max_ts = term.max_ts.max(ts);
+        source.observe(term.key, ts);
+        self.latest = self.latest.max(ts);
+        let at = term.open.iter().rposition(|a| a.window <= w);
+        let acc = match at {
+            Some(i) if term.open[i].window == w => &mut term.open[i],
+            _ => {
+                let i = at.map_or(0, |i| i + 1);
+                let fresh = Acc { window: w, v_min: f64::INFINITY, v_max: f64::NEG_INFINITY, ..Acc::default() };
+                if term.open.len() == term.open.capacity() {
+                    // One more, not double: a terminal usually has two or
+                    // three windows open, and this is most of its memory.
+                    term.open.reserve_exact(1);
+                }
+                term.open.insert(i, fresh);
+                self.members.entry(w).or_default().push(t);
+                &mut term.open[i]
+            }
+        };
         acc.n += 1;
         let f = |a: Option<&Float64Array>| a.filter(|a| a.is_valid(row)).map(|a| a.value(row));
         let u = |a: Option<&UInt32Array>| a.filter(|a| a.is_valid(row)).map(|a| a.value(row)).unwrap_or(0);
@@ -671,9 +910,16 @@ impl FeatureEngine {
             acc.health_sum += h;
             acc.health_n += 1;
         }
-        // Close every window the watermark has left behind by `lateness`:
-        // window w closes once (w + 1) * window_ms + lateness_ms <= watermark.
-        let limit = (self.watermark - self.config.lateness_ms).div_euclid(self.config.window_ms);
+    }
+
+    /// Closes every window the inputs' common watermark has left behind by
+    /// the lateness: window w closes once (w + 1) * window_ms + lateness_ms
+    /// <= watermark. Closing once per batch rather than per report closes
+    /// the same windows with the same reports: a report that per-report
+    /// closing would have found closed is left behind by its own source.
+    fn close_ready(&mut self, closed: &mut Vec<WindowRows>) {
+        let Some(watermark) = self.watermark() else { return };
+        let limit = (watermark.saturating_sub(self.config.lateness_ms)).div_euclid(self.config.window_ms);
         while let Some((&first, _)) = self.members.iter().next() {
             if first >= limit {
                 break;
@@ -688,25 +934,33 @@ impl FeatureEngine {
     fn close(&mut self, w: i64) -> WindowRows {
         self.counters.windows_closed += 1;
         let mut members = self.members.remove(&w).unwrap_or_default();
-        // In terminal order, not arrival order: the sums over a site or a
-        // region then do not depend on which partition's records came first,
-        // nor on whether the terminals were restored from snapshots.
-        members.sort_unstable();
+        // In the order of terminal ids, not of arrival: cohort baselines
+        // learn, and sums over a site or a region add up, in the same order
+        // whichever input's records came first and whether or not the
+        // terminals were restored from snapshots.
+        let terminals = &self.terminals;
+        let id = |t: &u32| terminals.get(*t as usize).map(|t| &*t.id);
+        members.sort_unstable_by(|a, b| id(a).cmp(&id(b)));
         let end_ms = (w + 1) * self.config.window_ms;
         let mut rows = WindowRows { end_ms, ..WindowRows::default() };
         let cfg = self.config.clone();
         let alpha = 1.0 / cfg.baseline_windows;
-        let ring_len = self.ring_len();
         let mut site_acc: HashMap<u32, SiteAgg> = HashMap::new();
         let mut region_acc: HashMap<u32, RegionAgg> = HashMap::new();
         for t in members {
             let Some(term) = self.terminals.get_mut(t as usize) else { continue };
-            let slot = w.rem_euclid(ring_len as i64) as usize;
-            let acc = std::mem::take(&mut term.ring[slot]);
-            if acc.window != w || acc.n == 0 {
+            // Every earlier window has closed, so this one is the oldest open.
+            if term.open.first().is_none_or(|a| a.window != w) {
                 continue;
             }
-            term.ring[slot].window = i64::MIN;
+            let acc = term.open.remove(0);
+            if term.open.capacity() > 8 && term.open.len() * 4 < term.open.capacity() {
+                // A backlog made it long; it is short again.
+                term.open.shrink_to(term.open.len() * 2);
+            }
+            if acc.n == 0 {
+                continue;
+            }
             let Some(cohort) = self.cohort_base.get_mut(term.cohort as usize) else { continue };
             let minutes = acc.minutes.max(1.0 / 60.0);
             let site = site_acc.entry(term.site).or_default();
@@ -910,12 +1164,13 @@ impl FeatureEngine {
                 ],
             });
         }
-        // Rows in a fixed order, whatever the hash maps did: the training
-        // and serving paths must agree row for row.
-        rows.terminal_voltage.sort_by_key(|r| r.terminal);
-        rows.site_voltage.sort_by_key(|r| r.site);
-        rows.network.sort_by_key(|r| r.region);
-        rows.aging.sort_by_key(|r| r.terminal);
+        // Rows in a fixed order, whatever the hash maps did or the order in
+        // which entities were first seen: the training and serving paths
+        // must agree row for row. Terminal rows are in id order already.
+        let (sites, regions) = (&self.sites, &self.regions);
+        let name = |n: &Names, i: u32| n.names.get(i as usize).cloned();
+        rows.site_voltage.sort_by_cached_key(|r| name(sites, r.site));
+        rows.network.sort_by_cached_key(|r| name(regions, r.region));
         rows
     }
 }
@@ -1089,13 +1344,16 @@ mod tests {
     }
 
     #[test]
-    fn a_window_closes_once_the_watermark_passes_its_end_plus_lateness() {
+    fn a_window_closes_once_two_terminals_pass_its_end_plus_lateness() {
         let mut e = FeatureEngine::new(FeatureConfig::default());
         // Window [T0, T0+5m) gets one report; the watermark then moves to T0+14m59s: not closed yet.
         assert!(e.process_batch(&batch(&[report("T-1", "S-1", T0 + MIN, 0.04)])).is_empty());
-        assert!(e.process_batch(&batch(&[report("T-2", "S-1", T0 + 14 * MIN + 59_000, 0.04)])).is_empty());
-        // At T0+15m the first window (end T0+5m, lateness 10m) closes.
-        let closed = e.process_batch(&batch(&[report("T-2", "S-1", T0 + 15 * MIN, 0.04)]));
+        let both = |ts: i64| batch(&[report("T-1", "S-1", ts, 0.04), report("T-2", "S-1", ts, 0.04)]);
+        assert!(e.process_batch(&both(T0 + 14 * MIN + 59_000)).is_empty());
+        // One terminal alone at T0+15m does not move everyone's time.
+        assert!(e.process_batch(&batch(&[report("T-2", "S-1", T0 + 15 * MIN, 0.04)])).is_empty());
+        // With a second one there, the first window (end T0+5m, lateness 10m) closes.
+        let closed = e.process_batch(&batch(&[report("T-1", "S-1", T0 + 15 * MIN, 0.04)]));
         assert_eq!(closed.len(), 1);
         assert_eq!(closed[0].end_ms, T0 + 5 * MIN);
         assert_eq!(closed[0].terminal_voltage.len(), 1);
@@ -1105,11 +1363,12 @@ mod tests {
     #[test]
     fn late_reports_within_lateness_count_and_later_ones_are_dropped() {
         let mut e = FeatureEngine::new(FeatureConfig::default());
-        e.process_batch(&batch(&[report("T-1", "S-1", T0 + MIN, 0.04), report("T-1", "S-1", T0 + 12 * MIN, 0.04)]));
+        let both = |ts: i64| vec![report("T-1", "S-1", ts, 0.04), report("T-4", "S-1", ts, 0.04)];
+        e.process_batch(&batch(&[both(T0 + MIN), both(T0 + 12 * MIN)].concat()));
         // 11 minutes late but its window (ends T0+5m) is still open until T0+15m.
         e.process_batch(&batch(&[report("T-2", "S-1", T0 + 2 * MIN, 0.04)]));
-        let closed = e.process_batch(&batch(&[report("T-1", "S-1", T0 + 16 * MIN, 0.04)]));
-        assert_eq!(closed[0].terminal_voltage.len(), 2, "the late report made it");
+        let closed = e.process_batch(&batch(&both(T0 + 16 * MIN)));
+        assert_eq!(closed[0].terminal_voltage.len(), 3, "the late report made it");
         e.process_batch(&batch(&[report("T-3", "S-1", T0 + 3 * MIN, 0.04)]));
         assert_eq!(e.counters().late, 1, "a report for a closed window is late");
     }
@@ -1118,7 +1377,8 @@ mod tests {
     fn gaps_produce_no_rows() {
         let mut e = FeatureEngine::new(FeatureConfig::default());
         e.process_batch(&batch(&[report("T-1", "S-1", T0 + MIN, 0.04)]));
-        // T-1 is switched off for hours; only T-2 reports.
+        // T-1 is switched off for hours; only T-2 reports, alone: its time
+        // still moves the windows on, max_ahead_ms behind it.
         let mut closed = Vec::new();
         for k in 1..40 {
             closed.extend(e.process_batch(&batch(&[report("T-2", "S-2", T0 + k * 5 * MIN + MIN, 0.04)])));
@@ -1126,6 +1386,7 @@ mod tests {
         let t1_rows: usize =
             closed.iter().flat_map(|w| &w.terminal_voltage).filter(|r| e.terminal_id(r.terminal) == "T-1").count();
         assert_eq!(t1_rows, 1, "one window with a report, no rows for the gap");
+        assert!(closed.len() >= 30, "windows closed while T-2 reported alone: {}", closed.len());
     }
 
     #[test]

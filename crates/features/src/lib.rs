@@ -6,18 +6,27 @@
 //! them. Nothing else computes features, so the two cannot drift apart.
 //!
 //! Windows are tumbling, `window_ms` long, on a grid anchored at the epoch;
-//! the row of window `[start, end)` carries `end` as its time. A window
-//! closes once the watermark (the latest event time seen) has passed its end
-//! by `lateness_ms`; a report for a window that has closed is late, counted
-//! and dropped. A terminal that sends nothing (switched off) has no row:
-//! gaps are absences, never zeros.
+//! the row of window `[start, end)` carries `end` as its time.
+//!
+//! Event time is kept per input (a Kafka partition, a history file): each
+//! input's watermark is how far in event time it has delivered, as two of its
+//! terminals agree. A window closes once every input that is not idle has
+//! passed its end by `lateness_ms`; an input that has ended for now (a file
+//! read to its end, a caught-up partition) holds nothing open. A report is
+//! late when its own input has left its window behind by the lateness (or
+//! the window has closed), and ahead when it is more than `max_ahead_ms`
+//! past both its input's progress and its terminal's latest report (a wrong
+//! clock); both are counted and dropped. So the order in which inputs
+//! interleave changes nothing: a backlog read from six partitions at six
+//! speeds gives the rows one ordered pass gives. A terminal that sends
+//! nothing (switched off) has no row: gaps are absences, never zeros.
 
 mod engine;
 mod stats;
 
 pub use engine::{
-    AgingRow, Counters, FeatureConfig, FeatureEngine, NetworkRow, SiteVoltageRow, TerminalStates, TerminalVoltageRow,
-    WindowRows,
+    AgingRow, Counters, DEFAULT_SOURCE, FeatureConfig, FeatureEngine, NetworkRow, RegionCounts, SiteVoltageRow,
+    SourceProgress, TerminalStates, TerminalVoltageRow, WindowRows,
 };
 pub use stats::Ewma;
 

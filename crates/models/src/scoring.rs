@@ -186,6 +186,7 @@ impl Scorer {
             topic: topic.to_string(),
             partition,
             next_offset,
+            source: self.engine.source(&format!("{topic}-{partition}")),
             terminals: self.engine.export_terminals(&mut owned),
             alerts: self.alerts.export(|scope, entity| scope == Scope::Terminal && owned(entity)),
         }
@@ -222,6 +223,11 @@ impl Scorer {
         }
         self.alerts.import(snap.alerts).map_err(|e| SnapshotError::Decode { path: p, cause: e.to_string() })?;
         let ids = self.engine.import_terminals(snap.terminals);
+        let name = format!("{topic}-{partition}");
+        match snap.source {
+            Some(progress) => self.engine.restore_source(&name, progress),
+            None => self.engine.register_source(&name),
+        }
         Ok((snap.next_offset, ids))
     }
 
@@ -264,10 +270,36 @@ impl Scorer {
         &self.alerts
     }
 
-    /// Applies a batch; returns the alert events it caused, in event-time order.
+    /// Applies a batch from one input; returns the alert events it caused,
+    /// in event-time order.
     pub fn process_batch(&mut self, batch: &RecordBatch) -> Vec<AlertEvent> {
         let windows = self.engine.process_batch(batch);
         self.score(&windows)
+    }
+
+    /// Applies a batch whose rows come from several inputs, as runs
+    /// `(input, rows)` (see [`FeatureEngine::process_sourced`]).
+    pub fn process_sourced(&mut self, batch: &RecordBatch, runs: &[(&str, usize)]) -> Vec<AlertEvent> {
+        let windows = self.engine.process_sourced(batch, runs);
+        self.score(&windows)
+    }
+
+    /// An input that will feed scoring (a partition just assigned, without
+    /// a snapshot): no window closes before it sends or ends.
+    pub fn register_source(&mut self, name: &str) {
+        self.engine.register_source(name);
+    }
+
+    /// An input has ended for now; scores the windows that could then close.
+    pub fn end_of_source(&mut self, name: &str) -> Vec<AlertEvent> {
+        let windows = self.engine.end_of_source(name);
+        self.score(&windows)
+    }
+
+    /// Forgets an input (its partition went to another replica); the windows
+    /// it held open close with the next batch.
+    pub fn remove_source(&mut self, name: &str) {
+        self.engine.remove_source(name);
     }
 
     /// Closes every open window (end of a history) and scores it.

@@ -14,7 +14,7 @@ use std::io::Write;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use termwatch_features::{FeatureConfig, FeatureEngine, TerminalStates};
+use termwatch_features::{FeatureConfig, FeatureEngine, SourceProgress, TerminalStates};
 
 use crate::alerting::AlertSnapshot;
 use crate::training::{FNV_OFFSET, fnv1a};
@@ -25,7 +25,8 @@ const MAGIC: &[u8; 6] = b"TWSNAP";
 const PARTITION_MAGIC: &[u8; 6] = b"TWPART";
 /// 2: the wear evidence of hardware aging (feature state of another shape).
 /// 3: window sums hold the minutes their counters cover (`interval_s`).
-const FORMAT: u32 = 3;
+/// 4: event time per input (a partition's progress), open windows per terminal.
+const FORMAT: u32 = 4;
 const HEADER: usize = 6 + 4 + 8;
 
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +114,8 @@ pub struct PartitionSnapshot {
     pub partition: i32,
     /// The next offset to consume: where the consumer seeks on restore.
     pub next_offset: i64,
+    /// How far in event time the partition had delivered.
+    pub source: Option<SourceProgress>,
     pub terminals: TerminalStates,
     /// Terminal-scope alert state of those terminals.
     pub alerts: AlertSnapshot,

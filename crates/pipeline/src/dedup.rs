@@ -14,6 +14,9 @@
 //! - a report more than 64 intervals older than its terminal's latest
 //!   (64 min at 60 s, 5 h 20 min at 300 s) cannot be checked and is dropped
 //!   and counted as too old: it would be beyond any feature window anyway.
+//!   Except after a jump: a report more than 64 intervals ahead keeps the
+//!   map it left (another 24 bytes), so one report from a clock that is a
+//!   day fast does not make the terminal's next reports too old to check.
 
 use std::collections::HashMap;
 
@@ -30,12 +33,55 @@ pub enum Seen {
     TooOld,
 }
 
+/// Which of the 64 reporting slots up to a latest report have been seen.
 #[derive(Debug, Clone, Copy)]
-struct Window {
+struct Slots {
     latest_ts: i64,
-    interval_ms: i64,
     /// Bit i: the slot `slot(latest_ts) - i` has been seen.
     bits: u64,
+}
+
+impl Slots {
+    fn new(ts: i64) -> Slots {
+        Slots { latest_ts: ts, bits: 1 }
+    }
+
+    /// Checks and remembers a report; `None` when it is older than the map reaches.
+    fn check(&mut self, ts: i64, interval_ms: i64) -> Option<Seen> {
+        let (latest_slot, slot) = (self.latest_ts.div_euclid(interval_ms), ts.div_euclid(interval_ms));
+        if ts > self.latest_ts {
+            // A later ts in the latest slot (shift 0) is a new report too:
+            // the latest ts is compared exactly.
+            let shift = slot - latest_slot;
+            self.bits = if shift >= SLOTS { 1 } else { (self.bits << shift) | 1 };
+            self.latest_ts = ts;
+            return Some(Seen::New);
+        }
+        if ts == self.latest_ts {
+            return Some(Seen::Duplicate);
+        }
+        let age = latest_slot - slot;
+        if age >= SLOTS {
+            return None;
+        }
+        let bit = 1u64 << age;
+        if self.bits & bit != 0 {
+            Some(Seen::Duplicate)
+        } else {
+            self.bits |= bit;
+            Some(Seen::New)
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    now: Slots,
+    /// The map a jump of more than 64 slots ahead left behind. A report
+    /// whose clock is a day fast must not make its terminal's next, right
+    /// reports too old to check: they are checked here instead.
+    before: Option<Slots>,
+    interval_ms: i64,
 }
 
 /// Per-terminal record of recently seen reports.
@@ -67,43 +113,30 @@ impl Dedup {
     pub fn check(&mut self, terminal: &str, ts: i64, interval_s: u32) -> Seen {
         let interval_ms = i64::from(interval_s.max(1)) * 1000;
         let Some(w) = self.terminals.get_mut(terminal) else {
-            self.terminals.insert(terminal.into(), Window { latest_ts: ts, interval_ms, bits: 1 });
+            self.terminals.insert(terminal.into(), Window { now: Slots::new(ts), before: None, interval_ms });
             return Seen::New;
         };
         if interval_ms != w.interval_ms {
             // The terminal changed its reporting interval: slots on the old
             // grid say nothing about the new one. Keep only the exact latest.
-            if ts == w.latest_ts {
+            if ts == w.now.latest_ts {
                 return Seen::Duplicate;
             }
-            if ts < w.latest_ts {
+            if ts < w.now.latest_ts {
                 return Seen::TooOld;
             }
-            *w = Window { latest_ts: ts, interval_ms, bits: 1 };
+            *w = Window { now: Slots::new(ts), before: None, interval_ms };
             return Seen::New;
         }
-        let (latest_slot, slot) = (w.latest_ts.div_euclid(interval_ms), ts.div_euclid(interval_ms));
-        if ts > w.latest_ts {
-            // A later ts in the latest slot (shift 0) is a new report too:
-            // the latest ts is compared exactly.
-            let shift = slot - latest_slot;
-            w.bits = if shift >= SLOTS { 1 } else { (w.bits << shift) | 1 };
-            w.latest_ts = ts;
+        let jump = ts.div_euclid(interval_ms) - w.now.latest_ts.div_euclid(interval_ms);
+        if jump >= SLOTS {
+            w.before = Some(w.now);
+            w.now = Slots::new(ts);
             return Seen::New;
         }
-        if ts == w.latest_ts {
-            return Seen::Duplicate;
-        }
-        let age = latest_slot - slot;
-        if age >= SLOTS {
-            return Seen::TooOld;
-        }
-        let bit = 1u64 << age;
-        if w.bits & bit != 0 {
-            Seen::Duplicate
-        } else {
-            w.bits |= bit;
-            Seen::New
+        match w.now.check(ts, interval_ms) {
+            Some(seen) => seen,
+            None => w.before.as_mut().and_then(|b| b.check(ts, interval_ms)).unwrap_or(Seen::TooOld),
         }
     }
 }
@@ -138,12 +171,27 @@ mod tests {
     }
 
     #[test]
-    fn a_long_gap_resets_the_map() {
+    fn a_long_gap_starts_a_new_map() {
         let mut d = Dedup::new();
         d.check("T-1", T0, 60);
         assert_eq!(d.check("T-1", T0 + 1000 * MIN, 60), Seen::New);
         assert_eq!(d.check("T-1", T0 + 999 * MIN, 60), Seen::New);
-        assert_eq!(d.check("T-1", T0, 60), Seen::TooOld);
+        assert_eq!(d.check("T-1", T0 + 1000 * MIN - 64 * MIN, 60), Seen::New, "between the two maps: new");
+        assert_eq!(d.check("T-1", T0 - 64 * MIN, 60), Seen::TooOld, "older than both maps reach");
+    }
+
+    #[test]
+    fn one_report_a_day_fast_leaves_the_next_reports_checkable() {
+        let mut d = Dedup::new();
+        for i in 0..10 {
+            assert_eq!(d.check("T-1", T0 + i * MIN, 60), Seen::New);
+        }
+        assert_eq!(d.check("T-1", T0 + 10 * MIN + 1439 * MIN, 60), Seen::New, "the clock jumps a day ahead, once");
+        for i in 10..200 {
+            assert_eq!(d.check("T-1", T0 + i * MIN, 60), Seen::New, "its right reports after the jump: {i}");
+        }
+        assert_eq!(d.check("T-1", T0 + 150 * MIN, 60), Seen::Duplicate, "and their copies are still caught");
+        assert_eq!(d.check("T-1", T0 + 10 * MIN + 1439 * MIN, 60), Seen::Duplicate);
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! synchronously before the partitions go; on shutdown likewise. A crash
 //! loses nothing: what was not committed is consumed again.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, channel, sync_channel};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -52,6 +52,12 @@ pub struct KafkaConfig {
     /// sasl.*, ssl.*, fetch tuning, ...). They override termwatch's defaults.
     /// Default: none.
     pub properties: BTreeMap<String, String>,
+    /// Seconds a partition may deliver nothing, without librdkafka saying it
+    /// has reached its end, before it stops holding windows open for the
+    /// others (a partition whose leader is unreachable would otherwise stop
+    /// every alert). Time the consumer spends waiting for the pipeline does
+    /// not count. Its reports, when they come, may then be late. Default 60.
+    pub partition_idle_s: u64,
 }
 
 impl Default for KafkaConfig {
@@ -63,6 +69,7 @@ impl Default for KafkaConfig {
             dead_letter_topic: "telemetry-dead-letters".into(),
             alerts_topic: None,
             properties: BTreeMap::new(),
+            partition_idle_s: 60,
         }
     }
 }
@@ -79,7 +86,9 @@ impl KafkaConfig {
             // Offsets are stored by hand, only once a batch reached every sink.
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false")
+            // A partition that reached its end holds no window open for the
+            // others until it sends again (event time per partition).
+            .set("enable.partition.eof", "true")
             // Lag per partition arrives through the statistics callback.
             .set("statistics.interval.ms", "5000")
             // Measured here: with the default 500 ms wait, consumption from a
@@ -188,6 +197,9 @@ enum Work {
     /// Partitions are being revoked (after a barrier): snapshot, forget
     /// their state, answer with [`Ack::Revoked`].
     Revoke(Vec<PartitionKey>),
+    /// A partition has delivered everything there is for now (or nothing
+    /// for `partition_idle_s`): after the messages sent before this.
+    Idle(PartitionKey),
 }
 
 enum Ack {
@@ -212,6 +224,11 @@ struct Worker {
     positions: HashMap<PartitionKey, i64>,
     acks: Sender<Ack>,
     recycle: Sender<Chunk>,
+    /// Partitions a state snapshot covers (written here, or restored): with
+    /// per-partition state, a partition's offsets are stored only from its
+    /// first snapshot on. A member killed before it would otherwise restart
+    /// past records whose learning died with it.
+    covered: HashSet<PartitionKey>,
 }
 
 impl Worker {
@@ -223,7 +240,7 @@ impl Worker {
             .flush()
             .and_then(|()| {
                 self.settle();
-                self.pipeline.checkpoint(&self.positions, true)
+                self.checkpoint(true)
             })
             .and_then(|()| self.pipeline.flush_sinks());
         if let Err(e) = durable {
@@ -245,25 +262,28 @@ impl Worker {
                     let seeks = self.pipeline.assign(&partitions);
                     for (key, offset) in &seeks {
                         self.positions.insert(key.clone(), *offset);
+                        self.covered.insert(key.clone());
                     }
                     let _ = self.acks.send(Ack::Assigned(seeks));
                     Ok(())
                 }
                 Some(Work::Revoke(partitions)) => {
                     // The barrier before this flushed everything.
-                    let answer = self.pipeline.checkpoint(&self.positions, true).map_err(|e| e.to_string());
+                    let answer = self.checkpoint(true).map_err(|e| e.to_string());
                     self.pipeline.revoke(&partitions);
                     for key in &partitions {
                         self.positions.remove(key);
+                        self.covered.remove(key);
                     }
                     let _ = self.acks.send(Ack::Revoked(answer));
                     Ok(())
                 }
+                Some(Work::Idle(key)) => self.pipeline.end_of_source(&key.to_string()),
                 Some(Work::Barrier) => {
                     let answer = match self.pipeline.flush() {
                         Ok(()) => {
                             let offsets = self.settle();
-                            Ok(offsets)
+                            Ok(self.storable(offsets))
                         }
                         Err(e) => Err(e.to_string()),
                     };
@@ -274,7 +294,9 @@ impl Worker {
                     }
                     Ok(())
                 }
-                None => self.flush_if_old(),
+                // Snapshots are due on a timer, also while nothing arrives:
+                // everything flushed is what the positions cover.
+                None => self.flush_if_old().and_then(|()| self.checkpoint(false)),
             };
             if let Err(e) = result {
                 let _ = self.acks.send(Ack::Failed(e.to_string()));
@@ -319,8 +341,34 @@ impl Worker {
     /// the positions it covers.
     fn flushed(&mut self) -> Result<(), PipelineError> {
         let offsets = self.settle();
-        let _ = self.acks.send(Ack::Store(offsets));
-        self.pipeline.checkpoint(&self.positions, false)
+        let storable = self.storable(offsets);
+        let _ = self.acks.send(Ack::Store(storable));
+        self.checkpoint(false)
+    }
+
+    /// The offsets that may be stored now: all of them, or with
+    /// per-partition state those of partitions a snapshot covers.
+    fn storable(&self, mut offsets: Offsets) -> Offsets {
+        if self.pipeline.keeps_state() {
+            for (topic, parts) in &mut offsets {
+                parts.retain(|&partition, _| self.covered.contains(&PartitionKey { topic: topic.clone(), partition }));
+            }
+        }
+        offsets
+    }
+
+    /// Snapshots when due (always when `force`). A snapshot covers every
+    /// position: those withheld until now may be stored.
+    fn checkpoint(&mut self, force: bool) -> Result<(), PipelineError> {
+        if self.pipeline.checkpoint(&self.positions, force)? && self.pipeline.keeps_state() {
+            let mut all = Offsets::new();
+            for (key, &next) in &self.positions {
+                self.covered.insert(key.clone());
+                all.entry(key.topic.clone()).or_default().insert(key.partition, next);
+            }
+            let _ = self.acks.send(Ack::Store(all));
+        }
+        Ok(())
     }
 
     /// Takes the offsets pushed since the last flush, adding them to the
@@ -336,6 +384,19 @@ impl Worker {
     }
 }
 
+/// When a partition last delivered, to tell one that has nothing to send
+/// from one that is merely behind.
+struct Liveness {
+    last: Instant,
+    /// [`Feeder::blocked`] at `last`.
+    blocked_at_last: Duration,
+    /// Told to the worker as idle, and silent since.
+    idle: bool,
+}
+
+/// How often the poll thread looks for partitions gone quiet.
+const IDLE_CHECK_EVERY: Duration = Duration::from_secs(1);
+
 /// The poll side's state, shared with the rebalance callback (which runs on
 /// the poll thread, inside `poll`).
 struct Feeder {
@@ -345,6 +406,16 @@ struct Feeder {
     recycled: Receiver<Chunk>,
     /// The first failure reported by the worker.
     failed: Option<String>,
+    /// The topics subscribed: librdkafka names only the partition of an
+    /// end-of-partition event.
+    topics: Vec<String>,
+    /// Every partition assigned, by topic and partition.
+    partitions: HashMap<String, HashMap<i32, Liveness>>,
+    /// Time spent waiting for the worker to take a chunk: a partition is not
+    /// quiet while the consumer is not reading.
+    blocked: Duration,
+    idle_after: Duration,
+    last_idle_check: Instant,
 }
 
 impl Feeder {
@@ -352,10 +423,94 @@ impl Feeder {
         if self.chunk.is_empty() {
             return;
         }
+        self.note_delivered();
         let fresh = self.recycled.try_recv().unwrap_or_default();
         let full = std::mem::replace(&mut self.chunk, fresh);
+        let waited = Instant::now();
         let delivered = self.work.as_ref().is_some_and(|w| w.send(Work::Chunk(full)).is_ok());
+        self.blocked += waited.elapsed();
         if !delivered && self.failed.is_none() {
+            self.failed = Some("the decode worker stopped".into());
+        }
+    }
+
+    /// The partitions in the chunk about to go have delivered: they are not
+    /// idle (the pipeline learns that from their rows).
+    fn note_delivered(&mut self) {
+        let (now, blocked) = (Instant::now(), self.blocked);
+        let mut previous = None;
+        for &(t, partition, _, _) in &self.chunk.entries {
+            if previous == Some((t, partition)) {
+                continue;
+            }
+            previous = Some((t, partition));
+            let topic = self.chunk.topics.get(t as usize).map_or("", String::as_str);
+            if let Some(live) = self.partitions.get_mut(topic).and_then(|p| p.get_mut(&partition)) {
+                *live = Liveness { last: now, blocked_at_last: blocked, idle: false };
+            }
+        }
+    }
+
+    fn assigned(&mut self, keys: &[PartitionKey]) {
+        let (now, blocked) = (Instant::now(), self.blocked);
+        for key in keys {
+            self.partitions
+                .entry(key.topic.clone())
+                .or_default()
+                .insert(key.partition, Liveness { last: now, blocked_at_last: blocked, idle: false });
+        }
+    }
+
+    fn revoked(&mut self, keys: &[PartitionKey]) {
+        for key in keys {
+            if let Some(p) = self.partitions.get_mut(&key.topic) {
+                p.remove(&key.partition);
+            }
+        }
+    }
+
+    /// librdkafka reached the end of partition `partition`: tells the worker
+    /// after the messages before it. With several topics the event does not
+    /// say whose partition it is; their partitions go idle by silence.
+    fn end_of_partition(&mut self, partition: i32) {
+        let [topic] = self.topics.as_slice() else { return };
+        let key = PartitionKey { topic: topic.clone(), partition };
+        if let Some(live) = self.partitions.get_mut(topic).and_then(|p| p.get_mut(&partition))
+            && !live.idle
+        {
+            live.idle = true;
+            self.send_idle(key);
+        }
+    }
+
+    /// Partitions that delivered nothing for `idle_after` of reading time
+    /// go idle (checked once a second).
+    fn check_quiet(&mut self) {
+        if self.last_idle_check.elapsed() < IDLE_CHECK_EVERY {
+            return;
+        }
+        self.last_idle_check = Instant::now();
+        let mut quiet = Vec::new();
+        for (topic, parts) in &mut self.partitions {
+            for (&partition, live) in parts.iter_mut() {
+                let reading = live.last.elapsed().saturating_sub(self.blocked.saturating_sub(live.blocked_at_last));
+                if !live.idle && reading >= self.idle_after {
+                    live.idle = true;
+                    quiet.push(PartitionKey { topic: topic.clone(), partition });
+                }
+            }
+        }
+        quiet.sort();
+        for key in quiet {
+            warn!(partition = %key, after = ?self.idle_after, "partition delivered nothing and reported no end; it no longer holds windows open");
+            self.send_idle(key);
+        }
+    }
+
+    fn send_idle(&mut self, key: PartitionKey) {
+        self.send_chunk();
+        let sent = self.work.as_ref().is_some_and(|w| w.send(Work::Idle(key)).is_ok());
+        if !sent && self.failed.is_none() && self.work.is_some() {
             self.failed = Some("the decode worker stopped".into());
         }
     }
@@ -510,26 +665,33 @@ impl Context {
     /// Asks the sinks to restore the assigned partitions' state, and points
     /// each restored partition at the offset its state covers, so that
     /// nothing is applied twice and nothing after the snapshot is skipped.
-    fn restore(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+    /// Returns the offsets the restored partitions resume at.
+    fn restore(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) -> Offsets {
         let partitions: Vec<PartitionKey> = tpl
             .elements()
             .iter()
             .map(|e| PartitionKey { topic: e.topic().to_string(), partition: e.partition() })
             .collect();
         let mut feeder = lock(&self.feeder);
+        let mut resumed = Offsets::new();
         if feeder.work.is_none() || feeder.failed.is_some() {
-            return;
+            return resumed;
         }
+        feeder.assigned(&partitions);
         let Some(Ack::Assigned(seeks)) = feeder.request(Work::Assign(partitions), consumer) else {
-            return;
+            return resumed;
         };
         drop(feeder);
         for (key, offset) in seeks {
             match tpl.set_partition_offset(&key.topic, key.partition, Offset::Offset(offset)) {
-                Ok(()) => info!(partition = %key, offset, "resuming the partition where its restored state ends"),
+                Ok(()) => {
+                    info!(partition = %key, offset, "resuming the partition where its restored state ends");
+                    resumed.entry(key.topic).or_default().insert(key.partition, offset);
+                }
                 Err(e) => warn!(error = %e, partition = %key, "cannot resume at the restored state's offset"),
             }
         }
+        resumed
     }
 }
 
@@ -542,10 +704,17 @@ impl ConsumerContext for Context {
         let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                self.restore(consumer, tpl);
+                let resumed = self.restore(consumer, tpl);
                 let assigned = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
                 match assigned {
-                    Ok(()) => self.count_owned(cooperative, tpl.count() as i64),
+                    Ok(()) => {
+                        self.count_owned(cooperative, tpl.count() as i64);
+                        // Everything before a restored state's offset was
+                        // processed (its alerts written before the snapshot):
+                        // committed too, or a partition restored at its end
+                        // would never commit it (nothing more to consume).
+                        store(consumer, &resumed);
+                    }
                     Err(e) => error!(error = %e, "assigning partitions failed"),
                 }
                 self.post_rebalance(consumer, &Rebalance::Assign(tpl));
@@ -593,6 +762,7 @@ impl ConsumerContext for Context {
             .iter()
             .map(|e| PartitionKey { topic: e.topic().to_string(), partition: e.partition() })
             .collect();
+        feeder.revoked(&partitions);
         // Their state is snapshotted with the offsets just flushed, then
         // dropped: the next owner restores it and resumes where it ends.
         match feeder.request(Work::Revoke(partitions), consumer) {
@@ -702,9 +872,20 @@ impl KafkaSource {
             acks: ack_rx,
             recycled: recycle_rx,
             failed: None,
+            topics: config.topics.clone(),
+            partitions: HashMap::new(),
+            blocked: Duration::ZERO,
+            idle_after: Duration::from_secs(config.partition_idle_s.max(1)),
+            last_idle_check: Instant::now(),
         }));
-        let worker =
-            Worker { pipeline, pending: HashMap::new(), positions: HashMap::new(), acks: ack_tx, recycle: recycle_tx };
+        let worker = Worker {
+            pipeline,
+            pending: HashMap::new(),
+            positions: HashMap::new(),
+            acks: ack_tx,
+            recycle: recycle_tx,
+            covered: HashSet::new(),
+        };
         let context = Context { feeder: Arc::clone(&feeder), metrics: metrics.clone(), owned: AtomicI64::new(0) };
         let consumer: BaseConsumer<Context> =
             config.consumer_config().create_with_context(context).map_err(client_err)?;
@@ -727,6 +908,8 @@ impl KafkaSource {
         // Dropping the sender ends the worker; it has flushed at the barrier.
         lock(&self.feeder).work = None;
         let joined = worker.join();
+        // What its last snapshot covers, stored before the final commit.
+        lock(&self.feeder).store_acked(&self.consumer);
         if outcome.is_ok() && joined.is_ok() {
             commit_sync(&self.consumer, &self.metrics, "shutdown");
         }
@@ -772,12 +955,14 @@ impl KafkaSource {
                     feeder.chunk.add(msg.topic(), msg.partition(), msg.offset(), msg.payload().unwrap_or_default());
                     since_handover += 1;
                 }
+                Some(Err(KafkaError::PartitionEOF(partition))) => feeder.end_of_partition(partition),
                 Some(Err(e)) => {
                     self.metrics.consumer_errors.inc();
                     warn!(error = %e, "consumer error; librdkafka retries");
                 }
                 None => {}
             }
+            feeder.check_quiet();
             let old = feeder.chunk.started.is_some_and(|t| t.elapsed() >= CHUNK_MAX_AGE);
             if feeder.chunk.entries.len() >= CHUNK_MESSAGES || (old || idle) && !feeder.chunk.is_empty() {
                 // Blocks while the worker is behind: back-pressure.

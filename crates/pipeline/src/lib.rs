@@ -17,6 +17,6 @@ pub use error::{PipelineError, SinkError, SourceError};
 pub use kafka::{KafkaConfig, KafkaDeadLetters, KafkaSource, KafkaSourceError};
 pub use metrics::{KafkaMetrics, PipelineMetrics};
 pub use partitions::{Checkpoint, Owners, PartitionKey};
-pub use pipeline::{BatchConfig, BatchSink, Pipeline, Stats};
+pub use pipeline::{BatchConfig, BatchSink, Pipeline, Sources, Stats, source_name};
 pub use replay::{ReplayReport, replay, replay_parallel};
 pub use source::NdjsonFile;

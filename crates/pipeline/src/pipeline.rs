@@ -33,12 +33,81 @@ impl Default for BatchConfig {
     }
 }
 
+/// Which input each row of a batch came from (a Kafka partition, named
+/// `topic-partition`, or a file, named by its path), as runs of consecutive
+/// rows in row order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sources {
+    names: Vec<String>,
+    /// (index in `names`, rows)
+    runs: Vec<(usize, usize)>,
+}
+
+impl Sources {
+    /// Every row from one input.
+    pub fn single(name: &str, rows: usize) -> Sources {
+        Sources { names: vec![name.to_string()], runs: vec![(0, rows)] }
+    }
+
+    /// The runs, `(input, rows)`, in row order.
+    pub fn runs(&self) -> impl Iterator<Item = (&str, usize)> {
+        self.runs.iter().map(|&(i, n)| (self.names.get(i).map_or("", String::as_str), n))
+    }
+
+    /// Whether a row of this input is in the batch.
+    pub fn contains(&self, name: &str) -> bool {
+        self.names.iter().any(|n| n == name)
+    }
+
+    /// One more row, from the input of the last run when `same` says so.
+    fn push(&mut self, same: bool, name: impl FnOnce() -> String) {
+        match self.runs.last_mut() {
+            Some(last) if same => last.1 += 1,
+            _ => {
+                let name = name();
+                let i = match self.names.iter().position(|n| *n == name) {
+                    Some(i) => i,
+                    None => {
+                        self.names.push(name);
+                        self.names.len() - 1
+                    }
+                };
+                self.runs.push((i, 1));
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.runs.is_empty()
+    }
+}
+
+/// The input a record came from, as [`Sources`] names it.
+pub fn source_name(position: &Position<'_>) -> String {
+    match position {
+        Position::Kafka { topic, partition, .. } => format!("{topic}-{partition}"),
+        Position::File { path, .. } => (*path).to_string(),
+    }
+}
+
 /// Receives every closed batch. An error stops the pipeline: the records of
 /// that batch must not be acknowledged.
 pub trait BatchSink: Send {
     /// Names the sink in errors and logs.
     fn name(&self) -> &str;
     fn process_batch(&mut self, batch: &RecordBatch) -> Result<(), SinkError>;
+    /// As [`BatchSink::process_batch`], knowing which input each row came
+    /// from: what a sink that keeps event time per input needs.
+    fn process_sourced(&mut self, batch: &RecordBatch, sources: &Sources) -> Result<(), SinkError> {
+        let _ = sources;
+        self.process_batch(batch)
+    }
+    /// An input has ended for now (a file read to its end, a Kafka partition
+    /// caught up): every row it sent before has been processed.
+    fn end_of_source(&mut self, source: &str) -> Result<(), SinkError> {
+        let _ = source;
+        Ok(())
+    }
     /// Makes everything processed so far durable.
     fn flush(&mut self) -> Result<(), SinkError> {
         Ok(())
@@ -57,15 +126,46 @@ pub trait BatchSink: Send {
         Vec::new()
     }
     /// Everything consumed so far has reached the sink: snapshot per
-    /// partition if due (always when `checkpoint.force`).
-    fn checkpoint(&mut self, checkpoint: &Checkpoint<'_>) -> Result<(), SinkError> {
+    /// partition if due (always when `checkpoint.force`). Returns whether it
+    /// did: with [`BatchSink::keeps_state`], the positions are then committed.
+    fn checkpoint(&mut self, checkpoint: &Checkpoint<'_>) -> Result<bool, SinkError> {
         let _ = checkpoint;
-        Ok(())
+        Ok(false)
+    }
+    /// The sink keeps what it learned in snapshots per partition: a Kafka
+    /// source then commits only what its last snapshot covers, so that a
+    /// restarted member never starts past state it has lost.
+    fn keeps_state(&self) -> bool {
+        false
     }
     /// Partitions were revoked, after a forced checkpoint: forget their
     /// terminals (another replica owns them now).
     fn revoke(&mut self, partitions: &[PartitionKey], owners: &Owners) {
         let _ = (partitions, owners);
+    }
+}
+
+/// A record's input, owned: the key of the open run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum OwnedSource {
+    Partition(String, i32),
+    File(String),
+}
+
+impl OwnedSource {
+    fn of(position: &Position<'_>) -> OwnedSource {
+        match position {
+            Position::Kafka { topic, partition, .. } => OwnedSource::Partition((*topic).to_string(), *partition),
+            Position::File { path, .. } => OwnedSource::File((*path).to_string()),
+        }
+    }
+
+    fn is(&self, position: &Position<'_>) -> bool {
+        match (self, position) {
+            (OwnedSource::Partition(t, p), Position::Kafka { topic, partition, .. }) => p == partition && t == topic,
+            (OwnedSource::File(f), Position::File { path, .. }) => f == path,
+            _ => false,
+        }
     }
 }
 
@@ -116,6 +216,14 @@ impl fmt::Display for Stats {
 pub struct Pipeline {
     config: BatchConfig,
     builder: BatchBuilder,
+    /// The input of each row in `builder`.
+    sources: Sources,
+    /// Where the last row in `builder` came from, as an owned key, to
+    /// extend its run without naming the input again.
+    last_source: Option<OwnedSource>,
+    /// Inputs that ended while their rows were still in `builder`: told to
+    /// the sinks right after those rows.
+    ended: Vec<String>,
     dedup: Dedup,
     sinks: Vec<Box<dyn BatchSink>>,
     dead_letters: Box<dyn DeadLetterSink>,
@@ -140,6 +248,9 @@ impl Pipeline {
     pub fn new(config: BatchConfig, sinks: Vec<Box<dyn BatchSink>>, dead_letters: Box<dyn DeadLetterSink>) -> Self {
         Pipeline {
             builder: BatchBuilder::with_capacity(config.max_rows),
+            sources: Sources::default(),
+            last_source: None,
+            ended: Vec::new(),
             dedup: Dedup::new(),
             config,
             sinks,
@@ -202,6 +313,16 @@ impl Pipeline {
                     self.owners.claim(&record.terminal_id, topic, partition);
                 }
                 self.builder.append(&record)?;
+                let same = self.last_source.as_ref().is_some_and(|l| l.is(&position));
+                self.sources.push(same, || source_name(&position));
+                if !same {
+                    self.last_source = Some(OwnedSource::of(&position));
+                }
+                if !self.ended.is_empty() {
+                    // It sends again: it has not ended after all.
+                    let name = source_name(&position);
+                    self.ended.retain(|e| *e != name);
+                }
                 if self.builder.len() >= self.config.max_rows {
                     self.flush()?;
                     return Ok(true);
@@ -248,7 +369,7 @@ impl Pipeline {
     /// per-terminal state, row by row), then the batch goes to every sink.
     /// Anything pushed record by record before is flushed first, so order
     /// is kept.
-    pub(crate) fn push_batch(&mut self, batch: RecordBatch) -> Result<(), PipelineError> {
+    pub(crate) fn push_batch(&mut self, batch: RecordBatch, source: &str) -> Result<(), PipelineError> {
         if !self.builder.is_empty() {
             self.flush()?;
         }
@@ -260,7 +381,7 @@ impl Pipeline {
             None => batch,
             Some(keep) => arrow::compute::filter_record_batch(&batch, &keep)?,
         };
-        let result = self.send_batch(&batch);
+        let result = self.send_batch(&batch, &Sources::single(source, batch.num_rows()));
         self.fail_on(result)
     }
 
@@ -339,22 +460,51 @@ impl Pipeline {
         if self.builder.is_empty() {
             self.dead_letters.flush().map_err(PipelineError::DeadLetter)?;
             self.report_counts();
-            return Ok(());
+            return self.tell_ended();
         }
         let batch = self.builder.finish()?;
-        self.send_batch(&batch)?;
+        let sources = std::mem::take(&mut self.sources);
+        self.last_source = None;
+        self.send_batch(&batch, &sources)?;
         if let (Some(m), Some(opened)) = (&self.metrics, opened) {
             m.batch_latency.observe(opened.elapsed().as_secs_f64());
+        }
+        self.tell_ended()
+    }
+
+    /// Tells the sinks which inputs ended, now that their rows are through.
+    fn tell_ended(&mut self) -> Result<(), PipelineError> {
+        for name in std::mem::take(&mut self.ended) {
+            for sink in &mut self.sinks {
+                sink.end_of_source(&name)
+                    .map_err(|cause| PipelineError::Sink { sink: sink.name().to_string(), cause })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// An input has ended for now (a file read to its end, a partition caught
+    /// up). The sinks hear it right after the rows it sent, which may still
+    /// wait in the open batch: with the next flush, or now if there are none.
+    /// A row of the input pushed meanwhile cancels it.
+    pub fn end_of_source(&mut self, name: &str) -> Result<(), PipelineError> {
+        self.check_failed()?;
+        if !self.ended.iter().any(|e| e == name) {
+            self.ended.push(name.to_string());
+        }
+        if self.sources.is_empty() {
+            let result = self.tell_ended();
+            return self.fail_on(result);
         }
         Ok(())
     }
 
     /// Makes the dead letters durable, then hands a closed batch to every sink.
-    fn send_batch(&mut self, batch: &RecordBatch) -> Result<(), PipelineError> {
+    fn send_batch(&mut self, batch: &RecordBatch, sources: &Sources) -> Result<(), PipelineError> {
         self.dead_letters.flush().map_err(PipelineError::DeadLetter)?;
         if batch.num_rows() > 0 {
             for sink in &mut self.sinks {
-                sink.process_batch(batch)
+                sink.process_sourced(batch, sources)
                     .map_err(|cause| PipelineError::Sink { sink: sink.name().to_string(), cause })?;
             }
             self.stats.batches += 1;
@@ -410,17 +560,25 @@ impl Pipeline {
     /// Tells every sink how far each partition has been consumed. Call it
     /// only right after a successful flush: the positions must cover
     /// exactly what reached the sinks.
-    pub fn checkpoint(&mut self, positions: &HashMap<PartitionKey, i64>, force: bool) -> Result<(), PipelineError> {
+    /// Returns whether a sink snapshotted.
+    pub fn checkpoint(&mut self, positions: &HashMap<PartitionKey, i64>, force: bool) -> Result<bool, PipelineError> {
         self.check_failed()?;
         let cp = Checkpoint { positions, owners: &self.owners, force };
-        let mut result = Ok(());
+        let mut result = Ok(false);
         for sink in &mut self.sinks {
-            result = sink.checkpoint(&cp).map_err(|cause| PipelineError::Sink { sink: sink.name().to_string(), cause });
+            let taken =
+                sink.checkpoint(&cp).map_err(|cause| PipelineError::Sink { sink: sink.name().to_string(), cause });
+            result = result.and_then(|any| taken.map(|t| any || t));
             if result.is_err() {
                 break;
             }
         }
         self.fail_on(result)
+    }
+
+    /// Whether a sink keeps per-partition state (see [`BatchSink::keeps_state`]).
+    pub fn keeps_state(&self) -> bool {
+        self.sinks.iter().any(|s| s.keeps_state())
     }
 
     /// Partitions were revoked (after a flush and a forced checkpoint):

@@ -48,7 +48,15 @@ pub fn replay(inputs: &[PathBuf], mut pipeline: Pipeline) -> ReplayReport {
         loop {
             let line = match source.next_line() {
                 Ok(Some(line)) => line,
-                Ok(None) => break,
+                Ok(None) => {
+                    // Read to its end: it holds no window open for the next input.
+                    if let Err(e) = pipeline.end_of_source(source.path()) {
+                        error = Some(e);
+                        input_bytes += source.bytes_read();
+                        break 'inputs;
+                    }
+                    break;
+                }
                 Err(e) => {
                     error = Some(e.into());
                     input_bytes += source.bytes_read();
@@ -287,11 +295,19 @@ fn sequence(
 ) -> (u64, Option<PipelineError>) {
     let mut waiting = std::collections::BTreeMap::new();
     let (mut next, mut blank) = (0u64, 0u64);
+    let mut input = None;
     for (seq, decoded) in done {
         waiting.insert(seq, decoded);
         while let Some(d) = waiting.remove(&next) {
             next += 1;
             blank += d.blank;
+            // A block of the next input: the one before was read to its end.
+            if let Some(ended) = input.filter(|i| *i != d.raw.input)
+                && let Err(e) = pipeline.end_of_source(names.get(ended).map_or("", String::as_str))
+            {
+                return (blank, Some(e));
+            }
+            input = Some(d.raw.input);
             if let Err(e) = take_block(pipeline, names, d, &recycle) {
                 return (blank, Some(e));
             }
@@ -319,7 +335,7 @@ fn take_block(
         pipeline.reject(&DeadLetter { raw: bytes, position, rejection })?;
     }
     for batch in batches? {
-        pipeline.push_batch(batch)?;
+        pipeline.push_batch(batch, path)?;
     }
     // Only a memory saving: if the reader has gone, the buffer is freed.
     let _ = recycle.send(raw.data);

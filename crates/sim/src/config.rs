@@ -35,6 +35,10 @@ pub struct SimConfig {
     pub late_share: f64,
     /// Share of records delivered hours (1-6 h) late, 0-0.5. Default 0.0002.
     pub very_late_share: f64,
+    /// Reports per simulated day, fleet-wide, whose terminal's clock is
+    /// 23 h 59 m fast for that one report (its `ts` says a day later; it
+    /// arrives on time, in place of the right one), 0-1000. Default 0.
+    pub clock_jumps_per_day: f64,
     /// Terminals reboot once a day at a quiet hour when they run round the
     /// clock (PCI PTS requires it). Default true.
     pub daily_reboot: bool,
@@ -92,6 +96,7 @@ impl Default for SimConfig {
             damaged_share: 0.001,
             late_share: 0.003,
             very_late_share: 0.0002,
+            clock_jumps_per_day: 0.0,
             daily_reboot: true,
             faults: FaultRates::default(),
         }
@@ -198,6 +203,12 @@ impl SimConfig {
         check_share("damaged_share", self.damaged_share, 0.5)?;
         check_share("late_share", self.late_share, 0.5)?;
         check_share("very_late_share", self.very_late_share, 0.5)?;
+        if !(self.clock_jumps_per_day.is_finite() && (0.0..=1000.0).contains(&self.clock_jumps_per_day)) {
+            return Err(SimError::config(
+                "clock_jumps_per_day",
+                format!("{} is not in 0..=1000", self.clock_jumps_per_day),
+            ));
+        }
         let f = &self.faults;
         check_rate("faults.aging_per_1000_terminal_days", f.aging_per_1000_terminal_days)?;
         check_rate("faults.site_mains_per_1000_site_days", f.site_mains_per_1000_site_days)?;

@@ -17,6 +17,9 @@ use crate::schedule::{Blip, EffectKind, Part, Schedule};
 
 /// "Not measured" for the fixed-point fields of [`Rec`].
 const NONE: i32 = i32::MIN;
+/// How far a jumping clock is off: 23 h 59 m, just inside the contract's
+/// 24 h limit on `ts` after ingestion.
+const CLOCK_JUMP_MS: i64 = 24 * MS_PER_HOUR - MS_PER_MINUTE;
 
 /// How a damaged record was broken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -58,6 +61,8 @@ pub struct RecordMeta {
 #[derive(Debug, Clone, Copy, Default)]
 struct Rec {
     ts: i64,
+    /// Added to `ts` as written: a clock that is wrong for this report.
+    clock_error_ms: i64,
     arrival: i64,
     uptime_s: u64,
     term: u32,
@@ -779,9 +784,21 @@ impl Simulator {
         let damage =
             if rng.chance(self.cfg.damaged_share) { Some(Damage::ALL[rng.weighted(&Damage::WEIGHTS)]) } else { None };
         let damage_param = rng.next_u64() as u32;
+        // A hash, not the generator: the same fleet with and without clock
+        // jumps differs in those reports' ts only.
+        let reports_per_day = f64::from(self.fleet.terminals.len() as u32) * 86_400_000.0 / interval as f64;
+        let clock_error_ms = if self.cfg.clock_jumps_per_day > 0.0
+            && mix_unit(self.cfg.seed ^ 0xC10C_C10C, ti as u64, ts as u64)
+                < self.cfg.clock_jumps_per_day / reports_per_day.max(1.0)
+        {
+            CLOCK_JUMP_MS
+        } else {
+            0
+        };
 
         Some(Rec {
             ts,
+            clock_error_ms,
             arrival,
             uptime_s,
             term: ti as u32,
@@ -823,9 +840,9 @@ impl Simulator {
         out.clear();
         out.extend_from_slice(&t.json[..t.json_mid]);
         if spec.epoch_ts {
-            json::push_i64(out, r.ts);
+            json::push_i64(out, r.ts + r.clock_error_ms);
         } else {
-            json::push_rfc3339(out, r.ts);
+            json::push_rfc3339(out, r.ts + r.clock_error_ms);
         }
         out.extend_from_slice(&t.json[t.json_mid..t.json_tail]);
         json::push_u64(out, u64::from(r.fw[0]));

@@ -62,7 +62,23 @@ struct State {
     model_version: Option<String>,
     /// The top K has been computed at least once.
     primed: bool,
+    /// Per region: (reports, late, ahead) told to the counters so far.
+    region_counts: HashMap<String, [u64; 3]>,
+    /// The engine's late + ahead count at the last look for dropping terminals.
+    dropped_seen: u64,
+    last_drop_scan: Option<std::time::Instant>,
+    /// Label sets of the dropping-terminal series exported now.
+    dropping: HashSet<[String; 3]>,
+    /// Inputs whose series are exported now.
+    sources: HashSet<String>,
 }
+
+/// Terminals exported by `termwatch_terminal_reports_dropped_ratio` at most,
+/// worst first: enough to name a bad clock or a broken link, bounded whatever
+/// the fleet does.
+pub const DROPPING_TOP_K: usize = 20;
+/// A terminal is named once this share of its recent reports was dropped.
+const DROPPING_MIN_SHARE: f32 = 0.05;
 
 /// The alert metrics; cheap to clone (the handles are shared).
 #[derive(Clone)]
@@ -79,6 +95,12 @@ pub struct AlertMetrics {
     watermark: Gauge,
     tracked_terminals: IntGauge,
     tracked_alert_entities: IntGauge,
+    dropped: IntCounterVec,
+    region_reports: IntCounterVec,
+    region_dropped: IntCounterVec,
+    terminal_dropped: GaugeVec,
+    source_watermark: GaugeVec,
+    source_idle: IntGaugeVec,
     state: Arc<Mutex<State>>,
 }
 
@@ -187,7 +209,71 @@ impl AlertMetrics {
                 registry,
                 Gauge::new(
                     "termwatch_event_time_watermark_timestamp_seconds",
-                    "The feature engine's event-time watermark (latest telemetry ts seen), Unix seconds.",
+                    "Event time up to which every input that is not idle has delivered (a window closes once this \
+                     passes its end by the lateness), Unix seconds.",
+                )?,
+            )?,
+            dropped: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "termwatch_event_time_dropped_total",
+                        "Valid reports the feature engine dropped: reason late (its own input had left its window \
+                         behind by more than the lateness) or ahead (more than max_ahead past its input and its \
+                         terminal: a wrong clock).",
+                    ),
+                    &["reason"],
+                )?,
+            )?,
+            region_reports: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "termwatch_region_reports_total",
+                        "Valid reports that reached the feature engine, by the terminal's region.",
+                    ),
+                    &["region"],
+                )?,
+            )?,
+            region_dropped: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "termwatch_region_reports_dropped_total",
+                        "Of termwatch_region_reports_total, those dropped as late or ahead, by region and reason.",
+                    ),
+                    &["region", "reason"],
+                )?,
+            )?,
+            terminal_dropped: register(
+                registry,
+                GaugeVec::new(
+                    Opts::new(
+                        "termwatch_terminal_reports_dropped_ratio",
+                        "Share of a terminal's recent reports (about its last 32) dropped as late or ahead, for the \
+                         worst 20 terminals above 5 %: a clock or a link to look at.",
+                    ),
+                    &["terminal", "site", "region"],
+                )?,
+            )?,
+            source_watermark: register(
+                registry,
+                GaugeVec::new(
+                    Opts::new(
+                        "termwatch_source_watermark_timestamp_seconds",
+                        "Event time up to which each input (Kafka topic-partition or file) has delivered, Unix seconds.",
+                    ),
+                    &["source"],
+                )?,
+            )?,
+            source_idle: register(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "termwatch_source_idle",
+                        "1 while an input has nothing more to send for now and holds no window open.",
+                    ),
+                    &["source"],
                 )?,
             )?,
             tracked_terminals: register(
@@ -264,12 +350,75 @@ impl AlertMetrics {
             self.watermark.set(wm as f64 / 1000.0);
             self.event_time_lag.set((view.now_ms - wm) as f64 / 1000.0);
         }
+        self.export_event_time(&mut state, view.engine);
         self.tracked_terminals.set(view.engine.tracked_terminals() as i64);
         self.tracked_alert_entities.set(view.alerts.len() as i64);
         if scored || !view.events.is_empty() || !state.primed {
             self.export_top_k(&mut state, view);
             state.primed = true;
         }
+    }
+
+    /// Drops by reason and region, each input's progress, and the terminals
+    /// whose reports are being dropped.
+    fn export_event_time(&self, state: &mut State, engine: &FeatureEngine) {
+        let c = engine.counters();
+        for (reason, now) in [("late", c.late), ("ahead", c.ahead)] {
+            let counter = self.dropped.with_label_values(&[reason]);
+            // A restored snapshot carries the counts of the process that saved it.
+            counter.inc_by(now.saturating_sub(counter.get()));
+        }
+        for (region, counts) in engine.region_counts() {
+            let now = [counts.reports, counts.late, counts.ahead];
+            let was = state.region_counts.entry(region.to_string()).or_default();
+            if *was == now {
+                continue;
+            }
+            // The engine's counts restart when a snapshot replaces it.
+            let delta = |i: usize| if now[i] >= was[i] { now[i] - was[i] } else { now[i] };
+            self.region_reports.with_label_values(&[region]).inc_by(delta(0));
+            self.region_dropped.with_label_values(&[region, "late"]).inc_by(delta(1));
+            self.region_dropped.with_label_values(&[region, "ahead"]).inc_by(delta(2));
+            *was = now;
+        }
+        let mut sources = HashSet::new();
+        for (name, watermark, idle) in engine.sources() {
+            if let Some(wm) = watermark {
+                self.source_watermark.with_label_values(&[name]).set(wm as f64 / 1000.0);
+            }
+            self.source_idle.with_label_values(&[name]).set(i64::from(idle));
+            sources.insert(name.to_string());
+        }
+        for gone in state.sources.difference(&sources) {
+            let _ = self.source_watermark.remove_label_values(&[gone]);
+            let _ = self.source_idle.remove_label_values(&[gone]);
+        }
+        state.sources = sources;
+
+        // Looked for when something was dropped, and now and then while
+        // terminals are named (their shares fall as they report again).
+        let dropped = c.late + c.ahead;
+        let due = state.last_drop_scan.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(10));
+        if dropped == state.dropped_seen && (state.dropping.is_empty() || !due) {
+            return;
+        }
+        state.dropped_seen = dropped;
+        state.last_drop_scan = Some(std::time::Instant::now());
+        let mut worst = engine.dropping_terminals(DROPPING_MIN_SHARE);
+        worst.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        worst.truncate(DROPPING_TOP_K);
+        let mut exported = HashSet::with_capacity(worst.len());
+        for (t, share) in worst {
+            let site = engine.site_id(engine.terminal_site(t));
+            let region = engine.region_name(engine.terminal_region(t));
+            let labels = [engine.terminal_id(t).to_string(), site.to_string(), region.to_string()];
+            self.terminal_dropped.with_label_values(&[&labels[0], &labels[1], &labels[2]]).set(f64::from(share));
+            exported.insert(labels);
+        }
+        for gone in state.dropping.difference(&exported) {
+            let _ = self.terminal_dropped.remove_label_values(&[&gone[0], &gone[1], &gone[2]]);
+        }
+        state.dropping = exported;
     }
 
     /// Replaces the entity series with the current top K firing alerts.
@@ -343,7 +492,7 @@ mod tests {
     use termwatch_telemetry::alerts::Reason;
 
     /// Every metric family this module exports (a test checks each is emitted).
-    const METRIC_NAMES: [&str; 11] = [
+    const METRIC_NAMES: [&str; 17] = [
         "termwatch_alerts_firing",
         "termwatch_alert_events_total",
         "termwatch_region_network_score",
@@ -355,6 +504,12 @@ mod tests {
         "termwatch_event_time_watermark_timestamp_seconds",
         "termwatch_tracked_terminals",
         "termwatch_tracked_alert_entities",
+        "termwatch_event_time_dropped_total",
+        "termwatch_region_reports_total",
+        "termwatch_region_reports_dropped_total",
+        "termwatch_terminal_reports_dropped_ratio",
+        "termwatch_source_watermark_timestamp_seconds",
+        "termwatch_source_idle",
     ];
 
     const T0: i64 = 1_790_000_000_000;
@@ -487,16 +642,28 @@ mod tests {
             events_seen += events.len();
             metrics.update(scorer, &events);
         };
+        let mut latest = 0;
         while let Some(meta) = sim.next_record(&mut buf) {
             if let Ok(r) = decode(&buf, meta.arrival_ms) {
+                latest = latest.max(r.ts_ms);
                 builder.append(&r).expect("append");
             }
             if builder.len() >= 4096 {
                 feed(&mut builder, &mut scorer);
             }
         }
+        // A terminal whose clock is a day fast: every report dropped as ahead.
+        for i in 0..10 {
+            let line =
+                format!(r#"{{"terminal_id":"T-CLOCK","ts":{},"region":"r1"}}"#, latest + 86_340_000 + i * 60_000);
+            builder.append(&decode(line.as_bytes(), latest + 86_400_000).expect("valid")).expect("append");
+        }
         feed(&mut builder, &mut scorer);
         assert!(events_seen > 0, "the simulated faults raised no alert");
+        assert!(
+            metrics.terminal_dropped.with_label_values(&["T-CLOCK", "terminal:T-CLOCK", "r1"]).get() > 0.2,
+            "the terminal with the wrong clock is named"
+        );
 
         let families = gathered(&registry);
         let missing: Vec<&str> = METRIC_NAMES.iter().copied().filter(|n| !families.contains_key(*n)).collect();

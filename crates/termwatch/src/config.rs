@@ -30,13 +30,14 @@ pub struct StateSettings {
     /// Snapshot file: restored at start-up when present, written every
     /// `interval_s` and on shutdown. Default: none (no snapshots).
     pub path: Option<std::path::PathBuf>,
-    /// Seconds between snapshots. Default 300.
-    pub interval_s: u64,
+    /// Seconds between snapshots (fractions allowed), taken whether or not
+    /// records arrive meanwhile. Default 300.
+    pub interval_s: f64,
 }
 
 impl Default for StateSettings {
     fn default() -> Self {
-        StateSettings { path: None, interval_s: 300 }
+        StateSettings { path: None, interval_s: 300.0 }
     }
 }
 
@@ -157,8 +158,8 @@ impl Config {
         if !(1..=3_600_000).contains(&self.batch.max_ms) {
             bail!("batch.max_ms must be 1..=3600000, not {}", self.batch.max_ms);
         }
-        if self.state.interval_s == 0 {
-            bail!("state.interval_s must be at least 1");
+        if !(self.state.interval_s.is_finite() && self.state.interval_s >= 0.01) {
+            bail!("state.interval_s must be a number of seconds, at least 0.01, not {}", self.state.interval_s);
         }
         if self.kafka.topics.contains(&self.kafka.dead_letter_topic) {
             bail!("kafka.dead_letter_topic {:?} is also consumed: rejects would loop", self.kafka.dead_letter_topic);

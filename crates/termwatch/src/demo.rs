@@ -241,16 +241,25 @@ fn print_progress(view: &ViewSink, service: &Service, produced: &Produced, start
         Ok(v) => (v.rows, v.batches, v.terminals.len(), v.latest_ms),
         Err(_) => return,
     };
-    let lag: i64 = service
-        .registry
-        .gather()
+    let families = service.registry.gather();
+    let lag: i64 = families
         .iter()
         .filter(|f| f.name() == "termwatch_kafka_consumer_lag_messages")
         .flat_map(|f| f.get_metric().iter().map(|m| m.get_gauge().get_value() as i64))
         .sum();
+    // Valid reports the feature engine dropped, by reason (late, ahead).
+    let dropped = |reason: &str| -> u64 {
+        families
+            .iter()
+            .filter(|f| f.name() == "termwatch_event_time_dropped_total")
+            .flat_map(|f| f.get_metric().iter())
+            .filter(|m| m.get_label().iter().any(|l| l.name() == "reason" && l.value() == reason))
+            .map(|m| m.get_counter().get_value() as u64)
+            .sum()
+    };
     let sim_now = produced.sim_ms.load(Ordering::Relaxed);
     println!(
-        "[{:>5.1}s] sim {} | produced {} ({} damaged) | consumed {} | in batches {} rows, {} batches, {} terminals, event time up to {} | lag {}",
+        "[{:>5.1}s] sim {} | produced {} ({} damaged) | consumed {} | in batches {} rows, {} batches, {} terminals, event time up to {} | dropped {} late, {} ahead | lag {}",
         started.elapsed().as_secs_f64(),
         if sim_now > 0 { format_rfc3339_ms(sim_now) } else { "-".into() },
         produced.records.load(Ordering::Relaxed),
@@ -260,6 +269,8 @@ fn print_progress(view: &ViewSink, service: &Service, produced: &Produced, start
         batches,
         terminals,
         if latest > 0 { format_rfc3339_ms(latest) } else { "-".into() },
+        dropped("late"),
+        dropped("ahead"),
         lag,
     );
 }

@@ -14,7 +14,7 @@ use termwatch_models::eval::format_duration;
 use termwatch_models::scoring::Scorer;
 use termwatch_models::training::{self, FNV_OFFSET, ModelSet, TrainConfig, TrainingData, TrainingRows};
 use termwatch_pipeline::{
-    BatchConfig, BatchSink, Checkpoint, MemoryDeadLetters, Owners, PartitionKey, Pipeline, SinkError,
+    BatchConfig, BatchSink, Checkpoint, MemoryDeadLetters, Owners, PartitionKey, Pipeline, SinkError, Sources,
 };
 use termwatch_telemetry::time::format_rfc3339_ms;
 
@@ -98,10 +98,28 @@ impl BatchSink for Collect {
         "training-features"
     }
     fn process_batch(&mut self, batch: &RecordBatch) -> Result<(), SinkError> {
+        let rows = batch.num_rows();
+        self.process_sourced(batch, &Sources::single(termwatch_features::DEFAULT_SOURCE, rows))
+    }
+    fn process_sourced(&mut self, batch: &RecordBatch, sources: &Sources) -> Result<(), SinkError> {
         let mut g = self.0.lock().map_err(|_| SinkError::Other("training lock poisoned".into()))?;
         let (engine, rows) = &mut *g;
-        let windows =
-            if self.1.is_all() { engine.process_batch(batch) } else { engine.process_batch(&self.1.filter(batch)?) };
+        let windows = if self.1.is_all() {
+            let runs: Vec<(&str, usize)> = sources.runs().collect();
+            engine.process_sourced(batch, &runs)
+        } else {
+            // Rows out of range are left out, so the runs no longer line up:
+            // training reads one history in order, as one input.
+            let kept = self.1.filter(batch)?;
+            engine.process_sourced(&kept, &[(termwatch_features::DEFAULT_SOURCE, kept.num_rows())])
+        };
+        rows.add(engine, &windows);
+        Ok(())
+    }
+    fn end_of_source(&mut self, source: &str) -> Result<(), SinkError> {
+        let mut g = self.0.lock().map_err(|_| SinkError::Other("training lock poisoned".into()))?;
+        let (engine, rows) = &mut *g;
+        let windows = engine.end_of_source(source);
         rows.add(engine, &windows);
         Ok(())
     }
@@ -163,7 +181,8 @@ fn collect_parquet_rows(
     }
     let windows = engine.finish();
     rows.add(&engine, &windows);
-    eprintln!("train: {} reports late for their window, dropped", engine.counters().late);
+    let c = engine.counters();
+    eprintln!("train: {} reports late for their window and {} with a clock far ahead, dropped", c.late, c.ahead);
     Ok(rows)
 }
 
@@ -605,7 +624,12 @@ impl BatchSink for AlertSink {
         "alerts"
     }
     fn process_batch(&mut self, batch: &RecordBatch) -> Result<(), SinkError> {
-        let events = self.scorer.process_batch(batch);
+        let rows = batch.num_rows();
+        self.process_sourced(batch, &Sources::single(termwatch_features::DEFAULT_SOURCE, rows))
+    }
+    fn process_sourced(&mut self, batch: &RecordBatch, sources: &Sources) -> Result<(), SinkError> {
+        let runs: Vec<(&str, usize)> = sources.runs().collect();
+        let events = self.scorer.process_sourced(batch, &runs);
         if let Some(metrics) = &self.metrics {
             metrics.update(&mut self.scorer, &events);
         }
@@ -619,7 +643,21 @@ impl BatchSink for AlertSink {
         }
         Ok(())
     }
+    fn end_of_source(&mut self, source: &str) -> Result<(), SinkError> {
+        let events = self.scorer.end_of_source(source);
+        if let Some(metrics) = &self.metrics {
+            metrics.update(&mut self.scorer, &events);
+        }
+        self.write(events)?;
+        let name = &self.name;
+        self.out.flush().map_err(|e| SinkError::io(format!("cannot write {name}"), e))
+    }
     fn assign(&mut self, partitions: &[PartitionKey], owners: &mut Owners) -> Vec<(PartitionKey, i64)> {
+        // Each partition holds windows open from now on, until it sends or
+        // ends; a restored one carries its own progress.
+        for key in partitions {
+            self.scorer.register_source(&key.to_string());
+        }
         let Some(st) = &self.state_dir else { return Vec::new() };
         let mut seeks = Vec::new();
         for key in partitions {
@@ -646,10 +684,14 @@ impl BatchSink for AlertSink {
         seeks
     }
 
-    fn checkpoint(&mut self, cp: &Checkpoint<'_>) -> Result<(), SinkError> {
-        let Some(st) = &mut self.state_dir else { return Ok(()) };
+    fn keeps_state(&self) -> bool {
+        self.state_dir.is_some()
+    }
+
+    fn checkpoint(&mut self, cp: &Checkpoint<'_>) -> Result<bool, SinkError> {
+        let Some(st) = &mut self.state_dir else { return Ok(false) };
         if !cp.force && st.last.elapsed() < st.every {
-            return Ok(());
+            return Ok(false);
         }
         let mut bytes = 0;
         for (key, &offset) in cp.positions {
@@ -669,10 +711,13 @@ impl BatchSink for AlertSink {
             .map_err(|e| SinkError::Other(e.to_string()))?;
         st.last = std::time::Instant::now();
         tracing::debug!(dir = %st.dir.display(), bytes, "state snapshots written");
-        Ok(())
+        Ok(true)
     }
 
     fn revoke(&mut self, partitions: &[PartitionKey], owners: &Owners) {
+        for key in partitions {
+            self.scorer.remove_source(&key.to_string());
+        }
         if self.state_dir.is_none() {
             return;
         }
@@ -697,10 +742,14 @@ impl BatchSink for AlertSink {
         let name = self.name.clone();
         self.out.flush().map_err(|e| SinkError::io(format!("cannot write {name}"), e))?;
         self.save_state()?;
+        let c = self.scorer.engine().counters();
         eprintln!(
-            "alerts: {} events written to {name}; {} firing now",
+            "alerts: {} events written to {name}; {} firing now; event time: {} of {} reports dropped as late, {} as clock ahead",
             self.written,
-            self.scorer.alerts().firing_len()
+            self.scorer.alerts().firing_len(),
+            c.late,
+            c.reports,
+            c.ahead,
         );
         Ok(())
     }

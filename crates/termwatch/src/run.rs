@@ -118,7 +118,7 @@ fn scoring_sinks(
     let sink = match &config.state.path {
         Some(path) => sink.with_state_dir(crate::models_cmd::StateDir::new(
             path.clone(),
-            std::time::Duration::from_secs(config.state.interval_s),
+            std::time::Duration::from_secs_f64(config.state.interval_s),
             format!("group {} on {}", config.kafka.group_id, config.kafka.topics.join(",")),
         )?),
         None => sink,

@@ -61,6 +61,9 @@ pub struct SimulateArgs {
     /// Share of records arriving 1-6 hours late [default: 0.0002].
     #[arg(long)]
     pub very_late_share: Option<f64>,
+    /// Reports per simulated day whose terminal's clock is 23 h 59 m fast for that report [default: 0].
+    #[arg(long)]
+    pub clock_jumps_per_day: Option<f64>,
     /// Multiplies the rates of the labelled faults (aging, voltage, network) [default: 1].
     #[arg(long, value_name = "FACTOR")]
     pub fault_scale: Option<f64>,
@@ -90,6 +93,7 @@ impl SimulateArgs {
         set(&mut cfg.damaged_share, self.damaged_share);
         set(&mut cfg.late_share, self.late_share);
         set(&mut cfg.very_late_share, self.very_late_share);
+        set(&mut cfg.clock_jumps_per_day, self.clock_jumps_per_day);
         if let Some(start) = &self.start {
             cfg.start = start.clone();
         }

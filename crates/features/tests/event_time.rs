@@ -1,0 +1,232 @@
+//! Event time per input: however the inputs of one history interleave (six
+//! partitions read from a backlog at six speeds), the feature rows are those
+//! of one ordered pass, and one terminal's wrong clock moves no one else's
+//! windows.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::OnceLock;
+
+use arrow::record_batch::RecordBatch;
+use proptest::prelude::*;
+use termwatch_features::{FeatureConfig, FeatureEngine, WindowRows};
+use termwatch_sim::{SimConfig, Simulator};
+use termwatch_telemetry::{BatchBuilder, decode};
+
+/// A window's rows with names instead of this engine's indices, so that two
+/// engines that met the entities in another order compare equal.
+type Named = (i64, Vec<(String, [f64; 6], [f64; 6])>, Vec<(String, [f64; 6])>, Vec<(String, [f64; 6])>, Vec<String>);
+
+fn named(e: &FeatureEngine, rows: &[WindowRows]) -> Vec<Named> {
+    rows.iter()
+        .map(|w| {
+            (
+                w.end_ms,
+                w.terminal_voltage
+                    .iter()
+                    .map(|r| (e.terminal_id(r.terminal).to_string(), r.features, r.baselines))
+                    .collect(),
+                w.site_voltage.iter().map(|r| (e.site_id(r.site).to_string(), r.features)).collect(),
+                w.network.iter().map(|r| (e.region_name(r.region).to_string(), r.features)).collect(),
+                // Aging rows carry 8 features: compared through their bits.
+                w.aging
+                    .iter()
+                    .map(|r| {
+                        let bits: Vec<u64> = r.features.iter().chain(&r.baselines).map(|f| f.to_bits()).collect();
+                        format!("{} {bits:?}", e.terminal_id(r.terminal))
+                    })
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+/// A simulated day of 40 terminals at 300 s, faults included, with every
+/// terminal's reports in order (no late deliveries): (terminal, line).
+fn history() -> &'static [(String, Vec<u8>)] {
+    static LINES: OnceLock<Vec<(String, Vec<u8>)>> = OnceLock::new();
+    LINES.get_or_init(|| {
+        let mut cfg = SimConfig {
+            terminals: 40,
+            regions: 3,
+            days: 1.5,
+            seed: 17,
+            interval_s: 300,
+            damaged_share: 0.0,
+            late_share: 0.0,
+            very_late_share: 0.0,
+            ..SimConfig::default()
+        };
+        cfg.faults.scale_faults(20.0);
+        let mut sim = Simulator::new(cfg).expect("simulator");
+        let (mut out, mut buf) = (Vec::new(), Vec::new());
+        while sim.next_record(&mut buf).is_some() {
+            let record = decode(&buf, i64::MAX / 2).expect("valid");
+            out.push((record.terminal_id.to_string(), buf.clone()));
+        }
+        out
+    })
+}
+
+fn batch(lines: &[&[u8]]) -> RecordBatch {
+    let mut b = BatchBuilder::with_capacity(lines.len());
+    for l in lines {
+        b.append(&decode(l, i64::MAX / 2).expect("valid")).expect("append");
+    }
+    b.finish().expect("batch")
+}
+
+fn one_ordered_pass() -> &'static [Named] {
+    static ROWS: OnceLock<Vec<Named>> = OnceLock::new();
+    ROWS.get_or_init(|| {
+        let mut e = FeatureEngine::new(FeatureConfig::default());
+        let mut rows = Vec::new();
+        let lines: Vec<&[u8]> = history().iter().map(|(_, l)| l.as_slice()).collect();
+        for chunk in lines.chunks(8192) {
+            rows.extend(e.process_batch(&batch(chunk)));
+        }
+        rows.extend(e.finish());
+        assert_eq!(e.counters().late + e.counters().ahead, 0, "an ordered history has nothing late");
+        named(&e, &rows)
+    })
+}
+
+/// A small deterministic generator for the interleaving.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n.max(1) as u64) as usize
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// Terminals are split over `inputs` partitions; the partitions are read
+    /// in random chunks, in random order, several to a batch, and each ends
+    /// (idle) once read. The rows are those of one ordered pass, bit for bit.
+    #[test]
+    fn any_interleaving_of_inputs_gives_the_rows_of_one_ordered_pass(
+        seed in 1u64..u64::MAX,
+        inputs in 1usize..8,
+        max_chunk in 1usize..600,
+        runs_per_batch in 1usize..5,
+    ) {
+        let mut rng = Rng(seed);
+        let names: Vec<String> = (0..inputs).map(|i| format!("telemetry-{i}")).collect();
+        let mut queues: Vec<Vec<&[u8]>> = vec![Vec::new(); inputs];
+        for (terminal, line) in history() {
+            let input = terminal.bytes().fold(7usize, |h, b| h.wrapping_mul(31) + usize::from(b)) % inputs;
+            queues[input].push(line);
+        }
+        let mut next = vec![0usize; inputs];
+        let mut e = FeatureEngine::new(FeatureConfig::default());
+        for name in &names {
+            e.register_source(name);
+        }
+        let mut rows = Vec::new();
+        loop {
+            let open: Vec<usize> = (0..inputs).filter(|&i| next[i] < queues[i].len()).collect();
+            if open.is_empty() {
+                break;
+            }
+            let (mut lines, mut runs): (Vec<&[u8]>, Vec<(&str, usize)>) = (Vec::new(), Vec::new());
+            let mut ended = Vec::new();
+            for _ in 0..runs_per_batch {
+                let i = open[rng.below(open.len())];
+                let take = (1 + rng.below(max_chunk)).min(queues[i].len() - next[i]);
+                if take == 0 {
+                    continue;
+                }
+                lines.extend(&queues[i][next[i]..next[i] + take]);
+                runs.push((names[i].as_str(), take));
+                next[i] += take;
+                if next[i] == queues[i].len() {
+                    ended.push(i);
+                }
+            }
+            rows.extend(e.process_sourced(&batch(&lines), &runs));
+            for i in ended {
+                rows.extend(e.end_of_source(&names[i]));
+            }
+        }
+        rows.extend(e.finish());
+        prop_assert_eq!(e.counters().late + e.counters().ahead, 0);
+        let got = named(&e, &rows);
+        let want = one_ordered_pass();
+        prop_assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(want) {
+            prop_assert_eq!(g, w, "window ending {}", w.0);
+        }
+    }
+}
+
+fn line(terminal: &str, ts: i64) -> Vec<u8> {
+    format!(
+        r#"{{"terminal_id":"{terminal}","ts":{ts},"region":"r1","site_id":"S-{terminal}","supply_v_mean":12.0,"supply_v_min":11.9,"supply_v_max":12.1,"supply_v_std":0.04}}"#
+    )
+    .into_bytes()
+}
+
+const MIN: i64 = 60_000;
+const T0: i64 = 1_795_514_400_000; // a window boundary
+
+#[test]
+fn a_clock_a_day_fast_is_dropped_as_ahead_and_moves_no_window() {
+    let day = 24 * 60 * MIN - MIN;
+    let mut with = FeatureEngine::new(FeatureConfig::default());
+    let mut without = FeatureEngine::new(FeatureConfig::default());
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for k in 0..60 {
+        let mut lines: Vec<Vec<u8>> = (0..5).map(|t| line(&format!("T-{t}"), T0 + k * 5 * MIN)).collect();
+        b.extend(without.process_batch(&batch(&lines.iter().map(Vec::as_slice).collect::<Vec<_>>())));
+        if k == 20 {
+            // T-9's clock runs 23 h 59 m fast, once; then it is right again.
+            lines.push(line("T-9", T0 + k * 5 * MIN + day));
+        }
+        if k > 20 {
+            lines.push(line("T-9", T0 + k * 5 * MIN));
+        }
+        a.extend(with.process_batch(&batch(&lines.iter().map(Vec::as_slice).collect::<Vec<_>>())));
+    }
+    assert_eq!(with.counters().ahead, 1);
+    assert_eq!(with.counters().late, 0, "no one's report was left behind");
+    let strip = |e: &FeatureEngine, rows: &[WindowRows]| {
+        named(e, rows)
+            .into_iter()
+            .map(|(end, t, _, _, _)| (end, t.into_iter().filter(|r| r.0 != "T-9").collect::<Vec<_>>()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(strip(&with, &a), strip(&without, &b), "the other terminals' windows are untouched");
+    let t9 = a.iter().flat_map(|w| &w.terminal_voltage).filter(|r| with.terminal_id(r.terminal) == "T-9").count();
+    assert!(t9 >= 30, "T-9's own later reports count: {t9} rows");
+}
+
+#[test]
+fn an_input_that_has_sent_nothing_holds_every_window_until_it_sends_or_ends() {
+    let mut e = FeatureEngine::new(FeatureConfig::default());
+    e.register_source("telemetry-0");
+    e.register_source("telemetry-1");
+    let lines: Vec<Vec<u8>> = (0..40).map(|k| line(&format!("T-{}", k % 2), T0 + k * 5 * MIN)).collect();
+    let refs: Vec<&[u8]> = lines.iter().map(Vec::as_slice).collect();
+    let closed = e.process_sourced(&batch(&refs), &[("telemetry-0", refs.len())]);
+    assert!(closed.is_empty(), "telemetry-1 has not reported: nothing may close");
+    assert_eq!(e.watermark(), None);
+    let closed = e.end_of_source("telemetry-1");
+    assert!(closed.len() >= 30, "once telemetry-1 is idle the windows close: {}", closed.len());
+    assert_eq!(e.counters().late, 0);
+}
+
+#[test]
+fn a_report_its_own_input_left_behind_is_late_and_counted() {
+    let mut e = FeatureEngine::new(FeatureConfig::default());
+    let lines: Vec<Vec<u8>> =
+        vec![line("T-1", T0 + 30 * MIN), line("T-2", T0 + 30 * MIN), line("T-3", T0 + MIN), line("T-3", T0 + 25 * MIN)];
+    let refs: Vec<&[u8]> = lines.iter().map(Vec::as_slice).collect();
+    e.process_sourced(&batch(&refs), &[("a", 4)]);
+    assert_eq!(e.counters().late, 1, "29 minutes behind its input: more than window + lateness");
+}
