@@ -416,6 +416,8 @@ struct Feeder {
     blocked: Duration,
     idle_after: Duration,
     last_idle_check: Instant,
+    /// `termwatch_kafka_messages_consumed_total`.
+    consumed: prometheus::IntCounter,
 }
 
 impl Feeder {
@@ -424,6 +426,9 @@ impl Feeder {
             return;
         }
         self.note_delivered();
+        // Counted as handed over, whatever sends the chunk (a full chunk, an
+        // end of partition, a barrier).
+        self.consumed.inc_by(self.chunk.entries.len() as u64);
         let fresh = self.recycled.try_recv().unwrap_or_default();
         let full = std::mem::replace(&mut self.chunk, fresh);
         let waited = Instant::now();
@@ -877,6 +882,7 @@ impl KafkaSource {
             blocked: Duration::ZERO,
             idle_after: Duration::from_secs(config.partition_idle_s.max(1)),
             last_idle_check: Instant::now(),
+            consumed: metrics.messages_consumed.clone(),
         }));
         let worker = Worker {
             pipeline,
@@ -941,7 +947,6 @@ impl KafkaSource {
     }
 
     fn poll_loop(&self, shutdown: &AtomicBool) -> Result<(), KafkaSourceError> {
-        let mut since_handover = 0u64;
         while !shutdown.load(Ordering::Relaxed) {
             let polled = self.consumer.poll(Duration::from_millis(50));
             let mut feeder = lock(&self.feeder);
@@ -953,7 +958,6 @@ impl KafkaSource {
             match polled {
                 Some(Ok(msg)) => {
                     feeder.chunk.add(msg.topic(), msg.partition(), msg.offset(), msg.payload().unwrap_or_default());
-                    since_handover += 1;
                 }
                 Some(Err(KafkaError::PartitionEOF(partition))) => feeder.end_of_partition(partition),
                 Some(Err(e)) => {
@@ -967,11 +971,9 @@ impl KafkaSource {
             if feeder.chunk.entries.len() >= CHUNK_MESSAGES || (old || idle) && !feeder.chunk.is_empty() {
                 // Blocks while the worker is behind: back-pressure.
                 feeder.send_chunk();
-                self.metrics.messages_consumed.inc_by(std::mem::take(&mut since_handover));
             }
         }
         let mut feeder = lock(&self.feeder);
-        self.metrics.messages_consumed.inc_by(since_handover);
         feeder.barrier(&self.consumer).map_err(KafkaSourceError::Pipeline)
     }
 }

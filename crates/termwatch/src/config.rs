@@ -83,6 +83,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("TERMWATCH_KAFKA_TOPICS", "kafka.topics (comma-separated)"),
     ("TERMWATCH_KAFKA_DEAD_LETTER_TOPIC", "kafka.dead_letter_topic"),
     ("TERMWATCH_KAFKA_ALERTS_TOPIC", "kafka.alerts_topic"),
+    ("TERMWATCH_KAFKA_PARTITION_IDLE_S", "kafka.partition_idle_s"),
     ("TERMWATCH_BATCH_MAX_ROWS", "batch.max_rows"),
     ("TERMWATCH_BATCH_MAX_MS", "batch.max_ms"),
     ("TERMWATCH_METRICS_LISTEN", "metrics.listen"),
@@ -123,6 +124,9 @@ impl Config {
                 }
                 "TERMWATCH_KAFKA_DEAD_LETTER_TOPIC" => self.kafka.dead_letter_topic = value,
                 "TERMWATCH_KAFKA_ALERTS_TOPIC" => self.kafka.alerts_topic = Some(value),
+                "TERMWATCH_KAFKA_PARTITION_IDLE_S" => {
+                    self.kafka.partition_idle_s = value.parse().with_context(parse_err)?
+                }
                 "TERMWATCH_BATCH_MAX_ROWS" => self.batch.max_rows = value.parse().with_context(parse_err)?,
                 "TERMWATCH_BATCH_MAX_MS" => self.batch.max_ms = value.parse().with_context(parse_err)?,
                 "TERMWATCH_METRICS_LISTEN" => self.metrics.listen = value.parse().with_context(parse_err)?,
@@ -160,6 +164,9 @@ impl Config {
         }
         if !(self.state.interval_s.is_finite() && self.state.interval_s >= 0.01) {
             bail!("state.interval_s must be a number of seconds, at least 0.01, not {}", self.state.interval_s);
+        }
+        if !(1..=86_400).contains(&self.kafka.partition_idle_s) {
+            bail!("kafka.partition_idle_s must be 1..=86400, not {}", self.kafka.partition_idle_s);
         }
         if self.kafka.topics.contains(&self.kafka.dead_letter_topic) {
             bail!("kafka.dead_letter_topic {:?} is also consumed: rejects would loop", self.kafka.dead_letter_topic);
@@ -202,6 +209,8 @@ group_id = "noc"
 "security.protocol" = "SASL_SSL"
 [batch]
 max_ms = 50
+[state]
+interval_s = 30
 "#,
         );
         let c = Config::load(
@@ -209,10 +218,12 @@ max_ms = 50
             env(&[
                 ("TERMWATCH_KAFKA_GROUP_ID", "noc-2"),
                 ("TERMWATCH_KAFKA_PROPERTY_SASL_PASSWORD", "s3cret"),
+                ("TERMWATCH_KAFKA_PARTITION_IDLE_S", "15"),
                 ("PATH", "/bin"),
             ]),
         )
         .expect("valid");
+        assert_eq!((c.kafka.partition_idle_s, c.state.interval_s), (15, 30.0), "an integer TOML value is seconds too");
         assert_eq!(c.kafka.brokers, "k1:9092,k2:9092");
         assert_eq!(c.kafka.group_id, "noc-2");
         assert_eq!(c.kafka.properties["security.protocol"], "SASL_SSL");
