@@ -35,11 +35,11 @@ pub struct FeatureConfig {
     /// part was used). Default 288: about two trading days, so evidence builds
     /// over days of use and fades within days of a part being swapped.
     pub aging_evidence_windows: f64,
-    /// A report more than this far ahead of both its source's progress and
-    /// its terminal's latest report is a wrong clock, not news: dropped and
-    /// counted (`ahead`), so it moves no window, ms. It is also how far one
-    /// terminal reporting alone moves its source's progress ahead of the
-    /// others' (see [`SourceProgress`]). Default 900000 (15 min).
+    /// A report more than this far past its terminal's latest is held until
+    /// the terminal's next report: kept if that one carries on from it
+    /// (the terminal was switched off, or its clock moved for good), dropped
+    /// and counted as `ahead` if the clock went back by more than this (one
+    /// report from a clock that was wrong), ms. Default 3600000 (1 h).
     pub max_ahead_ms: i64,
 }
 
@@ -53,7 +53,7 @@ impl Default for FeatureConfig {
             aging_short_windows: 144.0,
             aging_long_windows: 4032.0,
             aging_evidence_windows: 288.0,
-            max_ahead_ms: 900_000,
+            max_ahead_ms: 3_600_000,
         }
     }
 }
@@ -191,10 +191,11 @@ struct Wear {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Terminal {
     id: Box<str>,
-    /// A hash of `id`: who the terminal is in its source's progress.
-    key: u64,
     /// Latest event time applied.
     max_ts: i64,
+    /// A report far ahead of `max_ts`, waiting for the next one to say
+    /// whether the clock was wrong.
+    held: Option<Box<Report>>,
     /// Reports at or before this were applied before the snapshot this
     /// state was restored from.
     skip_until: i64,
@@ -259,57 +260,48 @@ impl TerminalStates {
 
 /// Event-time progress of one input: a Kafka partition or a history file.
 ///
-/// Its watermark is the second-latest event time among its terminals, or
-/// the latest less `max_ahead_ms` when that is later (a terminal reporting
-/// alone at night still moves time on). One terminal, whatever its clock
-/// says, cannot move the windows of everyone else in its partition: a report
-/// more than `max_ahead_ms` ahead is dropped, and one within it moves the
-/// watermark by nothing.
+/// Its watermark is how far its recent reports have come, robustly: the
+/// lower median of the event times of its last 8 reports, in the order they
+/// arrived, and never less than before. One terminal whose clock is wrong
+/// (even for good) is a minority of what arrives and moves nothing, and a
+/// terminal reporting alone at night still moves time on, a few reports
+/// behind itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceProgress {
-    /// The two terminals furthest ahead, (event time, terminal key), the
-    /// latest first; `i64::MIN` for none.
-    top: [(i64, u64); 2],
+    /// Event times of the last reports, a ring; `i64::MIN` where empty.
+    recent: [i64; RECENT],
+    next: u8,
+    watermark: i64,
     /// The input has ended for now (a file read to its end, a partition
     /// caught up): it holds no window open until it sends again.
     idle: bool,
 }
 
+/// Reports a source's watermark looks back over.
+const RECENT: usize = 8;
+
 impl Default for SourceProgress {
     fn default() -> Self {
-        SourceProgress { top: [(i64::MIN, 0); 2], idle: false }
+        SourceProgress { recent: [i64::MIN; RECENT], next: 0, watermark: i64::MIN, idle: false }
     }
 }
 
 impl SourceProgress {
-    /// Event time up to which this input has delivered, as far as two of
-    /// its terminals agree (or one, `max_ahead_ms` behind it); `None` before
-    /// its first report.
-    pub fn watermark(&self, max_ahead_ms: i64) -> Option<i64> {
-        let [first, second] = self.top;
-        (first.0 != i64::MIN).then(|| second.0.max(first.0.saturating_sub(max_ahead_ms)))
+    /// Event time up to which this input has delivered; `None` before its
+    /// first report.
+    pub fn watermark(&self) -> Option<i64> {
+        (self.watermark != i64::MIN).then_some(self.watermark)
     }
 
-    /// The latest event time any of its terminals reported (`i64::MIN` for none).
-    fn latest(&self) -> i64 {
-        self.top[0].0
-    }
-
-    fn observe(&mut self, key: u64, ts: i64) {
-        let [first, second] = &mut self.top;
-        if first.0 != i64::MIN && first.1 == key {
-            first.0 = first.0.max(ts);
-        } else if second.0 != i64::MIN && second.1 == key {
-            second.0 = second.0.max(ts);
-            if second.0 > first.0 {
-                std::mem::swap(first, second);
-            }
-        } else if ts > first.0 {
-            *second = *first;
-            *first = (ts, key);
-        } else if ts > second.0 {
-            *second = (ts, key);
-        }
+    fn observe(&mut self, ts: i64) {
+        self.recent[self.next as usize % RECENT] = ts;
+        self.next = ((self.next as usize + 1) % RECENT) as u8;
+        let mut seen = self.recent;
+        seen.sort_unstable();
+        let filled = seen.iter().filter(|t| **t != i64::MIN).count();
+        // The lower median of what is there (the ring fills from empty).
+        let median = seen[RECENT - filled + (filled - 1) / 2];
+        self.watermark = self.watermark.max(median);
     }
 }
 
@@ -358,12 +350,6 @@ const DROP_ALPHA: f32 = 1.0 / 32.0;
 
 /// The input of [`FeatureEngine::process_batch`]: one history, in order.
 pub const DEFAULT_SOURCE: &str = "input";
-
-/// Who a terminal is in its source's progress: FNV-1a 64 of its id. Two ids
-/// that collide count as one terminal there, which only delays windows.
-fn terminal_key(id: &str) -> u64 {
-    id.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
-}
 
 /// Sites without a `site_id` are keyed by their terminal: one terminal, one site.
 const NO_SITE_PREFIX: &str = "terminal:";
@@ -485,7 +471,7 @@ impl FeatureEngine {
         let mut highest: Option<i64> = None;
         let mut active = false;
         for p in self.sources.values() {
-            let wm = p.watermark(self.config.max_ahead_ms);
+            let wm = p.watermark();
             highest = highest.max(wm);
             if !p.idle {
                 let wm = wm?;
@@ -515,7 +501,7 @@ impl FeatureEngine {
 
     /// Each input by name: its watermark, and whether it is idle.
     pub fn sources(&self) -> impl Iterator<Item = (&str, Option<i64>, bool)> {
-        self.sources.iter().map(|(n, p)| (&**n, p.watermark(self.config.max_ahead_ms), p.idle))
+        self.sources.iter().map(|(n, p)| (&**n, p.watermark(), p.idle))
     }
 
     /// An input that will feed the engine (a Kafka partition just
@@ -802,8 +788,8 @@ impl FeatureEngine {
         let t = self.terminals.len() as u32;
         self.terminals.push(Terminal {
             id: id.into(),
-            key: terminal_key(id),
             max_ts: i64::MIN,
+            held: None,
             skip_until: i64::MIN,
             site,
             region,
@@ -817,49 +803,81 @@ impl FeatureEngine {
         t
     }
 
-    /// Applies one report from `source`. Whether it is late or ahead is
-    /// judged against its own source's progress and its own terminal's, never
-    /// against other inputs: so the order in which inputs interleave (which
-    /// partition a consumer happens to read first) changes nothing.
+    /// Applies one report from `source`. Whether it is late is judged
+    /// against its own source's progress, whether it is ahead against its own
+    /// terminal's reports, never against other inputs: so the order in which
+    /// inputs interleave (which partition a consumer happens to read first)
+    /// changes nothing.
     fn apply(&mut self, t: u32, source: &mut SourceProgress, ts: i64, c: &Cols<'_>, row: usize) {
         self.counters.reports += 1;
-        let (window_ms, lateness_ms, max_ahead_ms) =
-            (self.config.window_ms, self.config.lateness_ms, self.config.max_ahead_ms);
-        let w = self.window_of(ts);
+        let max_ahead_ms = self.config.max_ahead_ms;
         let Some(term) = self.terminals.get_mut(t as usize) else { return };
-        if ts <= term.skip_until {
-            self.counters.replayed += 1;
-            return;
-        }
-        let progress = source.watermark(max_ahead_ms);
-        // Ahead of the latest report of its input and of its own: a clock
-        // that is off by more than max_ahead is rejected from its first
-        // report on, and never becomes the latest.
-        let reference = source.latest().max(term.max_ts);
-        let ahead = reference != i64::MIN && ts > reference.saturating_add(max_ahead_ms);
-        let late = !ahead
-            && (progress.is_some_and(|p| (w + 1) * window_ms + lateness_ms <= p)
-                || self.next_to_close.is_some_and(|next| w < next));
-        term.dropped += DROP_ALPHA * (f32::from(u8::from(ahead || late)) - term.dropped);
         let region = term.region as usize;
         if self.region_counts.len() <= region {
             self.region_counts.resize(region + 1, RegionCounts::default());
         }
-        let counts = &mut self.region_counts[region];
-        counts.reports += 1;
-        if ahead {
-            counts.ahead += 1;
-            self.counters.ahead += 1;
+        self.region_counts[region].reports += 1;
+        if ts <= term.skip_until {
+            self.counters.replayed += 1;
             return;
         }
+        let report = Report::read(c, row, ts);
+        // A report held for being far ahead is settled by the terminal's
+        // next one: kept if that one carries on from it (or arrived a little
+        // out of order), dropped if the clock went back by more than
+        // max_ahead (it was wrong for one report).
+        if let Some(held) = term.held.take() {
+            if ts >= held.ts.saturating_sub(max_ahead_ms) {
+                self.admit(t, source, &held);
+            } else {
+                self.drop_report(t, Drop::Ahead);
+            }
+        }
+        let Some(term) = self.terminals.get_mut(t as usize) else { return };
+        if term.max_ts != i64::MIN && ts > term.max_ts.saturating_add(max_ahead_ms) {
+            term.held = Some(Box::new(report));
+            return;
+        }
+        self.admit(t, source, &report);
+    }
+
+    /// Counts a report dropped, in its terminal's share and its region's.
+    fn drop_report(&mut self, t: u32, why: Drop) {
+        let Some(term) = self.terminals.get_mut(t as usize) else { return };
+        term.dropped += DROP_ALPHA * (1.0 - term.dropped);
+        let counts = self.region_counts.get_mut(term.region as usize);
+        match why {
+            Drop::Late => {
+                self.counters.late += 1;
+                if let Some(c) = counts {
+                    c.late += 1;
+                }
+            }
+            Drop::Ahead => {
+                self.counters.ahead += 1;
+                if let Some(c) = counts {
+                    c.ahead += 1;
+                }
+            }
+        }
+    }
+
+    /// Adds a report to its terminal's window, unless its own source has
+    /// left that window behind (or it has closed): then it is late.
+    fn admit(&mut self, t: u32, source: &mut SourceProgress, r: &Report) {
+        let (window_ms, lateness_ms) = (self.config.window_ms, self.config.lateness_ms);
+        let w = self.window_of(r.ts);
+        let late = source.watermark().is_some_and(|p| (w + 1) * window_ms + lateness_ms <= p)
+            || self.next_to_close.is_some_and(|next| w < next);
         if late {
-            counts.late += 1;
-            self.counters.late += 1;
+            self.drop_report(t, Drop::Late);
             return;
         }
-        term.max_ts = term.max_ts.max(ts);
-        source.observe(term.key, ts);
-        self.latest = self.latest.max(ts);
+        let Some(term) = self.terminals.get_mut(t as usize) else { return };
+        term.dropped -= DROP_ALPHA * term.dropped;
+        term.max_ts = term.max_ts.max(r.ts);
+        source.observe(r.ts);
+        self.latest = self.latest.max(r.ts);
         let at = term.open.iter().rposition(|a| a.window <= w);
         let acc = match at {
             Some(i) if term.open[i].window == w => &mut term.open[i],
@@ -876,40 +894,7 @@ impl FeatureEngine {
                 &mut term.open[i]
             }
         };
-        acc.n += 1;
-        let f = |a: Option<&Float64Array>| a.filter(|a| a.is_valid(row)).map(|a| a.value(row));
-        let u = |a: Option<&UInt32Array>| a.filter(|a| a.is_valid(row)).map(|a| a.value(row)).unwrap_or(0);
-        let nominal = f(c.nominal).unwrap_or(12.0).max(0.1);
-        if let (Some(mean), Some(std)) = (f(c.v_mean), f(c.v_std)) {
-            acc.v_n += 1;
-            acc.v_mean_sum += mean / nominal;
-            acc.v_std_sum += std / nominal;
-            acc.v_min = acc.v_min.min(f(c.v_min).unwrap_or(mean) / nominal);
-            acc.v_max = acc.v_max.max(f(c.v_max).unwrap_or(mean) / nominal);
-        }
-        let interval_s = c.interval.filter(|a| a.is_valid(row)).map_or(DEFAULT_INTERVAL_S, |a| a.value(row));
-        acc.minutes += f64::from(interval_s.max(1)) / 60.0;
-        acc.sags += u(c.sags) + u(c.swells);
-        acc.reboots += u(c.reboots);
-        if let Some(rtt) = f(c.rtt) {
-            acc.rtt_log_sum += (rtt.max(0.0) + 1.0).ln();
-            acc.rtt_n += 1;
-        }
-        if let Some(loss) = f(c.loss) {
-            acc.loss_sum += loss;
-            acc.loss_n += 1;
-        }
-        acc.reconnects += u(c.reconnects);
-        acc.timeouts += u(c.timeouts);
-        acc.txn += u(c.txn);
-        acc.card_reads += u(c.card_reads);
-        acc.card_errors += u(c.card_errors);
-        acc.print_jobs += u(c.print_jobs);
-        acc.print_errors += u(c.print_errors);
-        if let Some(h) = f(c.health) {
-            acc.health_sum += h;
-            acc.health_n += 1;
-        }
+        acc.add(r);
     }
 
     /// Closes every window the inputs' common watermark has left behind by
@@ -1175,6 +1160,103 @@ impl FeatureEngine {
     }
 }
 
+/// Why a report was dropped.
+#[derive(Clone, Copy)]
+enum Drop {
+    Late,
+    Ahead,
+}
+
+/// One report's values, as a window takes them (and as a held report waits).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+struct Report {
+    ts: i64,
+    /// Mean, deviation, lowest and highest supply voltage, as shares of nominal.
+    supply: Option<[f64; 4]>,
+    interval_s: u32,
+    sags: u32,
+    reboots: u32,
+    rtt: Option<f64>,
+    loss: Option<f64>,
+    reconnects: u32,
+    timeouts: u32,
+    txn: u32,
+    card_reads: u32,
+    card_errors: u32,
+    print_jobs: u32,
+    print_errors: u32,
+    health: Option<f64>,
+}
+
+impl Report {
+    fn read(c: &Cols<'_>, row: usize, ts: i64) -> Report {
+        let f = |a: Option<&Float64Array>| a.filter(|a| a.is_valid(row)).map(|a| a.value(row));
+        let u = |a: Option<&UInt32Array>| a.filter(|a| a.is_valid(row)).map(|a| a.value(row)).unwrap_or(0);
+        let nominal = f(c.nominal).unwrap_or(12.0).max(0.1);
+        let supply = match (f(c.v_mean), f(c.v_std)) {
+            (Some(mean), Some(std)) => Some([
+                mean / nominal,
+                std / nominal,
+                f(c.v_min).unwrap_or(mean) / nominal,
+                f(c.v_max).unwrap_or(mean) / nominal,
+            ]),
+            _ => None,
+        };
+        Report {
+            ts,
+            supply,
+            interval_s: c.interval.filter(|a| a.is_valid(row)).map_or(DEFAULT_INTERVAL_S, |a| a.value(row)),
+            sags: u(c.sags) + u(c.swells),
+            reboots: u(c.reboots),
+            rtt: f(c.rtt),
+            loss: f(c.loss),
+            reconnects: u(c.reconnects),
+            timeouts: u(c.timeouts),
+            txn: u(c.txn),
+            card_reads: u(c.card_reads),
+            card_errors: u(c.card_errors),
+            print_jobs: u(c.print_jobs),
+            print_errors: u(c.print_errors),
+            health: f(c.health),
+        }
+    }
+}
+
+impl Acc {
+    fn add(&mut self, r: &Report) {
+        self.n += 1;
+        if let Some([mean, std, min, max]) = r.supply {
+            self.v_n += 1;
+            self.v_mean_sum += mean;
+            self.v_std_sum += std;
+            self.v_min = self.v_min.min(min);
+            self.v_max = self.v_max.max(max);
+        }
+        self.minutes += f64::from(r.interval_s.max(1)) / 60.0;
+        self.sags += r.sags;
+        self.reboots += r.reboots;
+        if let Some(rtt) = r.rtt {
+            self.rtt_log_sum += (rtt.max(0.0) + 1.0).ln();
+            self.rtt_n += 1;
+        }
+        if let Some(loss) = r.loss {
+            self.loss_sum += loss;
+            self.loss_n += 1;
+        }
+        self.reconnects += r.reconnects;
+        self.timeouts += r.timeouts;
+        self.txn += r.txn;
+        self.card_reads += r.card_reads;
+        self.card_errors += r.card_errors;
+        self.print_jobs += r.print_jobs;
+        self.print_errors += r.print_errors;
+        if let Some(h) = r.health {
+            self.health_sum += h;
+            self.health_n += 1;
+        }
+    }
+}
+
 struct Cols<'a> {
     v_mean: Option<&'a Float64Array>,
     v_std: Option<&'a Float64Array>,
@@ -1344,20 +1426,22 @@ mod tests {
     }
 
     #[test]
-    fn a_window_closes_once_two_terminals_pass_its_end_plus_lateness() {
+    fn a_window_closes_once_its_input_has_passed_its_end_plus_lateness() {
         let mut e = FeatureEngine::new(FeatureConfig::default());
-        // Window [T0, T0+5m) gets one report; the watermark then moves to T0+14m59s: not closed yet.
-        assert!(e.process_batch(&batch(&[report("T-1", "S-1", T0 + MIN, 0.04)])).is_empty());
-        let both = |ts: i64| batch(&[report("T-1", "S-1", ts, 0.04), report("T-2", "S-1", ts, 0.04)]);
-        assert!(e.process_batch(&both(T0 + 14 * MIN + 59_000)).is_empty());
-        // One terminal alone at T0+15m does not move everyone's time.
-        assert!(e.process_batch(&batch(&[report("T-2", "S-1", T0 + 15 * MIN, 0.04)])).is_empty());
-        // With a second one there, the first window (end T0+5m, lateness 10m) closes.
-        let closed = e.process_batch(&batch(&[report("T-1", "S-1", T0 + 15 * MIN, 0.04)]));
+        let minute =
+            |m: i64| batch(&(1..=4).map(|t| report(&format!("T-{t}"), "S-1", T0 + m * MIN, 0.04)).collect::<Vec<_>>());
+        // Window [T0, T0+5m) closes once the input has passed T0+15m.
+        for m in 0..=14 {
+            assert!(e.process_batch(&minute(m)).is_empty(), "minute {m}");
+        }
+        // One terminal's report from far on does not move everyone's time there.
+        assert!(e.process_batch(&batch(&[report("T-1", "S-1", T0 + 50 * MIN, 0.04)])).is_empty());
+        assert_eq!(e.watermark(), Some(T0 + 14 * MIN));
+        // The input's recent reports, half of them at or past T0+15m, do.
+        let closed = e.process_batch(&minute(15));
         assert_eq!(closed.len(), 1);
         assert_eq!(closed[0].end_ms, T0 + 5 * MIN);
-        assert_eq!(closed[0].terminal_voltage.len(), 1);
-        assert_eq!(e.terminal_id(closed[0].terminal_voltage[0].terminal), "T-1");
+        assert_eq!(closed[0].terminal_voltage.len(), 4);
     }
 
     #[test]
@@ -1367,7 +1451,7 @@ mod tests {
         e.process_batch(&batch(&[both(T0 + MIN), both(T0 + 12 * MIN)].concat()));
         // 11 minutes late but its window (ends T0+5m) is still open until T0+15m.
         e.process_batch(&batch(&[report("T-2", "S-1", T0 + 2 * MIN, 0.04)]));
-        let closed = e.process_batch(&batch(&both(T0 + 16 * MIN)));
+        let closed = e.process_batch(&batch(&[both(T0 + 16 * MIN), both(T0 + 17 * MIN), both(T0 + 18 * MIN)].concat()));
         assert_eq!(closed[0].terminal_voltage.len(), 3, "the late report made it");
         e.process_batch(&batch(&[report("T-3", "S-1", T0 + 3 * MIN, 0.04)]));
         assert_eq!(e.counters().late, 1, "a report for a closed window is late");

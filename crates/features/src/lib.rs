@@ -9,14 +9,16 @@
 //! the row of window `[start, end)` carries `end` as its time.
 //!
 //! Event time is kept per input (a Kafka partition, a history file): each
-//! input's watermark is how far in event time it has delivered, as two of its
-//! terminals agree. A window closes once every input that is not idle has
-//! passed its end by `lateness_ms`; an input that has ended for now (a file
-//! read to its end, a caught-up partition) holds nothing open. A report is
-//! late when its own input has left its window behind by the lateness (or
-//! the window has closed), and ahead when it is more than `max_ahead_ms`
-//! past both its input's progress and its terminal's latest report (a wrong
-//! clock); both are counted and dropped. So the order in which inputs
+//! input's watermark is how far in event time its recent reports have come
+//! (the lower median of its last 8, never going back). A window closes once
+//! every input that is not idle has passed its end by `lateness_ms`; an
+//! input that has ended for now (a file read to its end, a caught-up
+//! partition) holds nothing open. A report is late when its own input has
+//! left its window behind by the lateness (or the window has closed). A
+//! report more than `max_ahead_ms` past its terminal's latest waits for the
+//! terminal's next one, and is dropped as ahead if the clock went back by
+//! more than that; both
+//! are counted. So the order in which inputs
 //! interleave changes nothing: a backlog read from six partitions at six
 //! speeds gives the rows one ordered pass gives. A terminal that sends
 //! nothing (switched off) has no row: gaps are absences, never zeros.

@@ -176,34 +176,43 @@ const MIN: i64 = 60_000;
 const T0: i64 = 1_795_514_400_000; // a window boundary
 
 #[test]
-fn a_clock_a_day_fast_is_dropped_as_ahead_and_moves_no_window() {
+fn a_clock_a_day_fast_for_one_report_is_dropped_as_ahead_and_moves_no_window() {
     let day = 24 * 60 * MIN - MIN;
     let mut with = FeatureEngine::new(FeatureConfig::default());
     let mut without = FeatureEngine::new(FeatureConfig::default());
     let (mut a, mut b) = (Vec::new(), Vec::new());
     for k in 0..60 {
-        let mut lines: Vec<Vec<u8>> = (0..5).map(|t| line(&format!("T-{t}"), T0 + k * 5 * MIN)).collect();
+        let ts = T0 + k * 5 * MIN;
+        let mut lines: Vec<Vec<u8>> = (0..5).map(|t| line(&format!("T-{t}"), ts)).collect();
+        lines.push(line("T-9", ts));
         b.extend(without.process_batch(&batch(&lines.iter().map(Vec::as_slice).collect::<Vec<_>>())));
         if k == 20 {
-            // T-9's clock runs 23 h 59 m fast, once; then it is right again.
-            lines.push(line("T-9", T0 + k * 5 * MIN + day));
-        }
-        if k > 20 {
-            lines.push(line("T-9", T0 + k * 5 * MIN));
+            // T-9's clock runs 23 h 59 m fast for this report; then it is right again.
+            lines[5] = line("T-9", ts + day);
         }
         a.extend(with.process_batch(&batch(&lines.iter().map(Vec::as_slice).collect::<Vec<_>>())));
     }
-    assert_eq!(with.counters().ahead, 1);
+    a.extend(with.finish());
+    b.extend(without.finish());
+    assert_eq!(with.counters().ahead, 1, "held until T-9's next report went back, then dropped");
     assert_eq!(with.counters().late, 0, "no one's report was left behind");
-    let strip = |e: &FeatureEngine, rows: &[WindowRows]| {
+    // Every row is the same but T-9's in the window the wrong report replaced.
+    let jumped = T0 + 21 * 5 * MIN;
+    let rows = |e: &FeatureEngine, rows: &[WindowRows]| {
         named(e, rows)
             .into_iter()
-            .map(|(end, t, _, _, _)| (end, t.into_iter().filter(|r| r.0 != "T-9").collect::<Vec<_>>()))
+            .map(|(end, t, s, n, g)| {
+                let t: Vec<_> = t.into_iter().filter(|r| !(r.0 == "T-9" && end == jumped)).collect();
+                (end, t, s, n, g)
+            })
             .collect::<Vec<_>>()
     };
-    assert_eq!(strip(&with, &a), strip(&without, &b), "the other terminals' windows are untouched");
-    let t9 = a.iter().flat_map(|w| &w.terminal_voltage).filter(|r| with.terminal_id(r.terminal) == "T-9").count();
-    assert!(t9 >= 30, "T-9's own later reports count: {t9} rows");
+    let (ra, rb) = (rows(&with, &a), rows(&without, &b));
+    assert_eq!(ra.len(), rb.len());
+    for (x, y) in ra.iter().zip(&rb) {
+        assert_eq!(x.0, y.0);
+        assert_eq!(x.1, y.1, "terminal rows of the window ending {}", x.0);
+    }
 }
 
 #[test]
@@ -229,4 +238,54 @@ fn a_report_its_own_input_left_behind_is_late_and_counted() {
     let refs: Vec<&[u8]> = lines.iter().map(Vec::as_slice).collect();
     e.process_sourced(&batch(&refs), &[("a", 4)]);
     assert_eq!(e.counters().late, 1, "29 minutes behind its input: more than window + lateness");
+}
+
+#[test]
+fn a_partition_whose_terminals_slept_is_not_ahead_when_they_wake() {
+    // telemetry-1 holds one terminal, switched off for ten hours; the
+    // others report through the night on telemetry-0.
+    let mut e = FeatureEngine::new(FeatureConfig::default());
+    let night = 10 * 60 * MIN;
+    let mut closed = Vec::new();
+    for k in 0..(night / (5 * MIN) + 24) {
+        let ts = T0 + k * 5 * MIN;
+        let lines: Vec<Vec<u8>> = (0..3).map(|t| line(&format!("T-{t}"), ts)).collect();
+        let refs: Vec<&[u8]> = lines.iter().map(Vec::as_slice).collect();
+        closed.extend(e.process_sourced(&batch(&refs), &[("telemetry-0", refs.len())]));
+        if ts < T0 + 30 * MIN || ts >= T0 + night {
+            closed.extend(e.process_sourced(&batch(&[&line("T-9", ts)]), &[("telemetry-1", 1)]));
+        }
+    }
+    assert_eq!(e.counters().ahead, 0, "waking up is not a clock jump");
+    let t9 = closed.iter().flat_map(|w| &w.terminal_voltage).filter(|r| e.terminal_id(r.terminal) == "T-9").count();
+    assert!(t9 >= 20, "T-9's morning reports count: {t9} rows");
+}
+
+#[test]
+fn a_terminal_back_from_a_gap_keeps_its_reports_even_out_of_order() {
+    let mut e = FeatureEngine::new(FeatureConfig::default());
+    let mut closed = Vec::new();
+    let mut feed = |e: &mut FeatureEngine, ts: i64, with_t9: Option<i64>| {
+        let mut lines: Vec<Vec<u8>> = (0..3).map(|t| line(&format!("T-{t}"), ts)).collect();
+        lines.extend(with_t9.map(|t9| line("T-9", t9)));
+        let refs: Vec<&[u8]> = lines.iter().map(Vec::as_slice).collect();
+        closed.extend(e.process_batch(&batch(&refs)));
+    };
+    for k in 0..60 {
+        let ts = T0 + k * 5 * MIN;
+        // T-9 is off from 00:30 to 03:00, and its first two reports back
+        // arrive in the wrong order (02:10 before 02:05 would be a jump of
+        // less than max_ahead back: an arrival out of order, not a clock).
+        let t9 = match k {
+            0..=5 => Some(ts),
+            36 => Some(ts + 5 * MIN),
+            37 => Some(ts - 5 * MIN),
+            38.. => Some(ts),
+            _ => None,
+        };
+        feed(&mut e, ts, t9);
+    }
+    closed.extend(e.finish());
+    assert_eq!(e.counters().ahead, 0, "a gap, then reports out of order, is not a wrong clock");
+    assert_eq!(e.counters().late, 0);
 }

@@ -69,6 +69,11 @@ impl Fixture {
     }
 
     fn start(&self, group: &str, state: &Path, port: u16) -> Child {
+        // No snapshot but at shutdown: what the kill -9 loses is known.
+        self.start_snapshotting(group, state, port, "3600")
+    }
+
+    fn start_snapshotting(&self, group: &str, state: &Path, port: u16, interval_s: &str) -> Child {
         Command::new(env!("CARGO_BIN_EXE_termwatch"))
             .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
             .arg("run")
@@ -81,8 +86,7 @@ impl Fixture {
             .env("TERMWATCH_METRICS_LISTEN", format!("127.0.0.1:{port}"))
             .env("TERMWATCH_KAFKA_PROPERTY_FETCH_WAIT_MAX_MS", "5")
             .env("TERMWATCH_STATE_PATH", state)
-            // No snapshot but at shutdown: what the kill -9 loses is known.
-            .env("TERMWATCH_STATE_INTERVAL_S", "3600")
+            .env("TERMWATCH_STATE_INTERVAL_S", interval_s)
             .env("TERMWATCH_BATCH_MAX_MS", "50")
             .env("TERMWATCH_LOG", std::env::var("STATE_TEST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::null())
@@ -274,4 +278,31 @@ fn a_rebalance_moves_a_partitions_state_to_its_new_owner() {
         assert_eq!(snap.next_offset, half as i64, "partition {p}");
         assert_eq!(snap.terminals.len(), TERMINALS / 2, "partition {p} holds its terminals only");
     }
+}
+
+#[test]
+fn snapshots_are_taken_on_the_timer_while_nothing_arrives() {
+    let f = Fixture::new("tele-timer", 2);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let half = TERMINALS * MINUTES / 2;
+    f.produce(0..half);
+    let port = free_port();
+    let mut c = f.start_snapshotting("g-timer", &state, port, "2");
+    settle_at(&mut c, port, half as f64, "the stream is consumed");
+    // Consumed, then silence: the next snapshots come from the timer alone.
+    let covers_all = || {
+        (0..2).all(|p| {
+            PartitionSnapshot::load(&state.join(format!("tele-timer-{p}.snap")))
+                .is_ok_and(|s| s.next_offset == (half / 2) as i64)
+        })
+    };
+    if !wait_for(Duration::from_secs(10), covers_all) {
+        let _ = c.kill();
+        let _ = c.wait();
+        panic!("no snapshot covering the whole stream while idle: {}", stderr_of(&mut c));
+    }
+    // They cover what was consumed, so the offsets are committed too.
+    assert!(wait_for(Duration::from_secs(10), || f.committed("g-timer") == half as i64), "committed");
+    kill_9(c);
 }
