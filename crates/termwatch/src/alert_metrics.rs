@@ -20,7 +20,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use prometheus::{Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 use termwatch_features::FeatureEngine;
 use termwatch_models::alerting::{AlertTracker, FiringAlert};
 use termwatch_models::scoring::Scorer;
@@ -101,6 +103,8 @@ pub struct AlertMetrics {
     terminal_dropped: GaugeVec,
     source_watermark: GaugeVec,
     source_idle: IntGaugeVec,
+    snapshot_failures: IntCounter,
+    snapshot_success: Gauge,
     state: Arc<Mutex<State>>,
 }
 
@@ -287,8 +291,33 @@ impl AlertMetrics {
                     "(kind, scope, entity) the alert tracker holds state for, firing or not.",
                 )?,
             )?,
+            snapshot_failures: register(
+                registry,
+                IntCounter::new(
+                    "termwatch_state_snapshot_failures_total",
+                    "State snapshots that could not be written (full or read-only disk, too many open files); \
+                     consuming goes on, retried every state.interval_s.",
+                )?,
+            )?,
+            snapshot_success: register(
+                registry,
+                Gauge::new(
+                    "termwatch_state_snapshot_last_success_timestamp_seconds",
+                    "When the state snapshots were last written whole (0: not since start).",
+                )?,
+            )?,
             state: Arc::new(Mutex::new(State::default())),
         })
+    }
+
+    /// A snapshot round that failed.
+    pub fn snapshot_failed(&self) {
+        self.snapshot_failures.inc();
+    }
+
+    /// A snapshot round written whole, now.
+    pub fn snapshot_written(&self) {
+        self.snapshot_success.set(wall_ms() as f64 / 1000.0);
     }
 
     /// Updates every alert metric after a batch: `events` are the alert events
@@ -492,7 +521,7 @@ mod tests {
     use termwatch_telemetry::alerts::Reason;
 
     /// Every metric family this module exports (a test checks each is emitted).
-    const METRIC_NAMES: [&str; 17] = [
+    const METRIC_NAMES: [&str; 19] = [
         "termwatch_alerts_firing",
         "termwatch_alert_events_total",
         "termwatch_region_network_score",
@@ -510,6 +539,8 @@ mod tests {
         "termwatch_terminal_reports_dropped_ratio",
         "termwatch_source_watermark_timestamp_seconds",
         "termwatch_source_idle",
+        "termwatch_state_snapshot_failures_total",
+        "termwatch_state_snapshot_last_success_timestamp_seconds",
     ];
 
     const T0: i64 = 1_790_000_000_000;
@@ -652,11 +683,17 @@ mod tests {
                 feed(&mut builder, &mut scorer);
             }
         }
-        // A terminal whose clock is a day fast: every report dropped as ahead.
-        for i in 0..10 {
-            let line =
-                format!(r#"{{"terminal_id":"T-CLOCK","ts":{},"region":"r1"}}"#, latest + 86_340_000 + i * 60_000);
-            builder.append(&decode(line.as_bytes(), latest + 86_400_000).expect("valid")).expect("append");
+        // A terminal whose clock is 23 h 59 m fast on every other report:
+        // each of those is held, then dropped as ahead when the terminal's
+        // next report goes back. (A clock that is off by the same amount on
+        // every report is self-consistent: its reports are kept, see
+        // FeatureConfig::max_ahead_ms.)
+        for i in 0..40 {
+            let now = latest + (i + 1) * 60_000;
+            for ts in [now, now + 86_340_000] {
+                let line = format!(r#"{{"terminal_id":"T-CLOCK","ts":{ts},"region":"r1"}}"#);
+                builder.append(&decode(line.as_bytes(), now).expect("valid")).expect("append");
+            }
         }
         feed(&mut builder, &mut scorer);
         assert!(events_seen > 0, "the simulated faults raised no alert");
