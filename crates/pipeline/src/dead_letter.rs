@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use serde::Serialize;
-use termwatch_telemetry::Rejection;
+use termwatch_telemetry::{Problem, Rejection};
 
 use crate::error::SinkError;
 
@@ -27,6 +27,21 @@ pub struct DeadLetter<'a> {
     pub raw: &'a [u8],
     pub position: Position<'a>,
     pub rejection: &'a Rejection,
+}
+
+/// Of a record rejected as too large, its dead letter keeps the first this
+/// many bytes: enough to tell what sent it, small enough for a Kafka
+/// message and for a dead-letter file an operator can open.
+pub const TOO_LARGE_KEPT: usize = 4096;
+
+impl<'a> DeadLetter<'a> {
+    pub fn new(raw: &'a [u8], position: Position<'a>, rejection: &'a Rejection) -> Self {
+        let raw = match rejection.problem {
+            Problem::TooLarge => &raw[..raw.len().min(TOO_LARGE_KEPT)],
+            _ => raw,
+        };
+        DeadLetter { raw, position, rejection }
+    }
 }
 
 /// Receives rejected records. An error means the dead letter was not kept:
@@ -125,6 +140,22 @@ impl DeadLetterSink for FileDeadLetters {
 
     fn flush(&mut self) -> Result<(), SinkError> {
         self.out.flush().map_err(|e| SinkError::io(format!("cannot write dead-letter file {}", self.path.display()), e))
+    }
+}
+
+/// Keeps no dead letter: the pipeline's statistics still count each by
+/// reason. For runs whose rejects are not kept (an export without
+/// `--dead-letter`, a warm-up), in constant memory.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CountOnlyDeadLetters;
+
+impl DeadLetterSink for CountOnlyDeadLetters {
+    fn send(&mut self, _dead: &DeadLetter<'_>) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), SinkError> {
+        Ok(())
     }
 }
 

@@ -12,7 +12,7 @@ pub mod pipeline;
 pub mod replay;
 pub mod source;
 
-pub use dead_letter::{DeadLetter, DeadLetterSink, FileDeadLetters, MemoryDeadLetters, Position};
+pub use dead_letter::{CountOnlyDeadLetters, DeadLetter, DeadLetterSink, FileDeadLetters, MemoryDeadLetters, Position};
 pub use error::{PipelineError, SinkError, SourceError};
 pub use kafka::{KafkaConfig, KafkaDeadLetters, KafkaSource, KafkaSourceError};
 pub use metrics::{KafkaMetrics, PipelineMetrics};

@@ -329,7 +329,7 @@ impl Pipeline {
                 }
             }
             Err(rejection) => {
-                let sent = self.dead_letters.send(&DeadLetter { raw, position, rejection: &rejection });
+                let sent = self.dead_letters.send(&DeadLetter::new(raw, position, &rejection));
                 self.fail_on(sent.map_err(PipelineError::DeadLetter))?;
                 *self.stats.rejected.entry(rejection.reason()).or_default() += 1;
             }

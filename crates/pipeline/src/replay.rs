@@ -332,7 +332,7 @@ fn take_block(
         let position =
             Position::File { path, line: raw.block.first_line + index, offset: raw.block.offset + range.start as u64 };
         let bytes = raw.data.get(range.clone()).unwrap_or_default();
-        pipeline.reject(&DeadLetter { raw: bytes, position, rejection })?;
+        pipeline.reject(&DeadLetter::new(bytes, position, rejection))?;
     }
     for batch in batches? {
         pipeline.push_batch(batch, path)?;
@@ -492,6 +492,66 @@ mod tests {
         assert_eq!(got_err, want_err);
         assert!(!rows.is_empty());
         assert_eq!(rows, want_rows, "what was read before the damage reaches the sinks");
+    }
+
+    #[test]
+    fn a_line_longer_than_the_limit_is_rejected_as_too_large_in_place() {
+        use termwatch_telemetry::MAX_RECORD_BYTES;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ok = |t: &str| format!(r#"{{"terminal_id":"{t}","ts":{},"region":"r"}}"#, NOW - 60_000);
+        let long = |n: usize| format!(r#"{{"terminal_id":"T-x","pad":"{}"}}"#, "x".repeat(n - 30));
+        assert_eq!(long(100).len(), 100);
+        // The limit itself, with CRLF, is not too large; one byte more is,
+        // whatever the line's end; a line of many reads is skipped whole.
+        let lines = [
+            ok("T-1"),
+            long(MAX_RECORD_BYTES) + "\r",
+            long(MAX_RECORD_BYTES + 1),
+            ok("T-2"),
+            long(MAX_RECORD_BYTES + 1) + "\r",
+            long(3 * MAX_RECORD_BYTES + 12_345),
+            ok("T-3"),
+            long(5 * MAX_RECORD_BYTES),
+        ];
+        let text = lines.join("\n");
+        let path = dir.path().join("long.ndjson");
+        std::fs::write(&path, &text).expect("write");
+        let inputs = [path];
+        let offsets: Vec<u64> =
+            lines.iter().scan(0u64, |at, l| Some(std::mem::replace(at, *at + l.len() as u64 + 1))).collect();
+        let (want, want_rows, want_dead) = run(&inputs, None, 8192);
+        assert!(want.error.is_none(), "{:?}", want.error);
+        assert_eq!(want.stats.read, 8);
+        assert_eq!(want.input_bytes, text.len() as u64, "every byte is read past");
+        let names: Vec<&str> = want_rows.iter().map(|r| r.0.as_str()).collect();
+        assert_eq!(names, ["T-1", "T-2", "T-3"]);
+        let dead: Vec<serde_json::Value> =
+            want_dead.iter().map(|l| serde_json::from_str(l).expect("dead letter json")).collect();
+        let too_large: Vec<(u64, u64)> = dead
+            .iter()
+            .filter(|d| d["problem"] == "too_large")
+            .map(|d| (d["line"].as_u64().expect("line"), d["byte_offset"].as_u64().expect("offset")))
+            .collect();
+        let want_too_large: Vec<(u64, u64)> = [3usize, 5, 6, 8].iter().map(|&l| (l as u64, offsets[l - 1])).collect();
+        assert_eq!(too_large, want_too_large, "named by line and byte offset");
+        for d in dead.iter().filter(|d| d["problem"] == "too_large") {
+            assert_eq!(d["field"], "(record)");
+            let kept = d["raw"].as_str().expect("raw").len();
+            assert_eq!(kept, crate::dead_letter::TOO_LARGE_KEPT, "the dead letter keeps the start of the record");
+        }
+        assert!(
+            dead.iter().all(|d| d["line"] != 2 || d["problem"] != "too_large"),
+            "a line of exactly the limit is read, not refused for its size"
+        );
+        for (decoders, block) in [(2, 1), (2, 700), (1, 64 << 10), (2, 4 << 20)] {
+            let (got, rows, dead) = run(&inputs, Some((decoders, block)), 8192);
+            let case = format!("{decoders} decoders, blocks of {block} bytes");
+            assert!(got.error.is_none(), "{case}: {:?}", got.error);
+            assert_eq!((got.stats.read, got.input_bytes), (want.stats.read, want.input_bytes), "{case}");
+            assert_eq!(got.stats.rejected, want.stats.rejected, "{case}");
+            assert_eq!(rows, want_rows, "{case}");
+            assert_eq!(dead, want_dead, "{case}");
+        }
     }
 
     #[test]

@@ -8,6 +8,8 @@ use std::path::Path;
 
 use flate2::read::MultiGzDecoder;
 
+use termwatch_telemetry::MAX_RECORD_BYTES;
+
 use crate::dead_letter::Position;
 use crate::error::SourceError;
 
@@ -98,30 +100,30 @@ impl NdjsonFile {
     /// Reads whole lines, at least `target` bytes of them unless the input
     /// ends first, into `out` (replacing its content): the unit of work of a
     /// parallel replay, which splits lines on its decoding threads. One copy
-    /// out of the read buffer, and no per-line work on the reading thread.
-    /// `None` at the end of the input. Do not mix with [`Self::next_line`].
+    /// out of the read buffer, and each byte searched for a newline once.
+    /// A line longer than [`MAX_RECORD_BYTES`] is kept only up to two bytes
+    /// past it (so that decoding rejects it as too large) and ends the
+    /// block: the rest of it is skipped, and the positions of the lines
+    /// after it stay right. `None` at the end of the input. Do not mix with
+    /// [`Self::next_line`].
     pub fn next_block(&mut self, out: &mut Vec<u8>, target: usize) -> Result<Option<Block>, SourceError> {
         if let Some(e) = self.pending.take() {
             return Err(e);
         }
         out.clear();
-        // The part line left over by the previous block comes first.
+        // The part line left over by the previous block comes first; it
+        // holds no newline.
         out.append(&mut self.buf);
-        let mut eof = false;
-        while out.len() < target || memchr::memchr(b'\n', out).is_none() {
+        let mut last_newline: Option<usize> = None;
+        let (mut eof, mut skipped) = (false, 0u64);
+        while out.len() < target || last_newline.is_none() {
             let chunk = match self.reader.fill_buf() {
                 Ok(c) => c,
                 Err(cause) if cause.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(cause) => {
-                    let error = SourceError::Read {
-                        path: self.path.clone(),
-                        line: self.line + memchr::memchr_iter(b'\n', out).count() as u64,
-                        offset: self.offset + memchr::memrchr(b'\n', out).map_or(0, |i| i as u64 + 1),
-                        gzip: self.gzip,
-                        cause,
-                    };
+                    let error = self.read_error(out, cause);
                     // Whole lines read before the damage are still delivered.
-                    match memchr::memrchr(b'\n', out) {
+                    match last_newline {
                         Some(_) => {
                             self.pending = Some(error);
                             break;
@@ -134,9 +136,31 @@ impl NdjsonFile {
                 eof = true;
                 break;
             }
-            let n = chunk.len();
+            let (n, base) = (chunk.len(), out.len());
             out.extend_from_slice(chunk);
             self.reader.consume(n);
+            if let Some(i) = memchr::memrchr(b'\n', &out[base..]) {
+                last_newline = Some(base + i);
+            }
+            let line_start = last_newline.map_or(0, |i| i + 1);
+            if out.len() - line_start > MAX_RECORD_BYTES {
+                // Two bytes past: still too long once a final '\r' is taken off.
+                let keep = line_start + MAX_RECORD_BYTES + 2;
+                skipped = (out.len() - keep) as u64;
+                out.truncate(keep);
+                match self.skip_line() {
+                    Ok((n, true)) => {
+                        skipped += n;
+                        out.push(b'\n');
+                    }
+                    Ok((n, false)) => {
+                        skipped += n;
+                        eof = true;
+                    }
+                    Err(cause) => self.pending = Some(self.read_error(out, cause)),
+                }
+                break;
+            }
         }
         // Keep the part line after the last newline for the next block (the
         // whole rest at the end of the input is its last line).
@@ -150,32 +174,90 @@ impl NdjsonFile {
         let block = Block { first_line: self.line + 1, offset: self.offset };
         let newlines = memchr::memchr_iter(b'\n', out).count() as u64;
         self.line += newlines + u64::from(out.last() != Some(&b'\n'));
-        self.offset += out.len() as u64;
+        self.offset += out.len() as u64 + skipped;
         Ok(Some(block))
+    }
+
+    /// Reads past the rest of a line without keeping it, newline included:
+    /// the bytes skipped before the newline, and whether there was one (or
+    /// the input ended first).
+    fn skip_line(&mut self) -> std::io::Result<(u64, bool)> {
+        let mut skipped = 0u64;
+        loop {
+            let chunk = match self.reader.fill_buf() {
+                Ok(c) => c,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if chunk.is_empty() {
+                return Ok((skipped, false));
+            }
+            if let Some(i) = memchr::memchr(b'\n', chunk) {
+                self.reader.consume(i + 1);
+                return Ok((skipped + i as u64, true));
+            }
+            let n = chunk.len();
+            skipped += n as u64;
+            self.reader.consume(n);
+        }
+    }
+
+    /// A read error met while `out` held this block's bytes so far.
+    fn read_error(&self, out: &[u8], cause: std::io::Error) -> SourceError {
+        SourceError::Read {
+            path: self.path.clone(),
+            line: self.line + memchr::memchr_iter(b'\n', out).count() as u64,
+            offset: self.offset + memchr::memrchr(b'\n', out).map_or(0, |i| i as u64 + 1),
+            gzip: self.gzip,
+            cause,
+        }
     }
 
     /// The next line, or `None` at the end of the input. A read error
     /// (including a corrupt gzip stream) names the file and the last line
-    /// read whole.
+    /// read whole. Of a line longer than [`MAX_RECORD_BYTES`] only the
+    /// first bytes are kept (decoding rejects it as too large); the rest is
+    /// read past, so memory stays bounded whatever the input.
     pub fn next_line(&mut self) -> Result<Option<Line<'_>>, SourceError> {
         self.buf.clear();
-        let n = match self.reader.read_until(b'\n', &mut self.buf) {
-            Ok(n) => n,
-            Err(cause) => {
-                return Err(SourceError::Read {
-                    path: self.path.clone(),
-                    line: self.line,
-                    offset: self.offset,
-                    gzip: self.gzip,
-                    cause,
-                });
+        let mut consumed = 0u64;
+        // Room for the longest line taken and its "\r\n": one byte more is
+        // a line too long, whatever its end.
+        let keep = MAX_RECORD_BYTES + 3;
+        loop {
+            let chunk = match self.reader.fill_buf() {
+                Ok(c) => c,
+                Err(cause) if cause.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(cause) => {
+                    return Err(SourceError::Read {
+                        path: self.path.clone(),
+                        line: self.line,
+                        offset: self.offset,
+                        gzip: self.gzip,
+                        cause,
+                    });
+                }
+            };
+            if chunk.is_empty() {
+                break;
             }
-        };
-        if n == 0 {
+            let (take, whole) = match memchr::memchr(b'\n', chunk) {
+                Some(i) => (i + 1, true),
+                None => (chunk.len(), false),
+            };
+            let room = keep.saturating_sub(self.buf.len());
+            self.buf.extend_from_slice(&chunk[..take.min(room)]);
+            self.reader.consume(take);
+            consumed += take as u64;
+            if whole {
+                break;
+            }
+        }
+        if consumed == 0 {
             return Ok(None);
         }
         let start = self.offset;
-        self.offset += n as u64;
+        self.offset += consumed;
         self.line += 1;
         let mut bytes = &self.buf[..];
         if let Some(rest) = bytes.strip_suffix(b"\n") {

@@ -97,10 +97,12 @@ pub enum Problem {
     Inconsistent,
     /// The same field appears twice in one object.
     Duplicate,
+    /// The record is longer than [`MAX_RECORD_BYTES`].
+    TooLarge,
 }
 
 impl Problem {
-    pub const ALL: [Problem; 11] = [
+    pub const ALL: [Problem; 12] = [
         Problem::Malformed,
         Problem::NotObject,
         Problem::NotUtf8,
@@ -112,6 +114,7 @@ impl Problem {
         Problem::Future,
         Problem::Inconsistent,
         Problem::Duplicate,
+        Problem::TooLarge,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -127,6 +130,7 @@ impl Problem {
             Problem::Future => "future",
             Problem::Inconsistent => "inconsistent",
             Problem::Duplicate => "duplicate",
+            Problem::TooLarge => "too_large",
         }
     }
 }
@@ -165,10 +169,24 @@ impl fmt::Display for Rejection {
 
 impl std::error::Error for Rejection {}
 
+/// The longest record taken, in bytes. A report is a few hundred bytes:
+/// anything near this is not one, and reading it whole (a line of 2 GB)
+/// would cost memory and time for nothing. Sources keep at most a few bytes
+/// more of a longer line (so that it is still too long here) and skip the
+/// rest.
+pub const MAX_RECORD_BYTES: usize = 1 << 20;
+
 /// Decodes and validates one record. `ingest_ms` is the time of ingestion,
 /// against which a `ts` more than 24 h ahead is refused; callers refresh it
 /// per batch rather than per record.
 pub fn decode(bytes: &[u8], ingest_ms: i64) -> Result<Telemetry<'_>, Rejection> {
+    if bytes.len() > MAX_RECORD_BYTES {
+        return Err(Rejection::new(
+            Field::Record,
+            Problem::TooLarge,
+            format!("the record is longer than {MAX_RECORD_BYTES} bytes"),
+        ));
+    }
     // One check of the whole record up front (vectorised, fast on ASCII)
     // costs far less than serde_json's check of every string and key one by
     // one, which parsing from a `str` skips. It also rejects a record whose

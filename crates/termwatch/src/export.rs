@@ -29,7 +29,7 @@ use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use serde::Serialize;
 use termwatch_features::{FeatureConfig, FeatureEngine, WindowRows, names};
-use termwatch_pipeline::{BatchConfig, BatchSink, DeadLetter, DeadLetterSink, FileDeadLetters, Pipeline, SinkError};
+use termwatch_pipeline::{BatchConfig, BatchSink, DeadLetterSink, FileDeadLetters, Pipeline, SinkError};
 use termwatch_telemetry::telemetry_schema;
 use termwatch_telemetry::time::format_rfc3339_ms;
 
@@ -418,19 +418,6 @@ impl BatchSink for ExportSink {
     }
 }
 
-/// Counts rejected records without keeping them (no `--dead-letter`): the
-/// pipeline's statistics still name every reason.
-struct CountOnly;
-
-impl DeadLetterSink for CountOnly {
-    fn send(&mut self, _dead: &DeadLetter<'_>) -> Result<(), SinkError> {
-        Ok(())
-    }
-    fn flush(&mut self) -> Result<(), SinkError> {
-        Ok(())
-    }
-}
-
 #[derive(Serialize)]
 struct TableSummary {
     rows: u64,
@@ -524,7 +511,7 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     let sink = ExportSink(Arc::new(Mutex::new(Exporter::new(&args.out, features.clone()))));
     let dead_letters: Box<dyn DeadLetterSink> = match &args.dead_letter {
         Some(p) => Box::new(FileDeadLetters::create(p)?),
-        None => Box::new(CountOnly),
+        None => Box::new(termwatch_pipeline::CountOnlyDeadLetters),
     };
     let started = Instant::now();
     let pipeline = Pipeline::new(
