@@ -16,6 +16,13 @@ use tracing::{debug, warn};
 
 const MAX_HEAD: usize = 8 * 1024;
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// A slow reader of a large `/metrics` body gets this long.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once. Prometheus and a probe or two need a handful;
+/// beyond this, connections wait in the kernel's accept queue and hold no
+/// descriptor of ours, so a flood cannot take the file descriptors that
+/// snapshots and Kafka need.
+pub const MAX_CONNECTIONS: usize = 32;
 
 /// What the endpoints report.
 #[derive(Clone)]
@@ -30,9 +37,11 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen for metrics on {addr}: {e}"))
 }
 
-/// Serves until the task is dropped.
+/// Serves until the task is dropped, at most [`MAX_CONNECTIONS`] at once.
 pub async fn serve(listener: TcpListener, endpoints: Endpoints) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else { return };
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let endpoints = endpoints.clone();
@@ -40,6 +49,7 @@ pub async fn serve(listener: TcpListener, endpoints: Endpoints) {
                     if let Err(e) = handle(stream, &endpoints).await {
                         debug!(%peer, error = %e, "metrics connection ended early");
                     }
+                    drop(slot);
                 });
             }
             Err(e) => {
@@ -89,9 +99,13 @@ async fn handle(mut stream: TcpStream, endpoints: &Endpoints) -> std::io::Result
         "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    stream.write_all(header.as_bytes()).await?;
-    stream.write_all(&body).await?;
-    stream.shutdown().await
+    let written = tokio::time::timeout(WRITE_TIMEOUT, async {
+        stream.write_all(header.as_bytes()).await?;
+        stream.write_all(&body).await?;
+        stream.shutdown().await
+    })
+    .await;
+    written.unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "response not read in time")))
 }
 
 fn route(head: &[u8], endpoints: &Endpoints) -> (u16, &'static str, Vec<u8>) {
@@ -152,5 +166,25 @@ mod tests {
         assert!(get(addr, b"POST /metrics HTTP/1.1\r\n\r\n").await.starts_with("HTTP/1.1 405"));
         let huge = vec![b'a'; MAX_HEAD + 2048];
         assert!(get(addr, &huge).await.starts_with("HTTP/1.1 400"));
+    }
+
+    /// Idle connections hold at most MAX_CONNECTIONS slots: the next one
+    /// waits in the accept queue (no descriptor of ours) until a slot frees.
+    #[tokio::test]
+    async fn idle_connections_are_bounded() {
+        let listener = bind("127.0.0.1:0".parse().expect("addr")).await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let endpoints = Endpoints { registry: Registry::new(), ready: Arc::new(AtomicBool::new(true)) };
+        tokio::spawn(serve(listener, endpoints));
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            idle.push(TcpStream::connect(addr).await.expect("connect"));
+        }
+        let waiting = tokio::spawn(get(addr, b"GET /healthz HTTP/1.1\r\n\r\n"));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!waiting.is_finished(), "answered although every slot was taken");
+        idle.clear();
+        let answer = tokio::time::timeout(Duration::from_secs(3), waiting).await.expect("answered").expect("task");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     }
 }
