@@ -155,7 +155,12 @@ fn write_atomic(path: &Path, magic: &[u8; 6], payload: &[u8]) -> Result<u64, Sna
         }
         Ok(())
     };
-    write().map_err(|cause| SnapshotError::Write { path: p, cause })?;
+    if let Err(cause) = write() {
+        // A full disk must not also fill up with half-written temporaries,
+        // one per failed attempt.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(SnapshotError::Write { path: p, cause });
+    }
     Ok((HEADER + payload.len()) as u64)
 }
 
@@ -207,6 +212,19 @@ mod tests {
         let back = Snapshot::load(&path).expect("load");
         assert_eq!(back.model_version, "m-1");
         assert_eq!(back.position, "test");
+    }
+
+    #[test]
+    fn a_failed_write_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // The rename fails: a non-empty directory sits where the snapshot goes.
+        let path = dir.path().join("state.snap");
+        std::fs::create_dir(&path).expect("dir");
+        std::fs::write(path.join("keep"), b"x").expect("write");
+        let err = snapshot().save(&path).expect_err("cannot rename over a directory");
+        assert!(matches!(err, SnapshotError::Write { .. }), "{err}");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).expect("dir").map(|e| e.expect("entry").file_name()).collect();
+        assert_eq!(left, [std::ffi::OsString::from("state.snap")], "only the directory that was there");
     }
 
     #[test]

@@ -58,6 +58,11 @@ pub struct KafkaConfig {
     /// every alert). Time the consumer spends waiting for the pipeline does
     /// not count. Its reports, when they come, may then be late. Default 60.
     pub partition_idle_s: u64,
+    /// Seconds `termwatch run` takes to stop after SIGTERM at most: flush,
+    /// commit and leave the group within it, or exit without the final
+    /// commit (a frozen broker must not hold a pod past Kubernetes' 30 s;
+    /// the next owner re-reads from the last commit). Default 10.
+    pub shutdown_grace_s: u64,
 }
 
 impl Default for KafkaConfig {
@@ -70,6 +75,7 @@ impl Default for KafkaConfig {
             alerts_topic: None,
             properties: BTreeMap::new(),
             partition_idle_s: 60,
+            shutdown_grace_s: 10,
         }
     }
 }
@@ -636,6 +642,9 @@ struct Context {
     metrics: KafkaMetrics,
     /// Partitions assigned now, counted from the rebalances.
     owned: AtomicI64,
+    /// The brokers have answered: a group assignment (possibly empty), a
+    /// message or a partition's end. `/readyz` until then says not ready.
+    ready: Arc<AtomicBool>,
 }
 
 impl ClientContext for Context {
@@ -709,6 +718,7 @@ impl ConsumerContext for Context {
         let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.ready.store(true, Ordering::Relaxed);
                 let resumed = self.restore(consumer, tpl);
                 let assigned = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
                 match assigned {
@@ -892,12 +902,23 @@ impl KafkaSource {
             recycle: recycle_tx,
             covered: HashSet::new(),
         };
-        let context = Context { feeder: Arc::clone(&feeder), metrics: metrics.clone(), owned: AtomicI64::new(0) };
+        let context = Context {
+            feeder: Arc::clone(&feeder),
+            metrics: metrics.clone(),
+            owned: AtomicI64::new(0),
+            ready: Arc::new(AtomicBool::new(false)),
+        };
         let consumer: BaseConsumer<Context> =
             config.consumer_config().create_with_context(context).map_err(client_err)?;
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics).map_err(client_err)?;
         Ok(KafkaSource { consumer, feeder, worker: Some((worker, work_rx)), metrics, brokers: config.brokers.clone() })
+    }
+
+    /// Becomes true once the brokers have answered (see `Context::ready`):
+    /// for a readiness probe.
+    pub fn ready(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.consumer.context().ready)
     }
 
     /// Consumes until `shutdown` is set, then flushes, commits synchronously
@@ -955,6 +976,9 @@ impl KafkaSource {
                 return Err(KafkaSourceError::Pipeline(e.clone()));
             }
             let idle = polled.is_none();
+            if matches!(polled, Some(Ok(_)) | Some(Err(KafkaError::PartitionEOF(_)))) {
+                self.consumer.context().ready.store(true, Ordering::Relaxed);
+            }
             match polled {
                 Some(Ok(msg)) => {
                     feeder.chunk.add(msg.topic(), msg.partition(), msg.offset(), msg.payload().unwrap_or_default());

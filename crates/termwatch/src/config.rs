@@ -84,6 +84,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("TERMWATCH_KAFKA_DEAD_LETTER_TOPIC", "kafka.dead_letter_topic"),
     ("TERMWATCH_KAFKA_ALERTS_TOPIC", "kafka.alerts_topic"),
     ("TERMWATCH_KAFKA_PARTITION_IDLE_S", "kafka.partition_idle_s"),
+    ("TERMWATCH_KAFKA_SHUTDOWN_GRACE_S", "kafka.shutdown_grace_s"),
     ("TERMWATCH_BATCH_MAX_ROWS", "batch.max_rows"),
     ("TERMWATCH_BATCH_MAX_MS", "batch.max_ms"),
     ("TERMWATCH_METRICS_LISTEN", "metrics.listen"),
@@ -101,8 +102,7 @@ impl Config {
             Some(p) => {
                 let text =
                     std::fs::read_to_string(p).with_context(|| format!("cannot read config file {}", p.display()))?;
-                // toml's message names the unknown key and its line.
-                toml::from_str(&text).with_context(|| format!("config file {}", p.display()))?
+                toml::from_str(&text).map_err(|e| anyhow::anyhow!(file_error(p, &text, &e)))?
             }
             None => Config::default(),
         };
@@ -114,7 +114,9 @@ impl Config {
     fn apply_env(&mut self, env: impl IntoIterator<Item = (String, String)>) -> anyhow::Result<()> {
         let vars: BTreeMap<String, String> = env.into_iter().filter(|(k, _)| k.starts_with("TERMWATCH_")).collect();
         for (key, value) in vars {
-            let parse_err = || format!("environment variable {key}={value:?}");
+            // The key only: a value may be a secret, and error output ends
+            // up in logs that more people read than the configuration.
+            let parse_err = || format!("environment variable {key}");
             match key.as_str() {
                 "TERMWATCH_KAFKA_BROKERS" => self.kafka.brokers = value,
                 "TERMWATCH_KAFKA_GROUP_ID" => self.kafka.group_id = value,
@@ -126,6 +128,9 @@ impl Config {
                 "TERMWATCH_KAFKA_ALERTS_TOPIC" => self.kafka.alerts_topic = Some(value),
                 "TERMWATCH_KAFKA_PARTITION_IDLE_S" => {
                     self.kafka.partition_idle_s = value.parse().with_context(parse_err)?
+                }
+                "TERMWATCH_KAFKA_SHUTDOWN_GRACE_S" => {
+                    self.kafka.shutdown_grace_s = value.parse().with_context(parse_err)?
                 }
                 "TERMWATCH_BATCH_MAX_ROWS" => self.batch.max_rows = value.parse().with_context(parse_err)?,
                 "TERMWATCH_BATCH_MAX_MS" => self.batch.max_ms = value.parse().with_context(parse_err)?,
@@ -168,11 +173,51 @@ impl Config {
         if !(1..=86_400).contains(&self.kafka.partition_idle_s) {
             bail!("kafka.partition_idle_s must be 1..=86400, not {}", self.kafka.partition_idle_s);
         }
+        if !(1..=3600).contains(&self.kafka.shutdown_grace_s) {
+            bail!("kafka.shutdown_grace_s must be 1..=3600, not {}", self.kafka.shutdown_grace_s);
+        }
         if self.kafka.topics.contains(&self.kafka.dead_letter_topic) {
             bail!("kafka.dead_letter_topic {:?} is also consumed: rejects would loop", self.kafka.dead_letter_topic);
         }
         Ok(())
     }
+}
+
+/// A config file error that names the file, the line and the key, never the
+/// value: toml's own message quotes the offending line (`sasl.password`
+/// included) and serde's quotes the value it could not take.
+fn file_error(path: &Path, text: &str, e: &toml::de::Error) -> String {
+    let mut at = format!("config file {}", path.display());
+    if let Some(span) = e.span() {
+        let start = span.start.min(text.len());
+        let line = text.as_bytes()[..start].iter().filter(|b| **b == b'\n').count() + 1;
+        at.push_str(&format!(", line {line}"));
+        let source_line = text.lines().nth(line - 1).unwrap_or("");
+        if let Some((key, _)) = source_line.split_once('=') {
+            let key = key.trim();
+            if !key.is_empty() && !key.starts_with('[') {
+                at.push_str(&format!(", key {key}"));
+            }
+        }
+    }
+    format!("{at}: {}", without_values(e.message()))
+}
+
+/// serde's "invalid type: string \"hunter2\", expected u64", without the
+/// value; other messages name keys and types only and are kept.
+fn without_values(message: &str) -> String {
+    let message = message.lines().next().unwrap_or("").trim();
+    for kind in ["invalid type", "invalid value", "invalid length", "unknown variant"] {
+        if message.starts_with(kind) {
+            let expected = message.find(", expected ").map_or("", |i| &message[i..]);
+            return format!("{kind} (value not shown){expected}");
+        }
+    }
+    if message.contains('"') || message.contains('\'') {
+        // A syntax error that quotes the text it stopped at.
+        return "not valid TOML here (text not shown)".to_string();
+    }
+    message.to_string()
 }
 
 #[cfg(test)]
@@ -248,6 +293,28 @@ interval_s = 30
     fn bad_env_value_names_the_variable() {
         let err = format!("{:#}", Config::load(None, env(&[("TERMWATCH_BATCH_MAX_ROWS", "lots")])).expect_err("bad"));
         assert!(err.contains("TERMWATCH_BATCH_MAX_ROWS"), "{err}");
+    }
+
+    #[test]
+    fn errors_name_the_key_and_line_but_never_the_value() {
+        let cases = [
+            // A type error: serde quotes the value it could not take.
+            ("[kafka]\nbrokers = \"k:9092\"\n[kafka.properties]\n\"sasl.password\" = 12345678\n", "12345678", 4),
+            ("[batch]\nmax_rows = \"hunter2\"\n", "hunter2", 2),
+            // A syntax error: toml quotes the whole line.
+            ("[kafka.properties]\n\"sasl.password\" = \"hunter2\n", "hunter2", 2),
+            ("[kafka.properties]\n\"sasl.password\" = hunter2\n", "hunter2", 2),
+        ];
+        for (text, secret, line) in cases {
+            let f = write(text);
+            let err = format!("{:#}", Config::load(Some(f.path()), env(&[])).expect_err("invalid"));
+            assert!(!err.contains(secret), "the value is echoed: {err}");
+            assert!(err.contains(&format!("line {line}")), "the line is not named: {err}");
+            assert!(err.contains(&f.path().display().to_string()), "the file is not named: {err}");
+        }
+        let err =
+            format!("{:#}", Config::load(None, env(&[("TERMWATCH_STATE_INTERVAL_S", "hunter2")])).expect_err("bad"));
+        assert!(err.contains("TERMWATCH_STATE_INTERVAL_S") && !err.contains("hunter2"), "{err}");
     }
 
     #[test]

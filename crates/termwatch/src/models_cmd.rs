@@ -14,7 +14,7 @@ use termwatch_models::eval::format_duration;
 use termwatch_models::scoring::Scorer;
 use termwatch_models::training::{self, FNV_OFFSET, ModelSet, TrainConfig, TrainingData, TrainingRows};
 use termwatch_pipeline::{
-    BatchConfig, BatchSink, Checkpoint, MemoryDeadLetters, Owners, PartitionKey, Pipeline, SinkError, Sources,
+    BatchConfig, BatchSink, Checkpoint, CountOnlyDeadLetters, Owners, PartitionKey, Pipeline, SinkError, Sources,
 };
 use termwatch_telemetry::time::format_rfc3339_ms;
 
@@ -139,7 +139,7 @@ fn collect_rows(inputs: &[PathBuf], features: &FeatureConfig, range: Range) -> a
     let pipeline = Pipeline::new(
         BatchConfig { max_rows: 8192, max_age: Duration::from_secs(3600) },
         vec![Box::new(collect.clone())],
-        Box::new(MemoryDeadLetters::default()),
+        Box::new(CountOnlyDeadLetters),
     );
     let report = termwatch_pipeline::replay(inputs, pipeline);
     if let Some(e) = report.error {
@@ -693,25 +693,44 @@ impl BatchSink for AlertSink {
         if !cp.force && st.last.elapsed() < st.every {
             return Ok(false);
         }
-        let mut bytes = 0;
-        for (key, &offset) in cp.positions {
-            let owned = |id: &str| cp.owners.owner(id) == Some(key);
-            bytes += self
-                .scorer
-                .save_partition(&st.partition_path(key), &key.topic, key.partition, offset, owned)
-                .map_err(|e| SinkError::Other(e.to_string()))?;
-        }
-        let mut positions: Vec<String> = cp.positions.iter().map(|(k, o)| format!("{k}@{o}")).collect();
-        positions.sort();
-        let position = format!("{}, taken with partitions {}", st.source, positions.join(","));
-        let unowned = |id: &str| cp.owners.owner(id).is_none_or(|k| !cp.positions.contains_key(k));
-        bytes += self
-            .scorer
-            .save_shared(&st.shared_path(), &position, unowned)
-            .map_err(|e| SinkError::Other(e.to_string()))?;
+        // Tried again after a whole interval, not on every tick, if it fails.
         st.last = std::time::Instant::now();
-        tracing::debug!(dir = %st.dir.display(), bytes, "state snapshots written");
-        Ok(true)
+        let written = (|| {
+            let mut bytes = 0;
+            for (key, &offset) in cp.positions {
+                let owned = |id: &str| cp.owners.owner(id) == Some(key);
+                bytes +=
+                    self.scorer.save_partition(&st.partition_path(key), &key.topic, key.partition, offset, owned)?;
+            }
+            let mut positions: Vec<String> = cp.positions.iter().map(|(k, o)| format!("{k}@{o}")).collect();
+            positions.sort();
+            let position = format!("{}, taken with partitions {}", st.source, positions.join(","));
+            let unowned = |id: &str| cp.owners.owner(id).is_none_or(|k| !cp.positions.contains_key(k));
+            bytes += self.scorer.save_shared(&st.shared_path(), &position, unowned)?;
+            Ok::<_, termwatch_models::snapshot::SnapshotError>(bytes)
+        })();
+        match written {
+            Ok(bytes) => {
+                tracing::debug!(dir = %st.dir.display(), bytes, "state snapshots written");
+                if let Some(m) = &self.metrics {
+                    m.snapshot_written();
+                }
+                Ok(true)
+            }
+            // Degrade, don't die: a full disk must not stop alerting, nor
+            // crash-loop the service. Offsets are then stored as if no
+            // snapshot had been due (see `Checkpoint`): a partition never
+            // snapshotted commits nothing, so a restart re-reads from its
+            // last commit; one snapshotted before restarts from that older
+            // snapshot and re-reads from the offset it covers.
+            Err(e) => {
+                tracing::warn!(error = %e, every = ?st.every, "state snapshot failed; consuming goes on, retrying");
+                if let Some(m) = &self.metrics {
+                    m.snapshot_failed();
+                }
+                Ok(false)
+            }
+        }
     }
 
     fn revoke(&mut self, partitions: &[PartitionKey], owners: &Owners) {

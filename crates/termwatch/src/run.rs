@@ -32,17 +32,16 @@ impl Service {
         let kafka_metrics = KafkaMetrics::register(&registry).context("registering metrics")?;
         let listener = serve::bind(config.metrics.listen).await?;
         let metrics_addr = listener.local_addr()?;
-        let ready = Arc::new(AtomicBool::new(false));
-        tokio::spawn(serve::serve(listener, Endpoints { registry: registry.clone(), ready: Arc::clone(&ready) }));
-
         let dead_letters = KafkaDeadLetters::new(&config.kafka, kafka_metrics.clone())?;
         let pipeline =
             Pipeline::new(config.batch.config(), sinks, Box::new(dead_letters)).with_metrics(pipeline_metrics);
         let source = KafkaSource::new(&config.kafka, pipeline, kafka_metrics.clone())?;
+        // Ready once the brokers have answered, not merely once started: a
+        // replica that cannot reach Kafka is not taken as serving.
+        tokio::spawn(serve::serve(listener, Endpoints { registry: registry.clone(), ready: source.ready() }));
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let consumer = tokio::task::spawn_blocking(move || source.run(&flag));
-        ready.store(true, Ordering::Relaxed);
         info!(brokers = %config.kafka.brokers, group = %config.kafka.group_id, topics = ?config.kafka.topics,
             metrics = %metrics_addr, "termwatch consuming");
         Ok(Service { registry, kafka_metrics, stop, metrics_addr, consumer })
@@ -65,23 +64,39 @@ impl Service {
 }
 
 pub fn run(config: Config, warm_up: &[std::path::PathBuf]) -> anyhow::Result<()> {
-    let seed = if warm_up.is_empty() { None } else { Some(warm_up_from(&config, warm_up)?) };
+    // The directory lives until the live sink has loaded the snapshot.
+    let warm = if warm_up.is_empty() { None } else { Some(warm_up_from(&config, warm_up)?) };
+    let seed = warm.as_ref().map(|(_, path)| path.clone());
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
     runtime.block_on(async {
         let registry = Registry::new();
         let sinks = scoring_sinks(&registry, &config, seed)?;
         let service = Service::start(&config, registry, sinks).await?;
         let stop = Arc::clone(&service.stop);
+        let grace = std::time::Duration::from_secs(config.kafka.shutdown_grace_s);
         tokio::select! {
             signal = shutdown_signal() => {
-                info!(signal = signal?, "stopping: flushing and committing");
+                info!(signal = signal?, grace = ?grace, "stopping: flushing and committing");
                 stop.store(true, Ordering::Relaxed);
             }
             () = wait_finished(&service) => {}
         }
-        let stats = service.wait().await?;
-        info!(%stats, "stopped");
-        Ok(())
+        match tokio::time::timeout(grace, service.wait()).await {
+            Ok(stats) => {
+                info!(stats = %stats?, "stopped");
+                Ok(())
+            }
+            Err(_) => {
+                // The consumer thread is stuck in librdkafka (a broker that
+                // accepts connections but never answers): nothing can unblock
+                // it, and the runtime would wait for it forever on the way
+                // out. What was not committed is read again by the next
+                // owner, from its snapshot and the last commit, as after a
+                // kill -9.
+                tracing::error!(grace = ?grace, "not stopped within the shutdown grace: exiting without the final commit");
+                std::process::exit(1)
+            }
+        }
     })
 }
 
@@ -130,16 +145,23 @@ fn scoring_sinks(
     Ok(vec![Box::new(sink)])
 }
 
-/// Replays history through the scoring sink into a snapshot in the
-/// temporary directory, which the live sink then loads (see
-/// `AlertSink::with_seed`): learning happens on the one code path, and going
-/// live continues exactly where the history ended. The warm-up starts cold.
-fn warm_up_from(config: &Config, inputs: &[std::path::PathBuf]) -> anyhow::Result<std::path::PathBuf> {
+/// Replays history through the scoring sink into a snapshot in a private
+/// temporary directory (mode 0700, removed when dropped), which the live
+/// sink then loads (see `AlertSink::with_seed`): learning happens on the one
+/// code path, and going live continues exactly where the history ended. The
+/// warm-up starts cold; its rejects are counted (in the log line that ends
+/// it), not kept: history's dead letters were the history's producer's.
+fn warm_up_from(
+    config: &Config,
+    inputs: &[std::path::PathBuf],
+) -> anyhow::Result<(tempfile::TempDir, std::path::PathBuf)> {
     let models = std::path::Path::new(crate::models_cmd::DEFAULT_MODELS);
     if !models.exists() {
         anyhow::bail!("--warm-up needs the model {} (scripts/train-default makes it)", models.display());
     }
-    let state = std::env::temp_dir().join(format!("termwatch-warm-up-{}.snap", std::process::id()));
+    // Not a predictable name in a shared /tmp: another user could plant it.
+    let dir = tempfile::Builder::new().prefix("termwatch-warm-up-").tempdir().context("warm-up directory")?;
+    let state = dir.path().join("warm-up.snap");
     let position = format!(
         "the end of the warm-up history {}",
         inputs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
@@ -155,14 +177,14 @@ fn warm_up_from(config: &Config, inputs: &[std::path::PathBuf]) -> anyhow::Resul
     let pipeline = termwatch_pipeline::Pipeline::new(
         config.batch.config(),
         vec![Box::new(sink)],
-        Box::new(termwatch_pipeline::MemoryDeadLetters::default()),
+        Box::new(termwatch_pipeline::CountOnlyDeadLetters),
     );
     let report = termwatch_pipeline::replay(inputs, pipeline);
     if let Some(e) = report.error {
         return Err(e).context("warm-up history");
     }
     info!(stats = %report.stats, "warm-up done; going live");
-    Ok(state)
+    Ok((dir, state))
 }
 
 async fn wait_finished(service: &Service) {

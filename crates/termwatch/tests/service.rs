@@ -18,7 +18,7 @@ const TOPIC: &str = "telemetry";
 const PARTITIONS: i32 = 4;
 
 struct Fixture {
-    _cluster: MockCluster<'static, DefaultProducerContext>,
+    cluster: MockCluster<'static, DefaultProducerContext>,
     brokers: String,
 }
 
@@ -39,10 +39,21 @@ impl Fixture {
             producer.send(BaseRecord::<str, str>::to(TOPIC).key(&id).payload(&body)).expect("queue");
         }
         producer.flush(Duration::from_secs(30)).expect("flush");
-        Fixture { _cluster: cluster, brokers }
+        Fixture { cluster, brokers }
     }
 
     fn start(&self, group: &str, port: u16, extra: &[(&str, &str)]) -> Child {
+        self.command(group, port, extra).spawn().expect("starts termwatch run")
+    }
+
+    /// Started from the workspace, where `models/default` is: scoring, and
+    /// with a state directory, snapshots.
+    fn start_scoring(&self, group: &str, port: u16, extra: &[(&str, &str)]) -> Child {
+        let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        self.command(group, port, extra).current_dir(workspace).spawn().expect("starts termwatch run")
+    }
+
+    fn command(&self, group: &str, port: u16, extra: &[(&str, &str)]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_termwatch"));
         // termwatch refuses unknown TERMWATCH_* variables, such as the test
         // harness's own: hand it only the ones set here.
@@ -60,7 +71,7 @@ impl Fixture {
         for (k, v) in extra {
             cmd.env(k, v);
         }
-        cmd.spawn().expect("starts termwatch run")
+        cmd
     }
 
     fn committed(&self, group: &str) -> i64 {
@@ -165,6 +176,141 @@ fn sigterm_flushes_commits_and_exits_zero_within_seconds() {
     assert!(status.success(), "exit status {status:?}: {stderr}");
     assert!(asked.elapsed() < Duration::from_secs(5), "took {:?}", asked.elapsed());
     assert_eq!(f.committed("g-term"), 100, "the tail batch was flushed and committed on SIGTERM");
+}
+
+/// A broker that keeps its connections but stops answering (as a frozen
+/// or partitioned one does): SIGTERM still ends the process within the
+/// shutdown grace, without the final commit, and a successor reads what
+/// was not committed.
+#[test]
+fn sigterm_with_a_frozen_broker_exits_within_the_grace() {
+    let f = Fixture::new(100);
+    let port = free_port();
+    let mut child = f.start(
+        "g-frozen",
+        port,
+        &[
+            ("TERMWATCH_BATCH_MAX_MS", "600000"),
+            ("TERMWATCH_BATCH_MAX_ROWS", "64"),
+            ("TERMWATCH_KAFKA_SHUTDOWN_GRACE_S", "3"),
+        ],
+    );
+    wait_for_accepted(&mut child, port, "the first batch was not delivered", |v| v >= 64.0);
+    std::thread::sleep(Duration::from_secs(2));
+    // Every request now waits an hour for its answer.
+    f.cluster.broker_round_trip_time(1, Duration::from_secs(3600)).expect("freeze the broker");
+    std::thread::sleep(Duration::from_millis(500));
+    let asked = Instant::now();
+    signal(&child, "-TERM");
+    let status = wait_exit(&mut child, Duration::from_secs(30));
+    let took = asked.elapsed();
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let mut stderr = String::new();
+    child.stderr.take().expect("stderr").read_to_string(&mut stderr).expect("read");
+    let status = status.unwrap_or_else(|| panic!("still running 30 s after SIGTERM: {stderr}"));
+    eprintln!("exit {status:?} {took:?} after SIGTERM with the broker frozen");
+    assert!(took < Duration::from_secs(3 + 5), "the grace is 3 s; took {took:?}: {stderr}");
+    // The broker answers again: a successor reads what was not committed.
+    f.cluster.broker_round_trip_time(1, Duration::ZERO).expect("thaw the broker");
+    // (The mock broker may have applied the last commit and only delayed
+    // its answer: then there is nothing left to read.)
+    let committed = f.committed("g-frozen");
+    let port = free_port();
+    let mut next = f.start("g-frozen", port, &[("TERMWATCH_BATCH_MAX_ROWS", "8"), ("TERMWATCH_BATCH_MAX_MS", "50")]);
+    wait_for_accepted(&mut next, port, "the successor reads what was not committed", |v| v >= (100 - committed) as f64);
+    signal(&next, "-TERM");
+    assert!(wait_exit(&mut next, Duration::from_secs(10)).is_some_and(|s| s.success()));
+    assert_eq!(f.committed("g-frozen"), 100);
+}
+
+/// Snapshots that cannot be written (here every snapshot path is taken by
+/// a directory, which even root cannot rename a file over; a full disk
+/// fails the same way) are counted and retried while consuming goes on;
+/// once the disk is writable again they are written and commits resume.
+#[test]
+fn a_state_directory_that_cannot_be_written_does_not_stop_the_service() {
+    let f = Fixture::new(200);
+    let state = tempfile::tempdir().expect("tempdir");
+    let blocked: Vec<std::path::PathBuf> = (0..PARTITIONS)
+        .map(|p| state.path().join(format!("{TOPIC}-{p}.snap")))
+        .chain([state.path().join("shared.snap")])
+        .collect();
+    for b in &blocked {
+        std::fs::create_dir_all(b.join("in-the-way")).expect("block the snapshot path");
+    }
+    let port = free_port();
+    let dir = state.path().to_str().expect("utf-8 path");
+    let mut child = f.start_scoring(
+        "g-full",
+        port,
+        &[("TERMWATCH_STATE_PATH", dir), ("TERMWATCH_STATE_INTERVAL_S", "0.2"), ("TERMWATCH_BATCH_MAX_MS", "20")],
+    );
+    wait_for_accepted(&mut child, port, "consuming stopped", |v| v >= 200.0);
+    let failures = || metric(port, "termwatch_state_snapshot_failures_total").unwrap_or(0.0);
+    assert!(wait_for(Duration::from_secs(30), || failures() >= 3.0), "failures counted: {}", failures());
+    assert!(child.try_wait().expect("try_wait").is_none(), "the service is still running");
+    assert_eq!(f.committed("g-full"), 0, "nothing committed that no snapshot covers");
+    // The disk is writable again.
+    for b in &blocked {
+        std::fs::remove_dir_all(b).expect("unblock");
+    }
+    let written = wait_for(Duration::from_secs(30), || {
+        metric(port, "termwatch_state_snapshot_last_success_timestamp_seconds").is_some_and(|t| t > 0.0)
+            && f.committed("g-full") == 200
+    });
+    signal(&child, "-TERM");
+    let status = wait_exit(&mut child, Duration::from_secs(15));
+    let mut stderr = String::new();
+    child.stderr.take().expect("stderr").read_to_string(&mut stderr).expect("read");
+    assert!(written, "snapshots and commits did not resume: committed {}; {stderr}", f.committed("g-full"));
+    assert!(status.is_some_and(|s| s.success()), "exit {status:?}: {stderr}");
+    assert!(blocked.iter().all(|b| b.is_file()), "every snapshot was written");
+    let leftovers: Vec<_> = std::fs::read_dir(state.path())
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left behind: {leftovers:?}");
+}
+
+/// The status line of a GET, or None while the endpoint is not up.
+fn status_of(port: u16, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes()).ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    body.lines().next().map(str::to_string)
+}
+
+/// `/readyz` says ready only once the brokers have answered: a replica that
+/// cannot reach Kafka is alive (`/healthz`) but not ready.
+#[test]
+fn readyz_waits_for_the_brokers_to_answer() {
+    // Nothing listens on this port.
+    let dead = free_port();
+    let port = free_port();
+    let mut child = Fixture { cluster: MockCluster::new(1).expect("mock"), brokers: format!("127.0.0.1:{dead}") }
+        .start("g-ready", port, &[]);
+    assert!(wait_for(Duration::from_secs(30), || status_of(port, "/healthz").is_some()), "endpoint up");
+    std::thread::sleep(Duration::from_secs(3));
+    let (health, ready) = (status_of(port, "/healthz"), status_of(port, "/readyz"));
+    signal(&child, "-TERM");
+    let _ = wait_exit(&mut child, Duration::from_secs(20));
+    let _ = child.kill();
+    assert!(health.as_deref().is_some_and(|s| s.contains(" 200")), "{health:?}");
+    assert!(ready.as_deref().is_some_and(|s| s.contains(" 503")), "no broker has answered: {ready:?}");
+
+    let f = Fixture::new(10);
+    let port = free_port();
+    let mut child = f.start("g-ready", port, &[]);
+    let ready = wait_for(Duration::from_secs(30), || status_of(port, "/readyz").is_some_and(|s| s.contains(" 200")));
+    signal(&child, "-TERM");
+    assert!(wait_exit(&mut child, Duration::from_secs(10)).is_some_and(|s| s.success()));
+    assert!(ready, "ready once the group answered");
 }
 
 #[test]
