@@ -209,6 +209,23 @@ pub fn decode(bytes: &[u8], ingest_ms: i64) -> Result<Telemetry<'_>, Rejection> 
     decode_serde(text, ingest_ms)
 }
 
+/// [`decode`] without its fast reader: every record through serde_json.
+/// The fuzzer (`fuzz/`) checks that both give the same answer on any input.
+#[doc(hidden)]
+pub fn decode_reference(bytes: &[u8], ingest_ms: i64) -> Result<Telemetry<'_>, Rejection> {
+    if bytes.len() > MAX_RECORD_BYTES {
+        return Err(Rejection::new(
+            Field::Record,
+            Problem::TooLarge,
+            format!("the record is longer than {MAX_RECORD_BYTES} bytes"),
+        ));
+    }
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return Err(Rejection::new(Field::Record, Problem::NotUtf8, "the record is not valid UTF-8"));
+    };
+    decode_serde(text, ingest_ms)
+}
+
 /// Every record through serde_json: what the fast reader must agree with.
 fn decode_serde(text: &str, ingest_ms: i64) -> Result<Telemetry<'_>, Rejection> {
     let mut state = State { current: None, rejection: None };
