@@ -30,6 +30,10 @@ use termwatch_telemetry::alerts::{AlertEvent, AlertKind, AlertState, Scope, Seve
 
 /// Per-entity series exported unless told otherwise.
 pub const DEFAULT_TOP_K: usize = 200;
+/// Regions exported by name (a fleet has tens to hundreds).
+pub const DEFAULT_REGION_CAP: usize = 500;
+/// The region label of everything past the region cap.
+pub const OTHER_REGIONS: &str = "(other)";
 
 /// Buckets of the score histograms: scores are probabilities, and what
 /// matters is the upper tail, where the thresholds sit.
@@ -66,6 +70,10 @@ struct State {
     primed: bool,
     /// Per region: (reports, late, ahead) told to the counters so far.
     region_counts: HashMap<String, [u64; 3]>,
+    /// Regions exported under their own name: the first `region_cap` seen.
+    /// The others are summed under [`OTHER_REGIONS`], so that invented
+    /// region names cannot multiply the series.
+    named_regions: HashSet<String>,
     /// The engine's late + ahead count at the last look for dropping terminals.
     dropped_seen: u64,
     last_drop_scan: Option<std::time::Instant>,
@@ -73,6 +81,21 @@ struct State {
     dropping: HashSet<[String; 3]>,
     /// Inputs whose series are exported now.
     sources: HashSet<String>,
+}
+
+impl State {
+    /// `region` if it is exported under its own name: it already is, or
+    /// fewer than `cap` are. Once named, a region stays named.
+    fn region_label<'a>(&mut self, region: &'a str, cap: usize) -> Option<&'a str> {
+        if self.named_regions.contains(region) {
+            return Some(region);
+        }
+        if self.named_regions.len() < cap {
+            self.named_regions.insert(region.to_string());
+            return Some(region);
+        }
+        None
+    }
 }
 
 /// Terminals exported by `termwatch_terminal_reports_dropped_ratio` at most,
@@ -86,6 +109,7 @@ const DROPPING_MIN_SHARE: f32 = 0.05;
 #[derive(Clone)]
 pub struct AlertMetrics {
     top_k: usize,
+    region_cap: usize,
     firing: IntGaugeVec,
     events: IntCounterVec,
     region_score: GaugeVec,
@@ -105,6 +129,7 @@ pub struct AlertMetrics {
     source_idle: IntGaugeVec,
     snapshot_failures: IntCounter,
     snapshot_success: Gauge,
+    regions_cut_off: IntGauge,
     state: Arc<Mutex<State>>,
 }
 
@@ -137,8 +162,15 @@ impl AlertMetrics {
 
     /// Registers every alert metric, exporting at most `top_k` entity series.
     pub fn register_with_top_k(registry: &Registry, top_k: usize) -> prometheus::Result<Self> {
+        Self::register_with_caps(registry, top_k, DEFAULT_REGION_CAP)
+    }
+
+    /// Registers every alert metric, exporting at most `top_k` entity series
+    /// and `region_cap` regions by name.
+    pub fn register_with_caps(registry: &Registry, top_k: usize, region_cap: usize) -> prometheus::Result<Self> {
         Ok(AlertMetrics {
             top_k,
+            region_cap,
             firing: register(
                 registry,
                 IntGaugeVec::new(
@@ -306,6 +338,14 @@ impl AlertMetrics {
                     "When the state snapshots were last written whole (0: not since start).",
                 )?,
             )?,
+            regions_cut_off: register(
+                registry,
+                IntGauge::new(
+                    "termwatch_regions_cut_off",
+                    "Regions beyond the first 500 seen: counted under region=\"(other)\" and given no network \
+                     score series. Regions are a closed set; a rising value means invented region names.",
+                )?,
+            )?,
             state: Arc::new(Mutex::new(State::default())),
         })
     }
@@ -360,12 +400,17 @@ impl AlertMetrics {
             }
         }
         for (region, score) in view.region_scores {
-            self.region_score.with_label_values(&[region]).set(*score);
+            if let Some(region) = state.region_label(region, self.region_cap) {
+                self.region_score.with_label_values(&[region]).set(*score);
+            }
         }
+        let mut firing: HashMap<(AlertKind, Scope, &str, &str), i64> = HashMap::new();
         for c in view.alerts.firing_counts() {
-            self.firing
-                .with_label_values(&[c.kind.as_str(), c.scope.as_str(), severity_str(c.severity), c.region])
-                .set(i64::from(c.count));
+            let region = state.region_label(c.region, self.region_cap).unwrap_or(OTHER_REGIONS);
+            *firing.entry((c.kind, c.scope, severity_str(c.severity), region)).or_default() += i64::from(c.count);
+        }
+        for ((kind, scope, severity, region), count) in firing {
+            self.firing.with_label_values(&[kind.as_str(), scope.as_str(), severity, region]).set(count);
         }
         if state.model_version.as_deref() != Some(view.model_version) {
             if let Some(old) = state.model_version.take() {
@@ -405,11 +450,14 @@ impl AlertMetrics {
             }
             // The engine's counts restart when a snapshot replaces it.
             let delta = |i: usize| if now[i] >= was[i] { now[i] - was[i] } else { now[i] };
-            self.region_reports.with_label_values(&[region]).inc_by(delta(0));
-            self.region_dropped.with_label_values(&[region, "late"]).inc_by(delta(1));
-            self.region_dropped.with_label_values(&[region, "ahead"]).inc_by(delta(2));
+            let deltas = [delta(0), delta(1), delta(2)];
             *was = now;
+            let label = state.region_label(region, self.region_cap).unwrap_or(OTHER_REGIONS);
+            self.region_reports.with_label_values(&[label]).inc_by(deltas[0]);
+            self.region_dropped.with_label_values(&[label, "late"]).inc_by(deltas[1]);
+            self.region_dropped.with_label_values(&[label, "ahead"]).inc_by(deltas[2]);
         }
+        self.regions_cut_off.set(state.region_counts.len().saturating_sub(state.named_regions.len()) as i64);
         let mut sources = HashSet::new();
         for (name, watermark, idle) in engine.sources() {
             if let Some(wm) = watermark {
@@ -521,7 +569,7 @@ mod tests {
     use termwatch_telemetry::alerts::Reason;
 
     /// Every metric family this module exports (a test checks each is emitted).
-    const METRIC_NAMES: [&str; 19] = [
+    const METRIC_NAMES: [&str; 20] = [
         "termwatch_alerts_firing",
         "termwatch_alert_events_total",
         "termwatch_region_network_score",
@@ -541,6 +589,7 @@ mod tests {
         "termwatch_source_idle",
         "termwatch_state_snapshot_failures_total",
         "termwatch_state_snapshot_last_success_timestamp_seconds",
+        "termwatch_regions_cut_off",
     ];
 
     const T0: i64 = 1_790_000_000_000;
@@ -646,6 +695,46 @@ mod tests {
         });
         assert_eq!(gathered(&registry).get("termwatch_alert_entity_score"), None);
         assert_eq!(metrics.entities_cut_off.get(), 1);
+    }
+
+    /// Invented region names cannot multiply the series: past the cap, a
+    /// region gets no score series and its reports are summed under
+    /// "(other)", so the totals stay right.
+    #[test]
+    fn regions_past_the_cap_are_summed_under_other() {
+        use termwatch_telemetry::{BatchBuilder, decode};
+        let registry = Registry::new();
+        let metrics = AlertMetrics::register_with_caps(&registry, 200, 3).expect("register");
+        let tracker = AlertingConfig::default().build().expect("tracker");
+        let mut engine = FeatureEngine::new(FeatureConfig::default());
+        let mut builder = BatchBuilder::with_capacity(64);
+        for k in 0..4 {
+            for r in 0..6 {
+                let line = format!(r#"{{"terminal_id":"T-{r}","ts":{},"region":"r-{r}"}}"#, T0 + k * 60_000);
+                builder.append(&decode(line.as_bytes(), T0 + 86_400_000).expect("valid")).expect("append");
+            }
+        }
+        engine.process_batch(&builder.finish().expect("batch"));
+        let names: Vec<String> = (0..6).map(|r| format!("r-{r}")).collect();
+        let scores: Vec<(&str, f64)> = names.iter().map(|n| (n.as_str(), 0.1)).collect();
+        let view = AlertView {
+            alerts: &tracker,
+            engine: &engine,
+            events: &[],
+            scores: &[],
+            region_scores: &scores,
+            model_version: "m",
+            now_ms: T0,
+        };
+        metrics.observe(&view);
+        metrics.observe(&view);
+        let families = gathered(&registry);
+        assert_eq!(families.get("termwatch_region_network_score"), Some(&3));
+        assert_eq!(families.get("termwatch_region_reports_total"), Some(&4), "three regions and (other)");
+        assert_eq!(metrics.region_reports.with_label_values(&[OTHER_REGIONS]).get(), 12, "three regions of 4 reports");
+        let total: u64 = (0..3).map(|r| metrics.region_reports.with_label_values(&[&format!("r-{r}")]).get()).sum();
+        assert_eq!(total + 12, 24, "every report counted once");
+        assert_eq!(metrics.regions_cut_off.get(), 3);
     }
 
     /// Streams a small simulated fleet with faults through the default model
