@@ -180,20 +180,7 @@ pub const MAX_RECORD_BYTES: usize = 1 << 20;
 /// against which a `ts` more than 24 h ahead is refused; callers refresh it
 /// per batch rather than per record.
 pub fn decode(bytes: &[u8], ingest_ms: i64) -> Result<Telemetry<'_>, Rejection> {
-    if bytes.len() > MAX_RECORD_BYTES {
-        return Err(Rejection::new(
-            Field::Record,
-            Problem::TooLarge,
-            format!("the record is longer than {MAX_RECORD_BYTES} bytes"),
-        ));
-    }
-    // One check of the whole record up front (vectorised, fast on ASCII)
-    // costs far less than serde_json's check of every string and key one by
-    // one, which parsing from a `str` skips. It also rejects a record whose
-    // invalid bytes sit in an ignored field, which the contract asks for.
-    let Ok(text) = std::str::from_utf8(bytes) else {
-        return Err(Rejection::new(Field::Record, Problem::NotUtf8, "the record is not valid UTF-8"));
-    };
+    let text = record_text(bytes)?;
     // The fast reader takes the usual record; anything else, rejections
     // included, is read again by serde_json, which names the problem.
     if let Some(mut flat) = crate::flat::Flat::open(text) {
@@ -213,6 +200,15 @@ pub fn decode(bytes: &[u8], ingest_ms: i64) -> Result<Telemetry<'_>, Rejection> 
 /// The fuzzer (`fuzz/`) checks that both give the same answer on any input.
 #[doc(hidden)]
 pub fn decode_reference(bytes: &[u8], ingest_ms: i64) -> Result<Telemetry<'_>, Rejection> {
+    decode_serde(record_text(bytes)?, ingest_ms)
+}
+
+/// The checks on the record as a whole, before any parsing: its size, and
+/// UTF-8. One check of the whole record up front (vectorised, fast on
+/// ASCII) costs far less than serde_json's check of every string and key
+/// one by one, which parsing from a `str` skips. It also rejects a record
+/// whose invalid bytes sit in an ignored field, which the contract asks for.
+fn record_text(bytes: &[u8]) -> Result<&str, Rejection> {
     if bytes.len() > MAX_RECORD_BYTES {
         return Err(Rejection::new(
             Field::Record,
@@ -220,10 +216,8 @@ pub fn decode_reference(bytes: &[u8], ingest_ms: i64) -> Result<Telemetry<'_>, R
             format!("the record is longer than {MAX_RECORD_BYTES} bytes"),
         ));
     }
-    let Ok(text) = std::str::from_utf8(bytes) else {
-        return Err(Rejection::new(Field::Record, Problem::NotUtf8, "the record is not valid UTF-8"));
-    };
-    decode_serde(text, ingest_ms)
+    std::str::from_utf8(bytes)
+        .map_err(|_| Rejection::new(Field::Record, Problem::NotUtf8, "the record is not valid UTF-8"))
 }
 
 /// Every record through serde_json: what the fast reader must agree with.
