@@ -75,6 +75,60 @@ pub struct Counters {
     pub replayed: u64,
 }
 
+/// Bounds on what the engine holds, whatever it is fed. Not part of a model
+/// and not of a snapshot: the process's configuration sets them (see
+/// [`FeatureEngine::set_limits`]). They change features only for a terminal
+/// that comes back after being forgotten: it learns again, from its
+/// cohort's baseline, as a new terminal does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The most terminals held. A new terminal beyond it first makes room
+    /// by forgetting the longest-silent sixteenth of those with no window
+    /// open; if none can go, its reports are refused and counted.
+    /// Default 500,000 (about 450 MB of state).
+    pub max_terminals: usize,
+    /// A terminal whose latest report is this far behind the windows
+    /// already closed is forgotten, ms. Default 14 days: longer than a
+    /// shop's holiday, shorter than a terminal's life in a drawer.
+    pub idle_terminal_ms: i64,
+    /// The most regions. Reports from a terminal in a region beyond it are
+    /// refused and counted (regions are few; thousands mean invented ones).
+    /// Default 10,000.
+    pub max_regions: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_terminals: 500_000, idle_terminal_ms: 14 * 86_400_000, max_regions: 10_000 }
+    }
+}
+
+/// What the limits did, since this process started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LimitCounts {
+    /// Terminals forgotten after `idle_terminal_ms` without a report.
+    pub evicted_idle: u64,
+    /// Terminals forgotten to make room for new ones.
+    pub evicted_capacity: u64,
+    /// Reports refused because their terminal could not be held.
+    pub refused_terminals: u64,
+    /// Reports refused because their region could not be held.
+    pub refused_regions: u64,
+}
+
+/// How many of each entity an engine holds state for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    pub terminals: usize,
+    pub sites: usize,
+    pub regions: usize,
+    pub cohorts: usize,
+}
+
+/// Event time between two sweeps for idle terminals: each costs a pass over
+/// every terminal.
+const IDLE_SWEEP_EVERY_MS: i64 = 3_600_000;
+
 /// One terminal's voltage features in one window.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TerminalVoltageRow {
@@ -220,6 +274,22 @@ struct Names {
 }
 
 impl Names {
+    /// Keeps the names `used` marks, in order; returns each old index's new
+    /// one (`u32::MAX` for a name dropped).
+    fn retain(&mut self, used: &[bool]) -> Vec<u32> {
+        let mut remap = vec![u32::MAX; self.names.len()];
+        let mut kept = Vec::new();
+        for (i, name) in std::mem::take(&mut self.names).into_iter().enumerate() {
+            if used.get(i).copied().unwrap_or(false) {
+                remap[i] = kept.len() as u32;
+                kept.push(name);
+            }
+        }
+        self.index = kept.iter().enumerate().map(|(i, n)| (n.clone(), i as u32)).collect();
+        self.names = kept;
+        remap
+    }
+
     fn intern(&mut self, s: &str) -> u32 {
         if let Some(&i) = self.index.get(s) {
             return i;
@@ -335,6 +405,19 @@ pub struct FeatureEngine {
     /// Every window below this index has closed.
     next_to_close: Option<i64>,
     counters: Counters,
+    #[serde(skip)]
+    limits: Limits,
+    #[serde(skip)]
+    limit_counts: LimitCounts,
+    /// Event time (closed windows' end) at or after which idle terminals are
+    /// next looked for.
+    #[serde(skip)]
+    next_idle_sweep_ms: Option<i64>,
+    /// A sweep for room found too little while windows up to this index were
+    /// open: the next waits until one more has closed, so a flood of new
+    /// terminals costs one pass per window, not one per terminal.
+    #[serde(skip)]
+    room_swept_at: Option<Option<i64>>,
 }
 
 /// Reports a region's terminals sent, and of them dropped.
@@ -396,11 +479,30 @@ impl FeatureEngine {
             region_counts: Vec::new(),
             next_to_close: None,
             counters: Counters::default(),
+            limits: Limits::default(),
+            limit_counts: LimitCounts::default(),
+            next_idle_sweep_ms: None,
+            room_swept_at: None,
         }
     }
 
     pub fn config(&self) -> &FeatureConfig {
         &self.config
+    }
+
+    /// Sets the bounds on what is held (a restored engine has the defaults).
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+        self.room_swept_at = None;
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// What the limits did since this process started.
+    pub fn limit_counts(&self) -> LimitCounts {
+        self.limit_counts
     }
 
     pub fn counters(&self) -> Counters {
@@ -543,6 +645,16 @@ impl FeatureEngine {
         self.terminals.len()
     }
 
+    /// How many of each entity the engine holds state for.
+    pub fn held(&self) -> Held {
+        Held {
+            terminals: self.terminals.len(),
+            sites: self.sites.names.len(),
+            regions: self.regions.names.len(),
+            cohorts: self.cohorts.names.len(),
+        }
+    }
+
     fn window_of(&self, ts: i64) -> i64 {
         ts.div_euclid(self.config.window_ms)
     }
@@ -557,6 +669,9 @@ impl FeatureEngine {
     /// as runs of consecutive rows `(input, rows)` in row order; returns the
     /// windows it closed, oldest first. Rows beyond the runs are ignored.
     pub fn process_sourced(&mut self, batch: &RecordBatch, runs: &[(&str, usize)]) -> Vec<WindowRows> {
+        // Here, not as windows close: the rows returned last time have been
+        // read (their indices resolved) by now, and forgetting renumbers.
+        self.forget_idle();
         let mut closed = Vec::new();
         let Some(ids) = column(batch, "terminal_id").and_then(|c| c.as_dictionary_opt::<Int32Type>()) else {
             return closed;
@@ -606,13 +721,26 @@ impl FeatureEngine {
                     Some(t) => t,
                     None => {
                         let id = ids.values().as_string::<i32>().value(key);
-                        let t = self.terminal(
+                        let (t, reindexed) = self.terminal(
                             id,
                             dict_value(regions, row).unwrap_or(""),
                             dict_value(sites, row),
                             dict_value(models, row).unwrap_or("?"),
                             dict_value(firmwares, row).unwrap_or("?"),
                         );
+                        if reindexed {
+                            // Terminals were forgotten to make room: indices moved.
+                            local.fill(None);
+                        }
+                        // A refused terminal is not remembered: its next row tries
+                        // again. Its report still says how far its input has come:
+                        // were a flood of new terminals not to move time, the
+                        // windows that hold every terminal in place would never
+                        // close, and no room would ever be made.
+                        let Some(t) = t else {
+                            source.observe(ts.value(row));
+                            continue;
+                        };
                         if let Some(slot) = local.get_mut(key) {
                             *slot = Some(t);
                         }
@@ -669,11 +797,17 @@ impl FeatureEngine {
     /// another replica), open windows included. Site, region and cohort
     /// state stays: it is shared. Returns how many were removed.
     pub fn remove_terminals(&mut self, mut remove: impl FnMut(&str) -> bool) -> usize {
+        self.remove_where(|_, t| remove(&t.id))
+    }
+
+    /// Forgets the terminals `remove` selects by index and state; the
+    /// others are renumbered in order.
+    fn remove_where(&mut self, mut remove: impl FnMut(usize, &Terminal) -> bool) -> usize {
         let before = self.terminals.len();
         let mut remap: Vec<Option<u32>> = Vec::with_capacity(before);
         let mut kept = Vec::with_capacity(before);
-        for t in std::mem::take(&mut self.terminals) {
-            if remove(&t.id) {
+        for (i, t) in std::mem::take(&mut self.terminals).into_iter().enumerate() {
+            if remove(i, &t) {
                 remap.push(None);
             } else {
                 remap.push(Some(kept.len() as u32));
@@ -752,6 +886,10 @@ impl FeatureEngine {
             region_counts: Vec::new(),
             next_to_close: self.next_to_close,
             counters: self.counters,
+            limits: self.limits,
+            limit_counts: LimitCounts::default(),
+            next_idle_sweep_ms: None,
+            room_swept_at: None,
         };
         e.import_terminals(self.export_terminals(keep));
         e
@@ -768,9 +906,30 @@ impl FeatureEngine {
         out
     }
 
-    fn terminal(&mut self, id: &str, region: &str, site: Option<&str>, model: &str, firmware: &str) -> u32 {
+    /// The index of a terminal, added if new and the limits allow; and
+    /// whether terminals were forgotten to make room (indices moved).
+    fn terminal(
+        &mut self,
+        id: &str,
+        region: &str,
+        site: Option<&str>,
+        model: &str,
+        firmware: &str,
+    ) -> (Option<u32>, bool) {
         if let Some(&t) = self.terminal_index.get(id) {
-            return t;
+            return (Some(t), false);
+        }
+        if !self.regions.index.contains_key(region) && self.regions.names.len() >= self.limits.max_regions {
+            self.limit_counts.refused_regions += 1;
+            return (None, false);
+        }
+        let mut reindexed = false;
+        if self.terminals.len() >= self.limits.max_terminals {
+            reindexed = self.make_room();
+            if self.terminals.len() >= self.limits.max_terminals {
+                self.limit_counts.refused_terminals += 1;
+                return (None, reindexed);
+            }
         }
         let region = self.regions.intern(region);
         let site = match site {
@@ -800,7 +959,84 @@ impl FeatureEngine {
             wear: Wear::default(),
         });
         self.terminal_index.insert(id.into(), t);
-        t
+        (Some(t), reindexed)
+    }
+
+    /// Forgets terminals whose latest report is `idle_terminal_ms` behind the
+    /// windows closed, at most once per `IDLE_SWEEP_EVERY_MS` of event time.
+    fn forget_idle(&mut self) {
+        let Some(next) = self.next_to_close else { return };
+        let now = next.saturating_mul(self.config.window_ms);
+        if self.next_idle_sweep_ms.is_some_and(|at| now < at) {
+            return;
+        }
+        self.next_idle_sweep_ms = Some(now.saturating_add(IDLE_SWEEP_EVERY_MS));
+        let cutoff = now.saturating_sub(self.limits.idle_terminal_ms);
+        let n = self.remove_where(|_, t| t.max_ts < cutoff && t.open.is_empty() && t.held.is_none());
+        if n > 0 {
+            self.limit_counts.evicted_idle += n as u64;
+            self.forget_unused_names();
+        }
+    }
+
+    /// At `max_terminals`: forgets the longest-silent sixteenth of the
+    /// terminals with no window open and no report held. Returns whether any
+    /// was forgotten. When it cannot free that many, it is not tried again
+    /// until another window has closed.
+    fn make_room(&mut self) -> bool {
+        if self.room_swept_at == Some(self.next_to_close) {
+            return false;
+        }
+        let want = (self.limits.max_terminals / 16).max(1);
+        let mut quiet: Vec<(i64, usize)> = self
+            .terminals
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.open.is_empty() && t.held.is_none())
+            .map(|(i, t)| (t.max_ts, i))
+            .collect();
+        if quiet.len() > want {
+            quiet.select_nth_unstable(want);
+            quiet.truncate(want);
+        }
+        self.room_swept_at = (quiet.len() < want).then_some(self.next_to_close);
+        if quiet.is_empty() {
+            return false;
+        }
+        let mut forget = vec![false; self.terminals.len()];
+        for &(_, i) in &quiet {
+            forget[i] = true;
+        }
+        let n = self.remove_where(|i, _| forget[i]);
+        self.limit_counts.evicted_capacity += n as u64;
+        self.forget_unused_names();
+        n > 0
+    }
+
+    /// Drops sites and cohorts no terminal refers to any more (a site of a
+    /// terminal without `site_id` is its own, so one-off terminals would
+    /// otherwise leave one each). Regions stay: they are capped, and their
+    /// counters outlive their terminals.
+    fn forget_unused_names(&mut self) {
+        let mut sites = vec![false; self.sites.names.len()];
+        let mut cohorts = vec![false; self.cohorts.names.len()];
+        for t in &self.terminals {
+            if let Some(u) = sites.get_mut(t.site as usize) {
+                *u = true;
+            }
+            if let Some(u) = cohorts.get_mut(t.cohort as usize) {
+                *u = true;
+            }
+        }
+        let site_map = self.sites.retain(&sites);
+        let cohort_map = self.cohorts.retain(&cohorts);
+        self.site_regions = keep_used(std::mem::take(&mut self.site_regions), &sites);
+        self.cohort_base = keep_used(std::mem::take(&mut self.cohort_base), &cohorts);
+        self.cohort_wear = keep_used(std::mem::take(&mut self.cohort_wear), &cohorts);
+        for t in &mut self.terminals {
+            t.site = site_map.get(t.site as usize).copied().unwrap_or(t.site);
+            t.cohort = cohort_map.get(t.cohort as usize).copied().unwrap_or(t.cohort);
+        }
     }
 
     /// Applies one report from `source`. Whether it is late is judged
@@ -1326,6 +1562,11 @@ struct RegionAgg {
     timeouts_per_txn_sum: f64,
     /// Per site: (terminals with network data, degraded).
     sites: HashMap<u32, (u32, u32)>,
+}
+
+/// The items `used` marks, in order (an item past its end is dropped).
+fn keep_used<T>(items: Vec<T>, used: &[bool]) -> Vec<T> {
+    items.into_iter().enumerate().filter(|(i, _)| used.get(*i).copied().unwrap_or(false)).map(|(_, x)| x).collect()
 }
 
 fn dict_value(d: Option<&DictionaryArray<Int32Type>>, row: usize) -> Option<&str> {

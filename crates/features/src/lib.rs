@@ -27,8 +27,8 @@ mod engine;
 mod stats;
 
 pub use engine::{
-    AgingRow, Counters, DEFAULT_SOURCE, FeatureConfig, FeatureEngine, NetworkRow, RegionCounts, SiteVoltageRow,
-    SourceProgress, TerminalStates, TerminalVoltageRow, WindowRows,
+    AgingRow, Counters, DEFAULT_SOURCE, FeatureConfig, FeatureEngine, Held, LimitCounts, Limits, NetworkRow,
+    RegionCounts, SiteVoltageRow, SourceProgress, TerminalStates, TerminalVoltageRow, WindowRows,
 };
 pub use stats::Ewma;
 

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use arrow::record_batch::RecordBatch;
-use termwatch_features::{FeatureEngine, WindowRows, names};
+use termwatch_features::{FeatureEngine, Limits, WindowRows, names};
 use termwatch_telemetry::alerts::{AlertEvent, AlertKind, Scope};
 
 use crate::alerting::{AlertTracker, AlertingError, Scored};
@@ -119,6 +119,11 @@ impl Scorer {
         })
     }
 
+    /// Bounds what the feature engine holds (kept across snapshot restores).
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.engine.set_limits(limits);
+    }
+
     /// Keeps every score for [`Scorer::take_scores`] (metrics histograms).
     pub fn keep_scores(mut self, keep: bool) -> Self {
         self.keep_scores = keep;
@@ -150,7 +155,9 @@ impl Scorer {
         }
         // The tracker is left unchanged when its part is refused.
         self.alerts.restore(snap.alerts).map_err(|e| SnapshotError::Decode { path: p, cause: e.to_string() })?;
+        let limits = self.engine.limits();
         self.engine = snap.engine;
+        self.engine.set_limits(limits);
         self.engine.mark_restored();
         Ok(snap.position)
     }
