@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use arrow::array::BooleanArray;
 use arrow::record_batch::RecordBatch;
 use termwatch_telemetry::batch::col;
-use termwatch_telemetry::{BatchBuilder, Field, Problem, decode, time};
+use termwatch_telemetry::{BatchBuilder, Field, Problem, decode_limited, time};
 
 use crate::dead_letter::{DeadLetter, DeadLetterSink, Position};
 use crate::dedup::{Dedup, Seen};
@@ -242,6 +242,7 @@ pub struct Pipeline {
     /// fails: the failed batch's rows are gone from the builder, so a later
     /// "successful" flush must never let a source acknowledge them.
     failed: Option<String>,
+    max_record_bytes: usize,
 }
 
 impl Pipeline {
@@ -263,6 +264,7 @@ impl Pipeline {
             reported: Stats::default(),
             failed: None,
             owners: Owners::default(),
+            max_record_bytes: termwatch_telemetry::MAX_RECORD_BYTES,
         }
     }
 
@@ -270,6 +272,17 @@ impl Pipeline {
     pub fn with_metrics(mut self, metrics: PipelineMetrics) -> Self {
         self.metrics = Some(metrics);
         self
+    }
+
+    /// Refuses records longer than this as `(record):too_large` (default
+    /// `termwatch_telemetry::MAX_RECORD_BYTES`, 1 MiB).
+    pub fn with_max_record_bytes(mut self, max_record_bytes: usize) -> Self {
+        self.max_record_bytes = max_record_bytes;
+        self
+    }
+
+    pub fn max_record_bytes(&self) -> usize {
+        self.max_record_bytes
     }
 
     /// Replaces the wall clock used as ingestion time (tests).
@@ -295,7 +308,7 @@ impl Pipeline {
             self.ingest_ms = (self.clock)();
         }
         self.stats.read += 1;
-        match decode(raw, self.ingest_ms) {
+        match decode_limited(raw, self.ingest_ms, self.max_record_bytes) {
             Ok(record) => {
                 self.stats.accepted += 1;
                 match self.dedup.check(&record.terminal_id, record.ts_ms, record.interval_s) {

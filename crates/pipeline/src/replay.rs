@@ -38,7 +38,7 @@ pub fn replay(inputs: &[PathBuf], mut pipeline: Pipeline) -> ReplayReport {
     let mut error = None;
     'inputs: for path in inputs {
         let mut source = match NdjsonFile::open(path) {
-            Ok(s) => s,
+            Ok(s) => s.with_max_record_bytes(pipeline.max_record_bytes()),
             Err(e) => {
                 error = Some(e.into());
                 break;
@@ -150,7 +150,7 @@ fn replay_blocks(inputs: &[PathBuf], mut pipeline: Pipeline, decoders: usize, bl
     let started = Instant::now();
     let decoders = decoders.max(1);
     let names: Vec<String> = inputs.iter().map(|p| p.display().to_string()).collect();
-    let (max_rows, clock) = (pipeline.max_rows(), pipeline.ingest_clock());
+    let (max_rows, clock, max_record) = (pipeline.max_rows(), pipeline.ingest_clock(), pipeline.max_record_bytes());
     // Bounds the blocks in flight (queued, decoding, waiting to be taken
     // back in order): memory stays at a few blocks per thread.
     let in_flight = decoders * 3;
@@ -161,10 +161,10 @@ fn replay_blocks(inputs: &[PathBuf], mut pipeline: Pipeline, decoders: usize, bl
     let (recycle_tx, recycle_rx) = mpsc::channel::<Vec<u8>>();
 
     let (read_result, sequenced) = std::thread::scope(|scope| {
-        let reader = scope.spawn(move || read_blocks(inputs, block_bytes, credit_tx, work_tx, recycle_rx));
+        let reader = scope.spawn(move || read_blocks(inputs, block_bytes, max_record, credit_tx, work_tx, recycle_rx));
         for _ in 0..decoders {
             let (work_rx, done_tx) = (Arc::clone(&work_rx), done_tx.clone());
-            scope.spawn(move || decode_blocks(&work_rx, &done_tx, max_rows, clock));
+            scope.spawn(move || decode_blocks(&work_rx, &done_tx, max_rows, max_record, clock));
         }
         drop((work_rx, done_tx));
         let sequenced = sequence(&mut pipeline, &names, done_rx, credit_rx, recycle_tx);
@@ -184,6 +184,7 @@ fn replay_blocks(inputs: &[PathBuf], mut pipeline: Pipeline, decoders: usize, bl
 fn read_blocks(
     inputs: &[PathBuf],
     block_bytes: usize,
+    max_record_bytes: usize,
     credit: mpsc::SyncSender<()>,
     work: mpsc::SyncSender<(u64, RawBlock)>,
     recycle: mpsc::Receiver<Vec<u8>>,
@@ -191,7 +192,7 @@ fn read_blocks(
     let (mut bytes, mut seq) = (0u64, 0u64);
     for (input, path) in inputs.iter().enumerate() {
         let mut source = match NdjsonFile::open(path) {
-            Ok(s) => s,
+            Ok(s) => s.with_max_record_bytes(max_record_bytes),
             Err(e) => return (bytes, Some(e.into())),
         };
         loop {
@@ -218,6 +219,7 @@ fn decode_blocks(
     work: &Mutex<mpsc::Receiver<(u64, RawBlock)>>,
     done: &mpsc::SyncSender<(u64, Decoded)>,
     max_rows: usize,
+    max_record_bytes: usize,
     clock: fn() -> i64,
 ) {
     let mut builder = termwatch_telemetry::BatchBuilder::with_capacity(max_rows);
@@ -228,7 +230,7 @@ fn decode_blocks(
             Err(_) => return,
         };
         let Ok((seq, raw)) = next else { return };
-        let decoded = decode_block(raw, &mut builder, max_rows, clock());
+        let decoded = decode_block(raw, &mut builder, max_rows, max_record_bytes, clock());
         if done.send((seq, decoded)).is_err() {
             return;
         }
@@ -239,6 +241,7 @@ fn decode_block(
     raw: RawBlock,
     builder: &mut termwatch_telemetry::BatchBuilder,
     max_rows: usize,
+    max_record_bytes: usize,
     ingest_ms: i64,
 ) -> Decoded {
     let (mut read, mut blank, mut rejected, mut batches) = (0, 0, Vec::new(), Ok(Vec::new()));
@@ -255,7 +258,7 @@ fn decode_block(
             blank += 1;
         } else {
             read += 1;
-            match termwatch_telemetry::decode(line, ingest_ms) {
+            match termwatch_telemetry::decode_limited(line, ingest_ms, max_record_bytes) {
                 Ok(record) => {
                     if let Ok(out) = &mut batches {
                         let appended = builder.append(&record).and_then(|()| {
@@ -398,10 +401,20 @@ mod tests {
         parallel: Option<(usize, usize)>,
         max_rows: usize,
     ) -> (ReplayReport, Vec<Row>, Vec<String>) {
+        run_limited(inputs, parallel, max_rows, termwatch_telemetry::MAX_RECORD_BYTES)
+    }
+
+    fn run_limited(
+        inputs: &[PathBuf],
+        parallel: Option<(usize, usize)>,
+        max_rows: usize,
+        max_record_bytes: usize,
+    ) -> (ReplayReport, Vec<Row>, Vec<String>) {
         let (rows, dead) = (Rows::default(), Dead::default());
         let config = BatchConfig { max_rows, max_age: Duration::from_secs(3600) };
-        let pipeline =
-            Pipeline::new(config, vec![Box::new(rows.clone())], Box::new(dead.clone())).with_ingest_clock(|| NOW);
+        let pipeline = Pipeline::new(config, vec![Box::new(rows.clone())], Box::new(dead.clone()))
+            .with_ingest_clock(|| NOW)
+            .with_max_record_bytes(max_record_bytes);
         let report = match parallel {
             None => replay(inputs, pipeline),
             Some((decoders, block)) => replay_blocks(inputs, pipeline, decoders, block),
@@ -492,6 +505,40 @@ mod tests {
         assert_eq!(got_err, want_err);
         assert!(!rows.is_empty());
         assert_eq!(rows, want_rows, "what was read before the damage reaches the sinks");
+    }
+
+    /// `[limits] max_record_bytes` (here 300): what both readers keep and
+    /// what decoding refuses move together.
+    #[test]
+    fn a_configured_record_limit_applies_to_both_readers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ok = |t: &str| format!(r#"{{"terminal_id":"{t}","ts":{},"region":"r"}}"#, NOW - 60_000);
+        let padded = |n: usize| {
+            let head = format!(r#"{{"terminal_id":"T-p","ts":{},"region":"r","pad":""#, NOW - 60_000);
+            format!("{head}{}\"}}", "x".repeat(n - head.len() - 2))
+        };
+        assert_eq!(padded(300).len(), 300);
+        let lines = [ok("T-1"), padded(300), padded(301), ok("T-2"), padded(100_000)];
+        let path = dir.path().join("limited.ndjson");
+        std::fs::write(&path, lines.join("\n")).expect("write");
+        let inputs = [path];
+        for parallel in [None, Some((2, 64)), Some((1, 1 << 20))] {
+            let (got, rows, dead) = run_limited(&inputs, parallel, 8192, 300);
+            let case = format!("{parallel:?}");
+            assert!(got.error.is_none(), "{case}: {:?}", got.error);
+            let names: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+            assert_eq!(names, ["T-1", "T-p", "T-2"], "{case}: a record of exactly the limit is taken");
+            let too_large: Vec<u64> = dead
+                .iter()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
+                .filter(|d| d["problem"] == "too_large")
+                .map(|d| d["line"].as_u64().expect("line"))
+                .collect();
+            assert_eq!(too_large, [3, 5], "{case}");
+        }
+        // The default limit takes them all.
+        let (_, rows, _) = run(&inputs, None, 8192);
+        assert_eq!(rows.len(), 5);
     }
 
     #[test]

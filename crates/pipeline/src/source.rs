@@ -41,6 +41,8 @@ pub struct NdjsonFile {
     /// A read error met after some whole lines of a block: those lines are
     /// returned first, the error on the next call.
     pending: Option<SourceError>,
+    /// Of a longer line only a few bytes more than this are kept.
+    max_record_bytes: usize,
 }
 
 /// Whole lines of an input read in one piece by [`NdjsonFile::next_block`].
@@ -67,7 +69,16 @@ impl NdjsonFile {
         } else {
             Box::new(raw)
         };
-        Ok(NdjsonFile { path: name, reader, gzip, line: 0, offset: 0, buf: Vec::with_capacity(4096), pending: None })
+        Ok(NdjsonFile {
+            path: name,
+            reader,
+            gzip,
+            line: 0,
+            offset: 0,
+            buf: Vec::with_capacity(4096),
+            pending: None,
+            max_record_bytes: MAX_RECORD_BYTES,
+        })
     }
 
     /// From any reader (stdin, a socket, a test buffer); `name` is what
@@ -81,7 +92,16 @@ impl NdjsonFile {
             offset: 0,
             buf: Vec::with_capacity(4096),
             pending: None,
+            max_record_bytes: MAX_RECORD_BYTES,
         }
+    }
+
+    /// The longest record taken (default [`MAX_RECORD_BYTES`]): of a longer
+    /// line only a few bytes past it are kept, so that decoding with the
+    /// same limit rejects it as too large.
+    pub fn with_max_record_bytes(mut self, max_record_bytes: usize) -> Self {
+        self.max_record_bytes = max_record_bytes;
+        self
     }
 
     pub fn path(&self) -> &str {
@@ -101,7 +121,7 @@ impl NdjsonFile {
     /// ends first, into `out` (replacing its content): the unit of work of a
     /// parallel replay, which splits lines on its decoding threads. One copy
     /// out of the read buffer, and each byte searched for a newline once.
-    /// A line longer than [`MAX_RECORD_BYTES`] is kept only up to two bytes
+    /// A line longer than the record limit is kept only up to two bytes
     /// past it (so that decoding rejects it as too large) and ends the
     /// block: the rest of it is skipped, and the positions of the lines
     /// after it stay right. `None` at the end of the input. Do not mix with
@@ -143,9 +163,9 @@ impl NdjsonFile {
                 last_newline = Some(base + i);
             }
             let line_start = last_newline.map_or(0, |i| i + 1);
-            if out.len() - line_start > MAX_RECORD_BYTES {
+            if out.len() - line_start > self.max_record_bytes {
                 // Two bytes past: still too long once a final '\r' is taken off.
-                let keep = line_start + MAX_RECORD_BYTES + 2;
+                let keep = line_start + self.max_record_bytes + 2;
                 skipped = (out.len() - keep) as u64;
                 out.truncate(keep);
                 match self.skip_line() {
@@ -215,7 +235,7 @@ impl NdjsonFile {
 
     /// The next line, or `None` at the end of the input. A read error
     /// (including a corrupt gzip stream) names the file and the last line
-    /// read whole. Of a line longer than [`MAX_RECORD_BYTES`] only the
+    /// read whole. Of a line longer than the record limit only the
     /// first bytes are kept (decoding rejects it as too large); the rest is
     /// read past, so memory stays bounded whatever the input.
     pub fn next_line(&mut self) -> Result<Option<Line<'_>>, SourceError> {
@@ -223,7 +243,7 @@ impl NdjsonFile {
         let mut consumed = 0u64;
         // Room for the longest line taken and its "\r\n": one byte more is
         // a line too long, whatever its end.
-        let keep = MAX_RECORD_BYTES + 3;
+        let keep = self.max_record_bytes + 3;
         loop {
             let chunk = match self.reader.fill_buf() {
                 Ok(c) => c,

@@ -97,7 +97,7 @@ pub enum Problem {
     Inconsistent,
     /// The same field appears twice in one object.
     Duplicate,
-    /// The record is longer than [`MAX_RECORD_BYTES`].
+    /// The record is longer than the limit ([`MAX_RECORD_BYTES`] by default).
     TooLarge,
 }
 
@@ -169,18 +169,25 @@ impl fmt::Display for Rejection {
 
 impl std::error::Error for Rejection {}
 
-/// The longest record taken, in bytes. A report is a few hundred bytes:
+/// The longest record taken by default, in bytes (`[limits]
+/// max_record_bytes` sets another). A report is a few hundred bytes:
 /// anything near this is not one, and reading it whole (a line of 2 GB)
 /// would cost memory and time for nothing. Sources keep at most a few bytes
 /// more of a longer line (so that it is still too long here) and skip the
 /// rest.
 pub const MAX_RECORD_BYTES: usize = 1 << 20;
 
-/// Decodes and validates one record. `ingest_ms` is the time of ingestion,
-/// against which a `ts` more than 24 h ahead is refused; callers refresh it
-/// per batch rather than per record.
+/// Decodes and validates one record of at most [`MAX_RECORD_BYTES`].
+/// `ingest_ms` is the time of ingestion, against which a `ts` more than 24 h
+/// ahead is refused; callers refresh it per batch rather than per record.
 pub fn decode(bytes: &[u8], ingest_ms: i64) -> Result<Telemetry<'_>, Rejection> {
-    let text = record_text(bytes)?;
+    decode_limited(bytes, ingest_ms, MAX_RECORD_BYTES)
+}
+
+/// [`decode`], refusing records longer than `max_record_bytes` as
+/// `(record):too_large`.
+pub fn decode_limited(bytes: &[u8], ingest_ms: i64, max_record_bytes: usize) -> Result<Telemetry<'_>, Rejection> {
+    let text = record_text(bytes, max_record_bytes)?;
     // The fast reader takes the usual record; anything else, rejections
     // included, is read again by serde_json, which names the problem.
     if let Some(mut flat) = crate::flat::Flat::open(text) {
@@ -200,7 +207,7 @@ pub fn decode(bytes: &[u8], ingest_ms: i64) -> Result<Telemetry<'_>, Rejection> 
 /// The fuzzer (`fuzz/`) checks that both give the same answer on any input.
 #[doc(hidden)]
 pub fn decode_reference(bytes: &[u8], ingest_ms: i64) -> Result<Telemetry<'_>, Rejection> {
-    decode_serde(record_text(bytes)?, ingest_ms)
+    decode_serde(record_text(bytes, MAX_RECORD_BYTES)?, ingest_ms)
 }
 
 /// The checks on the record as a whole, before any parsing: its size, and
@@ -208,12 +215,12 @@ pub fn decode_reference(bytes: &[u8], ingest_ms: i64) -> Result<Telemetry<'_>, R
 /// ASCII) costs far less than serde_json's check of every string and key
 /// one by one, which parsing from a `str` skips. It also rejects a record
 /// whose invalid bytes sit in an ignored field, which the contract asks for.
-fn record_text(bytes: &[u8]) -> Result<&str, Rejection> {
-    if bytes.len() > MAX_RECORD_BYTES {
+fn record_text(bytes: &[u8], max_record_bytes: usize) -> Result<&str, Rejection> {
+    if bytes.len() > max_record_bytes {
         return Err(Rejection::new(
             Field::Record,
             Problem::TooLarge,
-            format!("the record is longer than {MAX_RECORD_BYTES} bytes"),
+            format!("the record is longer than {max_record_bytes} bytes"),
         ));
     }
     std::str::from_utf8(bytes)

@@ -10,5 +10,5 @@ mod flat;
 pub mod time;
 
 pub use batch::{BatchBuilder, telemetry_schema};
-pub use decode::{MAX_RECORD_BYTES, Problem, Rejection, Telemetry, decode};
+pub use decode::{MAX_RECORD_BYTES, Problem, Rejection, Telemetry, decode, decode_limited};
 pub use fields::{Counter, Field, Label, Measure, NetType};
