@@ -97,9 +97,23 @@ impl SnapshotRef<'_> {
 impl Snapshot {
     /// Reads and checks a snapshot.
     pub fn load(path: &Path) -> Result<Snapshot, SnapshotError> {
-        let bytes = read_checked(path, MAGIC)?;
-        postcard::from_bytes(&bytes[HEADER..])
-            .map_err(|e| SnapshotError::Decode { path: path.display().to_string(), cause: e.to_string() })
+        let p = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|cause| SnapshotError::Read { path: p.clone(), cause })?;
+        Snapshot::from_bytes(&bytes, &p)
+    }
+
+    /// Checks and decodes the bytes of a snapshot file; `name` is what errors call it.
+    pub fn from_bytes(bytes: &[u8], name: &str) -> Result<Snapshot, SnapshotError> {
+        check(bytes, MAGIC, name)?;
+        Snapshot::from_payload(&bytes[HEADER..], name)
+    }
+
+    /// Decodes a payload whose header was checked (the fuzzer calls it on
+    /// any bytes, past the checksum that random bytes never pass).
+    #[doc(hidden)]
+    pub fn from_payload(payload: &[u8], name: &str) -> Result<Snapshot, SnapshotError> {
+        postcard::from_bytes(payload)
+            .map_err(|e| SnapshotError::Decode { path: name.to_string(), cause: e.to_string() })
     }
 }
 
@@ -128,9 +142,22 @@ impl PartitionSnapshot {
     }
 
     pub fn load(path: &Path) -> Result<PartitionSnapshot, SnapshotError> {
-        let bytes = read_checked(path, PARTITION_MAGIC)?;
-        postcard::from_bytes(&bytes[HEADER..])
-            .map_err(|e| SnapshotError::Decode { path: path.display().to_string(), cause: e.to_string() })
+        let p = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|cause| SnapshotError::Read { path: p.clone(), cause })?;
+        PartitionSnapshot::from_bytes(&bytes, &p)
+    }
+
+    /// Checks and decodes the bytes of a partition snapshot file.
+    pub fn from_bytes(bytes: &[u8], name: &str) -> Result<PartitionSnapshot, SnapshotError> {
+        check(bytes, PARTITION_MAGIC, name)?;
+        PartitionSnapshot::from_payload(&bytes[HEADER..], name)
+    }
+
+    /// Decodes a payload whose header was checked (see [`Snapshot::from_payload`]).
+    #[doc(hidden)]
+    pub fn from_payload(payload: &[u8], name: &str) -> Result<PartitionSnapshot, SnapshotError> {
+        postcard::from_bytes(payload)
+            .map_err(|e| SnapshotError::Decode { path: name.to_string(), cause: e.to_string() })
     }
 }
 
@@ -164,10 +191,9 @@ fn write_atomic(path: &Path, magic: &[u8; 6], payload: &[u8]) -> Result<u64, Sna
     Ok((HEADER + payload.len()) as u64)
 }
 
-/// Reads a snapshot file and checks its magic, format and checksum.
-fn read_checked(path: &Path, magic: &[u8; 6]) -> Result<Vec<u8>, SnapshotError> {
-    let p = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|cause| SnapshotError::Read { path: p.clone(), cause })?;
+/// Checks a snapshot file's magic, format and checksum.
+fn check(bytes: &[u8], magic: &[u8; 6], name: &str) -> Result<(), SnapshotError> {
+    let p = name.to_string();
     if bytes.len() < HEADER || &bytes[..6] != magic {
         return Err(SnapshotError::NotASnapshot { path: p });
     }
@@ -182,7 +208,7 @@ fn read_checked(path: &Path, magic: &[u8; 6]) -> Result<Vec<u8>, SnapshotError> 
     if u64::from_le_bytes(sum) != fnv1a(FNV_OFFSET, &bytes[HEADER..]) {
         return Err(SnapshotError::Checksum { path: p });
     }
-    Ok(bytes)
+    Ok(())
 }
 
 #[cfg(test)]
