@@ -81,6 +81,8 @@ struct State {
     dropping: HashSet<[String; 3]>,
     /// Inputs whose series are exported now.
     sources: HashSet<String>,
+    /// The engine's limit counts told to the counters so far.
+    limit_counts: [u64; 4],
 }
 
 impl State {
@@ -130,6 +132,11 @@ pub struct AlertMetrics {
     snapshot_failures: IntCounter,
     snapshot_success: Gauge,
     regions_cut_off: IntGauge,
+    forgotten: IntCounterVec,
+    refused: IntCounterVec,
+    terminals_limit: IntGauge,
+    delivery_failures: IntCounterVec,
+    topic_pending: IntGauge,
     state: Arc<Mutex<State>>,
 }
 
@@ -346,8 +353,77 @@ impl AlertMetrics {
                      score series. Regions are a closed set; a rising value means invented region names.",
                 )?,
             )?,
+            forgotten: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "termwatch_terminals_forgotten_total",
+                        "Terminals whose state scoring let go: reason idle (silent for limits.idle_terminal_days) \
+                         or capacity (the longest silent, to make room under limits.max_terminals). One that comes \
+                         back learns again from its cohort.",
+                    ),
+                    &["reason"],
+                )?,
+            )?,
+            refused: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "termwatch_reports_refused_total",
+                        "Valid reports not scored because their terminal could not be held: limit terminals (at \
+                         limits.max_terminals with every terminal reporting) or regions (a region beyond \
+                         limits.max_regions).",
+                    ),
+                    &["limit"],
+                )?,
+            )?,
+            terminals_limit: register(
+                registry,
+                IntGauge::new("termwatch_terminals_limit", "limits.max_terminals: the most terminals held.")?,
+            )?,
+            delivery_failures: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "termwatch_alert_delivery_failures_total",
+                        "Alert event outputs that failed: output stdout (a write; the events are not written \
+                         there, scoring goes on) or kafka (a delivery round of the alerts topic; the events wait \
+                         and are sent again, and no snapshot or commit is taken until they are delivered).",
+                    ),
+                    &["output"],
+                )?,
+            )?,
+            topic_pending: register(
+                registry,
+                IntGauge::new(
+                    "termwatch_alert_topic_pending_events",
+                    "Alert events waiting for the alerts topic (kafka.alerts_topic) to take them.",
+                )?,
+            )?,
             state: Arc::new(Mutex::new(State::default())),
         })
+        .inspect(|m: &AlertMetrics| {
+            for output in ["stdout", "kafka"] {
+                m.delivery_failures.with_label_values(&[output]);
+            }
+            // Zero from the start, so that rate() and increase() see the first one.
+            for reason in ["idle", "capacity"] {
+                m.forgotten.with_label_values(&[reason]);
+            }
+            for limit in ["terminals", "regions"] {
+                m.refused.with_label_values(&[limit]);
+            }
+        })
+    }
+
+    /// An alert event output that failed (`stdout` or `kafka`).
+    pub fn delivery_failed(&self, output: &str) {
+        self.delivery_failures.with_label_values(&[output]).inc();
+    }
+
+    /// Alert events waiting for the alerts topic.
+    pub fn topic_pending(&self, events: usize) {
+        self.topic_pending.set(events as i64);
     }
 
     /// A snapshot round that failed.
@@ -426,11 +502,26 @@ impl AlertMetrics {
         }
         self.export_event_time(&mut state, view.engine);
         self.tracked_terminals.set(view.engine.tracked_terminals() as i64);
+        self.export_limits(&mut state, view.engine);
         self.tracked_alert_entities.set(view.alerts.len() as i64);
         if scored || !view.events.is_empty() || !state.primed {
             self.export_top_k(&mut state, view);
             state.primed = true;
         }
+    }
+
+    /// What the engine's limits forgot and refused.
+    fn export_limits(&self, state: &mut State, engine: &FeatureEngine) {
+        self.terminals_limit.set(engine.limits().max_terminals as i64);
+        let c = engine.limit_counts();
+        let now = [c.evicted_idle, c.evicted_capacity, c.refused_terminals, c.refused_regions];
+        let was = std::mem::replace(&mut state.limit_counts, now);
+        // The engine's counts restart when a snapshot replaces it.
+        let delta = |i: usize| if now[i] >= was[i] { now[i] - was[i] } else { now[i] };
+        self.forgotten.with_label_values(&["idle"]).inc_by(delta(0));
+        self.forgotten.with_label_values(&["capacity"]).inc_by(delta(1));
+        self.refused.with_label_values(&["terminals"]).inc_by(delta(2));
+        self.refused.with_label_values(&["regions"]).inc_by(delta(3));
     }
 
     /// Drops by reason and region, each input's progress, and the terminals
@@ -569,7 +660,7 @@ mod tests {
     use termwatch_telemetry::alerts::Reason;
 
     /// Every metric family this module exports (a test checks each is emitted).
-    const METRIC_NAMES: [&str; 20] = [
+    const METRIC_NAMES: [&str; 25] = [
         "termwatch_alerts_firing",
         "termwatch_alert_events_total",
         "termwatch_region_network_score",
@@ -590,6 +681,11 @@ mod tests {
         "termwatch_state_snapshot_failures_total",
         "termwatch_state_snapshot_last_success_timestamp_seconds",
         "termwatch_regions_cut_off",
+        "termwatch_terminals_forgotten_total",
+        "termwatch_reports_refused_total",
+        "termwatch_terminals_limit",
+        "termwatch_alert_delivery_failures_total",
+        "termwatch_alert_topic_pending_events",
     ];
 
     const T0: i64 = 1_790_000_000_000;
@@ -735,6 +831,39 @@ mod tests {
         let total: u64 = (0..3).map(|r| metrics.region_reports.with_label_values(&[&format!("r-{r}")]).get()).sum();
         assert_eq!(total + 12, 24, "every report counted once");
         assert_eq!(metrics.regions_cut_off.get(), 3);
+    }
+
+    #[test]
+    fn what_the_limits_forget_and_refuse_is_counted() {
+        use termwatch_features::Limits;
+        use termwatch_telemetry::{BatchBuilder, decode};
+        let registry = Registry::new();
+        let metrics = AlertMetrics::register(&registry).expect("register");
+        let tracker = AlertingConfig::default().build().expect("tracker");
+        let mut engine = FeatureEngine::new(FeatureConfig::default());
+        engine.set_limits(Limits { max_terminals: 2, max_regions: 1, ..Limits::default() });
+        let mut builder = BatchBuilder::with_capacity(8);
+        for (t, region) in [("T-0", "r-0"), ("T-1", "r-0"), ("T-2", "r-0"), ("T-3", "r-0"), ("T-4", "r-1")] {
+            let line = format!(r#"{{"terminal_id":"{t}","ts":{T0},"region":"{region}"}}"#);
+            builder.append(&decode(line.as_bytes(), T0).expect("valid")).expect("append");
+        }
+        engine.process_batch(&builder.finish().expect("batch"));
+        let view = AlertView {
+            alerts: &tracker,
+            engine: &engine,
+            events: &[],
+            scores: &[],
+            region_scores: &[],
+            model_version: "m",
+            now_ms: T0,
+        };
+        metrics.observe(&view);
+        metrics.observe(&view);
+        assert_eq!(metrics.refused.with_label_values(&["terminals"]).get(), 2);
+        assert_eq!(metrics.refused.with_label_values(&["regions"]).get(), 1);
+        assert_eq!(metrics.forgotten.with_label_values(&["capacity"]).get(), 0, "both held have a window open");
+        assert_eq!(metrics.terminals_limit.get(), 2);
+        assert_eq!(metrics.tracked_terminals.get(), 2);
     }
 
     /// Streams a small simulated fleet with faults through the default model

@@ -22,6 +22,50 @@ pub struct Config {
     pub metrics: MetricsSettings,
     /// Snapshots of what scoring has learned.
     pub state: StateSettings,
+    /// Bounds on what scoring holds in memory, whatever the input.
+    pub limits: LimitSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitSettings {
+    /// The most terminals held. A new one beyond it makes room by
+    /// forgetting the longest-silent terminals; if all are reporting, its
+    /// reports are refused and counted. Default 500000 (about 450 MB).
+    pub max_terminals: usize,
+    /// A terminal silent this long (in event time) is forgotten; if it comes
+    /// back it learns again from its cohort, as a new terminal does.
+    /// Default 14.
+    pub idle_terminal_days: f64,
+    /// The most regions; reports from further regions are refused and
+    /// counted. Default 10000.
+    pub max_regions: usize,
+    /// Records longer than this many bytes are rejected as
+    /// `(record):too_large` (to the dead-letter topic, the start of them).
+    /// Default 1048576 (1 MiB); 256 to 16777216.
+    pub max_record_bytes: usize,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        let d = termwatch_features::Limits::default();
+        LimitSettings {
+            max_terminals: d.max_terminals,
+            idle_terminal_days: d.idle_terminal_ms as f64 / 86_400_000.0,
+            max_regions: d.max_regions,
+            max_record_bytes: termwatch_telemetry::MAX_RECORD_BYTES,
+        }
+    }
+}
+
+impl LimitSettings {
+    pub fn limits(&self) -> termwatch_features::Limits {
+        termwatch_features::Limits {
+            max_terminals: self.max_terminals,
+            idle_terminal_ms: (self.idle_terminal_days * 86_400_000.0) as i64,
+            max_regions: self.max_regions,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,11 +111,15 @@ impl BatchSettings {
 pub struct MetricsSettings {
     /// Listen address. Default `0.0.0.0:9464`.
     pub listen: SocketAddr,
+    /// TLS and basic auth, in the format of Prometheus' exporter-toolkit
+    /// `web.config.file` (`tls_server_config`, `basic_auth_users` with
+    /// bcrypt hashes). Default: none (plain HTTP, no authentication).
+    pub web_config_file: Option<std::path::PathBuf>,
 }
 
 impl Default for MetricsSettings {
     fn default() -> Self {
-        MetricsSettings { listen: SocketAddr::from(([0, 0, 0, 0], 9464)) }
+        MetricsSettings { listen: SocketAddr::from(([0, 0, 0, 0], 9464)), web_config_file: None }
     }
 }
 
@@ -88,8 +136,13 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("TERMWATCH_BATCH_MAX_ROWS", "batch.max_rows"),
     ("TERMWATCH_BATCH_MAX_MS", "batch.max_ms"),
     ("TERMWATCH_METRICS_LISTEN", "metrics.listen"),
+    ("TERMWATCH_METRICS_WEB_CONFIG_FILE", "metrics.web_config_file"),
     ("TERMWATCH_STATE_PATH", "state.path"),
     ("TERMWATCH_STATE_INTERVAL_S", "state.interval_s"),
+    ("TERMWATCH_LIMITS_MAX_TERMINALS", "limits.max_terminals"),
+    ("TERMWATCH_LIMITS_IDLE_TERMINAL_DAYS", "limits.idle_terminal_days"),
+    ("TERMWATCH_LIMITS_MAX_REGIONS", "limits.max_regions"),
+    ("TERMWATCH_LIMITS_MAX_RECORD_BYTES", "limits.max_record_bytes"),
 ];
 const PROPERTY_PREFIX: &str = "TERMWATCH_KAFKA_PROPERTY_";
 /// Variables that are not configuration (logging).
@@ -135,8 +188,19 @@ impl Config {
                 "TERMWATCH_BATCH_MAX_ROWS" => self.batch.max_rows = value.parse().with_context(parse_err)?,
                 "TERMWATCH_BATCH_MAX_MS" => self.batch.max_ms = value.parse().with_context(parse_err)?,
                 "TERMWATCH_METRICS_LISTEN" => self.metrics.listen = value.parse().with_context(parse_err)?,
+                "TERMWATCH_METRICS_WEB_CONFIG_FILE" => self.metrics.web_config_file = Some(value.into()),
                 "TERMWATCH_STATE_PATH" => self.state.path = Some(value.into()),
                 "TERMWATCH_STATE_INTERVAL_S" => self.state.interval_s = value.parse().with_context(parse_err)?,
+                "TERMWATCH_LIMITS_MAX_TERMINALS" => {
+                    self.limits.max_terminals = value.parse().with_context(parse_err)?
+                }
+                "TERMWATCH_LIMITS_IDLE_TERMINAL_DAYS" => {
+                    self.limits.idle_terminal_days = value.parse().with_context(parse_err)?
+                }
+                "TERMWATCH_LIMITS_MAX_REGIONS" => self.limits.max_regions = value.parse().with_context(parse_err)?,
+                "TERMWATCH_LIMITS_MAX_RECORD_BYTES" => {
+                    self.limits.max_record_bytes = value.parse().with_context(parse_err)?
+                }
                 k if k.starts_with(PROPERTY_PREFIX) && k.len() > PROPERTY_PREFIX.len() => {
                     let property = k[PROPERTY_PREFIX.len()..].to_ascii_lowercase().replace('_', ".");
                     self.kafka.properties.insert(property, value);
@@ -176,6 +240,19 @@ impl Config {
         if !(1..=3600).contains(&self.kafka.shutdown_grace_s) {
             bail!("kafka.shutdown_grace_s must be 1..=3600, not {}", self.kafka.shutdown_grace_s);
         }
+        if !(1..=100_000_000).contains(&self.limits.max_terminals) {
+            bail!("limits.max_terminals must be 1..=100000000, not {}", self.limits.max_terminals);
+        }
+        let days = self.limits.idle_terminal_days;
+        if !(days.is_finite() && (1.0 / 24.0..=3650.0).contains(&days)) {
+            bail!("limits.idle_terminal_days must be a number of days, 1/24..=3650, not {days}");
+        }
+        if !(256..=16_777_216).contains(&self.limits.max_record_bytes) {
+            bail!("limits.max_record_bytes must be 256..=16777216, not {}", self.limits.max_record_bytes);
+        }
+        if !(1..=10_000_000).contains(&self.limits.max_regions) {
+            bail!("limits.max_regions must be 1..=10000000, not {}", self.limits.max_regions);
+        }
         if self.kafka.topics.contains(&self.kafka.dead_letter_topic) {
             bail!("kafka.dead_letter_topic {:?} is also consumed: rejects would loop", self.kafka.dead_letter_topic);
         }
@@ -205,7 +282,7 @@ fn file_error(path: &Path, text: &str, e: &toml::de::Error) -> String {
 
 /// serde's "invalid type: string \"hunter2\", expected u64", without the
 /// value; other messages name keys and types only and are kept.
-fn without_values(message: &str) -> String {
+pub(crate) fn without_values(message: &str) -> String {
     let message = message.lines().next().unwrap_or("").trim();
     for kind in ["invalid type", "invalid value", "invalid length", "unknown variant"] {
         if message.starts_with(kind) {
@@ -315,6 +392,29 @@ interval_s = 30
         let err =
             format!("{:#}", Config::load(None, env(&[("TERMWATCH_STATE_INTERVAL_S", "hunter2")])).expect_err("bad"));
         assert!(err.contains("TERMWATCH_STATE_INTERVAL_S") && !err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn limits_from_file_and_env_and_out_of_range() {
+        let f = write("[limits]\nmax_terminals = 1000\nidle_terminal_days = 2\nmax_record_bytes = 4096\n");
+        let c = Config::load(Some(f.path()), env(&[("TERMWATCH_LIMITS_MAX_REGIONS", "50")])).expect("valid");
+        let l = c.limits.limits();
+        assert_eq!((l.max_terminals, l.idle_terminal_ms, l.max_regions), (1000, 2 * 86_400_000, 50));
+        assert_eq!(c.limits.max_record_bytes, 4096);
+        assert_eq!(
+            Config::load(None, env(&[])).expect("defaults").limits.limits(),
+            termwatch_features::Limits::default()
+        );
+        for (var, value) in [
+            ("TERMWATCH_LIMITS_MAX_TERMINALS", "0"),
+            ("TERMWATCH_LIMITS_IDLE_TERMINAL_DAYS", "NaN"),
+            ("TERMWATCH_LIMITS_IDLE_TERMINAL_DAYS", "0"),
+            ("TERMWATCH_LIMITS_MAX_REGIONS", "0"),
+            ("TERMWATCH_LIMITS_MAX_RECORD_BYTES", "100"),
+        ] {
+            let err = format!("{:#}", Config::load(None, env(&[(var, value)])).expect_err("out of range"));
+            assert!(err.contains("limits."), "{var}={value}: {err}");
+        }
     }
 
     #[test]

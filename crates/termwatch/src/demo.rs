@@ -52,6 +52,10 @@ pub struct DemoArgs {
     /// Where to serve /metrics, /healthz and /readyz.
     #[arg(long, default_value = "127.0.0.1:9464")]
     metrics_listen: SocketAddr,
+    /// TLS and basic auth of the metrics endpoint: a file in the format of
+    /// Prometheus' exporter-toolkit web.config.file.
+    #[arg(long, value_name = "FILE")]
+    web_config_file: Option<std::path::PathBuf>,
     /// The model artifact that scores the stream; alerts print as they fire.
     #[arg(long, value_name = "FILE", default_value = crate::models_cmd::DEFAULT_MODELS)]
     models: std::path::PathBuf,
@@ -157,8 +161,9 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let config = Config {
         kafka,
         batch: BatchSettings { max_rows: 4096, max_ms: 200 },
-        metrics: MetricsSettings { listen: args.metrics_listen },
+        metrics: MetricsSettings { listen: args.metrics_listen, web_config_file: args.web_config_file.clone() },
         state: Default::default(),
+        limits: Default::default(),
     };
 
     let produced = Arc::new(Produced::default());
@@ -192,7 +197,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
     let result = runtime.block_on(async {
         let service = Service::start(&config, registry, sinks).await?;
-        println!("metrics: http://{}/metrics", service.metrics_addr);
+        println!("metrics: {}://{}/metrics", service.metrics_scheme, service.metrics_addr);
         let started = Instant::now();
         let mut tick = tokio::time::interval(Duration::from_secs(2));
         let signal = shutdown_signal();

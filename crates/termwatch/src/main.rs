@@ -81,6 +81,10 @@ struct ReplayArgs {
     /// written at the end, so a later replay or `termwatch run` continues from it.
     #[arg(long, value_name = "FILE", requires = "alerts")]
     state: Option<PathBuf>,
+    /// Records longer than this many bytes are rejected as (record):too_large, read past in bounded memory.
+    #[arg(long, default_value_t = termwatch_telemetry::MAX_RECORD_BYTES as u64,
+        value_parser = clap::value_parser!(u64).range(256..=16_777_216))]
+    max_record_bytes: u64,
     #[command(flatten)]
     batch: BatchArgs,
 }
@@ -149,7 +153,8 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         sinks.push(Box::new(sink));
     }
     let dead_letters = FileDeadLetters::create(&args.dead_letter)?;
-    let pipeline = Pipeline::new(args.batch.config(), sinks, Box::new(dead_letters));
+    let pipeline = Pipeline::new(args.batch.config(), sinks, Box::new(dead_letters))
+        .with_max_record_bytes(args.max_record_bytes as usize);
     let report = termwatch_pipeline::replay_parallel(&args.inputs, pipeline, decoders());
     println!("{}", summary(&report));
     match report.error {

@@ -421,6 +421,11 @@ pub struct AlertSink {
     state_dir: Option<StateDir>,
     /// Alert events also go to this Kafka topic.
     topic: Option<crate::alert_topic::AlertTopic>,
+    /// Standard output of a service: a write that fails is counted and
+    /// logged, not fatal (the alerts topic and `/metrics` carry the events).
+    best_effort_out: bool,
+    /// When a failing output was last logged: once a minute is enough.
+    last_warned: Option<std::time::Instant>,
 }
 
 /// A snapshot file and its schedule.
@@ -514,14 +519,71 @@ impl AlertSink {
             // The model version and the gauges are on /metrics before the first batch.
             m.update(&mut scorer, &[]);
         }
-        Ok(AlertSink { scorer, name, out, format, written: 0, metrics, state: None, state_dir: None, topic: None })
+        Ok(AlertSink {
+            scorer,
+            name,
+            out,
+            format,
+            written: 0,
+            metrics,
+            state: None,
+            state_dir: None,
+            topic: None,
+            best_effort_out: false,
+            last_warned: None,
+        })
     }
 
-    /// Sends every alert event to a Kafka topic too; a batch whose events
-    /// are not delivered fails, so its offsets are not committed.
+    /// Bounds what scoring holds in memory (see `termwatch_features::Limits`).
+    pub fn with_limits(mut self, limits: termwatch_features::Limits) -> AlertSink {
+        self.scorer.set_limits(limits);
+        self
+    }
+
+    /// Sends every alert event to a Kafka topic too. With a state directory
+    /// events that cannot be delivered wait and are sent again, and no
+    /// snapshot is taken (so no offset committed) until they are: a restart
+    /// meanwhile replays them. Without one, a batch whose events are not
+    /// delivered fails, so its offsets are not committed.
     pub fn with_topic(mut self, topic: crate::alert_topic::AlertTopic) -> AlertSink {
         self.topic = Some(topic);
         self
+    }
+
+    /// The output is a service's standard output: a failed write is counted
+    /// (`termwatch_alert_delivery_failures_total{output="stdout"}`) and
+    /// logged once a minute, and scoring goes on.
+    pub fn best_effort_output(mut self) -> AlertSink {
+        self.best_effort_out = true;
+        self
+    }
+
+    /// A write to the output that failed: fatal unless best effort.
+    fn output_failed(&mut self, e: std::io::Error) -> Result<(), SinkError> {
+        if !self.best_effort_out {
+            return Err(SinkError::io(format!("cannot write {}", self.name), e));
+        }
+        if let Some(m) = &self.metrics {
+            m.delivery_failed("stdout");
+        }
+        if self.last_warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+            self.last_warned = Some(std::time::Instant::now());
+            tracing::warn!(output = %self.name, error = %e, "alert events cannot be written; scoring goes on");
+        }
+        Ok(())
+    }
+
+    fn flush_out(&mut self) -> Result<(), SinkError> {
+        match self.out.flush() {
+            Ok(()) => Ok(()),
+            Err(e) => self.output_failed(e),
+        }
+    }
+
+    /// Whether the alerts topic holds no undelivered event (so a snapshot
+    /// may cover everything consumed so far).
+    fn delivered(&self) -> bool {
+        self.topic.as_ref().is_none_or(crate::alert_topic::AlertTopic::settled)
     }
 
     /// Restores a snapshot if one is there, and snapshots to it from now on.
@@ -584,15 +646,35 @@ impl AlertSink {
                 AlertFormat::Ndjson => serde_json::to_string(&e).map_err(|e| SinkError::Other(e.to_string()))?,
                 AlertFormat::Human => human(&e),
             };
-            let name = &self.name;
-            writeln!(self.out, "{line}").map_err(|e| SinkError::io(format!("cannot write {name}"), e))?;
-            self.written += 1;
+            match writeln!(self.out, "{line}") {
+                Ok(()) => self.written += 1,
+                Err(e) => self.output_failed(e)?,
+            }
             if let Some(t) = &mut self.topic {
                 t.send(&e).map_err(SinkError::Other)?;
             }
         }
-        if let Some(t) = &mut self.topic {
-            t.flush().map_err(SinkError::Other)?;
+        let Some(t) = &mut self.topic else { return Ok(()) };
+        use crate::alert_topic::Delivery;
+        let (pending, error) = match t.flush() {
+            Delivery::Delivered => (0, None),
+            Delivery::Pending { events, error } => (events, Some(error)),
+            Delivery::Lost { error } => (t.pending_events(), Some(error)),
+        };
+        if let Some(m) = &self.metrics {
+            m.topic_pending(pending);
+        }
+        let Some(error) = error else { return Ok(()) };
+        if self.state_dir.is_none() {
+            // Nothing would hold the offsets back: the batch fails instead.
+            return Err(SinkError::Other(error));
+        }
+        if let Some(m) = &self.metrics {
+            m.delivery_failed("kafka");
+        }
+        if self.last_warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+            self.last_warned = Some(std::time::Instant::now());
+            tracing::warn!(%error, pending, "alert events wait for the alerts topic; no snapshot or commit until delivered");
         }
         Ok(())
     }
@@ -634,8 +716,7 @@ impl BatchSink for AlertSink {
             metrics.update(&mut self.scorer, &events);
         }
         self.write(events)?;
-        let name = &self.name;
-        self.out.flush().map_err(|e| SinkError::io(format!("cannot write {name}"), e))?;
+        self.flush_out()?;
         if self.state.as_ref().is_some_and(|st| st.last.elapsed() >= st.every) {
             // (With a state directory the source's checkpoints snapshot:
             // only they know the offsets the state covers.)
@@ -649,8 +730,7 @@ impl BatchSink for AlertSink {
             metrics.update(&mut self.scorer, &events);
         }
         self.write(events)?;
-        let name = &self.name;
-        self.out.flush().map_err(|e| SinkError::io(format!("cannot write {name}"), e))
+        self.flush_out()
     }
     fn assign(&mut self, partitions: &[PartitionKey], owners: &mut Owners) -> Vec<(PartitionKey, i64)> {
         // Each partition holds windows open from now on, until it sends or
@@ -689,8 +769,20 @@ impl BatchSink for AlertSink {
     }
 
     fn checkpoint(&mut self, cp: &Checkpoint<'_>) -> Result<bool, SinkError> {
+        if !self.delivered() {
+            // Retried here too, so a stream gone quiet still delivers them.
+            self.write(Vec::new())?;
+        }
+        let delivered = self.delivered();
         let Some(st) = &mut self.state_dir else { return Ok(false) };
         if !cp.force && st.last.elapsed() < st.every {
+            return Ok(false);
+        }
+        if !delivered {
+            // A snapshot would cover events the alerts topic has not had:
+            // the positions stay where the last snapshot left them, and a
+            // restart replays those events (at least once).
+            st.last = std::time::Instant::now();
             return Ok(false);
         }
         // Tried again after a whole interval, not on every tick, if it fails.
@@ -759,7 +851,7 @@ impl BatchSink for AlertSink {
     }
     fn flush(&mut self) -> Result<(), SinkError> {
         let name = self.name.clone();
-        self.out.flush().map_err(|e| SinkError::io(format!("cannot write {name}"), e))?;
+        self.flush_out()?;
         self.save_state()?;
         let c = self.scorer.engine().counters();
         eprintln!(
@@ -770,6 +862,18 @@ impl BatchSink for AlertSink {
             c.reports,
             c.ahead,
         );
+        let l = self.scorer.engine().limit_counts();
+        if l != termwatch_features::LimitCounts::default() {
+            eprintln!(
+                "limits: {} terminals forgotten after {:.1} days silent, {} to make room; reports refused: {} \
+                 (terminals at the limit), {} (regions past the limit)",
+                l.evicted_idle,
+                self.scorer.engine().limits().idle_terminal_ms as f64 / 86_400_000.0,
+                l.evicted_capacity,
+                l.refused_terminals,
+                l.refused_regions,
+            );
+        }
         Ok(())
     }
 }

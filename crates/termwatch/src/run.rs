@@ -21,6 +21,8 @@ pub struct Service {
     pub kafka_metrics: KafkaMetrics,
     pub stop: Arc<AtomicBool>,
     pub metrics_addr: std::net::SocketAddr,
+    /// `https` when the metrics endpoint serves TLS, else `http`.
+    pub metrics_scheme: &'static str,
     consumer: tokio::task::JoinHandle<Result<Stats, termwatch_pipeline::KafkaSourceError>>,
 }
 
@@ -30,21 +32,31 @@ impl Service {
     pub async fn start(config: &Config, registry: Registry, sinks: Vec<Box<dyn BatchSink>>) -> anyhow::Result<Service> {
         let pipeline_metrics = PipelineMetrics::register(&registry).context("registering metrics")?;
         let kafka_metrics = KafkaMetrics::register(&registry).context("registering metrics")?;
+        // A web config that cannot be used stops the start: serving metrics
+        // openly that were meant to be protected is not a fallback.
+        let web = match &config.metrics.web_config_file {
+            Some(path) => serve::WebConfig::load(path)?,
+            None => serve::WebConfig::default(),
+        };
+        let (tls, auth) = (web.is_tls(), web.has_users());
         let listener = serve::bind(config.metrics.listen).await?;
         let metrics_addr = listener.local_addr()?;
         let dead_letters = KafkaDeadLetters::new(&config.kafka, kafka_metrics.clone())?;
-        let pipeline =
-            Pipeline::new(config.batch.config(), sinks, Box::new(dead_letters)).with_metrics(pipeline_metrics);
+        let pipeline = Pipeline::new(config.batch.config(), sinks, Box::new(dead_letters))
+            .with_metrics(pipeline_metrics)
+            .with_max_record_bytes(config.limits.max_record_bytes);
         let source = KafkaSource::new(&config.kafka, pipeline, kafka_metrics.clone())?;
         // Ready once the brokers have answered, not merely once started: a
         // replica that cannot reach Kafka is not taken as serving.
-        tokio::spawn(serve::serve(listener, Endpoints { registry: registry.clone(), ready: source.ready() }));
+        let endpoints = Endpoints { registry: registry.clone(), ready: source.ready(), web: Arc::new(web) };
+        tokio::spawn(serve::serve(listener, endpoints));
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let consumer = tokio::task::spawn_blocking(move || source.run(&flag));
         info!(brokers = %config.kafka.brokers, group = %config.kafka.group_id, topics = ?config.kafka.topics,
-            metrics = %metrics_addr, "termwatch consuming");
-        Ok(Service { registry, kafka_metrics, stop, metrics_addr, consumer })
+            metrics = %metrics_addr, metrics_tls = tls, metrics_basic_auth = auth, "termwatch consuming");
+        let metrics_scheme = if tls { "https" } else { "http" };
+        Ok(Service { registry, kafka_metrics, stop, metrics_addr, metrics_scheme, consumer })
     }
 
     /// Asks the consumer to stop and waits for it to flush and commit.
@@ -121,7 +133,9 @@ fn scoring_sinks(
         AlertFormat::Ndjson,
         Some(metrics),
     )
-    .with_context(|| format!("loading {}", models.display()))?;
+    .with_context(|| format!("loading {}", models.display()))?
+    .with_limits(config.limits.limits())
+    .best_effort_output();
     info!(models = %models.display(), "scoring with the default model; alert events (alerts-v1) on standard output");
     let sink = match &config.kafka.alerts_topic {
         Some(topic) => {
@@ -149,8 +163,7 @@ fn scoring_sinks(
 /// temporary directory (mode 0700, removed when dropped), which the live
 /// sink then loads (see `AlertSink::with_seed`): learning happens on the one
 /// code path, and going live continues exactly where the history ended. The
-/// warm-up starts cold; its rejects are counted (in the log line that ends
-/// it), not kept: history's dead letters were the history's producer's.
+/// warm-up starts cold; its rejects go to the dead-letter topic.
 fn warm_up_from(
     config: &Config,
     inputs: &[std::path::PathBuf],
@@ -173,12 +186,17 @@ fn warm_up_from(
         AlertFormat::Ndjson,
         None,
     )?
+    .with_limits(config.limits.limits())
     .with_state(crate::models_cmd::StateFile::new(state.clone(), std::time::Duration::MAX, position));
-    let pipeline = termwatch_pipeline::Pipeline::new(
-        config.batch.config(),
-        vec![Box::new(sink)],
-        Box::new(termwatch_pipeline::CountOnlyDeadLetters),
-    );
+    // Rejects go to the dead-letter topic as they come, named by file and
+    // line (headers termwatch.source.file and termwatch.source.line), like
+    // the live stream's: nothing is held until the end.
+    let dead_letter_metrics =
+        KafkaMetrics::register(&Registry::new()).context("registering the warm-up's dead-letter metrics")?;
+    let dead_letters = KafkaDeadLetters::new(&config.kafka, dead_letter_metrics)?;
+    let pipeline =
+        termwatch_pipeline::Pipeline::new(config.batch.config(), vec![Box::new(sink)], Box::new(dead_letters))
+            .with_max_record_bytes(config.limits.max_record_bytes);
     let report = termwatch_pipeline::replay(inputs, pipeline);
     if let Some(e) = report.error {
         return Err(e).context("warm-up history");

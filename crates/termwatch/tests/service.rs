@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -28,9 +29,16 @@ impl Fixture {
         cluster.create_topic(TOPIC, PARTITIONS, 1).expect("topic");
         cluster.create_topic("telemetry-dead-letters", 1, 1).expect("dlq");
         let brokers = cluster.bootstrap_servers();
+        let f = Fixture { cluster, brokers };
+        f.produce(0..records);
+        f
+    }
+
+    /// Records number `range` of the fixture's stream, 25 terminals a minute apart.
+    fn produce(&self, range: std::ops::Range<usize>) {
         let producer: ThreadedProducer<DefaultProducerContext> =
-            ClientConfig::new().set("bootstrap.servers", &brokers).create().expect("producer");
-        for i in 0..records {
+            ClientConfig::new().set("bootstrap.servers", &self.brokers).create().expect("producer");
+        for i in range {
             let id = format!("T-{:03}", i % 25);
             let body = format!(
                 r#"{{"terminal_id":"{id}","ts":{},"region":"r","cpu_pct":5}}"#,
@@ -39,7 +47,6 @@ impl Fixture {
             producer.send(BaseRecord::<str, str>::to(TOPIC).key(&id).payload(&body)).expect("queue");
         }
         producer.flush(Duration::from_secs(30)).expect("flush");
-        Fixture { cluster, brokers }
     }
 
     fn start(&self, group: &str, port: u16, extra: &[(&str, &str)]) -> Child {
@@ -55,13 +62,17 @@ impl Fixture {
 
     fn command(&self, group: &str, port: u16, extra: &[(&str, &str)]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_termwatch"));
+        cmd.arg("run");
+        self.configure(cmd, group, port, extra)
+    }
+
+    fn configure(&self, mut cmd: Command, group: &str, port: u16, extra: &[(&str, &str)]) -> Command {
         // termwatch refuses unknown TERMWATCH_* variables, such as the test
         // harness's own: hand it only the ones set here.
         for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("TERMWATCH_")) {
             cmd.env_remove(k);
         }
-        cmd.arg("run")
-            .env("TERMWATCH_KAFKA_BROKERS", &self.brokers)
+        cmd.env("TERMWATCH_KAFKA_BROKERS", &self.brokers)
             .env("TERMWATCH_KAFKA_GROUP_ID", group)
             .env("TERMWATCH_METRICS_LISTEN", format!("127.0.0.1:{port}"))
             .env("TERMWATCH_KAFKA_PROPERTY_FETCH_WAIT_MAX_MS", "5")
@@ -75,14 +86,18 @@ impl Fixture {
     }
 
     fn committed(&self, group: &str) -> i64 {
+        self.committed_on(group, TOPIC, PARTITIONS)
+    }
+
+    fn committed_on(&self, group: &str, topic: &str, partitions: i32) -> i64 {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.brokers)
             .set("group.id", group)
             .create()
             .expect("consumer");
         let mut tpl = TopicPartitionList::new();
-        for p in 0..PARTITIONS {
-            tpl.add_partition(TOPIC, p);
+        for p in 0..partitions {
+            tpl.add_partition(topic, p);
         }
         let c = consumer.committed_offsets(tpl, Duration::from_secs(10)).expect("committed");
         c.elements()
@@ -276,6 +291,149 @@ fn a_state_directory_that_cannot_be_written_does_not_stop_the_service() {
     assert!(leftovers.is_empty(), "temporary files left behind: {leftovers:?}");
 }
 
+/// A thousand idle connections to the metrics port of a process allowed 256
+/// file descriptors: the endpoint takes at most 32 of them from the kernel's
+/// queue at a time (each closed after the read timeout), so snapshots and
+/// Kafka keep theirs, and the service goes on consuming, snapshotting and
+/// committing. (Before the connection limit, 400 such connections exhausted
+/// the descriptors, a snapshot failed with EMFILE and the process exited.)
+#[test]
+fn a_thousand_idle_metrics_connections_under_a_low_descriptor_limit_leave_the_service_consuming() {
+    let limits = std::fs::read_to_string("/proc/self/limits").expect("/proc/self/limits");
+    let own: u64 = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+        .expect("Max open files");
+    assert!(own >= 1100, "this test opens 1,000 connections itself and may open {own} descriptors: raise ulimit -n");
+    let f = Fixture::new(0);
+    let state = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "ulimit -n 256 && exec \"$0\" run", env!("CARGO_BIN_EXE_termwatch")]).current_dir(workspace);
+    let dir = state.path().to_str().expect("utf-8 path");
+    let mut child = f
+        .configure(
+            cmd,
+            "g-flood",
+            port,
+            &[("TERMWATCH_STATE_PATH", dir), ("TERMWATCH_STATE_INTERVAL_S", "0.2"), ("TERMWATCH_BATCH_MAX_MS", "20")],
+        )
+        .spawn()
+        .expect("starts termwatch run");
+    assert!(wait_for(Duration::from_secs(30), || status_of(port, "/healthz").is_some()), "the endpoint did not start");
+    let idle: Vec<TcpStream> = (0..1000)
+        .map(|i| TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("connection {i}: {e}")))
+        .collect();
+    // Produced while the connections are held: consumed, snapshotted, committed.
+    f.produce(0..300);
+    let done = wait_for(Duration::from_secs(60), || {
+        f.committed("g-flood") == 300 || child.try_wait().ok().flatten().is_some()
+    });
+    let running = child.try_wait().expect("try_wait").is_none();
+    let snapshots = std::fs::read_dir(state.path())
+        .expect("state dir")
+        .filter(|e| e.as_ref().is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".snap")))
+        .count();
+    drop(idle);
+    signal(&child, "-TERM");
+    let status = wait_exit(&mut child, Duration::from_secs(15));
+    let mut stderr = String::new();
+    child.stderr.take().expect("stderr").read_to_string(&mut stderr).expect("read");
+    assert!(running && done, "committed {} of 300, running {running}: {stderr}", f.committed("g-flood"));
+    assert!(snapshots >= 2, "{snapshots} snapshots written: {stderr}");
+    assert!(!stderr.contains("snapshot failed"), "{stderr}");
+    assert!(status.is_some_and(|s| s.success()), "exit {status:?}: {stderr}");
+}
+
+/// An alerts topic that refuses every event does not stop the service: the
+/// events wait and are sent again, consuming goes on, and no snapshot (so no
+/// commit) covers them until they are delivered; once the topic is back,
+/// they arrive and commits reach the end. Before, the first undelivered
+/// event failed the batch and the process exited.
+#[test]
+fn an_unreachable_alerts_topic_holds_commits_back_until_its_events_are_delivered() {
+    use rdkafka::types::RDKafkaRespErr;
+    let f = Fixture::new(0);
+    // Twelve partitions: the mock cluster serves each one slowly.
+    let (topic, partitions) = ("telemetry-12", 12);
+    f.cluster.create_topic(topic, partitions, 1).expect("topic");
+    f.cluster.create_topic("alerts", 1, 1).expect("alerts topic");
+    f.cluster.topic_error("alerts", RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED).expect("inject");
+    // A simulated day with many faults: a dozen alert events to deliver.
+    let out = Command::new(env!("CARGO_BIN_EXE_termwatch"))
+        .args(["simulate", "--terminals", "100", "--regions", "4", "--days", "1", "--seed", "7"])
+        .args(["--interval-s", "300", "--fault-scale", "12", "--kafka", &f.brokers, "--topic", topic])
+        .output()
+        .expect("simulate");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let sent: f64 = stderr
+        .split_whitespace()
+        .skip_while(|w| *w != "simulate:")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {stderr}"));
+    let state = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let dir = state.path().to_str().expect("utf-8 path");
+    let mut child = f.start_scoring(
+        "g-alerts",
+        port,
+        &[
+            ("TERMWATCH_STATE_PATH", dir),
+            ("TERMWATCH_STATE_INTERVAL_S", "0.2"),
+            ("TERMWATCH_KAFKA_TOPICS", topic),
+            ("TERMWATCH_KAFKA_ALERTS_TOPIC", "alerts"),
+            ("TERMWATCH_KAFKA_PROPERTY_MESSAGE_TIMEOUT_MS", "2000"),
+        ],
+    );
+    let committed = || f.committed_on("g-alerts", topic, partitions);
+    let failures = || metric(port, "termwatch_alert_delivery_failures_total{output=\"kafka\"}").unwrap_or(0.0);
+    let pending = || metric(port, "termwatch_alert_topic_pending_events").unwrap_or(0.0);
+    // Consumed to the end (records with damage rejected) while the topic refuses.
+    let read = wait_for(Duration::from_secs(120), || {
+        metric(port, "termwatch_records_read_total").is_some_and(|v| v >= sent)
+            || child.try_wait().ok().flatten().is_some()
+    });
+    assert!(
+        read && child.try_wait().expect("try_wait").is_none(),
+        "consuming stopped: read {:?} of {sent}",
+        metric(port, "termwatch_records_read_total")
+    );
+    assert!(failures() > 0.0 && pending() > 0.0, "failures {} pending {}", failures(), pending());
+    let held = committed();
+    assert!((held as f64) < sent, "committed {held} of {sent} while events were undelivered");
+    // The topic is back: the events go, snapshots and commits resume.
+    f.cluster.topic_error("alerts", RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR).expect("clear");
+    let caught_up = wait_for(Duration::from_secs(60), || pending() == 0.0 && committed() as f64 >= sent);
+    signal(&child, "-TERM");
+    let status = wait_exit(&mut child, Duration::from_secs(15));
+    let mut stderr = String::new();
+    child.stderr.take().expect("stderr").read_to_string(&mut stderr).expect("read");
+    assert!(caught_up, "pending {} committed {} of {sent}: {stderr}", pending(), committed());
+    assert!(status.is_some_and(|s| s.success()), "exit {status:?}: {stderr}");
+    assert!(stderr.contains("alert events wait for the alerts topic"), "{stderr}");
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &f.brokers)
+        .set("group.id", "alerts-reader")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&["alerts"]).expect("subscribe");
+    let mut events = 0;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline && events < 1 {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            let _: serde_json::Value = serde_json::from_slice(m.payload().unwrap_or_default()).expect("alerts-v1 JSON");
+            events += 1;
+        }
+    }
+    assert!(events > 0, "no alert event reached the topic");
+}
+
 /// The status line of a GET, or None while the endpoint is not up.
 fn status_of(port: u16, path: &str) -> Option<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
@@ -415,6 +573,15 @@ fn run_warms_up_from_history_then_goes_live_with_what_it_learned() {
         .output()
         .expect("simulate");
     assert!(out.status.success());
+    // Three records the warm-up must reject, at the end of the history.
+    let bad = ["{not json", r#"{"terminal_id":"T-bad","region":"r"}"#, r#"{"terminal_id":"","ts":1}"#];
+    let mut text = std::fs::read_to_string(&history).expect("history");
+    let first_bad_line = text.lines().count() + 1;
+    for b in bad {
+        text.push_str(b);
+        text.push('\n');
+    }
+    std::fs::write(&history, text).expect("write history");
     let state = dir.path().join("state.snap");
     let port = free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_termwatch"))
@@ -440,4 +607,31 @@ fn run_warms_up_from_history_then_goes_live_with_what_it_learned() {
     assert!(stderr.contains("warm-up done"), "{stderr}");
     assert!(stderr.contains("state: restored"), "the live sink continued from the warm-up: {stderr}");
     assert!(state.exists(), "the state was written on shutdown");
+    // The warm-up's rejects went to the dead-letter topic as they came, named
+    // by file and line (not held in memory until the end).
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &f.brokers)
+        .set("group.id", "dlq-reader")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&["telemetry-dead-letters"]).expect("subscribe");
+    let mut from_history = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while from_history.len() < bad.len() && Instant::now() < deadline {
+        let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) else { continue };
+        let header = |name: &str| {
+            m.headers().and_then(|h| {
+                h.iter().find(|x| x.key == name).and_then(|x| x.value).map(|v| String::from_utf8_lossy(v).into_owned())
+            })
+        };
+        if header("termwatch.source.file").as_deref() == history.to_str() {
+            let line: usize = header("termwatch.source.line").and_then(|l| l.parse().ok()).expect("line header");
+            if line >= first_bad_line {
+                from_history.push((line, String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned()));
+            }
+        }
+    }
+    let want: Vec<(usize, String)> = bad.iter().enumerate().map(|(i, b)| (first_bad_line + i, b.to_string())).collect();
+    assert_eq!(from_history, want, "the warm-up's dead letters on the dead-letter topic");
 }
