@@ -386,9 +386,10 @@ impl AlertMetrics {
                 IntCounterVec::new(
                     Opts::new(
                         "termwatch_alert_delivery_failures_total",
-                        "Alert event outputs that failed: output stdout (a write; the events are not written \
-                         there, scoring goes on) or kafka (a delivery round of the alerts topic; the events wait \
-                         and are sent again, and no snapshot or commit is taken until they are delivered).",
+                        "Alert event outputs found failing: output stdout (each failed write; those events are \
+                         not written there, scoring goes on) or kafka (each batch or checkpoint that found events \
+                         waiting for the alerts topic; they are sent again every 10 s, and no snapshot or commit \
+                         is taken until they are delivered).",
                     ),
                     &["output"],
                 )?,
