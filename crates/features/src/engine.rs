@@ -1103,7 +1103,9 @@ impl FeatureEngine {
     fn admit(&mut self, t: u32, source: &mut SourceProgress, r: &Report) {
         let (window_ms, lateness_ms) = (self.config.window_ms, self.config.lateness_ms);
         let w = self.window_of(r.ts);
-        let late = source.watermark().is_some_and(|p| (w + 1) * window_ms + lateness_ms <= p)
+        let late = source
+            .watermark()
+            .is_some_and(|p| w.saturating_add(1).saturating_mul(window_ms).saturating_add(lateness_ms) <= p)
             || self.next_to_close.is_some_and(|next| w < next);
         if late {
             self.drop_report(t, Drop::Late);
@@ -1162,7 +1164,9 @@ impl FeatureEngine {
         let terminals = &self.terminals;
         let id = |t: &u32| terminals.get(*t as usize).map(|t| &*t.id);
         members.sort_unstable_by(|a, b| id(a).cmp(&id(b)));
-        let end_ms = (w + 1) * self.config.window_ms;
+        // Saturating: a window index comes from a snapshot too, and a
+        // corrupt one must not overflow (found by fuzz/fuzz_targets/snapshot.rs).
+        let end_ms = w.saturating_add(1).saturating_mul(self.config.window_ms);
         let mut rows = WindowRows { end_ms, ..WindowRows::default() };
         let cfg = self.config.clone();
         let alpha = 1.0 / cfg.baseline_windows;
