@@ -108,8 +108,8 @@ impl Snapshot {
         Snapshot::from_payload(&bytes[HEADER..], name)
     }
 
-    /// Decodes a payload whose header was checked (the fuzzer calls it on
-    /// any bytes, past the checksum that random bytes never pass).
+    /// Decodes a payload whose header was checked; public for fuzzing, which
+    /// must get past the checksum that random bytes never pass.
     #[doc(hidden)]
     pub fn from_payload(payload: &[u8], name: &str) -> Result<Snapshot, SnapshotError> {
         postcard::from_bytes(payload)
