@@ -13,6 +13,7 @@ use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use termwatch_features::{FeatureConfig, FeatureEngine, SourceProgress, TerminalStates};
 
@@ -97,23 +98,12 @@ impl SnapshotRef<'_> {
 impl Snapshot {
     /// Reads and checks a snapshot.
     pub fn load(path: &Path) -> Result<Snapshot, SnapshotError> {
-        let p = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|cause| SnapshotError::Read { path: p.clone(), cause })?;
-        Snapshot::from_bytes(&bytes, &p)
+        read(path, MAGIC)
     }
 
     /// Checks and decodes the bytes of a snapshot file; `name` is what errors call it.
     pub fn from_bytes(bytes: &[u8], name: &str) -> Result<Snapshot, SnapshotError> {
-        check(bytes, MAGIC, name)?;
-        Snapshot::from_payload(&bytes[HEADER..], name)
-    }
-
-    /// Decodes a payload whose header was checked; public for fuzzing, which
-    /// must get past the checksum that random bytes never pass.
-    #[doc(hidden)]
-    pub fn from_payload(payload: &[u8], name: &str) -> Result<Snapshot, SnapshotError> {
-        postcard::from_bytes(payload)
-            .map_err(|e| SnapshotError::Decode { path: name.to_string(), cause: e.to_string() })
+        decode(bytes, MAGIC, name)
     }
 }
 
@@ -142,23 +132,27 @@ impl PartitionSnapshot {
     }
 
     pub fn load(path: &Path) -> Result<PartitionSnapshot, SnapshotError> {
-        let p = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|cause| SnapshotError::Read { path: p.clone(), cause })?;
-        PartitionSnapshot::from_bytes(&bytes, &p)
+        read(path, PARTITION_MAGIC)
     }
 
     /// Checks and decodes the bytes of a partition snapshot file.
     pub fn from_bytes(bytes: &[u8], name: &str) -> Result<PartitionSnapshot, SnapshotError> {
-        check(bytes, PARTITION_MAGIC, name)?;
-        PartitionSnapshot::from_payload(&bytes[HEADER..], name)
+        decode(bytes, PARTITION_MAGIC, name)
     }
+}
 
-    /// Decodes a payload whose header was checked (see [`Snapshot::from_payload`]).
-    #[doc(hidden)]
-    pub fn from_payload(payload: &[u8], name: &str) -> Result<PartitionSnapshot, SnapshotError> {
-        postcard::from_bytes(payload)
-            .map_err(|e| SnapshotError::Decode { path: name.to_string(), cause: e.to_string() })
-    }
+/// Reads a snapshot file of the kind `magic` names.
+fn read<T: DeserializeOwned>(path: &Path, magic: &[u8; 6]) -> Result<T, SnapshotError> {
+    let p = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|cause| SnapshotError::Read { path: p.clone(), cause })?;
+    decode(&bytes, magic, &p)
+}
+
+/// Checks a snapshot's magic, format and checksum, then decodes its payload.
+fn decode<T: DeserializeOwned>(bytes: &[u8], magic: &[u8; 6], name: &str) -> Result<T, SnapshotError> {
+    check(bytes, magic, name)?;
+    postcard::from_bytes(&bytes[HEADER..])
+        .map_err(|e| SnapshotError::Decode { path: name.to_string(), cause: e.to_string() })
 }
 
 /// Writes atomically: a temporary file, synced, renamed over `path`.

@@ -211,6 +211,7 @@ mod tests {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::Message;
     use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::DefaultProducerContext;
     use termwatch_telemetry::alerts::{AlertKind, AlertState, Reason, Scope, Severity};
 
     use super::*;
@@ -236,23 +237,35 @@ mod tests {
         topic.send(&event).expect("queued");
         assert_eq!(topic.flush(), Delivery::Delivered);
 
+        let got = received(&cluster, "alerts", 1);
+        assert_eq!(got.len(), 1, "the alert event did not arrive");
+        assert_eq!(got[0].0.as_deref(), Some(&b"network_degradation/region/east-07"[..]));
+        assert_eq!(got[0].1, event);
+    }
+
+    /// Up to `n` alert events of `topic` with their keys, read from the
+    /// start within 30 s.
+    fn received(
+        cluster: &MockCluster<'_, DefaultProducerContext>,
+        topic: &str,
+        n: usize,
+    ) -> Vec<(Option<Vec<u8>>, AlertEvent)> {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", cluster.bootstrap_servers())
             .set("group.id", "alerts-check")
             .set("auto.offset.reset", "earliest")
             .create()
             .expect("consumer");
-        consumer.subscribe(&["alerts"]).expect("subscribe");
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while std::time::Instant::now() < deadline {
+        consumer.subscribe(&[topic]).expect("subscribe");
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while got.len() < n && Instant::now() < deadline {
             if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-                assert_eq!(m.key(), Some(&b"network_degradation/region/east-07"[..]));
                 let back: AlertEvent = serde_json::from_slice(m.payload().expect("payload")).expect("alerts-v1");
-                assert_eq!(back, event);
-                return;
+                got.push((m.key().map(<[u8]>::to_vec), back));
             }
         }
-        panic!("the alert event did not arrive");
+        got
     }
 
     fn event(entity: &str) -> AlertEvent {
@@ -299,21 +312,8 @@ mod tests {
         assert!(delivered, "the outbox was not delivered once the topic was back");
         assert_eq!(topic.pending_events(), 0);
 
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", cluster.bootstrap_servers())
-            .set("group.id", "alerts-check")
-            .set("auto.offset.reset", "earliest")
-            .create()
-            .expect("consumer");
-        consumer.subscribe(&["alerts"]).expect("subscribe");
-        let mut seen = std::collections::BTreeSet::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while seen.len() < 2 && Instant::now() < deadline {
-            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-                let back: AlertEvent = serde_json::from_slice(m.payload().expect("payload")).expect("alerts-v1");
-                seen.insert(back.entity);
-            }
-        }
+        let seen: std::collections::BTreeSet<String> =
+            received(&cluster, "alerts", 2).into_iter().map(|(_, e)| e.entity).collect();
         assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["T-1", "T-2"], "both events arrived");
 
         // An outage longer than the outbox (of another topic, refused from

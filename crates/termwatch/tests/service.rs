@@ -110,6 +110,18 @@ impl Fixture {
     }
 }
 
+/// A consumer of `topic` from its start, in a group of its own.
+fn reader(brokers: &str, group: &str, topic: &str) -> BaseConsumer {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    consumer
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
@@ -416,13 +428,7 @@ fn an_unreachable_alerts_topic_holds_commits_back_until_its_events_are_delivered
     assert!(caught_up, "pending {} committed {} of {sent}: {stderr}", pending(), committed());
     assert!(status.is_some_and(|s| s.success()), "exit {status:?}: {stderr}");
     assert!(stderr.contains("alert events wait for the alerts topic"), "{stderr}");
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &f.brokers)
-        .set("group.id", "alerts-reader")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .expect("consumer");
-    consumer.subscribe(&["alerts"]).expect("subscribe");
+    let consumer = reader(&f.brokers, "alerts-reader", "alerts");
     let mut events = 0;
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline && events < 1 {
@@ -538,13 +544,7 @@ fn simulate_streams_to_kafka_keyed_by_terminal() {
     assert!(sent > 100, "{stderr}");
     assert!(labels.exists());
 
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", "sim-check")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .expect("consumer");
-    consumer.subscribe(&["sim"]).expect("subscribe");
+    let consumer = reader(&brokers, "sim-check", "sim");
     let mut got = 0u64;
     let deadline = Instant::now() + Duration::from_secs(60);
     while got < sent && Instant::now() < deadline {
@@ -609,13 +609,7 @@ fn run_warms_up_from_history_then_goes_live_with_what_it_learned() {
     assert!(state.exists(), "the state was written on shutdown");
     // The warm-up's rejects went to the dead-letter topic as they came, named
     // by file and line (not held in memory until the end).
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &f.brokers)
-        .set("group.id", "dlq-reader")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .expect("consumer");
-    consumer.subscribe(&["telemetry-dead-letters"]).expect("subscribe");
+    let consumer = reader(&f.brokers, "dlq-reader", "telemetry-dead-letters");
     let mut from_history = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while from_history.len() < bad.len() && Instant::now() < deadline {
