@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use termwatch_telemetry::fields::DEFAULT_INTERVAL_S;
 use termwatch_telemetry::{Counter, Label, Measure};
 
-use crate::stats::{Ewma, median};
+use crate::stats::{Ewma, Spread, median, poisson_surprise};
 
 /// How features are computed. Part of a model artifact: a model is only
 /// valid with the configuration its features were computed with.
@@ -69,6 +69,9 @@ pub struct Counters {
     /// is wrong): dropped, see [`FeatureConfig::max_ahead_ms`].
     pub ahead: u64,
     pub windows_closed: u64,
+    /// Region windows not scored for network degradation because fewer
+    /// than [`MIN_REGION_TERMINALS`] terminals with a baseline reported.
+    pub thin_region_windows: u64,
     /// Reports at or before their terminal's latest event time when a
     /// snapshot was taken, seen again after a restore: skipped, so that no
     /// report is applied twice.
@@ -203,11 +206,25 @@ struct Acc {
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 struct Baseline {
-    v_std: Ewma,
-    v_mean: Ewma,
-    v_range: Ewma,
-    rtt_log: Ewma,
-    loss: Ewma,
+    /// ln of the supply's deviation, as a share of nominal.
+    v_std: Spread,
+    /// The supply's mean, as a share of nominal.
+    v_mean: Spread,
+    /// ln of the supply's range (highest less lowest), as a share of nominal.
+    v_range: Spread,
+    /// How far the lowest reading falls below the mean, as a share of nominal.
+    v_gap: Spread,
+    /// Sags and reboots per minute.
+    sags: Ewma,
+    reboots: Ewma,
+    /// ln of the round-trip time in ms.
+    rtt_log: Spread,
+    /// Packet loss, percent.
+    loss: Spread,
+    /// Reconnects per minute.
+    reconnects: Ewma,
+    /// Timeouts per transaction.
+    timeouts: Ewma,
 }
 
 /// A cohort's pooled wear: decayed (errors, attempts) over its terminals'
@@ -437,6 +454,31 @@ pub const DEFAULT_SOURCE: &str = "input";
 /// Sites without a `site_id` are keyed by their terminal: one terminal, one site.
 const NO_SITE_PREFIX: &str = "terminal:";
 const EPS_V: f64 = 0.002;
+/// Least standard deviations a spread is taken to have, whatever it
+/// learnt: about what a reading's rounding and a window's few reports leave
+/// even on a perfectly steady terminal, so that one cannot be infinitely
+/// surprised. In ln units (5 %) for deviations, ranges and round trips.
+const LOG_SD_FLOOR: f64 = 0.05;
+/// For the supply's mean and its lowest reading's gap: 0.2 % of nominal.
+const V_SD_FLOOR: f64 = 0.002;
+/// For packet loss: 0.1 percentage points.
+const LOSS_SD_FLOOR: f64 = 0.1;
+/// Least rate assumed of sags, reboots and reconnects: one a day. A
+/// terminal that has never sagged is not infinitely surprised by one sag.
+const RATE_FLOOR_PER_MINUTE: f64 = 1.0 / 1440.0;
+/// Least timeout rate assumed: one transaction in a thousand.
+const TIMEOUT_RATE_FLOOR: f64 = 0.001;
+/// Features in units of an entity's own spread are capped here, so that the
+/// standardisation fitted in training is not made by a few absurd readings.
+const Z_CAP: f64 = 50.0;
+/// A window this many of its own standard deviations out, or this
+/// surprising (nats, about 1 in 400), is not learnt into the baseline it is
+/// measured against: a fault is not absorbed into its own reference.
+const QUIET_Z: f64 = 3.0;
+const QUIET_SURPRISE: f64 = 6.0;
+/// A region with fewer terminals than this reporting (with a baseline) in a
+/// window is not scored: its share and median are a few terminals' noise.
+pub const MIN_REGION_TERMINALS: u32 = 3;
 /// Card reads and print jobs a terminal's long wear memory needs before its
 /// rates are a baseline.
 const MIN_WEAR_ATTEMPTS: f64 = 500.0;
@@ -1192,33 +1234,54 @@ impl FeatureEngine {
             let region = region_acc.entry(term.region).or_default();
             region.sites.entry(term.site).or_default();
 
-            // Voltage, against the terminal's baseline or, while young, its cohort's.
+            // Voltage, against the terminal's own level and spread or, while
+            // young, its cohort's.
             if acc.v_n > 0 {
                 let vn = f64::from(acc.v_n);
                 let (v_mean, v_std, v_range) = (acc.v_mean_sum / vn, acc.v_std_sum / vn, acc.v_max - acc.v_min);
-                let base_std = term.base.v_std.or(cohort.v_std.or(v_std, 1.0), cfg.warmup_windows);
-                let base_mean = term.base.v_mean.or(cohort.v_mean.or(v_mean, 1.0), cfg.warmup_windows);
-                let base_range = term.base.v_range.or(cohort.v_range.or(v_range, 1.0), cfg.warmup_windows);
+                let (std_log, range_log, gap) = ((v_std + EPS_V).ln(), (v_range + EPS_V).ln(), v_mean - acc.v_min);
+                let young = term.base.v_std.level.weight < cfg.warmup_windows;
+                let base = if young { &*cohort } else { &term.base };
+                let warm = cfg.warmup_windows;
+                let z = |s: &Spread, x: f64, floor: f64| s.z(x, floor, warm).map_or(0.0, |z| z.clamp(-Z_CAP, Z_CAP));
+                let rate = |own: &Ewma, pooled: &Ewma| own.or(pooled.or(0.0, warm), warm).max(RATE_FLOOR_PER_MINUTE);
+                let (sag_rate, reboot_rate) =
+                    (rate(&term.base.sags, &cohort.sags), rate(&term.base.reboots, &cohort.reboots));
                 let features = [
-                    ((v_std + EPS_V) / (base_std + EPS_V)).ln(),
-                    base_mean - v_mean,
-                    ((v_range + EPS_V) / (base_range + EPS_V)).ln(),
-                    f64::from(acc.sags) / minutes,
-                    f64::from(acc.reboots) / minutes,
-                    base_mean - acc.v_min,
+                    z(&base.v_std, std_log, LOG_SD_FLOOR),
+                    -z(&base.v_mean, v_mean, V_SD_FLOOR),
+                    z(&base.v_range, range_log, LOG_SD_FLOOR),
+                    poisson_surprise(acc.sags, sag_rate * minutes),
+                    poisson_surprise(acc.reboots, reboot_rate * minutes),
+                    z(&base.v_gap, gap, V_SD_FLOOR),
                 ];
-                let baselines = [base_std, base_mean, base_range, 0.0, 0.0, base_mean];
+                let level = |s: &Spread| s.level.get().unwrap_or(0.0);
+                let baselines = [
+                    level(&base.v_std).exp() - EPS_V,
+                    level(&base.v_mean),
+                    level(&base.v_range).exp() - EPS_V,
+                    sag_rate,
+                    reboot_rate,
+                    level(&base.v_gap),
+                ];
                 rows.terminal_voltage.push(TerminalVoltageRow { terminal: t, features, baselines });
                 // Learn only from quiet windows, so a fault is not absorbed
                 // into the baseline it is measured against.
-                let unstable = features[0] > 0.7 || features[2] > 0.7 || features[3] > 0.0 || features[1] > 0.01;
+                let unstable = features[0] > QUIET_Z
+                    || features[1] > QUIET_Z
+                    || features[2] > QUIET_Z
+                    || features[5] > QUIET_Z
+                    || features[3] > QUIET_SURPRISE
+                    || features[4] > QUIET_SURPRISE;
                 if !unstable {
-                    term.base.v_std.update(v_std, alpha);
-                    term.base.v_mean.update(v_mean, alpha);
-                    term.base.v_range.update(v_range, alpha);
-                    cohort.v_std.update(v_std, alpha);
-                    cohort.v_mean.update(v_mean, alpha);
-                    cohort.v_range.update(v_range, alpha);
+                    for b in [&mut term.base, cohort] {
+                        b.v_std.learn(std_log, alpha, LOG_SD_FLOOR);
+                        b.v_mean.learn(v_mean, alpha, V_SD_FLOOR);
+                        b.v_range.learn(range_log, alpha, LOG_SD_FLOOR);
+                        b.v_gap.learn(gap, alpha, V_SD_FLOOR);
+                        b.sags.update(f64::from(acc.sags) / minutes, alpha);
+                        b.reboots.update(f64::from(acc.reboots) / minutes, alpha);
+                    }
                 }
                 site.voltage_n += 1;
                 site.unstable += u32::from(unstable);
@@ -1227,35 +1290,41 @@ impl FeatureEngine {
                 }
             }
 
-            // Network, against the terminal's own baseline once it has one.
+            // Network, against the terminal's own level and spread once it has them.
             if acc.rtt_n > 0 || acc.loss_n > 0 {
                 let rtt_log = if acc.rtt_n > 0 { Some(acc.rtt_log_sum / f64::from(acc.rtt_n)) } else { None };
                 let loss = if acc.loss_n > 0 { Some(acc.loss_sum / f64::from(acc.loss_n)) } else { None };
-                let warm = term.base.rtt_log.weight >= cfg.warmup_windows;
-                let ratio = match (rtt_log, term.base.rtt_log.get()) {
-                    (Some(x), Some(b)) if warm => x - b,
-                    _ => 0.0,
+                let b = &mut term.base;
+                let warm = b.rtt_log.level.weight >= cfg.warmup_windows;
+                let z = |s: &Spread, x: Option<f64>, floor: f64| {
+                    x.and_then(|x| s.z(x, floor, cfg.warmup_windows)).map_or(0.0, |z| z.clamp(-Z_CAP, Z_CAP))
                 };
-                let excess = match (loss, term.base.loss.get()) {
-                    (Some(x), Some(b)) if warm => x - b,
-                    _ => 0.0,
-                };
-                let degraded = ratio > 0.4 || excess > 1.5;
-                if !degraded {
+                let rtt_z = z(&b.rtt_log, rtt_log, LOG_SD_FLOOR);
+                let loss_z = z(&b.loss, loss, LOSS_SD_FLOOR);
+                let reconnect_rate = b.reconnects.or(0.0, cfg.warmup_windows).max(RATE_FLOOR_PER_MINUTE);
+                let timeout_rate = b.timeouts.or(0.0, cfg.warmup_windows).max(TIMEOUT_RATE_FLOOR);
+                let reconnects = poisson_surprise(acc.reconnects, reconnect_rate * minutes);
+                let timeouts = poisson_surprise(acc.timeouts, timeout_rate * f64::from(acc.txn));
+                let degraded = rtt_z > QUIET_Z || loss_z > QUIET_Z;
+                if !degraded && reconnects <= QUIET_SURPRISE && timeouts <= QUIET_SURPRISE {
                     if let Some(x) = rtt_log {
-                        term.base.rtt_log.update(x, alpha);
+                        b.rtt_log.learn(x, alpha, LOG_SD_FLOOR);
                     }
                     if let Some(x) = loss {
-                        term.base.loss.update(x, alpha);
+                        b.loss.learn(x, alpha, LOSS_SD_FLOOR);
+                    }
+                    b.reconnects.update(f64::from(acc.reconnects) / minutes, alpha);
+                    if acc.txn > 0 {
+                        b.timeouts.update(f64::from(acc.timeouts) / f64::from(acc.txn), alpha);
                     }
                 }
                 if warm {
                     region.terminals += 1;
                     region.degraded += u32::from(degraded);
-                    region.rtt_ratios.push(ratio);
-                    region.loss_excess_sum += excess;
-                    region.reconnects_per_minute_sum += f64::from(acc.reconnects) / minutes;
-                    region.timeouts_per_txn_sum += f64::from(acc.timeouts) / f64::from(acc.txn.max(1));
+                    region.rtt_z.push(rtt_z);
+                    region.loss_z.push(loss_z);
+                    region.reconnects_sum += reconnects;
+                    region.timeouts_sum += timeouts;
                     let s = region.sites.entry(term.site).or_default();
                     s.0 += 1;
                     s.1 += u32::from(degraded);
@@ -1374,6 +1443,10 @@ impl FeatureEngine {
             if agg.terminals == 0 {
                 continue;
             }
+            if agg.terminals < MIN_REGION_TERMINALS {
+                self.counters.thin_region_windows += 1;
+                continue;
+            }
             let n = f64::from(agg.terminals);
             let sites: Vec<&(u32, u32)> = agg.sites.values().filter(|s| s.0 > 0).collect();
             let sites_degraded = sites.iter().filter(|s| 2 * s.1 > s.0).count() as f64;
@@ -1382,10 +1455,10 @@ impl FeatureEngine {
                 features: [
                     sites_degraded / (sites.len().max(1) as f64),
                     f64::from(agg.degraded) / n,
-                    median(&mut agg.rtt_ratios).unwrap_or(0.0),
-                    agg.loss_excess_sum / n,
-                    agg.reconnects_per_minute_sum / n,
-                    agg.timeouts_per_txn_sum / n,
+                    median(&mut agg.rtt_z).unwrap_or(0.0),
+                    median(&mut agg.loss_z).unwrap_or(0.0),
+                    agg.reconnects_sum / n,
+                    agg.timeouts_sum / n,
                 ],
             });
         }
@@ -1523,7 +1596,7 @@ struct Cols<'a> {
 struct SiteAgg {
     voltage_n: u32,
     unstable: u32,
-    /// v_std_log_ratio, v_mean_drop, sags_per_minute, reboots_per_minute:
+    /// v_std_z, v_mean_drop_z, sag_surprise, reboot_surprise:
     /// the site's two worst terminals of each.
     worst: [TopTwo; 4],
 }
@@ -1560,10 +1633,11 @@ impl TopTwo {
 struct RegionAgg {
     terminals: u32,
     degraded: u32,
-    rtt_ratios: Vec<f64>,
-    loss_excess_sum: f64,
-    reconnects_per_minute_sum: f64,
-    timeouts_per_txn_sum: f64,
+    /// Per terminal, in units of its own spread or rate.
+    rtt_z: Vec<f64>,
+    loss_z: Vec<f64>,
+    reconnects_sum: f64,
+    timeouts_sum: f64,
     /// Per site: (terminals with network data, degraded).
     sites: HashMap<u32, (u32, u32)>,
 }
@@ -1649,7 +1723,7 @@ mod tests {
     }
 
     #[test]
-    fn counters_are_rates_per_minute_whatever_the_reporting_interval() {
+    fn counters_are_judged_per_minute_whatever_the_reporting_interval() {
         // The same supply, 2 sags and 1 reconnect a minute, reported every
         // 60 s by T-1 and every 300 s by T-2, in the window [T0, T0+5m).
         let line = |t: &str, ts: i64, interval: u32| {
@@ -1665,9 +1739,13 @@ mod tests {
         e.process_batch(&batch(&lines));
         let rows = e.finish();
         let w = rows.iter().find(|w| w.end_ms == T0 + 5 * MIN).expect("the window closed");
-        let sags = names::TERMINAL_VOLTAGE.iter().position(|n| *n == "sags_per_minute").expect("feature");
+        // Ten sags in five minutes against the same expected rate: the same
+        // surprise from five reports as from one.
+        let sags = names::TERMINAL_VOLTAGE.iter().position(|n| *n == "sag_surprise").expect("feature");
         let per_terminal: Vec<f64> = w.terminal_voltage.iter().map(|r| r.features[sags]).collect();
-        assert_eq!(per_terminal, [2.0, 2.0]);
+        let expected = crate::stats::poisson_surprise(10, 5.0 * RATE_FLOOR_PER_MINUTE);
+        assert!(expected > 20.0, "{expected}");
+        assert_eq!(per_terminal, [expected, expected]);
     }
 
     #[test]
@@ -1719,21 +1797,29 @@ mod tests {
     }
 
     #[test]
-    fn voltage_features_are_relative_to_the_terminals_baseline() {
+    fn voltage_features_are_in_units_of_the_terminals_own_spread() {
         let mut e = FeatureEngine::new(FeatureConfig::default());
         let mut closed = Vec::new();
-        // Two days of quiet reports build the baseline, then the noise triples.
+        // Two days of quiet reports build the baselines, then the noise
+        // triples on both: T-1's is steady, T-2's wanders by +-30 % (ln
+        // 1.3: about 0.17 once the 0.002-of-nominal floor is added).
         for k in 0..600 {
-            let std = if k < 576 { 0.04 } else { 0.12 };
-            closed.extend(e.process_batch(&batch(&[report("T-1", "S-1", T0 + k * 5 * MIN, std)])));
+            let wander = if k % 2 == 0 { 1.3 } else { 1.0 / 1.3 };
+            let (one, two) = if k < 576 { (0.04, 0.04 * wander) } else { (0.12, 0.12) };
+            let lines = [report("T-1", "S-1", T0 + k * 5 * MIN, one), report("T-2", "S-2", T0 + k * 5 * MIN, two)];
+            closed.extend(e.process_batch(&batch(&lines)));
         }
         closed.extend(e.finish());
-        let ratio = |i: usize| closed[i].terminal_voltage[0].features[0];
-        assert!(ratio(500).abs() < 0.05, "quiet: {}", ratio(500));
-        // ln((0.12/12 + eps) / (0.04/12 + eps)) with eps = 0.002 of nominal, which keeps a
-        // near-silent supply from making huge ratios out of millivolts.
-        let expected = ((0.12 / 12.0 + EPS_V) / (0.04 / 12.0 + EPS_V)).ln();
-        assert!((ratio(590) - expected).abs() < 1e-3, "three times the usual noise: {} vs {expected}", ratio(590));
+        let z = |i: usize, t: usize| closed[i].terminal_voltage[t].features[0];
+        assert!(z(500, 0).abs() < 0.05, "steady and quiet: {}", z(500, 0));
+        assert!(z(500, 1).abs() < 2.0 && z(501, 1).abs() < 2.0, "wandering and quiet: {} {}", z(500, 1), z(501, 1));
+        // A steady supply's spread is the floor (5 % in ln units), so
+        // tripling is ln((0.12/12 + eps) / (0.04/12 + eps)) / 0.05 of it.
+        let ratio = ((0.12 / 12.0 + EPS_V) / (0.04 / 12.0 + EPS_V)).ln();
+        assert!((z(590, 0) - ratio / LOG_SD_FLOOR).abs() < 1e-3, "{} vs {}", z(590, 0), ratio / LOG_SD_FLOOR);
+        // The same change on a supply that wanders is fewer of its own
+        // deviations, yet still far out.
+        assert!(z(590, 1) > 3.0 && z(590, 1) < z(590, 0) / 2.0, "{} {}", z(590, 1), z(590, 0));
         assert!(
             (closed[590].terminal_voltage[0].baselines[0] - 0.04 / 12.0).abs() < 1e-4,
             "the baseline did not absorb the fault"

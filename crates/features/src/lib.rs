@@ -27,34 +27,38 @@ mod engine;
 mod stats;
 
 pub use engine::{
-    AgingRow, Counters, DEFAULT_SOURCE, FeatureConfig, FeatureEngine, Held, LimitCounts, Limits, NetworkRow,
-    RegionCounts, SiteVoltageRow, SourceProgress, TerminalStates, TerminalVoltageRow, WindowRows,
+    AgingRow, Counters, DEFAULT_SOURCE, FeatureConfig, FeatureEngine, Held, LimitCounts, Limits, MIN_REGION_TERMINALS,
+    NetworkRow, RegionCounts, SiteVoltageRow, SourceProgress, TerminalStates, TerminalVoltageRow, WindowRows,
 };
-pub use stats::Ewma;
+pub use stats::{Ewma, Spread, poisson_surprise};
 
 /// Feature names, in the order of each row's `features` array.
 pub mod names {
+    /// `_z`: in units of the terminal's own spread (standard deviations
+    /// from its level); `_surprise`: how unlikely the window's count is at
+    /// the terminal's own rate, `-ln P(X >= k)` in nats.
     pub const TERMINAL_VOLTAGE: [&str; 6] =
-        ["v_std_log_ratio", "v_mean_drop", "v_range_log_ratio", "sags_per_minute", "reboots_per_minute", "v_min_drop"];
+        ["v_std_z", "v_mean_drop_z", "v_range_z", "sag_surprise", "reboot_surprise", "v_min_drop_z"];
     /// `_second_worst`: the site's second-worst terminal's value, so one
     /// terminal's failing power supply does not look like the site's mains.
     pub const SITE_VOLTAGE: [&str; 6] = [
-        "v_std_log_ratio_second_worst",
-        "v_mean_drop_second_worst",
-        "sags_per_minute_second_worst",
+        "v_std_z_second_worst",
+        "v_mean_drop_z_second_worst",
+        "sag_surprise_second_worst",
         "share_terminals_unstable",
-        "reboots_per_minute_second_worst",
+        "reboot_surprise_second_worst",
         "terminals_reporting",
     ];
     /// Where `terminals_reporting` is in [`SITE_VOLTAGE`].
     pub const SITE_TERMINALS_REPORTING: usize = 5;
+    /// Over the region's terminals with a baseline, each against its own.
     pub const NETWORK: [&str; 6] = [
         "share_sites_degraded",
         "share_terminals_degraded",
-        "rtt_log_ratio_median",
-        "loss_excess_mean",
-        "reconnects_per_minute_mean",
-        "timeouts_per_txn_mean",
+        "rtt_z_median",
+        "loss_z_median",
+        "reconnect_surprise_mean",
+        "timeout_surprise_mean",
     ];
     pub const AGING: [&str; 8] = [
         "reader_wear_evidence",

@@ -32,6 +32,93 @@ impl Ewma {
     }
 }
 
+/// A level and its spread, learnt together: an exponentially weighted mean
+/// and mean squared deviation from it. Evidence is measured in units of the
+/// entity's own spread, so a fleet whose healthy readings wander by 20 % is
+/// judged against 20 %, and one that wanders by 1 % against 1 %: a ratio to
+/// a baseline mean would carry one fleet's noise level into the model.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Spread {
+    pub level: Ewma,
+    /// Mean squared deviation from `level`.
+    pub var: Ewma,
+}
+
+/// A deviation counts at most this many standard deviations towards the
+/// spread: one wild reading cannot widen it by much, yet a spread that
+/// started too narrow still grows (each step can multiply it by up to this).
+const SPREAD_CLIP: f64 = 4.0;
+
+impl Spread {
+    /// The standard deviation, at least `floor`.
+    pub fn sd(&self, floor: f64) -> f64 {
+        f64::from(self.var.mean).max(0.0).sqrt().max(floor)
+    }
+
+    /// How many of its own standard deviations `x` lies above the level,
+    /// once `min_weight` values were learnt.
+    pub fn z(&self, x: f64, floor: f64, min_weight: f32) -> Option<f64> {
+        if self.level.weight < min_weight || !x.is_finite() {
+            return None;
+        }
+        Some((x - f64::from(self.level.mean)) / self.sd(floor))
+    }
+
+    pub fn learn(&mut self, x: f64, alpha: f64, floor: f64) {
+        if !x.is_finite() {
+            return;
+        }
+        if let Some(level) = self.level.get() {
+            let limit = SPREAD_CLIP * self.sd(floor);
+            let d = (x - level).clamp(-limit, limit);
+            self.var.update(d * d, alpha);
+        }
+        self.level.update(x, alpha);
+    }
+}
+
+/// Surprise is capped here (nats): beyond it, more is not more informative.
+pub const MAX_SURPRISE: f64 = 30.0;
+
+/// How surprising `k` or more events are when `mu` are expected (Poisson):
+/// `-ln P(X >= k)`, in nats; 0 for none. Counters (sags, reboots,
+/// reconnects) are judged against the entity's own rate this way, so a
+/// fleet whose healthy supplies blip now and then learns that they do.
+pub fn poisson_surprise(k: u32, mu: f64) -> f64 {
+    if k == 0 || !mu.is_finite() {
+        return 0.0;
+    }
+    let mu = mu.max(1e-9);
+    let kf = f64::from(k);
+    if kf <= mu {
+        // At least as likely as not: no evidence worth the name.
+        return 0.0;
+    }
+    // The first term of the tail, e^-mu mu^k / k!, in logs; then the tail's
+    // sum relative to it, whose terms fall since k > mu.
+    let ln_first = -mu + kf * mu.ln() - ln_factorial(k);
+    let (mut sum, mut term, mut i) = (1.0f64, 1.0f64, kf);
+    for _ in 0..1000 {
+        i += 1.0;
+        term *= mu / i;
+        sum += term;
+        if term < 1e-12 * sum {
+            break;
+        }
+    }
+    (-(ln_first + sum.ln())).clamp(0.0, MAX_SURPRISE)
+}
+
+fn ln_factorial(k: u32) -> f64 {
+    if k < 32 {
+        (2..=k).map(|i| f64::from(i).ln()).sum()
+    } else {
+        // Stirling, with its first correction: exact to 1e-7 from 32 on.
+        let n = f64::from(k);
+        n * n.ln() - n + 0.5 * (2.0 * std::f64::consts::PI * n).ln() + 1.0 / (12.0 * n)
+    }
+}
+
 /// Median of a small slice (sorted in place); `None` when empty.
 pub fn median(v: &mut [f64]) -> Option<f64> {
     if v.is_empty() {
@@ -65,6 +152,48 @@ mod tests {
         e.update(f64::NAN, 0.1);
         assert_eq!(e.get(), None);
         assert_eq!(e.or(3.0, 1.0), 3.0);
+    }
+
+    #[test]
+    fn poisson_surprise_is_minus_the_log_of_the_tail() {
+        assert_eq!(poisson_surprise(0, 0.1), 0.0);
+        // P(X >= 1) = 1 - e^-mu.
+        let mu: f64 = 0.05;
+        assert!((poisson_surprise(1, mu) + (1.0 - (-mu).exp()).ln()).abs() < 1e-9);
+        // P(X >= 2) at mu = 0.5: 1 - e^-0.5 (1 + 0.5).
+        let p: f64 = 1.0 - (-0.5f64).exp() * 1.5;
+        assert!((poisson_surprise(2, 0.5) + p.ln()).abs() < 1e-9);
+        // More events are more surprising; a higher own rate makes them less so.
+        assert!(poisson_surprise(5, 0.05) > poisson_surprise(2, 0.05));
+        assert!(poisson_surprise(2, 0.5) < poisson_surprise(2, 0.05));
+        assert_eq!(poisson_surprise(3, 4.0), 0.0);
+        assert_eq!(poisson_surprise(10_000, 1e-9), MAX_SURPRISE);
+        assert!(poisson_surprise(40, 10.0).is_finite());
+    }
+
+    #[test]
+    fn spread_learns_its_own_scale_and_an_outlier_barely_widens_it() {
+        let mut s = Spread::default();
+        assert_eq!(s.z(1.0, 0.01, 1.0), None);
+        // Alternating +-0.2 around 1: a standard deviation of 0.2.
+        for i in 0..2000 {
+            s.learn(if i % 2 == 0 { 1.2 } else { 0.8 }, 1.0 / 500.0, 0.01);
+        }
+        assert!((s.sd(0.01) - 0.2).abs() < 0.02, "{}", s.sd(0.01));
+        let z = s.z(1.6, 0.01, 1.0).unwrap_or_default();
+        assert!((z - 3.0).abs() < 0.4, "{z}");
+        let before = s.sd(0.01);
+        s.learn(1000.0, 1.0 / 500.0, 0.01);
+        assert!(s.sd(0.01) < before * 1.05, "{} {before}", s.sd(0.01));
+        // The floor bounds it from below.
+        let flat = {
+            let mut f = Spread::default();
+            for _ in 0..100 {
+                f.learn(1.0, 0.01, 0.05);
+            }
+            f
+        };
+        assert_eq!(flat.sd(0.05), 0.05);
     }
 
     #[test]

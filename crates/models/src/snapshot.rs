@@ -27,7 +27,9 @@ const PARTITION_MAGIC: &[u8; 6] = b"TWPART";
 /// 2: the wear evidence of hardware aging (feature state of another shape).
 /// 3: window sums hold the minutes their counters cover (`interval_s`).
 /// 4: event time per input (a partition's progress), open windows per terminal.
-const FORMAT: u32 = 4;
+/// 5: baselines are a level and a spread (features in units of each
+///    entity's own variability), rates of sags, reboots, reconnects, timeouts.
+const FORMAT: u32 = 5;
 const HEADER: usize = 6 + 4 + 8;
 
 #[derive(Debug, thiserror::Error)]

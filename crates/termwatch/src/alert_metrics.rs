@@ -124,6 +124,7 @@ pub struct AlertMetrics {
     tracked_terminals: IntGauge,
     tracked_alert_entities: IntGauge,
     dropped: IntCounterVec,
+    thin_region_windows: IntCounter,
     region_reports: IntCounterVec,
     region_dropped: IntCounterVec,
     terminal_dropped: GaugeVec,
@@ -317,6 +318,15 @@ impl AlertMetrics {
                         "1 while an input has nothing more to send for now and holds no window open.",
                     ),
                     &["source"],
+                )?,
+            )?,
+            thin_region_windows: register(
+                registry,
+                IntCounter::new(
+                    "termwatch_region_windows_unscored_total",
+                    "Region windows not scored for network degradation because fewer than three terminals with a \
+                     baseline reported in them (a region asleep at night): its median would be a few terminals' \
+                     noise.",
                 )?,
             )?,
             tracked_terminals: register(
@@ -534,6 +544,8 @@ impl AlertMetrics {
             // A restored snapshot carries the counts of the process that saved it.
             counter.inc_by(now.saturating_sub(counter.get()));
         }
+        let thin = &self.thin_region_windows;
+        thin.inc_by(c.thin_region_windows.saturating_sub(thin.get()));
         for (region, counts) in engine.region_counts() {
             let now = [counts.reports, counts.late, counts.ahead];
             let was = state.region_counts.entry(region.to_string()).or_default();
@@ -661,7 +673,7 @@ mod tests {
     use termwatch_telemetry::alerts::Reason;
 
     /// Every metric family this module exports (a test checks each is emitted).
-    const METRIC_NAMES: [&str; 25] = [
+    const METRIC_NAMES: [&str; 26] = [
         "termwatch_alerts_firing",
         "termwatch_alert_events_total",
         "termwatch_region_network_score",
@@ -674,6 +686,7 @@ mod tests {
         "termwatch_tracked_terminals",
         "termwatch_tracked_alert_entities",
         "termwatch_event_time_dropped_total",
+        "termwatch_region_windows_unscored_total",
         "termwatch_region_reports_total",
         "termwatch_region_reports_dropped_total",
         "termwatch_terminal_reports_dropped_ratio",
@@ -707,7 +720,7 @@ mod tests {
             bad: true,
             critical: score > 0.99,
             model_version: "test-1",
-            reasons: vec![Reason { feature: "v_min_drop".into(), value: 1.0, baseline: 0.0 }],
+            reasons: vec![Reason { feature: "v_min_drop_z".into(), value: 1.0, baseline: 0.0 }],
         }
     }
 
