@@ -72,8 +72,11 @@ pub struct FaultRates {
     /// Unlabelled: firmware rollouts (one model, one region, with reboots)
     /// per region-week. Default 0.7.
     pub rollouts_per_region_week: f64,
-    /// Unlabelled: one-report blips per terminal-day. Default 0.05.
+    /// Unlabelled: blips per terminal-day. Default 0.05.
     pub blips_per_terminal_day: f64,
+    /// Longest blip, in reports: each lasts 1 to this many, uniformly
+    /// (a sag blip sags in each). Default 1 (one-report blips); 1-12.
+    pub blip_max_reports: u32,
     /// Unlabelled: share of days that are national holidays or sale days. Default 0.08.
     pub special_day_share: f64,
     /// Lowest severity of a labelled fault, 0-1 (0 subtle, 1 gross). Default 0.1.
@@ -115,6 +118,7 @@ impl Default for FaultRates {
             uplink_failure_per_1000_site_days: 3.0,
             rollouts_per_region_week: 0.7,
             blips_per_terminal_day: 0.05,
+            blip_max_reports: 1,
             special_day_share: 0.08,
             severity_min: 0.1,
             severity_max: 1.0,
@@ -218,6 +222,12 @@ impl SimConfig {
         check_rate("faults.rollouts_per_region_week", f.rollouts_per_region_week)?;
         check_rate("faults.blips_per_terminal_day", f.blips_per_terminal_day)?;
         check_share("faults.special_day_share", f.special_day_share, 1.0)?;
+        if !(1..=12).contains(&f.blip_max_reports) {
+            return Err(SimError::config(
+                "faults.blip_max_reports",
+                format!("{} is not in 1..=12", f.blip_max_reports),
+            ));
+        }
         if !(f.aging_min_days.is_finite() && f.aging_min_days >= 0.1) {
             return Err(SimError::config("faults.aging_min_days", format!("{} is below 0.1 days", f.aging_min_days)));
         }

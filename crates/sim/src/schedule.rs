@@ -31,7 +31,8 @@ impl Part {
     }
 }
 
-/// A one-report anomaly (unlabelled).
+/// A short anomaly (unlabelled): one report, or a few with
+/// `blip_max_reports`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Blip {
     /// One supply sag with its dip in `supply_v_min`.
@@ -543,7 +544,10 @@ impl<'a> Builder<'a> {
             let ti = rng.below(self.fleet.terminals.len() as u64) as u32;
             let at = rng.range(self.start as f64, self.end as f64) as i64;
             let k = rng.below(BLIPS.len() as u64) as usize;
-            self.span(ti, at, at + self.interval, ids[k], 1.0);
+            // Drawn only when blips can be longer, so that the default
+            // fleets stay byte for byte what they were.
+            let reports = if f.blip_max_reports > 1 { 1 + rng.below(u64::from(f.blip_max_reports)) as i64 } else { 1 };
+            self.span(ti, at, at + self.interval * reports, ids[k], 1.0);
         }
     }
 }

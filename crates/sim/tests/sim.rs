@@ -518,3 +518,31 @@ fn invalid_config_names_the_parameter() {
     let err = Simulator::new(SimConfig { interval_s: 0, ..SimConfig::default() }).expect_err("invalid");
     assert!(err.to_string().contains("interval_s"), "{err}");
 }
+
+#[test]
+fn longer_blips_sag_in_consecutive_reports() {
+    // Blips only, many of them: with one report each, a sag report is
+    // almost never followed by another; with up to three, often.
+    let consecutive = |max_reports: u32| {
+        let mut cfg =
+            SimConfig { seed: 3, terminals: 30, regions: 2, days: 2.0, interval_s: 300, ..SimConfig::default() };
+        cfg.faults.scale_faults(0.0);
+        cfg.faults.uplink_failure_per_1000_site_days = 0.0;
+        cfg.faults.rollouts_per_region_week = 0.0;
+        cfg.faults.blips_per_terminal_day = 20.0;
+        cfg.faults.blip_max_reports = max_reports;
+        let mut rows = run(cfg).rows;
+        rows.sort_by(|a, b| (&a.terminal, a.ts).cmp(&(&b.terminal, b.ts)));
+        rows.windows(2).filter(|w| w[0].terminal == w[1].terminal && w[0].sags > 0 && w[1].sags > 0).count()
+    };
+    let (one, three) = (consecutive(1), consecutive(3));
+    assert!(three > 5 * one + 10, "consecutive sag reports: {one} with one-report blips, {three} with up to three");
+}
+
+#[test]
+fn blip_length_is_validated() {
+    let mut cfg = SimConfig::default();
+    cfg.faults.blip_max_reports = 0;
+    let err = Simulator::new(cfg).err().expect("refused");
+    assert!(err.to_string().contains("faults.blip_max_reports"), "{err}");
+}

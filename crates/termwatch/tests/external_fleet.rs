@@ -3,10 +3,10 @@
 //! threshold or a feature): every incident of the kinds termwatch detects
 //! is found, and false alerts stay under a ceiling per kind.
 //!
-//! The ceilings are a regression guard, about 1.5 times what
-//! `termwatch-default-6` does on this fleet (README, Detectors), not the
-//! target of 0.5 per 1,000 terminal-days, which voltage and network do
-//! not meet here yet.
+//! Voltage is held to the target, 0.5 false alerts per 1,000 terminal-days
+//! (none on this fleet's 885). Network and aging do not meet it here yet:
+//! their ceilings are a regression guard, about 1.5 times what
+//! `termwatch-default-6` does on this fleet (README, Detectors).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -51,7 +51,7 @@ fn the_shipped_models_find_every_incident_of_a_foreign_fleet_within_a_false_aler
     let report: serde_json::Value = serde_json::from_slice(&report).expect("JSON report");
     let kinds = report["kinds"].as_array().expect("kinds");
     // kind, false alerts per 1,000 terminal-days at most.
-    let ceilings = [("voltage_instability", 10.0), ("network_degradation", 10.0), ("hardware_aging", 2.0)];
+    let ceilings = [("voltage_instability", 0.5), ("network_degradation", 8.5), ("hardware_aging", 3.5)];
     for (kind, ceiling) in ceilings {
         let k = kinds.iter().find(|k| k["kind"] == kind).expect("kind in the report");
         let (incidents, detected) = (k["incidents"].as_u64().expect("n"), k["detected_incidents"].as_u64().expect("n"));
