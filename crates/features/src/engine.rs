@@ -152,7 +152,7 @@ pub struct SiteVoltageRow {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct NetworkRow {
     pub region: u32,
-    pub features: [f64; 6],
+    pub features: [f64; 7],
 }
 
 /// One terminal's wear features, as of one window.
@@ -1448,6 +1448,11 @@ impl FeatureEngine {
                 continue;
             }
             let n = f64::from(agg.terminals);
+            // Medians in standard errors: the median of n healthy z-scores
+            // has a standard deviation of about 1.2533 / sqrt(n), so a
+            // region of ten terminals and one of a hundred are judged on
+            // one scale (a small region's median wanders more).
+            let median_se = n.sqrt() / 1.2533;
             let sites: Vec<&(u32, u32)> = agg.sites.values().filter(|s| s.0 > 0).collect();
             let sites_degraded = sites.iter().filter(|s| 2 * s.1 > s.0).count() as f64;
             rows.network.push(NetworkRow {
@@ -1455,10 +1460,11 @@ impl FeatureEngine {
                 features: [
                     sites_degraded / (sites.len().max(1) as f64),
                     f64::from(agg.degraded) / n,
-                    median(&mut agg.rtt_z).unwrap_or(0.0),
-                    median(&mut agg.loss_z).unwrap_or(0.0),
+                    median(&mut agg.rtt_z).unwrap_or(0.0) * median_se,
+                    median(&mut agg.loss_z).unwrap_or(0.0) * median_se,
                     agg.reconnects_sum / n,
                     agg.timeouts_sum / n,
+                    n,
                 ],
             });
         }

@@ -52,13 +52,17 @@ pub mod names {
     /// Where `terminals_reporting` is in [`SITE_VOLTAGE`].
     pub const SITE_TERMINALS_REPORTING: usize = 5;
     /// Over the region's terminals with a baseline, each against its own.
-    pub const NETWORK: [&str; 6] = [
+    /// `_median_se`: the median of the terminals' z-scores in standard
+    /// errors of such a median (times sqrt(n) / 1.2533), so that regions
+    /// of any size share one scale; `terminals_reporting`: how many.
+    pub const NETWORK: [&str; 7] = [
         "share_sites_degraded",
         "share_terminals_degraded",
-        "rtt_z_median",
-        "loss_z_median",
+        "rtt_z_median_se",
+        "loss_z_median_se",
         "reconnect_surprise_mean",
         "timeout_surprise_mean",
+        "terminals_reporting",
     ];
     pub const AGING: [&str; 8] = [
         "reader_wear_evidence",

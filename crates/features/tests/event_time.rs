@@ -15,7 +15,7 @@ use termwatch_telemetry::{BatchBuilder, decode};
 
 /// A window's rows with names instead of this engine's indices, so that two
 /// engines that met the entities in another order compare equal.
-type Named = (i64, Vec<(String, [f64; 6], [f64; 6])>, Vec<(String, [f64; 6])>, Vec<(String, [f64; 6])>, Vec<String>);
+type Named = (i64, Vec<(String, [f64; 6], [f64; 6])>, Vec<(String, [f64; 6])>, Vec<(String, [f64; 7])>, Vec<String>);
 
 fn named(e: &FeatureEngine, rows: &[WindowRows]) -> Vec<Named> {
     rows.iter()

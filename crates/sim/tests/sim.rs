@@ -543,6 +543,6 @@ fn longer_blips_sag_in_consecutive_reports() {
 fn blip_length_is_validated() {
     let mut cfg = SimConfig::default();
     cfg.faults.blip_max_reports = 0;
-    let err = Simulator::new(cfg).err().expect("refused");
+    let Err(err) = Simulator::new(cfg) else { panic!("blip_max_reports 0 was accepted") };
     assert!(err.to_string().contains("faults.blip_max_reports"), "{err}");
 }
