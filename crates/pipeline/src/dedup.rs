@@ -109,6 +109,38 @@ impl Dedup {
         self.terminals.remove(terminal);
     }
 
+    /// Forgets the `n` terminals whose latest report is oldest, and returns
+    /// them. A flood of one-off terminal ids would otherwise grow this map
+    /// for ever. A report of a forgotten terminal is new again: it could
+    /// pass twice only if it is replayed after its terminal went silent
+    /// longest of all, when the feature engine has long closed its window
+    /// and drops it as late.
+    pub fn forget_longest_silent(&mut self, n: usize) -> Vec<Box<str>> {
+        if n == 0 || self.terminals.is_empty() {
+            return Vec::new();
+        }
+        if n >= self.terminals.len() {
+            return self.terminals.drain().map(|(t, _)| t).collect();
+        }
+        let mut latest: Vec<i64> = self.terminals.values().map(|w| w.now.latest_ts).collect();
+        let (_, &mut cut, _) = latest.select_nth_unstable(n - 1);
+        // Strictly older first, then ties at the cut until n are gone.
+        let mut gone = Vec::with_capacity(n);
+        let mut at_cut = n - latest[..n].iter().filter(|&&t| t < cut).count();
+        self.terminals.retain(|t, w| {
+            let go = w.now.latest_ts < cut
+                || (w.now.latest_ts == cut && at_cut > 0 && {
+                    at_cut -= 1;
+                    true
+                });
+            if go {
+                gone.push(t.clone());
+            }
+            !go
+        });
+        gone
+    }
+
     /// Checks a report and remembers it if new.
     pub fn check(&mut self, terminal: &str, ts: i64, interval_s: u32) -> Seen {
         let interval_ms = i64::from(interval_s.max(1)) * 1000;
@@ -147,6 +179,27 @@ mod tests {
 
     const MIN: i64 = 60_000;
     const T0: i64 = 1_795_514_460_000 - 1_795_514_460_000 % MIN;
+
+    #[test]
+    fn forgets_the_longest_silent_terminals_first() {
+        let mut d = Dedup::new();
+        for (i, t) in ["T-1", "T-2", "T-3", "T-4", "T-5"].iter().enumerate() {
+            assert_eq!(d.check(t, T0 + i as i64 * MIN, 60), Seen::New);
+        }
+        // T-2 and T-4 tie at the cut's time: one of them goes.
+        assert_eq!(d.check("T-2", T0 + 10 * MIN, 60), Seen::New);
+        assert_eq!(d.check("T-4", T0 + 10 * MIN, 60), Seen::New);
+        let mut gone = d.forget_longest_silent(2);
+        gone.sort();
+        assert_eq!(gone, vec![Box::from("T-1"), Box::from("T-3")]);
+        assert_eq!(d.len(), 3);
+        assert_eq!(d.forget_longest_silent(2).len(), 2);
+        assert_eq!(d.len(), 1);
+        // A forgotten terminal's report is new again.
+        assert_eq!(d.check("T-1", T0, 60), Seen::New);
+        assert_eq!(d.forget_longest_silent(10).len(), 2);
+        assert!(d.is_empty());
+    }
 
     #[test]
     fn passes_new_reports_and_drops_exact_repeats() {

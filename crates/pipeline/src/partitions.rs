@@ -58,6 +58,20 @@ impl Owners {
         self.by_terminal.get(terminal).and_then(|&i| self.keys.get(i as usize))
     }
 
+    /// Forgets one terminal (the duplicate check forgot it too).
+    pub fn forget(&mut self, terminal: &str) {
+        self.by_terminal.remove(terminal);
+    }
+
+    /// Terminals whose partition is known.
+    pub fn len(&self) -> usize {
+        self.by_terminal.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_terminal.is_empty()
+    }
+
     /// Forgets the terminals of a partition; returns them.
     pub fn release(&mut self, key: &PartitionKey) -> Vec<Box<str>> {
         let Some(i) = self.keys.iter().position(|k| k == key) else { return Vec::new() };

@@ -181,6 +181,9 @@ pub struct Stats {
     /// Valid reports too far behind their terminal's latest to check for
     /// duplicates: dropped (see [`crate::dedup`]).
     pub too_old: u64,
+    /// Terminals the duplicate check and the partition map forgot at their
+    /// limit, longest silent first (see [`Pipeline::with_max_terminals`]).
+    pub forgotten_terminals: u64,
 }
 
 impl Stats {
@@ -208,6 +211,9 @@ impl fmt::Display for Stats {
         }
         if self.too_old > 0 {
             write!(f, ", {} too old to deduplicate dropped", self.too_old)?;
+        }
+        if self.forgotten_terminals > 0 {
+            write!(f, ", {} terminals forgotten at the limit", self.forgotten_terminals)?;
         }
         Ok(())
     }
@@ -243,7 +249,14 @@ pub struct Pipeline {
     /// "successful" flush must never let a source acknowledge them.
     failed: Option<String>,
     max_record_bytes: usize,
+    /// Most terminals the duplicate check and the partition map hold.
+    max_terminals: usize,
 }
+
+/// Default of [`Pipeline::with_max_terminals`]: twice the feature engine's
+/// default limit, so that the engine, which forgets its longest-silent
+/// terminals first too, has always let a terminal go before this does.
+pub const DEFAULT_MAX_TERMINALS: usize = 1_000_000;
 
 impl Pipeline {
     pub fn new(config: BatchConfig, sinks: Vec<Box<dyn BatchSink>>, dead_letters: Box<dyn DeadLetterSink>) -> Self {
@@ -265,6 +278,37 @@ impl Pipeline {
             failed: None,
             owners: Owners::default(),
             max_record_bytes: termwatch_telemetry::MAX_RECORD_BYTES,
+            max_terminals: DEFAULT_MAX_TERMINALS,
+        }
+    }
+
+    /// Bounds the per-terminal maps of the duplicate check and of the
+    /// partition each terminal arrives on: past `max` terminals, the
+    /// longest-silent sixteenth is forgotten (counted in
+    /// [`Stats::forgotten_terminals`]). Give it at least the feature
+    /// engine's limit (twice is the default), so that a terminal the engine
+    /// still holds keeps its partition.
+    pub fn with_max_terminals(mut self, max: usize) -> Self {
+        self.max_terminals = max.max(16);
+        self
+    }
+
+    /// Terminals the duplicate check holds, and those whose partition is known.
+    pub fn tracked_terminals(&self) -> (usize, usize) {
+        (self.dedup.len(), self.owners.len())
+    }
+
+    /// Keeps the per-terminal maps within their limit; called after a new
+    /// terminal may have joined. Sweeps a sixteenth at a time, so the cost
+    /// is a constant per new terminal, not a scan per report.
+    fn bound_terminals(&mut self) {
+        if self.dedup.len() <= self.max_terminals {
+            return;
+        }
+        let gone = self.dedup.forget_longest_silent(self.max_terminals / 16 + 1);
+        self.stats.forgotten_terminals += gone.len() as u64;
+        for t in &gone {
+            self.owners.forget(t);
         }
     }
 
@@ -325,6 +369,7 @@ impl Pipeline {
                 if let Position::Kafka { topic, partition, .. } = position {
                     self.owners.claim(&record.terminal_id, topic, partition);
                 }
+                self.bound_terminals();
                 self.builder.append(&record)?;
                 let same = self.last_source.as_ref().is_some_and(|l| l.is(&position));
                 self.sources.push(same, || source_name(&position));
@@ -428,6 +473,7 @@ impl Pipeline {
             if dropped {
                 keep.get_or_insert_with(|| vec![true; batch.num_rows()])[row] = false;
             }
+            self.bound_terminals();
         }
         Ok(keep.map(BooleanArray::from))
     }
@@ -677,6 +723,37 @@ mod tests {
         let stats = p.finish().expect("finish");
         assert_eq!(*rows.0.lock().expect("lock"), vec![3, 3, 1]);
         assert_eq!((stats.read, stats.accepted, stats.batches), (7, 7, 3));
+    }
+
+    #[test]
+    fn a_flood_of_one_off_terminals_keeps_the_per_terminal_maps_bounded() {
+        let rows = Rows::default();
+        let mut p =
+            Pipeline::new(BatchConfig::default(), vec![Box::new(rows.clone())], Box::new(MemoryDeadLetters::default()))
+                .with_ingest_clock(|| NOW)
+                .with_max_terminals(1000);
+        // A minute apart, in the past: 20,000 terminals that report once,
+        // and one that reports every 50 minutes throughout.
+        let at = |i: i64| NOW - 15 * 86_400_000 + i * 60_000;
+        let line = |t: &str, ts: i64| format!(r#"{{"terminal_id":"{t}","ts":{ts},"region":"r"}}"#);
+        let kafka = |o: i64| Position::Kafka { topic: "telemetry", partition: (o % 6) as i32, offset: o };
+        let mut regular = 0;
+        for i in 0..20_000i64 {
+            p.push(line(&format!("X-{i}"), at(i)).as_bytes(), kafka(i)).expect("push");
+            if i % 50 == 0 {
+                regular = at(i);
+                p.push(line("REGULAR", regular).as_bytes(), kafka(i)).expect("push");
+            }
+            let (dedup, owners) = p.tracked_terminals();
+            assert!(dedup <= 1000 && owners <= 1000, "{dedup} and {owners} terminals after {i}");
+        }
+        // The terminal that kept reporting was never forgotten: its last
+        // report, sent again, is still caught as a duplicate.
+        p.push(line("REGULAR", regular).as_bytes(), kafka(0)).expect("push");
+        let stats = p.finish().expect("finish");
+        assert_eq!(stats.duplicates, 1);
+        assert!(stats.forgotten_terminals >= 19_000, "{stats}");
+        assert!(stats.to_string().contains("terminals forgotten at the limit"), "{stats}");
     }
 
     #[test]

@@ -44,7 +44,8 @@ impl Service {
         let dead_letters = KafkaDeadLetters::new(&config.kafka, kafka_metrics.clone())?;
         let pipeline = Pipeline::new(config.batch.config(), sinks, Box::new(dead_letters))
             .with_metrics(pipeline_metrics)
-            .with_max_record_bytes(config.limits.max_record_bytes);
+            .with_max_record_bytes(config.limits.max_record_bytes)
+            .with_max_terminals(config.limits.max_terminals.saturating_mul(2));
         let source = KafkaSource::new(&config.kafka, pipeline, kafka_metrics.clone())?;
         // Ready once the brokers have answered, not merely once started: a
         // replica that cannot reach Kafka is not taken as serving.
@@ -196,7 +197,8 @@ fn warm_up_from(
     let dead_letters = KafkaDeadLetters::new(&config.kafka, dead_letter_metrics)?;
     let pipeline =
         termwatch_pipeline::Pipeline::new(config.batch.config(), vec![Box::new(sink)], Box::new(dead_letters))
-            .with_max_record_bytes(config.limits.max_record_bytes);
+            .with_max_record_bytes(config.limits.max_record_bytes)
+            .with_max_terminals(config.limits.max_terminals.saturating_mul(2));
     let report = termwatch_pipeline::replay(inputs, pipeline);
     if let Some(e) = report.error {
         return Err(e).context("warm-up history");
