@@ -14,6 +14,8 @@ pub struct PipelineMetrics {
     pub records_rejected: IntCounterVec,
     /// Valid records dropped before batching, by `reason` (`duplicate`, `too_old`).
     pub records_dropped: IntCounterVec,
+    /// Terminals the duplicate check and the partition map forgot at their limit.
+    pub terminals_forgotten: IntCounter,
     pub batches: IntCounter,
     /// From a batch's first record to the batch having reached every sink.
     pub batch_latency: Histogram,
@@ -80,6 +82,12 @@ impl PipelineMetrics {
                 "termwatch_records_dropped_total",
                 "Valid records dropped before batching: seen before (duplicate) or too far behind their terminal to check (too_old).",
                 &["reason"],
+            )?,
+            terminals_forgotten: counter(
+                registry,
+                "termwatch_pipeline_terminals_forgotten_total",
+                "Terminals the duplicate check and the map of Kafka partitions forgot at their limit (twice \
+                 [limits] max_terminals), longest silent first: a flood of terminal ids.",
             )?,
             batches: counter(registry, "termwatch_batches_total", "Arrow record batches delivered to every sink.")?,
             batch_latency: histogram(

@@ -583,6 +583,7 @@ impl Pipeline {
         m.batches.inc_by(now.batches - was.batches);
         m.records_dropped.with_label_values(&["duplicate"]).inc_by(now.duplicates - was.duplicates);
         m.records_dropped.with_label_values(&["too_old"]).inc_by(now.too_old - was.too_old);
+        m.terminals_forgotten.inc_by(now.forgotten_terminals - was.forgotten_terminals);
         for (&(field, problem), &n) in &now.rejected {
             let before = was.rejected.get(&(field, problem)).copied().unwrap_or(0);
             if n > before {
@@ -728,10 +729,12 @@ mod tests {
     #[test]
     fn a_flood_of_one_off_terminals_keeps_the_per_terminal_maps_bounded() {
         let rows = Rows::default();
+        let metrics = crate::metrics::PipelineMetrics::register(&prometheus::Registry::new()).expect("metrics");
         let mut p =
             Pipeline::new(BatchConfig::default(), vec![Box::new(rows.clone())], Box::new(MemoryDeadLetters::default()))
                 .with_ingest_clock(|| NOW)
-                .with_max_terminals(1000);
+                .with_max_terminals(1000)
+                .with_metrics(metrics.clone());
         // A minute apart, in the past: 20,000 terminals that report once,
         // and one that reports every 50 minutes throughout.
         let at = |i: i64| NOW - 15 * 86_400_000 + i * 60_000;
@@ -754,6 +757,7 @@ mod tests {
         assert_eq!(stats.duplicates, 1);
         assert!(stats.forgotten_terminals >= 19_000, "{stats}");
         assert!(stats.to_string().contains("terminals forgotten at the limit"), "{stats}");
+        assert_eq!(metrics.terminals_forgotten.get(), stats.forgotten_terminals);
     }
 
     #[test]
