@@ -72,6 +72,16 @@ pub struct FaultRates {
     /// Unlabelled: firmware rollouts (one model, one region, with reboots)
     /// per region-week. Default 0.7.
     pub rollouts_per_region_week: f64,
+    /// Staged firmware rollouts of one model, fleet-wide, per week: a few
+    /// canary terminals, then a quarter of the model, then all of it.
+    /// Default 0 (none: the default fleets stay what they were).
+    pub staged_rollouts_per_week: f64,
+    /// Share of staged rollouts whose version is a regression (crashes, a
+    /// memory leak, a reboot loop or slower transactions; labelled
+    /// `firmware_regression`, rolled back after 1.5-4 days); the others
+    /// are benign (the reboot at update, a change of memory level).
+    /// Default 0.6.
+    pub regression_share: f64,
     /// Unlabelled: blips per terminal-day. Default 0.05.
     pub blips_per_terminal_day: f64,
     /// Longest blip, in reports: each lasts 1 to this many, uniformly
@@ -117,6 +127,8 @@ impl Default for FaultRates {
             network_per_region_day: 0.1,
             uplink_failure_per_1000_site_days: 3.0,
             rollouts_per_region_week: 0.7,
+            staged_rollouts_per_week: 0.0,
+            regression_share: 0.6,
             blips_per_terminal_day: 0.05,
             blip_max_reports: 1,
             special_day_share: 0.08,
@@ -133,6 +145,7 @@ impl FaultRates {
         self.site_mains_per_1000_site_days *= k;
         self.power_supply_per_1000_terminal_days *= k;
         self.network_per_region_day *= k;
+        self.staged_rollouts_per_week *= k;
     }
 }
 
@@ -221,6 +234,8 @@ impl SimConfig {
         check_rate("faults.uplink_failure_per_1000_site_days", f.uplink_failure_per_1000_site_days)?;
         check_rate("faults.rollouts_per_region_week", f.rollouts_per_region_week)?;
         check_rate("faults.blips_per_terminal_day", f.blips_per_terminal_day)?;
+        check_rate("faults.staged_rollouts_per_week", f.staged_rollouts_per_week)?;
+        check_share("faults.regression_share", f.regression_share, 1.0)?;
         check_share("faults.special_day_share", f.special_day_share, 1.0)?;
         if !(1..=12).contains(&f.blip_max_reports) {
             return Err(SimError::config(

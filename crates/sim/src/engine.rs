@@ -13,7 +13,7 @@ use crate::error::SimError;
 use crate::fleet::{Fleet, Net};
 use crate::json;
 use crate::rng::{Rng, mix_unit};
-use crate::schedule::{Blip, EffectKind, Part, Schedule};
+use crate::schedule::{Blip, EffectKind, Part, Regression, RegressionShape, Schedule};
 
 /// "Not measured" for the fixed-point fields of [`Rec`].
 const NONE: i32 = i32::MIN;
@@ -115,6 +115,10 @@ struct TermState {
     fw: [u16; 3],
     /// Sequence number + 1 of the last rollout applied.
     rollout_done: u32,
+    /// Sequence number + 1 of the last staged rollout applied, and the
+    /// version it replaced (what a rollback returns to).
+    staged_done: u32,
+    fw_before: [u16; 3],
     /// NaN until the first report.
     temp_c: f64,
     charge: f64,
@@ -156,6 +160,8 @@ struct Mods {
     reconnects_per_min: f64,
     down_until: Option<i64>,
     rollout: Option<(u32, [u16; 3])>,
+    staged: Option<(u32, [u16; 3])>,
+    rollback: bool,
     blip: Option<Blip>,
 }
 
@@ -180,6 +186,8 @@ impl Default for Mods {
             reconnects_per_min: 0.0,
             down_until: None,
             rollout: None,
+            staged: None,
+            rollback: false,
             blip: None,
         }
     }
@@ -198,6 +206,8 @@ pub struct Simulator {
     schedule: Schedule,
     states: Vec<TermState>,
     rng: Rng,
+    /// Regressed versions: (model, version, what it does).
+    regressions: Vec<(u8, [u16; 3], Regression)>,
     /// Next tick to generate.
     tick: u64,
     ticks: u64,
@@ -244,6 +254,8 @@ impl Simulator {
                     boot_ms,
                     fw: t.firmware0,
                     rollout_done: 0,
+                    staged_done: 0,
+                    fw_before: t.firmware0,
                     temp_c: f64::NAN,
                     charge: init.range(80.0, 100.0),
                     health_base: t.battery_health0,
@@ -260,7 +272,16 @@ impl Simulator {
             .collect();
         let ticks = cfg.ticks();
         let n = fleet.terminals.len();
+        let regressions = schedule
+            .effects
+            .iter()
+            .filter_map(|e| match e.kind {
+                EffectKind::Staged { model, firmware, regression: Some(r), .. } => Some((model, firmware, r)),
+                _ => None,
+            })
+            .collect();
         Ok(Simulator {
+            regressions,
             rng: Rng::stream(cfg.seed, 4),
             interval_ms: i64::from(cfg.interval_s) * 1000,
             start_ms,
@@ -486,6 +507,12 @@ impl Simulator {
                         m.rollout = Some((seq, firmware));
                     }
                 }
+                EffectKind::Staged { seq, firmware, .. } => {
+                    if st.staged_done <= seq {
+                        m.staged = Some((seq, firmware));
+                    }
+                }
+                EffectKind::Rollback { firmware } => m.rollback |= st.fw == firmware,
                 EffectKind::Blip(b) => m.blip = Some(b),
             }
         }
@@ -552,6 +579,44 @@ impl Simulator {
             st.rollout_done = seq + 1;
             st.fw = fw;
             other_reboot = true;
+        }
+        if let Some((seq, fw)) = m.staged {
+            st.staged_done = seq + 1;
+            st.fw_before = st.fw;
+            st.fw = fw;
+            other_reboot = true;
+        } else if m.rollback {
+            st.fw = st.fw_before;
+            other_reboot = true;
+        }
+        // A regressed version: draws only while one runs, so fleets without
+        // staged rollouts stay what they were.
+        let regression = self.regressions.iter().find(|r| r.0 == t.model && r.1 == st.fw).map(|r| r.2);
+        let mut extra_crashes = 0;
+        let mut leak_per_hour = 0.0;
+        if let Some(Regression { shape, severity: s }) = regression {
+            match shape {
+                RegressionShape::Crashes => {
+                    extra_crashes = rng.poisson(0.0004 * (4.0 + 30.0 * s) * per_min);
+                    other_reboot |= extra_crashes > 0 && rng.chance(0.4);
+                }
+                RegressionShape::MemoryLeak => {
+                    leak_per_hour = 1.0 + 8.0 * s;
+                    let hours = (ts - st.boot_ms).max(0) as f64 / MS_PER_HOUR as f64;
+                    if spec.mem_base + leak_per_hour * hours > 96.0 {
+                        // Out of memory: the application dies, the terminal restarts.
+                        extra_crashes = 1;
+                        other_reboot = true;
+                    }
+                }
+                RegressionShape::RebootLoop => {
+                    if rng.chance(((2.0 + 20.0 * s) / 1440.0 * per_min).min(1.0)) {
+                        other_reboot = true;
+                        extra_crashes = u32::from(rng.chance(0.3));
+                    }
+                }
+                RegressionShape::SlowTransactions => {}
+            }
         }
         if let Some((part, id)) = m.swap {
             st.swapped = id;
@@ -643,15 +708,26 @@ impl Simulator {
             (0.0008 + 1.6 * loss_frac.powf(1.2) + ((rtt_ms - 600.0) / 4000.0).max(0.0)).min(0.95)
         };
         let txn_timeouts = rng.binomial(txn - abandoned, p_timeout);
-        let mut crashes = rng.poisson(0.0004 * per_min);
+        let mut crashes = rng.poisson(0.0004 * per_min) + extra_crashes;
         if m.blip == Some(Blip::AppCrash) {
             crashes += 1;
         }
-        let other_failed = rng.binomial(txn - abandoned - txn_timeouts, 0.002);
+        let slow = match regression {
+            Some(Regression { shape: RegressionShape::SlowTransactions, severity: s }) => Some(s),
+            _ => None,
+        };
+        let mut other_failed = rng.binomial(txn - abandoned - txn_timeouts, 0.002);
+        if let Some(s) = slow {
+            other_failed += rng.binomial(txn - abandoned - txn_timeouts - other_failed, 0.01 + 0.04 * s);
+        }
         let txn_failed = (abandoned + txn_timeouts + other_failed + crashes.min(1) * u32::from(txn > 0)).min(txn);
         let (p50, p95) = if txn > 0 && !down {
-            let p50 = region.host_ms * rng.gauss(1.0, 0.06).max(0.5) + 2.2 * rtt_ms + loss_frac * 2500.0;
+            let mut p50 = region.host_ms * rng.gauss(1.0, 0.06).max(0.5) + 2.2 * rtt_ms + loss_frac * 2500.0;
             let mut p95 = p50 * rng.range(1.5, 2.1) + loss_frac * 6000.0;
+            if let Some(s) = slow {
+                p50 *= 1.1 + 0.3 * s;
+                p95 *= 1.3 + 1.2 * s;
+            }
             if f64::from(txn_timeouts) >= 0.05 * f64::from(txn) && txn_timeouts > 0 {
                 p95 = p95.max(30_000.0);
             }
@@ -752,6 +828,7 @@ impl Simulator {
         if m.blip == Some(Blip::CpuSpike) {
             mem += 10.0;
         }
+        mem += leak_per_hour * uptime_s as f64 / 3600.0;
         let mem = mem.clamp(5.0, 99.5);
         let outdoor = fleet.outdoor_c(t.region, tod);
         let ambient = if site.indoor { 21.5 + 0.25 * (outdoor - 21.5) } else { outdoor };

@@ -93,7 +93,59 @@ pub enum EffectKind {
         seq: u32,
         firmware: [u16; 3],
     },
+    /// A staged rollout of `firmware` to one model (seq numbers its rollout):
+    /// a terminal takes it, with a reboot, at its first report in its span.
+    Staged {
+        seq: u32,
+        model: u8,
+        firmware: [u16; 3],
+        regression: Option<Regression>,
+    },
+    /// The rollback of a staged `firmware`: a terminal still on it returns
+    /// to the version it ran before, with a reboot.
+    Rollback {
+        firmware: [u16; 3],
+    },
     Blip(Blip),
+}
+
+/// What a regressed firmware version does to a terminal running it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Regression {
+    pub shape: RegressionShape,
+    /// 0 subtle - 1 gross.
+    pub severity: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegressionShape {
+    /// The payment application crashes several times as often.
+    Crashes,
+    /// Memory climbs from boot until the application crashes and the
+    /// terminal reboots.
+    MemoryLeak,
+    /// The terminal reboots several times a day.
+    RebootLoop,
+    /// Transactions take longer and more of them fail.
+    SlowTransactions,
+}
+
+impl RegressionShape {
+    pub const ALL: [RegressionShape; 4] = [
+        RegressionShape::Crashes,
+        RegressionShape::MemoryLeak,
+        RegressionShape::RebootLoop,
+        RegressionShape::SlowTransactions,
+    ];
+
+    pub fn cause(self) -> &'static str {
+        match self {
+            RegressionShape::Crashes => "crashes",
+            RegressionShape::MemoryLeak => "memory_leak",
+            RegressionShape::RebootLoop => "reboot_loop",
+            RegressionShape::SlowTransactions => "slow_transactions",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -533,6 +585,102 @@ impl<'a> Builder<'a> {
         }
     }
 
+    /// Staged rollouts, fleet-wide per model: canary terminals (3-8 % of
+    /// the model, at least one), a quarter of it 18-42 h later, all of it
+    /// 18-42 h after that. A regression is rolled back 1.5-4 days after the
+    /// canary; terminals whose turn had not come never take it.
+    fn staged_rollouts(&mut self, rng: &mut Rng) {
+        let f = &self.cfg.faults;
+        let weeks = (self.end - self.start) as f64 / (7 * MS_PER_DAY) as f64;
+        let n = count(rng, f.staged_rollouts_per_week * weeks);
+        let regression_share = f.regression_share;
+        let mut next_major: HashMap<u8, u16> = HashMap::new();
+        let latest = self.end - MS_PER_DAY;
+        let earliest = self.start + MS_PER_DAY / 2;
+        if latest <= earliest {
+            return;
+        }
+        // Times first; a model's rollouts one after another (a rollout
+        // starting while the last is under way waits until it is done).
+        let mut plans: Vec<(i64, u8)> = (0..n)
+            .filter_map(|_| {
+                let t = self.fleet.terminals.get(rng.below(self.fleet.terminals.len() as u64) as usize)?;
+                Some((rng.range(earliest as f64, latest as f64) as i64, t.model))
+            })
+            .collect();
+        plans.sort_unstable();
+        let mut busy_until: HashMap<u8, i64> = HashMap::new();
+        for (seq, (at, model)) in plans.into_iter().enumerate() {
+            let seq = seq as u32;
+            let at = at.max(busy_until.get(&model).copied().unwrap_or(i64::MIN));
+            if at >= latest {
+                continue;
+            }
+            let spec = &MODELS[usize::from(model)];
+            let major = next_major.entry(model).or_insert(spec.firmware[0] + 1);
+            let firmware = [*major, 0, 0];
+            *major += 1;
+            let mut terms: Vec<u32> = (0..self.fleet.terminals.len() as u32)
+                .filter(|&ti| self.fleet.terminals[ti as usize].model == model)
+                .collect();
+            for i in (1..terms.len()).rev() {
+                terms.swap(i, rng.below(i as u64 + 1) as usize);
+            }
+            let total = terms.len();
+            let canary = ((total as f64 * rng.range(0.03, 0.08)).round() as usize).max(1);
+            let quarter = total.div_ceil(4).max(canary + 1);
+            let stage1 = at + (rng.range(18.0, 42.0) * MS_PER_HOUR as f64) as i64;
+            let stage2 = stage1 + (rng.range(18.0, 42.0) * MS_PER_HOUR as f64) as i64;
+            let regression = rng.chance(regression_share).then(|| Regression {
+                shape: RegressionShape::ALL[rng.below(RegressionShape::ALL.len() as u64) as usize],
+                severity: self.severity(rng),
+            });
+            let rollback = match regression {
+                Some(_) => (at + (rng.range(1.5, 4.0) * MS_PER_DAY as f64) as i64).min(self.end),
+                None => self.end,
+            };
+            let whens: Vec<(u32, i64)> = terms
+                .iter()
+                .enumerate()
+                .map(|(i, &ti)| {
+                    let stage = if i < canary {
+                        at
+                    } else if i < quarter {
+                        stage1
+                    } else {
+                        stage2
+                    };
+                    (ti, stage + rng.below(2 * MS_PER_HOUR as u64) as i64)
+                })
+                .filter(|&(_, when)| when < rollback)
+                .collect();
+            let Some(first_at) = whens.iter().map(|w| w.1).min() else { continue };
+            let last_at = whens.iter().map(|w| w.1).max().unwrap_or(first_at);
+            busy_until.insert(model, rollback.min(last_at + 2 * MS_PER_DAY) + 12 * MS_PER_HOUR);
+            let name = format!("{}/{}.{}.{}", spec.name, firmware[0], firmware[1], firmware[2]);
+            let label = regression.map(|r| IncidentLabel {
+                kind: AlertKind::FirmwareRegression,
+                scope: Scope::Cohort,
+                entity: name.clone(),
+                region: "*".to_string(),
+                start: first_at - first_at.rem_euclid(1000),
+                end: rollback + (1000 - rollback.rem_euclid(1000)) % 1000,
+                verdict: Verdict::Incident,
+                cause: Some(r.shape.cause().to_string()),
+            });
+            let severity = regression.map_or(0.0, |r| r.severity);
+            let e = self.push(EffectKind::Staged { seq, model, firmware, regression }, at, rollback, label, severity);
+            let back = (rollback < self.end)
+                .then(|| self.push(EffectKind::Rollback { firmware }, rollback, self.end, None, 0.0));
+            for (ti, when) in whens {
+                self.span(ti, when, rollback, e, 1.0);
+                if let Some(b) = back {
+                    self.span(ti, rollback, self.end, b, 1.0);
+                }
+            }
+        }
+    }
+
     fn blips(&mut self, rng: &mut Rng) {
         let f = &self.cfg.faults;
         let span_days = (self.end - self.start) as f64 / MS_PER_DAY as f64;
@@ -571,6 +719,7 @@ impl Schedule {
         b.uplinks(&mut Rng::stream(cfg.seed, 14));
         b.rollouts(&mut Rng::stream(cfg.seed, 15));
         b.blips(&mut Rng::stream(cfg.seed, 16));
+        b.staged_rollouts(&mut Rng::stream(cfg.seed, 17));
         let mut out = b.out;
         for s in &mut out.spans {
             s.sort_by_key(|sp| (sp.start, sp.effect));
