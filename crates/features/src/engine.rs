@@ -1,12 +1,13 @@
 use std::collections::{BTreeMap, HashMap};
 
-use arrow::array::{Array, AsArray, DictionaryArray, Float64Array, UInt32Array};
-use arrow::datatypes::{Float64Type, Int32Type, TimestampMillisecondType, UInt32Type};
+use arrow::array::{Array, AsArray, DictionaryArray, Float64Array, UInt32Array, UInt64Array};
+use arrow::datatypes::{Float64Type, Int32Type, TimestampMillisecondType, UInt32Type, UInt64Type};
 use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
 use termwatch_telemetry::fields::DEFAULT_INTERVAL_S;
 use termwatch_telemetry::{Counter, Label, Measure};
 
+use crate::release::{self, Peers, ReleaseRow, Releases, TerminalRelease, WindowCounts};
 use crate::stats::{Ewma, Spread, median, poisson_surprise};
 
 /// How features are computed. Part of a model artifact: a model is only
@@ -117,6 +118,9 @@ pub struct LimitCounts {
     pub refused_terminals: u64,
     /// Reports refused because their region could not be held.
     pub refused_regions: u64,
+    /// Firmware versions not tracked for release health, beyond
+    /// [`crate::MAX_RELEASES`].
+    pub refused_releases: u64,
 }
 
 /// How many of each entity an engine holds state for.
@@ -126,6 +130,8 @@ pub struct Held {
     pub sites: usize,
     pub regions: usize,
     pub cohorts: usize,
+    /// Firmware versions tracked for release health.
+    pub releases: usize,
 }
 
 /// Event time between two sweeps for idle terminals: each costs a pass over
@@ -172,27 +178,33 @@ pub struct WindowRows {
     pub site_voltage: Vec<SiteVoltageRow>,
     pub network: Vec<NetworkRow>,
     pub aging: Vec<AgingRow>,
+    /// Release health, one row per firmware version with terminals in
+    /// their first week on it.
+    pub firmware: Vec<ReleaseRow>,
 }
 
-/// Sums over one terminal's reports in one window.
+/// Sums over one terminal's reports in one window. Most of a terminal's
+/// memory (two to four of these are open): counts of reports are 16 bits
+/// (a window stops taking reports at 65,535, which no honest terminal
+/// sends in one window), sums other than the supply's are single precision.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 struct Acc {
     window: i64,
-    n: u32,
-    v_n: u32,
+    n: u16,
+    v_n: u16,
     v_mean_sum: f64,
     v_std_sum: f64,
     v_min: f64,
     v_max: f64,
     /// Minutes the reports' counters cover (their `interval_s`): counters
     /// become rates per minute, the same whatever the reporting interval.
-    minutes: f64,
+    minutes: f32,
     sags: u32,
     reboots: u32,
-    rtt_log_sum: f64,
-    rtt_n: u32,
-    loss_sum: f64,
-    loss_n: u32,
+    rtt_log_sum: f32,
+    rtt_n: u16,
+    loss_sum: f32,
+    loss_n: u16,
     reconnects: u32,
     timeouts: u32,
     txn: u32,
@@ -200,8 +212,18 @@ struct Acc {
     card_errors: u32,
     print_jobs: u32,
     print_errors: u32,
-    health_sum: f64,
-    health_n: u32,
+    health_sum: f32,
+    health_n: u16,
+    /// Release health's counts, saturating.
+    crashes: u16,
+    failed: u16,
+    /// Reboots less an update's own.
+    release_reboots: u16,
+    p95_n: u16,
+    p95_log_sum: f32,
+    /// Memory points gained within one boot, and over how many hours.
+    mem_rise: f32,
+    mem_hours: f32,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -282,6 +304,7 @@ struct Terminal {
     open: Vec<Acc>,
     base: Baseline,
     wear: Wear,
+    release: TerminalRelease,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -407,6 +430,8 @@ pub struct FeatureEngine {
     /// Pooled wear rates per cohort: the prior a terminal's own rates are
     /// shrunk towards.
     cohort_wear: Vec<CohortWear>,
+    /// Release health per firmware version.
+    releases: Releases,
     /// Terminals with reports in each open window.
     members: BTreeMap<i64, Vec<u32>>,
     /// The latest event time applied, for display: windows close on the
@@ -458,7 +483,7 @@ const EPS_V: f64 = 0.002;
 /// learnt: about what a reading's rounding and a window's few reports leave
 /// even on a perfectly steady terminal, so that one cannot be infinitely
 /// surprised. In ln units (5 %) for deviations, ranges and round trips.
-const LOG_SD_FLOOR: f64 = 0.05;
+pub(crate) const LOG_SD_FLOOR: f64 = 0.05;
 /// For the supply's mean and its lowest reading's gap: 0.2 % of nominal.
 const V_SD_FLOOR: f64 = 0.002;
 /// For packet loss: 0.1 percentage points.
@@ -470,7 +495,7 @@ const RATE_FLOOR_PER_MINUTE: f64 = 1.0 / 1440.0;
 const TIMEOUT_RATE_FLOOR: f64 = 0.001;
 /// Features in units of an entity's own spread are capped here, so that the
 /// standardisation fitted in training is not made by a few absurd readings.
-const Z_CAP: f64 = 50.0;
+pub(crate) const Z_CAP: f64 = 50.0;
 /// A window this many of its own standard deviations out, or this
 /// surprising (nats, about 1 in 400), is not learnt into the baseline it is
 /// measured against: a fault is not absorbed into its own reference.
@@ -515,6 +540,7 @@ impl FeatureEngine {
             site_regions: Vec::new(),
             cohort_base: Vec::new(),
             cohort_wear: Vec::new(),
+            releases: Releases::default(),
             members: BTreeMap::new(),
             latest: i64::MIN,
             sources: BTreeMap::new(),
@@ -544,7 +570,7 @@ impl FeatureEngine {
 
     /// What the limits did since this process started.
     pub fn limit_counts(&self) -> LimitCounts {
-        self.limit_counts
+        LimitCounts { refused_releases: self.releases.refused, ..self.limit_counts }
     }
 
     pub fn counters(&self) -> Counters {
@@ -694,6 +720,7 @@ impl FeatureEngine {
             sites: self.sites.names.len(),
             regions: self.regions.names.len(),
             cohorts: self.cohorts.names.len(),
+            releases: self.releases.len(),
         }
     }
 
@@ -747,6 +774,13 @@ impl FeatureEngine {
             card_errors: u32col(Counter::CardReadErrors),
             print_jobs: u32col(Counter::PrintJobs),
             print_errors: u32col(Counter::PrintErrors),
+            crashes: u32col(Counter::AppCrashes),
+            failed: u32col(Counter::TxnFailed),
+            p95: f64col(Measure::TxnLatencyP95Ms),
+            mem: f64col(Measure::MemUsedPct),
+            uptime: column(batch, "uptime_s").and_then(|c| c.as_primitive_opt::<UInt64Type>()),
+            models,
+            firmwares,
         };
         // Dictionary value -> terminal index, resolved once per batch.
         let mut local: Vec<Option<u32>> = vec![None; ids.values().len()];
@@ -922,6 +956,7 @@ impl FeatureEngine {
             site_regions: self.site_regions.clone(),
             cohort_base: self.cohort_base.clone(),
             cohort_wear: self.cohort_wear.clone(),
+            releases: self.releases.clone(),
             members: BTreeMap::new(),
             latest: self.latest,
             sources: self.sources.clone(),
@@ -999,6 +1034,7 @@ impl FeatureEngine {
             open: Vec::new(),
             base: Baseline::default(),
             wear: Wear::default(),
+            release: TerminalRelease::default(),
         });
         self.terminal_index.insert(id.into(), t);
         (Some(t), reindexed)
@@ -1100,6 +1136,17 @@ impl FeatureEngine {
             return;
         }
         let report = Report::read(c, row, ts);
+        // A version a tracked terminal switches to (not the one it was
+        // first seen on: that has nothing before it to be judged against).
+        if report.release != 0 && term.release.current != 0 && report.release != term.release.current {
+            let w = ts.div_euclid(self.config.window_ms);
+            let name = || {
+                let m = dict_value(c.models, row).unwrap_or("?");
+                let f = dict_value(c.firmwares, row).unwrap_or("?");
+                format!("{m}/{f}")
+            };
+            self.releases.switched(report.release, name, w);
+        }
         // A report held for being far ahead is settled by the terminal's
         // next one: kept if that one carries on from it (or arrived a little
         // out of order), dropped if the clock went back by more than
@@ -1155,6 +1202,32 @@ impl FeatureEngine {
         }
         let Some(term) = self.terminals.get_mut(t as usize) else { return };
         term.dropped -= DROP_ALPHA * term.dropped;
+        let (mut mem_rise, mut mem_hours) = (0.0, 0.0);
+        let rel = &mut term.release;
+        if r.ts > term.max_ts {
+            // The newest report says which version the terminal runs now.
+            if r.release != rel.current {
+                let rollback = r.release == rel.before;
+                let tracked = rel.current != 0 && r.release != 0 && !rollback && self.releases.knows(r.release);
+                rel.since = if tracked { r.ts } else { i64::MIN };
+                rel.before = rel.current;
+                rel.current = r.release;
+                rel.model = r.model;
+                rel.last_mem = release::NO_MEM;
+            }
+            if let (Some(mem), Some(up)) = (r.mem, r.uptime_s) {
+                if let Some((rise, hours)) =
+                    release::climb((rel.last_mem, rel.last_uptime_s, term.max_ts), (mem, up, r.ts), r.reboots, r.crashes)
+                {
+                    (mem_rise, mem_hours) = (rise, hours);
+                }
+                rel.last_mem = mem as f32;
+                rel.last_uptime_s = up.min(u64::from(u32::MAX)) as u32;
+            } else {
+                rel.last_mem = release::NO_MEM;
+            }
+        }
+        let update_reboot = rel.since != i64::MIN && r.ts.saturating_sub(rel.since) < release::UPDATE_GRACE_MS;
         term.max_ts = term.max_ts.max(r.ts);
         source.observe(r.ts);
         self.latest = self.latest.max(r.ts);
@@ -1175,6 +1248,11 @@ impl FeatureEngine {
             }
         };
         acc.add(r);
+        if !update_reboot {
+            acc.release_reboots = acc.release_reboots.saturating_add(u16::try_from(r.reboots).unwrap_or(u16::MAX));
+        }
+        acc.mem_rise += mem_rise as f32;
+        acc.mem_hours += mem_hours as f32;
     }
 
     /// Closes every window the inputs' common watermark has left behind by
@@ -1214,6 +1292,8 @@ impl FeatureEngine {
         let alpha = 1.0 / cfg.baseline_windows;
         let mut site_acc: HashMap<u32, SiteAgg> = HashMap::new();
         let mut region_acc: HashMap<u32, RegionAgg> = HashMap::new();
+        let mut peers: HashMap<u32, Peers> = HashMap::new();
+        let mut probation: Vec<(u32, u32, WindowCounts)> = Vec::new();
         for t in members {
             let Some(term) = self.terminals.get_mut(t as usize) else { continue };
             // Every earlier window has closed, so this one is the oldest open.
@@ -1229,7 +1309,7 @@ impl FeatureEngine {
                 continue;
             }
             let Some(cohort) = self.cohort_base.get_mut(term.cohort as usize) else { continue };
-            let minutes = acc.minutes.max(1.0 / 60.0);
+            let minutes = f64::from(acc.minutes).max(1.0 / 60.0);
             let site = site_acc.entry(term.site).or_default();
             let region = region_acc.entry(term.region).or_default();
             region.sites.entry(term.site).or_default();
@@ -1291,9 +1371,10 @@ impl FeatureEngine {
             }
 
             // Network, against the terminal's own level and spread once it has them.
+            let mut network_trouble = false;
             if acc.rtt_n > 0 || acc.loss_n > 0 {
-                let rtt_log = if acc.rtt_n > 0 { Some(acc.rtt_log_sum / f64::from(acc.rtt_n)) } else { None };
-                let loss = if acc.loss_n > 0 { Some(acc.loss_sum / f64::from(acc.loss_n)) } else { None };
+                let rtt_log = if acc.rtt_n > 0 { Some(f64::from(acc.rtt_log_sum) / f64::from(acc.rtt_n)) } else { None };
+                let loss = if acc.loss_n > 0 { Some(f64::from(acc.loss_sum) / f64::from(acc.loss_n)) } else { None };
                 let b = &mut term.base;
                 let warm = b.rtt_log.level.weight >= cfg.warmup_windows;
                 let z = |s: &Spread, x: Option<f64>, floor: f64| {
@@ -1306,6 +1387,7 @@ impl FeatureEngine {
                 let reconnects = poisson_surprise(acc.reconnects, reconnect_rate * minutes);
                 let timeouts = poisson_surprise(acc.timeouts, timeout_rate * f64::from(acc.txn));
                 let degraded = rtt_z > QUIET_Z || loss_z > QUIET_Z;
+                network_trouble = degraded || reconnects > QUIET_SURPRISE;
                 if !degraded && reconnects <= QUIET_SURPRISE && timeouts <= QUIET_SURPRISE {
                     if let Some(x) = rtt_log {
                         b.rtt_log.learn(x, alpha, LOG_SD_FLOOR);
@@ -1329,6 +1411,28 @@ impl FeatureEngine {
                     s.0 += 1;
                     s.1 += u32::from(degraded);
                 }
+            }
+
+            // Release health: evidence for a new version, or the terminal's
+            // own rates on the version it has run for a while.
+            let counts = WindowCounts {
+                minutes,
+                crashes: u32::from(acc.crashes),
+                reboots: u32::from(acc.release_reboots),
+                failed: u32::from(acc.failed),
+                txn: acc.txn,
+                mem_rise: f64::from(acc.mem_rise),
+                mem_hours: f64::from(acc.mem_hours),
+                p95_log: (acc.p95_n > 0).then(|| f64::from(acc.p95_log_sum) / f64::from(acc.p95_n)),
+                network_trouble,
+            };
+            if self.releases.is_evidence(&term.release, end_ms) {
+                // Judged once the region's peers in this window are known.
+                probation.push((t, term.region, counts));
+            } else {
+                let expected = self.releases.expect(&term.release, &counts, cfg.warmup_windows);
+                peers.entry(term.region).or_default().add(&counts, &expected);
+                self.releases.learn(&mut term.release, &counts);
             }
 
             // Wear: decayed sums, so a rate is weighted by how much was tried.
@@ -1379,7 +1483,7 @@ impl FeatureEngine {
                 }
             }
             if acc.health_n > 0 {
-                let h = acc.health_sum / f64::from(acc.health_n);
+                let h = f64::from(acc.health_sum) / f64::from(acc.health_n);
                 wear.health_short.update(h, short);
                 wear.health_long.update(h, long * 4.0);
                 if let Some(now) = wear.health_short.get() {
@@ -1475,6 +1579,15 @@ impl FeatureEngine {
         let name = |n: &Names, i: u32| n.names.get(i as usize).cloned();
         rows.site_voltage.sort_by_cached_key(|r| name(sites, r.site));
         rows.network.sort_by_cached_key(|r| name(regions, r.region));
+        // In terminal-id order, as the members were: a version's sums add up
+        // in the same order whatever the arrival order was.
+        for (t, region, counts) in probation {
+            let Some(term) = self.terminals.get(t as usize) else { continue };
+            let expected = self.releases.expect(&term.release, &counts, cfg.warmup_windows);
+            let region_peers = peers.get(&region).copied().unwrap_or_default();
+            self.releases.evidence(&term.release, &counts, &expected, &region_peers, w);
+        }
+        rows.firmware = self.releases.close(w);
         rows
     }
 }
@@ -1505,6 +1618,15 @@ struct Report {
     print_jobs: u32,
     print_errors: u32,
     health: Option<f64>,
+    crashes: u32,
+    failed: u32,
+    p95: Option<f64>,
+    mem: Option<f64>,
+    uptime_s: Option<u64>,
+    /// Keys of its model ([`release::model_key`]) and of its model and
+    /// firmware ([`release::key`]); 0 when unnamed.
+    model: u32,
+    release: u64,
 }
 
 impl Report {
@@ -1537,12 +1659,25 @@ impl Report {
             print_jobs: u(c.print_jobs),
             print_errors: u(c.print_errors),
             health: f(c.health),
+            crashes: u(c.crashes),
+            failed: u(c.failed),
+            p95: f(c.p95),
+            mem: f(c.mem),
+            uptime_s: c.uptime.filter(|a| a.is_valid(row)).map(|a| a.value(row)),
+            model: dict_value(c.models, row).map_or(0, release::model_key),
+            release: match (dict_value(c.models, row), dict_value(c.firmwares, row)) {
+                (Some(m), Some(f)) => release::key(&[m, f]),
+                _ => 0,
+            },
         }
     }
 }
 
 impl Acc {
     fn add(&mut self, r: &Report) {
+        if self.n == u16::MAX {
+            return;
+        }
         self.n += 1;
         if let Some([mean, std, min, max]) = r.supply {
             self.v_n += 1;
@@ -1551,15 +1686,15 @@ impl Acc {
             self.v_min = self.v_min.min(min);
             self.v_max = self.v_max.max(max);
         }
-        self.minutes += f64::from(r.interval_s.max(1)) / 60.0;
+        self.minutes += (f64::from(r.interval_s.max(1)) / 60.0) as f32;
         self.sags += r.sags;
         self.reboots += r.reboots;
         if let Some(rtt) = r.rtt {
-            self.rtt_log_sum += (rtt.max(0.0) + 1.0).ln();
+            self.rtt_log_sum += (rtt.max(0.0) + 1.0).ln() as f32;
             self.rtt_n += 1;
         }
         if let Some(loss) = r.loss {
-            self.loss_sum += loss;
+            self.loss_sum += loss as f32;
             self.loss_n += 1;
         }
         self.reconnects += r.reconnects;
@@ -1570,8 +1705,15 @@ impl Acc {
         self.print_jobs += r.print_jobs;
         self.print_errors += r.print_errors;
         if let Some(h) = r.health {
-            self.health_sum += h;
+            self.health_sum += h as f32;
             self.health_n += 1;
+        }
+        let small = |x: u32| u16::try_from(x).unwrap_or(u16::MAX);
+        self.crashes = self.crashes.saturating_add(small(r.crashes));
+        self.failed = self.failed.saturating_add(small(r.failed));
+        if let Some(p) = r.p95.filter(|p| *p > 0.0 && p.is_finite()) {
+            self.p95_log_sum += p.ln() as f32;
+            self.p95_n += 1;
         }
     }
 }
@@ -1596,6 +1738,13 @@ struct Cols<'a> {
     card_errors: Option<&'a UInt32Array>,
     print_jobs: Option<&'a UInt32Array>,
     print_errors: Option<&'a UInt32Array>,
+    crashes: Option<&'a UInt32Array>,
+    failed: Option<&'a UInt32Array>,
+    p95: Option<&'a Float64Array>,
+    mem: Option<&'a Float64Array>,
+    uptime: Option<&'a UInt64Array>,
+    models: Option<&'a DictionaryArray<Int32Type>>,
+    firmwares: Option<&'a DictionaryArray<Int32Type>>,
 }
 
 #[derive(Default)]

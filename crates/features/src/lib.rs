@@ -24,12 +24,14 @@
 //! nothing (switched off) has no row: gaps are absences, never zeros.
 
 mod engine;
+mod release;
 mod stats;
 
 pub use engine::{
     AgingRow, Counters, DEFAULT_SOURCE, FeatureConfig, FeatureEngine, Held, LimitCounts, Limits, MIN_REGION_TERMINALS,
     NetworkRow, RegionCounts, SiteVoltageRow, SourceProgress, TerminalStates, TerminalVoltageRow, WindowRows,
 };
+pub use release::{MAX_RELEASES, PROBATION_MS, ReleaseRow, UPDATE_GRACE_MS};
 pub use stats::{Ewma, Spread, poisson_surprise};
 
 /// Feature names, in the order of each row's `features` array.
@@ -74,6 +76,22 @@ pub mod names {
         "printer_error_log_ratio",
         "battery_health_drop_per_day",
     ];
+    /// One firmware version (`MODEL/FIRMWARE`), over its terminals in their
+    /// first week on it, each against its own rates on the version it ran
+    /// before (shrunk towards its model's while it has little history),
+    /// moved by what the terminals of its region off probation show in the
+    /// same window against theirs (a network problem, a busy morning).
+    /// `_surprise`: `-ln P(X >= k)` of the version's count (a day's decayed
+    /// sum) at the count expected; an update's own reboot is not counted,
+    /// nor are failures and latency in windows where the terminal's own
+    /// network is out of line. `mem_climb_per_hour`: memory points gained
+    /// per hour within one boot beyond the expected, shrunk with four hours
+    /// of none (a leak climbs; a version that simply uses more memory steps
+    /// once, across the update's reboot). `p95_latency_z_mean`: the
+    /// terminals' p95 latency in units of their own spread, averaged over
+    /// their windows (shrunk with 24 windows of none), less their region's peers'.
+    pub const FIRMWARE: [&str; 5] =
+        ["crash_surprise", "reboot_surprise", "txn_failed_surprise", "mem_climb_per_hour", "p95_latency_z_mean"];
 }
 
 #[cfg(test)]

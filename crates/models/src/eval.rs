@@ -114,8 +114,11 @@ pub struct FleetIndex {
     terminals: HashMap<String, TerminalSeen>,
     site_terminals: HashMap<String, BTreeSet<String>>,
     regions: HashSet<String>,
-    /// Every `MODEL/FIRMWARE` reported.
-    cohorts: HashSet<String>,
+    /// Every `MODEL/FIRMWARE` reported, with each terminal's first report
+    /// of it (the exposure of `firmware_regression`).
+    cohorts: HashMap<String, HashMap<String, i64>>,
+    /// Every terminal of each model.
+    model_terminals: HashMap<String, HashSet<String>>,
     reports: u64,
     rejected: u64,
     blank_lines: u64,
@@ -162,7 +165,7 @@ impl FleetIndex {
                 Ok(t) => {
                     self.observe(&t.terminal_id, t.label(Label::SiteId), &t.region, t.ts_ms);
                     if let (Some(model), Some(firmware)) = (t.label(Label::Model), t.label(Label::Firmware)) {
-                        self.observe_cohort(model, firmware);
+                        self.observe_version(&t.terminal_id, model, firmware, t.ts_ms);
                     }
                 }
                 Err(rejection) => {
@@ -176,10 +179,31 @@ impl FleetIndex {
         Ok(())
     }
 
-    /// Records that a terminal of `model` reported on `firmware`: the cohort
-    /// `MODEL/FIRMWARE` exists.
-    pub fn observe_cohort(&mut self, model: &str, firmware: &str) {
-        self.cohorts.insert(format!("{model}/{firmware}"));
+    /// Records that `terminal`, of `model`, reported on `firmware` at
+    /// `ts_ms`: the cohort `MODEL/FIRMWARE` exists, and the terminal is
+    /// exposed to it from its first such report on.
+    pub fn observe_version(&mut self, terminal: &str, model: &str, firmware: &str, ts_ms: i64) {
+        let cohort = format!("{model}/{firmware}");
+        let first = self.cohorts.entry(cohort).or_default();
+        match first.get_mut(terminal) {
+            Some(t) => *t = (*t).min(ts_ms),
+            None => {
+                first.insert(terminal.to_owned(), ts_ms);
+            }
+        }
+        let terminals = self.model_terminals.entry(model.to_owned()).or_default();
+        if !terminals.contains(terminal) {
+            terminals.insert(terminal.to_owned());
+        }
+    }
+
+    /// The share of `MODEL`'s terminals that had reported the version of
+    /// `cohort` (`MODEL/FIRMWARE`) by `ts_ms`; `None` for an unknown cohort.
+    pub fn exposure(&self, cohort: &str, ts_ms: i64) -> Option<f64> {
+        let (model, _) = cohort.split_once('/')?;
+        let total = self.model_terminals.get(model)?.len();
+        let exposed = self.cohorts.get(cohort)?.values().filter(|&&first| first <= ts_ms).count();
+        (total > 0).then(|| exposed as f64 / total as f64)
     }
 
     /// Records one valid report.
@@ -216,7 +240,7 @@ impl FleetIndex {
             Scope::Terminal => self.terminals.contains_key(entity),
             Scope::Site => self.site_terminals.contains_key(entity),
             Scope::Region => self.regions.contains(entity),
-            Scope::Cohort => self.cohorts.contains(entity),
+            Scope::Cohort => self.cohorts.contains_key(entity),
         }
     }
 
@@ -316,6 +340,8 @@ pub struct KindReport {
     pub median_delay_ms: Option<f64>,
     /// Median of [`Detection::lead_time_ms`], for `hardware_aging` only.
     pub median_lead_time_ms: Option<f64>,
+    /// Median of [`Detection::exposure`], for `firmware_regression` only.
+    pub median_exposure: Option<f64>,
     /// Firing events for a `(kind, scope, entity)` that was already firing:
     /// a breach of the contract, counted rather than refused.
     pub overlapping_firing: usize,
@@ -342,6 +368,10 @@ pub struct Detection {
     pub delay_ms: i64,
     /// `end - first_alert_ts`.
     pub lead_time_ms: i64,
+    /// For `firmware_regression`: the share of the model's terminals that
+    /// had reported the version by `first_alert_ts` (alerts-v1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exposure: Option<f64>,
 }
 
 impl Report {
@@ -456,6 +486,9 @@ fn evaluate_kind(kind: AlertKind, alerts: &[AlertEvent], labels: &[IncidentLabel
                 first_alert_ts: ts,
                 delay_ms: ts - inc.start,
                 lead_time_ms: inc.end - ts,
+                exposure: (kind == AlertKind::FirmwareRegression)
+                    .then(|| fleet.exposure(&inc.entity, ts))
+                    .flatten(),
             }),
             None => missed_incidents.push((*inc).clone()),
         }
@@ -475,8 +508,14 @@ fn evaluate_kind(kind: AlertKind, alerts: &[AlertEvent], labels: &[IncidentLabel
         None
     };
 
+    let median_exposure = if kind == AlertKind::FirmwareRegression {
+        median_f64(detections.iter().filter_map(|d| d.exposure).collect())
+    } else {
+        None
+    };
     KindReport {
         kind,
+        median_exposure,
         firing_alerts,
         true_alerts,
         false_alerts,
@@ -517,6 +556,17 @@ pub fn median(mut values: Vec<i64>) -> Option<f64> {
         0 => None,
         _ if n % 2 == 1 => Some(values[n / 2] as f64),
         _ => Some((i128::from(values[n / 2 - 1]) + i128::from(values[n / 2])) as f64 / 2.0),
+    }
+}
+
+/// The median of shares, as [`median`].
+fn median_f64(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(values[n / 2]),
+        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
     }
 }
 
@@ -598,7 +648,7 @@ fn render_table(r: &Report, max_listed: usize) -> String {
     out.push('\n');
     let _ = writeln!(
         out,
-        "{:<20} {:>6} {:>5} {:>6} {:>9} {:>8} {:>9} {:>6} {:>6} {:>11} {:>12} {:>12}",
+        "{:<20} {:>6} {:>5} {:>6} {:>9} {:>8} {:>9} {:>6} {:>6} {:>11} {:>12} {:>12} {:>8}",
         "kind",
         "firing",
         "true",
@@ -610,15 +660,17 @@ fn render_table(r: &Report, max_listed: usize) -> String {
         "F1",
         "false/1k td",
         "median delay",
-        "median lead"
+        "median lead",
+        "exposure"
     );
     for k in &r.kinds {
         let rate = k.false_alerts_per_1000_terminal_days.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"));
         let delay = k.median_delay_ms.map_or_else(|| "-".to_owned(), format_duration);
         let lead = k.median_lead_time_ms.map_or_else(|| "-".to_owned(), format_duration);
+        let exposure = k.median_exposure.map_or_else(|| "-".to_owned(), |e| format!("{:.0} %", e * 100.0));
         let _ = writeln!(
             out,
-            "{:<20} {:>6} {:>5} {:>6} {:>9} {:>8} {:>9.3} {:>6.3} {:>6.3} {:>11} {:>12} {:>12}",
+            "{:<20} {:>6} {:>5} {:>6} {:>9} {:>8} {:>9.3} {:>6.3} {:>6.3} {:>11} {:>12} {:>12} {:>8}",
             k.kind.as_str(),
             k.firing_alerts,
             k.true_alerts,
@@ -630,13 +682,15 @@ fn render_table(r: &Report, max_listed: usize) -> String {
             k.f1,
             rate,
             delay,
-            lead
+            lead,
+            exposure
         );
     }
     let _ = writeln!(
         out,
         "precision = true/firing (1 with no alerts), recall = detected/incidents (1 with no incidents),\n\
-         false/1k td = false alerts per 1,000 terminal-days, median lead for hardware_aging only: docs/evaluation.md"
+         false/1k td = false alerts per 1,000 terminal-days, median lead for hardware_aging only,\n\
+         exposure (median share of the model's terminals on the version at detection) for firmware_regression only: docs/evaluation.md"
     );
 
     for k in &r.kinds {
@@ -885,6 +939,34 @@ mod tests {
         assert_eq!(d.lead_time_ms, 18 * DAY);
         assert_eq!(k.median_delay_ms, Some((2 * DAY) as f64));
         assert_eq!(k.median_lead_time_ms, Some((18 * DAY) as f64));
+    }
+
+    #[test]
+    fn exposure_is_the_share_of_the_model_on_the_version_at_the_first_alert() {
+        let mut fleet = FleetIndex::default();
+        for i in 0..8 {
+            fleet.observe_version(&format!("P-{i}"), "P200", "5.2.1", T0);
+        }
+        fleet.observe_version("M-1", "M50", "6.0.0", T0);
+        // Two canaries an hour in, two more a day later.
+        fleet.observe_version("P-0", "P200", "6.0.0", T0 + HOUR);
+        fleet.observe_version("P-1", "P200", "6.0.0", T0 + 2 * HOUR);
+        fleet.observe_version("P-2", "P200", "6.0.0", T0 + DAY);
+        fleet.observe_version("P-3", "P200", "6.0.0", T0 + DAY);
+        assert_eq!(fleet.exposure("P200/6.0.0", T0 + 3 * HOUR), Some(0.25));
+        assert_eq!(fleet.exposure("P200/6.0.0", T0 + 2 * DAY), Some(0.5));
+        assert_eq!(fleet.exposure("P200/6.0.0", T0), Some(0.0));
+        assert_eq!(fleet.exposure("P200/9.9.9", T0), None);
+        let report = evaluate(
+            &[alert(AlertKind::FirmwareRegression, Scope::Cohort, "P200/6.0.0", T0 + 3 * HOUR)],
+            &[incident(AlertKind::FirmwareRegression, Scope::Cohort, "P200/6.0.0", T0 + HOUR, T0 + 3 * DAY)],
+            &fleet,
+        );
+        let k = report.kind(AlertKind::FirmwareRegression).expect("reported");
+        assert_eq!((k.detected_incidents, k.median_exposure), (1, Some(0.25)));
+        assert_eq!(k.detections[0].exposure, Some(0.25));
+        // Not a figure of the other kinds.
+        assert_eq!(report.kind(Voltage).and_then(|k| k.median_exposure), None);
     }
 
     #[test]

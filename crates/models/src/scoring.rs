@@ -38,17 +38,22 @@ fn expected(kind: AlertKind, scope: Scope) -> &'static [&'static str] {
         (AlertKind::VoltageInstability, _) => &names::TERMINAL_VOLTAGE,
         (AlertKind::NetworkDegradation, _) => &names::NETWORK,
         (AlertKind::HardwareAging, _) => &names::AGING,
-        // No firmware detector yet: nothing to check an artifact against.
-        (AlertKind::FirmwareRegression, _) => &[],
+        (AlertKind::FirmwareRegression, _) => &names::FIRMWARE,
     }
 }
 
-const DETECTORS: [(AlertKind, Scope); 4] = [
+const DETECTORS: [(AlertKind, Scope); 5] = [
     (AlertKind::VoltageInstability, Scope::Site),
     (AlertKind::VoltageInstability, Scope::Terminal),
     (AlertKind::NetworkDegradation, Scope::Region),
     (AlertKind::HardwareAging, Scope::Terminal),
+    (AlertKind::FirmwareRegression, Scope::Cohort),
 ];
+
+/// Detectors an artifact may lack: training leaves one out when its labels
+/// hold no incident of its kind (a fleet that never rolled out firmware
+/// under watch), and the service then scores nothing of that kind.
+const OPTIONAL: [(AlertKind, Scope); 1] = [(AlertKind::FirmwareRegression, Scope::Cohort)];
 
 impl ModelSet {
     /// Loads an artifact, refusing one whose format or feature set does not
@@ -67,7 +72,12 @@ impl ModelSet {
             return Err(ModelError::Format { path: path.into(), found: self.format.clone() });
         }
         for (kind, scope) in DETECTORS {
-            let d = self.detector(kind, scope).ok_or(ModelError::Missing { path: path.into(), kind, scope })?;
+            let Some(d) = self.detector(kind, scope) else {
+                if OPTIONAL.contains(&(kind, scope)) {
+                    continue;
+                }
+                return Err(ModelError::Missing { path: path.into(), kind, scope });
+            };
             let want = expected(kind, scope);
             if d.feature_names.iter().map(String::as_str).ne(want.iter().copied())
                 || d.means.len() != want.len()
@@ -102,7 +112,30 @@ pub struct Scorer {
     /// kept only when asked for, so a replay does not hoard them.
     scores: Vec<((AlertKind, Scope), Vec<f64>)>,
     keep_scores: bool,
+    /// The latest release health of each firmware version with terminals
+    /// in their first week on it, for dashboards; a day after its last
+    /// window a version leaves. Bounded by the engine's version limit.
+    releases: std::collections::BTreeMap<Box<str>, ReleaseHealth>,
 }
+
+/// One firmware version's latest release health.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReleaseHealth {
+    /// `MODEL/FIRMWARE`.
+    pub entity: Box<str>,
+    /// Terminals in their first week on it that reported in its latest window.
+    pub terminals: u32,
+    pub crashes_per_terminal_day: f64,
+    /// What the same terminals' own rates on their versions before expect.
+    pub expected_crashes_per_terminal_day: f64,
+    /// The firmware detector's latest score (None without one).
+    pub score: Option<f64>,
+    /// End of its latest window, epoch ms.
+    pub end_ms: i64,
+}
+
+/// How long a version's release health stays after its last window.
+const RELEASE_HEALTH_KEPT_MS: i64 = 86_400_000;
 
 impl Scorer {
     pub fn new(models: ModelSet) -> Result<Scorer, ModelError> {
@@ -116,6 +149,7 @@ impl Scorer {
             region_scores: Vec::new(),
             scores,
             keep_scores: false,
+            releases: Default::default(),
         })
     }
 
@@ -269,6 +303,11 @@ impl Scorer {
         }
     }
 
+    /// Release health of the versions being rolled out, by name.
+    pub fn release_health(&self) -> impl Iterator<Item = &ReleaseHealth> {
+        self.releases.values()
+    }
+
     pub fn engine(&self) -> &FeatureEngine {
         &self.engine
     }
@@ -324,6 +363,7 @@ impl Scorer {
             let mut terminal_scores = Vec::new();
             let mut network_scores = Vec::new();
             let mut aging_scores = Vec::new();
+            let mut firmware_scores = Vec::new();
             if let Some(d) = self.models.detector(AlertKind::VoltageInstability, Scope::Site) {
                 for r in &w.site_voltage {
                     if !scored_at_site_scope(&r.features) {
@@ -379,6 +419,27 @@ impl Scorer {
                     events.extend(self.alerts.observe(scored));
                 }
             }
+            let firmware = self.models.detector(AlertKind::FirmwareRegression, Scope::Cohort);
+            for r in &w.firmware {
+                let score = firmware.map(|d| d.score(&r.features));
+                if let (Some(d), Some(score)) = (firmware, score) {
+                    firmware_scores.push(score);
+                    // A cohort spans the fleet: its region is "*" (alerts-v1).
+                    let scored =
+                        scored(d, w.end_ms, &r.entity, "*", score, &version, d.reasons(&r.features, &r.baselines, 3));
+                    events.extend(self.alerts.observe(scored));
+                }
+                let health = ReleaseHealth {
+                    entity: r.entity.clone(),
+                    terminals: r.terminals,
+                    crashes_per_terminal_day: r.crashes_per_terminal_day,
+                    expected_crashes_per_terminal_day: r.expected_crashes_per_terminal_day,
+                    score,
+                    end_ms: w.end_ms,
+                };
+                self.releases.insert(r.entity.clone(), health);
+            }
+            self.releases.retain(|_, h| h.end_ms > w.end_ms.saturating_sub(RELEASE_HEALTH_KEPT_MS));
             events.extend(self.alerts.expire(w.end_ms));
             for s in site_scores {
                 self.record(AlertKind::VoltageInstability, Scope::Site, s);
@@ -388,6 +449,9 @@ impl Scorer {
             }
             for s in aging_scores {
                 self.record(AlertKind::HardwareAging, Scope::Terminal, s);
+            }
+            for s in firmware_scores {
+                self.record(AlertKind::FirmwareRegression, Scope::Cohort, s);
             }
             for (r, s) in network_scores {
                 self.record(AlertKind::NetworkDegradation, Scope::Region, s);

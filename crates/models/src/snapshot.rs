@@ -29,7 +29,9 @@ const PARTITION_MAGIC: &[u8; 6] = b"TWPART";
 /// 4: event time per input (a partition's progress), open windows per terminal.
 /// 5: baselines are a level and a spread (features in units of each
 ///    entity's own variability), rates of sags, reboots, reconnects, timeouts.
-const FORMAT: u32 = 5;
+/// 6: release health (each terminal's version and own rates, each version's
+///    evidence).
+const FORMAT: u32 = 6;
 const HEADER: usize = 6 + 4 + 8;
 
 #[derive(Debug, thiserror::Error)]

@@ -27,6 +27,9 @@ pub struct TrainingRows {
     pub network: Vec<(i64, String, Vec<f64>)>,
     /// (window end, terminal, site, region, features)
     pub aging: Vec<(i64, String, String, String, Vec<f64>)>,
+    /// (window end, MODEL/FIRMWARE, features)
+    #[doc(alias = "release")]
+    pub firmware: Vec<(i64, String, Vec<f64>)>,
     pub first_ms: Option<i64>,
     pub last_ms: Option<i64>,
     /// Distinct (terminal, UTC day) pairs with a report: the exposure.
@@ -58,6 +61,7 @@ impl TrainingRows {
         self.site_voltage.extend(other.site_voltage);
         self.network.extend(other.network);
         self.aging.extend(other.aging);
+        self.firmware.extend(other.firmware);
         self.first_ms = match (self.first_ms, other.first_ms) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -96,6 +100,9 @@ impl TrainingRows {
             }
             for r in &w.network {
                 self.network.push((w.end_ms, engine.region_name(r.region).to_string(), r.features.to_vec()));
+            }
+            for r in &w.firmware {
+                self.firmware.push((w.end_ms, r.entity.to_string(), r.features.to_vec()));
             }
             for r in &w.aging {
                 let t = engine.terminal_id(r.terminal).to_string();
@@ -296,7 +303,7 @@ pub fn train(
     let alerting = AlertingConfig::default();
     let window = features.window_ms;
     let margin = 30 * MIN;
-    use AlertKind::{HardwareAging, NetworkDegradation, VoltageInstability};
+    use AlertKind::{FirmwareRegression, HardwareAging, NetworkDegradation, VoltageInstability};
 
     // Site voltage: mains problems. One terminal's failing supply is a
     // healthy window for the site: its features are the second-worst
@@ -355,16 +362,36 @@ pub fn train(
         })
         .collect();
 
-    let plan: [(AlertKind, Scope, &[&str], &[Labelled<'_>]); 4] = [
+    // Firmware: a regressed version from its first report to its rollback;
+    // the first hour is left out (a canary has barely run), and so is the
+    // day after the rollback, while the decayed evidence fades.
+    let firmware: Vec<Labelled<'_>> = rows
+        .firmware
+        .iter()
+        .map(|(t, cohort, f)| {
+            let truth = index.truth(FirmwareRegression, Scope::Cohort, cohort, *t, 60 * MIN, 24 * 60 * MIN);
+            (*t, cohort.as_str(), f.as_slice(), truth)
+        })
+        .collect();
+    let has_firmware_incidents =
+        labels.iter().any(|l| l.kind == FirmwareRegression && l.scope == Scope::Cohort && l.verdict == Verdict::Incident);
+
+    let plan: [(AlertKind, Scope, &[&str], &[Labelled<'_>]); 5] = [
         (VoltageInstability, Scope::Site, &names::SITE_VOLTAGE, &site),
         (VoltageInstability, Scope::Terminal, &names::TERMINAL_VOLTAGE, &terminal),
         (NetworkDegradation, Scope::Region, &names::NETWORK, &network),
         (HardwareAging, Scope::Terminal, &names::AGING, &aging),
+        (FirmwareRegression, Scope::Cohort, &names::FIRMWARE, &firmware),
     ];
     let plan_kinds = plan.map(|p| p.0);
     let mut detectors = Vec::new();
     let mut figures = Vec::new();
     for (kind, scope, feature_names, truths) in plan {
+        // Without a firmware incident in the labels there is nothing to fit
+        // a firmware detector to: the artifact goes without one.
+        if kind == FirmwareRegression && !has_firmware_incidents {
+            continue;
+        }
         let h = alerting.for_kind(kind);
         let (k, m) = (h.fire_after_bad_windows as usize, h.resolve_after(scope) as usize);
         let incidents: Incidents<'_> = labels

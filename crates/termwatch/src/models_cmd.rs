@@ -322,7 +322,7 @@ fn delay_text(ms: Option<f64>) -> String {
 
 fn model_card(set: &ModelSet) -> String {
     let mut s = format!(
-        "# Model card: {}\n\nFormat `{}`. Four detectors, each a logistic regression (linfa) over window features\n\
+        "# Model card: {}\n\nFormat `{}`. {} detectors, each a logistic regression (linfa) over window features\n\
          computed by `termwatch-features` (windows of {} s, lateness {} s), standardised with the\n\
          training data's means and deviations.\n\n\
          Each detector alerts in two tiers: `k` consecutive windows at or above its threshold fire a\n\
@@ -337,11 +337,15 @@ fn model_card(set: &ModelSet) -> String {
          detects at least as many incidents as the `k` rule alone with the shortest median (then mean)\n\
          delay. The tier only spends the part of the budget the `k` rule leaves. When no candidate is\n\
          faster, the critical tier is off (critical threshold 1.0, shown as \"off\") and the detector\n\
-         never raises a critical alert.\n\n## Trained on\n\n- inputs: {}\n- fingerprint: `{}`\n- windows: {} .. {}\n\
+         never raises a critical alert. The firmware-regression detector (when the training labels hold\n\
+         firmware regressions) scores one row per firmware version with terminals in their first week on\n\
+         it, its windows labelled from the version's first report to its rollback, the first hour and a\n\
+         day around each regression left out.\n\n## Trained on\n\n- inputs: {}\n- fingerprint: `{}`\n- windows: {} .. {}\n\
          - terminal-days: {}\n- incidents: {}\n- not_incident labels: {}\n\n## Detectors\n\n\
          | kind | scope | features | threshold | critical | positive windows | healthy windows | window recall | specificity | false alerts / 1,000 terminal-days (training, healthy) | of which at once |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
         set.version,
         set.format,
+        set.detectors.len(),
         set.features.window_ms / 1000,
         set.features.lateness_ms / 1000,
         set.trained_on.inputs.iter().map(|(p, n)| format!("{p} ({n} bytes)")).collect::<Vec<_>>().join(", "),

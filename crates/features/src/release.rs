@@ -1,0 +1,588 @@
+//! Release health: firmware versions judged by the terminals that took them,
+//! each against the rates it showed on the version it ran before.
+//!
+//! A terminal whose newest report names another version than before
+//! *switched*; for `PROBATION_MS` after that it is on probation: its own
+//! rates (crashes, reboots, failed transactions, memory climb, p95
+//! latency) stop learning and stay those of the version it ran before, and
+//! what it does on the new version is evidence about that version. Each
+//! version (`MODEL/FIRMWARE`) sums, with a day's memory, what its
+//! probation terminals showed and what their own baselines expected: the
+//! surprise of the count at the expected rate weighs exposure as it should,
+//! so two canary terminals crashing ten times as often are as telling as
+//! twenty crashing twice as often, and an update's own reboot (the first
+//! `UPDATE_GRACE_MS` of a version) or a new memory level (a step across a
+//! reboot, not a climb) is no evidence at all.
+//!
+//! A terminal that has no history before its version (first seen on it)
+//! gives no evidence: there is nothing to compare it with; nor does one
+//! going back to the version it ran before (a rollback).
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::stats::{Spread, poisson_surprise};
+
+/// How long after switching a terminal's evidence counts for its new
+/// version, and its own rates are held at those of the version before.
+pub const PROBATION_MS: i64 = 7 * 86_400_000;
+/// Reboots in a version's first half hour on a terminal are the update's.
+pub const UPDATE_GRACE_MS: i64 = 30 * 60_000;
+/// Memory of a version's evidence, in windows (a day at 5-minute windows).
+const RELEASE_MEMORY_WINDOWS: f64 = 288.0;
+/// Memory of a terminal's own rates, in its windows with reports (a week at
+/// 5-minute windows).
+const OWN_MEMORY_WINDOWS: f32 = 2016.0;
+/// A terminal's own rates are shrunk towards its model's pooled rate with
+/// the weight of this many minutes of its own: a day.
+const PRIOR_MINUTES: f64 = 1440.0;
+/// Floors: one crash or reboot a week, one failure per thousand
+/// transactions. They stand for what a fleet's history can tell apart from
+/// zero, not for any fleet.
+const EVENT_RATE_FLOOR_PER_MINUTE: f64 = 1.0 / (7.0 * 1440.0);
+const FAILED_RATE_FLOOR: f64 = 0.001;
+/// Windows of no change a version's mean p95 z-score is shrunk with: two
+/// canaries' first hour says little about their latency.
+const P95_PRIOR_WINDOWS: f64 = 24.0;
+/// Hours of no climb a version's memory climb is shrunk with.
+const CLIMB_PRIOR_HOURS: f64 = 4.0;
+/// Memory pairs further apart than this are not a climb (the terminal was
+/// off, or reports were lost).
+const MAX_PAIR_GAP_S: i64 = 3600;
+/// Versions and models tracked at most: a flood of invented firmware
+/// strings is refused and counted beyond these.
+pub const MAX_RELEASES: usize = 10_000;
+const MAX_MODELS: usize = 1_000;
+/// A version not seen for this many windows (and with no evidence left) is
+/// forgotten.
+const FORGET_AFTER_WINDOWS: i64 = 7 * 288;
+
+/// A model's key: 32 bits of [`key`], enough for a fleet's few models and
+/// 4 bytes less per terminal.
+pub fn model_key(model: &str) -> u32 {
+    (key(&[model]) >> 32) as u32 | 1
+}
+
+/// No memory reading: not NaN, so that states compare equal to their copies.
+pub(crate) const NO_MEM: f32 = -1.0;
+
+/// A stable key of a string (FNV-1a, 64 bits): the same in every process,
+/// so a terminal's versions need no renumbering when it moves between
+/// replicas or is restored. 0 means none.
+pub fn key(parts: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            h ^= u64::from(b'/');
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        for b in p.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h.max(1)
+}
+
+/// One terminal's release state.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub(crate) struct TerminalRelease {
+    /// Key of the model ([`model_key`]) and of the version of its newest
+    /// report (0 before any).
+    pub model: u32,
+    pub current: u64,
+    /// Key of the version it ran before `current` (0: none seen). Going
+    /// back to it is a rollback, not a new version to judge.
+    pub before: u64,
+    /// When its newest version replaced another while it was tracked
+    /// (`i64::MIN`: never, it has no version before to be compared with).
+    pub since: i64,
+    /// Decayed sums over its windows off probation: crashes, reboots (not
+    /// an update's), failed transactions, transactions, minutes covered,
+    /// memory rise (points) and the hours it rose over.
+    pub sums: [f32; 7],
+    /// ln of its p95 transaction latency, off probation.
+    pub p95_log: Spread,
+    /// Its newest report's memory use ([`NO_MEM`] when unknown) and uptime,
+    /// for the next climb.
+    pub last_mem: f32,
+    pub last_uptime_s: u32,
+}
+
+impl Default for TerminalRelease {
+    fn default() -> Self {
+        TerminalRelease {
+            model: 0,
+            current: 0,
+            before: 0,
+            since: i64::MIN,
+            sums: [0.0; 7],
+            p95_log: Spread::default(),
+            last_mem: NO_MEM,
+            last_uptime_s: 0,
+        }
+    }
+}
+
+const CRASHES: usize = 0;
+const REBOOTS: usize = 1;
+const FAILED: usize = 2;
+const TXN: usize = 3;
+const MINUTES: usize = 4;
+const RISE: usize = 5;
+const RISE_HOURS: usize = 6;
+
+impl TerminalRelease {
+    /// Whether a report at `ts` counts as evidence for its version.
+    pub fn on_probation(&self, ts: i64) -> bool {
+        self.since != i64::MIN && ts.saturating_sub(self.since) < PROBATION_MS
+    }
+}
+
+/// What one terminal's window adds to release health.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct WindowCounts {
+    pub minutes: f64,
+    pub crashes: u32,
+    /// Reboots, less those of an update.
+    pub reboots: u32,
+    pub failed: u32,
+    pub txn: u32,
+    pub mem_rise: f64,
+    pub mem_hours: f64,
+    /// Mean ln p95 latency over the window's reports that had one.
+    pub p95_log: Option<f64>,
+    /// The terminal's own round trip, loss or reconnects were out of line:
+    /// its failures and latency are the network's, not evidence about its
+    /// firmware (nor part of its peers' reference).
+    pub network_trouble: bool,
+}
+
+/// A model's pooled rates over its terminals off probation: the prior of a
+/// terminal with little history of its own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+struct ModelPool {
+    sums: [f64; 5],
+}
+
+/// What a terminal's own history expects of one window.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct Expected {
+    /// Crashes, reboots, failed transactions.
+    pub counts: [f64; 3],
+    /// Memory points gained within one boot.
+    pub rise: f64,
+    /// p95 latency in the terminal's own standard deviations.
+    pub p95_z: Option<f64>,
+}
+
+/// What the terminals off probation of one region showed in one window,
+/// against their own expectations: the contemporaneous control.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct Peers {
+    observed: [f64; 3],
+    expected: [f64; 3],
+    /// What the counts are per: minutes (crashes, reboots), transactions.
+    minutes: f64,
+    txn: f64,
+    rise: f64,
+    hours: f64,
+    p95_z: f64,
+    p95_n: u32,
+}
+
+/// Peers' climb replaces the terminal's own from this many hours of pairs.
+const MIN_PEER_HOURS: f64 = 0.5;
+/// Peers' latency counts from this many of them.
+const MIN_PEERS: u32 = 3;
+
+impl Peers {
+    pub fn add(&mut self, w: &WindowCounts, e: &Expected) {
+        let counted = if w.network_trouble { 2 } else { 3 };
+        for (i, k) in [w.crashes, w.reboots, w.failed].into_iter().enumerate().take(counted) {
+            self.observed[i] += f64::from(k);
+            self.expected[i] += e.counts[i];
+        }
+        self.minutes += w.minutes;
+        self.rise += w.mem_rise;
+        self.hours += w.mem_hours;
+        if w.network_trouble {
+            return;
+        }
+        self.txn += f64::from(w.txn);
+        if let Some(z) = e.p95_z {
+            self.p95_z += z;
+            self.p95_n += 1;
+        }
+    }
+
+    /// What the peers saw of count `i` beyond their expectation, per
+    /// minute (crashes, reboots) or per transaction (failures), in a window
+    /// of `w`: what the region adds to every terminal's count, the
+    /// version's included. Never negative: a quiet region does not excuse
+    /// a version.
+    fn excess(&self, i: usize, w: &WindowCounts) -> f64 {
+        let (per, of) = if i == 2 { (self.txn, f64::from(w.txn)) } else { (self.minutes, w.minutes) };
+        if per <= 0.0 {
+            return 0.0;
+        }
+        (self.observed[i] - self.expected[i]).max(0.0) / per * of
+    }
+
+    fn climb(&self) -> Option<f64> {
+        (self.hours >= MIN_PEER_HOURS).then(|| self.rise / self.hours)
+    }
+
+    fn p95_z(&self) -> Option<f64> {
+        (self.p95_n >= MIN_PEERS).then(|| self.p95_z / f64::from(self.p95_n))
+    }
+}
+
+/// One version's evidence: decayed sums over its probation terminals.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Version {
+    /// `MODEL/FIRMWARE`, the alert's entity.
+    name: Box<str>,
+    /// Observed and expected: crashes, reboots, failed transactions;
+    /// memory rise (points) observed and expected and its hours; sum and
+    /// count of p95 z-scores; minutes covered.
+    sums: [f64; 12],
+    /// Probation terminals that reported in the window being closed.
+    terminals_now: u32,
+    last_window: i64,
+}
+
+/// Release health of every version seen switching to.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct Releases {
+    versions: HashMap<u64, Version>,
+    models: HashMap<u32, ModelPool>,
+    /// Versions refused at `MAX_RELEASES`.
+    pub refused: u64,
+}
+
+/// One version's release-health features in one window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReleaseRow {
+    /// `MODEL/FIRMWARE`.
+    pub entity: Box<str>,
+    pub features: [f64; 5],
+    /// What the features were measured against: expected crashes,
+    /// reboots and failures (decayed counts), expected climb per hour, 0
+    /// (z-scores are against each terminal's own level).
+    pub baselines: [f64; 5],
+    /// Its terminals on probation that reported in the window. Not a
+    /// feature: how far a rollout has gone says nothing of the version.
+    pub terminals: u32,
+    /// Release health for dashboards: crashes per terminal-day on the
+    /// version, and what the same terminals' own rates expect (a day's
+    /// decayed sums).
+    pub crashes_per_terminal_day: f64,
+    pub expected_crashes_per_terminal_day: f64,
+}
+
+impl Releases {
+    /// Notes that a terminal switched to the version `key` named `name`;
+    /// false when the version cannot be tracked (too many).
+    pub fn switched(&mut self, key: u64, name: impl FnOnce() -> String, window: i64) -> bool {
+        if let Some(v) = self.versions.get_mut(&key) {
+            v.last_window = v.last_window.max(window);
+            return true;
+        }
+        if self.versions.len() >= MAX_RELEASES {
+            self.refused += 1;
+            return false;
+        }
+        self.versions.insert(key, Version { name: name().into(), sums: [0.0; 12], terminals_now: 0, last_window: window });
+        true
+    }
+
+    /// Whether the version `key` is tracked.
+    pub fn knows(&self, key: u64) -> bool {
+        self.versions.contains_key(&key)
+    }
+
+    pub fn len(&self) -> usize {
+        self.versions.len()
+    }
+
+    /// Whether a terminal's window is evidence for its version (it is on
+    /// probation on a version tracked) rather than a window to learn from.
+    pub fn is_evidence(&self, t: &TerminalRelease, end_ms: i64) -> bool {
+        t.on_probation(end_ms) && self.versions.contains_key(&t.current)
+    }
+
+    /// What a terminal's own rates (shrunk towards its model's) expect of a
+    /// window, and its p95 latency in its own standard deviations.
+    pub fn expect(&self, t: &TerminalRelease, w: &WindowCounts, warmup: f32) -> Expected {
+        let pool = self.models.get(&t.model).map(|p| p.sums);
+        let s = t.sums;
+        let prior = |i: usize, per: usize, floor: f64| {
+            let pooled = pool.map_or(floor, |p| if p[per] > 0.0 { p[i] / p[per] } else { floor }).max(floor);
+            // Own rate shrunk towards the model's; never below the floor.
+            ((f64::from(s[i]) + PRIOR_MINUTES * pooled) / (f64::from(s[per]) + PRIOR_MINUTES)).max(floor)
+        };
+        // Failures per transaction: the prior weight, in minutes elsewhere,
+        // is in transactions here.
+        let fail_rate = if pool.is_some_and(|p| p[TXN] > 0.0) || s[TXN] > 0.0 {
+            prior(FAILED, TXN, FAILED_RATE_FLOOR)
+        } else {
+            FAILED_RATE_FLOOR
+        };
+        let climb = if s[RISE_HOURS] > 1.0 { f64::from(s[RISE] / s[RISE_HOURS]) } else { 0.0 };
+        Expected {
+            counts: [
+                prior(CRASHES, MINUTES, EVENT_RATE_FLOOR_PER_MINUTE) * w.minutes,
+                prior(REBOOTS, MINUTES, EVENT_RATE_FLOOR_PER_MINUTE) * w.minutes,
+                fail_rate * f64::from(w.txn),
+            ],
+            rise: climb * w.mem_hours,
+            p95_z: w
+                .p95_log
+                .and_then(|p| t.p95_log.z(p, crate::engine::LOG_SD_FLOOR, warmup))
+                .map(|z| z.clamp(-crate::engine::Z_CAP, crate::engine::Z_CAP)),
+        }
+    }
+
+    /// A window off probation: the terminal's own rates and its model's learn.
+    pub fn learn(&mut self, t: &mut TerminalRelease, w: &WindowCounts) {
+        let keep = 1.0 - 1.0 / OWN_MEMORY_WINDOWS;
+        for x in &mut t.sums {
+            *x *= keep;
+        }
+        let add = [
+            f64::from(w.crashes),
+            f64::from(w.reboots),
+            f64::from(w.failed),
+            f64::from(w.txn),
+            w.minutes,
+            w.mem_rise,
+            w.mem_hours,
+        ];
+        for (x, a) in t.sums.iter_mut().zip(add) {
+            *x += a as f32;
+        }
+        if let Some(p) = w.p95_log {
+            t.p95_log.learn(p, 1.0 / f64::from(OWN_MEMORY_WINDOWS), crate::engine::LOG_SD_FLOOR);
+        }
+        if t.model != 0 && (self.models.contains_key(&t.model) || self.models.len() < MAX_MODELS) {
+            let m = self.models.entry(t.model).or_default();
+            for (x, a) in m.sums.iter_mut().zip(&add[..5]) {
+                *x = *x * (1.0 - 1.0 / (OWN_MEMORY_WINDOWS as f64 * 10.0)) + a;
+            }
+        }
+    }
+
+    /// A probation window: evidence for the terminal's version, against its
+    /// own expectation moved by what its peers (terminals off probation in
+    /// its region, in the same window) show against theirs. A regional
+    /// network problem raises every terminal's failures and latency, and a
+    /// busy morning every terminal's memory: the version is only blamed for
+    /// what its terminals do beyond their peers.
+    pub fn evidence(&mut self, t: &TerminalRelease, w: &WindowCounts, e: &Expected, peers: &Peers, window: i64) {
+        let Some(v) = self.versions.get_mut(&t.current) else { return };
+        let x = &mut v.sums;
+        let observed = [w.crashes, w.reboots, w.failed];
+        let counted = if w.network_trouble { 2 } else { 3 };
+        for (i, (k, mu)) in observed.iter().zip(e.counts).enumerate().take(counted) {
+            x[2 * i] += f64::from(*k);
+            x[2 * i + 1] += mu + peers.excess(i, w);
+        }
+        x[6] += w.mem_rise;
+        x[7] += match peers.climb() {
+            Some(rate) => rate * w.mem_hours,
+            None => e.rise,
+        };
+        x[8] += w.mem_hours;
+        if let Some(z) = e.p95_z.filter(|_| !w.network_trouble) {
+            x[9] += z - peers.p95_z().unwrap_or(0.0).max(0.0);
+            x[10] += 1.0;
+        }
+        x[11] += w.minutes;
+        v.terminals_now += 1;
+        v.last_window = v.last_window.max(window);
+    }
+
+    /// The rows of the window closing at `end_ms`: one per version with a
+    /// probation terminal reporting in it. Then every version's evidence
+    /// decays by a window, and versions long gone are forgotten.
+    pub fn close(&mut self, window: i64) -> Vec<ReleaseRow> {
+        let mut rows: Vec<ReleaseRow> = self
+            .versions
+            .values()
+            .filter(|v| v.terminals_now > 0)
+            .map(|v| {
+                let x = &v.sums;
+                let count = |k: f64| k.floor().clamp(0.0, f64::from(u32::MAX)) as u32;
+                // The climb shrunk towards none by a few hours' worth: a
+                // morning's load on two canaries is not a leak.
+                let hours = x[8] + CLIMB_PRIOR_HOURS;
+                let days = (x[11] / 1440.0).max(1e-9);
+                ReleaseRow {
+                    entity: v.name.clone(),
+                    features: [
+                        poisson_surprise(count(x[0]), x[1]),
+                        poisson_surprise(count(x[2]), x[3]),
+                        poisson_surprise(count(x[4]), x[5]),
+                        (x[6] - x[7]) / hours,
+                        x[9] / (x[10] + P95_PRIOR_WINDOWS),
+                    ],
+                    baselines: [x[1], x[3], x[5], x[7] / hours, 0.0],
+                    terminals: v.terminals_now,
+                    crashes_per_terminal_day: x[0] / days,
+                    expected_crashes_per_terminal_day: x[1] / days,
+                }
+            })
+            .collect();
+        rows.sort_by(|a, b| a.entity.cmp(&b.entity));
+        let keep = 1.0 - 1.0 / RELEASE_MEMORY_WINDOWS;
+        self.versions.retain(|_, v| {
+            v.terminals_now = 0;
+            for x in &mut v.sums {
+                *x *= keep;
+            }
+            window.saturating_sub(v.last_window) < FORGET_AFTER_WINDOWS
+        });
+        rows
+    }
+}
+
+/// The memory climb between two consecutive reports of one boot: points and
+/// hours, or None when they are not of one boot (a reboot, a crash, an
+/// uptime that does not cover the gap) or too far apart.
+pub(crate) fn climb(
+    last: (f32, u32, i64),
+    now: (f64, u64, i64),
+    reboots: u32,
+    crashes: u32,
+) -> Option<(f64, f64)> {
+    let (last_mem, last_up, last_ts) = last;
+    let (mem, up, ts) = now;
+    let gap_s = ts.saturating_sub(last_ts) / 1000;
+    if !last_mem.is_finite() || last_mem < 0.0 || reboots > 0 || crashes > 0 || gap_s <= 0 || gap_s > MAX_PAIR_GAP_S {
+        return None;
+    }
+    // Uptime must have grown by about the gap: otherwise it restarted.
+    let grew = up as i64 - i64::from(last_up);
+    if (grew - gap_s).abs() > gap_s / 4 + 60 {
+        return None;
+    }
+    Some((mem - f64::from(last_mem), gap_s as f64 / 3600.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_climb_needs_one_boot_and_a_short_gap() {
+        let t0 = 1_000_000;
+        assert_eq!(climb((50.0, 1000, t0), (51.0, 1300, t0 + 300_000), 0, 0), Some((1.0, 300.0 / 3600.0)));
+        assert_eq!(climb((50.0, 1000, t0), (51.0, 20, t0 + 300_000), 0, 0), None, "uptime went back: a restart");
+        assert_eq!(climb((50.0, 1000, t0), (51.0, 1300, t0 + 300_000), 1, 0), None, "a reboot");
+        assert_eq!(climb((50.0, 1000, t0), (51.0, 1300, t0 + 300_000), 0, 1), None, "a crash");
+        assert_eq!(climb((NO_MEM, 1000, t0), (51.0, 1300, t0 + 300_000), 0, 0), None);
+        assert_eq!(climb((50.0, 1000, t0), (51.0, 8200, t0 + 7_200_000), 0, 0), None, "two hours apart");
+    }
+
+    #[test]
+    fn keys_are_stable_and_never_zero() {
+        assert_eq!(key(&["P200", "6.0.0"]), key(&["P200", "6.0.0"]));
+        assert_ne!(key(&["P200", "6.0.0"]), key(&["P200", "6.0.1"]));
+        assert_ne!(key(&["P20", "06.0.0"]), key(&["P200", "6.0.0"]));
+        assert_ne!(key(&[]), 0);
+    }
+
+    fn terminal(since: i64) -> TerminalRelease {
+        TerminalRelease { model: model_key("P200"), current: key(&["P200", "6.0.0"]), since, ..Default::default() }
+    }
+
+    fn window(crashes: u32) -> WindowCounts {
+        WindowCounts { minutes: 5.0, crashes, txn: 2, ..Default::default() }
+    }
+
+    /// A window of a terminal, as the engine handles it: evidence on
+    /// probation, learning otherwise.
+    fn window_of(r: &mut Releases, t: &mut TerminalRelease, w: &WindowCounts, end_ms: i64, peers: &Peers) {
+        let e = r.expect(t, w, 24.0);
+        if r.is_evidence(t, end_ms) {
+            r.evidence(t, w, &e, peers, end_ms / 300_000);
+        } else {
+            r.learn(t, w);
+        }
+    }
+
+    #[test]
+    fn two_canaries_crashing_often_are_evidence_and_a_terminal_off_probation_is_not() {
+        let mut r = Releases::default();
+        let v = key(&["P200", "6.0.0"]);
+        let quiet = Peers::default();
+        // A day of history on the version before: about one crash a day.
+        let mut learnt = TerminalRelease { model: model_key("P200"), ..Default::default() };
+        for w in 0..288 {
+            window_of(&mut r, &mut learnt, &window(u32::from(w == 100)), w * 300_000, &quiet);
+        }
+        assert!(r.close(288).is_empty(), "no version on probation, no rows");
+        assert!(r.switched(v, || "P200/6.0.0".into(), 300));
+        let mut canaries = [TerminalRelease { since: 300 * 300_000, current: v, ..learnt }; 2];
+        let mut rows = Vec::new();
+        for w in 300..372 {
+            for c in &mut canaries {
+                // A crash every half hour: about 50 times the rate before.
+                window_of(&mut r, c, &window(u32::from(w % 6 == 0)), (w + 1) * 300_000, &quiet);
+            }
+            rows = r.close(w);
+        }
+        let row = rows.first().expect("a row for the version");
+        assert_eq!(&*row.entity, "P200/6.0.0");
+        assert!(row.features[0] > 10.0, "crash surprise {:?}", row.features);
+        assert_eq!(row.terminals, 2);
+        // A week later they are off probation: they learn, and give no row.
+        let mut late = terminal(0);
+        window_of(&mut r, &mut late, &window(1), PROBATION_MS + 1, &quiet);
+        assert!(r.close(400).is_empty());
+        assert!(late.sums[MINUTES] > 0.0);
+    }
+
+    #[test]
+    fn what_the_peers_of_a_region_also_show_is_not_the_versions() {
+        // Failures and latency up at every terminal of the region (its
+        // network), and on the version's canaries just as much.
+        let run = |peers_too: bool| {
+            let mut r = Releases::default();
+            let v = key(&["P200", "6.0.0"]);
+            r.switched(v, || "P200/6.0.0".into(), 0);
+            let mut t = terminal(0);
+            for _ in 0..2000 {
+                r.learn(&mut t, &WindowCounts { minutes: 5.0, txn: 10, failed: 0, p95_log: Some(6.0), ..Default::default() });
+            }
+            let bad = WindowCounts { minutes: 5.0, txn: 10, failed: 4, p95_log: Some(7.0), ..Default::default() };
+            let mut peers = Peers::default();
+            if peers_too {
+                for _ in 0..10 {
+                    peers.add(&bad, &r.expect(&t, &bad, 24.0));
+                }
+            }
+            for w in 0..12 {
+                let e = r.expect(&t, &bad, 24.0);
+                r.evidence(&t, &bad, &e, &peers, w);
+            }
+            r.close(12).remove(0).features
+        };
+        let (alone, with_peers) = (run(false), run(true));
+        assert!(alone[2] > 20.0 && alone[4] > 3.0, "the version alone fails and slows: {alone:?}");
+        assert!(with_peers[2] < alone[2] / 2.0, "failures: {with_peers:?} against {alone:?}");
+        assert!(with_peers[4] < 0.5, "latency: {with_peers:?}");
+    }
+
+    #[test]
+    fn versions_are_bounded() {
+        let mut r = Releases::default();
+        for i in 0..MAX_RELEASES as u64 + 5 {
+            r.switched(i + 1, || format!("M/{i}"), 0);
+        }
+        assert_eq!(r.len(), MAX_RELEASES);
+        assert_eq!(r.refused, 5);
+    }
+}
