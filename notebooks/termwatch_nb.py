@@ -21,6 +21,7 @@ KIND_COLOURS = {
     "voltage_instability": "tab:orange",
     "network_degradation": "tab:blue",
     "hardware_aging": "tab:red",
+    "firmware_regression": "tab:purple",
 }
 REPO = Path(__file__).resolve().parent.parent
 

@@ -37,6 +37,7 @@ FLEET_RULES = {
     "TermwatchTerminalVoltageUnstable": ("voltage_instability", "terminal"),
     "TermwatchRegionNetworkDegraded": ("network_degradation", "region"),
     "TermwatchHardwareAging": ("hardware_aging", "terminal"),
+    "TermwatchFirmwareRegression": ("firmware_regression", "cohort"),
 }
 PIPELINE_RULES = [
     "TermwatchDown",
@@ -172,7 +173,7 @@ def main():
         kind, scope, entity = key
         if kind != fault["kind"]:
             return False
-        if fault["scope"] == "region" or scope == "region":
+        if fault["scope"] in ("region", "cohort") or scope in ("region", "cohort"):
             return scope == fault["scope"] and entity == fault["entity"]
         if scope == "site" and fault["scope"] == "terminal":
             return entity == fault["site"]

@@ -134,6 +134,7 @@ fn main() {
         events: &[],
         scores: &scores,
         region_scores: &region_scores,
+        releases: &[],
         model_version: "bench-1",
         now_ms: T0 + 20 * MIN5,
     };

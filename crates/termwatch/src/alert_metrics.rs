@@ -25,7 +25,7 @@ use prometheus::{
 };
 use termwatch_features::FeatureEngine;
 use termwatch_models::alerting::{AlertTracker, FiringAlert};
-use termwatch_models::scoring::Scorer;
+use termwatch_models::scoring::{ReleaseHealth, Scorer};
 use termwatch_telemetry::alerts::{AlertEvent, AlertKind, AlertState, Scope, Severity};
 
 /// Per-entity series exported unless told otherwise.
@@ -83,6 +83,8 @@ struct State {
     sources: HashSet<String>,
     /// The engine's limit counts told to the counters so far.
     limit_counts: [u64; 4],
+    /// (model, firmware) of the release-health series exported now.
+    releases: HashSet<[String; 2]>,
 }
 
 impl State {
@@ -106,6 +108,10 @@ impl State {
 pub const DROPPING_TOP_K: usize = 20;
 /// A terminal is named once this share of its recent reports was dropped.
 const DROPPING_MIN_SHARE: f32 = 0.05;
+/// Firmware versions exported by the release-health series at most, the
+/// highest-scoring (then most exposed) first: a rollout or two at a time is
+/// usual, and invented firmware strings must not multiply the series.
+pub const RELEASE_TOP_K: usize = 20;
 
 /// The alert metrics; cheap to clone (the handles are shared).
 #[derive(Clone)]
@@ -138,6 +144,10 @@ pub struct AlertMetrics {
     terminals_limit: IntGauge,
     delivery_failures: IntCounterVec,
     topic_pending: IntGauge,
+    release_terminals: IntGaugeVec,
+    release_crashes: GaugeVec,
+    release_expected_crashes: GaugeVec,
+    release_score: GaugeVec,
     state: Arc<Mutex<State>>,
 }
 
@@ -152,6 +162,8 @@ pub struct AlertView<'a> {
     pub scores: &'a [((AlertKind, Scope), Vec<f64>)],
     /// Latest network score of every region seen.
     pub region_scores: &'a [(&'a str, f64)],
+    /// Release health of the firmware versions being rolled out.
+    pub releases: &'a [ReleaseHealth],
     pub model_version: &'a str,
     /// Wall clock, epoch ms.
     pub now_ms: i64,
@@ -355,6 +367,49 @@ impl AlertMetrics {
                     "When the state snapshots were last written whole (0: not since start).",
                 )?,
             )?,
+            release_terminals: register(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "termwatch_release_terminals",
+                        "Terminals in their first week on a firmware version that reported in its latest window \
+                         (release health; the 20 versions with the highest firmware-regression score).",
+                    ),
+                    &["model", "firmware"],
+                )?,
+            )?,
+            release_crashes: register(
+                registry,
+                GaugeVec::new(
+                    Opts::new(
+                        "termwatch_release_crashes_per_terminal_day",
+                        "App crashes per terminal-day on a firmware version, over its terminals in their first week \
+                         on it (a day's exponentially decayed sums).",
+                    ),
+                    &["model", "firmware"],
+                )?,
+            )?,
+            release_expected_crashes: register(
+                registry,
+                GaugeVec::new(
+                    Opts::new(
+                        "termwatch_release_expected_crashes_per_terminal_day",
+                        "What the same terminals' own crash rates on the versions they ran before expect, per \
+                         terminal-day: the baseline of termwatch_release_crashes_per_terminal_day.",
+                    ),
+                    &["model", "firmware"],
+                )?,
+            )?,
+            release_score: register(
+                registry,
+                GaugeVec::new(
+                    Opts::new(
+                        "termwatch_release_score",
+                        "Latest firmware-regression score of a firmware version being rolled out, 0-1.",
+                    ),
+                    &["model", "firmware"],
+                )?,
+            )?,
             regions_cut_off: register(
                 registry,
                 IntGauge::new(
@@ -452,12 +507,14 @@ impl AlertMetrics {
     pub fn update(&self, scorer: &mut Scorer, events: &[AlertEvent]) {
         let scores = scorer.take_scores();
         let region_scores: Vec<(&str, f64)> = scorer.region_scores().collect();
+        let releases: Vec<ReleaseHealth> = scorer.release_health().cloned().collect();
         let view = AlertView {
             alerts: scorer.alerts(),
             engine: scorer.engine(),
             events,
             scores: &scores,
             region_scores: &region_scores,
+            releases: &releases,
             model_version: scorer.model_version(),
             now_ms: wall_ms(),
         };
@@ -512,6 +569,7 @@ impl AlertMetrics {
             self.event_time_lag.set((view.now_ms - wm) as f64 / 1000.0);
         }
         self.export_event_time(&mut state, view.engine);
+        self.export_releases(&mut state, view.releases);
         self.tracked_terminals.set(view.engine.tracked_terminals() as i64);
         self.export_limits(&mut state, view.engine);
         self.tracked_alert_entities.set(view.alerts.len() as i64);
@@ -519,6 +577,39 @@ impl AlertMetrics {
             self.export_top_k(&mut state, view);
             state.primed = true;
         }
+    }
+
+    /// Release health of the top versions; series of versions that left go.
+    fn export_releases(&self, state: &mut State, releases: &[ReleaseHealth]) {
+        let mut top: Vec<&ReleaseHealth> = releases.iter().collect();
+        top.sort_by(|a, b| {
+            let score = |r: &ReleaseHealth| r.score.unwrap_or(0.0);
+            score(b).total_cmp(&score(a)).then(b.terminals.cmp(&a.terminals)).then(a.entity.cmp(&b.entity))
+        });
+        top.truncate(RELEASE_TOP_K);
+        let mut now = HashSet::new();
+        for r in top {
+            let (model, firmware) = r.entity.split_once('/').unwrap_or((&r.entity, ""));
+            let labels = [model, firmware];
+            self.release_terminals.with_label_values(&labels).set(i64::from(r.terminals));
+            self.release_crashes.with_label_values(&labels).set(r.crashes_per_terminal_day);
+            self.release_expected_crashes.with_label_values(&labels).set(r.expected_crashes_per_terminal_day);
+            match r.score {
+                Some(score) => self.release_score.with_label_values(&labels).set(score),
+                None => {
+                    let _ = self.release_score.remove_label_values(&labels);
+                }
+            }
+            now.insert([model.to_string(), firmware.to_string()]);
+        }
+        for gone in state.releases.difference(&now) {
+            let labels = [gone[0].as_str(), gone[1].as_str()];
+            let _ = self.release_terminals.remove_label_values(&labels);
+            let _ = self.release_crashes.remove_label_values(&labels);
+            let _ = self.release_expected_crashes.remove_label_values(&labels);
+            let _ = self.release_score.remove_label_values(&labels);
+        }
+        state.releases = now;
     }
 
     /// What the engine's limits forgot and refused.
@@ -744,6 +835,7 @@ mod tests {
             events: &[],
             scores: &[],
             region_scores: &[],
+            releases: &[],
             model_version: "test-1",
             now_ms: T0,
         };
@@ -800,6 +892,7 @@ mod tests {
             events: &[],
             scores: &[],
             region_scores: &[],
+            releases: &[],
             model_version: "m",
             now_ms: T0,
         });
@@ -833,6 +926,7 @@ mod tests {
             events: &[],
             scores: &[],
             region_scores: &scores,
+            releases: &[],
             model_version: "m",
             now_ms: T0,
         };
@@ -845,6 +939,54 @@ mod tests {
         let total: u64 = (0..3).map(|r| metrics.region_reports.with_label_values(&[&format!("r-{r}")]).get()).sum();
         assert_eq!(total + 12, 24, "every report counted once");
         assert_eq!(metrics.regions_cut_off.get(), 3);
+    }
+
+    #[test]
+    fn release_health_exports_the_top_versions_and_drops_those_that_leave() {
+        let registry = Registry::new();
+        let metrics = AlertMetrics::register(&registry).expect("register");
+        let tracker = AlertingConfig::default().build().expect("tracker");
+        let engine = FeatureEngine::new(FeatureConfig::default());
+        let health = |i: usize, score: f64| ReleaseHealth {
+            entity: format!("P200/{i}.0.0").into(),
+            terminals: 3,
+            crashes_per_terminal_day: 4.0,
+            expected_crashes_per_terminal_day: 0.5,
+            score: Some(score),
+            end_ms: T0,
+        };
+        // A flood of versions: the highest-scoring RELEASE_TOP_K are named.
+        let many: Vec<ReleaseHealth> = (0..RELEASE_TOP_K + 30).map(|i| health(i, i as f64 / 100.0)).collect();
+        let view = AlertView {
+            alerts: &tracker,
+            engine: &engine,
+            events: &[],
+            scores: &[],
+            region_scores: &[],
+            releases: &many,
+            model_version: "m",
+            now_ms: T0,
+        };
+        metrics.observe(&view);
+        let families = gathered(&registry);
+        for name in [
+            "termwatch_release_terminals",
+            "termwatch_release_crashes_per_terminal_day",
+            "termwatch_release_expected_crashes_per_terminal_day",
+            "termwatch_release_score",
+        ] {
+            assert_eq!(families.get(name), Some(&RELEASE_TOP_K), "{name}");
+        }
+        let top = format!("{}.0.0", RELEASE_TOP_K + 29);
+        assert_eq!(metrics.release_score.with_label_values(&["P200", &top]).get(), (RELEASE_TOP_K + 29) as f64 / 100.0);
+        assert_eq!(metrics.release_crashes.with_label_values(&["P200", &top]).get(), 4.0);
+        // The rollout is over: its series go.
+        let one = [health(1, 0.2)];
+        metrics.observe(&AlertView { releases: &one, ..view });
+        let families = gathered(&registry);
+        assert_eq!(families.get("termwatch_release_terminals"), Some(&1));
+        metrics.observe(&AlertView { releases: &[], ..view });
+        assert_eq!(gathered(&registry).get("termwatch_release_terminals"), None);
     }
 
     #[test]
@@ -868,6 +1010,7 @@ mod tests {
             events: &[],
             scores: &[],
             region_scores: &[],
+            releases: &[],
             model_version: "m",
             now_ms: T0,
         };

@@ -880,6 +880,7 @@ fn scrape_section(table: &mut Table, terminals: u32) -> anyhow::Result<()> {
         events: &[],
         scores: &scores,
         region_scores: &region_scores,
+        releases: &[],
         model_version: "bench-1",
         now_ms: T0 + 20 * MIN5,
     });

@@ -117,6 +117,12 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         ..SimConfig::default()
     };
     sim_config.faults.scale_faults(args.fault_scale);
+    if args.fault_scale > 0.0 {
+        // One staged firmware rollout in the demo's days, a regression: the
+        // demo shows every kind of alert, the release-health panel included.
+        sim_config.faults.staged_rollouts_per_week = 7.0 / args.days.max(1.0);
+        sim_config.faults.regression_share = 1.0;
+    }
     let sim = Simulator::new(sim_config).context("simulator")?;
 
     let cluster = MockCluster::new(1).map_err(|e| anyhow!("starting the embedded Kafka mock cluster: {e}"))?;
