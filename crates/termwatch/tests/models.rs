@@ -351,7 +351,12 @@ fn the_shipped_models_find_every_incident_of_a_foreign_fleet_within_a_false_aler
     let report: serde_json::Value = serde_json::from_slice(&report.stdout).expect("JSON report");
     let kinds = report["kinds"].as_array().expect("kinds");
     // kind, false alerts per 1,000 terminal-days at most.
-    let ceilings = [("voltage_instability", 0.5), ("network_degradation", 3.4), ("hardware_aging", 1.7)];
+    let ceilings = [
+        ("voltage_instability", 0.5),
+        ("network_degradation", 3.4),
+        ("hardware_aging", 1.7),
+        ("firmware_regression", 0.5),
+    ];
     for (kind, ceiling) in ceilings {
         let k = kinds.iter().find(|k| k["kind"] == kind).expect("kind in the report");
         let (incidents, detected) = (k["incidents"].as_u64().expect("n"), k["detected_incidents"].as_u64().expect("n"));
@@ -364,4 +369,10 @@ fn the_shipped_models_find_every_incident_of_a_foreign_fleet_within_a_false_aler
             "{kind}: {false_rate:.2} false alerts per 1,000 terminal-days, ceiling {ceiling}"
         );
     }
+    // A regressed rollout is worth halting while few terminals have it:
+    // issue 17's bar is a median exposure of at most a quarter of the model.
+    let firmware = kinds.iter().find(|k| k["kind"] == "firmware_regression").expect("firmware in the report");
+    let exposure = firmware["median_exposure"].as_f64().expect("an exposure for detected regressions");
+    eprintln!("firmware_regression: median exposure {:.0} %", exposure * 100.0);
+    assert!(exposure <= 0.25, "firmware_regression: median exposure {exposure:.2}, at most 0.25");
 }
