@@ -1216,9 +1216,12 @@ impl FeatureEngine {
                 rel.last_mem = release::NO_MEM;
             }
             if let (Some(mem), Some(up)) = (r.mem, r.uptime_s) {
-                if let Some((rise, hours)) =
-                    release::climb((rel.last_mem, rel.last_uptime_s, term.max_ts), (mem, up, r.ts), r.reboots, r.crashes)
-                {
+                if let Some((rise, hours)) = release::climb(
+                    (rel.last_mem, rel.last_uptime_s, term.max_ts),
+                    (mem, up, r.ts),
+                    r.reboots,
+                    r.crashes,
+                ) {
                     (mem_rise, mem_hours) = (rise, hours);
                 }
                 rel.last_mem = mem as f32;
@@ -1373,7 +1376,8 @@ impl FeatureEngine {
             // Network, against the terminal's own level and spread once it has them.
             let mut network_trouble = false;
             if acc.rtt_n > 0 || acc.loss_n > 0 {
-                let rtt_log = if acc.rtt_n > 0 { Some(f64::from(acc.rtt_log_sum) / f64::from(acc.rtt_n)) } else { None };
+                let rtt_log =
+                    if acc.rtt_n > 0 { Some(f64::from(acc.rtt_log_sum) / f64::from(acc.rtt_n)) } else { None };
                 let loss = if acc.loss_n > 0 { Some(f64::from(acc.loss_sum) / f64::from(acc.loss_n)) } else { None };
                 let b = &mut term.base;
                 let warm = b.rtt_log.level.weight >= cfg.warmup_windows;

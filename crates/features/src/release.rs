@@ -294,7 +294,8 @@ impl Releases {
             self.refused += 1;
             return false;
         }
-        self.versions.insert(key, Version { name: name().into(), sums: [0.0; 12], terminals_now: 0, last_window: window });
+        self.versions
+            .insert(key, Version { name: name().into(), sums: [0.0; 12], terminals_now: 0, last_window: window });
         true
     }
 
@@ -451,12 +452,7 @@ impl Releases {
 /// The memory climb between two consecutive reports of one boot: points and
 /// hours, or None when they are not of one boot (a reboot, a crash, an
 /// uptime that does not cover the gap) or too far apart.
-pub(crate) fn climb(
-    last: (f32, u32, i64),
-    now: (f64, u64, i64),
-    reboots: u32,
-    crashes: u32,
-) -> Option<(f64, f64)> {
+pub(crate) fn climb(last: (f32, u32, i64), now: (f64, u64, i64), reboots: u32, crashes: u32) -> Option<(f64, f64)> {
     let (last_mem, last_up, last_ts) = last;
     let (mem, up, ts) = now;
     let gap_s = ts.saturating_sub(last_ts) / 1000;
@@ -555,7 +551,10 @@ mod tests {
             r.switched(v, || "P200/6.0.0".into(), 0);
             let mut t = terminal(0);
             for _ in 0..2000 {
-                r.learn(&mut t, &WindowCounts { minutes: 5.0, txn: 10, failed: 0, p95_log: Some(6.0), ..Default::default() });
+                r.learn(
+                    &mut t,
+                    &WindowCounts { minutes: 5.0, txn: 10, failed: 0, p95_log: Some(6.0), ..Default::default() },
+                );
             }
             let bad = WindowCounts { minutes: 5.0, txn: 10, failed: 4, p95_log: Some(7.0), ..Default::default() };
             let mut peers = Peers::default();

@@ -486,9 +486,7 @@ fn evaluate_kind(kind: AlertKind, alerts: &[AlertEvent], labels: &[IncidentLabel
                 first_alert_ts: ts,
                 delay_ms: ts - inc.start,
                 lead_time_ms: inc.end - ts,
-                exposure: (kind == AlertKind::FirmwareRegression)
-                    .then(|| fleet.exposure(&inc.entity, ts))
-                    .flatten(),
+                exposure: (kind == AlertKind::FirmwareRegression).then(|| fleet.exposure(&inc.entity, ts)).flatten(),
             }),
             None => missed_incidents.push((*inc).clone()),
         }

@@ -373,8 +373,9 @@ pub fn train(
             (*t, cohort.as_str(), f.as_slice(), truth)
         })
         .collect();
-    let has_firmware_incidents =
-        labels.iter().any(|l| l.kind == FirmwareRegression && l.scope == Scope::Cohort && l.verdict == Verdict::Incident);
+    let has_firmware_incidents = labels
+        .iter()
+        .any(|l| l.kind == FirmwareRegression && l.scope == Scope::Cohort && l.verdict == Verdict::Incident);
 
     let plan: [(AlertKind, Scope, &[&str], &[Labelled<'_>]); 5] = [
         (VoltageInstability, Scope::Site, &names::SITE_VOLTAGE, &site),
