@@ -81,8 +81,9 @@ pub mod names {
     /// before (shrunk towards its model's while it has little history),
     /// moved by what the terminals of its region off probation show in the
     /// same window against theirs (a network problem, a busy morning).
-    /// `_surprise`: `-ln P(X >= k)` of the version's count (a day's decayed
-    /// sum) at the count expected; an update's own reboot is not counted,
+    /// `_surprise`: `-ln P(X >= k - 1)` of the version's count k (a day's
+    /// decayed sum) at the count expected, one event never being evidence;
+    /// an update's own reboot is not counted,
     /// nor are failures and latency in windows where the terminal's own
     /// network is out of line. `mem_climb_per_hour`: memory points gained
     /// per hour within one boot beyond the expected, shrunk with four hours

@@ -134,9 +134,12 @@ const RISE: usize = 5;
 const RISE_HOURS: usize = 6;
 
 impl TerminalRelease {
-    /// Whether a report at `ts` counts as evidence for its version.
+    /// Whether a window ending at `ts` counts as evidence for the version.
+    /// A window that ended before the switch is the version before's, even
+    /// when it closes after the switching report arrived: so the answer
+    /// does not depend on which came first.
     pub fn on_probation(&self, ts: i64) -> bool {
-        self.since != i64::MIN && ts.saturating_sub(self.since) < PROBATION_MS
+        self.since != i64::MIN && ts >= self.since && ts.saturating_sub(self.since) < PROBATION_MS
     }
 }
 
@@ -415,7 +418,12 @@ impl Releases {
             .filter(|v| v.terminals_now > 0)
             .map(|v| {
                 let x = &v.sums;
-                let count = |k: f64| k.floor().clamp(0.0, f64::from(u32::MAX)) as u32;
+                // One event is never evidence: a version's first crash on a
+                // canary's first hour is as likely bad luck as a bad build,
+                // and with every version judged every window, bad luck
+                // somewhere is certain. The surprise is that of the events
+                // beyond the first.
+                let count = |k: f64| (k.floor().clamp(0.0, f64::from(u32::MAX)) as u32).saturating_sub(1);
                 // The climb shrunk towards none by a few hours' worth: a
                 // morning's load on two canaries is not a leak.
                 let hours = x[8] + CLIMB_PRIOR_HOURS;
@@ -539,6 +547,22 @@ mod tests {
         window_of(&mut r, &mut late, &window(1), PROBATION_MS + 1, &quiet);
         assert!(r.close(400).is_empty());
         assert!(late.sums[MINUTES] > 0.0);
+    }
+
+    #[test]
+    fn one_crash_on_a_canary_is_no_evidence_and_two_are_some() {
+        let surprise = |crashes: u32| {
+            let mut r = Releases::default();
+            let v = key(&["P200", "6.0.0"]);
+            r.switched(v, || "P200/6.0.0".into(), 0);
+            let t = terminal(0);
+            let w = WindowCounts { minutes: 5.0, crashes, ..Default::default() };
+            let e = r.expect(&t, &w, 24.0);
+            r.evidence(&t, &w, &e, &Peers::default(), 1);
+            r.close(1).remove(0).features[0]
+        };
+        assert_eq!(surprise(1), 0.0);
+        assert!(surprise(2) > 5.0, "{}", surprise(2));
     }
 
     #[test]

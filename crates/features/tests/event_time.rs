@@ -15,7 +15,14 @@ use termwatch_telemetry::{BatchBuilder, decode};
 
 /// A window's rows with names instead of this engine's indices, so that two
 /// engines that met the entities in another order compare equal.
-type Named = (i64, Vec<(String, [f64; 6], [f64; 6])>, Vec<(String, [f64; 6])>, Vec<(String, [f64; 7])>, Vec<String>);
+type Named = (
+    i64,
+    Vec<(String, [f64; 6], [f64; 6])>,
+    Vec<(String, [f64; 6])>,
+    Vec<(String, [f64; 7])>,
+    Vec<String>,
+    Vec<String>,
+);
 
 fn named(e: &FeatureEngine, rows: &[WindowRows]) -> Vec<Named> {
     rows.iter()
@@ -36,12 +43,21 @@ fn named(e: &FeatureEngine, rows: &[WindowRows]) -> Vec<Named> {
                         format!("{} {bits:?}", e.terminal_id(r.terminal))
                     })
                     .collect(),
+                // Release health: the version's name is its own.
+                w.firmware
+                    .iter()
+                    .map(|r| {
+                        let bits: Vec<u64> = r.features.iter().chain(&r.baselines).map(|f| f.to_bits()).collect();
+                        format!("{} {} {bits:?}", r.entity, r.terminals)
+                    })
+                    .collect(),
             )
         })
         .collect()
 }
 
-/// A simulated day of 40 terminals at 300 s, faults included, with every
+/// Two and a half simulated days of 40 terminals at 300 s, faults included
+/// (a staged firmware rollout that regresses among them), with every
 /// terminal's reports in order (no late deliveries): (terminal, line).
 fn history() -> &'static [(String, Vec<u8>)] {
     static LINES: OnceLock<Vec<(String, Vec<u8>)>> = OnceLock::new();
@@ -49,7 +65,7 @@ fn history() -> &'static [(String, Vec<u8>)] {
         let mut cfg = SimConfig {
             terminals: 40,
             regions: 3,
-            days: 1.5,
+            days: 2.5,
             seed: 17,
             interval_s: 300,
             damaged_share: 0.0,
@@ -58,6 +74,9 @@ fn history() -> &'static [(String, Vec<u8>)] {
             ..SimConfig::default()
         };
         cfg.faults.scale_faults(20.0);
+        // One rollout in the history (its canary starts 12-36 h in).
+        cfg.faults.staged_rollouts_per_week = 7.0 / 2.5;
+        cfg.faults.regression_share = 1.0;
         let mut sim = Simulator::new(cfg).expect("simulator");
         let (mut out, mut buf) = (Vec::new(), Vec::new());
         while sim.next_record(&mut buf).is_some() {
@@ -87,6 +106,7 @@ fn one_ordered_pass() -> &'static [Named] {
         }
         rows.extend(e.finish());
         assert_eq!(e.counters().late + e.counters().ahead, 0, "an ordered history has nothing late");
+        assert!(rows.iter().any(|w| !w.firmware.is_empty()), "the rollout gives release-health rows");
         named(&e, &rows)
     })
 }
@@ -201,9 +221,9 @@ fn a_clock_a_day_fast_for_one_report_is_dropped_as_ahead_and_moves_no_window() {
     let rows = |e: &FeatureEngine, rows: &[WindowRows]| {
         named(e, rows)
             .into_iter()
-            .map(|(end, t, s, n, g)| {
+            .map(|(end, t, s, n, g, f)| {
                 let t: Vec<_> = t.into_iter().filter(|r| !(r.0 == "T-9" && end == jumped)).collect();
-                (end, t, s, n, g)
+                (end, t, s, n, g, f)
             })
             .collect::<Vec<_>>()
     };

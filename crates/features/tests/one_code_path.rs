@@ -73,6 +73,33 @@ fn streaming_and_training_batches_give_identical_features() {
 }
 
 #[test]
+fn release_health_is_the_same_in_small_and_large_batches_and_a_regression_shows() {
+    let mut cfg = SimConfig { terminals: 80, regions: 2, days: 3.0, seed: 23, interval_s: 300, ..SimConfig::default() };
+    cfg.faults.scale_faults(0.0);
+    cfg.faults.staged_rollouts_per_week = 7.0 / 3.0;
+    cfg.faults.regression_share = 1.0;
+    let (lines, sim) = history(cfg);
+    let (stream, _) = run(&lines, 7);
+    let (training, _) = run(&lines, 100_000);
+    assert_eq!(stream, training);
+    let regression = sim.labels().iter().find(|l| l.kind == AlertKind::FirmwareRegression).expect("a regression");
+    let rows: Vec<_> = training
+        .iter()
+        .flat_map(|w| w.firmware.iter().map(move |r| (w.end_ms, r)))
+        .filter(|(_, r)| *r.entity == regression.entity)
+        .collect();
+    assert!(!rows.is_empty(), "no release-health row for {}", regression.entity);
+    // By the end of its canary day, some evidence stands out against the
+    // terminals' own rates (which signal depends on the regression's shape).
+    let strongest = rows
+        .iter()
+        .filter(|(t, _)| *t <= regression.end)
+        .map(|(_, r)| r.features[0].max(r.features[1]).max(r.features[2]).max(r.features[4]).max(r.features[3]))
+        .fold(0.0f64, f64::max);
+    assert!(strongest > 3.0, "{}: strongest evidence {strongest}", regression.entity);
+}
+
+#[test]
 fn injected_faults_move_their_features() {
     let mut cfg = SimConfig { terminals: 250, regions: 3, days: 2.0, seed: 5, ..SimConfig::default() };
     cfg.faults.scale_faults(12.0);
