@@ -373,9 +373,11 @@ pub fn train(
             (*t, cohort.as_str(), f.as_slice(), truth)
         })
         .collect();
-    let has_firmware_incidents = labels
-        .iter()
-        .any(|l| l.kind == FirmwareRegression && l.scope == Scope::Cohort && l.verdict == Verdict::Incident);
+    // A firmware detector needs windows of a regressed version and of
+    // healthy ones; a history without either trains none (the service then
+    // scores no firmware, and `termwatch train` says so).
+    let has_firmware_incidents =
+        firmware.iter().any(|r| r.3 == Truth::Positive) && firmware.iter().any(|r| r.3.healthy());
 
     let plan: [(AlertKind, Scope, &[&str], &[Labelled<'_>]); 5] = [
         (VoltageInstability, Scope::Site, &names::SITE_VOLTAGE, &site),
@@ -388,8 +390,6 @@ pub fn train(
     let mut detectors = Vec::new();
     let mut figures = Vec::new();
     for (kind, scope, feature_names, truths) in plan {
-        // Without a firmware incident in the labels there is nothing to fit
-        // a firmware detector to: the artifact goes without one.
         if kind == FirmwareRegression && !has_firmware_incidents {
             continue;
         }

@@ -249,6 +249,8 @@ impl<const N: usize> FeatureBatch<N> {
 const TERMINAL_IDS: &[&str] = &["terminal_id", "site_id", "region"];
 const SITE_IDS: &[&str] = &["site_id", "region"];
 const REGION_IDS: &[&str] = &["region"];
+/// `MODEL/FIRMWARE`, as alerts-v1 names a cohort.
+const COHORT_IDS: &[&str] = &["cohort"];
 
 /// The export's state: the feature engine and the open files.
 struct Exporter {
@@ -258,6 +260,7 @@ struct Exporter {
     site_voltage: FeatureTable<{ names::SITE_VOLTAGE.len() }>,
     network: FeatureTable<{ names::NETWORK.len() }>,
     aging: FeatureTable<{ names::AGING.len() }>,
+    firmware: FeatureTable<{ names::FIRMWARE.len() }>,
     seq: u64,
     first_ts: Option<i64>,
     last_ts: Option<i64>,
@@ -276,6 +279,7 @@ impl Exporter {
             site_voltage: FeatureTable::new(&f, "site_voltage", names::SITE_VOLTAGE, SITE_IDS, false),
             network: FeatureTable::new(&f, "network", names::NETWORK, REGION_IDS, false),
             aging: FeatureTable::new(&f, "aging", names::AGING, TERMINAL_IDS, true),
+            firmware: FeatureTable::new(&f, "firmware", names::FIRMWARE, COHORT_IDS, true),
             seq: 0,
             first_ts: None,
             last_ts: None,
@@ -342,6 +346,7 @@ impl Exporter {
             let mut sv = self.site_voltage.batch();
             let mut net = self.network.batch();
             let mut ag = self.aging.batch();
+            let mut fw = self.firmware.batch();
             for w in run {
                 for r in &w.terminal_voltage {
                     let ids = [
@@ -365,15 +370,20 @@ impl Exporter {
                     ];
                     ag.push(w.end_ms, &ids, &r.features, Some(&r.baselines));
                 }
+                for r in &w.firmware {
+                    fw.push(w.end_ms, &[&r.entity], &r.features, Some(&r.baselines));
+                }
             }
             self.terminal_voltage.write(day, tv)?;
             self.site_voltage.write(day, sv)?;
             self.network.write(day, net)?;
             self.aging.write(day, ag)?;
+            self.firmware.write(day, fw)?;
             self.terminal_voltage.writers.close_before(day)?;
             self.site_voltage.writers.close_before(day)?;
             self.network.writers.close_before(day)?;
             self.aging.writers.close_before(day)?;
+            self.firmware.writers.close_before(day)?;
             i = run_end;
         }
         Ok(())
@@ -384,7 +394,8 @@ impl Exporter {
         self.terminal_voltage.writers.close_all()?;
         self.site_voltage.writers.close_all()?;
         self.network.writers.close_all()?;
-        self.aging.writers.close_all()
+        self.aging.writers.close_all()?;
+        self.firmware.writers.close_all()
     }
 }
 
@@ -533,6 +544,7 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     tables.insert(format!("{FEATURES_DIR}/site_voltage"), x.site_voltage.writers.summary());
     tables.insert(format!("{FEATURES_DIR}/network"), x.network.writers.summary());
     tables.insert(format!("{FEATURES_DIR}/aging"), x.aging.writers.summary());
+    tables.insert(format!("{FEATURES_DIR}/firmware"), x.firmware.writers.summary());
     let manifest = Manifest {
         format: MANIFEST_FORMAT,
         termwatch_version: env!("CARGO_PKG_VERSION"),
@@ -558,6 +570,7 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
             ("site_voltage", names::SITE_VOLTAGE.to_vec()),
             ("network", names::NETWORK.to_vec()),
             ("aging", names::AGING.to_vec()),
+            ("firmware", names::FIRMWARE.to_vec()),
         ]
         .into(),
         tables,
@@ -567,7 +580,7 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     std::fs::write(&path, json + "\n").with_context(|| format!("cannot write {}", path.display()))?;
     let rows = |t: &str| manifest.tables.get(t).map_or(0, |s| s.rows);
     eprintln!(
-        "export: {stats}, {} batches, {secs:.2} s, {:.0} records/s; telemetry {} rows over {} days; features: terminal_voltage {}, site_voltage {}, network {}, aging {}",
+        "export: {stats}, {} batches, {secs:.2} s, {:.0} records/s; telemetry {} rows over {} days; features: terminal_voltage {}, site_voltage {}, network {}, aging {}, firmware {}",
         stats.batches,
         stats.read as f64 / secs,
         rows(TELEMETRY_DIR),
@@ -576,6 +589,7 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
         rows("features/site_voltage"),
         rows("features/network"),
         rows("features/aging"),
+        rows("features/firmware"),
     );
     println!("wrote {}", args.out.display());
     Ok(())

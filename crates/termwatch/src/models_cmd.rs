@@ -16,6 +16,7 @@ use termwatch_models::training::{self, FNV_OFFSET, ModelSet, TrainConfig, Traini
 use termwatch_pipeline::{
     BatchConfig, BatchSink, Checkpoint, CountOnlyDeadLetters, Owners, PartitionKey, Pipeline, SinkError, Sources,
 };
+use termwatch_telemetry::alerts::{AlertKind, Scope};
 use termwatch_telemetry::time::format_rfc3339_ms;
 
 use crate::alert_metrics::AlertMetrics;
@@ -306,6 +307,12 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
             f.incidents.first_caught_at_once,
             delay_text(f.incidents.median_delay_ms),
             delay_text(f.incidents.k_only_median_delay_ms),
+        );
+    }
+    if set.detector(AlertKind::FirmwareRegression, Scope::Cohort).is_none() {
+        eprintln!(
+            "train: no firmware_regression detector: the history has no window of a labelled firmware regression \
+             and of a healthy version both; the artifact scores no firmware"
         );
     }
     println!("wrote {} and {}", path.display(), card.display());

@@ -39,8 +39,16 @@ fn s(p: &Path) -> &str {
 
 fn simulate(d: &Path) -> (PathBuf, PathBuf) {
     let (history, labels) = (d.join("h.ndjson"), d.join("h.labels.ndjson"));
+    // Two staged firmware rollouts (0.35 a week, times the fault scale), one
+    // of them a regression, so that every feature table and every detector
+    // has rows of both kinds.
+    let config = d.join("sim.json");
+    std::fs::write(&config, r#"{"faults": {"staged_rollouts_per_week": 0.35, "regression_share": 0.5}}"#)
+        .expect("config");
     termwatch(&[
         "simulate",
+        "--config",
+        s(&config),
         "--terminals",
         "60",
         "--regions",
@@ -111,7 +119,7 @@ fn training_from_an_export_fits_the_same_detectors_as_from_ndjson() {
 
     let from_ndjson = train(d, "m-ndjson", &[&history], &labels, &[]);
     let from_parquet = train(d, "m-parquet", &[&export], &labels, &[]);
-    assert_eq!(from_ndjson["detectors"].as_array().map(Vec::len), Some(4));
+    assert_eq!(from_ndjson["detectors"].as_array().map(Vec::len), Some(5));
     assert_eq!(from_parquet["detectors"], from_ndjson["detectors"], "parameters and thresholds");
     for key in ["terminal_days", "first_window_end", "last_window_end"] {
         assert_eq!(from_parquet["trained_on"][key], from_ndjson["trained_on"][key], "{key}");
@@ -217,7 +225,7 @@ fn exported_features_are_the_engine_s_row_for_row() {
             e.region_name(e.terminal_region(t)).to_string(),
         ]
     };
-    let mut want: [Vec<Row>; 4] = Default::default();
+    let mut want: [Vec<Row>; 5] = Default::default();
     for w in windows {
         for r in &w.terminal_voltage {
             want[0].push((w.end_ms, terminal(r.terminal), r.features.to_vec(), r.baselines.to_vec()));
@@ -232,6 +240,9 @@ fn exported_features_are_the_engine_s_row_for_row() {
         for r in &w.aging {
             want[3].push((w.end_ms, terminal(r.terminal), r.features.to_vec(), r.baselines.to_vec()));
         }
+        for r in &w.firmware {
+            want[4].push((w.end_ms, vec![r.entity.to_string()], r.features.to_vec(), r.baselines.to_vec()));
+        }
     }
     let terminal_ids: &[&str] = &["terminal_id", "site_id", "region"];
     let got = [
@@ -239,11 +250,12 @@ fn exported_features_are_the_engine_s_row_for_row() {
         exported(&export.join("features/site_voltage"), &["site_id", "region"], &names::SITE_VOLTAGE, false),
         exported(&export.join("features/network"), &["region"], &names::NETWORK, false),
         exported(&export.join("features/aging"), terminal_ids, &names::AGING, true),
+        exported(&export.join("features/firmware"), &["cohort"], &names::FIRMWARE, true),
     ];
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(export.join("_manifest.json")).expect("manifest")).expect("json");
     for (table, (got, want)) in
-        ["terminal_voltage", "site_voltage", "network", "aging"].iter().zip(got.iter().zip(&want))
+        ["terminal_voltage", "site_voltage", "network", "aging", "firmware"].iter().zip(got.iter().zip(&want))
     {
         assert!(!want.is_empty(), "{table}: the history has rows");
         assert_eq!(got.len(), want.len(), "{table}: rows");
