@@ -779,6 +779,8 @@ impl FeatureEngine {
             p95: f64col(Measure::TxnLatencyP95Ms),
             mem: f64col(Measure::MemUsedPct),
             uptime: column(batch, "uptime_s").and_then(|c| c.as_primitive_opt::<UInt64Type>()),
+            model_keys: dictionary_keys(models),
+            firmware_keys: dictionary_keys(firmwares),
             models,
             firmwares,
         };
@@ -1434,8 +1436,12 @@ impl FeatureEngine {
                 // Judged once the region's peers in this window are known.
                 probation.push((t, term.region, counts));
             } else {
-                let expected = self.releases.expect(&term.release, &counts, cfg.warmup_windows);
-                peers.entry(term.region).or_default().add(&counts, &expected);
+                // Peers are only a reference for versions being judged: a
+                // fleet with no rollout under way pays nothing for them.
+                if !self.releases.is_empty() {
+                    let expected = self.releases.expectation(&term.release, &counts, cfg.warmup_windows);
+                    peers.entry(term.region).or_default().add(&counts, &expected);
+                }
                 self.releases.learn(&mut term.release, &counts);
             }
 
@@ -1587,7 +1593,7 @@ impl FeatureEngine {
         // in the same order whatever the arrival order was.
         for (t, region, counts) in probation {
             let Some(term) = self.terminals.get(t as usize) else { continue };
-            let expected = self.releases.expect(&term.release, &counts, cfg.warmup_windows);
+            let expected = self.releases.expectation(&term.release, &counts, cfg.warmup_windows);
             let region_peers = peers.get(&region).copied().unwrap_or_default();
             self.releases.evidence(&term.release, &counts, &expected, &region_peers, w);
         }
@@ -1628,7 +1634,7 @@ struct Report {
     mem: Option<f64>,
     uptime_s: Option<u64>,
     /// Keys of its model ([`release::model_key`]) and of its model and
-    /// firmware ([`release::key`]); 0 when unnamed.
+    /// firmware ([`release::version_key`]); 0 when unnamed.
     model: u32,
     release: u64,
 }
@@ -1638,6 +1644,8 @@ impl Report {
         let f = |a: Option<&Float64Array>| a.filter(|a| a.is_valid(row)).map(|a| a.value(row));
         let u = |a: Option<&UInt32Array>| a.filter(|a| a.is_valid(row)).map(|a| a.value(row)).unwrap_or(0);
         let nominal = f(c.nominal).unwrap_or(12.0).max(0.1);
+        let (model, firmware) =
+            (dictionary_key(c.models, &c.model_keys, row), dictionary_key(c.firmwares, &c.firmware_keys, row));
         let supply = match (f(c.v_mean), f(c.v_std)) {
             (Some(mean), Some(std)) => Some([
                 mean / nominal,
@@ -1668,9 +1676,9 @@ impl Report {
             p95: f(c.p95),
             mem: f(c.mem),
             uptime_s: c.uptime.filter(|a| a.is_valid(row)).map(|a| a.value(row)),
-            model: dict_value(c.models, row).map_or(0, release::model_key),
-            release: match (dict_value(c.models, row), dict_value(c.firmwares, row)) {
-                (Some(m), Some(f)) => release::key(&[m, f]),
+            model: model.map_or(0, release::model_key),
+            release: match (model, firmware) {
+                (Some(m), Some(f)) => release::version_key(m, f),
                 _ => 0,
             },
         }
@@ -1749,6 +1757,9 @@ struct Cols<'a> {
     uptime: Option<&'a UInt64Array>,
     models: Option<&'a DictionaryArray<Int32Type>>,
     firmwares: Option<&'a DictionaryArray<Int32Type>>,
+    /// [`release::key`] of each dictionary value of `models` and `firmwares`.
+    model_keys: Vec<u64>,
+    firmware_keys: Vec<u64>,
 }
 
 #[derive(Default)]
@@ -1804,6 +1815,19 @@ struct RegionAgg {
 /// The items `used` marks, in order (an item past its end is dropped).
 fn keep_used<T>(items: Vec<T>, used: &[bool]) -> Vec<T> {
     items.into_iter().enumerate().filter(|(i, _)| used.get(*i).copied().unwrap_or(false)).map(|(_, x)| x).collect()
+}
+
+/// [`release::key`] of each value of a dictionary, once per batch.
+fn dictionary_keys(d: Option<&DictionaryArray<Int32Type>>) -> Vec<u64> {
+    d.and_then(|d| d.values().as_string_opt::<i32>())
+        .map(|v| v.iter().map(|s| s.map_or(0, release::key)).collect())
+        .unwrap_or_default()
+}
+
+/// The precomputed key of a dictionary column's value in `row`.
+fn dictionary_key(d: Option<&DictionaryArray<Int32Type>>, keys: &[u64], row: usize) -> Option<u64> {
+    let d = d.filter(|d| d.is_valid(row))?;
+    keys.get(d.keys().value(row) as usize).copied().filter(|k| *k != 0)
 }
 
 fn dict_value(d: Option<&DictionaryArray<Int32Type>>, row: usize) -> Option<&str> {

@@ -32,7 +32,7 @@ pub use engine::{
     NetworkRow, RegionCounts, SiteVoltageRow, SourceProgress, TerminalStates, TerminalVoltageRow, WindowRows,
 };
 pub use release::{MAX_RELEASES, PROBATION_MS, ReleaseRow, UPDATE_GRACE_MS};
-pub use stats::{Ewma, Spread, poisson_surprise};
+pub use stats::{Ewma, FNV_OFFSET, Spread, fnv1a, poisson_surprise};
 
 /// Feature names, in the order of each row's `features` array.
 pub mod names {

@@ -22,7 +22,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::stats::{Spread, poisson_surprise};
+use crate::stats::{FNV_OFFSET, Spread, fnv1a, poisson_surprise};
 
 /// How long after switching a terminal's evidence counts for its new
 /// version, and its own rates are held at those of the version before.
@@ -58,31 +58,26 @@ const MAX_MODELS: usize = 1_000;
 /// forgotten.
 const FORGET_AFTER_WINDOWS: i64 = 7 * 288;
 
-/// A model's key: 32 bits of [`key`], enough for a fleet's few models and
-/// 4 bytes less per terminal.
-pub fn model_key(model: &str) -> u32 {
-    (key(&[model]) >> 32) as u32 | 1
+/// A model's key, from its name's [`key`]: 32 bits, enough for a fleet's
+/// few models and 4 bytes less per terminal.
+pub fn model_key(model: u64) -> u32 {
+    (model >> 32) as u32 | 1
+}
+
+/// A version's key, from its model's and its firmware's [`key`]s: so a
+/// batch hashes each distinct name once, not each report.
+pub fn version_key(model: u64, firmware: u64) -> u64 {
+    (model.rotate_left(31) ^ firmware).wrapping_mul(0x9e37_79b9_7f4a_7c15).max(1)
 }
 
 /// No memory reading: not NaN, so that states compare equal to their copies.
 pub(crate) const NO_MEM: f32 = -1.0;
 
-/// A stable key of a string (FNV-1a, 64 bits): the same in every process,
+/// A stable key of a name (FNV-1a, 64 bits): the same in every process,
 /// so a terminal's versions need no renumbering when it moves between
 /// replicas or is restored. 0 means none.
-pub fn key(parts: &[&str]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for (i, p) in parts.iter().enumerate() {
-        if i > 0 {
-            h ^= u64::from(b'/');
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        for b in p.bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    h.max(1)
+pub fn key(name: &str) -> u64 {
+    fnv1a(FNV_OFFSET, name.as_bytes()).max(1)
 }
 
 /// One terminal's release state.
@@ -311,6 +306,10 @@ impl Releases {
         self.versions.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.versions.is_empty()
+    }
+
     /// Whether a terminal's window is evidence for its version (it is on
     /// probation on a version tracked) rather than a window to learn from.
     pub fn is_evidence(&self, t: &TerminalRelease, end_ms: i64) -> bool {
@@ -319,7 +318,7 @@ impl Releases {
 
     /// What a terminal's own rates (shrunk towards its model's) expect of a
     /// window, and its p95 latency in its own standard deviations.
-    pub fn expect(&self, t: &TerminalRelease, w: &WindowCounts, warmup: f32) -> Expected {
+    pub fn expectation(&self, t: &TerminalRelease, w: &WindowCounts, warmup: f32) -> Expected {
         let pool = self.models.get(&t.model).map(|p| p.sums);
         let s = t.sums;
         let prior = |i: usize, per: usize, floor: f64| {
@@ -490,16 +489,26 @@ mod tests {
         assert_eq!(climb((50.0, 1000, t0), (51.0, 8200, t0 + 7_200_000), 0, 0), None, "two hours apart");
     }
 
+    fn version(model: &str, firmware: &str) -> u64 {
+        version_key(key(model), key(firmware))
+    }
+
     #[test]
     fn keys_are_stable_and_never_zero() {
-        assert_eq!(key(&["P200", "6.0.0"]), key(&["P200", "6.0.0"]));
-        assert_ne!(key(&["P200", "6.0.0"]), key(&["P200", "6.0.1"]));
-        assert_ne!(key(&["P20", "06.0.0"]), key(&["P200", "6.0.0"]));
-        assert_ne!(key(&[]), 0);
+        assert_eq!(version("P200", "6.0.0"), version("P200", "6.0.0"));
+        assert_ne!(version("P200", "6.0.0"), version("P200", "6.0.1"));
+        assert_ne!(version("P20", "06.0.0"), version("P200", "6.0.0"));
+        assert_ne!(version("6.0.0", "P200"), version("P200", "6.0.0"));
+        assert_ne!(key(""), 0);
     }
 
     fn terminal(since: i64) -> TerminalRelease {
-        TerminalRelease { model: model_key("P200"), current: key(&["P200", "6.0.0"]), since, ..Default::default() }
+        TerminalRelease {
+            model: model_key(key("P200")),
+            current: version("P200", "6.0.0"),
+            since,
+            ..Default::default()
+        }
     }
 
     fn window(crashes: u32) -> WindowCounts {
@@ -509,7 +518,7 @@ mod tests {
     /// A window of a terminal, as the engine handles it: evidence on
     /// probation, learning otherwise.
     fn window_of(r: &mut Releases, t: &mut TerminalRelease, w: &WindowCounts, end_ms: i64, peers: &Peers) {
-        let e = r.expect(t, w, 24.0);
+        let e = r.expectation(t, w, 24.0);
         if r.is_evidence(t, end_ms) {
             r.evidence(t, w, &e, peers, end_ms / 300_000);
         } else {
@@ -520,10 +529,10 @@ mod tests {
     #[test]
     fn two_canaries_crashing_often_are_evidence_and_a_terminal_off_probation_is_not() {
         let mut r = Releases::default();
-        let v = key(&["P200", "6.0.0"]);
+        let v = version("P200", "6.0.0");
         let quiet = Peers::default();
         // A day of history on the version before: about one crash a day.
-        let mut learnt = TerminalRelease { model: model_key("P200"), ..Default::default() };
+        let mut learnt = TerminalRelease { model: model_key(key("P200")), ..Default::default() };
         for w in 0..288 {
             window_of(&mut r, &mut learnt, &window(u32::from(w == 100)), w * 300_000, &quiet);
         }
@@ -553,11 +562,11 @@ mod tests {
     fn one_crash_on_a_canary_is_no_evidence_and_two_are_some() {
         let surprise = |crashes: u32| {
             let mut r = Releases::default();
-            let v = key(&["P200", "6.0.0"]);
+            let v = version("P200", "6.0.0");
             r.switched(v, || "P200/6.0.0".into(), 0);
             let t = terminal(0);
             let w = WindowCounts { minutes: 5.0, crashes, ..Default::default() };
-            let e = r.expect(&t, &w, 24.0);
+            let e = r.expectation(&t, &w, 24.0);
             r.evidence(&t, &w, &e, &Peers::default(), 1);
             r.close(1).remove(0).features[0]
         };
@@ -571,7 +580,7 @@ mod tests {
         // network), and on the version's canaries just as much.
         let run = |peers_too: bool| {
             let mut r = Releases::default();
-            let v = key(&["P200", "6.0.0"]);
+            let v = version("P200", "6.0.0");
             r.switched(v, || "P200/6.0.0".into(), 0);
             let mut t = terminal(0);
             for _ in 0..2000 {
@@ -584,11 +593,11 @@ mod tests {
             let mut peers = Peers::default();
             if peers_too {
                 for _ in 0..10 {
-                    peers.add(&bad, &r.expect(&t, &bad, 24.0));
+                    peers.add(&bad, &r.expectation(&t, &bad, 24.0));
                 }
             }
             for w in 0..12 {
-                let e = r.expect(&t, &bad, 24.0);
+                let e = r.expectation(&t, &bad, 24.0);
                 r.evidence(&t, &bad, &e, &peers, w);
             }
             r.close(12).remove(0).features

@@ -77,6 +77,18 @@ impl Spread {
     }
 }
 
+/// FNV-1a 64-bit, for fingerprints and stable keys (not security).
+pub fn fnv1a(hash: u64, bytes: &[u8]) -> u64 {
+    let mut h = hash;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100_0000_01b3);
+    }
+    h
+}
+
+pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
 /// Surprise is capped here (nats): beyond it, more is not more informative.
 pub const MAX_SURPRISE: f64 = 30.0;
 

@@ -736,17 +736,9 @@ fn median(values: Vec<i64>) -> Option<f64> {
     crate::eval::median(values)
 }
 
-/// FNV-1a 64-bit, for fingerprints of training data (not security).
-pub fn fnv1a(hash: u64, bytes: &[u8]) -> u64 {
-    let mut h = hash;
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x100_0000_01b3);
-    }
-    h
-}
-
-pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+/// FNV-1a 64-bit, for fingerprints of training data (the feature crate's,
+/// which keys firmware versions with it).
+pub use termwatch_features::{FNV_OFFSET, fnv1a};
 
 #[cfg(test)]
 mod tests {
