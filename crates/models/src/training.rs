@@ -129,6 +129,10 @@ pub struct TrainConfig {
     /// evenly between them, since an on-call engineer counts false pages per
     /// kind. Default 0.2 (the acceptance bar is 0.5 on unseen data).
     pub target_false_alerts_per_1000_terminal_days: f64,
+    /// Kinds calibrated to another target than that one: a kind whose
+    /// alert reaches further (a firmware alert halts a rollout fleet-wide)
+    /// may be held to a stricter budget. Default none.
+    pub kind_targets: Vec<(AlertKind, f64)>,
     /// L2 penalty of the logistic regressions. Default 1.0.
     pub l2: f64,
     /// Most healthy windows used to fit one detector (all are used to
@@ -141,10 +145,22 @@ pub struct TrainConfig {
     pub feedback_weight: usize,
 }
 
+impl TrainConfig {
+    /// The calibration target of `kind`, per 1,000 terminal-days.
+    pub fn target_for(&self, kind: AlertKind) -> f64 {
+        self.kind_targets
+            .iter()
+            .rev()
+            .find(|(k, _)| *k == kind)
+            .map_or(self.target_false_alerts_per_1000_terminal_days, |(_, t)| *t)
+    }
+}
+
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
             target_false_alerts_per_1000_terminal_days: 0.2,
+            kind_targets: Vec::new(),
             l2: 1.0,
             max_fit_negatives: 200_000,
             feedback_weight: 20,
@@ -173,6 +189,10 @@ pub struct DetectorFigures {
     pub calibrated_false_alerts_per_1000_terminal_days: f64,
     /// The part of those fired at once by one critical window.
     pub calibrated_critical_false_alerts_per_1000_terminal_days: f64,
+    /// What calibration aimed at (None in artifacts from before it was
+    /// recorded).
+    #[serde(default)]
+    pub target_false_alerts_per_1000_terminal_days: Option<f64>,
     /// What the two-tier policy does on the training incidents of this
     /// kind and scope, against the `k` rule alone (same threshold).
     pub incidents: IncidentFigures,
@@ -404,8 +424,7 @@ pub fn train(
             });
         let scopes = plan_kinds.iter().filter(|k| **k == kind).count().max(1);
         let config = TrainConfig {
-            target_false_alerts_per_1000_terminal_days: config.target_false_alerts_per_1000_terminal_days
-                / scopes as f64,
+            target_false_alerts_per_1000_terminal_days: config.target_for(kind) / scopes as f64,
             ..config.clone()
         };
         let (d, f) = fit_one(kind, scope, feature_names, truths, &incidents, rows.terminal_days, (k, m), &config)?;
@@ -565,6 +584,7 @@ fn fit_one(
         window_specificity: specificity,
         calibrated_false_alerts_per_1000_terminal_days: (warnings + criticals) as f64 * policy.per_1000,
         calibrated_critical_false_alerts_per_1000_terminal_days: criticals as f64 * policy.per_1000,
+        target_false_alerts_per_1000_terminal_days: Some(policy.target),
         incidents: IncidentFigures {
             incidents: calibration.chosen.incidents,
             k_only_detected: calibration.k_only.delays.len(),
@@ -923,6 +943,36 @@ mod tests {
         let (reviewed, marked) = fit(Truth::Feedback);
         assert_eq!((none, marked), (0, 30));
         assert!(reviewed < plain * 0.5, "feedback should lower the look-alikes' score: {plain} -> {reviewed}");
+    }
+
+    #[test]
+    fn a_kind_held_to_its_own_target_is_calibrated_to_it() {
+        let strict =
+            TrainConfig { kind_targets: vec![(AlertKind::FirmwareRegression, 0.05)], ..TrainConfig::default() };
+        assert_eq!(strict.target_for(AlertKind::FirmwareRegression), 0.05);
+        assert_eq!(strict.target_for(AlertKind::HardwareAging), 0.2);
+        // Healthy windows that wander most of the way to the incidents: a
+        // looser budget buys a lower threshold, and the card says which.
+        let names = ["x"];
+        let feats: Vec<[f64; 1]> = (0..3000).map(|i| [f64::from(i % 7) * 0.45]).collect();
+        let rows: Vec<Labelled<'_>> = feats
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let (entity, truth, x): (&str, Truth, &[f64]) =
+                    if i % 10 == 0 { ("pos", Truth::Positive, &POS) } else { ("neg", Truth::Negative, f.as_slice()) };
+                (i as i64, entity, x, truth)
+            })
+            .collect();
+        let fit = |target: f64| {
+            let config = TrainConfig { target_false_alerts_per_1000_terminal_days: target, ..TrainConfig::default() };
+            let kind = AlertKind::FirmwareRegression;
+            fit_one(kind, Scope::Cohort, &names, &rows, &HashMap::new(), 1000, (1, 1), &config).expect("fits")
+        };
+        let ((tight, tight_figures), (loose, loose_figures)) = (fit(0.05), fit(500.0));
+        assert!(tight.threshold > loose.threshold, "{} against {}", tight.threshold, loose.threshold);
+        assert_eq!(tight_figures.target_false_alerts_per_1000_terminal_days, Some(0.05));
+        assert_eq!(loose_figures.target_false_alerts_per_1000_terminal_days, Some(500.0));
     }
 
     const POS: [f64; 1] = [3.0];

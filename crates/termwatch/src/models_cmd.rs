@@ -49,10 +49,25 @@ pub struct TrainArgs {
     /// (voltage splits it between its site and terminal detectors).
     #[arg(long, default_value_t = 0.2)]
     target_false_alerts: f64,
+    /// Another calibration target for one kind, as KIND=RATE (e.g. firmware_regression=0.05); repeatable.
+    #[arg(long = "target-false-alerts-for", value_name = "KIND=RATE", value_parser = parse_kind_target)]
+    kind_targets: Vec<(AlertKind, f64)>,
     /// Each --input is a history of its own (another fleet or period, e.g. one simulated at 60 s and one
     /// at 300 s), with its own feature state; without it, the inputs are consecutive parts of one history.
     #[arg(long)]
     independent: bool,
+}
+
+fn parse_kind_target(s: &str) -> Result<(AlertKind, f64), String> {
+    let (kind, rate) = s.split_once('=').ok_or_else(|| format!("{s:?}: expected KIND=RATE"))?;
+    let kind = AlertKind::ALL
+        .into_iter()
+        .find(|k| k.as_str() == kind)
+        .ok_or_else(|| format!("{kind:?}: not an alert kind (one of {:?})", AlertKind::ALL.map(|k| k.as_str())))?;
+    match rate.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok((kind, r)),
+        _ => Err(format!("{rate:?}: expected a positive number of false alerts per 1,000 terminal-days")),
+    }
 }
 
 fn parse_time(s: &str) -> Result<i64, String> {
@@ -279,8 +294,11 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         incidents_by_kind: Vec::new(),
         not_incident_labels: 0,
     };
-    let config =
-        TrainConfig { target_false_alerts_per_1000_terminal_days: args.target_false_alerts, ..TrainConfig::default() };
+    let config = TrainConfig {
+        target_false_alerts_per_1000_terminal_days: args.target_false_alerts,
+        kind_targets: args.kind_targets.clone(),
+        ..TrainConfig::default()
+    };
     let set = training::train(&rows, &labels, features, &config, data, args.version.clone())?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
     let path = args.out.join("model.json");
@@ -349,7 +367,7 @@ fn model_card(set: &ModelSet) -> String {
          it, its windows labelled from the version's first report to its rollback, the first hour and a\n\
          day around each regression left out.\n\n## Trained on\n\n- inputs: {}\n- fingerprint: `{}`\n- windows: {} .. {}\n\
          - terminal-days: {}\n- incidents: {}\n- not_incident labels: {}\n\n## Detectors\n\n\
-         | kind | scope | features | threshold | critical | positive windows | healthy windows | window recall | specificity | false alerts / 1,000 terminal-days (training, healthy) | of which at once |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+         | kind | scope | features | threshold | critical | positive windows | healthy windows | window recall | specificity | false alerts / 1,000 terminal-days (training, healthy) | target | of which at once |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         set.version,
         set.format,
         set.detectors.len(),
@@ -365,7 +383,7 @@ fn model_card(set: &ModelSet) -> String {
     );
     for (d, f) in set.detectors.iter().zip(&set.figures) {
         s.push_str(&format!(
-            "| {} | {} | {} | {:.3} | {} | {} | {} | {:.3} | {:.5} | {:.3} | {:.3} |\n",
+            "| {} | {} | {} | {:.3} | {} | {} | {} | {:.3} | {:.5} | {:.3} | {} | {:.3} |\n",
             d.kind,
             d.scope,
             d.feature_names.join(", "),
@@ -376,6 +394,7 @@ fn model_card(set: &ModelSet) -> String {
             f.window_recall,
             f.window_specificity,
             f.calibrated_false_alerts_per_1000_terminal_days,
+            f.target_false_alerts_per_1000_terminal_days.map_or_else(|| "-".to_owned(), |t| format!("{t:.3}")),
             f.calibrated_critical_false_alerts_per_1000_terminal_days,
         ));
     }
@@ -693,8 +712,14 @@ impl AlertSink {
 
 fn human(e: &termwatch_telemetry::alerts::AlertEvent) -> String {
     use termwatch_telemetry::alerts::AlertState;
-    let reasons: Vec<String> =
-        e.reasons.iter().map(|r| format!("{} {} (baseline {})", r.feature, r.value, r.baseline)).collect();
+    let reasons: Vec<String> = e
+        .reasons
+        .iter()
+        .map(|r| match &r.baseline_version {
+            Some(v) => format!("{} {} (baseline {} on {v})", r.feature, r.value, r.baseline),
+            None => format!("{} {} (baseline {})", r.feature, r.value, r.baseline),
+        })
+        .collect();
     format!(
         "ALERT {} {} {:?} {} {} in {} at {} score {:.2}{}",
         match e.state {

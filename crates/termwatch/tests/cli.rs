@@ -167,6 +167,24 @@ fn usage_errors_exit_non_zero_without_panicking() {
 }
 
 #[test]
+fn a_kinds_own_calibration_target_must_name_a_kind_and_a_positive_rate() {
+    for (arg, names) in [("bogus=0.1", "\"bogus\": not an alert kind"), ("firmware_regression=-1", "positive")] {
+        let out = termwatch(&[
+            "train",
+            "--input",
+            "x.ndjson",
+            "--labels",
+            "l.ndjson",
+            "--out",
+            "m",
+            "--target-false-alerts-for",
+            arg,
+        ]);
+        assert_operator_error(&out, names);
+    }
+}
+
+#[test]
 fn eval_scores_alerts_against_labels_as_a_table_and_as_json() {
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tests/data");
     let p = |name: &str| data.join(name).to_str().expect("utf8").to_string();
