@@ -1140,14 +1140,17 @@ impl FeatureEngine {
         let report = Report::read(c, row, ts);
         // A version a tracked terminal switches to (not the one it was
         // first seen on: that has nothing before it to be judged against).
+        let name = || {
+            let m = dict_value(c.models, row).unwrap_or("?");
+            let f = dict_value(c.firmwares, row).unwrap_or("?");
+            format!("{m}/{f}")
+        };
         if report.release != 0 && term.release.current != 0 && report.release != term.release.current {
-            let w = ts.div_euclid(self.config.window_ms);
-            let name = || {
-                let m = dict_value(c.models, row).unwrap_or("?");
-                let f = dict_value(c.firmwares, row).unwrap_or("?");
-                format!("{m}/{f}")
-            };
-            self.releases.switched(report.release, name, w);
+            self.releases.switched(report.release, name, ts.div_euclid(self.config.window_ms));
+        } else if report.release != 0 && term.release.current == 0 {
+            // The version it was first seen on: named by its alert, should
+            // its terminals take another.
+            self.releases.remember(report.release, name);
         }
         // A report held for being far ahead is settled by the terminal's
         // next one: kept if that one carries on from it (or arrived a little
@@ -1419,6 +1422,15 @@ impl FeatureEngine {
                 }
             }
 
+            // A card reader failing in this window fails its payments: those
+            // are the reader's (hardware aging's), not the firmware's. Judged
+            // against the reader's own rate before this window teaches it.
+            let reader_trouble = acc.card_errors > 0 && {
+                let prior = self.cohort_wear.get(term.cohort as usize).map_or((0.0, 0.0), |c| c.reader);
+                let base = shrunk_rate(term.wear.reader_long, prior);
+                poisson_surprise(acc.card_errors, base * f64::from(acc.card_reads)) > QUIET_SURPRISE
+            };
+
             // Release health: evidence for a new version, or the terminal's
             // own rates on the version it has run for a while.
             let counts = WindowCounts {
@@ -1430,7 +1442,7 @@ impl FeatureEngine {
                 mem_rise: f64::from(acc.mem_rise),
                 mem_hours: f64::from(acc.mem_hours),
                 p95_log: (acc.p95_n > 0).then(|| f64::from(acc.p95_log_sum) / f64::from(acc.p95_n)),
-                network_trouble,
+                trouble: network_trouble || reader_trouble,
             };
             if self.releases.is_evidence(&term.release, end_ms) {
                 // Judged once the region's peers in this window are known.

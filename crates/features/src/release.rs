@@ -151,10 +151,11 @@ pub(crate) struct WindowCounts {
     pub mem_hours: f64,
     /// Mean ln p95 latency over the window's reports that had one.
     pub p95_log: Option<f64>,
-    /// The terminal's own round trip, loss or reconnects were out of line:
-    /// its failures and latency are the network's, not evidence about its
-    /// firmware (nor part of its peers' reference).
-    pub network_trouble: bool,
+    /// The terminal's own round trip, loss or reconnects, or its card
+    /// reader's errors, were out of line: its failures and latency are the
+    /// network's or the reader's, not evidence about its firmware (nor part
+    /// of its peers' reference).
+    pub trouble: bool,
 }
 
 /// A model's pooled rates over its terminals off probation: the prior of a
@@ -197,7 +198,7 @@ const MIN_PEERS: u32 = 3;
 
 impl Peers {
     pub fn add(&mut self, w: &WindowCounts, e: &Expected) {
-        let counted = if w.network_trouble { 2 } else { 3 };
+        let counted = if w.trouble { 2 } else { 3 };
         for (i, k) in [w.crashes, w.reboots, w.failed].into_iter().enumerate().take(counted) {
             self.observed[i] += f64::from(k);
             self.expected[i] += e.counts[i];
@@ -205,7 +206,7 @@ impl Peers {
         self.minutes += w.minutes;
         self.rise += w.mem_rise;
         self.hours += w.mem_hours;
-        if w.network_trouble {
+        if w.trouble {
             return;
         }
         self.txn += f64::from(w.txn);
@@ -249,13 +250,25 @@ struct Version {
     /// Probation terminals that reported in the window being closed.
     terminals_now: u32,
     last_window: i64,
+    /// The versions its terminals ran before (keys) and how many of their
+    /// windows each gave as evidence: the most common is the baseline its
+    /// alert names. A few at most: a rollout comes from one or two.
+    from: Vec<(u64, u32)>,
 }
+
+/// Versions a version's terminals came from, counted at most.
+const MAX_FROM: usize = 4;
 
 /// Release health of every version seen switching to.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct Releases {
     versions: HashMap<u64, Version>,
     models: HashMap<u32, ModelPool>,
+    /// `MODEL/FIRMWARE` of the versions terminals were first seen on or
+    /// switched to, so that an alert can name the version its terminals ran
+    /// before. At most `MAX_RELEASES`; when full, the names no version
+    /// being judged refers to are forgotten.
+    names: HashMap<u64, Box<str>>,
     /// Versions refused at `MAX_RELEASES`.
     pub refused: u64,
 }
@@ -273,6 +286,10 @@ pub struct ReleaseRow {
     /// Its terminals on probation that reported in the window. Not a
     /// feature: how far a rollout has gone says nothing of the version.
     pub terminals: u32,
+    /// `MODEL/FIRMWARE` most of its evidence's terminals ran before: what
+    /// it is compared with (None when that name was never seen, or
+    /// forgotten under a flood of versions).
+    pub baseline_version: Option<Box<str>>,
     /// Release health for dashboards: crashes per terminal-day on the
     /// version, and what the same terminals' own rates expect (a day's
     /// decayed sums).
@@ -292,9 +309,25 @@ impl Releases {
             self.refused += 1;
             return false;
         }
+        let name: Box<str> = name().into();
+        self.remember(key, || name.to_string());
         self.versions
-            .insert(key, Version { name: name().into(), sums: [0.0; 12], terminals_now: 0, last_window: window });
+            .insert(key, Version { name, sums: [0.0; 12], terminals_now: 0, last_window: window, from: Vec::new() });
         true
+    }
+
+    /// Notes the name of a version a terminal was first seen on: the
+    /// version its terminals ran before, should it switch.
+    pub fn remember(&mut self, key: u64, name: impl FnOnce() -> String) {
+        if self.names.len() < MAX_RELEASES && !self.names.contains_key(&key) {
+            self.names.insert(key, name().into());
+        }
+    }
+
+    /// Names remembered (bounded by `MAX_RELEASES`).
+    #[cfg(test)]
+    pub fn names(&self) -> usize {
+        self.names.len()
     }
 
     /// Whether the version `key` is tracked.
@@ -387,7 +420,7 @@ impl Releases {
         let Some(v) = self.versions.get_mut(&t.current) else { return };
         let x = &mut v.sums;
         let observed = [w.crashes, w.reboots, w.failed];
-        let counted = if w.network_trouble { 2 } else { 3 };
+        let counted = if w.trouble { 2 } else { 3 };
         for (i, (k, mu)) in observed.iter().zip(e.counts).enumerate().take(counted) {
             x[2 * i] += f64::from(*k);
             x[2 * i + 1] += mu + peers.excess(i, w);
@@ -398,13 +431,18 @@ impl Releases {
             None => e.rise,
         };
         x[8] += w.mem_hours;
-        if let Some(z) = e.p95_z.filter(|_| !w.network_trouble) {
+        if let Some(z) = e.p95_z.filter(|_| !w.trouble) {
             x[9] += z - peers.p95_z().unwrap_or(0.0).max(0.0);
             x[10] += 1.0;
         }
         x[11] += w.minutes;
         v.terminals_now += 1;
         v.last_window = v.last_window.max(window);
+        if let Some(f) = v.from.iter_mut().find(|f| f.0 == t.before) {
+            f.1 = f.1.saturating_add(1);
+        } else if v.from.len() < MAX_FROM {
+            v.from.push((t.before, 1));
+        }
     }
 
     /// The rows of the window closing at `end_ms`: one per version with a
@@ -438,6 +476,12 @@ impl Releases {
                     ],
                     baselines: [x[1], x[3], x[5], x[7] / hours, 0.0],
                     terminals: v.terminals_now,
+                    // Ties go to the smaller key: the same whatever the order.
+                    baseline_version: v
+                        .from
+                        .iter()
+                        .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))
+                        .and_then(|f| self.names.get(&f.0).cloned()),
                     crashes_per_terminal_day: x[0] / days,
                     expected_crashes_per_terminal_day: x[1] / days,
                 }
@@ -452,6 +496,11 @@ impl Releases {
             }
             window.saturating_sub(v.last_window) < FORGET_AFTER_WINDOWS
         });
+        if self.names.len() >= MAX_RELEASES {
+            let kept: std::collections::HashSet<u64> =
+                self.versions.iter().flat_map(|(k, v)| std::iter::once(*k).chain(v.from.iter().map(|f| f.0))).collect();
+            self.names.retain(|k, _| kept.contains(k));
+        }
         rows
     }
 }
@@ -606,6 +655,52 @@ mod tests {
         assert!(alone[2] > 20.0 && alone[4] > 3.0, "the version alone fails and slows: {alone:?}");
         assert!(with_peers[2] < alone[2] / 2.0, "failures: {with_peers:?} against {alone:?}");
         assert!(with_peers[4] < 0.5, "latency: {with_peers:?}");
+    }
+
+    #[test]
+    fn a_versions_row_names_the_version_most_of_its_terminals_ran_before() {
+        let mut r = Releases::default();
+        let (old, other, new) = (version("P200", "5.1.0"), version("P200", "5.0.9"), version("P200", "6.0.0"));
+        r.remember(old, || "P200/5.1.0".into());
+        r.remember(other, || "P200/5.0.9".into());
+        r.remember(old, || unreachable!("a name is formatted once"));
+        assert!(r.switched(new, || "P200/6.0.0".into(), 0));
+        let w = window(0);
+        for (before, n) in [(other, 1), (old, 3)] {
+            let t = TerminalRelease { before, ..terminal(0) };
+            for _ in 0..n {
+                let e = r.expectation(&t, &w, 24.0);
+                r.evidence(&t, &w, &e, &Peers::default(), 1);
+            }
+        }
+        let row = r.close(1).remove(0);
+        assert_eq!(row.baseline_version.as_deref(), Some("P200/5.1.0"));
+        // A version whose name was never seen is not invented.
+        let mut r = Releases::default();
+        r.switched(new, || "P200/6.0.0".into(), 0);
+        let t = TerminalRelease { before: old, ..terminal(0) };
+        let e = r.expectation(&t, &w, 24.0);
+        r.evidence(&t, &w, &e, &Peers::default(), 1);
+        assert_eq!(r.close(1).remove(0).baseline_version, None);
+    }
+
+    #[test]
+    fn names_are_bounded_and_a_full_map_keeps_those_in_use() {
+        let mut r = Releases::default();
+        let new = version("P200", "6.0.0");
+        r.switched(new, || "P200/6.0.0".into(), 0);
+        let before = version("P200", "5.1.0");
+        r.remember(before, || "P200/5.1.0".into());
+        for i in 0..2 * MAX_RELEASES as u64 {
+            r.remember(i + 7, || format!("M/{i}"));
+        }
+        assert_eq!(r.names(), MAX_RELEASES);
+        let t = TerminalRelease { before, ..terminal(0) };
+        let e = r.expectation(&t, &window(0), 24.0);
+        r.evidence(&t, &window(0), &e, &Peers::default(), 1);
+        let row = r.close(1).remove(0);
+        assert_eq!(row.baseline_version.as_deref(), Some("P200/5.1.0"));
+        assert_eq!(r.names(), 2, "only the names a judged version refers to are kept");
     }
 
     #[test]

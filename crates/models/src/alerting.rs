@@ -140,6 +140,13 @@ impl HysteresisConfig {
 ///   does not heal, so only six hours of use that look healthy (the part
 ///   was swapped) close the alert; aging windows count only when the part
 ///   was used, so quiet hours at the shop do not count towards them.
+/// - A firmware version resolves after 72 good windows (6 hours): a bad
+///   build does not heal, only a rollback ends it, and its evidence ebbs
+///   and flows with its terminals' day (a leak climbs, a crash resets it,
+///   a shop closes for the night). Resolved after 12, a leaking version on
+///   external-1 paged three times in a day, with quiet spells of under four
+///   hours between; a rolled-back version, whose terminals no longer give
+///   rows, goes stale after a day.
 /// - Staleness is longer than the gaps that are normal for the kind. Sites
 ///   that switch terminals off at night are silent up to ~16 h (a café
 ///   closing at 15:00 and opening at 06:30), so a terminal voltage alert
@@ -155,7 +162,7 @@ pub struct AlertingConfig {
     pub voltage_instability: HysteresisConfig,
     /// Default `{fire_after_bad_windows: 2, resolve_after_good_windows: 3, stale_after_ms: 21600000}` (6 h).
     pub network_degradation: HysteresisConfig,
-    /// Default `{fire_after_bad_windows: 2, resolve_after_good_windows: 12, stale_after_ms: 86400000}` (24 h).
+    /// Default `{fire_after_bad_windows: 2, resolve_after_good_windows: 72, stale_after_ms: 86400000}` (24 h).
     pub firmware_regression: HysteresisConfig,
 }
 
@@ -182,7 +189,7 @@ impl Default for AlertingConfig {
             },
             firmware_regression: HysteresisConfig {
                 fire_after_bad_windows: 2,
-                resolve_after_good_windows: 12,
+                resolve_after_good_windows: 72,
                 terminal_resolve_after_good_windows: None,
                 stale_after_ms: 24 * MS_PER_HOUR,
             },
@@ -752,7 +759,7 @@ mod tests {
     const T0: i64 = 1_795_514_400_000;
 
     fn reason(value: f64) -> Reason {
-        Reason { feature: "supply_v_std".into(), value, baseline: 0.04 }
+        Reason { feature: "supply_v_std".into(), value, baseline: 0.04, baseline_version: None }
     }
 
     /// Window `i` (5-minute windows from `T0`) of terminal T-1's voltage.

@@ -152,6 +152,7 @@ impl Detector {
                 feature: self.feature_names[j].clone(),
                 value: round(x[j]),
                 baseline: round(baselines.get(j).copied().unwrap_or(self.means[j])),
+                baseline_version: None,
             })
             .collect()
     }

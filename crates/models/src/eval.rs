@@ -783,7 +783,7 @@ mod tests {
             severity: Severity::Warning,
             score: 0.9,
             model_version: "test".into(),
-            reasons: vec![Reason { feature: "f".into(), value: 1.0, baseline: 0.0 }],
+            reasons: vec![Reason { feature: "f".into(), value: 1.0, baseline: 0.0, baseline_version: None }],
         }
     }
 

@@ -425,8 +425,12 @@ impl Scorer {
                 if let (Some(d), Some(score)) = (firmware, score) {
                     firmware_scores.push(score);
                     // A cohort spans the fleet: its region is "*" (alerts-v1).
-                    let scored =
-                        scored(d, w.end_ms, &r.entity, "*", score, &version, d.reasons(&r.features, &r.baselines, 3));
+                    // Its reasons say which version it is compared with.
+                    let mut reasons = d.reasons(&r.features, &r.baselines, 3);
+                    for reason in &mut reasons {
+                        reason.baseline_version = r.baseline_version.as_deref().map(str::to_owned);
+                    }
+                    let scored = scored(d, w.end_ms, &r.entity, "*", score, &version, reasons);
                     events.extend(self.alerts.observe(scored));
                 }
                 let health = ReleaseHealth {

@@ -31,7 +31,9 @@ const PARTITION_MAGIC: &[u8; 6] = b"TWPART";
 ///    entity's own variability), rates of sags, reboots, reconnects, timeouts.
 /// 6: release health (each terminal's version and own rates, each version's
 ///    evidence).
-const FORMAT: u32 = 6;
+/// 7: the names of versions and the versions each version's terminals came
+///    from (the baseline its alert names).
+const FORMAT: u32 = 7;
 const HEADER: usize = 6 + 4 + 8;
 
 #[derive(Debug, thiserror::Error)]

@@ -93,6 +93,12 @@ pub struct Reason {
     pub feature: String,
     pub value: f64,
     pub baseline: f64,
+    /// At `cohort` scope, the `MODEL/FIRMWARE` the baseline is that of: the
+    /// version the cohort's terminals ran before. An extra key, written only
+    /// there: alerts-v1 readers that take `feature`, `value` and `baseline`
+    /// are unaffected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_version: Option<String>,
 }
 
 /// A change of alert state.
@@ -192,7 +198,12 @@ mod tests {
             severity: Severity::Critical,
             score: 0.97,
             model_version: "voltage-2026.11.1".into(),
-            reasons: vec![Reason { feature: "supply_v_std".into(), value: 0.71, baseline: 0.04 }],
+            reasons: vec![Reason {
+                feature: "supply_v_std".into(),
+                value: 0.71,
+                baseline: 0.04,
+                baseline_version: None,
+            }],
         };
         let json = serde_json::to_value(&ev).expect("serialises");
         assert_eq!(json["ts"], "2026-11-24T10:01:00Z");

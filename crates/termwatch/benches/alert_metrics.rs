@@ -63,7 +63,7 @@ fn main() {
     assert_eq!(engine.tracked_terminals(), TERMINALS as usize);
 
     let mut tracker = AlertingConfig::default().build().unwrap();
-    let reasons = vec![Reason { feature: "v_std_z".into(), value: 0.4, baseline: 0.01 }];
+    let reasons = vec![Reason { feature: "v_std_z".into(), value: 0.4, baseline: 0.01, baseline_version: None }];
     let scored = |kind, scope, entity: &'static str, region: &'static str, i: i64, bad: bool, score: f64| Scored {
         window_end_ms: T0 + i * MIN5,
         kind,

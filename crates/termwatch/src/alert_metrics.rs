@@ -811,7 +811,7 @@ mod tests {
             bad: true,
             critical: score > 0.99,
             model_version: "test-1",
-            reasons: vec![Reason { feature: "v_min_drop_z".into(), value: 1.0, baseline: 0.0 }],
+            reasons: vec![Reason { feature: "v_min_drop_z".into(), value: 1.0, baseline: 0.0, baseline_version: None }],
         }
     }
 

@@ -232,7 +232,12 @@ mod tests {
             severity: Severity::Critical,
             score: 0.97,
             model_version: "m-1".into(),
-            reasons: vec![Reason { feature: "share_sites_degraded".into(), value: 0.8, baseline: 0.02 }],
+            reasons: vec![Reason {
+                feature: "share_sites_degraded".into(),
+                value: 0.8,
+                baseline: 0.02,
+                baseline_version: None,
+            }],
         };
         topic.send(&event).expect("queued");
         assert_eq!(topic.flush(), Delivery::Delivered);

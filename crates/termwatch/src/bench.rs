@@ -785,7 +785,7 @@ fn scrape_section(table: &mut Table, terminals: u32) -> anyhow::Result<()> {
     }
     engine.process_batch(&builder.finish()?);
     let mut tracker = AlertingConfig::default().build()?;
-    let reasons = vec![Reason { feature: "v_std_z".into(), value: 0.4, baseline: 0.01 }];
+    let reasons = vec![Reason { feature: "v_std_z".into(), value: 0.4, baseline: 0.01, baseline_version: None }];
     #[allow(clippy::too_many_arguments)]
     fn scored<'a>(
         kind: AlertKind,

@@ -375,4 +375,20 @@ fn the_shipped_models_find_every_incident_of_a_foreign_fleet_within_a_false_aler
     let exposure = firmware["median_exposure"].as_f64().expect("an exposure for detected regressions");
     eprintln!("firmware_regression: median exposure {:.0} %", exposure * 100.0);
     assert!(exposure <= 0.25, "firmware_regression: median exposure {exposure:.2}, at most 0.25");
+    // Each firmware alert names the version its terminals ran before, of
+    // the same model: what an on-call engineer rolls back to.
+    let mut firmware_alerts = 0;
+    for line in std::fs::read_to_string(&alerts).expect("alerts").lines() {
+        let e: termwatch_telemetry::alerts::AlertEvent = serde_json::from_str(line).expect("alerts-v1 event");
+        if e.kind != termwatch_telemetry::alerts::AlertKind::FirmwareRegression {
+            continue;
+        }
+        firmware_alerts += 1;
+        let model = e.entity.split('/').next().expect("MODEL/FIRMWARE");
+        for r in &e.reasons {
+            let before = r.baseline_version.as_deref().unwrap_or_default();
+            assert!(before.starts_with(&format!("{model}/")) && before != e.entity, "{e:?}");
+        }
+    }
+    assert!(firmware_alerts > 0);
 }

@@ -262,7 +262,12 @@ fn run(
 }
 
 fn reason(feature: &str, value: f32, threshold: f32) -> Reason {
-    Reason { feature: feature.to_owned(), value: round4(f64::from(value)), baseline: round4(f64::from(threshold)) }
+    Reason {
+        feature: feature.to_owned(),
+        value: round4(f64::from(value)),
+        baseline: round4(f64::from(threshold)),
+        baseline_version: None,
+    }
 }
 
 fn round4(v: f64) -> f64 {
