@@ -322,7 +322,32 @@ struct Firing {
     good_run: u32,
     last_score: f64,
     model_version: Box<str>,
+    #[serde(with = "snapshot_reasons")]
     reasons: Vec<Reason>,
+}
+
+/// Reasons in a snapshot: every field written, whatever it holds. alerts-v1
+/// JSON leaves `baseline_version` out when there is none, which a format
+/// without field names (postcard) cannot read back.
+mod snapshot_reasons {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use termwatch_telemetry::alerts::Reason;
+
+    type Fields = (String, f64, f64, Option<String>);
+
+    pub fn serialize<S: Serializer>(reasons: &[Reason], s: S) -> Result<S::Ok, S::Error> {
+        let fields: Vec<Fields> =
+            reasons.iter().map(|r| (r.feature.clone(), r.value, r.baseline, r.baseline_version.clone())).collect();
+        fields.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Reason>, D::Error> {
+        let fields = Vec::<Fields>::deserialize(d)?;
+        Ok(fields
+            .into_iter()
+            .map(|(feature, value, baseline, baseline_version)| Reason { feature, value, baseline, baseline_version })
+            .collect())
+    }
 }
 
 /// The serialised alert state: one entry per tracked `(kind, scope, entity)`,
@@ -1077,6 +1102,11 @@ mod tests {
         let json = serde_json::to_string(&t.snapshot()).expect("serialises");
         let snapshot: AlertSnapshot = serde_json::from_str(&json).expect("parses");
         assert_eq!(snapshot, t.snapshot());
+        // And in the snapshot files' format, which has no field names: a
+        // reason without a baseline version must read back too.
+        let bytes = postcard::to_stdvec(&t.snapshot()).expect("encodes");
+        let decoded: AlertSnapshot = postcard::from_bytes(&bytes).expect("decodes");
+        assert_eq!(decoded, t.snapshot());
         let mut restored = tracker(2, 3);
         restored.restore(snapshot).expect("restores");
         assert_eq!(restored.len(), t.len());
