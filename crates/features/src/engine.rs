@@ -1416,6 +1416,8 @@ impl FeatureEngine {
                     region.loss_z.push(loss_z);
                     region.reconnects_sum += reconnects;
                     region.timeouts_sum += timeouts;
+                    region.reconnects_max = region.reconnects_max.max(reconnects);
+                    region.timeouts_max = region.timeouts_max.max(timeouts);
                     let s = region.sites.entry(term.site).or_default();
                     s.0 += 1;
                     s.1 += u32::from(degraded);
@@ -1579,6 +1581,10 @@ impl FeatureEngine {
             // region of ten terminals and one of a hundred are judged on
             // one scale (a small region's median wanders more).
             let median_se = n.sqrt() / 1.2533;
+            // Without the largest contribution: a region's trouble is
+            // shared, and one terminal's burst of timeouts is that terminal's.
+            // (A region has at least MIN_REGION_TERMINALS here.)
+            let trimmed = |sum: f64, max: f64| (sum - max).max(0.0) / (n - 1.0).max(1.0);
             let sites: Vec<&(u32, u32)> = agg.sites.values().filter(|s| s.0 > 0).collect();
             let sites_degraded = sites.iter().filter(|s| 2 * s.1 > s.0).count() as f64;
             rows.network.push(NetworkRow {
@@ -1588,8 +1594,8 @@ impl FeatureEngine {
                     f64::from(agg.degraded) / n,
                     median(&mut agg.rtt_z).unwrap_or(0.0) * median_se,
                     median(&mut agg.loss_z).unwrap_or(0.0) * median_se,
-                    agg.reconnects_sum / n,
-                    agg.timeouts_sum / n,
+                    trimmed(agg.reconnects_sum, agg.reconnects_max),
+                    trimmed(agg.timeouts_sum, agg.timeouts_max),
                     n,
                 ],
             });
@@ -1820,6 +1826,9 @@ struct RegionAgg {
     loss_z: Vec<f64>,
     reconnects_sum: f64,
     timeouts_sum: f64,
+    /// The largest terminal's share of those sums.
+    reconnects_max: f64,
+    timeouts_max: f64,
     /// Per site: (terminals with network data, degraded).
     sites: HashMap<u32, (u32, u32)>,
 }

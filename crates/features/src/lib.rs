@@ -56,14 +56,17 @@ pub mod names {
     /// Over the region's terminals with a baseline, each against its own.
     /// `_median_se`: the median of the terminals' z-scores in standard
     /// errors of such a median (times sqrt(n) / 1.2533), so that regions
-    /// of any size share one scale; `terminals_reporting`: how many.
+    /// of any size share one scale; `_trimmed_mean`: the mean without the
+    /// terminal that contributes most, so one terminal's burst (a bad
+    /// cable, a SIM fault) does not move its region; `terminals_reporting`:
+    /// how many.
     pub const NETWORK: [&str; 7] = [
         "share_sites_degraded",
         "share_terminals_degraded",
         "rtt_z_median_se",
         "loss_z_median_se",
-        "reconnect_surprise_mean",
-        "timeout_surprise_mean",
+        "reconnect_surprise_trimmed_mean",
+        "timeout_surprise_trimmed_mean",
         "terminals_reporting",
     ];
     pub const AGING: [&str; 8] = [
