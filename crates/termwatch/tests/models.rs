@@ -322,9 +322,10 @@ fn the_default_models_page_the_site_for_mains_and_the_terminal_for_its_supply() 
 /// threshold or a feature): every incident of the kinds termwatch detects
 /// is found, and false alerts stay under a ceiling per kind. Voltage is held
 /// to the target, 0.5 false alerts per 1,000 terminal-days (none on this
-/// fleet's 885). Network and aging do not meet it here yet: their ceilings
-/// are a regression guard, about 1.5 times what `termwatch-default-6` does
-/// on this fleet (README, Detectors).
+/// fleet's 885), and so is firmware. Network and aging do not meet it here
+/// yet: their ceilings are a regression guard, 1.5 times what
+/// `termwatch-default-8` does on this fleet (one alert each; README,
+/// Detectors).
 #[test]
 fn the_shipped_models_find_every_incident_of_a_foreign_fleet_within_a_false_alert_ceiling() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -353,7 +354,7 @@ fn the_shipped_models_find_every_incident_of_a_foreign_fleet_within_a_false_aler
     // kind, false alerts per 1,000 terminal-days at most.
     let ceilings = [
         ("voltage_instability", 0.5),
-        ("network_degradation", 3.4),
+        ("network_degradation", 1.7),
         ("hardware_aging", 1.7),
         ("firmware_regression", 0.5),
     ];
