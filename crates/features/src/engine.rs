@@ -2031,6 +2031,33 @@ mod tests {
     }
 
     #[test]
+    fn one_terminals_burst_of_timeouts_is_not_its_regions() {
+        // Five terminals of one region at five sites, a day of quiet
+        // windows, then a window in which one (or four) time out on most
+        // transactions.
+        let line = |t: u32, ts: i64, timeouts: u32| {
+            format!(
+                r#"{{"terminal_id":"T-{t}","ts":{ts},"region":"r1","site_id":"S-{t}","net_rtt_ms":40,"net_loss_pct":0.1,"txn_count":40,"txn_timeouts":{timeouts}}}"#
+            )
+        };
+        let feature = |bursting: u32| {
+            let mut e = FeatureEngine::new(FeatureConfig::default());
+            let mut closed = Vec::new();
+            for k in 0..300 {
+                let timeouts = |t: u32| if k == 290 && t <= bursting { 30 } else { 0 };
+                let lines: Vec<String> = (1..=5).map(|t| line(t, T0 + k * 5 * MIN, timeouts(t))).collect();
+                closed.extend(e.process_batch(&batch(&lines)));
+            }
+            let at = names::NETWORK.iter().position(|n| *n == "timeout_surprise_trimmed_mean").expect("feature");
+            let w = closed.iter().find(|w| w.end_ms == T0 + 291 * 5 * MIN).expect("the window closed");
+            w.network.first().expect("the region's row").features[at]
+        };
+        assert_eq!(feature(0), 0.0);
+        assert_eq!(feature(1), 0.0, "one terminal's burst is its own");
+        assert!(feature(4) > 20.0, "four of five are the region's: {}", feature(4));
+    }
+
+    #[test]
     fn terminals_move_out_and_back_in_without_changing_what_is_learned() {
         // One engine sees everything; the other hands T-2 (one partition's
         // terminal) away mid-window and takes it back: the rows must agree.
