@@ -5,7 +5,9 @@
 pub mod dead_letter;
 pub mod dedup;
 pub mod error;
+#[cfg(feature = "kafka")]
 pub mod kafka;
+pub mod kafka_config;
 pub mod metrics;
 pub mod partitions;
 pub mod pipeline;
@@ -14,7 +16,9 @@ pub mod source;
 
 pub use dead_letter::{CountOnlyDeadLetters, DeadLetter, DeadLetterSink, FileDeadLetters, MemoryDeadLetters, Position};
 pub use error::{PipelineError, SinkError, SourceError};
-pub use kafka::{KafkaConfig, KafkaDeadLetters, KafkaSource, KafkaSourceError};
+#[cfg(feature = "kafka")]
+pub use kafka::{KafkaDeadLetters, KafkaSource, KafkaSourceError};
+pub use kafka_config::KafkaConfig;
 pub use metrics::{KafkaMetrics, PipelineMetrics};
 pub use partitions::{Checkpoint, Owners, PartitionKey};
 pub use pipeline::{BatchConfig, BatchSink, Pipeline, Sources, Stats, source_name};

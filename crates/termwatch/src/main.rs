@@ -3,7 +3,6 @@
 mod alert_metrics;
 mod alert_topic;
 mod bench;
-mod config;
 mod demo;
 mod eval_cmd;
 mod export;
@@ -20,6 +19,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use termwatch_config as config;
 use termwatch_pipeline::{BatchConfig, FileDeadLetters, NdjsonFile, Pipeline, ReplayReport};
 
 #[derive(Parser, Debug)]

@@ -1,4 +1,6 @@
 //! `termwatch run` configuration: a TOML file, then environment overrides.
+//! A crate of its own so that the reader can be fuzzed without linking the
+//! binary (fuzz/fuzz_targets/config.rs).
 //! Unknown keys, in the file or as `TERMWATCH_*` variables, are errors that
 //! name the key: a typo must not silently fall back to a default.
 
@@ -151,12 +153,23 @@ const NOT_CONFIG: &[&str] = &["TERMWATCH_LOG"];
 impl Config {
     /// Reads `path` (if given), then applies the environment.
     pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> anyhow::Result<Config> {
-        let mut config = match path {
+        let text = match path {
             Some(p) => {
-                let text =
-                    std::fs::read_to_string(p).with_context(|| format!("cannot read config file {}", p.display()))?;
-                toml::from_str(&text).map_err(|e| anyhow::anyhow!(file_error(p, &text, &e)))?
+                Some(std::fs::read_to_string(p).with_context(|| format!("cannot read config file {}", p.display()))?)
             }
+            None => None,
+        };
+        Config::from_text(path.zip(text.as_deref()), env)
+    }
+
+    /// What [`Config::load`] does once the file is read: `file` is its name
+    /// (for errors) and its text.
+    pub fn from_text(
+        file: Option<(&Path, &str)>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> anyhow::Result<Config> {
+        let mut config = match file {
+            Some((p, text)) => toml::from_str(text).map_err(|e| anyhow::anyhow!(file_error(p, text, &e)))?,
             None => Config::default(),
         };
         config.apply_env(env)?;
@@ -269,8 +282,16 @@ fn file_error(path: &Path, text: &str, e: &toml::de::Error) -> String {
         let start = span.start.min(text.len());
         let line = text.as_bytes()[..start].iter().filter(|b| **b == b'\n').count() + 1;
         at.push_str(&format!(", line {line}"));
-        let source_line = text.lines().nth(line - 1).unwrap_or("");
-        if let Some((key, _)) = source_line.split_once('=') {
+        // Just after a newline, or 0: a char boundary, whatever `start` is.
+        let line_start = text.as_bytes()[..start].iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        let source_line = text[line_start..].lines().next().unwrap_or("");
+        // Only a line that starts outside a string holds a key: inside a
+        // multi-line string, the text before a `=` is part of the value (a
+        // password with `=` and a stray backslash; see fuzz/fuzz_targets/config.rs). The
+        // text before the line parses on its own exactly when no string is
+        // left open there.
+        let outside_strings = text[..line_start].parse::<toml::Table>().is_ok();
+        if let Some((key, _)) = source_line.split_once('=').filter(|_| outside_strings) {
             let key = key.trim();
             if !key.is_empty() && !key.starts_with('[') {
                 at.push_str(&format!(", key {key}"));
@@ -282,7 +303,7 @@ fn file_error(path: &Path, text: &str, e: &toml::de::Error) -> String {
 
 /// serde's "invalid type: string \"hunter2\", expected u64", without the
 /// value; other messages name keys and types only and are kept.
-pub(crate) fn without_values(message: &str) -> String {
+pub fn without_values(message: &str) -> String {
     let message = message.lines().next().unwrap_or("").trim();
     for kind in ["invalid type", "invalid value", "invalid length", "unknown variant"] {
         if message.starts_with(kind) {
@@ -381,6 +402,17 @@ interval_s = 30
             // A syntax error: toml quotes the whole line.
             ("[kafka.properties]\n\"sasl.password\" = \"hunter2\n", "hunter2", 2),
             ("[kafka.properties]\n\"sasl.password\" = hunter2\n", "hunter2", 2),
+            // A multi-line string whose line holds a `=`: not a key.
+            ("[kafka.properties]\n\"sasl.password\" = \"\"\"\nhunter2=c2VjcmV0", "hunter2", 3),
+            ("[kafka]\nbrokers = \"\"\"\nhunter2=c2V\\jcmV0\"\"\"\n", "hunter2", 3),
+            // Found by fuzz/fuzz_targets/config.rs: the line after a
+            // string left open in an array.
+            (
+                "[ka?fka]\nbrokers = \"k(:9092,k2:9092\"\ntopics = [\"\"\"\"a\",[\"a\"\u{0}b\"]\n[kafka.properties]\n\
+                 \"sasl.password\" = \"\"\"\nhunter2=c2VjcmV0\n\"\"\"\n",
+                "hunter2",
+                6,
+            ),
         ];
         for (text, secret, line) in cases {
             let f = write(text);
