@@ -83,22 +83,59 @@ pub struct SnapshotRef<'a> {
 
 impl Snapshot {
     pub fn save(&self, path: &Path) -> Result<u64, SnapshotError> {
+        self.as_ref().save(path)
+    }
+
+    /// The bytes of the snapshot file.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, SnapshotError> {
+        self.as_ref().to_bytes()
+    }
+
+    fn as_ref(&self) -> SnapshotRef<'_> {
         SnapshotRef {
             model_version: &self.model_version,
             engine: &self.engine,
             alerts: &self.alerts,
             position: &self.position,
         }
-        .save(path)
     }
 }
 
 impl SnapshotRef<'_> {
     /// Writes atomically: a temporary file, synced, renamed over `path`.
     pub fn save(&self, path: &Path) -> Result<u64, SnapshotError> {
-        let payload = postcard::to_stdvec(self).map_err(|e| SnapshotError::Encode(e.to_string()))?;
-        write_atomic(path, MAGIC, &payload)
+        write_atomic(path, &self.to_bytes()?)
     }
+
+    /// The bytes of the snapshot file.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, SnapshotError> {
+        let payload = postcard::to_stdvec(self).map_err(|e| SnapshotError::Encode(e.to_string()))?;
+        Ok(framed(SnapshotKind::Shared, &payload))
+    }
+}
+
+/// The two kinds of snapshot file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotKind {
+    /// [`Snapshot`]: everything, or what no partition snapshot holds.
+    Shared,
+    /// [`PartitionSnapshot`].
+    Partition,
+}
+
+/// A snapshot file around `payload`: magic, format and checksum. Public for
+/// the fuzz target, which must reach the decoder past the checksum.
+pub fn framed(kind: SnapshotKind, payload: &[u8]) -> Vec<u8> {
+    let magic = match kind {
+        SnapshotKind::Shared => MAGIC,
+        SnapshotKind::Partition => PARTITION_MAGIC,
+    };
+    let mut bytes = Vec::with_capacity(HEADER + payload.len());
+    bytes.extend_from_slice(magic);
+    bytes.extend_from_slice(&FORMAT.to_le_bytes());
+    bytes.extend_from_slice(&fnv1a(FNV_OFFSET, payload).to_le_bytes());
+    bytes.extend_from_slice(payload);
+    bytes
 }
 
 impl Snapshot {
@@ -133,8 +170,13 @@ pub struct PartitionSnapshot {
 
 impl PartitionSnapshot {
     pub fn save(&self, path: &Path) -> Result<u64, SnapshotError> {
+        write_atomic(path, &self.to_bytes()?)
+    }
+
+    /// The bytes of the snapshot file.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, SnapshotError> {
         let payload = postcard::to_stdvec(self).map_err(|e| SnapshotError::Encode(e.to_string()))?;
-        write_atomic(path, PARTITION_MAGIC, &payload)
+        Ok(framed(SnapshotKind::Partition, &payload))
     }
 
     pub fn load(path: &Path) -> Result<PartitionSnapshot, SnapshotError> {
@@ -161,8 +203,8 @@ fn decode<T: DeserializeOwned>(bytes: &[u8], magic: &[u8; 6], name: &str) -> Res
         .map_err(|e| SnapshotError::Decode { path: name.to_string(), cause: e.to_string() })
 }
 
-/// Writes atomically: a temporary file, synced, renamed over `path`.
-fn write_atomic(path: &Path, magic: &[u8; 6], payload: &[u8]) -> Result<u64, SnapshotError> {
+/// Writes `bytes` atomically: a temporary file, synced, renamed over `path`.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<u64, SnapshotError> {
     let p = path.display().to_string();
     // Named per process: replicas sharing a state directory write
     // `shared.snap` at the same time.
@@ -171,10 +213,7 @@ fn write_atomic(path: &Path, magic: &[u8; 6], payload: &[u8]) -> Result<u64, Sna
     let tmp = std::path::PathBuf::from(tmp);
     let write = || -> std::io::Result<()> {
         let mut f = File::create(&tmp)?;
-        f.write_all(magic)?;
-        f.write_all(&FORMAT.to_le_bytes())?;
-        f.write_all(&fnv1a(FNV_OFFSET, payload).to_le_bytes())?;
-        f.write_all(payload)?;
+        f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -188,7 +227,7 @@ fn write_atomic(path: &Path, magic: &[u8; 6], payload: &[u8]) -> Result<u64, Sna
         let _ = std::fs::remove_file(&tmp);
         return Err(SnapshotError::Write { path: p, cause });
     }
-    Ok((HEADER + payload.len()) as u64)
+    Ok(bytes.len() as u64)
 }
 
 /// Checks a snapshot file's magic, format and checksum.
