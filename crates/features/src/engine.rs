@@ -59,6 +59,33 @@ impl Default for FeatureConfig {
     }
 }
 
+impl FeatureConfig {
+    /// Refuses a configuration the engine cannot run with (a window of no
+    /// length divides by zero; a memory of no windows learns nothing),
+    /// naming the field. A model artifact is checked with it when loaded.
+    pub fn check(&self) -> Result<(), String> {
+        const DAY_MS: i64 = 86_400_000;
+        let ms = |name: &str, v: i64, lo: i64, hi: i64| {
+            if (lo..=hi).contains(&v) { Ok(()) } else { Err(format!("{name} must be {lo}..={hi} ms, not {v}")) }
+        };
+        let windows = |name: &str, v: f64, lo: f64| {
+            if v.is_finite() && v >= lo && v <= 1e7 {
+                Ok(())
+            } else {
+                Err(format!("{name} must be a number of windows, {lo}..=1e7, not {v}"))
+            }
+        };
+        ms("window_ms", self.window_ms, 1_000, DAY_MS)?;
+        ms("lateness_ms", self.lateness_ms, 0, 7 * DAY_MS)?;
+        ms("max_ahead_ms", self.max_ahead_ms, 1, 7 * DAY_MS)?;
+        windows("baseline_windows", self.baseline_windows, 1.0)?;
+        windows("warmup_windows", f64::from(self.warmup_windows), 0.0)?;
+        windows("aging_short_windows", self.aging_short_windows, 1.0)?;
+        windows("aging_long_windows", self.aging_long_windows, 1.0)?;
+        windows("aging_evidence_windows", self.aging_evidence_windows, 1.0)
+    }
+}
+
 /// What the engine has counted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {

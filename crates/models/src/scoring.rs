@@ -25,6 +25,8 @@ pub enum ModelError {
         "model artifact {path}: detector {kind} {scope} was trained on features {found:?}, but this termwatch computes {expected:?}; retrain it"
     )]
     Features { path: String, kind: AlertKind, scope: Scope, found: Vec<String>, expected: Vec<String> },
+    #[error("model artifact {path}: features: {cause}")]
+    FeatureConfig { path: String, cause: String },
     #[error("model artifact {path} has no {kind} {scope} detector")]
     Missing { path: String, kind: AlertKind, scope: Scope },
     #[error("model artifact {path}: alerting configuration: {0}", .cause)]
@@ -71,6 +73,7 @@ impl ModelSet {
         if self.format != FORMAT {
             return Err(ModelError::Format { path: path.into(), found: self.format.clone() });
         }
+        self.features.check().map_err(|cause| ModelError::FeatureConfig { path: path.into(), cause })?;
         for (kind, scope) in DETECTORS {
             let Some(d) = self.detector(kind, scope) else {
                 if OPTIONAL.contains(&(kind, scope)) {
@@ -497,5 +500,31 @@ fn scored<'a>(
         critical: d.is_critical(score),
         model_version: version,
         reasons,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_artifact_whose_feature_configuration_cannot_run_is_refused_by_name() {
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/default/model.json");
+        let text = std::fs::read_to_string(&shipped).expect("models/default (scripts/train-default)");
+        ModelSet::load(&shipped).expect("the shipped artifact loads");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cases = [
+            ("window_ms", serde_json::json!(0)),
+            ("lateness_ms", serde_json::json!(-1)),
+            ("baseline_windows", serde_json::json!(0.0)),
+        ];
+        for (field, bad) in cases {
+            let mut value: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+            value["features"][field] = bad;
+            let path = dir.path().join(format!("{field}.json"));
+            std::fs::write(&path, value.to_string()).expect("write");
+            let err = ModelSet::load(&path).expect_err("refused").to_string();
+            assert!(err.contains(field) && err.contains(&path.display().to_string()), "{err}");
+        }
     }
 }
