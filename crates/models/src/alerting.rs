@@ -698,6 +698,51 @@ fn firing_view<'a>(kind: AlertKind, scope: Scope, entity: &'a str, entry: &'a En
     })
 }
 
+/// What one window does to an alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transition {
+    Stay,
+    /// Fired by a run of bad windows, or (`by_run` false) at once by a
+    /// critical one.
+    Fire {
+        by_run: bool,
+    },
+    Resolve,
+}
+
+/// The alert hysteresis, one function for service ([`step`]) and for the
+/// calibration in training, which must count the alerts service would
+/// raise: quiet, an alert fires after `k` consecutive bad windows, or at
+/// once on a critical one; firing, it resolves after `m` consecutive good
+/// ones. `run` is the run of bad windows while quiet, of good ones while
+/// firing.
+pub(crate) fn hysteresis(firing: bool, run: &mut u32, bad: bool, critical: bool, k: u32, m: u32) -> Transition {
+    let bad = bad || critical;
+    if !firing {
+        if !bad {
+            *run = 0;
+            return Transition::Stay;
+        }
+        *run = run.saturating_add(1);
+        let by_run = *run >= k;
+        if !by_run && !critical {
+            return Transition::Stay;
+        }
+        *run = 0;
+        return Transition::Fire { by_run };
+    }
+    if bad {
+        *run = 0;
+        return Transition::Stay;
+    }
+    *run = run.saturating_add(1);
+    if *run < m {
+        return Transition::Stay;
+    }
+    *run = 0;
+    Transition::Resolve
+}
+
 /// Applies a window already known to be newer than the entry's last one.
 fn step(
     entry: &mut Entry,
@@ -721,21 +766,16 @@ fn step(
         model_version: scored.model_version.to_string(),
         reasons,
     };
+    let (k, m) = (params.fire_after_bad_windows, params.resolve_after(scored.scope));
     let Some(firing) = entry.firing.as_deref_mut() else {
         // Quiet. The region follows the entity; while firing it stays the
         // one the `firing` event named, so the `resolved` event matches it.
         if *entry.region != *scored.region {
             entry.region = scored.region.into();
         }
-        if !bad {
-            entry.bad_run = 0;
+        if hysteresis(false, &mut entry.bad_run, bad, scored.critical, k, m) == Transition::Stay {
             return None;
         }
-        entry.bad_run = entry.bad_run.saturating_add(1);
-        if entry.bad_run < params.fire_after_bad_windows && !scored.critical {
-            return None;
-        }
-        entry.bad_run = 0;
         entry.firing = Some(Box::new(Firing {
             since_ms: scored.window_end_ms,
             severity,
@@ -752,8 +792,8 @@ fn step(
     if *firing.model_version != *scored.model_version {
         firing.model_version = scored.model_version.into();
     }
+    let transition = hysteresis(true, &mut firing.good_run, bad, scored.critical, k, m);
     if bad {
-        firing.good_run = 0;
         if severity > firing.peak_severity {
             count_remove(counts, slot, firing.peak_severity, &entry.region);
             count_add(counts, slot, severity, &entry.region);
@@ -762,8 +802,7 @@ fn step(
         firing.reasons.clone_from(&scored.reasons);
         return None;
     }
-    firing.good_run = firing.good_run.saturating_add(1);
-    if firing.good_run < params.resolve_after(scored.scope) {
+    if transition != Transition::Resolve {
         return None;
     }
     let (announced, peak) = (firing.severity, firing.peak_severity);

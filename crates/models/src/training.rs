@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use termwatch_features::{FeatureConfig, FeatureEngine, WindowRows, names};
 use termwatch_telemetry::alerts::{AlertKind, IncidentLabel, Scope, Verdict};
 
-use crate::alerting::AlertingConfig;
+use crate::alerting::{AlertingConfig, Transition, hysteresis};
 use crate::detector::{CRITICAL_OFF, Detector, DetectorError, is_critical};
 
 /// The artifact format; a model set of another format is refused.
@@ -718,28 +718,19 @@ impl Policy<'_> {
 }
 
 /// Firing events `(window end, fired at once)` of the alert policy of
-/// service on one entity's windows: fire after `k` consecutive windows at or
-/// above `threshold`, or at once on one at or above `critical`; resolve after
-/// `m` below `threshold`. Mirrors `alerting::step`.
+/// service on one entity's windows (its hysteresis, the same function).
 fn firings(seq: &[(i64, f64)], threshold: f64, critical: f64, k: usize, m: usize) -> Vec<(i64, bool)> {
-    let (mut bad, mut good, mut firing) = (0usize, 0usize, false);
+    let (k, m) = (u32::try_from(k).unwrap_or(u32::MAX), u32::try_from(m).unwrap_or(u32::MAX));
+    let (mut run, mut firing) = (0u32, false);
     let mut events = Vec::new();
     for &(t, s) in seq {
-        let at_once = is_critical(s, critical);
-        if s >= threshold || at_once {
-            bad += 1;
-            good = 0;
-            if !firing && (bad >= k || at_once) {
-                events.push((t, at_once && bad < k));
+        match hysteresis(firing, &mut run, s >= threshold, is_critical(s, critical), k, m) {
+            Transition::Fire { by_run } => {
+                events.push((t, !by_run));
                 firing = true;
-                bad = 0;
             }
-        } else {
-            bad = 0;
-            good += 1;
-            if firing && good >= m {
-                firing = false;
-            }
+            Transition::Resolve => firing = false,
+            Transition::Stay => {}
         }
     }
     events
