@@ -1241,9 +1241,7 @@ impl FeatureEngine {
             if r.release != rel.current {
                 let rollback = r.release == rel.before;
                 let tracked = rel.current != 0 && r.release != 0 && !rollback && self.releases.knows(r.release);
-                rel.since = if tracked { r.ts } else { i64::MIN };
-                rel.before = rel.current;
-                rel.current = r.release;
+                rel.switch(r.ts, r.release, if tracked { r.ts } else { i64::MIN });
                 rel.model = r.model;
                 rel.last_mem = release::NO_MEM;
             }
@@ -1328,7 +1326,7 @@ impl FeatureEngine {
         let mut site_acc: HashMap<u32, SiteAgg> = HashMap::new();
         let mut region_acc: HashMap<u32, RegionAgg> = HashMap::new();
         let mut peers: HashMap<u32, Peers> = HashMap::new();
-        let mut probation: Vec<(u32, u32, WindowCounts)> = Vec::new();
+        let mut probation: Vec<(u32, u32, WindowCounts, release::Judged)> = Vec::new();
         for t in members {
             let Some(term) = self.terminals.get_mut(t as usize) else { continue };
             // Every earlier window has closed, so this one is the oldest open.
@@ -1473,9 +1471,12 @@ impl FeatureEngine {
                 p95_log: (acc.p95_n > 0).then(|| f64::from(acc.p95_log_sum) / f64::from(acc.p95_n)),
                 trouble: network_trouble || reader_trouble,
             };
-            if self.releases.is_evidence(&term.release, end_ms) {
+            // The version the window ran, not the newest report's.
+            let judged = term.release.at(end_ms);
+            term.release.settle(end_ms);
+            if self.releases.is_evidence(&judged, end_ms) {
                 // Judged once the region's peers in this window are known.
-                probation.push((t, term.region, counts));
+                probation.push((t, term.region, counts, judged));
             } else {
                 // Peers are only a reference for versions being judged: a
                 // fleet with no rollout under way pays nothing for them.
@@ -1636,11 +1637,11 @@ impl FeatureEngine {
         rows.network.sort_by_cached_key(|r| name(regions, r.region));
         // In terminal-id order, as the members were: a version's sums add up
         // in the same order whatever the arrival order was.
-        for (t, region, counts) in probation {
+        for (t, region, counts, judged) in probation {
             let Some(term) = self.terminals.get(t as usize) else { continue };
             let expected = self.releases.expectation(&term.release, &counts, cfg.warmup_windows);
             let region_peers = peers.get(&region).copied().unwrap_or_default();
-            self.releases.evidence(&term.release, &counts, &expected, &region_peers, w);
+            self.releases.evidence(&judged, &counts, &expected, &region_peers, w);
         }
         rows.firmware = self.releases.close(w);
         rows
@@ -2055,6 +2056,41 @@ mod tests {
             (closed[590].terminal_voltage[0].baselines[0] - 0.04 / 12.0).abs() < 1e-4,
             "the baseline did not absorb the fault"
         );
+    }
+
+    #[test]
+    fn a_rollback_read_before_the_canarys_last_windows_close_leaves_them_its_version() {
+        // Four terminals on M1/1.0.0; after a day two take 2.0.0 and crash
+        // often, and three hours later go back. Read all at once (a replay
+        // reads hours past the windows it closes, so the rollback arrives
+        // before the canary's last windows close), or window by window (as
+        // live): the same release rows, up to the rollback.
+        let switch_at = 288;
+        let back_at = switch_at + 36;
+        let line = |t: u32, k: i64| {
+            let on_new = t <= 2 && (switch_at..back_at).contains(&k);
+            let (fw, crashes) = if on_new { ("2.0.0", u32::from(k % 3 == 0)) } else { ("1.0.0", 0) };
+            format!(
+                r#"{{"terminal_id":"T-{t}","ts":{},"region":"r1","model":"M1","firmware":"{fw}","txn_count":20,"app_crashes":{crashes}}}"#,
+                T0 + k * 5 * MIN + 1000
+            )
+        };
+        let rows = |per_batch: usize| {
+            let lines: Vec<String> = (0..back_at + 48).flat_map(|k| (1..=4).map(move |t| line(t, k))).collect();
+            let mut e = FeatureEngine::new(FeatureConfig::default());
+            let mut out = Vec::new();
+            for chunk in lines.chunks(per_batch) {
+                for w in e.process_batch(&batch(chunk)) {
+                    out.extend(w.firmware.into_iter().map(|r| (w.end_ms, r)));
+                }
+            }
+            out
+        };
+        let (live, replay) = (rows(4), rows(100_000));
+        let last = live.iter().filter(|(_, r)| &*r.entity == "M1/2.0.0").map(|(end, _)| *end).max();
+        assert_eq!(last, Some(T0 + back_at * 5 * MIN), "judged up to the rollback's window");
+        assert_eq!(live.len(), replay.len(), "as many rows whatever the batches");
+        assert!(live == replay, "the same rows whatever the batches");
     }
 
     #[test]

@@ -81,7 +81,7 @@ pub fn key(name: &str) -> u64 {
 }
 
 /// One terminal's release state.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct TerminalRelease {
     /// Key of the model ([`model_key`]) and of the version of its newest
     /// report (0 before any).
@@ -103,6 +103,37 @@ pub(crate) struct TerminalRelease {
     /// for the next climb.
     pub last_mem: f32,
     pub last_uptime_s: u32,
+    /// Switches its windows may not all have been judged past yet: when
+    /// each came (the switching report's time) and what held before it,
+    /// oldest first, at most [`MAX_EARLIER`]. A window is judged by the
+    /// version of its end, however many reports arrived since: a rollback
+    /// read before the canary's last windows closed (a replay reads hours
+    /// ahead of the windows it closes) must not take them from the version
+    /// they ran.
+    pub earlier: Vec<(i64, Judged)>,
+}
+
+/// Switches remembered for windows still to close: a terminal that
+/// changes version more often than this within its open windows has the
+/// oldest judged by the next.
+const MAX_EARLIER: usize = 4;
+
+/// A terminal's version at some time, as its windows are judged.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Judged {
+    pub current: u64,
+    pub before: u64,
+    pub since: i64,
+}
+
+impl Judged {
+    /// Whether a window ending at `ts` counts as evidence for the version.
+    /// A window that ended before the switch is the version before's, even
+    /// when it closes after the switching report arrived: so the answer
+    /// does not depend on which came first.
+    pub fn on_probation(&self, ts: i64) -> bool {
+        self.since != i64::MIN && ts >= self.since && ts.saturating_sub(self.since) < PROBATION_MS
+    }
 }
 
 impl Default for TerminalRelease {
@@ -116,6 +147,7 @@ impl Default for TerminalRelease {
             p95_log: Spread::default(),
             last_mem: NO_MEM,
             last_uptime_s: 0,
+            earlier: Vec::new(),
         }
     }
 }
@@ -129,12 +161,33 @@ const RISE: usize = 5;
 const RISE_HOURS: usize = 6;
 
 impl TerminalRelease {
-    /// Whether a window ending at `ts` counts as evidence for the version.
-    /// A window that ended before the switch is the version before's, even
-    /// when it closes after the switching report arrived: so the answer
-    /// does not depend on which came first.
-    pub fn on_probation(&self, ts: i64) -> bool {
-        self.since != i64::MIN && ts >= self.since && ts.saturating_sub(self.since) < PROBATION_MS
+    /// Its version as of its newest report.
+    pub fn now(&self) -> Judged {
+        Judged { current: self.current, before: self.before, since: self.since }
+    }
+
+    /// Its version as a window ending at `end_ms` is judged: what held
+    /// before the first switch at or after that end, or now.
+    pub fn at(&self, end_ms: i64) -> Judged {
+        self.earlier.iter().find(|(at, _)| end_ms < *at).map_or_else(|| self.now(), |(_, j)| *j)
+    }
+
+    /// Switches to `current` at `ts` (the newest report), remembering what
+    /// held before for the windows still to close.
+    pub fn switch(&mut self, ts: i64, current: u64, since: i64) {
+        if self.earlier.len() == MAX_EARLIER {
+            self.earlier.remove(0);
+        }
+        self.earlier.push((ts, self.now()));
+        self.since = since;
+        self.before = self.current;
+        self.current = current;
+    }
+
+    /// Forgets the switches no window still to close can end before: the
+    /// one ending at `end_ms` has closed, the later ones end later.
+    pub fn settle(&mut self, end_ms: i64) {
+        self.earlier.retain(|(at, _)| *at > end_ms);
     }
 }
 
@@ -345,7 +398,7 @@ impl Releases {
 
     /// Whether a terminal's window is evidence for its version (it is on
     /// probation on a version tracked) rather than a window to learn from.
-    pub fn is_evidence(&self, t: &TerminalRelease, end_ms: i64) -> bool {
+    pub fn is_evidence(&self, t: &Judged, end_ms: i64) -> bool {
         t.on_probation(end_ms) && self.versions.contains_key(&t.current)
     }
 
@@ -416,7 +469,7 @@ impl Releases {
     /// network problem raises every terminal's failures and latency, and a
     /// busy morning every terminal's memory: the version is only blamed for
     /// what its terminals do beyond their peers.
-    pub fn evidence(&mut self, t: &TerminalRelease, w: &WindowCounts, e: &Expected, peers: &Peers, window: i64) {
+    pub fn evidence(&mut self, t: &Judged, w: &WindowCounts, e: &Expected, peers: &Peers, window: i64) {
         let Some(v) = self.versions.get_mut(&t.current) else { return };
         let x = &mut v.sums;
         let observed = [w.crashes, w.reboots, w.failed];
@@ -568,8 +621,8 @@ mod tests {
     /// probation, learning otherwise.
     fn window_of(r: &mut Releases, t: &mut TerminalRelease, w: &WindowCounts, end_ms: i64, peers: &Peers) {
         let e = r.expectation(t, w, 24.0);
-        if r.is_evidence(t, end_ms) {
-            r.evidence(t, w, &e, peers, end_ms / 300_000);
+        if r.is_evidence(&t.at(end_ms), end_ms) {
+            r.evidence(&t.at(end_ms), w, &e, peers, end_ms / 300_000);
         } else {
             r.learn(t, w);
         }
@@ -587,7 +640,8 @@ mod tests {
         }
         assert!(r.close(288).is_empty(), "no version on probation, no rows");
         assert!(r.switched(v, || "P200/6.0.0".into(), 300));
-        let mut canaries = [TerminalRelease { since: 300 * 300_000, current: v, ..learnt }; 2];
+        let canary = TerminalRelease { since: 300 * 300_000, current: v, ..learnt };
+        let mut canaries = [canary.clone(), canary];
         let mut rows = Vec::new();
         for w in 300..372 {
             for c in &mut canaries {
@@ -616,7 +670,7 @@ mod tests {
             let t = terminal(0);
             let w = WindowCounts { minutes: 5.0, crashes, ..Default::default() };
             let e = r.expectation(&t, &w, 24.0);
-            r.evidence(&t, &w, &e, &Peers::default(), 1);
+            r.evidence(&t.now(), &w, &e, &Peers::default(), 1);
             r.close(1).remove(0).features[0]
         };
         assert_eq!(surprise(1), 0.0);
@@ -647,7 +701,7 @@ mod tests {
             }
             for w in 0..12 {
                 let e = r.expectation(&t, &bad, 24.0);
-                r.evidence(&t, &bad, &e, &peers, w);
+                r.evidence(&t.now(), &bad, &e, &peers, w);
             }
             r.close(12).remove(0).features
         };
@@ -670,7 +724,7 @@ mod tests {
             let t = TerminalRelease { before, ..terminal(0) };
             for _ in 0..n {
                 let e = r.expectation(&t, &w, 24.0);
-                r.evidence(&t, &w, &e, &Peers::default(), 1);
+                r.evidence(&t.now(), &w, &e, &Peers::default(), 1);
             }
         }
         let row = r.close(1).remove(0);
@@ -680,7 +734,7 @@ mod tests {
         r.switched(new, || "P200/6.0.0".into(), 0);
         let t = TerminalRelease { before: old, ..terminal(0) };
         let e = r.expectation(&t, &w, 24.0);
-        r.evidence(&t, &w, &e, &Peers::default(), 1);
+        r.evidence(&t.now(), &w, &e, &Peers::default(), 1);
         assert_eq!(r.close(1).remove(0).baseline_version, None);
     }
 
@@ -697,7 +751,7 @@ mod tests {
         assert_eq!(r.names(), MAX_RELEASES);
         let t = TerminalRelease { before, ..terminal(0) };
         let e = r.expectation(&t, &window(0), 24.0);
-        r.evidence(&t, &window(0), &e, &Peers::default(), 1);
+        r.evidence(&t.now(), &window(0), &e, &Peers::default(), 1);
         let row = r.close(1).remove(0);
         assert_eq!(row.baseline_version.as_deref(), Some("P200/5.1.0"));
         assert_eq!(r.names(), 2, "only the names a judged version refers to are kept");

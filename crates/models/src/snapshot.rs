@@ -33,7 +33,7 @@ const PARTITION_MAGIC: &[u8; 6] = b"TWPART";
 ///    evidence).
 /// 7: the names of versions and the versions each version's terminals came
 ///    from (the baseline its alert names).
-const FORMAT: u32 = 7;
+const FORMAT: u32 = 8;
 const HEADER: usize = 6 + 4 + 8;
 
 #[derive(Debug, thiserror::Error)]
