@@ -33,7 +33,7 @@ pub struct Config {
 pub struct LimitSettings {
     /// The most terminals held. A new one beyond it makes room by
     /// forgetting the longest-silent terminals; if all are reporting, its
-    /// reports are refused and counted. Default 500000 (about 400 MB of feature state).
+    /// reports are refused and counted. Default 500000 (about 450 MB of feature state).
     pub max_terminals: usize,
     /// A terminal silent this long (in event time) is forgotten; if it comes
     /// back it learns again from its cohort, as a new terminal does.

@@ -116,7 +116,7 @@ pub struct Limits {
     /// The most terminals held. A new terminal beyond it first makes room
     /// by forgetting the longest-silent sixteenth of those with no window
     /// open; if none can go, its reports are refused and counted.
-    /// Default 500,000 (about 400 MB at the 730-850 B per terminal of BENCHMARKS.md).
+    /// Default 500,000 (about 450 MB at the 890 B per terminal BENCHMARKS.md measures there).
     pub max_terminals: usize,
     /// A terminal whose latest report is this far behind the windows
     /// already closed is forgotten, ms. Default 14 days: longer than a

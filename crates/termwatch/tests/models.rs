@@ -324,7 +324,7 @@ fn the_default_models_page_the_site_for_mains_and_the_terminal_for_its_supply() 
 /// to the target, 0.5 false alerts per 1,000 terminal-days (none on this
 /// fleet's 885), and so is firmware. Network and aging do not meet it here
 /// yet: their ceilings are a regression guard, 1.5 times what
-/// `termwatch-default-8` does on this fleet (one alert each; README,
+/// `termwatch-default-8` and `-9` do on this fleet (one alert each; README,
 /// Detectors).
 #[test]
 fn the_shipped_models_find_every_incident_of_a_foreign_fleet_within_a_false_alert_ceiling() {
