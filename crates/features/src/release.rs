@@ -167,7 +167,8 @@ impl TerminalRelease {
     }
 
     /// Its version as a window ending at `end_ms` is judged: what held
-    /// before the first switch at or after that end, or now.
+    /// before the first switch after that end, or now (a window ending at
+    /// a switch is the new version's, as it always was).
     pub fn at(&self, end_ms: i64) -> Judged {
         self.earlier.iter().find(|(at, _)| end_ms < *at).map_or_else(|| self.now(), |(_, j)| *j)
     }
