@@ -1172,9 +1172,10 @@ impl FeatureEngine {
             let f = dict_value(c.firmwares, row).unwrap_or("?");
             format!("{m}/{f}")
         };
-        if report.release != 0 && term.release.current != 0 && report.release != term.release.current {
+        let current = term.release.now.current;
+        if report.release != 0 && current != 0 && report.release != current {
             self.releases.switched(report.release, name, ts.div_euclid(self.config.window_ms));
-        } else if report.release != 0 && term.release.current == 0 {
+        } else if report.release != 0 && current == 0 {
             // The version it was first seen on: named by its alert, should
             // its terminals take another.
             self.releases.remember(report.release, name);
@@ -1238,9 +1239,9 @@ impl FeatureEngine {
         let rel = &mut term.release;
         if r.ts > term.max_ts {
             // The newest report says which version the terminal runs now.
-            if r.release != rel.current {
-                let rollback = r.release == rel.before;
-                let tracked = rel.current != 0 && r.release != 0 && !rollback && self.releases.knows(r.release);
+            if r.release != rel.now.current {
+                let rollback = r.release == rel.now.before;
+                let tracked = rel.now.current != 0 && r.release != 0 && !rollback && self.releases.knows(r.release);
                 rel.switch(r.ts, r.release, if tracked { r.ts } else { i64::MIN });
                 rel.model = r.model;
                 rel.last_mem = release::NO_MEM;
@@ -1260,7 +1261,8 @@ impl FeatureEngine {
                 rel.last_mem = release::NO_MEM;
             }
         }
-        let update_reboot = rel.since != i64::MIN && r.ts.saturating_sub(rel.since) < release::UPDATE_GRACE_MS;
+        let since = rel.now.since;
+        let update_reboot = since != i64::MIN && r.ts.saturating_sub(since) < release::UPDATE_GRACE_MS;
         term.max_ts = term.max_ts.max(r.ts);
         source.observe(r.ts);
         self.latest = self.latest.max(r.ts);

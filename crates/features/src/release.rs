@@ -83,16 +83,10 @@ pub fn key(name: &str) -> u64 {
 /// One terminal's release state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct TerminalRelease {
-    /// Key of the model ([`model_key`]) and of the version of its newest
-    /// report (0 before any).
+    /// Key of the model ([`model_key`]).
     pub model: u32,
-    pub current: u64,
-    /// Key of the version it ran before `current` (0: none seen). Going
-    /// back to it is a rollback, not a new version to judge.
-    pub before: u64,
-    /// When its newest version replaced another while it was tracked
-    /// (`i64::MIN`: never, it has no version before to be compared with).
-    pub since: i64,
+    /// Its version as of its newest report.
+    pub now: Judged,
     /// Decayed sums over its windows off probation: crashes, reboots (not
     /// an update's), failed transactions, transactions, minutes covered,
     /// memory rise (points) and the hours it rose over.
@@ -121,9 +115,20 @@ const MAX_EARLIER: usize = 4;
 /// A terminal's version at some time, as its windows are judged.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Judged {
+    /// Key of the version (0 before any report names one).
     pub current: u64,
+    /// Key of the version it ran before `current` (0: none seen). Going
+    /// back to it is a rollback, not a new version to judge.
     pub before: u64,
+    /// When `current` replaced another while it was tracked (`i64::MIN`:
+    /// never, it has no version before to be compared with).
     pub since: i64,
+}
+
+impl Default for Judged {
+    fn default() -> Self {
+        Judged { current: 0, before: 0, since: i64::MIN }
+    }
 }
 
 impl Judged {
@@ -140,9 +145,7 @@ impl Default for TerminalRelease {
     fn default() -> Self {
         TerminalRelease {
             model: 0,
-            current: 0,
-            before: 0,
-            since: i64::MIN,
+            now: Judged::default(),
             sums: [0.0; 7],
             p95_log: Spread::default(),
             last_mem: NO_MEM,
@@ -161,16 +164,11 @@ const RISE: usize = 5;
 const RISE_HOURS: usize = 6;
 
 impl TerminalRelease {
-    /// Its version as of its newest report.
-    pub fn now(&self) -> Judged {
-        Judged { current: self.current, before: self.before, since: self.since }
-    }
-
     /// Its version as a window ending at `end_ms` is judged: what held
     /// before the first switch after that end, or now (a window ending at
     /// a switch is the new version's, as it always was).
     pub fn at(&self, end_ms: i64) -> Judged {
-        self.earlier.iter().find(|(at, _)| end_ms < *at).map_or_else(|| self.now(), |(_, j)| *j)
+        self.earlier.iter().find(|(at, _)| end_ms < *at).map_or(self.now, |(_, j)| *j)
     }
 
     /// Switches to `current` at `ts` (the newest report), remembering what
@@ -179,10 +177,8 @@ impl TerminalRelease {
         if self.earlier.len() == MAX_EARLIER {
             self.earlier.remove(0);
         }
-        self.earlier.push((ts, self.now()));
-        self.since = since;
-        self.before = self.current;
-        self.current = current;
+        self.earlier.push((ts, self.now));
+        self.now = Judged { current, before: self.now.current, since };
     }
 
     /// Forgets the switches no window still to close can end before: the
@@ -608,8 +604,7 @@ mod tests {
     fn terminal(since: i64) -> TerminalRelease {
         TerminalRelease {
             model: model_key(key("P200")),
-            current: version("P200", "6.0.0"),
-            since,
+            now: Judged { current: version("P200", "6.0.0"), since, before: 0 },
             ..Default::default()
         }
     }
@@ -641,7 +636,7 @@ mod tests {
         }
         assert!(r.close(288).is_empty(), "no version on probation, no rows");
         assert!(r.switched(v, || "P200/6.0.0".into(), 300));
-        let canary = TerminalRelease { since: 300 * 300_000, current: v, ..learnt };
+        let canary = TerminalRelease { now: Judged { since: 300 * 300_000, current: v, ..learnt.now }, ..learnt };
         let mut canaries = [canary.clone(), canary];
         let mut rows = Vec::new();
         for w in 300..372 {
@@ -671,7 +666,7 @@ mod tests {
             let t = terminal(0);
             let w = WindowCounts { minutes: 5.0, crashes, ..Default::default() };
             let e = r.expectation(&t, &w, 24.0);
-            r.evidence(&t.now(), &w, &e, &Peers::default(), 1);
+            r.evidence(&t.now, &w, &e, &Peers::default(), 1);
             r.close(1).remove(0).features[0]
         };
         assert_eq!(surprise(1), 0.0);
@@ -702,7 +697,7 @@ mod tests {
             }
             for w in 0..12 {
                 let e = r.expectation(&t, &bad, 24.0);
-                r.evidence(&t.now(), &bad, &e, &peers, w);
+                r.evidence(&t.now, &bad, &e, &peers, w);
             }
             r.close(12).remove(0).features
         };
@@ -722,10 +717,10 @@ mod tests {
         assert!(r.switched(new, || "P200/6.0.0".into(), 0));
         let w = window(0);
         for (before, n) in [(other, 1), (old, 3)] {
-            let t = TerminalRelease { before, ..terminal(0) };
+            let t = TerminalRelease { now: Judged { before, ..terminal(0).now }, ..terminal(0) };
             for _ in 0..n {
                 let e = r.expectation(&t, &w, 24.0);
-                r.evidence(&t.now(), &w, &e, &Peers::default(), 1);
+                r.evidence(&t.now, &w, &e, &Peers::default(), 1);
             }
         }
         let row = r.close(1).remove(0);
@@ -733,9 +728,9 @@ mod tests {
         // A version whose name was never seen is not invented.
         let mut r = Releases::default();
         r.switched(new, || "P200/6.0.0".into(), 0);
-        let t = TerminalRelease { before: old, ..terminal(0) };
+        let t = TerminalRelease { now: Judged { before: old, ..terminal(0).now }, ..terminal(0) };
         let e = r.expectation(&t, &w, 24.0);
-        r.evidence(&t.now(), &w, &e, &Peers::default(), 1);
+        r.evidence(&t.now, &w, &e, &Peers::default(), 1);
         assert_eq!(r.close(1).remove(0).baseline_version, None);
     }
 
@@ -750,9 +745,9 @@ mod tests {
             r.remember(i + 7, || format!("M/{i}"));
         }
         assert_eq!(r.names(), MAX_RELEASES);
-        let t = TerminalRelease { before, ..terminal(0) };
+        let t = TerminalRelease { now: Judged { before, ..terminal(0).now }, ..terminal(0) };
         let e = r.expectation(&t, &window(0), 24.0);
-        r.evidence(&t.now(), &window(0), &e, &Peers::default(), 1);
+        r.evidence(&t.now, &window(0), &e, &Peers::default(), 1);
         let row = r.close(1).remove(0);
         assert_eq!(row.baseline_version.as_deref(), Some("P200/5.1.0"));
         assert_eq!(r.names(), 2, "only the names a judged version refers to are kept");
