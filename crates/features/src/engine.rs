@@ -86,7 +86,8 @@ impl FeatureConfig {
     }
 }
 
-/// What the engine has counted.
+/// What the engine has counted. Restored from snapshots, so counted with
+/// saturating adds: a counter read back near its maximum must not overflow.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
     pub reports: u64,
@@ -1152,7 +1153,7 @@ impl FeatureEngine {
     /// inputs interleave (which partition a consumer happens to read first)
     /// changes nothing.
     fn apply(&mut self, t: u32, source: &mut SourceProgress, ts: i64, c: &Cols<'_>, row: usize) {
-        self.counters.reports += 1;
+        self.counters.reports = self.counters.reports.saturating_add(1);
         let max_ahead_ms = self.config.max_ahead_ms;
         let Some(term) = self.terminals.get_mut(t as usize) else { return };
         let region = term.region as usize;
@@ -1161,7 +1162,7 @@ impl FeatureEngine {
         }
         self.region_counts[region].reports += 1;
         if ts <= term.skip_until {
-            self.counters.replayed += 1;
+            self.counters.replayed = self.counters.replayed.saturating_add(1);
             return;
         }
         let report = Report::read(c, row, ts);
@@ -1206,13 +1207,13 @@ impl FeatureEngine {
         let counts = self.region_counts.get_mut(term.region as usize);
         match why {
             Drop::Late => {
-                self.counters.late += 1;
+                self.counters.late = self.counters.late.saturating_add(1);
                 if let Some(c) = counts {
                     c.late += 1;
                 }
             }
             Drop::Ahead => {
-                self.counters.ahead += 1;
+                self.counters.ahead = self.counters.ahead.saturating_add(1);
                 if let Some(c) = counts {
                     c.ahead += 1;
                 }
@@ -1310,7 +1311,7 @@ impl FeatureEngine {
     }
 
     fn close(&mut self, w: i64) -> WindowRows {
-        self.counters.windows_closed += 1;
+        self.counters.windows_closed = self.counters.windows_closed.saturating_add(1);
         let mut members = self.members.remove(&w).unwrap_or_default();
         // In the order of terminal ids, not of arrival: cohort baselines
         // learn, and sums over a site or a region add up, in the same order
@@ -1602,7 +1603,7 @@ impl FeatureEngine {
                 continue;
             }
             if agg.terminals < MIN_REGION_TERMINALS {
-                self.counters.thin_region_windows += 1;
+                self.counters.thin_region_windows = self.counters.thin_region_windows.saturating_add(1);
                 continue;
             }
             let n = f64::from(agg.terminals);
