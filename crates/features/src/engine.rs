@@ -209,6 +209,9 @@ pub struct WindowRows {
     /// Release health, one row per firmware version with terminals in
     /// their first week on it.
     pub firmware: Vec<ReleaseRow>,
+    /// `MODEL/FIRMWARE` of the versions with a row in the last day that no
+    /// terminal ran at the window's end: their rollback is done.
+    pub firmware_retired: Vec<Box<str>>,
 }
 
 /// Sums over one terminal's reports in one window. Most of a terminal's
@@ -1645,6 +1648,19 @@ impl FeatureEngine {
             let expected = self.releases.expectation(&term.release, &counts, cfg.warmup_windows);
             let region_peers = peers.get(&region).copied().unwrap_or_default();
             self.releases.evidence(&judged, &counts, &expected, &region_peers, w);
+        }
+        let quiet = self.releases.quiet(w);
+        if !quiet.is_empty() {
+            // The versions terminals ran as of the window's end, not as of
+            // their newest reports: the same whichever arrived first.
+            let mut running = vec![false; quiet.len()];
+            for term in &self.terminals {
+                if let Ok(i) = quiet.binary_search(&term.release.at(end_ms).current) {
+                    running[i] = true;
+                }
+            }
+            let gone: Vec<u64> = quiet.iter().zip(&running).filter(|(_, r)| !**r).map(|(k, _)| *k).collect();
+            rows.firmware_retired = self.releases.retire(&gone);
         }
         rows.firmware = self.releases.close(w);
         rows

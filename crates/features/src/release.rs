@@ -57,6 +57,9 @@ const MAX_MODELS: usize = 1_000;
 /// A version not seen for this many windows (and with no evidence left) is
 /// forgotten.
 const FORGET_AFTER_WINDOWS: i64 = 7 * 288;
+/// A version is checked for terminals still running it for this many
+/// windows after its latest row (a day: by then its alert is stale anyway).
+const RETIRE_WITHIN_WINDOWS: i64 = 288;
 
 /// A model's key, from its name's [`key`]: 32 bits, enough for a fleet's
 /// few models and 4 bytes less per terminal.
@@ -304,6 +307,11 @@ struct Version {
     /// windows each gave as evidence: the most common is the baseline its
     /// alert names. A few at most: a rollout comes from one or two.
     from: Vec<(u64, u32)>,
+    /// The latest window it had a row in (`i64::MIN`: none yet).
+    last_row: i64,
+    /// No terminal ran it at the end of a window after its latest row (its
+    /// rollback is done): said once, until it has a row again.
+    retired: bool,
 }
 
 /// Versions a version's terminals came from, counted at most.
@@ -361,8 +369,18 @@ impl Releases {
         }
         let name: Box<str> = name().into();
         self.remember(key, || name.to_string());
-        self.versions
-            .insert(key, Version { name, sums: [0.0; 12], terminals_now: 0, last_window: window, from: Vec::new() });
+        self.versions.insert(
+            key,
+            Version {
+                name,
+                sums: [0.0; 12],
+                terminals_now: 0,
+                last_window: window,
+                from: Vec::new(),
+                last_row: i64::MIN,
+                retired: false,
+            },
+        );
         true
     }
 
@@ -495,6 +513,39 @@ impl Releases {
         }
     }
 
+    /// Versions with no row in `window` that had one within a day and were
+    /// not retired: those that may have no terminal left on them. Called
+    /// once the window's evidence is in, before [`Releases::close`].
+    pub fn quiet(&self, window: i64) -> Vec<u64> {
+        let mut quiet: Vec<u64> = self
+            .versions
+            .iter()
+            .filter(|(_, v)| {
+                !v.retired
+                    && v.terminals_now == 0
+                    && v.last_row != i64::MIN
+                    && window.saturating_sub(v.last_row) <= RETIRE_WITHIN_WINDOWS
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        quiet.sort_unstable();
+        quiet
+    }
+
+    /// Marks the versions `gone` (no terminal ran them at the window's end)
+    /// retired; returns their names, sorted.
+    pub fn retire(&mut self, gone: &[u64]) -> Vec<Box<str>> {
+        let mut names = Vec::with_capacity(gone.len());
+        for k in gone {
+            if let Some(v) = self.versions.get_mut(k) {
+                v.retired = true;
+                names.push(v.name.clone());
+            }
+        }
+        names.sort();
+        names
+    }
+
     /// The rows of the window closing at `end_ms`: one per version with a
     /// probation terminal reporting in it. Then every version's evidence
     /// decays by a window, and versions long gone are forgotten.
@@ -540,6 +591,10 @@ impl Releases {
         rows.sort_by(|a, b| a.entity.cmp(&b.entity));
         let keep = 1.0 - 1.0 / RELEASE_MEMORY_WINDOWS;
         self.versions.retain(|_, v| {
+            if v.terminals_now > 0 {
+                v.last_row = window;
+                v.retired = false;
+            }
             v.terminals_now = 0;
             for x in &mut v.sums {
                 *x *= keep;
@@ -655,6 +710,35 @@ mod tests {
         window_of(&mut r, &mut late, &window(1), PROBATION_MS + 1, &quiet);
         assert!(r.close(400).is_empty());
         assert!(late.sums[MINUTES] > 0.0);
+    }
+
+    #[test]
+    fn a_version_without_rows_is_asked_after_for_a_day_and_retired_once() {
+        let mut r = Releases::default();
+        let v = version("P200", "6.0.0");
+        r.switched(v, || "P200/6.0.0".into(), 0);
+        assert!(r.quiet(0).is_empty(), "never had a row: nothing to retire");
+        let t = terminal(0);
+        let w = window(0);
+        for i in 0..3 {
+            let e = r.expectation(&t, &w, 24.0);
+            r.evidence(&t.now, &w, &e, &Peers::default(), i);
+            assert!(r.quiet(i).is_empty(), "a row in window {i}");
+            assert_eq!(r.close(i).len(), 1);
+        }
+        assert_eq!(r.quiet(3), [v], "no row in window 3: does anyone still run it?");
+        assert_eq!(r.retire(&[v]), vec![Box::<str>::from("P200/6.0.0")]);
+        assert!(r.close(3).is_empty());
+        assert!(r.quiet(4).is_empty(), "retired once");
+        // A terminal takes it again: it has rows, and can be retired again.
+        let e = r.expectation(&t, &w, 24.0);
+        r.evidence(&t.now, &w, &e, &Peers::default(), 5);
+        r.close(5);
+        assert_eq!(r.quiet(6), [v]);
+        // A day after its latest row it is no longer asked after (its alert,
+        // if any, has gone stale by then).
+        assert_eq!(r.quiet(5 + RETIRE_WITHIN_WINDOWS), [v]);
+        assert!(r.quiet(6 + RETIRE_WITHIN_WINDOWS).is_empty());
     }
 
     #[test]

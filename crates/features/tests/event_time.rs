@@ -50,6 +50,7 @@ fn named(e: &FeatureEngine, rows: &[WindowRows]) -> Vec<Named> {
                         let bits: Vec<u64> = r.features.iter().chain(&r.baselines).map(|f| f.to_bits()).collect();
                         format!("{} {} {bits:?}", r.entity, r.terminals)
                     })
+                    .chain(w.firmware_retired.iter().map(|v| format!("{v} retired")))
                     .collect(),
             )
         })
@@ -308,4 +309,55 @@ fn a_terminal_back_from_a_gap_keeps_its_reports_even_out_of_order() {
     closed.extend(e.finish());
     assert_eq!(e.counters().ahead, 0, "a gap, then reports out of order, is not a wrong clock");
     assert_eq!(e.counters().late, 0);
+}
+
+fn on(terminal: &str, ts: i64, firmware: &str) -> Vec<u8> {
+    format!(
+        r#"{{"terminal_id":"{terminal}","ts":{ts},"region":"r1","site_id":"S-{terminal}","model":"P1","firmware":"{firmware}","interval_s":300,"app_crashes":0,"txn_count":3}}"#
+    )
+    .into_bytes()
+}
+
+/// When a version is retired (no terminal runs it any more), in a history
+/// where T-0 and T-1 take P1/2.0 at step 10 and go back to 1.0 at steps 30
+/// and 34 (T-1 is switched off in between: the version has no rows, and
+/// only T-1 still runs it), their input read `ahead` steps before T-2 and
+/// T-3's.
+fn retired_after_rollback(ahead: usize) -> Vec<(i64, Vec<Box<str>>)> {
+    let steps = 60;
+    let firmware = |t: usize, k: usize| match (t, k) {
+        (1, 30..34) => None,
+        (0, 10..30) | (1, 10..30) => Some("2.0"),
+        _ => Some("1.0"),
+    };
+    let mut e = FeatureEngine::new(FeatureConfig::default());
+    let names = ["rolled-back", "steady"];
+    for n in names {
+        e.register_source(n);
+    }
+    let mut rows = Vec::new();
+    for k in 0..steps + ahead {
+        let mut lines = Vec::new();
+        let mut runs = Vec::new();
+        for (input, terminals, step) in [(names[0], [0, 1], Some(k)), (names[1], [2, 3], k.checked_sub(ahead))] {
+            let Some(step) = step.filter(|s| *s < steps) else { continue };
+            let ts = T0 + step as i64 * 5 * MIN + 30_000;
+            let before = lines.len();
+            lines.extend(terminals.into_iter().filter_map(|t| Some(on(&format!("T-{t}"), ts, firmware(t, step)?))));
+            runs.push((input, lines.len() - before));
+        }
+        let refs: Vec<&[u8]> = lines.iter().map(Vec::as_slice).collect();
+        rows.extend(e.process_sourced(&batch(&refs), &runs));
+    }
+    rows.extend(e.finish());
+    assert!(rows.iter().any(|w| w.firmware.iter().any(|r| &*r.entity == "P1/2.0")), "the canaries give it rows");
+    rows.into_iter().filter(|w| !w.firmware_retired.is_empty()).map(|w| (w.end_ms, w.firmware_retired)).collect()
+}
+
+#[test]
+fn a_version_is_retired_at_the_window_its_last_terminal_left_it_whatever_was_read_first() {
+    let in_order = retired_after_rollback(0);
+    assert_eq!(in_order, [(T0 + 35 * 5 * MIN, vec!["P1/2.0".into()])], "the window of T-1's rollback, once");
+    // T-1's rollback read while the windows of T-0's are still open.
+    assert_eq!(retired_after_rollback(8), in_order);
 }

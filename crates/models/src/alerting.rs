@@ -259,6 +259,8 @@ pub struct AlertingStats {
     pub invalid_scores: u64,
     /// Firing alerts resolved by [`AlertTracker::expire`].
     pub expired_alerts: u64,
+    /// Firing alerts resolved by [`AlertTracker::retire`].
+    pub retired_alerts: u64,
     /// Quiet entities dropped by [`AlertTracker::expire`].
     pub forgotten_entities: u64,
 }
@@ -523,6 +525,37 @@ impl AlertTracker {
         }
         self.next_expiry_ms = next_expiry_ms;
         events
+    }
+
+    /// Resolves the firing alert of `(kind, scope, entity)`, if there is
+    /// one, at the end of the window `window_end_ms`: what it is about is
+    /// gone (a firmware version no terminal runs any more, its rollback
+    /// done), so there is nothing left to wait a day of silence for. With
+    /// the last score and no reasons, as a stale alert; a window of the
+    /// entity ending at or before it is then ignored as out of order.
+    pub fn retire(&mut self, kind: AlertKind, scope: Scope, entity: &str, window_end_ms: i64) -> Option<AlertEvent> {
+        let slot = slot(kind, scope);
+        let entry = self.entities[slot].get_mut(entity)?;
+        if window_end_ms <= entry.last_window_end_ms {
+            return None;
+        }
+        let firing = entry.firing.take()?;
+        count_remove(&mut self.counts, slot, firing.peak_severity, &entry.region);
+        self.stats.retired_alerts += 1;
+        entry.last_window_end_ms = window_end_ms;
+        entry.bad_run = 0;
+        Some(AlertEvent {
+            ts: window_end_ms,
+            kind,
+            scope,
+            entity: entity.to_string(),
+            region: entry.region.to_string(),
+            state: AlertState::Resolved,
+            severity: firing.severity,
+            score: firing.last_score,
+            model_version: firing.model_version.into_string(),
+            reasons: Vec::new(),
+        })
     }
 
     /// Every currently firing alert, in no particular order.
@@ -956,6 +989,22 @@ mod tests {
             [win(0, true), win(1, true), win(2, false), win(3, false), win(4, true), win(5, false), win(6, false)];
         assert_eq!(feed(&mut t, windows), vec![(1, AlertState::Firing)]);
         assert_eq!(feed(&mut t, [win(7, false)]), vec![(7, AlertState::Resolved)]);
+    }
+
+    #[test]
+    fn a_retired_entitys_alert_resolves_at_once_and_only_if_firing() {
+        let mut t = tracker(2, 72);
+        assert_eq!(feed(&mut t, (1..=3).map(|i| win(i, true))), [(2, AlertState::Firing)]);
+        let (kind, scope) = (AlertKind::VoltageInstability, Scope::Terminal);
+        let at = |i: i64| T0 + i * MIN5;
+        assert_eq!(t.retire(kind, scope, "T-2", at(4)), None, "nothing tracked under that name");
+        assert_eq!(t.retire(kind, scope, "T-1", at(3)), None, "not at or before its last window");
+        let resolved = t.retire(kind, scope, "T-1", at(4)).expect("resolved");
+        assert_eq!((resolved.ts, resolved.state), (at(4), AlertState::Resolved));
+        assert_eq!(t.firing_len(), 0);
+        assert_eq!(t.stats().retired_alerts, 1);
+        assert_eq!(t.retire(kind, scope, "T-1", at(5)), None, "resolved once");
+        assert!(feed(&mut t, [win(4, true)]).is_empty(), "a window up to the retirement is out of order");
     }
 
     #[test]

@@ -446,6 +446,11 @@ impl Scorer {
                 };
                 self.releases.insert(r.entity.clone(), health);
             }
+            for entity in &w.firmware_retired {
+                events.extend(self.alerts.retire(AlertKind::FirmwareRegression, Scope::Cohort, entity, w.end_ms));
+                // Its release health leaves the dashboards with it.
+                self.releases.remove(entity);
+            }
             self.releases.retain(|_, h| h.end_ms > w.end_ms.saturating_sub(RELEASE_HEALTH_KEPT_MS));
             events.extend(self.alerts.expire(w.end_ms));
             for s in site_scores {

@@ -33,7 +33,11 @@ const PARTITION_MAGIC: &[u8; 6] = b"TWPART";
 ///    evidence).
 /// 7: the names of versions and the versions each version's terminals came
 ///    from (the baseline its alert names).
-const FORMAT: u32 = 8;
+/// 8: the switches a terminal's open windows may predate (a window is
+///    judged by the version of its end).
+/// 9: each version's latest row and whether it was retired (no terminal
+///    runs it any more).
+const FORMAT: u32 = 9;
 const HEADER: usize = 6 + 4 + 8;
 
 #[derive(Debug, thiserror::Error)]

@@ -379,12 +379,16 @@ fn the_shipped_models_find_every_incident_of_a_foreign_fleet_within_a_false_aler
     // Each firmware alert names the version its terminals ran before, of
     // the same model: what an on-call engineer rolls back to.
     let mut firmware_alerts = 0;
+    let mut resolved = Vec::new();
     for line in std::fs::read_to_string(&alerts).expect("alerts").lines() {
         let e: termwatch_telemetry::alerts::AlertEvent = serde_json::from_str(line).expect("alerts-v1 event");
         if e.kind != termwatch_telemetry::alerts::AlertKind::FirmwareRegression {
             continue;
         }
         firmware_alerts += 1;
+        if e.state == termwatch_telemetry::alerts::AlertState::Resolved {
+            resolved.push((e.entity.clone(), e.ts));
+        }
         let model = e.entity.split('/').next().expect("MODEL/FIRMWARE");
         for r in &e.reasons {
             let before = r.baseline_version.as_deref().unwrap_or_default();
@@ -392,4 +396,17 @@ fn the_shipped_models_find_every_incident_of_a_foreign_fleet_within_a_false_aler
         }
     }
     assert!(firmware_alerts > 0);
+    // Rolled back, a regression's alert resolves once no terminal runs the
+    // version, not after a day of silence (here every terminal that had it
+    // was reporting at the rollback).
+    for line in std::fs::read_to_string(&labels).expect("labels").lines() {
+        let l: termwatch_telemetry::alerts::IncidentLabel = serde_json::from_str(line).expect("a label");
+        if l.kind != termwatch_telemetry::alerts::AlertKind::FirmwareRegression {
+            continue;
+        }
+        let after =
+            resolved.iter().find(|(entity, ts)| *entity == l.entity && *ts >= l.start).map(|(_, ts)| ts - l.end);
+        eprintln!("firmware_regression {}: resolved {:?} s after the rollback", l.entity, after.map(|ms| ms / 1000));
+        assert!(after.is_some_and(|ms| (0..=3_600_000).contains(&ms)), "{}: resolved {after:?} ms after", l.entity);
+    }
 }
