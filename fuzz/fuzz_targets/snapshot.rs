@@ -3,15 +3,19 @@
 //! that cannot be read back was once found only by the restart test); and
 //! an engine restored from it goes on taking reports without panicking.
 //!
+//! The same for a cold store's entry (an idle terminal's state), which an
+//! engine then takes back.
+//!
 //! The first byte picks how the rest is used: as a whole file (to fuzz the
-//! header checks), or as the payload of a shared or partition snapshot with
-//! a valid header (to reach the decoder past the checksum).
+//! header checks), or as the payload of a shared or partition snapshot or
+//! a cold entry with a valid header (to reach the decoder past the
+//! checksum).
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use termwatch_features::{FeatureConfig, FeatureEngine};
-use termwatch_models::snapshot::{PartitionSnapshot, Snapshot, SnapshotKind, framed};
+use termwatch_models::snapshot::{ColdEntry, PartitionSnapshot, Snapshot, SnapshotKind, framed};
 use termwatch_telemetry::{BatchBuilder, decode};
 
 /// 2026-11-24T10:00:00Z, near the reports below.
@@ -45,10 +49,11 @@ fn canonical<T: serde::Serialize>(value: &T) -> Result<serde_json::Value, String
 
 fuzz_target!(|data: &[u8]| {
     let Some((&how, rest)) = data.split_first() else { return };
-    let bytes = match how % 3 {
+    let bytes = match how % 4 {
         0 => rest.to_vec(),
         1 => framed(SnapshotKind::Shared, rest),
-        _ => framed(SnapshotKind::Partition, rest),
+        2 => framed(SnapshotKind::Partition, rest),
+        _ => framed(SnapshotKind::Cold, rest),
     };
     if let Ok(snap) = Snapshot::from_bytes(&bytes, "fuzz") {
         let again = snap.to_bytes().expect("a snapshot that was read can be written");
@@ -68,6 +73,16 @@ fuzz_target!(|data: &[u8]| {
         if part.features == FeatureConfig::default() {
             let mut engine = FeatureEngine::new(part.features.clone());
             engine.import_terminals(part.terminals);
+            feed(&mut engine);
+        }
+    }
+    if let Ok(cold) = ColdEntry::from_bytes(&bytes, "fuzz") {
+        let again = cold.to_bytes().expect("an entry that was read can be written");
+        let back = ColdEntry::from_bytes(&again, "fuzz").expect("an entry written reads back");
+        assert_eq!(canonical(&cold), canonical(&back), "a cold entry changed on its way back");
+        if cold.features == FeatureConfig::default() {
+            let mut engine = FeatureEngine::new(cold.features.clone());
+            engine.welcome_back(vec![cold.terminal]);
             feed(&mut engine);
         }
     }

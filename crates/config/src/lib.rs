@@ -35,9 +35,10 @@ pub struct LimitSettings {
     /// forgetting the longest-silent terminals; if all are reporting, its
     /// reports are refused and counted. Default 500000 (about 450 MB of feature state).
     pub max_terminals: usize,
-    /// A terminal silent this long (in event time) is forgotten; if it comes
-    /// back it learns again from its cohort, as a new terminal does.
-    /// Default 14.
+    /// A terminal silent this long (in event time) is forgotten. With
+    /// snapshots (`state.path`) its state is kept on disk and given back
+    /// when it reports again; without, it learns again from its cohort, as
+    /// a new terminal does. Default 14.
     pub idle_terminal_days: f64,
     /// The most regions; reports from further regions are refused and
     /// counted. Default 10000.

@@ -399,6 +399,22 @@ impl TerminalStates {
     }
 }
 
+/// A terminal forgotten as idle, for a cold store: its state, and what its
+/// cohort had learnt then (a cohort no held terminal belongs to is
+/// forgotten with it, and given back with it if it is still unknown).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Departed {
+    state: TerminalState,
+    cohort_base: Baseline,
+    cohort_wear: CohortWear,
+}
+
+impl Departed {
+    pub fn id(&self) -> &str {
+        &self.state.state.id
+    }
+}
+
 /// Event-time progress of one input: a Kafka partition or a history file.
 ///
 /// Its watermark is how far its recent reports have come, robustly: the
@@ -491,6 +507,12 @@ pub struct FeatureEngine {
     /// terminals costs one pass per window, not one per terminal.
     #[serde(skip)]
     room_swept_at: Option<Option<i64>>,
+    /// Whether terminals forgotten as idle are kept, for
+    /// [`FeatureEngine::take_departed`] (a cold store takes them).
+    #[serde(skip)]
+    keep_departed: bool,
+    #[serde(skip)]
+    departed: Vec<Departed>,
 }
 
 /// Reports a region's terminals sent, and of them dropped.
@@ -582,6 +604,8 @@ impl FeatureEngine {
             limit_counts: LimitCounts::default(),
             next_idle_sweep_ms: None,
             room_swept_at: None,
+            keep_departed: false,
+            departed: Vec::new(),
         }
     }
 
@@ -769,9 +793,32 @@ impl FeatureEngine {
     /// as runs of consecutive rows `(input, rows)` in row order; returns the
     /// windows it closed, oldest first. Rows beyond the runs are ignored.
     pub fn process_sourced(&mut self, batch: &RecordBatch, runs: &[(&str, usize)]) -> Vec<WindowRows> {
+        self.process_from_cold(batch, runs, |_| Vec::new())
+    }
+
+    /// As [`FeatureEngine::process_sourced`], and while idle terminals are
+    /// kept ([`FeatureEngine::keep_departed`]) `cold` is asked for those of
+    /// the batch's terminals this engine does not hold, once idle ones have
+    /// been forgotten (so one given back is not forgotten again at once):
+    /// what it gives back is taken as [`FeatureEngine::welcome_back`] does.
+    pub fn process_from_cold(
+        &mut self,
+        batch: &RecordBatch,
+        runs: &[(&str, usize)],
+        cold: impl FnOnce(Vec<String>) -> Vec<Departed>,
+    ) -> Vec<WindowRows> {
         // Here, not as windows close: the rows returned last time have been
         // read (their indices resolved) by now, and forgetting renumbers.
         self.forget_idle();
+        if self.keep_departed {
+            let unknown = self.unknown_terminals(batch);
+            if !unknown.is_empty() {
+                let back = cold(unknown);
+                if !back.is_empty() {
+                    self.welcome_back(back);
+                }
+            }
+        }
         let mut closed = Vec::new();
         let Some(ids) = column(batch, "terminal_id").and_then(|c| c.as_dictionary_opt::<Int32Type>()) else {
             return closed;
@@ -887,11 +934,15 @@ impl FeatureEngine {
     /// Copies the state of the terminals `keep` selects (their open windows
     /// included), in terminal order, for a per-partition snapshot.
     pub fn export_terminals(&self, mut keep: impl FnMut(&str) -> bool) -> TerminalStates {
+        self.export_where(|t| keep(&t.id))
+    }
+
+    fn export_where(&self, mut keep: impl FnMut(&Terminal) -> bool) -> TerminalStates {
         let name = |n: &Names, i: u32| n.names.get(i as usize).cloned().unwrap_or_default();
         let entries = self
             .terminals
             .iter()
-            .filter(|t| keep(&t.id))
+            .filter(|t| keep(t))
             .map(|t| TerminalState {
                 site: name(&self.sites, t.site),
                 region: name(&self.regions, t.region),
@@ -900,6 +951,59 @@ impl FeatureEngine {
             })
             .collect();
         TerminalStates { entries }
+    }
+
+    /// Keeps the state of terminals forgotten as idle from now on, until
+    /// [`FeatureEngine::take_departed`] takes it: for a cold store, which
+    /// gives it back ([`FeatureEngine::process_from_cold`]) when the terminal
+    /// reports again, so it comes back with its baselines instead of as new.
+    pub fn keep_departed(&mut self, keep: bool) {
+        self.keep_departed = keep;
+        if !keep {
+            self.departed = Vec::new();
+        }
+    }
+
+    /// The terminals forgotten as idle since the last call.
+    pub fn take_departed(&mut self) -> Vec<Departed> {
+        std::mem::take(&mut self.departed)
+    }
+
+    /// Takes back terminals forgotten as idle (as a per-partition snapshot's
+    /// are taken, see [`FeatureEngine::import_terminals`]), with what their
+    /// cohort had learnt when no terminal held here belongs to it any more.
+    /// Returns how many.
+    pub fn welcome_back(&mut self, back: Vec<Departed>) -> usize {
+        let n = back.len();
+        let mut entries = Vec::with_capacity(n);
+        for d in back {
+            if !self.cohorts.index.contains_key(&d.state.cohort) {
+                let c = self.cohorts.intern(&d.state.cohort) as usize;
+                if self.cohort_base.len() <= c {
+                    self.cohort_base.resize(c + 1, Baseline::default());
+                    self.cohort_wear.resize(c + 1, CohortWear::default());
+                }
+                self.cohort_base[c] = d.cohort_base;
+                self.cohort_wear[c] = d.cohort_wear;
+            }
+            entries.push(d.state);
+        }
+        self.import_terminals(TerminalStates { entries });
+        n
+    }
+
+    /// The terminal ids of `batch` this engine holds no state for, once
+    /// each: those a cold store may know.
+    pub fn unknown_terminals(&self, batch: &RecordBatch) -> Vec<String> {
+        let Some(ids) = column(batch, "terminal_id").and_then(|c| c.as_dictionary_opt::<Int32Type>()) else {
+            return Vec::new();
+        };
+        let Some(values) = ids.values().as_string_opt::<i32>() else { return Vec::new() };
+        let mut unknown: Vec<String> =
+            values.iter().flatten().filter(|id| !self.terminal_index.contains_key(*id)).map(str::to_owned).collect();
+        unknown.sort_unstable();
+        unknown.dedup();
+        unknown
     }
 
     /// Forgets the terminals `remove` selects (their partition went to
@@ -1000,6 +1104,8 @@ impl FeatureEngine {
             limit_counts: LimitCounts::default(),
             next_idle_sweep_ms: None,
             room_swept_at: None,
+            keep_departed: false,
+            departed: Vec::new(),
         };
         e.import_terminals(self.export_terminals(keep));
         e
@@ -1083,7 +1189,18 @@ impl FeatureEngine {
         }
         self.next_idle_sweep_ms = Some(now.saturating_add(IDLE_SWEEP_EVERY_MS));
         let cutoff = now.saturating_sub(self.limits.idle_terminal_ms);
-        let n = self.remove_where(|_, t| t.max_ts < cutoff && t.open.is_empty() && t.held.is_none());
+        let idle = |t: &Terminal| t.max_ts < cutoff && t.open.is_empty() && t.held.is_none();
+        if self.keep_departed {
+            for state in self.export_where(idle).entries {
+                let c = self.cohorts.index.get(&state.cohort).map(|c| *c as usize);
+                self.departed.push(Departed {
+                    cohort_base: c.and_then(|c| self.cohort_base.get(c)).copied().unwrap_or_default(),
+                    cohort_wear: c.and_then(|c| self.cohort_wear.get(c)).copied().unwrap_or_default(),
+                    state,
+                });
+            }
+        }
+        let n = self.remove_where(|_, t| idle(t));
         if n > 0 {
             self.limit_counts.evicted_idle += n as u64;
             self.forget_unused_names();

@@ -28,8 +28,9 @@ mod release;
 mod stats;
 
 pub use engine::{
-    AgingRow, Counters, DEFAULT_SOURCE, FeatureConfig, FeatureEngine, Held, LimitCounts, Limits, MIN_REGION_TERMINALS,
-    NetworkRow, RegionCounts, SiteVoltageRow, SourceProgress, TerminalStates, TerminalVoltageRow, WindowRows,
+    AgingRow, Counters, DEFAULT_SOURCE, Departed, FeatureConfig, FeatureEngine, Held, LimitCounts, Limits,
+    MIN_REGION_TERMINALS, NetworkRow, RegionCounts, SiteVoltageRow, SourceProgress, TerminalStates, TerminalVoltageRow,
+    WindowRows,
 };
 pub use release::{MAX_RELEASES, PROBATION_MS, ReleaseRow, UPDATE_GRACE_MS};
 pub use stats::{Ewma, FNV_OFFSET, Spread, fnv1a, poisson_surprise};

@@ -5,8 +5,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::HashMap;
+
 use arrow::record_batch::RecordBatch;
-use termwatch_features::{FeatureConfig, FeatureEngine, Limits, WindowRows};
+use termwatch_features::{DEFAULT_SOURCE, Departed, FeatureConfig, FeatureEngine, Limits, WindowRows};
 use termwatch_sim::{SimConfig, Simulator};
 use termwatch_telemetry::{BatchBuilder, decode};
 
@@ -213,4 +215,100 @@ fn a_terminal_silent_past_the_idle_time_is_forgotten_and_comes_back_as_new() {
     e.process_batch(&batch(&[steady("T-quiet", "r1", ts)]));
     assert!(e.terminal_index("T-quiet").is_some());
     assert_eq!(e.held().sites, 2);
+}
+
+/// The simulated fleet with every tenth terminal (by id) silent from hour 8
+/// to hour 12, through an engine whose terminals are forgotten after
+/// `idle_ms` of silence, with or without a cold store (kept here as the
+/// scorer keeps it: what the engine let go, given back when it reports
+/// again). Returns every row by name, and how many terminals came back.
+fn with_a_quiet_spell(idle_ms: i64, cold: bool) -> (Vec<String>, usize) {
+    let sim = simulated();
+    let start = sim.first().expect("reports").0;
+    let quiet = |line: &[u8], ts: i64| {
+        let record = decode(line, i64::MAX / 2).expect("valid");
+        let every_tenth = record.terminal_id.bytes().map(usize::from).sum::<usize>() % 10 == 3;
+        every_tenth && ts >= start + 8 * 60 * MIN && ts < start + 12 * 60 * MIN
+    };
+    let mut e = FeatureEngine::new(FeatureConfig::default());
+    e.set_limits(Limits { idle_terminal_ms: idle_ms, ..Limits::default() });
+    e.keep_departed(cold);
+    let mut store: HashMap<String, Departed> = HashMap::new();
+    let (mut rows, mut came_back) = (Vec::new(), 0);
+    let lines: Vec<Vec<u8>> = sim.into_iter().filter(|(ts, l)| !quiet(l, *ts)).map(|(_, l)| l).collect();
+    for chunk in lines.chunks(40) {
+        let b = batch(chunk);
+        let closed = e.process_from_cold(&b, &[(DEFAULT_SOURCE, b.num_rows())], |unknown| {
+            let back: Vec<Departed> = unknown.iter().filter_map(|id| store.remove(id)).collect();
+            came_back += back.len();
+            back
+        });
+        simulated_rows(&e, &closed, &mut rows);
+        for d in e.take_departed() {
+            store.insert(d.id().to_string(), d);
+        }
+    }
+    let closed = e.finish();
+    simulated_rows(&e, &closed, &mut rows);
+    (rows, came_back)
+}
+
+#[test]
+fn a_terminal_forgotten_as_idle_comes_back_from_a_cold_store_as_it_was() {
+    let (kept, _) = with_a_quiet_spell(Limits::default().idle_terminal_ms, false);
+    let (cold, came_back) = with_a_quiet_spell(2 * 60 * MIN, true);
+    assert!(came_back >= 2, "terminals were forgotten and came back: {came_back}");
+    assert_eq!(cold.len(), kept.len());
+    for (a, b) in cold.iter().zip(&kept) {
+        assert_eq!(a, b, "a row differs from the run that never forgot");
+    }
+    // Without the store they come back as new: their rows are not the same.
+    let (forgot, _) = with_a_quiet_spell(2 * 60 * MIN, false);
+    assert_ne!(forgot, kept);
+}
+
+#[test]
+fn a_terminal_alone_in_its_cohort_gets_its_cohorts_baseline_back_too() {
+    // T-alone is the only terminal of its model: when it is forgotten its
+    // cohort is too. It reports for an hour (young: judged by its cohort),
+    // is silent for four, and comes back still young.
+    let t0 = 1_795_514_400_000;
+    let alone = |ts: i64, k: i64| {
+        let v = 12.0 + 0.01 * (k % 3) as f64;
+        format!(
+            r#"{{"terminal_id":"T-alone","ts":{ts},"region":"r1","model":"M-alone","firmware":"1","supply_v_mean":{v},"supply_v_min":{},"supply_v_max":{},"supply_v_std":0.02}}"#,
+            v - 0.1,
+            v + 0.1
+        )
+        .into_bytes()
+    };
+    let run = |idle_ms: i64, cold: bool| {
+        let mut e = FeatureEngine::new(FeatureConfig::default());
+        e.set_limits(Limits { idle_terminal_ms: idle_ms, ..Limits::default() });
+        e.keep_departed(cold);
+        let mut store: HashMap<String, Departed> = HashMap::new();
+        let mut rows = Vec::new();
+        for k in 0..7 * 12 {
+            let ts = t0 + k * 5 * MIN + 30_000;
+            let mut lines = vec![steady("T-busy", "r1", ts)];
+            if !(12..60).contains(&k) {
+                lines.push(alone(ts, k));
+            }
+            let b = batch(&lines);
+            let closed = e.process_from_cold(&b, &[(DEFAULT_SOURCE, b.num_rows())], |unknown| {
+                unknown.iter().filter_map(|id| store.remove(id)).collect()
+            });
+            simulated_rows(&e, &closed, &mut rows);
+            for d in e.take_departed() {
+                store.insert(d.id().to_string(), d);
+            }
+        }
+        (rows, e.limit_counts().evicted_idle)
+    };
+    let (kept, _) = run(Limits::default().idle_terminal_ms, false);
+    let (cold, evicted) = run(2 * 60 * MIN, true);
+    assert_eq!(evicted, 1);
+    assert_eq!(cold, kept);
+    let (forgot, _) = run(2 * 60 * MIN, false);
+    assert_ne!(forgot, kept, "back as new, its cohort new too, it is judged otherwise");
 }

@@ -9,6 +9,7 @@ use termwatch_features::{FeatureEngine, Limits, WindowRows, names};
 use termwatch_telemetry::alerts::{AlertEvent, AlertKind, Scope};
 
 use crate::alerting::{AlertTracker, AlertingError, Scored};
+use crate::cold::{ColdStats, ColdStore};
 use crate::detector::Detector;
 use crate::snapshot::{PartitionSnapshot, Snapshot, SnapshotError, SnapshotRef};
 use crate::training::{FORMAT, ModelSet};
@@ -119,6 +120,8 @@ pub struct Scorer {
     /// in their first week on it, for dashboards; a day after its last
     /// window a version leaves. Bounded by the engine's version limit.
     releases: std::collections::BTreeMap<Box<str>, ReleaseHealth>,
+    /// Where idle terminals' state goes, and comes back from.
+    cold: Option<ColdStore>,
 }
 
 /// One firmware version's latest release health.
@@ -153,7 +156,21 @@ impl Scorer {
             scores,
             keep_scores: false,
             releases: Default::default(),
+            cold: None,
         })
+    }
+
+    /// Keeps the state of terminals forgotten as idle in `store`, and gives
+    /// it back to them when they report again.
+    pub fn set_cold_store(&mut self, store: ColdStore) {
+        self.engine.keep_departed(true);
+        self.cold = Some(store);
+    }
+
+    /// What the cold store did, and how many terminals it holds (None
+    /// without one).
+    pub fn cold_store(&self) -> Option<(ColdStats, usize)> {
+        self.cold.as_ref().map(|c| (c.stats(), c.len()))
     }
 
     /// Bounds what the feature engine holds (kept across snapshot restores).
@@ -196,6 +213,7 @@ impl Scorer {
         self.engine = snap.engine;
         self.engine.set_limits(limits);
         self.engine.mark_restored();
+        self.engine.keep_departed(self.cold.is_some());
         Ok(snap.position)
     }
 
@@ -322,15 +340,29 @@ impl Scorer {
     /// Applies a batch from one input; returns the alert events it caused,
     /// in event-time order.
     pub fn process_batch(&mut self, batch: &RecordBatch) -> Vec<AlertEvent> {
-        let windows = self.engine.process_batch(batch);
-        self.score(&windows)
+        self.process_sourced(batch, &[(termwatch_features::DEFAULT_SOURCE, batch.num_rows())])
     }
 
     /// Applies a batch whose rows come from several inputs, as runs
-    /// `(input, rows)` (see [`FeatureEngine::process_sourced`]).
+    /// `(input, rows)` (see [`FeatureEngine::process_sourced`]). Terminals
+    /// the engine does not hold get their state back from the cold store,
+    /// if it has it.
     pub fn process_sourced(&mut self, batch: &RecordBatch, runs: &[(&str, usize)]) -> Vec<AlertEvent> {
-        let windows = self.engine.process_sourced(batch, runs);
+        let windows = match &mut self.cold {
+            Some(cold) => self.engine.process_from_cold(batch, runs, |unknown| cold.take(&unknown)),
+            None => self.engine.process_sourced(batch, runs),
+        };
+        self.store_departed();
         self.score(&windows)
+    }
+
+    /// Hands the terminals the engine forgot as idle to the cold store.
+    fn store_departed(&mut self) {
+        let Some(cold) = &mut self.cold else { return };
+        let gone = self.engine.take_departed();
+        if !gone.is_empty() {
+            cold.put(gone);
+        }
     }
 
     /// An input that will feed scoring (a partition just assigned, without

@@ -15,7 +15,7 @@ use std::path::Path;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use termwatch_features::{FeatureConfig, FeatureEngine, SourceProgress, TerminalStates};
+use termwatch_features::{Departed, FeatureConfig, FeatureEngine, SourceProgress, TerminalStates};
 
 use crate::alerting::AlertSnapshot;
 use crate::training::{FNV_OFFSET, fnv1a};
@@ -24,6 +24,8 @@ const MAGIC: &[u8; 6] = b"TWSNAP";
 /// A per-partition snapshot: same layout, its own magic, so one file is
 /// never taken for the other.
 const PARTITION_MAGIC: &[u8; 6] = b"TWPART";
+/// One idle terminal's state in a cold store ([`ColdEntry`]).
+const COLD_MAGIC: &[u8; 6] = b"TWCOLD";
 /// 2: the wear evidence of hardware aging (feature state of another shape).
 /// 3: window sums hold the minutes their counters cover (`interval_s`).
 /// 4: event time per input (a partition's progress), open windows per terminal.
@@ -125,6 +127,8 @@ pub enum SnapshotKind {
     Shared,
     /// [`PartitionSnapshot`].
     Partition,
+    /// [`ColdEntry`].
+    Cold,
 }
 
 /// A snapshot file around `payload`: magic, format and checksum. Public for
@@ -133,6 +137,7 @@ pub fn framed(kind: SnapshotKind, payload: &[u8]) -> Vec<u8> {
     let magic = match kind {
         SnapshotKind::Shared => MAGIC,
         SnapshotKind::Partition => PARTITION_MAGIC,
+        SnapshotKind::Cold => COLD_MAGIC,
     };
     let mut bytes = Vec::with_capacity(HEADER + payload.len());
     bytes.extend_from_slice(magic);
@@ -193,6 +198,39 @@ impl PartitionSnapshot {
     }
 }
 
+/// One terminal's state as a cold store keeps it once the terminal has been
+/// silent past `limits.idle_terminal_days`, with the feature configuration
+/// it was learnt under (a state learnt under another is not used).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ColdEntry {
+    pub features: FeatureConfig,
+    pub terminal: Departed,
+}
+
+impl ColdEntry {
+    /// Writes through a temporary file renamed over `path`, without waiting
+    /// for the disk: a cold entry lost in a crash costs one terminal its
+    /// baselines, and a torn one fails its checksum.
+    pub fn save(&self, path: &Path) -> Result<u64, SnapshotError> {
+        write_replace(path, &self.to_bytes()?, false)
+    }
+
+    /// The bytes of the entry's file.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, SnapshotError> {
+        let payload = postcard::to_stdvec(self).map_err(|e| SnapshotError::Encode(e.to_string()))?;
+        Ok(framed(SnapshotKind::Cold, &payload))
+    }
+
+    pub fn load(path: &Path) -> Result<ColdEntry, SnapshotError> {
+        read(path, COLD_MAGIC)
+    }
+
+    /// Checks and decodes the bytes of a cold entry's file.
+    pub fn from_bytes(bytes: &[u8], name: &str) -> Result<ColdEntry, SnapshotError> {
+        decode(bytes, COLD_MAGIC, name)
+    }
+}
+
 /// Reads a snapshot file of the kind `magic` names.
 fn read<T: DeserializeOwned>(path: &Path, magic: &[u8; 6]) -> Result<T, SnapshotError> {
     let p = path.display().to_string();
@@ -209,6 +247,12 @@ fn decode<T: DeserializeOwned>(bytes: &[u8], magic: &[u8; 6], name: &str) -> Res
 
 /// Writes `bytes` atomically: a temporary file, synced, renamed over `path`.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<u64, SnapshotError> {
+    write_replace(path, bytes, true)
+}
+
+/// Writes `bytes` to a temporary file renamed over `path`, synced to disk
+/// with `sync`.
+fn write_replace(path: &Path, bytes: &[u8], sync: bool) -> Result<u64, SnapshotError> {
     let p = path.display().to_string();
     // Named per process: replicas sharing a state directory write
     // `shared.snap` at the same time.
@@ -218,9 +262,11 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<u64, SnapshotError> {
     let write = || -> std::io::Result<()> {
         let mut f = File::create(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
+        if sync {
+            f.sync_all()?;
+        }
         std::fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Some(dir) = path.parent().filter(|d| sync && !d.as_os_str().is_empty()) {
             File::open(dir)?.sync_all()?;
         }
         Ok(())

@@ -140,6 +140,8 @@ pub struct AlertMetrics {
     snapshot_success: Gauge,
     regions_cut_off: IntGauge,
     forgotten: IntCounterVec,
+    cold_terminals: IntGauge,
+    cold_store: IntCounterVec,
     refused: IntCounterVec,
     terminals_limit: IntGauge,
     delivery_failures: IntCounterVec,
@@ -425,9 +427,29 @@ impl AlertMetrics {
                         "termwatch_terminals_forgotten_total",
                         "Terminals whose state scoring let go: reason idle (silent for limits.idle_terminal_days) \
                          or capacity (the longest silent, to make room under limits.max_terminals). One that comes \
-                         back learns again from its cohort.",
+                         back learns again from its cohort, unless the cold store gives it back its state (idle, \
+                         with state.path).",
                     ),
                     &["reason"],
+                )?,
+            )?,
+            cold_terminals: register(
+                registry,
+                IntGauge::new(
+                    "termwatch_cold_terminals",
+                    "Terminals forgotten as idle whose state the cold store (state.path/cold) keeps for their return.",
+                )?,
+            )?,
+            cold_store: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "termwatch_cold_store_total",
+                        "What the cold store did: stored (an idle terminal's state), restored (given back when it \
+                         reported again), swept (the oldest deleted, to stay within limits.max_terminals), failed \
+                         (not written or not readable: that terminal comes back as new).",
+                    ),
+                    &["event"],
                 )?,
             )?,
             refused: register(
@@ -476,6 +498,9 @@ impl AlertMetrics {
             for reason in ["idle", "capacity"] {
                 m.forgotten.with_label_values(&[reason]);
             }
+            for event in ["stored", "restored", "swept", "failed"] {
+                m.cold_store.with_label_values(&[event]);
+            }
             for limit in ["terminals", "regions"] {
                 m.refused.with_label_values(&[limit]);
             }
@@ -519,6 +544,7 @@ impl AlertMetrics {
             now_ms: wall_ms(),
         };
         self.observe(&view);
+        self.export_cold(scorer);
     }
 
     /// [`AlertMetrics::update`] on an explicit view.
@@ -610,6 +636,19 @@ impl AlertMetrics {
             let _ = self.release_score.remove_label_values(&labels);
         }
         state.releases = now;
+    }
+
+    /// What the cold store holds and did (the store lives as long as the
+    /// process: its counts only grow).
+    fn export_cold(&self, scorer: &Scorer) {
+        let Some((stats, held)) = scorer.cold_store() else { return };
+        self.cold_terminals.set(held as i64);
+        for (event, now) in
+            [("stored", stats.stored), ("restored", stats.restored), ("swept", stats.swept), ("failed", stats.failed)]
+        {
+            let counter = self.cold_store.with_label_values(&[event]);
+            counter.inc_by(now.saturating_sub(counter.get()));
+        }
     }
 
     /// What the engine's limits forgot and refused.
@@ -764,7 +803,7 @@ mod tests {
     use termwatch_telemetry::alerts::Reason;
 
     /// Every metric family this module exports (a test checks each is emitted).
-    const METRIC_NAMES: [&str; 26] = [
+    const METRIC_NAMES: [&str; 28] = [
         "termwatch_alerts_firing",
         "termwatch_alert_events_total",
         "termwatch_region_network_score",
@@ -787,6 +826,8 @@ mod tests {
         "termwatch_state_snapshot_last_success_timestamp_seconds",
         "termwatch_regions_cut_off",
         "termwatch_terminals_forgotten_total",
+        "termwatch_cold_terminals",
+        "termwatch_cold_store_total",
         "termwatch_reports_refused_total",
         "termwatch_terminals_limit",
         "termwatch_alert_delivery_failures_total",

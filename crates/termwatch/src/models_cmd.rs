@@ -620,6 +620,9 @@ impl AlertSink {
     /// A snapshot that cannot be used is refused with a message that says
     /// why, and scoring starts cold.
     pub fn with_state(mut self, state: StateFile) -> AlertSink {
+        let mut cold = state.path.as_os_str().to_owned();
+        cold.push(".cold");
+        self.attach_cold_store(std::path::Path::new(&cold));
         if state.path.exists() {
             match self.scorer.restore_snapshot(&state.path) {
                 Ok(position) => eprintln!("state: restored {} (it covers {position})", state.path.display()),
@@ -637,6 +640,7 @@ impl AlertSink {
     /// be used is refused with a message naming it, and that part starts
     /// cold.
     pub fn with_state_dir(mut self, state: StateDir) -> AlertSink {
+        self.attach_cold_store(&state.dir.join("cold"));
         let shared = state.shared_path();
         if shared.exists() {
             match self.scorer.restore_snapshot(&shared) {
@@ -648,6 +652,25 @@ impl AlertSink {
         }
         self.state_dir = Some(state);
         self
+    }
+
+    /// Keeps idle terminals' state in `dir` (as many as the terminals
+    /// held at most) and gives it back when they report again. A store that
+    /// cannot be opened is said, and terminals that come back start as new.
+    fn attach_cold_store(&mut self, dir: &std::path::Path) {
+        let engine = self.scorer.engine();
+        let (features, max) = (engine.config().clone(), engine.limits().max_terminals);
+        match termwatch_models::cold::ColdStore::open(dir, features, max) {
+            Ok(store) => {
+                if !store.is_empty() {
+                    eprintln!("state: {} idle terminals' state in {}", store.len(), dir.display());
+                }
+                self.scorer.set_cold_store(store);
+            }
+            Err(e) => {
+                eprintln!("state: cannot open the cold store {}: {e}; idle terminals come back as new", dir.display())
+            }
+        }
     }
 
     /// Loads a warm-up's snapshot (then deletes it): everything it learned,

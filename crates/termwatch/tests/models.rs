@@ -410,3 +410,48 @@ fn the_shipped_models_find_every_incident_of_a_foreign_fleet_within_a_false_aler
         assert!(after.is_some_and(|ms| (0..=3_600_000).contains(&ms)), "{}: resolved {after:?} ms after", l.entity);
     }
 }
+
+/// `replay --state FILE` keeps the state of terminals forgotten as idle in
+/// `FILE.cold`, and the next run finds it there.
+#[test]
+fn a_terminal_forgotten_as_idle_is_kept_beside_the_snapshot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let mut lines =
+        vec![r#"{"terminal_id":"T-quiet","ts":"2026-11-01T10:00:00Z","region":"r1","supply_v_mean":11.9}"#.to_string()];
+    // T-on reports fifteen days later (past the idle time of 14), often
+    // enough for event time to move on.
+    for k in 0..24 {
+        lines.push(format!(
+            r#"{{"terminal_id":"T-on","ts":"2026-11-16T{:02}:{:02}:00Z","region":"r1","supply_v_mean":12.0}}"#,
+            10 + k / 12,
+            (k % 12) * 5
+        ));
+    }
+    std::fs::write(d.join("h.ndjson"), lines.join("\n") + "\n").expect("write");
+    let state = d.join("s.snap");
+    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/default/model.json");
+    let replay = || {
+        termwatch(&[
+            "replay",
+            "--models",
+            s(&models),
+            "--input",
+            s(&d.join("h.ndjson")),
+            "--dead-letter",
+            s(&d.join("dead.ndjson")),
+            "--alerts",
+            s(&d.join("alerts.ndjson")),
+            "--state",
+            s(&state),
+            "--batch-rows",
+            "1",
+        ])
+    };
+    replay();
+    let kept: Vec<_> = std::fs::read_dir(d.join("s.snap.cold")).expect("the cold store").collect();
+    assert_eq!(kept.len(), 1, "T-quiet's state");
+    let again = replay();
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(stderr.contains("state: 1 idle terminals' state in"), "{stderr}");
+}
