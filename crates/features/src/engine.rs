@@ -919,6 +919,58 @@ impl FeatureEngine {
         SourceProgress { idle: false, ..progress }
     }
 
+    /// Checks what a decoded snapshot cannot promise by its checksum alone:
+    /// that every index points at something held, and that every open
+    /// window of a terminal will close for it. A state that fails is refused
+    /// (an out-of-range index would be read as nothing, and a window left
+    /// out of `members` would keep its terminal from ever producing a row
+    /// again), with the first inconsistency found.
+    pub fn check(&self) -> Result<(), String> {
+        for (what, names) in [("site", &self.sites), ("region", &self.regions), ("cohort", &self.cohorts)] {
+            if names.index.len() != names.names.len()
+                || names.names.iter().enumerate().any(|(i, n)| names.index.get(n) != Some(&(i as u32)))
+            {
+                return Err(format!("the {what} names and their index disagree"));
+            }
+        }
+        let (sites, regions, cohorts) = (self.sites.names.len(), self.regions.names.len(), self.cohorts.names.len());
+        if self.site_regions.len() < sites || self.site_regions.iter().any(|r| *r as usize >= regions.max(1)) {
+            return Err("a site's region is not held".into());
+        }
+        if self.cohort_base.len() < cohorts || self.cohort_wear.len() < cohorts {
+            return Err(format!("{cohorts} cohorts but fewer baselines"));
+        }
+        if self.terminal_index.len() != self.terminals.len() {
+            return Err(format!("{} terminals but {} in the index", self.terminals.len(), self.terminal_index.len()));
+        }
+        let listed: std::collections::HashSet<(i64, u32)> =
+            self.members.iter().flat_map(|(w, ts)| ts.iter().map(move |t| (*w, *t))).collect();
+        for (i, t) in self.terminals.iter().enumerate() {
+            if self.terminal_index.get(&t.id) != Some(&(i as u32)) {
+                return Err(format!("terminal {:?} is not where the index says", t.id));
+            }
+            if t.site as usize >= sites || t.region as usize >= regions || t.cohort as usize >= cohorts {
+                return Err(format!("terminal {:?} names a site, region or cohort not held", t.id));
+            }
+            if t.open.windows(2).any(|w| w[0].window >= w[1].window) {
+                return Err(format!("terminal {:?} has its open windows out of order", t.id));
+            }
+            for acc in &t.open {
+                if !listed.contains(&(acc.window, i as u32)) || self.next_to_close.is_some_and(|next| acc.window < next)
+                {
+                    return Err(format!(
+                        "terminal {:?} has window {} open, which will not close for it",
+                        t.id, acc.window
+                    ));
+                }
+            }
+        }
+        if self.members.values().flatten().any(|t| *t as usize >= self.terminals.len()) {
+            return Err("an open window lists a terminal not held".into());
+        }
+        Ok(())
+    }
+
     /// Marks every terminal's reports up to its latest applied event time as
     /// applied: call after restoring a snapshot, so that records replayed
     /// from before it are skipped and counted rather than applied twice.
@@ -2114,6 +2166,34 @@ mod tests {
         let expected = crate::stats::poisson_surprise(10, 5.0 * RATE_FLOOR_PER_MINUTE);
         assert!(expected > 20.0, "{expected}");
         assert_eq!(per_terminal, [expected, expected]);
+    }
+
+    #[test]
+    fn check_refuses_indices_that_point_at_nothing_and_windows_that_would_never_close() {
+        let mut e = FeatureEngine::new(FeatureConfig::default());
+        e.process_batch(&batch(&[report("T-1", "S-1", T0 + MIN, 0.04), report("T-2", "S-2", T0 + 2 * MIN, 0.04)]));
+        assert_eq!(e.check(), Ok(()));
+        let mut bad = e.clone();
+        bad.terminals[0].site = 99;
+        assert!(bad.check().is_err_and(|e| e.contains("T-1")));
+        let mut bad = e.clone();
+        bad.members.clear();
+        assert!(bad.check().is_err_and(|e| e.contains("will not close")));
+        let mut bad = e.clone();
+        bad.next_to_close = Some(i64::MAX);
+        assert!(bad.check().is_err_and(|e| e.contains("will not close")));
+        let mut bad = e.clone();
+        bad.terminal_index.insert("T-1".into(), 1);
+        assert!(bad.check().is_err());
+        let mut bad = e.clone();
+        bad.cohort_base.clear();
+        assert!(bad.check().is_err());
+        let mut bad = e.clone();
+        bad.members.entry(T0 / (5 * MIN)).or_default().push(7);
+        assert!(bad.check().is_err_and(|e| e.contains("not held")));
+        let mut bad = e.clone();
+        bad.sites.index.clear();
+        assert!(bad.check().is_err_and(|e| e.contains("site names")));
     }
 
     #[test]

@@ -174,8 +174,11 @@ proptest! {
             for i in ended {
                 rows.extend(e.end_of_source(&names[i]));
             }
+            // What a snapshot taken now would hold passes its restore check.
+            prop_assert_eq!(e.check(), Ok(()));
         }
         rows.extend(e.finish());
+        prop_assert_eq!(e.check(), Ok(()));
         prop_assert_eq!(e.counters().late + e.counters().ahead, 0);
         let got = named(&e, &rows);
         let want = one_ordered_pass();

@@ -247,6 +247,7 @@ fn with_a_quiet_spell(idle_ms: i64, cold: bool) -> (Vec<String>, usize) {
         for d in e.take_departed() {
             store.insert(d.id().to_string(), d);
         }
+        assert_eq!(e.check(), Ok(()), "consistent after forgetting and taking back");
     }
     let closed = e.finish();
     simulated_rows(&e, &closed, &mut rows);

@@ -207,6 +207,7 @@ impl Scorer {
         if snap.engine.config() != &self.models.features {
             return Err(SnapshotError::Features { path: p });
         }
+        snap.engine.check().map_err(|cause| SnapshotError::Decode { path: p.clone(), cause })?;
         // The tracker is left unchanged when its part is refused.
         self.alerts.restore(snap.alerts).map_err(|e| SnapshotError::Decode { path: p, cause: e.to_string() })?;
         let limits = self.engine.limits();
