@@ -12,8 +12,8 @@ use std::path::Path;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use termwatch_pipeline::{NdjsonFile, SourceError};
 use termwatch_telemetry::alerts::{AlertEvent, AlertKind, AlertState, IncidentLabel, Scope, Severity, Verdict};
+use termwatch_telemetry::source::{NdjsonFile, SourceError};
 use termwatch_telemetry::time::{MS_PER_DAY, MS_PER_HOUR, format_rfc3339_ms, serde_rfc3339};
 use termwatch_telemetry::{Label, decode};
 use thiserror::Error;

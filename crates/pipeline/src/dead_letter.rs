@@ -10,16 +10,9 @@ use base64::Engine as _;
 use serde::Serialize;
 use termwatch_telemetry::{Problem, Rejection};
 
-use crate::error::SinkError;
+pub use termwatch_telemetry::source::Position;
 
-/// Where a record came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Position<'a> {
-    /// Line `line` (1-based) of a file, `offset` bytes into its decompressed content.
-    File { path: &'a str, line: u64, offset: u64 },
-    /// A Kafka message.
-    Kafka { topic: &'a str, partition: i32, offset: i64 },
-}
+use crate::error::SinkError;
 
 /// A rejected record on its way to the dead-letter output.
 #[derive(Debug, Clone, Copy)]

@@ -33,14 +33,4 @@ pub enum PipelineError {
     Stopped(String),
 }
 
-/// A source could not be read. Always names the file (or topic) and, where
-/// known, how far reading got.
-#[derive(Debug, Error)]
-pub enum SourceError {
-    #[error("cannot open input {path}: {cause}")]
-    Open { path: String, cause: std::io::Error },
-    #[error("input {path}: {what} after line {line} (byte {offset}{of}): {cause}",
-        what = if *.gzip { "corrupt or truncated gzip data" } else { "read failed" },
-        of = if *.gzip { " of the decompressed stream" } else { "" })]
-    Read { path: String, line: u64, offset: u64, gzip: bool, cause: std::io::Error },
-}
+pub use termwatch_telemetry::source::SourceError;

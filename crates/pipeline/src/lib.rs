@@ -12,7 +12,9 @@ pub mod metrics;
 pub mod partitions;
 pub mod pipeline;
 pub mod replay;
-pub mod source;
+/// The file source lives with the contract (so the evaluator reads history
+/// without the pipeline); re-exported where it always was.
+pub use termwatch_telemetry::source;
 
 pub use dead_letter::{CountOnlyDeadLetters, DeadLetter, DeadLetterSink, FileDeadLetters, MemoryDeadLetters, Position};
 pub use error::{PipelineError, SinkError, SourceError};

@@ -7,6 +7,7 @@ pub mod batch;
 pub mod decode;
 pub mod fields;
 mod flat;
+pub mod source;
 pub mod time;
 
 pub use batch::{BatchBuilder, telemetry_schema};

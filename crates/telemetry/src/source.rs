@@ -1,6 +1,8 @@
 //! The file source: NDJSON, plain or gzip, read line by line into a reused
 //! buffer. It yields raw bytes with their position; decoding is the
-//! pipeline's job, so a Kafka source can take this one's place.
+//! pipeline's job, so a Kafka source can take this one's place. Here, with
+//! the contract, so that what reads history files (the pipeline, the
+//! evaluator) shares one reader without depending on the pipeline.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
@@ -8,10 +10,28 @@ use std::path::Path;
 
 use flate2::read::MultiGzDecoder;
 
-use termwatch_telemetry::MAX_RECORD_BYTES;
+use crate::MAX_RECORD_BYTES;
 
-use crate::dead_letter::Position;
-use crate::error::SourceError;
+/// Where a record came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Position<'a> {
+    /// Line `line` (1-based) of a file, `offset` bytes into its decompressed content.
+    File { path: &'a str, line: u64, offset: u64 },
+    /// A Kafka message.
+    Kafka { topic: &'a str, partition: i32, offset: i64 },
+}
+
+/// A source could not be read. Always names the file (or topic) and, where
+/// known, how far reading got.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cannot open input {path}: {cause}")]
+    Open { path: String, cause: std::io::Error },
+    #[error("input {path}: {what} after line {line} (byte {offset}{of}): {cause}",
+        what = if *.gzip { "corrupt or truncated gzip data" } else { "read failed" },
+        of = if *.gzip { " of the decompressed stream" } else { "" })]
+    Read { path: String, line: u64, offset: u64, gzip: bool, cause: std::io::Error },
+}
 
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 const READ_BUFFER: usize = 256 * 1024;
