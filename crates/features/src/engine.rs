@@ -811,9 +811,18 @@ impl FeatureEngine {
         // read (their indices resolved) by now, and forgetting renumbers.
         self.forget_idle();
         if self.keep_departed {
-            let unknown = self.unknown_terminals(batch);
+            let mut unknown = self.unknown_terminals(batch);
             if !unknown.is_empty() {
-                let back = cold(unknown);
+                // Forgotten at this very sweep and reporting in this batch:
+                // the state just let go is the newest, not the store's.
+                let (mut back, kept): (Vec<Departed>, Vec<Departed>) = std::mem::take(&mut self.departed)
+                    .into_iter()
+                    .partition(|d| unknown.binary_search_by(|u| u.as_str().cmp(d.id())).is_ok());
+                self.departed = kept;
+                unknown.retain(|u| !back.iter().any(|d| d.id() == u));
+                if !unknown.is_empty() {
+                    back.extend(cold(unknown));
+                }
                 if !back.is_empty() {
                     self.welcome_back(back);
                 }
@@ -1024,11 +1033,35 @@ impl FeatureEngine {
     /// Takes back terminals forgotten as idle (as a per-partition snapshot's
     /// are taken, see [`FeatureEngine::import_terminals`]), with what their
     /// cohort had learnt when no terminal held here belongs to it any more.
-    /// Returns how many.
+    /// The limits hold as for new terminals: one that finds no room, or
+    /// whose region is past the cap, is not taken back (its report then
+    /// goes the way of a new terminal's). Returns how many were taken.
     pub fn welcome_back(&mut self, back: Vec<Departed>) -> usize {
-        let n = back.len();
-        let mut entries = Vec::with_capacity(n);
-        for d in back {
+        let mut taken = Vec::with_capacity(back.len());
+        for mut d in back {
+            if self.terminals.len() + taken.len() >= self.limits.max_terminals {
+                self.make_room();
+                if self.terminals.len() + taken.len() >= self.limits.max_terminals {
+                    break;
+                }
+            }
+            if !self.regions.index.contains_key(&d.state.region) {
+                if self.regions.names.len() >= self.limits.max_regions {
+                    continue;
+                }
+                self.regions.intern(&d.state.region);
+            }
+            // Every report up to its latest was applied to this state: as
+            // after a restore, one at or before it is not applied again (a
+            // store written after the snapshot this process started from
+            // holds such states).
+            let t = &mut d.state.state;
+            t.skip_until = t.skip_until.max(t.max_ts);
+            taken.push(d);
+        }
+        // After any room was made (which forgets cohorts no one holds).
+        let mut entries = Vec::with_capacity(taken.len());
+        for d in taken {
             if !self.cohorts.index.contains_key(&d.state.cohort) {
                 let c = self.cohorts.intern(&d.state.cohort) as usize;
                 if self.cohort_base.len() <= c {
@@ -1040,6 +1073,7 @@ impl FeatureEngine {
             }
             entries.push(d.state);
         }
+        let n = entries.len();
         self.import_terminals(TerminalStates { entries });
         n
     }

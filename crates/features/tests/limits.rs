@@ -313,3 +313,119 @@ fn a_terminal_alone_in_its_cohort_gets_its_cohorts_baseline_back_too() {
     let (forgot, _) = run(2 * 60 * MIN, false);
     assert_ne!(forgot, kept, "back as new, its cohort new too, it is judged otherwise");
 }
+
+fn varying(t: &str, ts: i64, k: i64) -> Vec<u8> {
+    let v = 12.0 + 0.02 * (k % 5) as f64;
+    format!(
+        r#"{{"terminal_id":"{t}","ts":{ts},"region":"r1","site_id":"S-{t}","model":"P1","firmware":"1","supply_v_mean":{v},"supply_v_min":{},"supply_v_max":{},"supply_v_std":0.03,"net_rtt_ms":40,"net_loss_pct":0.1}}"#,
+        v - 0.1,
+        v + 0.1
+    )
+    .into_bytes()
+}
+
+/// T-busy and T-on report every 5 minutes for six hours, one step a batch;
+/// T-x for the first hour, then from step `back_at`. Terminals are
+/// forgotten after `idle_ms`; with `cold`, kept and given back.
+fn x_returns(idle_ms: i64, back_at: i64, cold: bool) -> (Vec<String>, u64) {
+    let t0 = 1_795_514_400_000;
+    let mut e = FeatureEngine::new(FeatureConfig::default());
+    e.set_limits(Limits { idle_terminal_ms: idle_ms, ..Limits::default() });
+    e.keep_departed(cold);
+    let mut store: HashMap<String, Departed> = HashMap::new();
+    let mut rows = Vec::new();
+    for k in 0..72 {
+        let ts = t0 + k * 5 * MIN + 30_000;
+        let mut lines = vec![varying("T-busy", ts, k), varying("T-on", ts, k + 2)];
+        if k < 12 || k >= back_at {
+            lines.push(varying("T-x", ts, k + 1));
+        }
+        let b = batch(&lines);
+        let closed = e.process_from_cold(&b, &[(DEFAULT_SOURCE, b.num_rows())], |unknown| {
+            unknown.iter().filter_map(|id| store.remove(id)).collect()
+        });
+        simulated_rows(&e, &closed, &mut rows);
+        for d in e.take_departed() {
+            store.insert(d.id().to_string(), d);
+        }
+    }
+    let closed = e.finish();
+    simulated_rows(&e, &closed, &mut rows);
+    (rows, e.limit_counts().evicted_idle)
+}
+
+#[test]
+fn a_terminal_forgotten_at_the_sweep_of_the_batch_it_comes_back_in_keeps_its_state() {
+    // Idle terminals are looked for once an hour of event time; whichever
+    // batch T-x comes back in, it is the terminal that never left.
+    let mut forgotten = 0;
+    for back_at in 24..60 {
+        let (kept, _) = x_returns(Limits::default().idle_terminal_ms, back_at, false);
+        let (cold, evicted) = x_returns(60 * MIN, back_at, true);
+        forgotten += evicted;
+        assert_eq!(cold, kept, "back at step {back_at}");
+    }
+    assert!(forgotten > 0, "T-x was forgotten in some of the runs");
+}
+
+#[test]
+fn a_state_back_from_the_cold_store_does_not_take_its_own_reports_again() {
+    // The store may hold a state newer than the snapshot a process started
+    // from (the last one was killed after writing to the store): the
+    // reports it already holds are skipped, as after a restore.
+    let t0 = 1_795_514_400_000;
+    let history: Vec<Vec<Vec<u8>>> = (0..48)
+        .map(|k| {
+            let ts = t0 + k * 5 * MIN + 30_000;
+            let mut lines = vec![varying("T-busy", ts, k)];
+            if k < 12 {
+                lines.push(varying("T-x", ts, k));
+            }
+            lines
+        })
+        .collect();
+    let mut first = FeatureEngine::new(FeatureConfig::default());
+    first.set_limits(Limits { idle_terminal_ms: 60 * MIN, ..Limits::default() });
+    first.keep_departed(true);
+    let mut store: Vec<Departed> = Vec::new();
+    for lines in &history {
+        first.process_batch(&batch(lines));
+        store.extend(first.take_departed());
+    }
+    assert_eq!(store.len(), 1, "T-x went to the store");
+    // The same history again, from nothing, with that store.
+    let mut again = FeatureEngine::new(FeatureConfig::default());
+    again.keep_departed(true);
+    for lines in &history[..12] {
+        let b = batch(lines);
+        again.process_from_cold(&b, &[(DEFAULT_SOURCE, b.num_rows())], |_| std::mem::take(&mut store));
+    }
+    assert_eq!(again.counters().replayed, 12, "T-x's twelve reports were in its state already");
+}
+
+#[test]
+fn terminals_come_back_from_the_cold_store_only_within_the_limits() {
+    let t0 = 1_795_514_400_000;
+    let mut first = FeatureEngine::new(FeatureConfig::default());
+    first.set_limits(Limits { idle_terminal_ms: 60 * MIN, ..Limits::default() });
+    first.keep_departed(true);
+    let mut gone = Vec::new();
+    for k in 0..48 {
+        let ts = t0 + k * 5 * MIN + 30_000;
+        let mut lines = vec![varying("T-busy", ts, k)];
+        if k < 12 {
+            lines.push(varying("T-x", ts, k));
+        }
+        first.process_batch(&batch(&lines));
+        gone.extend(first.take_departed());
+    }
+    assert_eq!(gone.len(), 1);
+    // An engine holding two reporting terminals, its limit.
+    let mut full = FeatureEngine::new(FeatureConfig::default());
+    full.set_limits(Limits { max_terminals: 2, ..Limits::default() });
+    full.keep_departed(true);
+    full.process_batch(&batch(&[varying("T-a", t0, 0), varying("T-b", t0, 1)]));
+    assert_eq!(full.welcome_back(gone), 0, "no room: not taken back");
+    assert_eq!(full.held().terminals, 2);
+    assert_eq!(full.check(), Ok(()));
+}

@@ -49,20 +49,32 @@ fn key(id: &str) -> u64 {
     fnv1a(FNV_OFFSET, id.as_bytes())
 }
 
+/// Not written for an hour.
+fn stale(entry: &std::fs::DirEntry) -> bool {
+    let age = entry.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+    age.is_some_and(|a| a.as_secs() >= 3600)
+}
+
 impl ColdStore {
-    /// Opens (creating) the store in `dir` for states learnt under
-    /// `features`, holding at most `max_entries` terminals.
+    /// Opens the store in `dir` (made when the first terminal goes to it)
+    /// for states learnt under `features`, holding at most `max_entries`
+    /// terminals.
     pub fn open(dir: &Path, features: FeatureConfig, max_entries: usize) -> std::io::Result<ColdStore> {
-        std::fs::create_dir_all(dir)?;
         let mut present = HashSet::new();
-        for entry in std::fs::read_dir(dir)? {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries.collect::<Vec<_>>(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
             let entry = entry?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
             if let Some(k) = name.strip_suffix(SUFFIX).and_then(|hex| u64::from_str_radix(hex, 16).ok()) {
                 present.insert(k);
-            } else if name.ends_with(".tmp") {
-                // Left by a write the process died in.
+            } else if name.ends_with(".tmp") && stale(&entry) {
+                // Left by a write a process died in (a recent one may be
+                // another replica's, sharing the state directory).
                 let _ = std::fs::remove_file(entry.path());
             }
         }
@@ -93,6 +105,10 @@ impl ColdStore {
 
     /// Keeps the state of each terminal of `gone`, replacing what it had.
     pub fn put(&mut self, gone: Vec<Departed>) {
+        if self.present.is_empty() && std::fs::create_dir_all(&self.dir).is_err() {
+            self.stats.failed += gone.len() as u64;
+            return;
+        }
         for terminal in gone {
             let k = key(terminal.id());
             if !self.present.contains(&k) && self.present.len() >= self.max_entries {
@@ -258,7 +274,9 @@ mod tests {
     fn a_store_that_cannot_be_written_counts_and_goes_on() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut store = ColdStore::open(&dir.path().join("cold"), FeatureConfig::default(), 10).expect("open");
-        std::fs::remove_dir(dir.path().join("cold")).expect("the directory goes");
+        assert!(!dir.path().join("cold").exists(), "made only when needed");
+        // A file where its directory should be.
+        std::fs::write(dir.path().join("cold"), b"").expect("a file in the way");
         store.put(departed(2));
         assert_eq!((store.stats().failed, store.len()), (2, 0));
     }
