@@ -217,6 +217,28 @@ fn a_terminal_silent_past_the_idle_time_is_forgotten_and_comes_back_as_new() {
     assert_eq!(e.held().sites, 2);
 }
 
+/// A cold store as the scorer keeps one: what the engine lets go as idle,
+/// given back when the terminal reports again.
+#[derive(Default)]
+struct Cold {
+    kept: HashMap<String, Departed>,
+    came_back: usize,
+}
+
+impl Cold {
+    fn process(&mut self, e: &mut FeatureEngine, b: &RecordBatch) -> Vec<WindowRows> {
+        let closed = e.process_from_cold(b, &[(DEFAULT_SOURCE, b.num_rows())], |unknown| {
+            let back: Vec<Departed> = unknown.iter().filter_map(|id| self.kept.remove(id)).collect();
+            self.came_back += back.len();
+            back
+        });
+        for d in e.take_departed() {
+            self.kept.insert(d.id().to_string(), d);
+        }
+        closed
+    }
+}
+
 /// The simulated fleet with every tenth terminal (by id) silent from hour 8
 /// to hour 12, through an engine whose terminals are forgotten after
 /// `idle_ms` of silence, with or without a cold store (kept here as the
@@ -233,25 +255,17 @@ fn with_a_quiet_spell(idle_ms: i64, cold: bool) -> (Vec<String>, usize) {
     let mut e = FeatureEngine::new(FeatureConfig::default());
     e.set_limits(Limits { idle_terminal_ms: idle_ms, ..Limits::default() });
     e.keep_departed(cold);
-    let mut store: HashMap<String, Departed> = HashMap::new();
-    let (mut rows, mut came_back) = (Vec::new(), 0);
+    let (mut store, mut rows) = (Cold::default(), Vec::new());
     let lines: Vec<Vec<u8>> = sim.into_iter().filter(|(ts, l)| !quiet(l, *ts)).map(|(_, l)| l).collect();
     for chunk in lines.chunks(40) {
         let b = batch(chunk);
-        let closed = e.process_from_cold(&b, &[(DEFAULT_SOURCE, b.num_rows())], |unknown| {
-            let back: Vec<Departed> = unknown.iter().filter_map(|id| store.remove(id)).collect();
-            came_back += back.len();
-            back
-        });
+        let closed = store.process(&mut e, &b);
         simulated_rows(&e, &closed, &mut rows);
-        for d in e.take_departed() {
-            store.insert(d.id().to_string(), d);
-        }
         assert_eq!(e.check(), Ok(()), "consistent after forgetting and taking back");
     }
     let closed = e.finish();
     simulated_rows(&e, &closed, &mut rows);
-    (rows, came_back)
+    (rows, store.came_back)
 }
 
 #[test]
@@ -287,7 +301,7 @@ fn a_terminal_alone_in_its_cohort_gets_its_cohorts_baseline_back_too() {
         let mut e = FeatureEngine::new(FeatureConfig::default());
         e.set_limits(Limits { idle_terminal_ms: idle_ms, ..Limits::default() });
         e.keep_departed(cold);
-        let mut store: HashMap<String, Departed> = HashMap::new();
+        let mut store = Cold::default();
         let mut rows = Vec::new();
         for k in 0..7 * 12 {
             let ts = t0 + k * 5 * MIN + 30_000;
@@ -296,13 +310,8 @@ fn a_terminal_alone_in_its_cohort_gets_its_cohorts_baseline_back_too() {
                 lines.push(alone(ts, k));
             }
             let b = batch(&lines);
-            let closed = e.process_from_cold(&b, &[(DEFAULT_SOURCE, b.num_rows())], |unknown| {
-                unknown.iter().filter_map(|id| store.remove(id)).collect()
-            });
+            let closed = store.process(&mut e, &b);
             simulated_rows(&e, &closed, &mut rows);
-            for d in e.take_departed() {
-                store.insert(d.id().to_string(), d);
-            }
         }
         (rows, e.limit_counts().evicted_idle)
     };
@@ -332,7 +341,7 @@ fn x_returns(idle_ms: i64, back_at: i64, cold: bool) -> (Vec<String>, u64) {
     let mut e = FeatureEngine::new(FeatureConfig::default());
     e.set_limits(Limits { idle_terminal_ms: idle_ms, ..Limits::default() });
     e.keep_departed(cold);
-    let mut store: HashMap<String, Departed> = HashMap::new();
+    let mut store = Cold::default();
     let mut rows = Vec::new();
     for k in 0..72 {
         let ts = t0 + k * 5 * MIN + 30_000;
@@ -341,13 +350,8 @@ fn x_returns(idle_ms: i64, back_at: i64, cold: bool) -> (Vec<String>, u64) {
             lines.push(varying("T-x", ts, k + 1));
         }
         let b = batch(&lines);
-        let closed = e.process_from_cold(&b, &[(DEFAULT_SOURCE, b.num_rows())], |unknown| {
-            unknown.iter().filter_map(|id| store.remove(id)).collect()
-        });
+        let closed = store.process(&mut e, &b);
         simulated_rows(&e, &closed, &mut rows);
-        for d in e.take_departed() {
-            store.insert(d.id().to_string(), d);
-        }
     }
     let closed = e.finish();
     simulated_rows(&e, &closed, &mut rows);

@@ -425,6 +425,36 @@ fn count_remove(counts: &mut Counts, slot: usize, severity: Severity, region: &s
     }
 }
 
+/// The `resolved` event of an alert taken off `entry` without a window to
+/// say so (it went stale, or what it is about is gone): at `ts`, with its
+/// last score and no reasons. Windows of the entity up to `ts` are then
+/// ignored as out of order, so its events stay in time order.
+fn resolve_unscored(
+    slot: usize,
+    entity: &str,
+    entry: &mut Entry,
+    firing: Firing,
+    ts: i64,
+    counts: &mut Counts,
+) -> AlertEvent {
+    let (kind, scope) = slot_key(slot);
+    count_remove(counts, slot, firing.peak_severity, &entry.region);
+    entry.last_window_end_ms = ts;
+    entry.bad_run = 0;
+    AlertEvent {
+        ts,
+        kind,
+        scope,
+        entity: entity.to_string(),
+        region: entry.region.to_string(),
+        state: AlertState::Resolved,
+        severity: firing.severity,
+        score: firing.last_score,
+        model_version: firing.model_version.into_string(),
+        reasons: Vec::new(),
+    }
+}
+
 /// The alert state of every tracked `(kind, scope, entity)`. Built by
 /// [`AlertingConfig::build`]; fed by [`AlertTracker::observe`] once per
 /// closed window per scored entity, and by [`AlertTracker::expire`] as
@@ -491,7 +521,7 @@ impl AlertTracker {
         let mut next_expiry_ms = i64::MAX;
         let (counts, stats) = (&mut self.counts, &mut self.stats);
         for (slot, map) in self.entities.iter_mut().enumerate() {
-            let (kind, scope) = slot_key(slot);
+            let (kind, _) = slot_key(slot);
             let stale_after_ms = self.params[kind_index(kind)].stale_after_ms;
             map.retain(|entity, entry| {
                 let deadline = entry.last_window_end_ms.saturating_add(stale_after_ms);
@@ -503,22 +533,8 @@ impl AlertTracker {
                     stats.forgotten_entities += 1;
                     return false;
                 };
-                count_remove(counts, slot, firing.peak_severity, &entry.region);
                 stats.expired_alerts += 1;
-                events.push(AlertEvent {
-                    ts: now_event_ms,
-                    kind,
-                    scope,
-                    entity: entity.to_string(),
-                    region: entry.region.to_string(),
-                    state: AlertState::Resolved,
-                    severity: firing.severity,
-                    score: firing.last_score,
-                    model_version: firing.model_version.into_string(),
-                    reasons: Vec::new(),
-                });
-                entry.last_window_end_ms = now_event_ms;
-                entry.bad_run = 0;
+                events.push(resolve_unscored(slot, entity, entry, *firing, now_event_ms, counts));
                 next_expiry_ms = next_expiry_ms.min(now_event_ms.saturating_add(stale_after_ms));
                 true
             });
@@ -540,22 +556,8 @@ impl AlertTracker {
             return None;
         }
         let firing = entry.firing.take()?;
-        count_remove(&mut self.counts, slot, firing.peak_severity, &entry.region);
         self.stats.retired_alerts += 1;
-        entry.last_window_end_ms = window_end_ms;
-        entry.bad_run = 0;
-        Some(AlertEvent {
-            ts: window_end_ms,
-            kind,
-            scope,
-            entity: entity.to_string(),
-            region: entry.region.to_string(),
-            state: AlertState::Resolved,
-            severity: firing.severity,
-            score: firing.last_score,
-            model_version: firing.model_version.into_string(),
-            reasons: Vec::new(),
-        })
+        Some(resolve_unscored(slot, entity, entry, *firing, window_end_ms, &mut self.counts))
     }
 
     /// Every currently firing alert, in no particular order.
