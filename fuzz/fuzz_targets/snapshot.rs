@@ -15,7 +15,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use termwatch_features::{FeatureConfig, FeatureEngine};
-use termwatch_models::snapshot::{ColdEntry, PartitionSnapshot, Snapshot, SnapshotKind, framed};
+use termwatch_alerts::snapshot::{ColdEntry, PartitionSnapshot, Snapshot, SnapshotKind, framed};
 use termwatch_telemetry::{BatchBuilder, decode};
 
 /// 2026-11-24T10:00:00Z, near the reports below.

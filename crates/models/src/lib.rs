@@ -1,9 +1,10 @@
-//! termwatch's detectors and their evaluation.
+//! termwatch's detectors: the model artifact, the alert policy it was
+//! calibrated with, training and calibration, and evaluation against labels.
+//! Scoring in service, alert state and snapshots are the alert stage's
+//! (`termwatch-alerts`).
 
-pub mod alerting;
-pub mod cold;
+pub mod artifact;
 pub mod detector;
 pub mod eval;
-pub mod scoring;
-pub mod snapshot;
+pub mod policy;
 pub mod training;

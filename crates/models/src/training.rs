@@ -8,13 +8,9 @@ use serde::{Deserialize, Serialize};
 use termwatch_features::{FeatureConfig, FeatureEngine, WindowRows, names};
 use termwatch_telemetry::alerts::{AlertKind, IncidentLabel, Scope, Verdict};
 
-use crate::alerting::{AlertingConfig, Transition, hysteresis};
+use crate::artifact::{DetectorFigures, FORMAT, IncidentFigures, ModelSet, TrainingData, scored_at_site_scope};
 use crate::detector::{CRITICAL_OFF, Detector, DetectorError, is_critical};
-
-/// The artifact format; a model set of another format is refused.
-/// v2: `critical_threshold` is calibrated and fires an alert at once (v1's
-/// was a hand-set severity level), so a v1 artifact must be retrained.
-pub const FORMAT: &str = "termwatch-models-v2";
+use crate::policy::{AlertingConfig, Transition, hysteresis};
 
 /// Feature rows of a history, with entity names resolved, in window order.
 #[derive(Debug, Default, Clone)]
@@ -168,83 +164,6 @@ impl Default for TrainConfig {
     }
 }
 
-/// How one detector did on its training windows.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DetectorFigures {
-    pub kind: AlertKind,
-    pub scope: Scope,
-    pub positive_windows: usize,
-    pub negative_windows: usize,
-    pub excluded_windows: usize,
-    /// Healthy windows inside an analyst's not_incident label (part of
-    /// `negative_windows`, weighted in the fit).
-    #[serde(default)]
-    pub feedback_windows: usize,
-    /// Share of positive windows at or above the threshold.
-    pub window_recall: f64,
-    /// Share of negative windows below it.
-    pub window_specificity: f64,
-    /// False alerts per 1,000 terminal-days on the healthy training windows,
-    /// with the hysteresis of service and both tiers.
-    pub calibrated_false_alerts_per_1000_terminal_days: f64,
-    /// The part of those fired at once by one critical window.
-    pub calibrated_critical_false_alerts_per_1000_terminal_days: f64,
-    /// What calibration aimed at (None in artifacts from before it was
-    /// recorded).
-    #[serde(default)]
-    pub target_false_alerts_per_1000_terminal_days: Option<f64>,
-    /// What the two-tier policy does on the training incidents of this
-    /// kind and scope, against the `k` rule alone (same threshold).
-    pub incidents: IncidentFigures,
-}
-
-/// Training incidents of one detector, replayed through the alert policy.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct IncidentFigures {
-    /// Incident labels with at least one scored window of the entity.
-    pub incidents: usize,
-    /// Incidents the `k` rule alone detects (a firing event within the
-    /// incident, as the evaluator counts it).
-    pub k_only_detected: usize,
-    /// Median delay of those detections, ms.
-    pub k_only_median_delay_ms: Option<f64>,
-    /// Incidents the calibrated two-tier policy detects.
-    pub detected: usize,
-    /// Median delay of those detections, ms.
-    pub median_delay_ms: Option<f64>,
-    /// Incidents whose detecting alert was fired at once by a critical window.
-    pub first_caught_at_once: usize,
-}
-
-/// What a model set was trained on.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrainingData {
-    /// The inputs as given, with their sizes in bytes.
-    pub inputs: Vec<(String, u64)>,
-    /// FNV-1a 64 of every input's bytes, in order: equal data, equal fingerprint.
-    pub fingerprint: String,
-    pub labels: Option<String>,
-    pub first_window_end: String,
-    pub last_window_end: String,
-    pub terminal_days: u64,
-    pub incidents_by_kind: Vec<(AlertKind, usize)>,
-    pub not_incident_labels: usize,
-}
-
-/// The artifact: every detector, the feature configuration they need, the
-/// alerting hysteresis they were calibrated with, and what they were trained on.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelSet {
-    pub format: String,
-    pub version: String,
-    pub features: FeatureConfig,
-    pub alerting: AlertingConfig,
-    pub detectors: Vec<Detector>,
-    pub trained_on: TrainingData,
-    pub figures: Vec<DetectorFigures>,
-}
-
 /// The label state of one window: inside an incident, clear of every
 /// incident, inside a span an analyst marked not_incident (healthy, and
 /// surely so), or too close to an incident to say.
@@ -333,7 +252,7 @@ pub fn train(
         .site_voltage
         .iter()
         .map(|(t, site, _, f)| {
-            let truth = if !crate::scoring::scored_at_site_scope(f) {
+            let truth = if !scored_at_site_scope(f) {
                 Truth::Excluded
             } else {
                 index.truth(VoltageInstability, Scope::Site, site, *t, window, margin)

@@ -33,9 +33,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use arrow::record_batch::RecordBatch;
 use serde::Serialize;
+use termwatch_alerts::scoring::Scorer;
 use termwatch_features::FeatureEngine;
-use termwatch_models::scoring::Scorer;
-use termwatch_models::training::ModelSet;
+use termwatch_models::artifact::ModelSet;
 use termwatch_pipeline::{BatchConfig, BatchSink, MemoryDeadLetters, Pipeline, SinkError};
 use termwatch_telemetry::alerts::AlertEvent;
 
@@ -755,16 +755,17 @@ fn memory_section(table: &mut Table, sizes: &Sizes, models: &Path) -> anyhow::Re
 }
 
 fn scrape_section(table: &mut Table, terminals: u32) -> anyhow::Result<()> {
-    use crate::alert_metrics::{AlertMetrics, AlertView};
+    use termwatch_alerts::alerting::{AlertTracker, Scored};
+    use termwatch_alerts::metrics::{AlertMetrics, AlertView};
     use termwatch_features::FeatureConfig;
-    use termwatch_models::alerting::{AlertingConfig, Scored};
+    use termwatch_models::policy::AlertingConfig;
     use termwatch_telemetry::alerts::{AlertKind, Reason, Scope};
     use termwatch_telemetry::{BatchBuilder, Label, Telemetry};
     const REGIONS: u32 = 50;
     const T0: i64 = 1_790_000_000_000;
     const MIN5: i64 = 300_000;
     eprintln!("bench: building {terminals} tracked terminals for the scrape");
-    // As crates/termwatch/benches/alert_metrics.rs: one report per terminal,
+    // As crates/alerts/benches/alert_metrics.rs: one report per terminal,
     // voltage and aging state for every terminal, 5 % of them firing.
     let mut engine = FeatureEngine::new(FeatureConfig::default());
     let mut builder = BatchBuilder::with_capacity(8192);
@@ -784,7 +785,7 @@ fn scrape_section(table: &mut Table, terminals: u32) -> anyhow::Result<()> {
         }
     }
     engine.process_batch(&builder.finish()?);
-    let mut tracker = AlertingConfig::default().build()?;
+    let mut tracker = AlertTracker::new(&AlertingConfig::default())?;
     let reasons = vec![Reason { feature: "v_std_z".into(), value: 0.4, baseline: 0.01, baseline_version: None }];
     #[allow(clippy::too_many_arguments)]
     fn scored<'a>(
@@ -975,7 +976,7 @@ mod kafka {
     use rdkafka::config::ClientConfig;
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-    use termwatch_models::training::ModelSet;
+    use termwatch_models::artifact::ModelSet;
     use termwatch_pipeline::{
         BatchConfig, KafkaConfig, KafkaMetrics, KafkaSource, MemoryDeadLetters, Pipeline, PipelineMetrics,
     };

@@ -19,10 +19,10 @@ use termwatch_sim::{SimConfig, Simulator};
 use termwatch_telemetry::alerts::Scope;
 use termwatch_telemetry::time::format_rfc3339_ms;
 
-use crate::alert_metrics::AlertMetrics;
 use crate::config::{BatchSettings, Config, MetricsSettings};
 use crate::run::{Service, shutdown_signal};
 use crate::stream::{Produced, produce};
+use termwatch_alerts::metrics::AlertMetrics;
 
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
@@ -60,7 +60,7 @@ pub struct DemoArgs {
     #[arg(long, value_name = "FILE", default_value = crate::models_cmd::DEFAULT_MODELS)]
     models: std::path::PathBuf,
     /// Firing alerts exported one series each on /metrics, highest scores first; the rest are counted.
-    #[arg(long, default_value_t = crate::alert_metrics::DEFAULT_TOP_K)]
+    #[arg(long, default_value_t = termwatch_alerts::metrics::DEFAULT_TOP_K)]
     top_k: usize,
     /// Keep serving /metrics this many seconds after the stream is consumed.
     #[arg(long, default_value_t = 0, value_name = "SECONDS")]
@@ -187,11 +187,11 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let registry = prometheus::Registry::new();
     let alert_metrics =
         AlertMetrics::register_with_top_k(&registry, args.top_k).context("registering alert metrics")?;
-    match crate::models_cmd::AlertSink::with_metrics(
+    match termwatch_alerts::sink::AlertSink::with_metrics(
         &args.models,
         "standard output".into(),
         Box::new(std::io::stdout()),
-        crate::models_cmd::AlertFormat::Human,
+        termwatch_alerts::sink::AlertFormat::Human,
         Some(alert_metrics),
     ) {
         Ok(alerts) => {

@@ -1,7 +1,5 @@
 //! termwatch: watches a fleet of payment terminals through their telemetry.
 
-mod alert_metrics;
-mod alert_topic;
 mod bench;
 mod demo;
 mod eval_cmd;
@@ -144,11 +142,11 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     }
     let mut sinks: Vec<Box<dyn termwatch_pipeline::BatchSink>> = Vec::new();
     if let Some(alerts) = &args.alerts {
-        let mut sink = models_cmd::AlertSink::file(&args.models, alerts)?;
+        let mut sink = termwatch_alerts::sink::AlertSink::file(&args.models, alerts)?;
         if let Some(state) = &args.state {
             let inputs: Vec<String> = args.inputs.iter().map(|p| p.display().to_string()).collect();
             let position = format!("the end of {}", inputs.join(", "));
-            sink = sink.with_state(models_cmd::StateFile::new(state.clone(), Duration::MAX, position));
+            sink = sink.with_state(termwatch_alerts::sink::StateFile::new(state.clone(), Duration::MAX, position));
         }
         sinks.push(Box::new(sink));
     }

@@ -10,10 +10,10 @@ use prometheus::Registry;
 use termwatch_pipeline::{BatchSink, KafkaDeadLetters, KafkaMetrics, KafkaSource, Pipeline, PipelineMetrics, Stats};
 use tracing::info;
 
-use crate::alert_metrics::AlertMetrics;
 use crate::config::Config;
-use crate::models_cmd::{AlertFormat, AlertSink};
 use crate::serve::{self, Endpoints};
+use termwatch_alerts::metrics::AlertMetrics;
+use termwatch_alerts::sink::{AlertFormat, AlertSink};
 
 /// A running service's handles, for `run` and for the demo.
 pub struct Service {
@@ -141,12 +141,12 @@ fn scoring_sinks(
     let sink = match &config.kafka.alerts_topic {
         Some(topic) => {
             info!(topic = %topic, "alert events also go to Kafka");
-            sink.with_topic(crate::alert_topic::AlertTopic::new(&config.kafka, topic)?)
+            sink.with_topic(termwatch_alerts::topic::AlertTopic::new(&config.kafka, topic)?)
         }
         None => sink,
     };
     let sink = match &config.state.path {
-        Some(path) => sink.with_state_dir(crate::models_cmd::StateDir::new(
+        Some(path) => sink.with_state_dir(termwatch_alerts::sink::StateDir::new(
             path.clone(),
             std::time::Duration::from_secs_f64(config.state.interval_s),
             format!("group {} on {}", config.kafka.group_id, config.kafka.topics.join(",")),
@@ -188,7 +188,7 @@ fn warm_up_from(
         None,
     )?
     .with_limits(config.limits.limits())
-    .with_state(crate::models_cmd::StateFile::new(state.clone(), std::time::Duration::MAX, position));
+    .with_state(termwatch_alerts::sink::StateFile::new(state.clone(), std::time::Duration::MAX, position));
     // Rejects go to the dead-letter topic as they come, named by file and
     // line (headers termwatch.source.file and termwatch.source.line), like
     // the live stream's: nothing is held until the end.

@@ -15,7 +15,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use termwatch_models::snapshot::{PartitionSnapshot, Snapshot};
+use termwatch_alerts::snapshot::{PartitionSnapshot, Snapshot};
 
 const TERMINALS: usize = 20;
 const MINUTES: usize = 240;

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use termwatch_features::{Departed, FeatureConfig};
 
 use crate::snapshot::ColdEntry;
-use crate::training::{FNV_OFFSET, fnv1a};
+use termwatch_models::training::{FNV_OFFSET, fnv1a};
 
 /// What a cold store did since it was opened (process counters for metrics).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

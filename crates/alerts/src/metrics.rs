@@ -20,12 +20,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::alerting::{AlertTracker, FiringAlert};
+use crate::scoring::{ReleaseHealth, Scorer};
 use prometheus::{
     Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 use termwatch_features::FeatureEngine;
-use termwatch_models::alerting::{AlertTracker, FiringAlert};
-use termwatch_models::scoring::{ReleaseHealth, Scorer};
 use termwatch_telemetry::alerts::{AlertEvent, AlertKind, AlertState, Scope, Severity};
 
 /// Per-entity series exported unless told otherwise.
@@ -797,9 +797,10 @@ fn wall_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::alerting::Scored;
     use termwatch_features::FeatureConfig;
-    use termwatch_models::alerting::{AlertingConfig, Scored};
-    use termwatch_models::training::ModelSet;
+    use termwatch_models::artifact::ModelSet;
+    use termwatch_models::policy::AlertingConfig;
     use termwatch_telemetry::alerts::Reason;
 
     /// Every metric family this module exports (a test checks each is emitted).
@@ -860,7 +861,7 @@ mod tests {
     fn caps_entity_series_at_top_k_and_exports_the_cut_off() {
         let registry = Registry::new();
         let metrics = AlertMetrics::register(&registry).expect("register");
-        let mut tracker = AlertingConfig::default().build().expect("tracker");
+        let mut tracker = AlertTracker::new(&AlertingConfig::default()).expect("tracker");
         let ids: Vec<String> = (0..1000).map(|i| format!("T-{i:04}")).collect();
         for (n, id) in ids.iter().enumerate() {
             // Distinct scores: T-0999 scores highest.
@@ -892,7 +893,7 @@ mod tests {
         assert!(total <= DEFAULT_TOP_K + 50, "{total} series");
 
         // Resolving alerts removes their series instead of leaving them stale.
-        let mut tracker = AlertingConfig::default().build().expect("tracker");
+        let mut tracker = AlertTracker::new(&AlertingConfig::default()).expect("tracker");
         tracker.observe(window("T-0001", 0, 0.9));
         tracker.observe(window("T-0001", 1, 0.9));
         let view = AlertView { alerts: &tracker, ..view };
@@ -923,7 +924,7 @@ mod tests {
     fn top_k_of_zero_exports_only_the_count() {
         let registry = Registry::new();
         let metrics = AlertMetrics::register_with_top_k(&registry, 0).expect("register");
-        let mut tracker = AlertingConfig::default().build().expect("tracker");
+        let mut tracker = AlertTracker::new(&AlertingConfig::default()).expect("tracker");
         tracker.observe(window("T-1", 0, 0.9));
         tracker.observe(window("T-1", 1, 0.9));
         let engine = FeatureEngine::new(FeatureConfig::default());
@@ -949,7 +950,7 @@ mod tests {
         use termwatch_telemetry::{BatchBuilder, decode};
         let registry = Registry::new();
         let metrics = AlertMetrics::register_with_caps(&registry, 200, 3).expect("register");
-        let tracker = AlertingConfig::default().build().expect("tracker");
+        let tracker = AlertTracker::new(&AlertingConfig::default()).expect("tracker");
         let mut engine = FeatureEngine::new(FeatureConfig::default());
         let mut builder = BatchBuilder::with_capacity(64);
         for k in 0..4 {
@@ -986,7 +987,7 @@ mod tests {
     fn release_health_exports_the_top_versions_and_drops_those_that_leave() {
         let registry = Registry::new();
         let metrics = AlertMetrics::register(&registry).expect("register");
-        let tracker = AlertingConfig::default().build().expect("tracker");
+        let tracker = AlertTracker::new(&AlertingConfig::default()).expect("tracker");
         let engine = FeatureEngine::new(FeatureConfig::default());
         let health = |i: usize, score: f64| ReleaseHealth {
             entity: format!("P200/{i}.0.0").into(),
@@ -1036,7 +1037,7 @@ mod tests {
         use termwatch_telemetry::{BatchBuilder, decode};
         let registry = Registry::new();
         let metrics = AlertMetrics::register(&registry).expect("register");
-        let tracker = AlertingConfig::default().build().expect("tracker");
+        let tracker = AlertTracker::new(&AlertingConfig::default()).expect("tracker");
         let mut engine = FeatureEngine::new(FeatureConfig::default());
         engine.set_limits(Limits { max_terminals: 2, max_regions: 1, ..Limits::default() });
         let mut builder = BatchBuilder::with_capacity(8);

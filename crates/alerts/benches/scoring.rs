@@ -2,7 +2,7 @@
 //! simulated telemetry (built outside the timed loop) through the feature
 //! engine, the four detectors and alert state.
 //!
-//! cargo bench -p termwatch-models --bench scoring
+//! cargo bench -p termwatch-alerts --bench scoring
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -11,9 +11,9 @@ use std::path::Path;
 
 use arrow::record_batch::RecordBatch;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use termwatch_alerts::scoring::Scorer;
 use termwatch_features::{FeatureConfig, FeatureEngine};
-use termwatch_models::scoring::Scorer;
-use termwatch_models::training::ModelSet;
+use termwatch_models::artifact::ModelSet;
 use termwatch_sim::{SimConfig, Simulator};
 use termwatch_telemetry::{BatchBuilder, decode};
 

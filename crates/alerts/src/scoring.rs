@@ -5,105 +5,15 @@
 use std::path::Path;
 
 use arrow::record_batch::RecordBatch;
-use termwatch_features::{FeatureEngine, Limits, WindowRows, names};
+use termwatch_features::{FeatureEngine, Limits, WindowRows};
 use termwatch_telemetry::alerts::{AlertEvent, AlertKind, Scope};
 
-use crate::alerting::{AlertTracker, AlertingError, Scored};
+use termwatch_models::artifact::{DETECTORS, ModelError, ModelSet, scored_at_site_scope};
+
+use crate::alerting::{AlertTracker, Scored};
 use crate::cold::{ColdStats, ColdStore};
-use crate::detector::Detector;
 use crate::snapshot::{PartitionSnapshot, Snapshot, SnapshotError, SnapshotRef};
-use crate::training::{FORMAT, ModelSet};
-
-#[derive(Debug, thiserror::Error)]
-pub enum ModelError {
-    #[error("cannot read model artifact {path}: {cause}")]
-    Read { path: String, cause: std::io::Error },
-    #[error("model artifact {path} is not a termwatch model set: {cause}")]
-    Parse { path: String, cause: serde_json::Error },
-    #[error("model artifact {path} has format {found:?}; this termwatch reads {FORMAT:?}")]
-    Format { path: String, found: String },
-    #[error(
-        "model artifact {path}: detector {kind} {scope} was trained on features {found:?}, but this termwatch computes {expected:?}; retrain it"
-    )]
-    Features { path: String, kind: AlertKind, scope: Scope, found: Vec<String>, expected: Vec<String> },
-    #[error("model artifact {path}: features: {cause}")]
-    FeatureConfig { path: String, cause: String },
-    #[error("model artifact {path} has no {kind} {scope} detector")]
-    Missing { path: String, kind: AlertKind, scope: Scope },
-    #[error("model artifact {path}: alerting configuration: {0}", .cause)]
-    Alerting { path: String, cause: AlertingError },
-}
-
-/// The feature names each detector must have been trained on.
-fn expected(kind: AlertKind, scope: Scope) -> &'static [&'static str] {
-    match (kind, scope) {
-        (AlertKind::VoltageInstability, Scope::Site) => &names::SITE_VOLTAGE,
-        (AlertKind::VoltageInstability, _) => &names::TERMINAL_VOLTAGE,
-        (AlertKind::NetworkDegradation, _) => &names::NETWORK,
-        (AlertKind::HardwareAging, _) => &names::AGING,
-        (AlertKind::FirmwareRegression, _) => &names::FIRMWARE,
-    }
-}
-
-const DETECTORS: [(AlertKind, Scope); 5] = [
-    (AlertKind::VoltageInstability, Scope::Site),
-    (AlertKind::VoltageInstability, Scope::Terminal),
-    (AlertKind::NetworkDegradation, Scope::Region),
-    (AlertKind::HardwareAging, Scope::Terminal),
-    (AlertKind::FirmwareRegression, Scope::Cohort),
-];
-
-/// Detectors an artifact may lack: training leaves one out when its labels
-/// hold no incident of its kind (a fleet that never rolled out firmware
-/// under watch), and the service then scores nothing of that kind.
-const OPTIONAL: [(AlertKind, Scope); 1] = [(AlertKind::FirmwareRegression, Scope::Cohort)];
-
-impl ModelSet {
-    /// Loads an artifact, refusing one whose format or feature set does not
-    /// match what this build computes.
-    pub fn load(path: &Path) -> Result<ModelSet, ModelError> {
-        let p = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|cause| ModelError::Read { path: p.clone(), cause })?;
-        let set: ModelSet =
-            serde_json::from_str(&text).map_err(|cause| ModelError::Parse { path: p.clone(), cause })?;
-        set.check(&p)?;
-        Ok(set)
-    }
-
-    fn check(&self, path: &str) -> Result<(), ModelError> {
-        if self.format != FORMAT {
-            return Err(ModelError::Format { path: path.into(), found: self.format.clone() });
-        }
-        self.features.check().map_err(|cause| ModelError::FeatureConfig { path: path.into(), cause })?;
-        for (kind, scope) in DETECTORS {
-            let Some(d) = self.detector(kind, scope) else {
-                if OPTIONAL.contains(&(kind, scope)) {
-                    continue;
-                }
-                return Err(ModelError::Missing { path: path.into(), kind, scope });
-            };
-            let want = expected(kind, scope);
-            if d.feature_names.iter().map(String::as_str).ne(want.iter().copied())
-                || d.means.len() != want.len()
-                || d.scales.len() != want.len()
-                || d.weights.len() != want.len()
-            {
-                return Err(ModelError::Features {
-                    path: path.into(),
-                    kind,
-                    scope,
-                    found: d.feature_names.clone(),
-                    expected: want.iter().map(|s| s.to_string()).collect(),
-                });
-            }
-        }
-        Ok(())
-    }
-
-    pub fn detector(&self, kind: AlertKind, scope: Scope) -> Option<&Detector> {
-        self.detectors.iter().find(|d| d.kind == kind && d.scope == scope)
-    }
-}
+use termwatch_models::detector::Detector;
 
 /// Features, detectors and alert state together: batches in, alert events out.
 pub struct Scorer {
@@ -145,8 +55,8 @@ const RELEASE_HEALTH_KEPT_MS: i64 = 86_400_000;
 
 impl Scorer {
     pub fn new(models: ModelSet) -> Result<Scorer, ModelError> {
-        let alerts =
-            models.alerting.build().map_err(|cause| ModelError::Alerting { path: models.version.clone(), cause })?;
+        let alerts = AlertTracker::new(&models.alerting)
+            .map_err(|cause| ModelError::Alerting { path: models.version.clone(), cause })?;
         let scores = DETECTORS.iter().map(|d| (*d, Vec::new())).collect();
         Ok(Scorer {
             engine: FeatureEngine::new(models.features.clone()),
@@ -508,13 +418,6 @@ impl Scorer {
         }
         events
     }
-}
-
-/// Whether a site's voltage row is scored at site scope: a one-terminal site
-/// is that terminal, and the terminal detector speaks for it. Training
-/// leaves the same rows out.
-pub(crate) fn scored_at_site_scope(features: &[f64]) -> bool {
-    features.get(names::SITE_TERMINALS_REPORTING).is_some_and(|n| *n >= 2.0)
 }
 
 #[allow(clippy::too_many_arguments)]

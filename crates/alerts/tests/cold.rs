@@ -6,10 +6,10 @@
 
 use std::path::Path;
 
+use termwatch_alerts::cold::ColdStore;
+use termwatch_alerts::scoring::Scorer;
 use termwatch_features::Limits;
-use termwatch_models::cold::ColdStore;
-use termwatch_models::scoring::Scorer;
-use termwatch_models::training::ModelSet;
+use termwatch_models::artifact::ModelSet;
 use termwatch_sim::{SimConfig, Simulator};
 use termwatch_telemetry::alerts::AlertEvent;
 use termwatch_telemetry::{BatchBuilder, decode};

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use termwatch_features::{Departed, FeatureConfig, FeatureEngine, SourceProgress, TerminalStates};
 
 use crate::alerting::AlertSnapshot;
-use crate::training::{FNV_OFFSET, fnv1a};
+use termwatch_models::training::{FNV_OFFSET, fnv1a};
 
 const MAGIC: &[u8; 6] = b"TWSNAP";
 /// A per-partition snapshot: same layout, its own magic, so one file is
@@ -305,10 +305,10 @@ mod tests {
     use termwatch_features::FeatureConfig;
 
     use super::*;
-    use crate::alerting::AlertingConfig;
+    use termwatch_models::policy::AlertingConfig;
 
     fn snapshot() -> Snapshot {
-        let alerts = AlertingConfig::default().build().expect("tracker").snapshot();
+        let alerts = crate::alerting::AlertTracker::new(&AlertingConfig::default()).expect("tracker").snapshot();
         Snapshot {
             model_version: "m-1".into(),
             engine: FeatureEngine::new(FeatureConfig::default()),

@@ -1,7 +1,7 @@
 //! Cardinality and scrape cost of /metrics with a million tracked terminals.
 //!
 //! ```sh
-//! cargo bench -p termwatch --bench alert_metrics
+//! cargo bench -p termwatch-alerts --bench alert_metrics
 //! ```
 //!
 //! Builds, outside the timed part: a feature engine holding 1,000,000
@@ -16,16 +16,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../src/alert_metrics.rs"]
-#[allow(dead_code, unused_imports)]
-mod alert_metrics;
-
 use std::time::Instant;
 
-use alert_metrics::{AlertMetrics, AlertView};
 use prometheus::{Encoder, Registry, TextEncoder};
+use termwatch_alerts::alerting::{AlertTracker, Scored};
+use termwatch_alerts::metrics::{AlertMetrics, AlertView};
 use termwatch_features::{FeatureConfig, FeatureEngine};
-use termwatch_models::alerting::{AlertingConfig, Scored};
+use termwatch_models::policy::AlertingConfig;
 use termwatch_pipeline::{KafkaMetrics, PipelineMetrics};
 use termwatch_telemetry::alerts::{AlertKind, Reason, Scope};
 use termwatch_telemetry::{BatchBuilder, Label, Telemetry};
@@ -62,7 +59,7 @@ fn main() {
     engine.process_batch(&builder.finish().unwrap());
     assert_eq!(engine.tracked_terminals(), TERMINALS as usize);
 
-    let mut tracker = AlertingConfig::default().build().unwrap();
+    let mut tracker = AlertTracker::new(&AlertingConfig::default()).unwrap();
     let reasons = vec![Reason { feature: "v_std_z".into(), value: 0.4, baseline: 0.01, baseline_version: None }];
     let scored = |kind, scope, entity: &'static str, region: &'static str, i: i64, bad: bool, score: f64| Scored {
         window_end_ms: T0 + i * MIN5,

@@ -1,0 +1,16 @@
+//! termwatch's alert stage: what runs in service after the feature engine.
+//! Each closed window is scored by its detector ([`scoring::Scorer`]), alert
+//! state with hysteresis turns scores into alert events ([`alerting`]), the
+//! state is snapshotted per Kafka partition and idle terminals are kept in a
+//! cold store ([`snapshot`], [`cold`]), and the events go out through the
+//! pipeline sink ([`sink::AlertSink`]) to files, the alerts topic
+//! ([`topic`]) and `/metrics` ([`metrics`]).
+
+pub mod alerting;
+pub mod cold;
+pub mod metrics;
+pub mod scoring;
+pub mod sink;
+pub mod snapshot;
+#[cfg(feature = "kafka")]
+pub mod topic;
