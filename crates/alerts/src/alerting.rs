@@ -283,7 +283,7 @@ fn resolve_unscored(
 }
 
 /// The alert state of every tracked `(kind, scope, entity)`. Built by
-/// [`AlertingConfig::build`]; fed by [`AlertTracker::observe`] once per
+/// [`AlertTracker::new`]; fed by [`AlertTracker::observe`] once per
 /// closed window per scored entity, and by [`AlertTracker::expire`] as
 /// event time advances.
 #[derive(Debug, Clone)]

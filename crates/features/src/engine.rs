@@ -7,8 +7,9 @@ use serde::{Deserialize, Serialize};
 use termwatch_telemetry::fields::DEFAULT_INTERVAL_S;
 use termwatch_telemetry::{Counter, Label, Measure};
 
+use crate::partial::{RegionPartial, RegionTerminal, RegionWindow, SitePartial};
 use crate::release::{self, Peers, ReleaseRow, Releases, TerminalRelease, WindowCounts};
-use crate::stats::{Ewma, Spread, median, poisson_surprise};
+use crate::stats::{Ewma, Spread, poisson_surprise};
 
 /// How features are computed. Part of a model artifact: a model is only
 /// valid with the configuration its features were computed with.
@@ -212,6 +213,12 @@ pub struct WindowRows {
     /// `MODEL/FIRMWARE` of the versions with a row in the last day that no
     /// terminal ran at the window's end: their rollback is done.
     pub firmware_retired: Vec<Box<str>>,
+    /// With [`FeatureEngine::emit_partials`]: what this engine's terminals
+    /// contribute to each site's and region's row, by `site_id` and region,
+    /// in name order (regions without a terminal with network baselines
+    /// left out), for a stage that merges those of several engines.
+    pub site_partials: Vec<(Box<str>, SitePartial)>,
+    pub region_partials: Vec<(Box<str>, RegionPartial)>,
 }
 
 /// Sums over one terminal's reports in one window. Most of a terminal's
@@ -513,6 +520,9 @@ pub struct FeatureEngine {
     keep_departed: bool,
     #[serde(skip)]
     departed: Vec<Departed>,
+    /// Whether closed windows also carry their site and region partials.
+    #[serde(skip)]
+    emit_partials: bool,
 }
 
 /// Reports a region's terminals sent, and of them dropped.
@@ -606,7 +616,16 @@ impl FeatureEngine {
             room_swept_at: None,
             keep_departed: false,
             departed: Vec::new(),
+            emit_partials: false,
         }
+    }
+
+    /// Closed windows also carry what this engine's terminals contribute to
+    /// each site's and region's features ([`WindowRows::site_partials`]):
+    /// merged with those of the engines holding a site's or region's other
+    /// terminals, they give its row as one engine holding all of them would.
+    pub fn emit_partials(&mut self, emit: bool) {
+        self.emit_partials = emit;
     }
 
     pub fn config(&self) -> &FeatureConfig {
@@ -705,6 +724,13 @@ impl FeatureEngine {
             }
         }
         if active { lowest } else { highest }
+    }
+
+    /// Every window ending at or before this has closed, epoch ms (None
+    /// before the first closed): what a stage merging this engine's
+    /// partials with other engines' may take as this engine's progress.
+    pub fn closed_through(&self) -> Option<i64> {
+        self.next_to_close.map(|w| w.saturating_mul(self.config.window_ms))
     }
 
     /// Per region: reports seen since this process started, and of them
@@ -1192,6 +1218,7 @@ impl FeatureEngine {
             room_swept_at: None,
             keep_departed: false,
             departed: Vec::new(),
+            emit_partials: self.emit_partials,
         };
         e.import_terminals(self.export_terminals(keep));
         e
@@ -1532,8 +1559,8 @@ impl FeatureEngine {
         let mut rows = WindowRows { end_ms, ..WindowRows::default() };
         let cfg = self.config.clone();
         let alpha = 1.0 / cfg.baseline_windows;
-        let mut site_acc: HashMap<u32, SiteAgg> = HashMap::new();
-        let mut region_acc: HashMap<u32, RegionAgg> = HashMap::new();
+        let mut site_acc: HashMap<u32, SitePartial> = HashMap::new();
+        let mut region_acc: HashMap<u32, RegionPartial> = HashMap::new();
         let mut peers: HashMap<u32, Peers> = HashMap::new();
         let mut probation: Vec<(u32, u32, WindowCounts, release::Judged)> = Vec::new();
         for t in members {
@@ -1554,7 +1581,6 @@ impl FeatureEngine {
             let minutes = f64::from(acc.minutes).max(1.0 / 60.0);
             let site = site_acc.entry(term.site).or_default();
             let region = region_acc.entry(term.region).or_default();
-            region.sites.entry(term.site).or_default();
 
             // Voltage, against the terminal's own level and spread or, while
             // young, its cohort's.
@@ -1605,11 +1631,7 @@ impl FeatureEngine {
                         b.reboots.update(f64::from(acc.reboots) / minutes, alpha);
                     }
                 }
-                site.voltage_n += 1;
-                site.unstable += u32::from(unstable);
-                for (top, f) in site.worst.iter_mut().zip([features[0], features[1], features[3], features[4]]) {
-                    top.push(f);
-                }
+                site.add_terminal(&features, unstable);
             }
 
             // Network, against the terminal's own level and spread once it has them.
@@ -1644,17 +1666,15 @@ impl FeatureEngine {
                     }
                 }
                 if warm {
-                    region.terminals += 1;
-                    region.degraded += u32::from(degraded);
-                    region.rtt_z.push(rtt_z);
-                    region.loss_z.push(loss_z);
-                    region.reconnects_sum += reconnects;
-                    region.timeouts_sum += timeouts;
-                    region.reconnects_max = region.reconnects_max.max(reconnects);
-                    region.timeouts_max = region.timeouts_max.max(timeouts);
-                    let s = region.sites.entry(term.site).or_default();
-                    s.0 += 1;
-                    s.1 += u32::from(degraded);
+                    region.add_terminal(RegionTerminal {
+                        terminal: term.id.clone(),
+                        site: self.sites.names.get(term.site as usize).cloned().unwrap_or_default(),
+                        degraded,
+                        rtt_z,
+                        loss_z,
+                        reconnects,
+                        timeouts,
+                    });
                 }
             }
 
@@ -1795,47 +1815,31 @@ impl FeatureEngine {
             }
         }
 
-        for (s, agg) in site_acc {
-            if agg.voltage_n == 0 {
-                continue;
-            }
-            let n = f64::from(agg.voltage_n);
-            let [std, drop, sags, reboots] = agg.worst.map(|t| t.second());
-            rows.site_voltage
-                .push(SiteVoltageRow { site: s, features: [std, drop, sags, f64::from(agg.unstable) / n, reboots, n] });
+        if self.emit_partials {
+            let (sites, regions) = (&self.sites, &self.regions);
+            let name = |n: &Names, i: u32| n.names.get(i as usize).cloned().unwrap_or_default();
+            rows.site_partials = site_acc.iter().map(|(s, p)| (name(sites, *s), p.clone())).collect();
+            rows.region_partials = region_acc
+                .iter()
+                .filter(|(_, p)| !p.terminals.is_empty())
+                .map(|(r, p)| (name(regions, *r), p.clone()))
+                .collect();
+            rows.site_partials.sort_by(|a, b| a.0.cmp(&b.0));
+            rows.region_partials.sort_by(|a, b| a.0.cmp(&b.0));
         }
-        for (r, mut agg) in region_acc {
-            if agg.terminals == 0 {
-                continue;
+        for (s, partial) in site_acc {
+            if let Some(features) = partial.features() {
+                rows.site_voltage.push(SiteVoltageRow { site: s, features });
             }
-            if agg.terminals < MIN_REGION_TERMINALS {
-                self.counters.thin_region_windows = self.counters.thin_region_windows.saturating_add(1);
-                continue;
+        }
+        for (r, mut partial) in region_acc {
+            match partial.features() {
+                RegionWindow::Empty => {}
+                RegionWindow::Thin => {
+                    self.counters.thin_region_windows = self.counters.thin_region_windows.saturating_add(1);
+                }
+                RegionWindow::Features(features) => rows.network.push(NetworkRow { region: r, features }),
             }
-            let n = f64::from(agg.terminals);
-            // Medians in standard errors: the median of n healthy z-scores
-            // has a standard deviation of about 1.2533 / sqrt(n), so a
-            // region of ten terminals and one of a hundred are judged on
-            // one scale (a small region's median wanders more).
-            let median_se = n.sqrt() / 1.2533;
-            // Without the largest contribution: a region's trouble is
-            // shared, and one terminal's burst of timeouts is that terminal's.
-            // (A region has at least MIN_REGION_TERMINALS here.)
-            let trimmed = |sum: f64, max: f64| (sum - max).max(0.0) / (n - 1.0).max(1.0);
-            let sites: Vec<&(u32, u32)> = agg.sites.values().filter(|s| s.0 > 0).collect();
-            let sites_degraded = sites.iter().filter(|s| 2 * s.1 > s.0).count() as f64;
-            rows.network.push(NetworkRow {
-                region: r,
-                features: [
-                    sites_degraded / (sites.len().max(1) as f64),
-                    f64::from(agg.degraded) / n,
-                    median(&mut agg.rtt_z).unwrap_or(0.0) * median_se,
-                    median(&mut agg.loss_z).unwrap_or(0.0) * median_se,
-                    trimmed(agg.reconnects_sum, agg.reconnects_max),
-                    trimmed(agg.timeouts_sum, agg.timeouts_max),
-                    n,
-                ],
-            });
         }
         // Rows in a fixed order, whatever the hash maps did or the order in
         // which entities were first seen: the training and serving paths
@@ -2028,59 +2032,6 @@ struct Cols<'a> {
     /// [`release::key`] of each dictionary value of `models` and `firmwares`.
     model_keys: Vec<u64>,
     firmware_keys: Vec<u64>,
-}
-
-#[derive(Default)]
-struct SiteAgg {
-    voltage_n: u32,
-    unstable: u32,
-    /// v_std_z, v_mean_drop_z, sag_surprise, reboot_surprise:
-    /// the site's two worst terminals of each.
-    worst: [TopTwo; 4],
-}
-
-/// The two largest values pushed. A site's mains reach every terminal at
-/// once and one failing power supply reaches one, so a site feature is its
-/// second-worst terminal's: one terminal alone cannot raise it.
-#[derive(Clone, Copy)]
-struct TopTwo([f64; 2]);
-
-impl Default for TopTwo {
-    fn default() -> Self {
-        TopTwo([f64::NEG_INFINITY; 2])
-    }
-}
-
-impl TopTwo {
-    fn push(&mut self, x: f64) {
-        if x > self.0[0] {
-            self.0 = [x, self.0[0]];
-        } else if x > self.0[1] {
-            self.0[1] = x;
-        }
-    }
-
-    /// The second largest; with one value pushed, that value (a one-terminal
-    /// site is that terminal, and its terminal detector speaks for it).
-    fn second(&self) -> f64 {
-        if self.0[1].is_finite() { self.0[1] } else { self.0[0] }
-    }
-}
-
-#[derive(Default)]
-struct RegionAgg {
-    terminals: u32,
-    degraded: u32,
-    /// Per terminal, in units of its own spread or rate.
-    rtt_z: Vec<f64>,
-    loss_z: Vec<f64>,
-    reconnects_sum: f64,
-    timeouts_sum: f64,
-    /// The largest terminal's share of those sums.
-    reconnects_max: f64,
-    timeouts_max: f64,
-    /// Per site: (terminals with network data, degraded).
-    sites: HashMap<u32, (u32, u32)>,
 }
 
 /// The items `used` marks, in order (an item past its end is dropped).

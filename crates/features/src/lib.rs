@@ -24,6 +24,7 @@
 //! nothing (switched off) has no row: gaps are absences, never zeros.
 
 mod engine;
+pub mod partial;
 mod release;
 mod stats;
 

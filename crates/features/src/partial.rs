@@ -1,0 +1,690 @@
+//! Site and region features of one window as *mergeable partials*: what a
+//! subset of a site's or a region's terminals contributes, such that the
+//! partials of any split of the terminals, merged in any order, give the
+//! features of all of them, bit for bit. One process builds one partial per
+//! entity from all its terminals and finalises it ([`FeatureEngine`]'s window
+//! close does exactly that); replicas that each hold some of the terminals
+//! can publish theirs and let one stage merge them (docs/two-stages.md).
+//!
+//! Exact because every merge is a count, a maximum or a multiset: a site
+//! keeps the two largest of each terminal feature (the second-worst rule),
+//! and a region keeps each terminal's contribution, which the final step
+//! orders by terminal id before taking medians and sums, so floating-point
+//! sums add up in the order one process adds them.
+//!
+//! [`FeatureEngine`]: crate::FeatureEngine
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::MIN_REGION_TERMINALS;
+use crate::stats::median;
+
+/// The two largest values pushed; `-inf` where fewer were.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TopTwo(pub [f64; 2]);
+
+impl Default for TopTwo {
+    fn default() -> Self {
+        TopTwo([f64::NEG_INFINITY; 2])
+    }
+}
+
+impl TopTwo {
+    pub fn push(&mut self, x: f64) {
+        // -0.0 and 0.0 compare equal, so which one a tie kept would depend
+        // on the order of the pushes: kept as 0.0, the result does not.
+        let x = x + 0.0;
+        if x > self.0[0] {
+            self.0 = [x, self.0[0]];
+        } else if x > self.0[1] {
+            self.0[1] = x;
+        }
+    }
+
+    /// The two largest of both: the two largest of the union.
+    pub fn merge(&mut self, other: &TopTwo) {
+        for x in other.0 {
+            self.push(x);
+        }
+    }
+
+    /// The second largest; with one value pushed, that value (a one-terminal
+    /// site is that terminal, and its terminal detector speaks for it).
+    pub fn second(&self) -> f64 {
+        if self.0[1].is_finite() { self.0[1] } else { self.0[0] }
+    }
+}
+
+/// What some of a site's terminals contribute to its voltage row in one
+/// window. A site's mains reach every terminal at once and one failing power
+/// supply reaches one, so a site feature is its second-worst terminal's.
+/// It keeps no terminal ids: merged partials must hold disjoint terminals
+/// (each terminal's reports are in one Kafka partition; a terminal counted
+/// by two sources in one window, as when the topic is repartitioned, counts
+/// twice at its site for that window).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SitePartial {
+    /// Terminals with a voltage reading in the window.
+    pub voltage_n: u32,
+    /// Of those, terminals whose window was out of their own line.
+    pub unstable: u32,
+    /// `v_std_z`, `v_mean_drop_z`, `sag_surprise`, `reboot_surprise`: the
+    /// two worst terminals of each.
+    pub worst: [TopTwo; 4],
+}
+
+impl SitePartial {
+    /// One terminal's window: its voltage features (in the order of
+    /// `names::TERMINAL_VOLTAGE`) and whether it was out of line.
+    pub fn add_terminal(&mut self, features: &[f64; 6], unstable: bool) {
+        self.voltage_n += 1;
+        self.unstable += u32::from(unstable);
+        for (top, f) in self.worst.iter_mut().zip([features[0], features[1], features[3], features[4]]) {
+            top.push(f);
+        }
+    }
+
+    pub fn merge(&mut self, other: &SitePartial) {
+        self.voltage_n = self.voltage_n.saturating_add(other.voltage_n);
+        self.unstable = self.unstable.saturating_add(other.unstable);
+        for (a, b) in self.worst.iter_mut().zip(&other.worst) {
+            a.merge(b);
+        }
+    }
+
+    /// The site's voltage features (`names::SITE_VOLTAGE`), or `None` when no
+    /// terminal had a voltage reading.
+    pub fn features(&self) -> Option<[f64; 6]> {
+        if self.voltage_n == 0 {
+            return None;
+        }
+        let n = f64::from(self.voltage_n);
+        let [std, drop, sags, reboots] = self.worst.map(|t| t.second());
+        Some([std, drop, sags, f64::from(self.unstable) / n, reboots, n])
+    }
+}
+
+/// One terminal's contribution to its region's network row: only terminals
+/// with network baselines of their own contribute.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegionTerminal {
+    /// The `terminal_id`: the order in which sums add up.
+    pub terminal: Box<str>,
+    /// The `site_id`: a region's share of degraded sites.
+    pub site: Box<str>,
+    /// Round trip or loss more than a few of its own deviations out.
+    pub degraded: bool,
+    pub rtt_z: f64,
+    pub loss_z: f64,
+    /// Surprise of its reconnects and timeouts at its own rates, nats.
+    pub reconnects: f64,
+    pub timeouts: f64,
+}
+
+/// What some of a region's terminals contribute to its network row in one
+/// window: each terminal's values, since a median needs them all and a sum
+/// must add up in one order to be the same however the terminals were split.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RegionPartial {
+    pub terminals: Vec<RegionTerminal>,
+}
+
+/// A region's network row for one window, or why there is none.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RegionWindow {
+    /// No terminal with a baseline reported network figures.
+    Empty,
+    /// Fewer than [`MIN_REGION_TERMINALS`] did: not scored (and counted):
+    /// a region asleep at night is not a region degrading.
+    Thin,
+    /// The features, in the order of `names::NETWORK`.
+    Features([f64; 7]),
+}
+
+impl RegionPartial {
+    pub fn add_terminal(&mut self, terminal: RegionTerminal) {
+        self.terminals.push(terminal);
+    }
+
+    /// Takes the other's terminals. A terminal present in both is kept
+    /// once, the same copy whichever was merged first: Kafka keys reports by
+    /// `terminal_id`, so a terminal is in one partition's partial unless the
+    /// topic was repartitioned during the window.
+    pub fn merge(&mut self, other: &RegionPartial) {
+        self.terminals.extend(other.terminals.iter().cloned());
+        self.settle();
+    }
+
+    /// In terminal-id order, each terminal once.
+    fn settle(&mut self) {
+        if !self.terminals.is_sorted_by(|a, b| a.terminal < b.terminal) {
+            // Copies of one terminal in a total order of their values, so
+            // the one kept does not depend on the order of the merges.
+            let key = |t: &RegionTerminal| {
+                (t.degraded, t.rtt_z.to_bits(), t.loss_z.to_bits(), t.reconnects.to_bits(), t.timeouts.to_bits())
+            };
+            self.terminals.sort_by(|a, b| a.terminal.cmp(&b.terminal).then_with(|| key(a).cmp(&key(b))));
+            self.terminals.dedup_by(|a, b| a.terminal == b.terminal);
+        }
+    }
+
+    /// The region's network features.
+    pub fn features(&mut self) -> RegionWindow {
+        self.settle();
+        let terminals = &self.terminals;
+        if terminals.is_empty() {
+            return RegionWindow::Empty;
+        }
+        if terminals.len() < MIN_REGION_TERMINALS as usize {
+            return RegionWindow::Thin;
+        }
+        let n = terminals.len() as f64;
+        let (mut reconnects_sum, mut timeouts_sum, mut reconnects_max, mut timeouts_max) = (0.0, 0.0, 0.0f64, 0.0f64);
+        let mut sites: HashMap<&str, (u32, u32)> = HashMap::new();
+        for t in terminals {
+            reconnects_sum += t.reconnects;
+            timeouts_sum += t.timeouts;
+            reconnects_max = reconnects_max.max(t.reconnects);
+            timeouts_max = timeouts_max.max(t.timeouts);
+            let s = sites.entry(&t.site).or_default();
+            s.0 += 1;
+            s.1 += u32::from(t.degraded);
+        }
+        let degraded = terminals.iter().filter(|t| t.degraded).count() as f64;
+        let mut rtt_z: Vec<f64> = terminals.iter().map(|t| t.rtt_z).collect();
+        let mut loss_z: Vec<f64> = terminals.iter().map(|t| t.loss_z).collect();
+        // Medians in standard errors: the median of n healthy z-scores
+        // has a standard deviation of about 1.2533 / sqrt(n), so a
+        // region of ten terminals and one of a hundred are judged on
+        // one scale (a small region's median wanders more).
+        let median_se = n.sqrt() / 1.2533;
+        // Without the largest contribution: a region's trouble is
+        // shared, and one terminal's burst of timeouts is that terminal's.
+        // (A region has at least MIN_REGION_TERMINALS here.)
+        let trimmed = |sum: f64, max: f64| (sum - max).max(0.0) / (n - 1.0).max(1.0);
+        let sites_degraded = sites.values().filter(|s| 2 * s.1 > s.0).count() as f64;
+        RegionWindow::Features([
+            sites_degraded / (sites.len().max(1) as f64),
+            degraded / n,
+            median(&mut rtt_z).unwrap_or(0.0) * median_se,
+            median(&mut loss_z).unwrap_or(0.0) * median_se,
+            trimmed(reconnects_sum, reconnects_max),
+            trimmed(timeouts_sum, timeouts_max),
+            n,
+        ])
+    }
+}
+
+/// What one stage-1 engine publishes for one of its closed windows: its
+/// source partition's partials, by `site_id` and region.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WindowPartials {
+    pub end_ms: i64,
+    pub sites: Vec<(Box<str>, SitePartial)>,
+    pub regions: Vec<(Box<str>, RegionPartial)>,
+}
+
+/// A window closed by the merging stage: every site's and region's row from
+/// the partials of all source partitions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MergedWindow {
+    pub end_ms: i64,
+    /// Site voltage features, by `site_id`, in name order.
+    pub sites: Vec<(Box<str>, [f64; 6])>,
+    /// Region network rows, by region, in name order.
+    pub regions: Vec<(Box<str>, RegionWindow)>,
+    /// Source partitions whose partials were not in when it closed (the
+    /// allowed lateness passed, or the open windows reached their bound).
+    pub missing: Vec<Box<str>>,
+}
+
+/// What the merging stage dropped or closed early, since it was built.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MergerCounts {
+    /// A (window, source) partial that was already merged: a stage-1
+    /// replica republishing after a restart. Ignored.
+    pub duplicate_partials: u64,
+    /// A partial for a window already closed. Dropped.
+    pub late_partials: u64,
+    /// Partials or progress from a source not assigned. Dropped.
+    pub unknown_source: u64,
+    /// Windows closed without every source's partials.
+    pub incomplete_windows: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+struct OpenWindow {
+    /// Sources whose partials are merged in.
+    from: std::collections::BTreeSet<Box<str>>,
+    sites: std::collections::BTreeMap<Box<str>, SitePartial>,
+    regions: std::collections::BTreeMap<Box<str>, RegionPartial>,
+}
+
+impl OpenWindow {
+    /// Merges a source's partials, unless that source's are in already.
+    fn take(&mut self, source: &str, window: &WindowPartials) -> bool {
+        if !self.from.insert(source.into()) {
+            return false;
+        }
+        for (s, p) in &window.sites {
+            self.sites.entry(s.clone()).or_default().merge(p);
+        }
+        for (r, p) in &window.regions {
+            self.regions.entry(r.clone()).or_default().merge(p);
+        }
+        true
+    }
+}
+
+/// The merging stage's windows: partials from every source partition of the
+/// telemetry topic, each window merged once every source has closed it (its
+/// progress is past the window's end) or once the newest source's progress
+/// is `allowed_lateness_ms` past it (a stuck partition must not hold every
+/// site and region; counted). A source with no terminal in a window
+/// publishes its progress alone, so an idle partition advances the merge.
+/// A (window, source) partial is taken once. A source publishes a window's
+/// partials before the progress that passes it: a partial for a window at
+/// or before its own source's progress is a replay (a restarted replica).
+/// Not yet kept in snapshots: a restarted merger starts empty.
+#[derive(Debug, Clone)]
+pub struct WindowMerger {
+    /// Every window ending at or before this, per source, has been
+    /// published by it.
+    progress: std::collections::BTreeMap<Box<str>, i64>,
+    /// Sources that have ended for now (a history read to its end): they
+    /// hold no window open and do not make others' windows overdue.
+    ended: std::collections::BTreeSet<Box<str>>,
+    open: std::collections::BTreeMap<i64, OpenWindow>,
+    /// Windows ending at or before this are closed.
+    closed_through: i64,
+    allowed_lateness_ms: i64,
+    max_open_windows: usize,
+    counts: MergerCounts,
+}
+
+impl WindowMerger {
+    /// Expects partials from `sources` (the telemetry topic's partitions).
+    pub fn new(sources: &[&str], allowed_lateness_ms: i64, max_open_windows: usize) -> WindowMerger {
+        WindowMerger {
+            progress: sources.iter().map(|s| (Box::from(*s), i64::MIN)).collect(),
+            ended: std::collections::BTreeSet::new(),
+            open: std::collections::BTreeMap::new(),
+            closed_through: i64::MIN,
+            allowed_lateness_ms: allowed_lateness_ms.max(0),
+            max_open_windows: max_open_windows.max(1),
+            counts: MergerCounts::default(),
+        }
+    }
+
+    pub fn counts(&self) -> MergerCounts {
+        self.counts
+    }
+
+    pub fn open_windows(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Takes a source's partials of one closed window. Returns the windows
+    /// that closes: the oldest, when a new window would pass the bound.
+    pub fn offer(&mut self, source: &str, window: WindowPartials) -> Vec<MergedWindow> {
+        let Some(&progress) = self.progress.get(source) else {
+            self.counts.unknown_source += 1;
+            return Vec::new();
+        };
+        if window.end_ms <= progress {
+            // Published before, by the protocol: a replay after a restart.
+            self.counts.duplicate_partials += 1;
+            return Vec::new();
+        }
+        if window.end_ms <= self.closed_through {
+            self.counts.late_partials += 1;
+            return Vec::new();
+        }
+        let is_new = !self.open.contains_key(&window.end_ms);
+        let oldest_kept = self.open.first_key_value().map(|(&o, _)| o);
+        let mut closed = Vec::new();
+        if is_new && self.open.len() >= self.max_open_windows && oldest_kept.is_some_and(|o| window.end_ms < o) {
+            // Older than every window the bound keeps open: it closes at
+            // once with what it has (its other sources' partials are late).
+            let mut w = OpenWindow::default();
+            w.take(source, &window);
+            closed.push(self.finish(window.end_ms, w));
+            return closed;
+        }
+        let open = self.open.entry(window.end_ms).or_default();
+        if !open.take(source, &window) {
+            self.counts.duplicate_partials += 1;
+            return closed;
+        }
+        while self.open.len() > self.max_open_windows {
+            if let Some((end, w)) = self.open.pop_first() {
+                closed.push(self.finish(end, w));
+            }
+        }
+        // Every source may be past it already, or long past it.
+        closed.extend(self.close_ready());
+        closed
+    }
+
+    /// A source has published every window ending at or before `through_ms`.
+    /// Returns the windows that closes, oldest first.
+    pub fn progress(&mut self, source: &str, through_ms: i64) -> Vec<MergedWindow> {
+        match self.progress.get_mut(source) {
+            // An ended source is back when it moves on, not on a repeat of
+            // where it was.
+            Some(p) if through_ms > *p => {
+                *p = through_ms;
+                self.ended.remove(source);
+            }
+            Some(_) => {}
+            None => {
+                self.counts.unknown_source += 1;
+                return Vec::new();
+            }
+        }
+        self.close_ready()
+    }
+
+    /// A source has published everything it has for now: it holds no window
+    /// open until it publishes progress again. Returns the windows that
+    /// closes.
+    pub fn end_of_source(&mut self, source: &str) -> Vec<MergedWindow> {
+        if !self.progress.contains_key(source) {
+            self.counts.unknown_source += 1;
+            return Vec::new();
+        }
+        self.ended.insert(source.into());
+        self.close_ready()
+    }
+
+    fn close_ready(&mut self) -> Vec<MergedWindow> {
+        let active = || self.progress.iter().filter(|(s, _)| !self.ended.contains(*s)).map(|(_, p)| *p);
+        // With every source ended, everything published can close.
+        let all = active().min().unwrap_or(i64::MAX);
+        let newest = active().max().unwrap_or(i64::MAX);
+        let mut closed = Vec::new();
+        while let Some((&end, _)) = self.open.first_key_value() {
+            let complete = end <= all;
+            let overdue = end.saturating_add(self.allowed_lateness_ms) <= newest;
+            if !(complete || overdue) {
+                break;
+            }
+            if let Some((end, w)) = self.open.pop_first() {
+                closed.push(self.finish(end, w));
+            }
+        }
+        // Windows no partial reached close too, with nothing in them (an
+        // ended source may publish again: only what every active source has
+        // passed is closed).
+        if all != i64::MAX {
+            self.closed_through = self.closed_through.max(all);
+        }
+        closed
+    }
+
+    fn finish(&mut self, end_ms: i64, w: OpenWindow) -> MergedWindow {
+        self.closed_through = self.closed_through.max(end_ms);
+        // A source past the window without a partial had no terminal in it,
+        // and so had one that ended.
+        let missing: Vec<Box<str>> = self
+            .progress
+            .iter()
+            .filter(|(s, p)| **p < end_ms && !w.from.contains(*s) && !self.ended.contains(*s))
+            .map(|(s, _)| s.clone())
+            .collect();
+        if !missing.is_empty() {
+            self.counts.incomplete_windows += 1;
+        }
+        MergedWindow {
+            end_ms,
+            sites: w.sites.into_iter().filter_map(|(s, p)| Some((s, p.features()?))).collect(),
+            regions: w.regions.into_iter().map(|(r, mut p)| (r, p.features())).collect(),
+            missing,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn bits<const N: usize>(f: [f64; N]) -> [u64; N] {
+        f.map(f64::to_bits)
+    }
+
+    fn region_bits(w: &mut RegionPartial) -> Option<[u64; 7]> {
+        match w.features() {
+            RegionWindow::Features(f) => Some(bits(f)),
+            _ => None,
+        }
+    }
+
+    /// Values of every magnitude, so that the order of a sum shows.
+    fn value() -> impl Strategy<Value = f64> {
+        prop_oneof![Just(0.0), Just(-0.0), -8.0..8.0f64, (-1e15..1e15f64), Just(1e-9), Just(f64::INFINITY)]
+    }
+
+    proptest! {
+        #[test]
+        fn any_split_merged_in_any_order_gives_the_rows_of_the_whole(
+            terminals in prop::collection::vec(
+                (0..6u8, any::<bool>(), value(), value(), value(), value(), prop::array::uniform6(value()), any::<bool>()),
+                0..40,
+            ),
+            parts in 1..5usize,
+            assignment in prop::collection::vec(0..5usize, 40),
+            order in Just(()).prop_perturb(|_, mut rng| rng.random::<u64>()),
+        ) {
+            let (mut whole_site, mut whole_region) = (SitePartial::default(), RegionPartial::default());
+            let mut site_parts = vec![SitePartial::default(); parts];
+            let mut region_parts = vec![RegionPartial::default(); parts];
+            // Terminal ids in order, as an engine adds them.
+            for (i, (site, degraded, rtt_z, loss_z, reconnects, timeouts, voltage, unstable)) in terminals.iter().enumerate() {
+                let t = RegionTerminal {
+                    terminal: format!("T-{i:03}").into(),
+                    site: format!("S-{site}").into(),
+                    degraded: *degraded,
+                    rtt_z: *rtt_z,
+                    loss_z: *loss_z,
+                    reconnects: *reconnects,
+                    timeouts: *timeouts,
+                };
+                let part = assignment[i] % parts;
+                whole_site.add_terminal(voltage, *unstable);
+                site_parts[part].add_terminal(voltage, *unstable);
+                whole_region.add_terminal(t.clone());
+                region_parts[part].add_terminal(t);
+            }
+            // Merged in an order of the seed's choosing.
+            let mut idx: Vec<usize> = (0..parts).collect();
+            idx.sort_by_key(|i| (order.rotate_left(*i as u32 * 7) ^ *i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let (mut site, mut region) = (SitePartial::default(), RegionPartial::default());
+            for i in idx {
+                site.merge(&site_parts[i]);
+                region.merge(&region_parts[i]);
+            }
+            prop_assert_eq!(site.features().map(bits), whole_site.features().map(bits));
+            prop_assert_eq!(region_bits(&mut region), region_bits(&mut whole_region));
+        }
+    }
+
+    #[test]
+    fn a_partial_merged_twice_counts_its_terminals_once() {
+        let t = |id: &str, rtt_z: f64| RegionTerminal {
+            terminal: id.into(),
+            site: "S".into(),
+            degraded: false,
+            rtt_z,
+            loss_z: 0.0,
+            reconnects: 1.0,
+            timeouts: 0.0,
+        };
+        let mut a = RegionPartial { terminals: vec![t("A", 1.0), t("B", 2.0), t("C", 3.0)] };
+        let copy = a.clone();
+        a.merge(&copy);
+        assert_eq!(a, copy);
+        assert!(matches!(a.features(), RegionWindow::Features(f) if f[6] == 3.0));
+        // Two copies of a terminal that differ (a repartitioned topic): the
+        // same one is kept whichever partial was merged first.
+        let (x, y) = (
+            RegionPartial { terminals: vec![t("A", 1.0), t("B", 2.0)] },
+            RegionPartial { terminals: vec![t("A", 7.0), t("C", 3.0)] },
+        );
+        let (mut xy, mut yx) = (x.clone(), y.clone());
+        xy.merge(&y);
+        yx.merge(&x);
+        assert_eq!(xy, yx);
+        assert_eq!(xy.features(), yx.features());
+        let mut thin = RegionPartial { terminals: vec![t("A", 1.0), t("B", 2.0)] };
+        assert_eq!(thin.features(), RegionWindow::Thin);
+        assert_eq!(RegionPartial::default().features(), RegionWindow::Empty);
+    }
+
+    fn site(v: f64) -> WindowPartials {
+        let mut p = SitePartial::default();
+        p.add_terminal(&[v, 0.0, 0.0, 0.0, 0.0, 0.0], false);
+        WindowPartials { end_ms: 0, sites: vec![("S".into(), p)], regions: Vec::new() }
+    }
+
+    fn at(end_ms: i64, mut w: WindowPartials) -> WindowPartials {
+        w.end_ms = end_ms;
+        w
+    }
+
+    #[test]
+    fn a_window_closes_once_every_source_is_past_it_whatever_the_order() {
+        let mut m = WindowMerger::new(&["a", "b"], 3_600_000, 100);
+        assert!(m.offer("a", at(300, site(1.0))).is_empty());
+        assert!(m.progress("a", 300).is_empty(), "b has not closed 300");
+        assert!(m.offer("b", at(300, site(2.0))).is_empty());
+        let closed = m.progress("b", 600);
+        assert_eq!(closed.len(), 1);
+        assert_eq!(closed[0].end_ms, 300);
+        assert_eq!(closed[0].sites[0].1[0], 1.0, "second-worst of 1 and 2");
+        assert!(closed[0].missing.is_empty());
+        // A source with nothing in a window only moves on: it holds nothing.
+        m.offer("a", at(600, site(3.0)));
+        let closed = m.progress("a", 600);
+        assert_eq!(closed.iter().map(|w| w.end_ms).collect::<Vec<_>>(), [600]);
+        assert!(closed[0].missing.is_empty(), "b was past 600 without a partial: it had no terminal there");
+        assert_eq!(m.counts(), MergerCounts::default());
+    }
+
+    #[test]
+    fn a_stuck_source_holds_windows_only_for_the_allowed_lateness_and_is_counted() {
+        let mut m = WindowMerger::new(&["a", "b"], 900, 100);
+        m.offer("a", at(300, site(1.0)));
+        assert!(m.progress("a", 900).is_empty());
+        let closed = m.progress("a", 1_200);
+        assert_eq!(closed.len(), 1, "300 + 900 reached by the newest source");
+        assert_eq!(closed[0].missing, vec![Box::<str>::from("b")]);
+        assert_eq!(m.counts().incomplete_windows, 1);
+        // b's partial, when it comes, is too late for a closed window.
+        m.offer("b", at(300, site(2.0)));
+        assert_eq!(m.counts().late_partials, 1);
+    }
+
+    #[test]
+    fn an_ended_source_holds_nothing_until_it_publishes_again() {
+        let mut m = WindowMerger::new(&["a", "b"], 3_600_000, 100);
+        m.offer("a", at(300, site(1.0)));
+        assert!(m.progress("a", 300).is_empty());
+        let closed = m.end_of_source("b");
+        assert_eq!(closed.len(), 1);
+        assert!(closed[0].missing.is_empty(), "b had nothing more");
+        assert_eq!(m.counts().incomplete_windows, 0);
+        // Back, b holds windows open again.
+        assert!(m.progress("b", 300).is_empty());
+        m.offer("a", at(600, site(1.0)));
+        assert!(m.progress("a", 600).is_empty(), "b is at 300");
+        assert_eq!(m.progress("b", 600).len(), 1);
+    }
+
+    #[test]
+    fn a_window_republished_after_its_source_moved_on_is_a_replay_not_lost_data() {
+        let mut m = WindowMerger::new(&["a"], 900, 100);
+        m.offer("a", at(300, site(1.0)));
+        assert_eq!(m.progress("a", 300).len(), 1);
+        // A restarted replica publishes 300 again.
+        assert!(m.offer("a", at(300, site(1.0))).is_empty());
+        assert_eq!(m.counts(), MergerCounts { duplicate_partials: 1, ..MergerCounts::default() });
+    }
+
+    #[test]
+    fn a_window_offered_when_it_can_close_closes_at_once() {
+        // Every source has ended.
+        let mut m = WindowMerger::new(&["a", "b"], 900, 100);
+        m.end_of_source("a");
+        m.end_of_source("b");
+        assert_eq!(m.offer("a", at(300, site(1.0))).len(), 1);
+        // The newest source is past it by the allowed lateness already.
+        let mut m = WindowMerger::new(&["a", "b"], 900, 100);
+        m.progress("a", 2_000);
+        let closed = m.offer("b", at(300, site(1.0)));
+        assert_eq!(closed.len(), 1);
+        assert!(closed[0].missing.is_empty(), "a passed 300 with no partial: it had no terminal there");
+        assert_eq!(m.open_windows(), 0);
+    }
+
+    #[test]
+    fn a_partial_published_again_is_taken_once_and_strangers_are_counted() {
+        let mut m = WindowMerger::new(&["a"], 900, 100);
+        m.offer("a", at(300, site(1.0)));
+        m.offer("a", at(300, site(9.0)));
+        m.offer("x", at(300, site(9.0)));
+        m.progress("x", 300);
+        let closed = m.progress("a", 300);
+        assert_eq!(closed[0].sites[0].1[0], 1.0);
+        assert_eq!(m.counts().duplicate_partials, 1);
+        assert_eq!(m.counts().unknown_source, 2);
+    }
+
+    #[test]
+    fn open_windows_are_bounded_and_the_oldest_closes_first() {
+        let mut m = WindowMerger::new(&["a", "b"], i64::MAX / 4, 3);
+        let mut closed = Vec::new();
+        for end in (1..=10).map(|i| i * 300) {
+            closed.extend(m.offer("a", at(end, site(1.0))));
+            assert!(m.open_windows() <= 3);
+        }
+        assert_eq!(closed.iter().map(|w| w.end_ms).collect::<Vec<_>>(), (1..=7).map(|i| i * 300).collect::<Vec<_>>());
+        assert!(closed.iter().all(|w| w.missing == [Box::<str>::from("b")]), "closed without b");
+        assert_eq!(m.counts().incomplete_windows, 7);
+        // Closed already: late.
+        m.offer("b", at(300, site(1.0)));
+        assert_eq!(m.counts().late_partials, 1);
+    }
+
+    #[test]
+    fn a_window_older_than_every_window_the_bound_keeps_closes_at_once_with_what_it_has() {
+        let mut m = WindowMerger::new(&["a", "b"], i64::MAX / 4, 2);
+        assert!(m.offer("a", at(900, site(1.0))).is_empty());
+        assert!(m.offer("a", at(1_200, site(1.0))).is_empty());
+        let closed = m.offer("b", at(600, site(5.0)));
+        assert_eq!(closed.len(), 1);
+        assert_eq!((closed[0].end_ms, closed[0].sites[0].1[0]), (600, 5.0));
+        assert_eq!(closed[0].missing, vec![Box::<str>::from("a")]);
+        assert_eq!(m.open_windows(), 2);
+    }
+
+    #[test]
+    fn the_second_worst_of_a_union_is_the_second_worst_of_the_parts_second_worsts() {
+        let mut a = TopTwo::default();
+        let mut b = TopTwo::default();
+        for x in [1.0, 5.0] {
+            a.push(x);
+        }
+        for x in [4.0, 2.0] {
+            b.push(x);
+        }
+        a.merge(&b);
+        assert_eq!(a.second(), 4.0);
+        let mut one = TopTwo::default();
+        one.push(3.0);
+        assert_eq!(one.second(), 3.0, "a one-terminal site is that terminal");
+    }
+}
