@@ -254,7 +254,7 @@ pub struct MergerCounts {
     pub incomplete_windows: u64,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct OpenWindow {
     /// Sources whose partials are merged in.
     from: std::collections::BTreeSet<Box<str>>,
@@ -287,8 +287,9 @@ impl OpenWindow {
 /// A (window, source) partial is taken once. A source publishes a window's
 /// partials before the progress that passes it: a partial for a window at
 /// or before its own source's progress is a replay (a restarted replica).
-/// Not yet kept in snapshots: a restarted merger starts empty.
-#[derive(Debug, Clone)]
+/// It serialises whole (what a stage snapshot keeps, besides the counts);
+/// [`WindowMerger::check`] a state read back before use.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WindowMerger {
     /// Every window ending at or before this, per source, has been
     /// published by it.
@@ -301,6 +302,8 @@ pub struct WindowMerger {
     closed_through: i64,
     allowed_lateness_ms: i64,
     max_open_windows: usize,
+    /// Process counters, for metrics: not part of the state.
+    #[serde(skip)]
     counts: MergerCounts,
 }
 
@@ -324,6 +327,30 @@ impl WindowMerger {
 
     pub fn open_windows(&self) -> usize {
         self.open.len()
+    }
+
+    /// Refuses a state read back from a snapshot that this code would never
+    /// have produced (a checksum cannot promise it): a bound or lateness out
+    /// of range, more open windows than the bound, an open window already
+    /// closed, or a source it does not know.
+    pub fn check(&self) -> Result<(), String> {
+        if self.max_open_windows == 0 || self.allowed_lateness_ms < 0 {
+            return Err(format!(
+                "bound {} and lateness {} ms: at least 1 and 0",
+                self.max_open_windows, self.allowed_lateness_ms
+            ));
+        }
+        if self.open.len() > self.max_open_windows {
+            return Err(format!("{} open windows, bound {}", self.open.len(), self.max_open_windows));
+        }
+        if let Some((&end, _)) = self.open.first_key_value().filter(|(end, _)| **end <= self.closed_through) {
+            return Err(format!("window ending {end} is open but windows through {} are closed", self.closed_through));
+        }
+        let mut named = self.ended.iter().chain(self.open.values().flat_map(|w| &w.from));
+        if let Some(s) = named.find(|s| !self.progress.contains_key(*s)) {
+            return Err(format!("source {s:?} is not one of the merger's"));
+        }
+        Ok(())
     }
 
     /// Takes a source's partials of one closed window. Returns the windows
@@ -628,6 +655,41 @@ mod tests {
         assert_eq!(closed.len(), 1);
         assert!(closed[0].missing.is_empty(), "a passed 300 with no partial: it had no terminal there");
         assert_eq!(m.open_windows(), 0);
+    }
+
+    #[test]
+    fn a_merger_read_back_from_a_snapshot_goes_on_as_if_never_stopped() {
+        let feed = |m: &mut WindowMerger, range: std::ops::Range<i64>| -> Vec<MergedWindow> {
+            let mut closed = Vec::new();
+            for i in range {
+                let end = i * 300;
+                closed.extend(m.offer("a", at(end, site(i as f64))));
+                closed.extend(m.progress("a", end));
+                closed.extend(m.offer("b", at(end - 300, site(-(i as f64)))));
+                closed.extend(m.progress("b", end - 300));
+            }
+            closed
+        };
+        let mut once = WindowMerger::new(&["a", "b"], 3_600, 8);
+        let all = feed(&mut once, 1..40);
+        let mut first = WindowMerger::new(&["a", "b"], 3_600, 8);
+        let mut closed = feed(&mut first, 1..20);
+        let bytes = postcard::to_stdvec(&first).expect("encode");
+        let mut second: WindowMerger = postcard::from_bytes(&bytes).expect("decode");
+        assert_eq!(second.check(), Ok(()));
+        assert!(second.open_windows() > 0, "the snapshot holds open windows");
+        closed.extend(feed(&mut second, 20..40));
+        assert_eq!(closed, all);
+
+        let mut bad = first.clone();
+        bad.max_open_windows = 0;
+        assert!(bad.check().is_err());
+        let mut bad = first.clone();
+        bad.closed_through = i64::MAX;
+        assert!(bad.check().unwrap_err().contains("is open"));
+        let mut bad = first.clone();
+        bad.ended.insert("z".into());
+        assert!(bad.check().unwrap_err().contains("\"z\""));
     }
 
     #[test]
