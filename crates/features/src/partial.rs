@@ -14,7 +14,7 @@
 //!
 //! [`FeatureEngine`]: crate::FeatureEngine
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -257,9 +257,9 @@ pub struct MergerCounts {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct OpenWindow {
     /// Sources whose partials are merged in.
-    from: std::collections::BTreeSet<Box<str>>,
-    sites: std::collections::BTreeMap<Box<str>, SitePartial>,
-    regions: std::collections::BTreeMap<Box<str>, RegionPartial>,
+    from: BTreeSet<Box<str>>,
+    sites: BTreeMap<Box<str>, SitePartial>,
+    regions: BTreeMap<Box<str>, RegionPartial>,
 }
 
 impl OpenWindow {
@@ -293,11 +293,11 @@ impl OpenWindow {
 pub struct WindowMerger {
     /// Every window ending at or before this, per source, has been
     /// published by it.
-    progress: std::collections::BTreeMap<Box<str>, i64>,
+    progress: BTreeMap<Box<str>, i64>,
     /// Sources that have ended for now (a history read to its end): they
     /// hold no window open and do not make others' windows overdue.
-    ended: std::collections::BTreeSet<Box<str>>,
-    open: std::collections::BTreeMap<i64, OpenWindow>,
+    ended: BTreeSet<Box<str>>,
+    open: BTreeMap<i64, OpenWindow>,
     /// Windows ending at or before this are closed.
     closed_through: i64,
     allowed_lateness_ms: i64,
@@ -312,8 +312,8 @@ impl WindowMerger {
     pub fn new(sources: &[&str], allowed_lateness_ms: i64, max_open_windows: usize) -> WindowMerger {
         WindowMerger {
             progress: sources.iter().map(|s| (Box::from(*s), i64::MIN)).collect(),
-            ended: std::collections::BTreeSet::new(),
-            open: std::collections::BTreeMap::new(),
+            ended: BTreeSet::new(),
+            open: BTreeMap::new(),
             closed_through: i64::MIN,
             allowed_lateness_ms: allowed_lateness_ms.max(0),
             max_open_windows: max_open_windows.max(1),
