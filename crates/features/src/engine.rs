@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use termwatch_telemetry::fields::DEFAULT_INTERVAL_S;
 use termwatch_telemetry::{Counter, Label, Measure};
 
-use crate::partial::{RegionPartial, RegionTerminal, RegionWindow, SitePartial};
+use crate::partial::{CohortLessons, Lesson, RegionPartial, RegionTerminal, RegionWindow, SitePartial, VoltageLesson};
 use crate::release::{self, Peers, ReleaseRow, Releases, TerminalRelease, WindowCounts};
 use crate::stats::{Ewma, Spread, poisson_surprise};
 
@@ -106,6 +106,11 @@ pub struct Counters {
     /// snapshot was taken, seen again after a restore: skipped, so that no
     /// report is applied twice.
     pub replayed: u64,
+    /// With shared cohorts: windows closed on this engine's own lessons
+    /// ([`FeatureEngine::close_alone`]: every engine's were not coming in
+    /// time). The rows of the windows after them may differ from one
+    /// engine's.
+    pub learnt_alone: u64,
 }
 
 /// Bounds on what the engine holds, whatever it is fed. Not part of a model
@@ -219,6 +224,9 @@ pub struct WindowRows {
     /// left out), for a stage that merges those of several engines.
     pub site_partials: Vec<(Box<str>, SitePartial)>,
     pub region_partials: Vec<(Box<str>, RegionPartial)>,
+    /// With [`FeatureEngine::share_cohorts`]: what the window taught the
+    /// cohorts, for the stage that merges every engine's.
+    pub cohort_lessons: CohortLessons,
 }
 
 /// Sums over one terminal's reports in one window. Most of a terminal's
@@ -285,6 +293,28 @@ struct Baseline {
     reconnects: Ewma,
     /// Timeouts per transaction.
     timeouts: Ewma,
+}
+
+impl Baseline {
+    /// Learns a quiet window's voltage: the one code path of a terminal's
+    /// baseline and of its cohort's.
+    fn learn_voltage(&mut self, v: &VoltageLesson, alpha: f64) {
+        self.v_std.learn(v.std_log, alpha, LOG_SD_FLOOR);
+        self.v_mean.learn(v.v_mean, alpha, V_SD_FLOOR);
+        self.v_range.learn(v.range_log, alpha, LOG_SD_FLOOR);
+        self.v_gap.learn(v.gap, alpha, V_SD_FLOOR);
+        self.sags.update(v.sags, alpha);
+        self.reboots.update(v.reboots, alpha);
+    }
+}
+
+/// What one terminal's window teaches its cohort (by index), applied once
+/// the window has closed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct CohortLesson {
+    terminal: u32,
+    cohort: u32,
+    lesson: Lesson,
 }
 
 /// A cohort's pooled wear: decayed (errors, attempts) over its terminals'
@@ -523,6 +553,17 @@ pub struct FeatureEngine {
     /// Whether closed windows also carry their site and region partials.
     #[serde(skip)]
     emit_partials: bool,
+    /// Whether cohorts learn only what [`FeatureEngine::learn_cohorts`]
+    /// gives (every engine's lessons merged), windows handing theirs out.
+    #[serde(skip)]
+    share_cohorts: bool,
+    /// With shared cohorts: every window up to this index has been learnt.
+    #[serde(skip)]
+    cohorts_learnt: Option<i64>,
+    /// With shared cohorts, [`FeatureEngine::finish`] was called: every
+    /// window may close, as learning allows, until the next report.
+    #[serde(skip)]
+    finishing: bool,
 }
 
 /// Reports a region's terminals sent, and of them dropped.
@@ -617,6 +658,9 @@ impl FeatureEngine {
             keep_departed: false,
             departed: Vec::new(),
             emit_partials: false,
+            share_cohorts: false,
+            cohorts_learnt: None,
+            finishing: false,
         }
     }
 
@@ -626,6 +670,76 @@ impl FeatureEngine {
     /// terminals, they give its row as one engine holding all of them would.
     pub fn emit_partials(&mut self, emit: bool) {
         self.emit_partials = emit;
+    }
+
+    /// Cohorts learn only what [`FeatureEngine::learn_cohorts`] gives, and
+    /// each closed window hands out what it taught them
+    /// ([`WindowRows::cohort_lessons`]): for engines holding a part of the
+    /// fleet each, whose lessons a stage merges and gives back to all of
+    /// them, so that each judges a young terminal against the cohort one
+    /// engine holding every terminal would have learnt. A window then
+    /// closes only once every window before it has been learnt.
+    pub fn share_cohorts(&mut self, share: bool) {
+        self.share_cohorts = share;
+    }
+
+    /// With shared cohorts: learns the merged lessons of closed windows
+    /// (by their end, epoch ms, oldest first), and that every window ending
+    /// at or before `through_ms` has been given (those with no lessons
+    /// too). A window this engine has learnt since it was built is skipped
+    /// (the point learnt is not in a snapshot yet: docs/two-stages.md).
+    /// Returns the windows that can then close. An engine that does not
+    /// share its cohorts has learnt its own and ignores the call.
+    pub fn learn_cohorts<'a>(
+        &mut self,
+        through_ms: i64,
+        windows: impl IntoIterator<Item = (i64, &'a CohortLessons)>,
+    ) -> Vec<WindowRows> {
+        if !self.share_cohorts {
+            return Vec::new();
+        }
+        let window_ms = self.config.window_ms;
+        let index = |end_ms: i64| end_ms.div_euclid(window_ms).saturating_sub(1);
+        for (end_ms, lessons) in windows {
+            let w = index(end_ms);
+            if end_ms > through_ms || self.cohorts_learnt.is_some_and(|learnt| w <= learnt) {
+                continue;
+            }
+            for (cohort, lesson) in lessons.iter() {
+                let c = self.cohorts.intern(cohort);
+                if self.cohort_base.len() <= c as usize {
+                    self.cohort_base.resize(c as usize + 1, Baseline::default());
+                    self.cohort_wear.resize(c as usize + 1, CohortWear::default());
+                }
+                self.learn_cohort(c, lesson);
+            }
+            self.cohorts_learnt = Some(w);
+        }
+        self.cohorts_learnt = self.cohorts_learnt.max(Some(index(through_ms)));
+        let mut closed = Vec::new();
+        self.close_ready(&mut closed);
+        closed
+    }
+
+    fn learn_cohort(&mut self, c: u32, lesson: &Lesson) {
+        let (alpha, long) = (1.0 / self.config.baseline_windows, 1.0 / self.config.aging_long_windows);
+        match *lesson {
+            Lesson::Voltage(ref v) => {
+                if let Some(b) = self.cohort_base.get_mut(c as usize) {
+                    b.learn_voltage(v, alpha);
+                }
+            }
+            Lesson::Reader { errors, attempts } => {
+                if let Some(wear) = self.cohort_wear.get_mut(c as usize) {
+                    decay_add(&mut wear.reader, errors, attempts, long);
+                }
+            }
+            Lesson::Printer { errors, attempts } => {
+                if let Some(wear) = self.cohort_wear.get_mut(c as usize) {
+                    decay_add(&mut wear.printer, errors, attempts, long);
+                }
+            }
+        }
     }
 
     pub fn config(&self) -> &FeatureConfig {
@@ -794,6 +908,18 @@ impl FeatureEngine {
         self.terminals.len()
     }
 
+    /// Windows with reports that have not closed yet.
+    pub fn open_windows(&self) -> usize {
+        self.members.len()
+    }
+
+    /// The end (epoch ms) of the oldest window with reports that has not
+    /// closed yet.
+    pub fn oldest_open_window_end(&self) -> Option<i64> {
+        let first = *self.members.keys().next()?;
+        Some(first.saturating_add(1).saturating_mul(self.config.window_ms))
+    }
+
     /// How many of each entity the engine holds state for.
     pub fn held(&self) -> Held {
         Held {
@@ -833,6 +959,7 @@ impl FeatureEngine {
         runs: &[(&str, usize)],
         cold: impl FnOnce(Vec<String>) -> Vec<Departed>,
     ) -> Vec<WindowRows> {
+        self.finishing = false;
         // Here, not as windows close: the rows returned last time have been
         // read (their indices resolved) by now, and forgetting renumbers.
         self.forget_idle();
@@ -1219,15 +1346,26 @@ impl FeatureEngine {
             keep_departed: false,
             departed: Vec::new(),
             emit_partials: self.emit_partials,
+            share_cohorts: self.share_cohorts,
+            cohorts_learnt: self.cohorts_learnt,
+            finishing: false,
         };
         e.import_terminals(self.export_terminals(keep));
         e
     }
 
     /// Closes every open window (end of a history), returning their rows.
-    /// Reports after this for a window it closed are late.
+    /// Reports after this for a window it closed are late. With shared
+    /// cohorts, only the windows whose cohorts have learnt every window
+    /// before them close now; the others as [`FeatureEngine::learn_cohorts`]
+    /// lets them, until the next report.
     pub fn finish(&mut self) -> Vec<WindowRows> {
         let mut out = Vec::new();
+        if self.share_cohorts {
+            self.finishing = true;
+            self.close_ready(&mut out);
+            return out;
+        }
         while let Some((&w, _)) = self.members.iter().next() {
             out.push(self.close(w));
             self.next_to_close = Some(w + 1);
@@ -1368,6 +1506,13 @@ impl FeatureEngine {
             if let Some(u) = cohorts.get_mut(t.cohort as usize) {
                 *u = true;
             }
+        }
+        if self.share_cohorts && cohorts.len() <= self.limits.max_terminals {
+            // Shared cohorts learn from every engine's terminals: one with
+            // none of its own here still learns, as it would in one engine
+            // holding them all, for a terminal of it that comes here. Held
+            // while there are no more of them than terminals allowed.
+            cohorts.fill(true);
         }
         let site_map = self.sites.retain(&sites);
         let cohort_map = self.cohorts.retain(&cohorts);
@@ -1530,8 +1675,32 @@ impl FeatureEngine {
     /// the same windows with the same reports: a report that per-report
     /// closing would have found closed is left behind by its own source.
     fn close_ready(&mut self, closed: &mut Vec<WindowRows>) {
-        let Some(watermark) = self.watermark() else { return };
-        let limit = (watermark.saturating_sub(self.config.lateness_ms)).div_euclid(self.config.window_ms);
+        let by_time = self
+            .watermark()
+            .map(|watermark| (watermark.saturating_sub(self.config.lateness_ms)).div_euclid(self.config.window_ms));
+        let mut limit = match (by_time, self.finishing) {
+            (Some(limit), false) => limit,
+            // At the end of a history every window held may close; with
+            // none held and nothing read, nothing moves (a limit taken from
+            // no time at all would leave every later report late).
+            (by_time, true) => match (self.members.keys().next_back(), by_time) {
+                (Some(last), by_time) => last.saturating_add(1).max(by_time.unwrap_or(i64::MIN)),
+                (None, Some(limit)) => limit,
+                (None, None) => return,
+            },
+            (None, false) => return,
+        };
+        if self.share_cohorts {
+            // A window closes once its cohorts have learnt every window
+            // before it. Before the first lessons this engine cannot know
+            // whether another has windows before its own: it closes none,
+            // its progress passing the windows it has no terminal in.
+            let gate = match self.cohorts_learnt {
+                Some(learnt) => learnt.saturating_add(2),
+                None => self.members.keys().next().copied().unwrap_or(limit),
+            };
+            limit = limit.min(gate);
+        }
         while let Some((&first, _)) = self.members.iter().next() {
             if first >= limit {
                 break;
@@ -1541,6 +1710,45 @@ impl FeatureEngine {
         if self.next_to_close.is_none_or(|next| next < limit) {
             self.next_to_close = Some(limit);
         }
+    }
+
+    /// With shared cohorts, when every engine's lessons will not come in
+    /// time (a partition or the merging stage stuck, or the windows held
+    /// open at their bound): closes the windows held that end at or before
+    /// `through_ms` and are due, each on this engine's own lessons,
+    /// counted in [`Counters::learnt_alone`]; the merged lessons of those
+    /// windows are then skipped. Returns them, and any window that lets
+    /// close.
+    pub fn close_alone(&mut self, through_ms: i64) -> Vec<WindowRows> {
+        let mut closed = Vec::new();
+        if !self.share_cohorts {
+            return closed;
+        }
+        let Some(due) = self.watermark().map(|w| w.saturating_sub(self.config.lateness_ms)) else {
+            return closed;
+        };
+        let last = through_ms.min(due).div_euclid(self.config.window_ms);
+        while let Some((&first, _)) = self.members.iter().next() {
+            if first >= last {
+                break;
+            }
+            let rows = self.close(first);
+            self.learn_alone(first, &rows.cohort_lessons);
+            closed.push(rows);
+        }
+        self.close_ready(&mut closed);
+        closed
+    }
+
+    /// Learns a window's own lessons without waiting for every engine's.
+    fn learn_alone(&mut self, w: i64, lessons: &CohortLessons) {
+        for (cohort, lesson) in lessons.iter() {
+            if let Some(&c) = self.cohorts.index.get(cohort) {
+                self.learn_cohort(c, lesson);
+            }
+        }
+        self.cohorts_learnt = self.cohorts_learnt.max(Some(w));
+        self.counters.learnt_alone = self.counters.learnt_alone.saturating_add(1);
     }
 
     fn close(&mut self, w: i64) -> WindowRows {
@@ -1563,6 +1771,7 @@ impl FeatureEngine {
         let mut region_acc: HashMap<u32, RegionPartial> = HashMap::new();
         let mut peers: HashMap<u32, Peers> = HashMap::new();
         let mut probation: Vec<(u32, u32, WindowCounts, release::Judged)> = Vec::new();
+        let mut lessons: Vec<CohortLesson> = Vec::new();
         for t in members {
             let Some(term) = self.terminals.get_mut(t as usize) else { continue };
             // Every earlier window has closed, so this one is the oldest open.
@@ -1577,7 +1786,12 @@ impl FeatureEngine {
             if acc.n == 0 {
                 continue;
             }
-            let Some(cohort) = self.cohort_base.get_mut(term.cohort as usize) else { continue };
+            // The cohort as the windows before this one left it: what this
+            // window teaches it is applied once the window has closed, so a
+            // terminal is not judged by what a terminal with a smaller id
+            // taught its cohort in the same window, and a stage that owns
+            // cohorts can merge a window's lessons from every replica.
+            let Some(cohort) = self.cohort_base.get(term.cohort as usize) else { continue };
             let minutes = f64::from(acc.minutes).max(1.0 / 60.0);
             let site = site_acc.entry(term.site).or_default();
             let region = region_acc.entry(term.region).or_default();
@@ -1589,7 +1803,7 @@ impl FeatureEngine {
                 let (v_mean, v_std, v_range) = (acc.v_mean_sum / vn, acc.v_std_sum / vn, acc.v_max - acc.v_min);
                 let (std_log, range_log, gap) = ((v_std + EPS_V).ln(), (v_range + EPS_V).ln(), v_mean - acc.v_min);
                 let young = term.base.v_std.level.weight < cfg.warmup_windows;
-                let base = if young { &*cohort } else { &term.base };
+                let base = if young { cohort } else { &term.base };
                 let warm = cfg.warmup_windows;
                 let z = |s: &Spread, x: f64, floor: f64| s.z(x, floor, warm).map_or(0.0, |z| z.clamp(-Z_CAP, Z_CAP));
                 let rate = |own: &Ewma, pooled: &Ewma| own.or(pooled.or(0.0, warm), warm).max(RATE_FLOOR_PER_MINUTE);
@@ -1622,14 +1836,16 @@ impl FeatureEngine {
                     || features[3] > QUIET_SURPRISE
                     || features[4] > QUIET_SURPRISE;
                 if !unstable {
-                    for b in [&mut term.base, cohort] {
-                        b.v_std.learn(std_log, alpha, LOG_SD_FLOOR);
-                        b.v_mean.learn(v_mean, alpha, V_SD_FLOOR);
-                        b.v_range.learn(range_log, alpha, LOG_SD_FLOOR);
-                        b.v_gap.learn(gap, alpha, V_SD_FLOOR);
-                        b.sags.update(f64::from(acc.sags) / minutes, alpha);
-                        b.reboots.update(f64::from(acc.reboots) / minutes, alpha);
-                    }
+                    let lesson = VoltageLesson {
+                        std_log,
+                        v_mean,
+                        range_log,
+                        gap,
+                        sags: f64::from(acc.sags) / minutes,
+                        reboots: f64::from(acc.reboots) / minutes,
+                    };
+                    term.base.learn_voltage(&lesson, alpha);
+                    lessons.push(CohortLesson { terminal: t, cohort: term.cohort, lesson: Lesson::Voltage(lesson) });
                 }
                 site.add_terminal(&features, unstable);
             }
@@ -1753,15 +1969,21 @@ impl FeatureEngine {
             let printer_long = if wear.printer_evidence < LEARN_BELOW_NATS { long } else { long * SLOW_LEARNING };
             decay_add(&mut wear.reader_long, acc.card_errors, acc.card_reads, reader_long);
             decay_add(&mut wear.printer_long, acc.print_errors, acc.print_jobs, printer_long);
-            if let Some(c) = self.cohort_wear.get_mut(term.cohort as usize) {
-                // Only windows with use: a cohort's memory is counted in
-                // its terminals' windows, and idle ones would wash it out.
-                if acc.card_reads > 0 && wear.reader_evidence.max(wear.reader_vs_cohort) < LEARN_BELOW_NATS {
-                    decay_add(&mut c.reader, acc.card_errors, acc.card_reads, long);
-                }
-                if acc.print_jobs > 0 && wear.printer_evidence.max(wear.printer_vs_cohort) < LEARN_BELOW_NATS {
-                    decay_add(&mut c.printer, acc.print_errors, acc.print_jobs, long);
-                }
+            // Only windows with use: a cohort's memory is counted in its
+            // terminals' windows, and idle ones would wash it out.
+            if acc.card_reads > 0 && wear.reader_evidence.max(wear.reader_vs_cohort) < LEARN_BELOW_NATS {
+                lessons.push(CohortLesson {
+                    terminal: t,
+                    cohort: term.cohort,
+                    lesson: Lesson::Reader { errors: acc.card_errors, attempts: acc.card_reads },
+                });
+            }
+            if acc.print_jobs > 0 && wear.printer_evidence.max(wear.printer_vs_cohort) < LEARN_BELOW_NATS {
+                lessons.push(CohortLesson {
+                    terminal: t,
+                    cohort: term.cohort,
+                    lesson: Lesson::Printer { errors: acc.print_errors, attempts: acc.print_jobs },
+                });
             }
             if acc.health_n > 0 {
                 let h = f64::from(acc.health_sum) / f64::from(acc.health_n);
@@ -1812,6 +2034,21 @@ impl FeatureEngine {
                 let baselines =
                     [reader_base, printer_base, reader_cohort, printer_cohort, peak, reader_base, printer_base, 0.0];
                 rows.aging.push(AgingRow { terminal: t, features, baselines });
+            }
+        }
+
+        // What the window taught the cohorts, in terminal-id order as the
+        // members were: learnt now, or, with cohorts shared between
+        // engines, handed out and learnt once merged with the others'.
+        if self.share_cohorts {
+            let (terminals, cohorts) = (&self.terminals, &self.cohorts);
+            rows.cohort_lessons = CohortLessons::from_sorted(lessons.iter().filter_map(|l| {
+                let id = terminals.get(l.terminal as usize)?.id.clone();
+                Some((id, cohorts.names.get(l.cohort as usize)?.clone(), l.lesson))
+            }));
+        } else {
+            for l in &lessons {
+                self.learn_cohort(l.cohort, &l.lesson);
             }
         }
 

@@ -26,6 +26,7 @@
 mod engine;
 pub mod partial;
 mod release;
+pub mod stages;
 mod stats;
 
 pub use engine::{

@@ -217,6 +217,97 @@ impl RegionPartial {
     }
 }
 
+/// What a terminal's quiet window teaches a voltage baseline (its own, and
+/// its cohort's).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub(crate) struct VoltageLesson {
+    pub(crate) std_log: f64,
+    pub(crate) v_mean: f64,
+    pub(crate) range_log: f64,
+    pub(crate) gap: f64,
+    /// Sags and reboots per minute.
+    pub(crate) sags: f64,
+    pub(crate) reboots: f64,
+}
+
+/// What one terminal's window teaches its cohort.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub(crate) enum Lesson {
+    Voltage(VoltageLesson),
+    /// Card reader errors and reads of a window without evidence of wear.
+    Reader {
+        errors: u32,
+        attempts: u32,
+    },
+    /// Printer errors and jobs, likewise.
+    Printer {
+        errors: u32,
+        attempts: u32,
+    },
+}
+
+/// What one window's terminals taught their cohorts (`MODEL|FIRMWARE`),
+/// terminal by terminal. A cohort learns from every terminal of it, and
+/// the terminals of a cohort are spread over every partition: engines that
+/// share their cohorts hand these out, and each learns the merge of every
+/// engine's, so that all of them (and one engine holding every terminal)
+/// judge a young terminal against the same cohort. Lessons are applied in
+/// terminal-id order, as one engine applies its own; the terminals of two
+/// engines' lessons are disjoint, as a partitioning by `terminal_id` gives.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CohortLessons {
+    /// (terminal id, cohort, lesson), in terminal-id order; a terminal's
+    /// own lessons in the order it taught them.
+    lessons: Vec<(Box<str>, Box<str>, Lesson)>,
+}
+
+impl CohortLessons {
+    /// From lessons already in terminal-id order (one engine's window).
+    pub(crate) fn from_sorted(lessons: impl IntoIterator<Item = (Box<str>, Box<str>, Lesson)>) -> CohortLessons {
+        CohortLessons { lessons: lessons.into_iter().collect() }
+    }
+
+    /// Adds another engine's lessons of the same window: a merge of two
+    /// lists in terminal-id order, or, should either not be in order (read
+    /// from a topic, it may not be), a stable sort of both.
+    pub fn merge(&mut self, other: &CohortLessons) {
+        let sorted = |l: &[(Box<str>, Box<str>, Lesson)]| l.is_sorted_by(|a, b| a.0 <= b.0);
+        if !(sorted(&self.lessons) && sorted(&other.lessons)) {
+            self.lessons.extend(other.lessons.iter().cloned());
+            // Stable: a terminal's lessons keep their order.
+            self.lessons.sort_by(|a, b| a.0.cmp(&b.0));
+            return;
+        }
+        let mine = std::mem::take(&mut self.lessons);
+        let mut merged = Vec::with_capacity(mine.len() + other.lessons.len());
+        let (mut a, mut b) = (mine.into_iter().peekable(), other.lessons.iter().peekable());
+        while let (Some(x), Some(y)) = (a.peek(), b.peek()) {
+            // Ties (one terminal in two engines' lessons) keep ours first, as
+            // the stable sort does.
+            if y.0 < x.0 {
+                merged.extend(b.next().cloned());
+            } else {
+                merged.extend(a.next());
+            }
+        }
+        merged.extend(a);
+        merged.extend(b.cloned());
+        self.lessons = merged;
+    }
+
+    pub fn len(&self) -> usize {
+        self.lessons.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lessons.is_empty()
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &Lesson)> {
+        self.lessons.iter().map(|(_, c, l)| (&**c, l))
+    }
+}
+
 /// What one stage-1 engine publishes for one of its closed windows: its
 /// source partition's partials, by `site_id` and region.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -224,6 +315,8 @@ pub struct WindowPartials {
     pub end_ms: i64,
     pub sites: Vec<(Box<str>, SitePartial)>,
     pub regions: Vec<(Box<str>, RegionPartial)>,
+    /// With cohorts shared: what the window taught them.
+    pub cohorts: CohortLessons,
 }
 
 /// A window closed by the merging stage: every site's and region's row from
@@ -235,6 +328,9 @@ pub struct MergedWindow {
     pub sites: Vec<(Box<str>, [f64; 6])>,
     /// Region network rows, by region, in name order.
     pub regions: Vec<(Box<str>, RegionWindow)>,
+    /// What the window taught the cohorts, every source's merged: what
+    /// each engine learns before it closes the next window.
+    pub cohorts: CohortLessons,
     /// Source partitions whose partials were not in when it closed (the
     /// allowed lateness passed, or the open windows reached their bound).
     pub missing: Vec<Box<str>>,
@@ -260,6 +356,7 @@ struct OpenWindow {
     from: BTreeSet<Box<str>>,
     sites: BTreeMap<Box<str>, SitePartial>,
     regions: BTreeMap<Box<str>, RegionPartial>,
+    cohorts: CohortLessons,
 }
 
 impl OpenWindow {
@@ -274,6 +371,7 @@ impl OpenWindow {
         for (r, p) in &window.regions {
             self.regions.entry(r.clone()).or_default().merge(p);
         }
+        self.cohorts.merge(&window.cohorts);
         true
     }
 }
@@ -327,6 +425,12 @@ impl WindowMerger {
 
     pub fn open_windows(&self) -> usize {
         self.open.len()
+    }
+
+    /// Every window ending at or before this has closed (`None` before
+    /// the first): how far engines sharing their cohorts may learn them.
+    pub fn closed_through(&self) -> Option<i64> {
+        (self.closed_through != i64::MIN).then_some(self.closed_through)
     }
 
     /// Refuses a state read back from a snapshot that this code would never
@@ -468,6 +572,7 @@ impl WindowMerger {
             end_ms,
             sites: w.sites.into_iter().filter_map(|(s, p)| Some((s, p.features()?))).collect(),
             regions: w.regions.into_iter().map(|(r, mut p)| (r, p.features())).collect(),
+            cohorts: w.cohorts,
             missing,
         }
     }
@@ -539,6 +644,40 @@ mod tests {
         }
     }
 
+    proptest! {
+        #[test]
+        fn lessons_merged_from_any_split_in_any_order_are_one_engines_in_terminal_order(
+            taught in prop::collection::vec((0..30u8, 0..3u8, 0..4u32), 0..60),
+            assignment in prop::collection::vec(0..3usize, 30),
+            order in prop::sample::select(vec![[0, 1, 2], [2, 0, 1], [1, 2, 0]]),
+        ) {
+            let lesson = |k: u32| Lesson::Reader { errors: k, attempts: 100 };
+            // One engine's lessons: by terminal id, each terminal's own in
+            // the order it taught them.
+            let mut whole: Vec<(Box<str>, Box<str>, Lesson)> = taught
+                .iter()
+                .map(|&(t, c, k)| (format!("T{t:02}").into(), format!("C{c}").into(), lesson(k)))
+                .collect();
+            whole.sort_by(|a, b| a.0.cmp(&b.0));
+            let mut parts = vec![Vec::new(); 3];
+            for l in &whole {
+                let t: usize = l.0[1..].parse().unwrap_or(0);
+                parts[assignment[t]].push(l.clone());
+            }
+            let mut merged = CohortLessons::default();
+            for i in order {
+                merged.merge(&CohortLessons::from_sorted(parts[i].clone()));
+            }
+            prop_assert_eq!(&merged.lessons, &whole);
+            // Lessons out of order (a producer that is not ours) are sorted.
+            let mut shuffled = CohortLessons { lessons: whole.iter().rev().cloned().collect() };
+            shuffled.merge(&CohortLessons::default());
+            let mut expected: Vec<_> = whole.iter().rev().cloned().collect();
+            expected.sort_by(|a, b| a.0.cmp(&b.0));
+            prop_assert_eq!(shuffled.lessons, expected);
+        }
+    }
+
     #[test]
     fn a_partial_merged_twice_counts_its_terminals_once() {
         let t = |id: &str, rtt_z: f64| RegionTerminal {
@@ -574,7 +713,7 @@ mod tests {
     fn site(v: f64) -> WindowPartials {
         let mut p = SitePartial::default();
         p.add_terminal(&[v, 0.0, 0.0, 0.0, 0.0, 0.0], false);
-        WindowPartials { end_ms: 0, sites: vec![("S".into(), p)], regions: Vec::new() }
+        WindowPartials { end_ms: 0, sites: vec![("S".into(), p)], regions: Vec::new(), ..WindowPartials::default() }
     }
 
     fn at(end_ms: i64, mut w: WindowPartials) -> WindowPartials {

@@ -3,14 +3,19 @@
 //! window, give the site and region rows of one engine holding every
 //! terminal. Regions bit for bit; sites bit for bit except where a young
 //! terminal is judged against its cohort's baselines, which each engine
-//! learns from its own terminals of the cohort (docs/two-stages.md).
+//! learns from its own terminals of the cohort, unless the engines share
+//! their cohorts through the merging stage: then every terminal, site and
+//! region row is one engine's (docs/two-stages.md).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 
 use arrow::record_batch::RecordBatch;
-use termwatch_features::partial::{RegionPartial, RegionWindow, SitePartial, WindowMerger, WindowPartials};
+use termwatch_features::partial::{
+    MergedWindow, RegionPartial, RegionWindow, SitePartial, WindowMerger, WindowPartials,
+};
+use termwatch_features::stages::{LocalStages, StageRows};
 use termwatch_features::{FNV_OFFSET, FeatureConfig, FeatureEngine, WindowRows, fnv1a};
 use termwatch_sim::{SimConfig, Simulator};
 use termwatch_telemetry::{BatchBuilder, decode};
@@ -157,9 +162,10 @@ fn partials_of_terminals_split_over_partitions_merge_into_one_engines_rows_bit_f
 fn young_terminals_judged_against_their_cohort_make_split_engines_differ_at_sites() {
     // The shipped warm-up: a terminal with fewer than 24 windows of its own
     // (and one whose faults keep it from learning) is judged against its
-    // cohort's baselines, which each engine learns from its own part of the
-    // cohort. Regions do not use them (equal, asserted in `compare`); sites
-    // do, until cohort state moves to the merging stage (docs/two-stages.md).
+    // cohort's baselines, which an engine that does not share its cohorts
+    // learns from its own part of the cohort. Regions do not use them
+    // (equal, asserted in `compare`); sites do. Engines that share their
+    // cohorts through the merging stage agree: the test after next.
     let lines = fleet();
     let c = compare(&FeatureConfig::default(), &lines, 3);
     assert!(c.regions > 1000 && c.sites > 10_000, "{c:?}");
@@ -228,7 +234,12 @@ fn a_merging_stage_fed_as_replicas_publish_gives_one_engines_rows() {
     let publish = |merger: &mut WindowMerger, source: &str, rows: Vec<WindowRows>, e: &FeatureEngine| {
         let mut closed = Vec::new();
         for w in rows {
-            let p = WindowPartials { end_ms: w.end_ms, sites: w.site_partials, regions: w.region_partials };
+            let p = WindowPartials {
+                end_ms: w.end_ms,
+                sites: w.site_partials,
+                regions: w.region_partials,
+                cohorts: w.cohort_lessons,
+            };
             closed.extend(merger.offer(source, p));
         }
         if let Some(through) = e.closed_through() {
@@ -281,4 +292,237 @@ fn a_merging_stage_fed_as_replicas_publish_gives_one_engines_rows() {
         regions += got.len();
     }
     assert!(sites + regions > 10_000, "{sites} {regions}");
+}
+
+/// Terminal and site features of one window, by terminal id and `site_id`,
+/// as bits.
+type Features = BTreeMap<i64, BTreeMap<String, Vec<u64>>>;
+
+fn terminal_features(into: &mut Features, rows: &[WindowRows], engine: &FeatureEngine) {
+    for w in rows {
+        let at = into.entry(w.end_ms).or_default();
+        for r in &w.terminal_voltage {
+            at.insert(format!("voltage {}", engine.terminal_id(r.terminal)), bits(&r.features));
+        }
+        for r in &w.aging {
+            at.insert(format!("aging {}", engine.terminal_id(r.terminal)), bits(&r.features));
+        }
+    }
+}
+
+#[test]
+fn engines_sharing_their_cohorts_through_the_merging_stage_give_one_engines_rows_with_the_warm_up() {
+    // The shipped warm-up, so young terminals are judged against their
+    // cohorts. Three engines hand out what each window taught the cohorts;
+    // the merger merges every engine's lessons with the window, and every
+    // engine learns them before it closes the next window. Every terminal
+    // row (voltage and aging), site row and region row is then one engine's,
+    // bit for bit, where engines that keep their cohorts to themselves
+    // differ (the test before).
+    let config = FeatureConfig::default();
+    let lines = fleet();
+    let partitions = 3;
+    let all: Vec<(String, &[u8])> = lines.iter().map(|(t, l)| (partition(t, partitions), l.as_slice())).collect();
+    let (whole, engine) = windows(&config, &all);
+
+    let names: Vec<String> = (0..partitions).map(|p| format!("telemetry-{p}")).collect();
+    let sources: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut stages = LocalStages::new(&config, &sources, 3_600_000, 64);
+    let mine: Vec<Vec<&[u8]>> =
+        names.iter().map(|n| all.iter().filter(|(s, _)| s == n).map(|(_, l)| *l).collect()).collect();
+    let sizes = [400, 700, 250];
+    let mut at = [0usize; 3];
+    let mut merged: Vec<MergedWindow> = Vec::new();
+    let mut split = Features::new();
+    let mut take = |out: StageRows, stages: &LocalStages| {
+        for (p, w) in &out.terminal {
+            terminal_features(&mut split, std::slice::from_ref(w), stages.engine(*p).unwrap());
+        }
+        merged.extend(out.merged);
+        assert!(stages.merger().open_windows() <= 64);
+    };
+    // The replica furthest behind in event time reads next.
+    while let Some(p) = stages.furthest_behind(|p| at[p] < mine[p].len()) {
+        let end = (at[p] + sizes[p]).min(mine[p].len());
+        let out = stages.process(p, &batch(&mine[p][at[p]..end])).unwrap();
+        at[p] = end;
+        take(out, &stages);
+    }
+    let out = stages.finish().unwrap();
+    take(out, &stages);
+    assert!((0..3).all(|p| stages.engine(p).unwrap().open_windows() == 0), "every window closed");
+    assert_eq!(stages.merger().open_windows(), 0);
+    assert_eq!(stages.merger().counts(), Default::default(), "nothing late, repeated or incomplete");
+
+    let mut one = Features::new();
+    terminal_features(&mut one, &whole, &engine);
+    let rows: usize = one.values().map(BTreeMap::len).sum();
+    assert!(rows > 50_000, "{rows} terminal rows");
+    assert_eq!(one.len(), split.len(), "windows with terminal rows");
+    for (end, expected) in &one {
+        assert_eq!(split.get(end), Some(expected), "terminal rows at {end}");
+    }
+    let by_end: BTreeMap<i64, &MergedWindow> = merged.iter().map(|m| (m.end_ms, m)).collect();
+    let (mut sites, mut regions) = (0, 0);
+    for w in &whole {
+        let m = by_end[&w.end_ms];
+        assert!(m.missing.is_empty(), "{m:?}");
+        let expected: Vec<(&str, Vec<u64>)> =
+            w.site_voltage.iter().map(|r| (engine.site_id(r.site), bits(&r.features))).collect();
+        let got: Vec<(&str, Vec<u64>)> = m.sites.iter().map(|(s, f)| (&**s, bits(f))).collect();
+        assert_eq!(got, expected, "sites at {}", w.end_ms);
+        sites += got.len();
+        let expected: Vec<(&str, Vec<u64>)> =
+            w.network.iter().map(|r| (engine.region_name(r.region), bits(&r.features))).collect();
+        let got: Vec<(&str, Vec<u64>)> = m
+            .regions
+            .iter()
+            .filter_map(|(r, f)| match f {
+                RegionWindow::Features(f) => Some((&**r, bits(&f[..]))),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(got, expected, "regions at {}", w.end_ms);
+        regions += got.len();
+    }
+    println!("shared cohorts, 3 engines: {rows} terminal rows, {sites} site rows, {regions} region rows bit for bit");
+    let wire = stages.wire();
+    println!(
+        "partials through postcard: {:.0} bytes per source window, {:.1} bytes per site partial",
+        wire.bytes as f64 / wire.partials as f64,
+        wire.site_bytes as f64 / wire.site_partials as f64
+    );
+    // What the lessons add to the partials topic (postcard, as the partials).
+    let lessons: usize = merged.iter().map(|m| m.cohorts.len()).sum();
+    let bytes: usize = merged.iter().map(|m| postcard::to_stdvec(&m.cohorts).expect("encode").len()).sum();
+    let per_lesson = bytes as f64 / lessons as f64;
+    println!(
+        "cohort lessons, postcard: {per_lesson:.1} bytes per lesson, {:.0} per window ({lessons} lessons, {} windows)",
+        bytes as f64 / merged.len() as f64,
+        merged.len()
+    );
+    // A terminal's and a cohort's names, and six doubles or two counts.
+    assert!((20.0..90.0).contains(&per_lesson), "{per_lesson}");
+    assert!(sites > 10_000 && regions > 1000, "{sites} {regions}");
+}
+
+/// A report of one of a cohort's terminals, whose supplies differ a little
+/// from terminal to terminal and window to window.
+fn cohort_report(t: u32, k: i64) -> Vec<u8> {
+    let ts = 1_795_514_400_000 + k * 300_000;
+    let mean = 12.0 + 0.01 * f64::from(t % 7) + 0.003 * ((i64::from(t) * 31 + k * 17) % 11) as f64;
+    format!(
+        r#"{{"terminal_id":"T-{t:03}","ts":{ts},"region":"r1","site_id":"S-{t}","model":"M1","firmware":"1.0","supply_v_mean":{mean},"supply_v_min":{},"supply_v_max":{},"supply_v_std":0.04}}"#,
+        mean - 0.1,
+        mean + 0.1
+    )
+    .into_bytes()
+}
+
+#[test]
+fn a_sharing_engine_closes_a_window_once_the_one_before_is_learnt_and_learns_each_window_once() {
+    // Thirty young terminals of one cohort for six hours: from the second
+    // window on, each is judged against what the cohort learnt from all of
+    // them, so a window learnt twice or out of turn changes its features.
+    let lines: Vec<Vec<u8>> = (0..72).flat_map(|k| (0..30).map(move |t| cohort_report(t, k))).collect();
+    let all = batch(&lines.iter().map(Vec::as_slice).collect::<Vec<_>>());
+    let mut one = FeatureEngine::new(FeatureConfig::default());
+    let mut expected = one.process_batch(&all);
+    expected.extend(one.finish());
+    assert_eq!(expected.len(), 72);
+
+    let mut shared = FeatureEngine::new(FeatureConfig::default());
+    shared.share_cohorts(true);
+    assert!(shared.process_batch(&all).is_empty(), "nothing closes before the first lessons");
+    assert!(shared.finish().is_empty());
+    // Its progress passes the windows before its first, which it has no terminal in.
+    assert_eq!(shared.closed_through(), Some(1_795_514_400_000));
+    let mut learnt: Vec<(i64, termwatch_features::partial::CohortLessons)> = Vec::new();
+    let mut got = Vec::new();
+    loop {
+        let through = shared.closed_through().expect("progress");
+        // Every window learnt so far is given again each time, as a merging
+        // stage read back from its topic would: each is learnt once.
+        let closed = shared.learn_cohorts(through, learnt.iter().map(|(end, l)| (*end, l)));
+        assert!(shared.learn_cohorts(through, learnt.iter().map(|(end, l)| (*end, l))).is_empty());
+        if closed.is_empty() {
+            break;
+        }
+        assert_eq!(closed.len(), 1, "one window for each window learnt");
+        for w in closed {
+            assert!(!w.cohort_lessons.is_empty(), "quiet terminals teach their cohort");
+            learnt.push((w.end_ms, w.cohort_lessons.clone()));
+            got.push(w);
+        }
+    }
+    assert_eq!(shared.open_windows(), 0);
+    assert_eq!(got.len(), expected.len());
+    let mut judged = 0;
+    for (g, e) in got.iter().zip(&expected) {
+        assert_eq!(g.end_ms, e.end_ms);
+        let features = |w: &WindowRows| w.terminal_voltage.iter().map(|r| bits(&r.features)).collect::<Vec<_>>();
+        assert_eq!(features(g), features(e), "window ending {}", e.end_ms);
+        judged += e.terminal_voltage.iter().filter(|r| r.features[0] != 0.0).count();
+    }
+    assert!(judged > 1000, "the cohort's baseline is used: {judged} rows with a voltage z-score");
+}
+
+#[test]
+fn a_silent_partition_neither_stops_the_engines_sharing_cohorts_nor_grows_their_windows() {
+    // Partition 2 never reports (its replica is down, or it has no
+    // terminal): no window can be merged complete, and the lessons of every
+    // window come back late or not at all. Each engine holds at most the
+    // bound of windows open, closing its oldest due one on its own lessons
+    // (counted), so terminal rows keep coming.
+    let config = FeatureConfig::default();
+    let lines = fleet();
+    let all: Vec<(String, &[u8])> = lines.iter().map(|(t, l)| (partition(t, 3), l.as_slice())).collect();
+    let names: Vec<String> = (0..3).map(|p| format!("telemetry-{p}")).collect();
+    let sources: Vec<&str> = names.iter().map(String::as_str).collect();
+    let bound = 16;
+    let mut stages = LocalStages::new(&config, &sources, 3_600_000, bound);
+    let mine: Vec<Vec<&[u8]>> =
+        names.iter().map(|n| all.iter().filter(|(s, _)| s == n).map(|(_, l)| *l).collect()).collect();
+    let mut at = [0usize; 3];
+    let (mut terminal_windows, mut merged, mut most_open) = (0, 0, 0);
+    let due = usize::try_from(config.lateness_ms / config.window_ms).unwrap() + 2;
+    while let Some(p) = stages.furthest_behind(|p| p < 2 && at[p] < mine[p].len()) {
+        let end = (at[p] + 300).min(mine[p].len());
+        let out = stages.process(p, &batch(&mine[p][at[p]..end])).unwrap();
+        at[p] = end;
+        terminal_windows += out.terminal.len();
+        merged += out.merged.len();
+        for e in 0..2 {
+            let open = stages.engine(e).unwrap().open_windows();
+            most_open = most_open.max(open);
+            assert!(open <= bound + due, "engine {e} holds {open} windows open, bound {bound}");
+        }
+    }
+    let out = stages.finish().unwrap();
+    terminal_windows += out.terminal.len();
+    merged += out.merged.len();
+    let alone: Vec<u64> = (0..2).map(|e| stages.engine(e).unwrap().counters().learnt_alone).collect();
+    println!(
+        "silent partition: {terminal_windows} terminal windows, {merged} merged, at most {most_open} open, \
+         learnt alone {alone:?}, {:?}",
+        stages.merger().counts()
+    );
+    assert!(most_open >= bound, "the bound was reached: {most_open}");
+    assert!(alone.iter().all(|&n| n > 100), "{alone:?}");
+    assert!(terminal_windows > 800, "both engines closed their windows: {terminal_windows}");
+    assert!(stages.merger().counts().incomplete_windows > 100, "{:?}", stages.merger().counts());
+    assert!((0..3).all(|e| stages.engine(e).unwrap().open_windows() == 0));
+    assert_eq!(stages.merger().open_windows(), 0);
+}
+
+#[test]
+fn a_sharing_engine_finished_before_any_report_takes_the_reports_after() {
+    let mut shared = FeatureEngine::new(FeatureConfig::default());
+    shared.share_cohorts(true);
+    assert!(shared.finish().is_empty());
+    assert_eq!(shared.closed_through(), None, "no time has passed");
+    let lines: Vec<Vec<u8>> = (0..4).flat_map(|k| (0..5).map(move |t| cohort_report(t, k))).collect();
+    shared.process_batch(&batch(&lines.iter().map(Vec::as_slice).collect::<Vec<_>>()));
+    assert_eq!(shared.counters().late, 0);
+    assert_eq!(shared.counters().reports, 20);
 }
