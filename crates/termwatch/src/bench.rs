@@ -7,6 +7,10 @@
 //!   written to a null writer), on every core, as `termwatch replay --alerts`
 //!   does it. The time per record by stage comes from the same history run
 //!   stage by stage on one core.
+//! - **stages**: the same reports split by terminal over three partitions,
+//!   through three stage-1 engines and the merging stage in one process
+//!   (partials through their wire form, cohorts shared), against one engine
+//!   holding every terminal; and the partials' bytes per site per window.
 //! - **kafka** (with `--brokers`): on one topic of a real broker, a bare
 //!   rdkafka consumer that only counts messages versus termwatch end to end
 //!   (consume, decode, batch, features, scoring, alert events).
@@ -34,7 +38,8 @@ use anyhow::{Context as _, bail};
 use arrow::record_batch::RecordBatch;
 use serde::Serialize;
 use termwatch_alerts::scoring::Scorer;
-use termwatch_features::FeatureEngine;
+use termwatch_features::stages::{LocalStages, StageRows, WireCounts};
+use termwatch_features::{FeatureEngine, WindowRows};
 use termwatch_models::artifact::ModelSet;
 use termwatch_pipeline::{BatchConfig, BatchSink, MemoryDeadLetters, Pipeline, SinkError};
 use termwatch_telemetry::alerts::AlertEvent;
@@ -474,6 +479,132 @@ fn replay_section(table: &mut Table, sizes: &Sizes, models: &ModelSet, history: 
     table
         .add("replay", "one core: end to end", 1e9 / total, "records/s")
         .note(format!("{total:.0} ns a record, the sum of the stages"));
+    stages_section(table, sizes, models, &batches, records)
+}
+
+/// Partitions of the two-stage comparison: as `deploy/k8s` runs replicas.
+const STAGE_PARTITIONS: u64 = 3;
+
+/// A batch split by terminal as Kafka splits a topic keyed by `terminal_id`
+/// (FNV-1a of the id, as the tests split it; which hash does not matter):
+/// (partition, its rows), partitions without rows left out.
+fn split_by_terminal(batch: &RecordBatch, partitions: u64) -> anyhow::Result<Vec<(usize, RecordBatch)>> {
+    use arrow::array::{AsArray, BooleanArray};
+    use arrow::datatypes::Int32Type;
+    let ids = batch
+        .column_by_name(termwatch_telemetry::batch::col::TERMINAL_ID)
+        .and_then(|c| c.as_dictionary_opt::<Int32Type>())
+        .context("the batch has no dictionary terminal_id column")?;
+    let names = ids.values().as_string_opt::<i32>().context("terminal_id values are not strings")?;
+    let of_key: Vec<u64> = names
+        .iter()
+        .map(|n| termwatch_features::fnv1a(termwatch_features::FNV_OFFSET, n.unwrap_or("").as_bytes()) % partitions)
+        .collect();
+    let row_partition: Vec<u64> =
+        ids.keys().iter().map(|k| k.and_then(|k| of_key.get(k as usize).copied()).unwrap_or(0)).collect();
+    let mut out = Vec::new();
+    for p in 0..partitions {
+        let mask: BooleanArray = row_partition.iter().map(|&q| Some(q == p)).collect();
+        let part = arrow::compute::filter_record_batch(batch, &mask)?;
+        if part.num_rows() > 0 {
+            out.push((p as usize, part));
+        }
+    }
+    Ok(out)
+}
+
+/// One engine holding every terminal against `STAGE_PARTITIONS` stage-1
+/// engines holding a partition each and the merging stage, sharing cohorts,
+/// the partials in their wire form, in one process on one core, on the same
+/// reports (split beforehand: that is the broker's work). Interleaved
+/// rounds; the split path must close as many terminal and site rows.
+fn stages_section(
+    table: &mut Table,
+    sizes: &Sizes,
+    models: &ModelSet,
+    batches: &[RecordBatch],
+    records: f64,
+) -> anyhow::Result<()> {
+    let split = batches
+        .iter()
+        .map(|b| split_by_terminal(b, STAGE_PARTITIONS))
+        .collect::<anyhow::Result<Vec<_>>>()
+        .context("splitting the batches by terminal")?;
+    let names: Vec<String> = (0..STAGE_PARTITIONS).map(|p| format!("telemetry-{p}")).collect();
+    let sources: Vec<&str> = names.iter().map(String::as_str).collect();
+    let (mut one_ns, mut two_ns, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let mut wire = WireCounts::default();
+    let mut lessons = 0;
+    for round in 0..sizes.rounds {
+        let t = Instant::now();
+        let mut engine = FeatureEngine::new(models.features.clone());
+        let (mut terminal_rows, mut site_rows) = (0, 0);
+        let mut count = |rows: Vec<WindowRows>| {
+            for w in rows {
+                terminal_rows += w.terminal_voltage.len();
+                site_rows += w.site_voltage.len();
+            }
+        };
+        for b in batches {
+            count(engine.process_batch(b));
+        }
+        count(engine.finish());
+        let one = t.elapsed().as_secs_f64();
+
+        let t = Instant::now();
+        let mut stages = LocalStages::new(&models.features, &sources, 3_600_000, 64);
+        let (mut split_terminal_rows, mut split_site_rows) = (0, 0);
+        lessons = 0;
+        let mut count = |out: StageRows| {
+            split_terminal_rows += out.terminal.iter().map(|(_, w)| w.terminal_voltage.len()).sum::<usize>();
+            split_site_rows += out.merged.iter().map(|m| m.sites.len()).sum::<usize>();
+            lessons += out.merged.iter().map(|m| m.cohorts.len()).sum::<usize>();
+        };
+        for parts in &split {
+            for (p, b) in parts {
+                count(stages.process(*p, b)?);
+            }
+        }
+        count(stages.finish()?);
+        let two = t.elapsed().as_secs_f64();
+        wire = stages.wire();
+        if (terminal_rows, site_rows) != (split_terminal_rows, split_site_rows) {
+            bail!(
+                "one engine closed {terminal_rows} terminal and {site_rows} site rows, the two stages \
+                 {split_terminal_rows} and {split_site_rows}: the paths disagree"
+            );
+        }
+        eprintln!("bench: stages round {round}: one engine {one:.3} s, two stages {two:.3} s");
+        one_ns.push(one * 1e9 / records);
+        two_ns.push(two * 1e9 / records);
+        ratios.push(two / one);
+    }
+    let partitions = STAGE_PARTITIONS;
+    table.add("stages", "one process, one engine: features", median(one_ns), "ns/record");
+    table
+        .add(
+            "stages",
+            format!("{partitions} stage-1 engines + merging stage, one core: features"),
+            median(two_ns),
+            "ns/record",
+        )
+        .note("partials through postcard, cohorts shared; no topic");
+    table
+        .add("stages", "two stages / one engine (median of rounds)", median(ratios), "x")
+        .target(Target::AtMost(1.10))
+        .note(format!("{} interleaved rounds", sizes.rounds));
+    table
+        .add(
+            "stages",
+            "partials: bytes per site per window",
+            wire.site_bytes as f64 / wire.site_partials.max(1) as f64,
+            "bytes",
+        )
+        .note(format!(
+            "postcard; a source's window, sites, regions and cohort lessons: {:.0} bytes ({} records, {lessons} lessons)",
+            wire.bytes as f64 / wire.partials.max(1) as f64,
+            wire.partials
+        ));
     Ok(())
 }
 
