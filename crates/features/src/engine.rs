@@ -1678,18 +1678,11 @@ impl FeatureEngine {
         let by_time = self
             .watermark()
             .map(|watermark| (watermark.saturating_sub(self.config.lateness_ms)).div_euclid(self.config.window_ms));
-        let mut limit = match (by_time, self.finishing) {
-            (Some(limit), false) => limit,
-            // At the end of a history every window held may close; with
-            // none held and nothing read, nothing moves (a limit taken from
-            // no time at all would leave every later report late).
-            (by_time, true) => match (self.members.keys().next_back(), by_time) {
-                (Some(last), by_time) => last.saturating_add(1).max(by_time.unwrap_or(i64::MIN)),
-                (None, Some(limit)) => limit,
-                (None, None) => return,
-            },
-            (None, false) => return,
-        };
+        // At the end of a history every window held may close; with none
+        // held and nothing read, nothing moves (a limit taken from no time
+        // at all would leave every later report late).
+        let held = self.finishing.then(|| self.members.keys().next_back().map(|last| last.saturating_add(1))).flatten();
+        let Some(mut limit) = by_time.max(held) else { return };
         if self.share_cohorts {
             // A window closes once its cohorts have learnt every window
             // before it. Before the first lessons this engine cannot know

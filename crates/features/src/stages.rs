@@ -41,10 +41,6 @@ pub struct LocalStages {
     sources: Vec<Box<str>>,
     engines: Vec<FeatureEngine>,
     merger: WindowMerger,
-    /// How many of the step's merged windows (`StageRows::merged`) each
-    /// engine has learnt the cohort lessons of: every step ends with each
-    /// engine having learnt them all, so no lesson is kept between steps.
-    learnt: Vec<usize>,
     finished: Vec<bool>,
     /// The most windows an engine holds open waiting for lessons: past it,
     /// its oldest due window closes on its own lessons (a silent source
@@ -89,7 +85,6 @@ impl LocalStages {
             sources: sources.iter().map(|s| Box::from(*s)).collect(),
             engines,
             merger: WindowMerger::new(sources, allowed_lateness_ms, max_open_windows),
-            learnt: vec![0; sources.len()],
             finished: vec![false; sources.len()],
             max_open_windows: max_open_windows.max(1),
             wire: WireCounts::default(),
@@ -114,7 +109,6 @@ impl LocalStages {
     pub fn process(&mut self, source: usize, batch: &RecordBatch) -> Result<StageRows, StageError> {
         let name = self.sources.get(source).ok_or(StageError::NoSuchSource(source))?.clone();
         let mut out = StageRows::default();
-        self.learnt.fill(0);
         self.finished[source] = false;
         let rows = self.engines[source].process_sourced(batch, &[(&*name, batch.num_rows())]);
         self.publish(source, rows, &mut out)?;
@@ -146,7 +140,6 @@ impl LocalStages {
     /// window of both stages.
     pub fn finish(&mut self) -> Result<StageRows, StageError> {
         let mut out = StageRows::default();
-        self.learnt.fill(0);
         for source in 0..self.engines.len() {
             self.finished[source] = true;
             let rows = self.engines[source].finish();
@@ -190,20 +183,23 @@ impl LocalStages {
         Ok(())
     }
 
-    /// Every engine learns what the merger has closed, closes what that lets
-    /// it and publishes it, until nothing moves.
+    /// Every engine learns what the merger has closed in this step, closes
+    /// what that lets it and publishes it, until nothing moves: no lesson is
+    /// kept between steps (an engine skips a window it has learnt).
     fn settle(&mut self, out: &mut StageRows) -> Result<(), StageError> {
+        // How many of the step's merged windows each engine has been given.
+        let mut learnt = vec![0; self.engines.len()];
         loop {
             let Some(through) = self.merger.closed_through() else { return Ok(()) };
             let before = (out.merged.len(), through);
-            for source in 0..self.engines.len() {
+            for (source, given) in learnt.iter_mut().enumerate() {
                 // Read again for each engine: the one before may have closed
                 // windows past `through`, and what an engine is given it
                 // is not given again.
                 let through = self.merger.closed_through().unwrap_or(through);
-                let new = out.merged[self.learnt[source]..].iter().map(|m| (m.end_ms, &m.cohorts));
+                let new = out.merged[*given..].iter().map(|m| (m.end_ms, &m.cohorts));
                 let rows = self.engines[source].learn_cohorts(through, new);
-                self.learnt[source] = out.merged.len();
+                *given = out.merged.len();
                 self.publish(source, rows, out)?;
             }
             let after = (out.merged.len(), self.merger.closed_through().unwrap_or(through));

@@ -203,6 +203,35 @@ fn a_partials_size_per_site_and_region_window() {
     assert!((40.0..90.0).contains(&per_region_terminal), "{per_region_terminal}");
 }
 
+/// Asserts that the merged windows give one engine's site and region rows
+/// bit for bit, every window complete; returns the rows compared.
+fn same_site_and_region_rows(whole: &[WindowRows], engine: &FeatureEngine, merged: &[MergedWindow]) -> (usize, usize) {
+    let by_end: BTreeMap<i64, &MergedWindow> = merged.iter().map(|m| (m.end_ms, m)).collect();
+    let (mut sites, mut regions) = (0, 0);
+    for w in whole {
+        let m = by_end[&w.end_ms];
+        assert!(m.missing.is_empty(), "{m:?}");
+        let expected: Vec<(&str, Vec<u64>)> =
+            w.site_voltage.iter().map(|r| (engine.site_id(r.site), bits(&r.features))).collect();
+        let got: Vec<(&str, Vec<u64>)> = m.sites.iter().map(|(s, f)| (&**s, bits(f))).collect();
+        assert_eq!(got, expected, "sites at {}", w.end_ms);
+        sites += got.len();
+        let expected: Vec<(&str, Vec<u64>)> =
+            w.network.iter().map(|r| (engine.region_name(r.region), bits(&r.features))).collect();
+        let got: Vec<(&str, Vec<u64>)> = m
+            .regions
+            .iter()
+            .filter_map(|(r, f)| match f {
+                RegionWindow::Features(f) => Some((&**r, bits(&f[..]))),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(got, expected, "regions at {}", w.end_ms);
+        regions += got.len();
+    }
+    (sites, regions)
+}
+
 #[test]
 fn a_merging_stage_fed_as_replicas_publish_gives_one_engines_rows() {
     // Three engines read their partitions in batches of different sizes, as
@@ -268,29 +297,7 @@ fn a_merging_stage_fed_as_replicas_publish_gives_one_engines_rows() {
     assert_eq!(merger.open_windows(), 0);
     assert_eq!(merger.counts(), Default::default(), "nothing late, repeated or incomplete");
 
-    let by_end: BTreeMap<i64, _> = merged.iter().map(|m| (m.end_ms, m)).collect();
-    let (mut sites, mut regions) = (0, 0);
-    for w in &whole {
-        let m = by_end[&w.end_ms];
-        assert!(m.missing.is_empty(), "{m:?}");
-        let expected: Vec<(&str, Vec<u64>)> =
-            w.site_voltage.iter().map(|r| (engine.site_id(r.site), bits(&r.features))).collect();
-        let got: Vec<(&str, Vec<u64>)> = m.sites.iter().map(|(s, f)| (&**s, bits(f))).collect();
-        assert_eq!(got, expected, "sites at {}", w.end_ms);
-        sites += got.len();
-        let expected: Vec<(&str, Vec<u64>)> =
-            w.network.iter().map(|r| (engine.region_name(r.region), bits(&r.features))).collect();
-        let got: Vec<(&str, Vec<u64>)> = m
-            .regions
-            .iter()
-            .filter_map(|(r, f)| match f {
-                RegionWindow::Features(f) => Some((&**r, bits(&f[..]))),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(got, expected, "regions at {}", w.end_ms);
-        regions += got.len();
-    }
+    let (sites, regions) = same_site_and_region_rows(&whole, &engine, &merged);
     assert!(sites + regions > 10_000, "{sites} {regions}");
 }
 
@@ -362,29 +369,7 @@ fn engines_sharing_their_cohorts_through_the_merging_stage_give_one_engines_rows
     for (end, expected) in &one {
         assert_eq!(split.get(end), Some(expected), "terminal rows at {end}");
     }
-    let by_end: BTreeMap<i64, &MergedWindow> = merged.iter().map(|m| (m.end_ms, m)).collect();
-    let (mut sites, mut regions) = (0, 0);
-    for w in &whole {
-        let m = by_end[&w.end_ms];
-        assert!(m.missing.is_empty(), "{m:?}");
-        let expected: Vec<(&str, Vec<u64>)> =
-            w.site_voltage.iter().map(|r| (engine.site_id(r.site), bits(&r.features))).collect();
-        let got: Vec<(&str, Vec<u64>)> = m.sites.iter().map(|(s, f)| (&**s, bits(f))).collect();
-        assert_eq!(got, expected, "sites at {}", w.end_ms);
-        sites += got.len();
-        let expected: Vec<(&str, Vec<u64>)> =
-            w.network.iter().map(|r| (engine.region_name(r.region), bits(&r.features))).collect();
-        let got: Vec<(&str, Vec<u64>)> = m
-            .regions
-            .iter()
-            .filter_map(|(r, f)| match f {
-                RegionWindow::Features(f) => Some((&**r, bits(&f[..]))),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(got, expected, "regions at {}", w.end_ms);
-        regions += got.len();
-    }
+    let (sites, regions) = same_site_and_region_rows(&whole, &engine, &merged);
     println!("shared cohorts, 3 engines: {rows} terminal rows, {sites} site rows, {regions} region rows bit for bit");
     let wire = stages.wire();
     println!(
