@@ -132,6 +132,7 @@ fn main() {
         scores: &scores,
         region_scores: &region_scores,
         releases: &[],
+        thresholds: &[],
         model_version: "bench-1",
         now_ms: T0 + 20 * MIN5,
     };

@@ -1,12 +1,14 @@
 //! termwatch's alert stage: what runs in service after the feature engine.
 //! Each closed window is scored by its detector ([`scoring::Scorer`]), alert
-//! state with hysteresis turns scores into alert events ([`alerting`]), the
+//! state with hysteresis turns scores into alert events ([`alerting`]) at
+//! thresholds that follow the watched fleet ([`calibration`]), the
 //! state is snapshotted per Kafka partition and idle terminals are kept in a
 //! cold store ([`snapshot`], [`cold`]), and the events go out through the
 //! pipeline sink ([`sink::AlertSink`]) to files, the alerts topic
 //! ([`topic`]) and `/metrics` ([`metrics`]).
 
 pub mod alerting;
+pub mod calibration;
 pub mod cold;
 pub mod metrics;
 pub mod scoring;

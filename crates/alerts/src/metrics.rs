@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::alerting::{AlertTracker, FiringAlert};
+use crate::calibration::FleetThreshold;
 use crate::scoring::{ReleaseHealth, Scorer};
 use prometheus::{
     Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -150,6 +151,8 @@ pub struct AlertMetrics {
     release_crashes: GaugeVec,
     release_expected_crashes: GaugeVec,
     release_score: GaugeVec,
+    threshold: GaugeVec,
+    fleet_shift: GaugeVec,
     state: Arc<Mutex<State>>,
 }
 
@@ -166,6 +169,8 @@ pub struct AlertView<'a> {
     pub region_scores: &'a [(&'a str, f64)],
     /// Release health of the firmware versions being rolled out.
     pub releases: &'a [ReleaseHealth],
+    /// Each detector's thresholds, trained and in use.
+    pub thresholds: &'a [FleetThreshold],
     pub model_version: &'a str,
     /// Wall clock, epoch ms.
     pub now_ms: i64,
@@ -341,6 +346,30 @@ impl AlertMetrics {
                     "Region windows not scored for network degradation because fewer than three terminals with a \
                      baseline reported in them (a region asleep at night): its median would be a few terminals' \
                      noise.",
+                )?,
+            )?,
+            threshold: register(
+                registry,
+                GaugeVec::new(
+                    Opts::new(
+                        "termwatch_detector_threshold",
+                        "A detector's threshold: source trained (the model's) or in_use (after fleet calibration, \
+                         which lifts it when the watched fleet scores higher than the training fleets' healthy \
+                         windows, up to what still catches the training incidents).",
+                    ),
+                    &["kind", "scope", "source"],
+                )?,
+            )?,
+            fleet_shift: register(
+                registry,
+                GaugeVec::new(
+                    Opts::new(
+                        "termwatch_detector_fleet_shift",
+                        "How much higher the watched fleet's scores are than the training fleets' healthy windows \
+                         at the share fleet calibration compares (log-odds; negative: quieter). Absent while the \
+                         detector warms up (fewer than 20 windows, decayed over 7 days, in that share).",
+                    ),
+                    &["kind", "scope"],
                 )?,
             )?,
             tracked_terminals: register(
@@ -533,7 +562,9 @@ impl AlertMetrics {
         let scores = scorer.take_scores();
         let region_scores: Vec<(&str, f64)> = scorer.region_scores().collect();
         let releases: Vec<ReleaseHealth> = scorer.release_health().cloned().collect();
+        let thresholds: Vec<FleetThreshold> = scorer.thresholds().collect();
         let view = AlertView {
+            thresholds: &thresholds,
             alerts: scorer.alerts(),
             engine: scorer.engine(),
             events,
@@ -596,12 +627,28 @@ impl AlertMetrics {
         }
         self.export_event_time(&mut state, view.engine);
         self.export_releases(&mut state, view.releases);
+        self.export_thresholds(view.thresholds);
         self.tracked_terminals.set(view.engine.tracked_terminals() as i64);
         self.export_limits(&mut state, view.engine);
         self.tracked_alert_entities.set(view.alerts.len() as i64);
         if scored || !view.events.is_empty() || !state.primed {
             self.export_top_k(&mut state, view);
             state.primed = true;
+        }
+    }
+
+    /// Each detector's thresholds (a handful of series: one per detector).
+    fn export_thresholds(&self, thresholds: &[FleetThreshold]) {
+        for t in thresholds {
+            let (kind, scope) = (t.kind.as_str(), t.scope.as_str());
+            self.threshold.with_label_values(&[kind, scope, "trained"]).set(t.trained);
+            self.threshold.with_label_values(&[kind, scope, "in_use"]).set(t.threshold);
+            match t.shift {
+                Some(shift) => self.fleet_shift.with_label_values(&[kind, scope]).set(shift),
+                None => {
+                    let _ = self.fleet_shift.remove_label_values(&[kind, scope]);
+                }
+            }
         }
     }
 
@@ -804,8 +851,10 @@ mod tests {
     use termwatch_telemetry::alerts::Reason;
 
     /// Every metric family this module exports (a test checks each is emitted).
-    const METRIC_NAMES: [&str; 28] = [
+    const METRIC_NAMES: [&str; 30] = [
         "termwatch_alerts_firing",
+        "termwatch_detector_threshold",
+        "termwatch_detector_fleet_shift",
         "termwatch_alert_events_total",
         "termwatch_region_network_score",
         "termwatch_anomaly_score",
@@ -878,6 +927,7 @@ mod tests {
             scores: &[],
             region_scores: &[],
             releases: &[],
+            thresholds: &[],
             model_version: "test-1",
             now_ms: T0,
         };
@@ -935,6 +985,7 @@ mod tests {
             scores: &[],
             region_scores: &[],
             releases: &[],
+            thresholds: &[],
             model_version: "m",
             now_ms: T0,
         });
@@ -969,6 +1020,7 @@ mod tests {
             scores: &[],
             region_scores: &scores,
             releases: &[],
+            thresholds: &[],
             model_version: "m",
             now_ms: T0,
         };
@@ -1006,6 +1058,7 @@ mod tests {
             scores: &[],
             region_scores: &[],
             releases: &many,
+            thresholds: &[],
             model_version: "m",
             now_ms: T0,
         };
@@ -1053,6 +1106,7 @@ mod tests {
             scores: &[],
             region_scores: &[],
             releases: &[],
+            thresholds: &[],
             model_version: "m",
             now_ms: T0,
         };

@@ -11,15 +11,18 @@ use termwatch_telemetry::alerts::{AlertEvent, AlertKind, Scope};
 use termwatch_models::artifact::{DETECTORS, ModelError, ModelSet, scored_at_site_scope};
 
 use crate::alerting::{AlertTracker, Scored};
+use crate::calibration::{FleetCalibration, FleetThreshold};
 use crate::cold::{ColdStats, ColdStore};
 use crate::snapshot::{PartitionSnapshot, Snapshot, SnapshotError, SnapshotRef};
-use termwatch_models::detector::Detector;
+use termwatch_models::detector::{CRITICAL_OFF, Detector, is_critical};
 
 /// Features, detectors and alert state together: batches in, alert events out.
 pub struct Scorer {
     engine: FeatureEngine,
     models: ModelSet,
     alerts: AlertTracker,
+    /// Each detector's thresholds, following the watched fleet.
+    fleet: FleetCalibration,
     /// The latest network score of each region (region index -> score).
     region_scores: Vec<Option<f64>>,
     /// Scores since the last `take_scores`, per detector, for histograms;
@@ -60,6 +63,7 @@ impl Scorer {
         let scores = DETECTORS.iter().map(|d| (*d, Vec::new())).collect();
         Ok(Scorer {
             engine: FeatureEngine::new(models.features.clone()),
+            fleet: FleetCalibration::new(&models),
             models,
             alerts,
             region_scores: Vec::new(),
@@ -98,7 +102,14 @@ impl Scorer {
     /// says, in words, what input the state covers.
     pub fn save_snapshot(&self, path: &Path, position: &str) -> Result<u64, SnapshotError> {
         let alerts = self.alerts.snapshot();
-        SnapshotRef { model_version: &self.models.version, engine: &self.engine, alerts: &alerts, position }.save(path)
+        SnapshotRef {
+            model_version: &self.models.version,
+            engine: &self.engine,
+            alerts: &alerts,
+            fleet: &self.fleet,
+            position,
+        }
+        .save(path)
     }
 
     /// Restores a snapshot taken with the same model and feature
@@ -118,8 +129,11 @@ impl Scorer {
             return Err(SnapshotError::Features { path: p });
         }
         snap.engine.check().map_err(|cause| SnapshotError::Decode { path: p.clone(), cause })?;
-        // The tracker is left unchanged when its part is refused.
+        // Neither is changed when its part is refused.
+        let mut fleet = self.fleet.clone();
+        fleet.restore(snap.fleet).map_err(|cause| SnapshotError::Decode { path: p.clone(), cause })?;
         self.alerts.restore(snap.alerts).map_err(|e| SnapshotError::Decode { path: p, cause: e.to_string() })?;
+        self.fleet = fleet;
         let limits = self.engine.limits();
         self.engine = snap.engine;
         self.engine.set_limits(limits);
@@ -140,7 +154,14 @@ impl Scorer {
     ) -> Result<u64, SnapshotError> {
         let engine = self.engine.clone_with_terminals(&mut unowned);
         let alerts = self.alerts.export(|scope, entity| scope != Scope::Terminal || unowned(entity));
-        SnapshotRef { model_version: &self.models.version, engine: &engine, alerts: &alerts, position }.save(path)
+        SnapshotRef {
+            model_version: &self.models.version,
+            engine: &engine,
+            alerts: &alerts,
+            fleet: &self.fleet,
+            position,
+        }
+        .save(path)
     }
 
     /// Saves the state of the terminals `owned` selects (one partition's)
@@ -248,6 +269,11 @@ impl Scorer {
         &self.alerts
     }
 
+    /// Each detector's thresholds in use, against the trained ones.
+    pub fn thresholds(&self) -> impl Iterator<Item = FleetThreshold> + '_ {
+        self.fleet.status()
+    }
+
     /// Applies a batch from one input; returns the alert events it caused,
     /// in event-time order.
     pub fn process_batch(&mut self, batch: &RecordBatch) -> Vec<AlertEvent> {
@@ -310,7 +336,13 @@ impl Scorer {
             let mut network_scores = Vec::new();
             let mut aging_scores = Vec::new();
             let mut firmware_scores = Vec::new();
+            // Each detector's windows for fleet calibration: what it scored
+            // itself (not a terminal held back by its site's alert).
+            let mut own_terminal_scores = Vec::new();
+            let fleet = &self.fleet;
+            let limits = |kind, scope| fleet.thresholds(kind, scope).unwrap_or((f64::INFINITY, CRITICAL_OFF));
             if let Some(d) = self.models.detector(AlertKind::VoltageInstability, Scope::Site) {
+                let at = limits(d.kind, d.scope);
                 for r in &w.site_voltage {
                     if !scored_at_site_scope(&r.features) {
                         continue;
@@ -320,11 +352,11 @@ impl Scorer {
                     let site = self.engine.site_id(r.site);
                     let region = self.engine.region_name(self.engine.site_region(r.site));
                     let scored =
-                        scored(d, w.end_ms, site, region, score, &version, d.reasons(&r.features, &d.means, 3));
+                        scored(d, at, w.end_ms, site, region, score, &version, d.reasons(&r.features, &d.means, 3));
                     events.extend(self.alerts.observe(scored));
                     // Until the site's alert resolves, its terminals' supply
                     // trouble is the site's mains, already paged.
-                    if score >= d.threshold
+                    if score >= at.0
                         || self.alerts.firing_alert(AlertKind::VoltageInstability, Scope::Site, site).is_some()
                     {
                         bad_sites.insert(r.site);
@@ -332,39 +364,49 @@ impl Scorer {
                 }
             }
             if let Some(d) = self.models.detector(AlertKind::VoltageInstability, Scope::Terminal) {
+                let at = limits(d.kind, d.scope);
                 for r in &w.terminal_voltage {
                     let site = self.engine.terminal_site(r.terminal);
                     // The site's alert covers its terminals: one page, not one per terminal.
-                    let score = if bad_sites.contains(&site) { 0.0 } else { d.score(&r.features) };
+                    let score = if bad_sites.contains(&site) {
+                        0.0
+                    } else {
+                        let own = d.score(&r.features);
+                        own_terminal_scores.push(own);
+                        own
+                    };
                     terminal_scores.push(score);
                     let term = self.engine.terminal_id(r.terminal);
                     let region = self.engine.region_name(self.engine.terminal_region(r.terminal));
                     let scored =
-                        scored(d, w.end_ms, term, region, score, &version, d.reasons(&r.features, &r.baselines, 3));
+                        scored(d, at, w.end_ms, term, region, score, &version, d.reasons(&r.features, &r.baselines, 3));
                     events.extend(self.alerts.observe(scored));
                 }
             }
             if let Some(d) = self.models.detector(AlertKind::NetworkDegradation, Scope::Region) {
+                let at = limits(d.kind, d.scope);
                 for r in &w.network {
                     let region = self.engine.region_name(r.region);
                     let score = d.score(&r.features);
                     network_scores.push((r.region, score));
                     let scored =
-                        scored(d, w.end_ms, region, region, score, &version, d.reasons(&r.features, &d.means, 3));
+                        scored(d, at, w.end_ms, region, region, score, &version, d.reasons(&r.features, &d.means, 3));
                     events.extend(self.alerts.observe(scored));
                 }
             }
             if let Some(d) = self.models.detector(AlertKind::HardwareAging, Scope::Terminal) {
+                let at = limits(d.kind, d.scope);
                 for r in &w.aging {
                     let term = self.engine.terminal_id(r.terminal);
                     let region = self.engine.region_name(self.engine.terminal_region(r.terminal));
                     let score = d.score(&r.features);
                     aging_scores.push(score);
                     let scored =
-                        scored(d, w.end_ms, term, region, score, &version, d.reasons(&r.features, &r.baselines, 3));
+                        scored(d, at, w.end_ms, term, region, score, &version, d.reasons(&r.features, &r.baselines, 3));
                     events.extend(self.alerts.observe(scored));
                 }
             }
+            let firmware_at = limits(AlertKind::FirmwareRegression, Scope::Cohort);
             let firmware = self.models.detector(AlertKind::FirmwareRegression, Scope::Cohort);
             for r in &w.firmware {
                 let score = firmware.map(|d| d.score(&r.features));
@@ -376,7 +418,7 @@ impl Scorer {
                     for reason in &mut reasons {
                         reason.baseline_version = r.baseline_version.as_deref().map(str::to_owned);
                     }
-                    let scored = scored(d, w.end_ms, &r.entity, "*", score, &version, reasons);
+                    let scored = scored(d, firmware_at, w.end_ms, &r.entity, "*", score, &version, reasons);
                     events.extend(self.alerts.observe(scored));
                 }
                 let health = ReleaseHealth {
@@ -396,6 +438,16 @@ impl Scorer {
             }
             self.releases.retain(|_, h| h.end_ms > w.end_ms.saturating_sub(RELEASE_HEALTH_KEPT_MS));
             events.extend(self.alerts.expire(w.end_ms));
+            // The thresholds move for the windows after this one.
+            let network_only: Vec<f64> = network_scores.iter().map(|(_, s)| *s).collect();
+            for (kind, scope, scores) in [
+                (AlertKind::VoltageInstability, Scope::Site, &site_scores),
+                (AlertKind::VoltageInstability, Scope::Terminal, &own_terminal_scores),
+                (AlertKind::NetworkDegradation, Scope::Region, &network_only),
+                (AlertKind::HardwareAging, Scope::Terminal, &aging_scores),
+            ] {
+                self.fleet.observe(kind, scope, w.end_ms, scores);
+            }
             for s in site_scores {
                 self.record(AlertKind::VoltageInstability, Scope::Site, s);
             }
@@ -423,6 +475,7 @@ impl Scorer {
 #[allow(clippy::too_many_arguments)]
 fn scored<'a>(
     d: &Detector,
+    (threshold, critical): (f64, f64),
     end_ms: i64,
     entity: &'a str,
     region: &'a str,
@@ -437,8 +490,8 @@ fn scored<'a>(
         entity,
         region,
         score: (score * 1e4).round() / 1e4,
-        bad: score >= d.threshold,
-        critical: d.is_critical(score),
+        bad: score >= threshold,
+        critical: is_critical(score, critical),
         model_version: version,
         reasons,
     }

@@ -531,6 +531,24 @@ impl BatchSink for AlertSink {
             c.reports,
             c.ahead,
         );
+        let moved: Vec<String> = self
+            .scorer
+            .thresholds()
+            .filter(|t| t.shift.is_some())
+            .map(|t| {
+                format!(
+                    "{} {} {:.3} (trained {:.3}, fleet {:+.2} log-odds)",
+                    t.kind,
+                    t.scope,
+                    t.threshold,
+                    t.trained,
+                    t.shift.unwrap_or(0.0)
+                )
+            })
+            .collect();
+        if !moved.is_empty() {
+            eprintln!("fleet calibration: {}", moved.join("; "));
+        }
         let l = self.scorer.engine().limit_counts();
         if l != termwatch_features::LimitCounts::default() {
             eprintln!(

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use termwatch_features::{Departed, FeatureConfig, FeatureEngine, SourceProgress, TerminalStates};
 
 use crate::alerting::AlertSnapshot;
+use crate::calibration::FleetCalibration;
 use termwatch_models::training::{FNV_OFFSET, fnv1a};
 
 const MAGIC: &[u8; 6] = b"TWSNAP";
@@ -39,7 +40,8 @@ const COLD_MAGIC: &[u8; 6] = b"TWCOLD";
 ///    judged by the version of its end).
 /// 9: each version's latest row and whether it was retired (no terminal
 ///    runs it any more).
-const FORMAT: u32 = 9;
+/// 10: each detector's fleet calibration (a histogram of its scores).
+const FORMAT: u32 = 10;
 const HEADER: usize = 6 + 4 + 8;
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +74,7 @@ pub struct Snapshot {
     pub model_version: String,
     pub engine: FeatureEngine,
     pub alerts: AlertSnapshot,
+    pub fleet: FleetCalibration,
     /// Where the input stood when the snapshot was taken, in words (a file
     /// and line, or Kafka offsets), for the operator.
     pub position: String,
@@ -84,6 +87,7 @@ pub struct SnapshotRef<'a> {
     pub model_version: &'a str,
     pub engine: &'a FeatureEngine,
     pub alerts: &'a AlertSnapshot,
+    pub fleet: &'a FleetCalibration,
     pub position: &'a str,
 }
 
@@ -102,6 +106,7 @@ impl Snapshot {
             model_version: &self.model_version,
             engine: &self.engine,
             alerts: &self.alerts,
+            fleet: &self.fleet,
             position: &self.position,
         }
     }
@@ -313,6 +318,7 @@ mod tests {
             model_version: "m-1".into(),
             engine: FeatureEngine::new(FeatureConfig::default()),
             alerts,
+            fleet: FleetCalibration::default(),
             position: "test".into(),
         }
     }

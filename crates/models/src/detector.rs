@@ -52,6 +52,39 @@ pub struct Detector {
     /// false-alert budget; 1.0 switches the tier off (a logistic score can
     /// round to exactly 1.0, so 1.0 is tested as "off", not as a level).
     pub critical_threshold: f64,
+    /// What the fleet being watched is compared with before the service
+    /// moves `threshold` (`termwatch_alerts::calibration`); None in
+    /// artifacts from before `termwatch-default-12`, and for detectors
+    /// whose windows are too few for a fleet's own quantiles (firmware).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetReference>,
+}
+
+/// The training fleets' scores at one upper quantile, and how far a
+/// fleet's may lift the threshold.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetReference {
+    /// The share of windows above the quantile compared (0.01 to 0.5).
+    pub share: f64,
+    /// The log-odds of the training windows' score at that share (every
+    /// window the detector scored, incidents included, as a fleet's are).
+    pub logit: f64,
+    /// The highest threshold at which the `k` rule alone still catches
+    /// `RECALL_KEPT` of the training incidents the trained threshold
+    /// catches: what a fleet's scores may never lift it past.
+    pub max_threshold: f64,
+}
+
+/// Log-odds of a score; scores of 0 and 1 are held within 1e-12 of them.
+pub fn logit(p: f64) -> f64 {
+    let p = p.clamp(1e-12, 1.0 - 1e-12);
+    (p / (1.0 - p)).ln()
+}
+
+/// The score of a log-odds.
+pub fn sigmoid(z: f64) -> f64 {
+    1.0 / (1.0 + (-z).exp())
 }
 
 impl Detector {
@@ -116,6 +149,7 @@ impl Detector {
             intercept: sign * fitted.intercept(),
             threshold: 0.5,
             critical_threshold: CRITICAL_OFF,
+            fleet: None,
         })
     }
 

@@ -9,7 +9,7 @@ use termwatch_features::{FeatureConfig, FeatureEngine, WindowRows, names};
 use termwatch_telemetry::alerts::{AlertKind, IncidentLabel, Scope, Verdict};
 
 use crate::artifact::{DetectorFigures, FORMAT, IncidentFigures, ModelSet, TrainingData, scored_at_site_scope};
-use crate::detector::{CRITICAL_OFF, Detector, DetectorError, is_critical};
+use crate::detector::{CRITICAL_OFF, Detector, DetectorError, FleetReference, is_critical, logit};
 use crate::policy::{AlertingConfig, Transition, hysteresis};
 
 /// Feature rows of a history, with entity names resolved, in window order.
@@ -492,6 +492,17 @@ fn fit_one(
     let specificity =
         negatives.iter().filter(|n| d.score(n.2) < threshold).count() as f64 / negatives.len().max(1) as f64;
     let (warnings, criticals) = policy.false_alerts(threshold, critical);
+    // Firmware's windows are versions being rolled out, not a fleet's usual
+    // state. Aging's evidence is already against each part's own rate, and
+    // a wave of wearing parts (a fleet bought in one year) lifts its tail:
+    // calibrated, it lost 18 hours of median lead on the 42-day fleet
+    // (docs/model-history.md, termwatch-default-12).
+    if !matches!(kind, AlertKind::FirmwareRegression | AlertKind::HardwareAging) {
+        // The windows service scores: a one-terminal site is not scored at site scope.
+        let scores: Vec<f64> =
+            rows.iter().filter(|r| scope != Scope::Site || scored_at_site_scope(r.2)).map(|r| d.score(r.2)).collect();
+        d.fleet = fleet_reference(&scores, positives.len(), &policy, threshold, &calibration.k_only);
+    }
     let figures = DetectorFigures {
         kind,
         scope,
@@ -514,6 +525,49 @@ fn fit_one(
         },
     };
     Ok((d, figures))
+}
+
+/// The share of the training incidents caught at the trained threshold that
+/// a threshold lifted by fleet calibration must still catch.
+pub const RECALL_KEPT: f64 = 0.95;
+
+/// What fleet calibration compares a watched fleet with: the training
+/// windows' score at an upper quantile, and the highest threshold at which
+/// the `k` rule alone still catches [`RECALL_KEPT`] of the training
+/// incidents the trained threshold catches.
+///
+/// A watched fleet's windows are not labelled, so its quantile includes
+/// its incidents; so does the reference: every training window the
+/// detector scored, incidents and all. The training fleets have about four
+/// times a real fleet's incidents (`--fault-scale 4`), so a fleet like them
+/// in noise scores lower than the reference, and the threshold stays; only
+/// a fleet noisier than the training fleets *with* their incidents lifts
+/// it. The quantile is taken at four times the training windows' share
+/// inside incidents (at least 1 %, at most half), where healthy windows are
+/// still most of the tail. None without windows (nothing to compare with).
+fn fleet_reference(
+    scores: &[f64],
+    positives: usize,
+    policy: &Policy<'_>,
+    threshold: f64,
+    caught: &Detections,
+) -> Option<FleetReference> {
+    if scores.is_empty() {
+        return None;
+    }
+    let share = (4.0 * positives as f64 / scores.len() as f64).clamp(0.01, 0.5);
+    let mut logits: Vec<f64> = scores.iter().map(|&s| logit(s)).collect();
+    let above = ((share * logits.len() as f64).ceil() as usize).clamp(1, logits.len());
+    let at = logits.len() - above;
+    let (_, &mut value, _) = logits.select_nth_unstable_by(at, f64::total_cmp);
+    let must = (RECALL_KEPT * caught.delays.len() as f64).ceil() as usize;
+    let max_threshold = threshold_candidates()
+        .into_iter()
+        .filter(|&t| t >= threshold)
+        .take_while(|&t| policy.detections(t, CRITICAL_OFF).delays.len() >= must)
+        .last()
+        .unwrap_or(threshold);
+    Some(FleetReference { share, logit: value, max_threshold })
 }
 
 /// The map's values in the order of their keys, so that sums and searches

@@ -1013,6 +1013,7 @@ fn scrape_section(table: &mut Table, terminals: u32) -> anyhow::Result<()> {
         scores: &scores,
         region_scores: &region_scores,
         releases: &[],
+        thresholds: &[],
         model_version: "bench-1",
         now_ms: T0 + 20 * MIN5,
     });

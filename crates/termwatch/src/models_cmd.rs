@@ -416,6 +416,35 @@ fn model_card(set: &ModelSet) -> String {
             i.first_caught_at_once,
         ));
     }
+    s.push_str(&format!(
+        "\n## Fleet calibration\n\n\
+         In service the threshold of each detector calibrated here follows the fleet it watches\n\
+         (`termwatch_alerts::calibration`, README \"Detectors\"): once the fleet has enough windows, where its\n\
+         scores at the share below lie higher than these training windows' (every window scored, incidents\n\
+         included, in log-odds), the threshold and the critical one rise by the difference, up to the\n\
+         ceiling: the highest threshold at which the `k` rule alone still catches {:.0} % of the training\n\
+         incidents the trained threshold catches. Never lower than trained.\n\n\
+         | kind | scope | share compared | training score at that share | threshold | ceiling |\n\
+         |---|---|---|---|---|---|\n",
+        termwatch_models::training::RECALL_KEPT * 100.0
+    ));
+    for d in &set.detectors {
+        match d.fleet {
+            Some(r) => s.push_str(&format!(
+                "| {} | {} | {:.4} | {:.5} | {:.3} | {:.5} |\n",
+                d.kind,
+                d.scope,
+                r.share,
+                termwatch_models::detector::sigmoid(r.logit),
+                d.threshold,
+                r.max_threshold,
+            )),
+            None => s.push_str(&format!(
+                "| {} | {} | not calibrated to the fleet | | {:.3} | |\n",
+                d.kind, d.scope, d.threshold
+            )),
+        }
+    }
     s.push_str(
         "\n## Limits\n\nTrained and calibrated on simulated fleets (docs/simulator.md). Figures above are on the\n\
          training data; figures on unseen histories come from `termwatch eval` (see the README).\n",

@@ -455,3 +455,110 @@ fn a_terminal_forgotten_as_idle_is_kept_beside_the_snapshot() {
     let stderr = String::from_utf8_lossy(&again.stderr);
     assert!(stderr.contains("state: 1 idle terminals' state in"), "{stderr}");
 }
+
+/// A fleet noisier than any the models were trained on (five unlabelled
+/// blips per terminal-day, up to three reports long, against at most one
+/// of two in training): fleet calibration lifts the voltage thresholds and
+/// finds the same incidents with fewer false alerts than the trained
+/// thresholds (the same artifact without its fleet references).
+#[test]
+fn fleet_calibration_pages_less_on_a_noisier_fleet_and_misses_nothing_more() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let shipped = root.join("models/default/model.json");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let config = d.join("blips.json");
+    std::fs::write(&config, r#"{"faults": {"blips_per_terminal_day": 5.0, "blip_max_reports": 3}}"#).expect("write");
+    let (telemetry, labels) = (d.join("noisy.ndjson"), d.join("noisy.labels.ndjson"));
+    termwatch(&[
+        "simulate",
+        "--config",
+        s(&config),
+        "--terminals",
+        "300",
+        "--regions",
+        "8",
+        "--days",
+        "14",
+        "--interval-s",
+        "300",
+        "--seed",
+        "21",
+        "--start",
+        "2026-07-01",
+        "--out",
+        s(&telemetry),
+        "--labels",
+        s(&labels),
+    ]);
+    // The trained thresholds alone: the artifact without fleet references.
+    let mut fixed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&shipped).expect("models/default")).expect("JSON");
+    let mut references = Vec::new();
+    for det in fixed["detectors"].as_array_mut().expect("detectors") {
+        let det = det.as_object_mut().expect("detector");
+        if det.remove("fleet").is_some() {
+            references.push(format!("{} {}", det["kind"], det["scope"]).replace('"', ""));
+        }
+    }
+    assert_eq!(
+        references,
+        ["voltage_instability site", "voltage_instability terminal", "network_degradation region"],
+        "the detectors calibrated to the fleet"
+    );
+    let fixed_path = d.join("fixed.json");
+    std::fs::write(&fixed_path, fixed.to_string()).expect("write");
+    let run = |models: &Path, name: &str| {
+        let alerts = d.join(format!("{name}.alerts.ndjson"));
+        let out = termwatch(&[
+            "replay",
+            "--input",
+            s(&telemetry),
+            "--dead-letter",
+            s(&d.join("dead.ndjson")),
+            "--alerts",
+            s(&alerts),
+            "--models",
+            s(models),
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let report = termwatch(&[
+            "eval",
+            "--alerts",
+            s(&alerts),
+            "--labels",
+            s(&labels),
+            "--telemetry",
+            s(&telemetry),
+            "--json",
+        ]);
+        let report: serde_json::Value = serde_json::from_slice(&report.stdout).expect("JSON report");
+        let per_kind: Vec<(String, u64, u64)> = report["kinds"]
+            .as_array()
+            .expect("kinds")
+            .iter()
+            .map(|k| {
+                (
+                    k["kind"].as_str().expect("kind").to_owned(),
+                    k["detected_incidents"].as_u64().expect("n"),
+                    k["false_alerts"].as_u64().expect("n"),
+                )
+            })
+            .collect();
+        (per_kind, stderr)
+    };
+    let (trained, _) = run(&fixed_path, "trained");
+    let (calibrated, stderr) = run(&shipped, "calibrated");
+    eprintln!("trained thresholds: {trained:?}\nfleet calibration: {calibrated:?}\n{stderr}");
+    assert!(stderr.contains("fleet calibration: voltage_instability"), "the replay says where the thresholds went");
+    for ((kind, detected, _), (_, detected_calibrated, _)) in trained.iter().zip(&calibrated) {
+        assert_eq!(detected_calibrated, detected, "{kind}: the same incidents found");
+    }
+    let voltage = |v: &[(String, u64, u64)]| v.iter().find(|k| k.0 == "voltage_instability").map_or(0, |k| k.2);
+    assert!(
+        voltage(&trained) >= 6 && 3 * voltage(&calibrated) <= 2 * voltage(&trained),
+        "voltage: at most two thirds of the false alerts: {} with fleet calibration, {} without",
+        voltage(&calibrated),
+        voltage(&trained)
+    );
+}
