@@ -201,6 +201,11 @@ impl DetectorCalibration {
             (Some(f), Some(r)) => (f - r.logit).max(0.0),
             _ => 0.0,
         };
+        if shift == 0.0 {
+            // Exactly as trained, not as rounded through the log-odds.
+            (self.threshold, self.critical) = (self.trained, self.trained_critical);
+            return;
+        }
         let ceiling = self.reference.map_or(self.trained, |r| r.max_threshold.max(self.trained));
         self.threshold = sigmoid(logit(self.trained) + shift).clamp(self.trained, ceiling);
         // The critical tier moves by the shift the threshold took.
