@@ -354,8 +354,8 @@ impl AlertMetrics {
                     Opts::new(
                         "termwatch_detector_threshold",
                         "A detector's threshold: source trained (the model's) or in_use (after fleet calibration, \
-                         which lifts it when the watched fleet scores higher than the training fleets' healthy \
-                         windows, up to what still catches the training incidents).",
+                         which lifts it when the watched fleet scores higher than the training fleets, up to what \
+                         still catches the training incidents; voltage and network only).",
                     ),
                     &["kind", "scope", "source"],
                 )?,
@@ -365,8 +365,8 @@ impl AlertMetrics {
                 GaugeVec::new(
                     Opts::new(
                         "termwatch_detector_fleet_shift",
-                        "How much higher the watched fleet's scores are than the training fleets' healthy windows \
-                         at the share fleet calibration compares (log-odds; negative: quieter). Absent while the \
+                        "How much higher the watched fleet's scores are than the training windows' (incidents \
+                         included) at the share fleet calibration compares (log-odds; negative: quieter). Absent while the \
                          detector warms up (fewer than 20 windows, decayed over 7 days, in that share).",
                     ),
                     &["kind", "scope"],

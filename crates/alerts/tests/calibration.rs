@@ -15,7 +15,8 @@ use termwatch_telemetry::{BatchBuilder, decode};
 /// Two days of 120 terminals with five blips per terminal-day: a fleet
 /// noisier than the training fleets, so the thresholds move.
 fn history() -> Vec<Vec<u8>> {
-    let mut cfg = SimConfig { terminals: 120, regions: 3, days: 2.0, seed: 41, interval_s: 300, ..SimConfig::default() };
+    let mut cfg =
+        SimConfig { terminals: 120, regions: 3, days: 2.0, seed: 41, interval_s: 300, ..SimConfig::default() };
     cfg.faults.blips_per_terminal_day = 5.0;
     cfg.faults.blip_max_reports = 3;
     let mut sim = Simulator::new(cfg).expect("simulator");

@@ -54,8 +54,8 @@ pub struct Detector {
     pub critical_threshold: f64,
     /// What the fleet being watched is compared with before the service
     /// moves `threshold` (`termwatch_alerts::calibration`); None in
-    /// artifacts from before `termwatch-default-12`, and for detectors
-    /// whose windows are too few for a fleet's own quantiles (firmware).
+    /// artifacts from before `termwatch-default-12`, and for the detectors
+    /// training leaves out (firmware and aging: `training::fit_one` says why).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fleet: Option<FleetReference>,
 }
