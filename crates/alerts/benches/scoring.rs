@@ -53,36 +53,27 @@ fn scoring(c: &mut Criterion) {
             black_box(n + e.finish().len())
         })
     });
-    g.bench_with_input(BenchmarkId::new("features_detectors_alerts", records), &batches, |b, batches| {
-        b.iter(|| {
-            let mut s = Scorer::new(models.clone()).expect("scorer");
-            let mut n = 0;
-            for batch in batches {
-                n += s.process_batch(batch).len();
-            }
-            black_box(n + s.finish().len())
-        })
-    });
-    // The same without fleet calibration (no detector has a fleet
-    // reference, so no histogram is kept): what following the fleet costs.
+    // With fleet calibration (the shipped model), and without it (no
+    // detector has a fleet reference, so no histogram is kept): what
+    // following the fleet costs.
     let mut trained_only = models.clone();
     for d in &mut trained_only.detectors {
         d.fleet = None;
     }
-    g.bench_with_input(
-        BenchmarkId::new("features_detectors_alerts_trained_thresholds", records),
-        &batches,
-        |b, batches| {
+    for (name, set) in
+        [("features_detectors_alerts", &models), ("features_detectors_alerts_trained_thresholds", &trained_only)]
+    {
+        g.bench_with_input(BenchmarkId::new(name, records), &batches, |b, batches| {
             b.iter(|| {
-                let mut s = Scorer::new(trained_only.clone()).expect("scorer");
+                let mut s = Scorer::new(set.clone()).expect("scorer");
                 let mut n = 0;
                 for batch in batches {
                     n += s.process_batch(batch).len();
                 }
                 black_box(n + s.finish().len())
             })
-        },
-    );
+        });
+    }
     g.finish();
 
     for terminals in [10_000u32, 100_000] {
