@@ -5,6 +5,8 @@ use serde::{Deserialize, Serialize};
 use termwatch_telemetry::time::{self, MS_PER_DAY};
 
 use crate::error::SimError;
+use crate::fleet::MODELS;
+use crate::rng::Rng;
 
 /// A fleet simulation. Every field has a default, so `{}` is a valid
 /// configuration (1,000 terminals, 8 regions, 7 days from 2026-09-01).
@@ -44,6 +46,50 @@ pub struct SimConfig {
     pub daily_reboot: bool,
     /// How often each fault and each unlabelled event occurs.
     pub faults: FaultRates,
+    /// How noisy healthy terminals are and how a regional fault spreads:
+    /// the knobs [`SimConfig::draw_physics`] draws per fleet.
+    pub physics: Physics,
+}
+
+/// The physics of healthy terminals and the shape of regional faults. The
+/// defaults are the simulator's own (every default fleet stays what it was);
+/// other fleets, and fleets from other generators, differ, which is why
+/// `termwatch simulate --physics-draw` exists (docs/simulator.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Physics {
+    /// How much a healthy supply's per-report noise (`supply_v_std`)
+    /// wanders around its model's level: sigma of a lognormal, 0-1.
+    /// Default 0.12.
+    pub supply_noise_sigma: f64,
+    /// One terminal model (by name) whose supplies are noisier than its
+    /// catalogue says, by `noisy_model_factor`; empty for none. Default "".
+    pub noisy_model: String,
+    /// 1-10. Default 1.
+    pub noisy_model_factor: f64,
+    /// Per-report wander of round-trip time: sigma of a lognormal, 0-1.
+    /// Default 0.12.
+    pub rtt_noise_sigma: f64,
+    /// Per-report wander of packet loss: sigma of a lognormal, 0-2.
+    /// Default 0.6.
+    pub loss_noise_sigma: f64,
+    /// Share of regional network degradations that reach the region's
+    /// terminals one by one, across its sites (a carrier's trouble), where
+    /// the others reach whole sites (an access network's), 0-1. Default 0.
+    pub regional_by_terminal_share: f64,
+}
+
+impl Default for Physics {
+    fn default() -> Self {
+        Physics {
+            supply_noise_sigma: 0.12,
+            noisy_model: String::new(),
+            noisy_model_factor: 1.0,
+            rtt_noise_sigma: 0.12,
+            loss_noise_sigma: 0.6,
+            regional_by_terminal_share: 0.0,
+        }
+    }
 }
 
 /// Rates of the injected faults (labelled) and of the unlabelled events.
@@ -112,6 +158,7 @@ impl Default for SimConfig {
             clock_jumps_per_day: 0.0,
             daily_reboot: true,
             faults: FaultRates::default(),
+            physics: Physics::default(),
         }
     }
 }
@@ -159,6 +206,14 @@ fn check_share(param: &'static str, v: f64, max: f64) -> Result<(), SimError> {
         Ok(())
     } else {
         Err(SimError::config(param, format!("{v} is not a share between 0 and {max}")))
+    }
+}
+
+fn check_sigma(param: &'static str, v: f64, max: f64) -> Result<(), SimError> {
+    if v.is_finite() && (0.0..=max).contains(&v) {
+        Ok(())
+    } else {
+        Err(SimError::config(param, format!("{v} is not a lognormal sigma between 0 and {max}")))
     }
 }
 
@@ -261,7 +316,52 @@ impl SimConfig {
                 format!("{} is not in severity_min..=1 (severity_min = {})", f.severity_max, f.severity_min),
             ));
         }
+        let p = &self.physics;
+        check_sigma("physics.supply_noise_sigma", p.supply_noise_sigma, 1.0)?;
+        check_sigma("physics.rtt_noise_sigma", p.rtt_noise_sigma, 1.0)?;
+        check_sigma("physics.loss_noise_sigma", p.loss_noise_sigma, 2.0)?;
+        check_share("physics.regional_by_terminal_share", p.regional_by_terminal_share, 1.0)?;
+        if !(p.noisy_model_factor.is_finite() && (1.0..=10.0).contains(&p.noisy_model_factor)) {
+            return Err(SimError::config(
+                "physics.noisy_model_factor",
+                format!("{} is not in 1..=10", p.noisy_model_factor),
+            ));
+        }
+        if !p.noisy_model.is_empty() && !MODELS.iter().any(|m| m.name == p.noisy_model) {
+            let names: Vec<&str> = MODELS.iter().map(|m| m.name).collect();
+            return Err(SimError::config(
+                "physics.noisy_model",
+                format!("{:?} is not a model of the catalogue ({})", p.noisy_model, names.join(", ")),
+            ));
+        }
         Ok(())
+    }
+
+    /// Draws the physics of one fleet from wide ranges (docs/simulator.md,
+    /// "Physics drawn per fleet"): per-report noise of supply, round trip
+    /// and loss, a model noisier than its catalogue, how regional faults
+    /// spread, how many sites switch off at night, how late reports
+    /// arrive, how often and how long unlabelled blips are, how many
+    /// single-site uplinks fail, and how faint labelled faults can be.
+    /// The same `draw` gives the same physics; the fleet's own `seed` is
+    /// untouched, so one physics can be laid over several fleets.
+    pub fn draw_physics(&mut self, draw: u64) {
+        let mut rng = Rng::stream(draw, 0x9A75_01C5);
+        let log_range = |rng: &mut Rng, lo: f64, hi: f64| rng.range(lo.ln(), hi.ln()).exp();
+        let p = &mut self.physics;
+        p.supply_noise_sigma = rng.range(0.08, 0.35);
+        p.noisy_model = MODELS[rng.below(MODELS.len() as u64) as usize].name.to_string();
+        p.noisy_model_factor = rng.range(1.0, 2.5);
+        p.rtt_noise_sigma = rng.range(0.08, 0.35);
+        p.loss_noise_sigma = rng.range(0.3, 1.2);
+        p.regional_by_terminal_share = rng.unit();
+        self.night_off_share = rng.range(0.1, 0.7);
+        self.late_share = log_range(&mut rng, 0.0005, 0.03);
+        let f = &mut self.faults;
+        f.blips_per_terminal_day = log_range(&mut rng, 0.02, 2.0);
+        f.blip_max_reports = 1 + rng.below(4) as u32;
+        f.uplink_failure_per_1000_site_days = log_range(&mut rng, 1.0, 30.0);
+        f.severity_min = rng.range(0.05, 0.3);
     }
 
     /// The start of the history, epoch ms.

@@ -542,6 +542,7 @@ impl Simulator {
         let site = fleet.site_of(t);
         let spec = t.spec();
         let region = &fleet.regions[t.region as usize];
+        let physics = &self.cfg.physics;
         let rng = &mut self.rng;
         let st = &mut self.states[ti];
 
@@ -680,11 +681,15 @@ impl Simulator {
         };
         let spike = if rng.chance(0.004) || m.blip == Some(Blip::RttSpike) { rng.range(3.0, 10.0) } else { 1.0 };
         let wifi = if t.net == Net::Wifi { 4.0 } else { 0.0 };
-        let rtt_ms =
-            ((region.base_rtt_ms + site.line_rtt_ms + wifi) * (rng.normal() * 0.12).exp() * m.rtt_mult * spike
-                + m.rtt_add * rng.range(0.5, 1.5))
-            .min(30_000.0);
-        let mut loss = site.line_loss_pct * (rng.normal() * 0.6).exp() + signal_loss + m.loss_add * rng.range(0.8, 1.2);
+        let rtt_ms = ((region.base_rtt_ms + site.line_rtt_ms + wifi)
+            * (rng.normal() * physics.rtt_noise_sigma).exp()
+            * m.rtt_mult
+            * spike
+            + m.rtt_add * rng.range(0.5, 1.5))
+        .min(30_000.0);
+        let mut loss = site.line_loss_pct * (rng.normal() * physics.loss_noise_sigma).exp()
+            + signal_loss
+            + m.loss_add * rng.range(0.8, 1.2);
         if m.blip == Some(Blip::RttSpike) {
             loss += rng.range(1.0, 8.0);
         }
@@ -744,7 +749,8 @@ impl Simulator {
 
         // Supply.
         let v = spec.nominal_v;
-        let sd_model = spec.v_noise * (rng.normal() * 0.12).exp();
+        let noisier = if physics.noisy_model == spec.name { physics.noisy_model_factor } else { 1.0 };
+        let sd_model = spec.v_noise * noisier * (rng.normal() * physics.supply_noise_sigma).exp();
         let sd = hypot(sd_model, v * m.v_std_add);
         let printing = print_jobs > 0;
         let mean = v * (1.0 + site.mains_offset + t.adapter_offset + m.v_mean_shift) + rng.gauss(0.0, sd_model * 0.15)

@@ -38,7 +38,7 @@ mod output;
 pub mod rng;
 pub mod schedule;
 
-pub use config::{FaultRates, SimConfig};
+pub use config::{FaultRates, Physics, SimConfig};
 pub use engine::{Damage, RecordMeta, Simulator};
 pub use error::SimError;
 pub use output::{Summary, write_files};

@@ -489,8 +489,25 @@ impl<'a> Builder<'a> {
                 );
                 let e =
                     self.push(EffectKind::Network { severity, ramp_in, ramp_out }, start, end, Some(label), severity);
-                // A share of the region's sites (and so terminals), whole sites at a time.
+                // A share of the region's sites (and so terminals), whole sites at a time;
+                // or, for a carrier's trouble, that share of its terminals one by one,
+                // across its sites. (No draw when every fault is by site, so the
+                // default fleets stay what they were.)
+                let by_terminal = self.cfg.physics.regional_by_terminal_share > 0.0
+                    && rng.chance(self.cfg.physics.regional_by_terminal_share);
                 let share = rng.range(0.3, 0.8);
+                if by_terminal {
+                    let mut order: Vec<u32> = self.fleet.regions[ri as usize].terminals.clone().collect();
+                    for i in (1..order.len()).rev() {
+                        order.swap(i, rng.below(i as u64 + 1) as usize);
+                    }
+                    let k = (share * n_terms as f64).ceil() as usize;
+                    for ti in order.into_iter().take(k) {
+                        let w = rng.range(0.6, 1.2);
+                        self.span(ti, start, end, e, w);
+                    }
+                    break;
+                }
                 let mut order: Vec<u32> = sites.collect();
                 for i in (1..order.len()).rev() {
                     order.swap(i, rng.below(i as u64 + 1) as usize);

@@ -603,3 +603,117 @@ fn without_staged_rollouts_the_default_fleet_is_unchanged() {
         }
     }
 }
+
+#[test]
+fn drawn_physics_are_reproducible_valid_and_differ_from_draw_to_draw() {
+    let base = SimConfig { seed: 5, terminals: 100, regions: 10, ..SimConfig::default() };
+    let drawn = |n: u64| {
+        let mut cfg = base.clone();
+        cfg.draw_physics(n);
+        cfg
+    };
+    let mut seen = HashSet::new();
+    for n in 0..200 {
+        let cfg = drawn(n);
+        cfg.validate().unwrap_or_else(|e| panic!("draw {n}: {e}"));
+        assert_eq!(cfg, drawn(n), "draw {n} again");
+        assert_eq!((cfg.seed, cfg.terminals, cfg.regions), (5, 100, 10), "the fleet itself is not drawn");
+        let p = &cfg.physics;
+        assert!((0.08..0.35).contains(&p.supply_noise_sigma), "{p:?}");
+        assert!((0.08..0.35).contains(&p.rtt_noise_sigma), "{p:?}");
+        assert!((1.0..2.5).contains(&p.noisy_model_factor), "{p:?}");
+        assert!((1..=4).contains(&cfg.faults.blip_max_reports));
+        // Labelled fault rates are the fleet's, not the draw's.
+        assert_eq!(cfg.faults.network_per_region_day, base.faults.network_per_region_day);
+        seen.insert(serde_json::to_string(&cfg).expect("json"));
+    }
+    assert_eq!(seen.len(), 200, "every draw is its own physics");
+    // The defaults are the simulator's own: no draw, no change.
+    assert_eq!(SimConfig::default().physics, termwatch_sim::Physics::default());
+}
+
+#[test]
+fn a_drawn_supply_noise_and_a_noisier_model_show_in_the_data() {
+    let fleet = |sigma: f64, factor: f64| {
+        let mut cfg =
+            SimConfig { seed: 3, terminals: 40, regions: 2, days: 1.0, interval_s: 300, ..SimConfig::default() };
+        cfg.faults = termwatch_sim::FaultRates {
+            aging_per_1000_terminal_days: 0.0,
+            site_mains_per_1000_site_days: 0.0,
+            power_supply_per_1000_terminal_days: 0.0,
+            blips_per_terminal_day: 0.0,
+            ..cfg.faults
+        };
+        cfg.physics.supply_noise_sigma = sigma;
+        cfg.physics.noisy_model = "P200".into();
+        cfg.physics.noisy_model_factor = factor;
+        run(cfg)
+    };
+    // Per terminal, the spread of ln(supply_v_std) around its own median.
+    let wander = |run: &Run| {
+        let mut per: HashMap<&str, Vec<f64>> = HashMap::new();
+        for r in &run.rows {
+            if let Some(v) = r.v_std.filter(|v| *v > 0.0) {
+                per.entry(&r.terminal).or_default().push(v.ln());
+            }
+        }
+        let sds: Vec<f64> = per
+            .values()
+            .filter(|v| v.len() > 100)
+            .map(|v| {
+                let m = mean(v.iter().copied());
+                (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / v.len() as f64).sqrt()
+            })
+            .collect();
+        mean(sds)
+    };
+    let (quiet, noisy) = (fleet(0.08, 1.0), fleet(0.35, 1.0));
+    let (q, n) = (wander(&quiet), wander(&noisy));
+    assert!(n > 2.0 * q, "per-report wander of supply noise: {q:.3} at sigma 0.08, {n:.3} at 0.35");
+    let level = |run: &Run, model: &str| {
+        let mut v: Vec<f64> = run.rows.iter().filter(|r| r.model == model).filter_map(|r| r.v_std).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let doubled = fleet(0.08, 2.0);
+    let ratio = level(&doubled, "P200") / level(&quiet, "P200");
+    assert!((1.7..2.3).contains(&ratio), "P200 at twice its noise: median supply_v_std x{ratio:.2}");
+    let other = level(&doubled, "P400") / level(&quiet, "P400");
+    assert!((0.9..1.1).contains(&other), "P400 untouched: x{other:.2}");
+}
+
+#[test]
+fn a_carriers_regional_fault_reaches_terminals_across_sites_where_an_access_networks_reaches_whole_sites() {
+    // Per regional fault, how many of the sites it touches it touches only in part.
+    let partial_sites = |by_terminal: f64| {
+        let mut cfg =
+            SimConfig { seed: 9, terminals: 200, regions: 4, days: 7.0, interval_s: 300, ..SimConfig::default() };
+        cfg.faults.network_per_region_day = 1.0;
+        cfg.physics.regional_by_terminal_share = by_terminal;
+        let sim = Simulator::new(cfg).expect("valid");
+        let (fleet, schedule) = (sim.fleet(), sim.schedule());
+        let mut counts = Vec::new();
+        for (e, effect) in schedule.effects.iter().enumerate() {
+            let Some(l) = effect.label else { continue };
+            if schedule.labels[l].kind != AlertKind::NetworkDegradation {
+                continue;
+            }
+            let mut per_site: HashMap<u32, usize> = HashMap::new();
+            for (ti, spans) in schedule.spans.iter().enumerate() {
+                if spans.iter().any(|s| s.effect as usize == e) {
+                    *per_site.entry(fleet.terminals[ti].site).or_default() += 1;
+                }
+            }
+            let partial = per_site.iter().filter(|(s, n)| fleet.sites[**s as usize].terminals.len() != **n).count();
+            counts.push((partial, per_site.len()));
+        }
+        counts
+    };
+    let by_site = partial_sites(0.0);
+    assert!(by_site.len() >= 10, "{} regional faults", by_site.len());
+    assert!(by_site.iter().all(|(partial, _)| *partial == 0), "whole sites: {by_site:?}");
+    let by_terminal = partial_sites(1.0);
+    let split: usize = by_terminal.iter().map(|(p, _)| p).sum();
+    let touched: usize = by_terminal.iter().map(|(_, n)| n).sum();
+    assert!(split * 3 > touched, "a carrier's trouble splits sites: {split} of {touched} sites touched in part");
+}

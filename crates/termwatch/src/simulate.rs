@@ -67,6 +67,12 @@ pub struct SimulateArgs {
     /// Multiplies the rates of the labelled faults (aging, voltage, network) [default: 1].
     #[arg(long, value_name = "FACTOR")]
     pub fault_scale: Option<f64>,
+    /// Draws the fleet's physics (noise of each measurement, a noisier model, how regional
+    /// faults spread, night switch-off, lateness, blips, uplink failures, faintest faults)
+    /// from wide ranges: the same N gives the same physics, printed as a `--config` would
+    /// give it; options given here still win (docs/simulator.md).
+    #[arg(long, value_name = "N")]
+    pub physics_draw: Option<u64>,
 }
 
 impl SimulateArgs {
@@ -79,6 +85,9 @@ impl SimulateArgs {
             }
             None => SimConfig::default(),
         };
+        if let Some(draw) = self.physics_draw {
+            cfg.draw_physics(draw);
+        }
         fn set<T: Copy>(dst: &mut T, v: Option<T>) {
             if let Some(v) = v {
                 *dst = v;
@@ -115,6 +124,13 @@ impl SimulateArgs {
 
 pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     let cfg = args.sim_config()?;
+    if let Some(draw) = args.physics_draw {
+        // Everything a rerun or an analyst needs to know the fleet's physics.
+        eprintln!(
+            "simulate: physics draw {draw}: {}",
+            serde_json::to_string(&cfg).context("serialising the configuration")?
+        );
+    }
     let labels = match &args.labels {
         Some(p) => format!(" (labels in {})", p.display()),
         None => String::new(),

@@ -231,3 +231,30 @@ fn eval_with_a_missing_labels_file_is_one_line_naming_it() {
     ]);
     assert_operator_error(&out, "/no/such/labels.ndjson");
 }
+
+/// `simulate --physics-draw N` prints the configuration it drew, which a
+/// `--config` file reproduces byte for byte; an option given still wins.
+#[test]
+fn a_physics_draw_is_printed_and_reproduced_by_the_configuration_it_prints() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let path = |name: &str| d.join(name).to_str().expect("utf8").to_string();
+    let common = ["simulate", "--terminals", "20", "--regions", "2", "--days", "0.5", "--interval-s", "300"];
+    let drawn = termwatch(
+        &[&common[..], &["--physics-draw", "7", "--night-off-share", "0.2", "--out", &path("a.ndjson")]].concat(),
+    );
+    assert!(drawn.status.success(), "{}", text(&drawn.stderr));
+    let stderr = text(&drawn.stderr);
+    let line =
+        stderr.lines().find_map(|l| l.strip_prefix("simulate: physics draw 7: ")).expect("the drawn configuration");
+    let cfg: serde_json::Value = serde_json::from_str(line).expect("JSON");
+    assert_eq!(cfg["night_off_share"], 0.2, "the option wins over the draw");
+    assert_ne!(cfg["physics"]["supply_noise_sigma"], 0.12, "drawn, not the default");
+    std::fs::write(d.join("drawn.json"), line).expect("write");
+    let again = termwatch(&[&common[..], &["--config", &path("drawn.json"), "--out", &path("b.ndjson")]].concat());
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    assert_eq!(std::fs::read(d.join("a.ndjson")).expect("a"), std::fs::read(d.join("b.ndjson")).expect("b"));
+    let plain = termwatch(&[&common[..], &["--night-off-share", "0.2", "--out", &path("c.ndjson")]].concat());
+    assert!(plain.status.success());
+    assert_ne!(std::fs::read(d.join("a.ndjson")).expect("a"), std::fs::read(d.join("c.ndjson")).expect("c"));
+}
