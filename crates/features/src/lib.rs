@@ -57,20 +57,19 @@ pub mod names {
     /// Where `terminals_reporting` is in [`SITE_VOLTAGE`].
     pub const SITE_TERMINALS_REPORTING: usize = 5;
     /// Over the region's terminals with a baseline, each against its own.
-    /// `_median_se_`: the median of the terminals' z-scores in standard
+    /// `_median_se`: the median of the terminals' z-scores in standard
     /// errors of such a median (times sqrt(n) / 1.2533), so that regions
-    /// of any size share one scale; `_beyond_worst_site`: the share, median
-    /// or mean over the terminals (or sites) outside the site that
-    /// contributes most to it, since a site's terminals share one uplink: one shop's
-    /// failing router, or one terminal's bad cable or SIM, does not move
-    /// its region; `terminals_reporting`: how many.
+    /// of any size share one scale; `_trimmed_mean`: the mean without the
+    /// terminal that contributes most, so one terminal's burst (a bad
+    /// cable, a SIM fault) does not move its region; `terminals_reporting`:
+    /// how many.
     pub const NETWORK: [&str; 7] = [
-        "share_sites_degraded_beyond_worst_site",
-        "share_terminals_degraded_beyond_worst_site",
-        "rtt_z_median_se_beyond_worst_site",
-        "loss_z_median_se_beyond_worst_site",
-        "reconnect_surprise_mean_beyond_worst_site",
-        "timeout_surprise_mean_beyond_worst_site",
+        "share_sites_degraded",
+        "share_terminals_degraded",
+        "rtt_z_median_se",
+        "loss_z_median_se",
+        "reconnect_surprise_trimmed_mean",
+        "timeout_surprise_trimmed_mean",
         "terminals_reporting",
     ];
     pub const AGING: [&str; 8] = [

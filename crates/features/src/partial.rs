@@ -181,80 +181,40 @@ impl RegionPartial {
             return RegionWindow::Thin;
         }
         let n = terminals.len() as f64;
-        // Per site, in terminal-id order: terminals, degraded, and the sums
-        // of their reconnect and timeout surprises. A site's terminals share
-        // one uplink, so the site, not the terminal, is the unit a regional
-        // degradation must span: each share and mean below leaves out the
-        // site that contributes most to it, and one shop's failing router
-        // (two of a ten-terminal region's terminals) moves none of them.
-        let mut sites: HashMap<&str, SiteNetwork> = HashMap::new();
-        let (mut reconnects_sum, mut timeouts_sum) = (0.0, 0.0);
+        let (mut reconnects_sum, mut timeouts_sum, mut reconnects_max, mut timeouts_max) = (0.0, 0.0, 0.0f64, 0.0f64);
+        let mut sites: HashMap<&str, (u32, u32)> = HashMap::new();
         for t in terminals {
             reconnects_sum += t.reconnects;
             timeouts_sum += t.timeouts;
+            reconnects_max = reconnects_max.max(t.reconnects);
+            timeouts_max = timeouts_max.max(t.timeouts);
             let s = sites.entry(&t.site).or_default();
-            s.terminals += 1;
-            s.degraded += u32::from(t.degraded);
-            s.reconnects += t.reconnects;
-            s.timeouts += t.timeouts;
+            s.0 += 1;
+            s.1 += u32::from(t.degraded);
         }
         let degraded = terminals.iter().filter(|t| t.degraded).count() as f64;
-        // The site contributing most to a figure, as (its value, its
-        // terminals); among equal values the one with fewer terminals, so
-        // that what is left is the smaller share, whatever the map's order.
-        let worst = |value: fn(&SiteNetwork) -> f64| {
-            sites.values().map(|s| (value(s), f64::from(s.terminals))).fold((0.0f64, 0.0f64), |best, x| {
-                if x.0 > best.0 || (x.0 == best.0 && x.1 < best.1) { x } else { best }
-            })
-        };
-        // Of the terminals outside that site; none left (a one-site
-        // region) is no evidence of a regional problem.
-        let beyond = |sum: f64, (top, at_top): (f64, f64)| {
-            let rest = n - at_top;
-            if rest > 0.0 { ((sum - top) / rest).max(0.0) } else { 0.0 }
-        };
-        let worst_degraded = worst(|s| f64::from(s.degraded));
-        let sites_degraded = sites.values().filter(|s| 2 * s.degraded > s.terminals).count() as f64;
-        // The worst site is degraded whenever any is, so it leaves one.
-        let sites_degraded_beyond =
-            if sites.len() > 1 { (sites_degraded - 1.0).max(0.0) / (sites.len() - 1) as f64 } else { 0.0 };
-        // The medians leave out the site with the most degraded terminals
-        // (then the fewest terminals, then the least id: one site, whatever
-        // the map's order, since which one changes the median).
-        let median_site = sites
-            .iter()
-            .max_by(|(a_id, a), (b_id, b)| {
-                a.degraded.cmp(&b.degraded).then(b.terminals.cmp(&a.terminals)).then(b_id.cmp(a_id))
-            })
-            .map(|(id, _)| *id);
-        let rest = || terminals.iter().filter(|t| Some(&*t.site) != median_site);
-        let mut rtt_z: Vec<f64> = rest().map(|t| t.rtt_z).collect();
-        let mut loss_z: Vec<f64> = rest().map(|t| t.loss_z).collect();
+        let mut rtt_z: Vec<f64> = terminals.iter().map(|t| t.rtt_z).collect();
+        let mut loss_z: Vec<f64> = terminals.iter().map(|t| t.loss_z).collect();
         // Medians in standard errors: the median of n healthy z-scores
         // has a standard deviation of about 1.2533 / sqrt(n), so a
         // region of ten terminals and one of a hundred are judged on
         // one scale (a small region's median wanders more).
-        let median_se = (rtt_z.len() as f64).sqrt() / 1.2533;
+        let median_se = n.sqrt() / 1.2533;
+        // Without the largest contribution: a region's trouble is
+        // shared, and one terminal's burst of timeouts is that terminal's.
+        // (A region has at least MIN_REGION_TERMINALS here.)
+        let trimmed = |sum: f64, max: f64| (sum - max).max(0.0) / (n - 1.0).max(1.0);
+        let sites_degraded = sites.values().filter(|s| 2 * s.1 > s.0).count() as f64;
         RegionWindow::Features([
-            sites_degraded_beyond,
-            beyond(degraded, worst_degraded),
+            sites_degraded / (sites.len().max(1) as f64),
+            degraded / n,
             median(&mut rtt_z).unwrap_or(0.0) * median_se,
             median(&mut loss_z).unwrap_or(0.0) * median_se,
-            beyond(reconnects_sum, worst(|s| s.reconnects)),
-            beyond(timeouts_sum, worst(|s| s.timeouts)),
+            trimmed(reconnects_sum, reconnects_max),
+            trimmed(timeouts_sum, timeouts_max),
             n,
         ])
     }
-}
-
-/// One site's terminals in a region window, for the region's figures
-/// without its worst site.
-#[derive(Default)]
-struct SiteNetwork {
-    terminals: u32,
-    degraded: u32,
-    reconnects: f64,
-    timeouts: f64,
 }
 
 /// What a terminal's quiet window teaches a voltage baseline (its own, and

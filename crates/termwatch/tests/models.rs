@@ -119,9 +119,7 @@ fn trains_scores_and_evaluates_and_refuses_a_mismatched_artifact() {
     let tampered = d.join("tampered.json");
     std::fs::write(
         &tampered,
-        std::fs::read_to_string(&model)
-            .expect("artifact")
-            .replace("share_sites_degraded_beyond_worst_site", "share_of_sites"),
+        std::fs::read_to_string(&model).expect("artifact").replace("share_sites_degraded", "share_of_sites"),
     )
     .expect("write");
     let out = Command::new(env!("CARGO_BIN_EXE_termwatch"))
@@ -322,11 +320,11 @@ fn the_default_models_page_the_site_for_mains_and_the_terminal_for_its_supply() 
 /// The shipped models on a fleet from a generator that is not ours
 /// (`tests/fleets/external-1`, a customer's sample, never used to fit a
 /// threshold or a feature): every incident of the kinds termwatch detects
-/// is found, and false alerts stay under a ceiling per kind. Voltage,
-/// network and firmware are held to the target, 0.5 false alerts per 1,000
-/// terminal-days (none on this fleet's 885). Aging does not meet it here
-/// yet: its ceiling is a regression guard, 1.5 times what
-/// `termwatch-default-8` to `-13` do on this fleet (one alert; README,
+/// is found, and false alerts stay under a ceiling per kind. Voltage is held
+/// to the target, 0.5 false alerts per 1,000 terminal-days (none on this
+/// fleet's 885), and so is firmware. Network and aging do not meet it here
+/// yet: their ceilings are a regression guard, 1.5 times what
+/// `termwatch-default-8` and `-9` do on this fleet (one alert each; README,
 /// Detectors).
 #[test]
 fn the_shipped_models_find_every_incident_of_a_foreign_fleet_within_a_false_alert_ceiling() {
@@ -356,7 +354,7 @@ fn the_shipped_models_find_every_incident_of_a_foreign_fleet_within_a_false_aler
     // kind, false alerts per 1,000 terminal-days at most.
     let ceilings = [
         ("voltage_instability", 0.5),
-        ("network_degradation", 0.5),
+        ("network_degradation", 1.7),
         ("hardware_aging", 1.7),
         ("firmware_regression", 0.5),
     ];
@@ -563,74 +561,4 @@ fn fleet_calibration_pages_less_on_a_noisier_fleet_and_misses_nothing_more() {
         voltage(&calibrated),
         voltage(&trained)
     );
-}
-
-/// One shop losing its uplink is not its region degrading: on a fleet of
-/// ten-terminal regions with thirteen times the simulator's usual
-/// single-site uplink failures (unlabelled, a physics the models were not
-/// trained on), the shipped models raise at most two regional network
-/// alerts that match no regional incident. `termwatch-default-12`, whose
-/// regional figures counted every site, raised 21 here; `-13` raises 1
-/// (docs/model-history.md, `-13`).
-#[test]
-fn a_shops_failing_uplink_does_not_page_its_region() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let models = root.join("models/default/model.json");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let d = dir.path();
-    let config = d.join("uplinks.json");
-    std::fs::write(&config, r#"{"faults": {"uplink_failure_per_1000_site_days": 40.0}}"#).expect("write");
-    let (telemetry, labels, alerts) = (d.join("u.ndjson"), d.join("u.labels.ndjson"), d.join("u.alerts.ndjson"));
-    termwatch(&[
-        "simulate",
-        "--config",
-        s(&config),
-        "--terminals",
-        "200",
-        "--regions",
-        "20",
-        "--days",
-        "14",
-        "--interval-s",
-        "300",
-        "--seed",
-        "41",
-        "--start",
-        "2026-07-01",
-        "--out",
-        s(&telemetry),
-        "--labels",
-        s(&labels),
-    ]);
-    termwatch(&[
-        "replay",
-        "--input",
-        s(&telemetry),
-        "--dead-letter",
-        s(&d.join("dead.ndjson")),
-        "--alerts",
-        s(&alerts),
-        "--models",
-        s(&models),
-    ]);
-    let report =
-        termwatch(&["eval", "--alerts", s(&alerts), "--labels", s(&labels), "--telemetry", s(&telemetry), "--json"]);
-    let report: serde_json::Value = serde_json::from_slice(&report.stdout).expect("JSON report");
-    let network = report["kinds"]
-        .as_array()
-        .expect("kinds")
-        .iter()
-        .find(|k| k["kind"] == "network_degradation")
-        .expect("network in the report");
-    let (incidents, detected, false_alerts) = (
-        network["incidents"].as_u64().expect("n"),
-        network["detected_incidents"].as_u64().expect("n"),
-        network["false_alerts"].as_u64().expect("n"),
-    );
-    eprintln!("network: {detected} of {incidents} regional incidents, {false_alerts} false alerts");
-    assert!(incidents >= 20, "{incidents} regional incidents");
-    assert!(false_alerts <= 2, "{false_alerts} regional alerts without a regional incident");
-    // The trim costs the incidents that reach one site of a small region,
-    // not the rest: most are still found.
-    assert!(2 * detected >= incidents, "{detected} of {incidents} found");
 }
