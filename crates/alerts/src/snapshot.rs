@@ -41,7 +41,9 @@ const COLD_MAGIC: &[u8; 6] = b"TWCOLD";
 /// 9: each version's latest row and whether it was retired (no terminal
 ///    runs it any more).
 /// 10: each detector's fleet calibration (a histogram of its scores).
-const FORMAT: u32 = 10;
+/// 11: the wear evidence each part's current run of windows with errors
+///     has added (a burst of errors is one event).
+const FORMAT: u32 = 11;
 const HEADER: usize = 6 + 4 + 8;
 
 #[derive(Debug, thiserror::Error)]

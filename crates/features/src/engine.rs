@@ -344,6 +344,11 @@ struct Wear {
     /// wearing when tracking began would teach its own baseline).
     reader_vs_cohort: f32,
     printer_vs_cohort: f32,
+    /// Evidence (nats) each of the four sums above has taken from the run
+    /// of windows with errors the part is in (0 once a window with use had
+    /// none): a burst spanning windows is one event and adds at most what
+    /// one window can.
+    runs: [f32; 4],
     /// The battery's health as it should be now: the highest level seen,
     /// lowered at a normal battery's pace. A battery swap raises it.
     health_peak: Option<f32>,
@@ -1938,21 +1943,18 @@ impl FeatureEngine {
             let printer_base = shrunk_rate(wear.printer_long, prior.printer);
             // Evidence accumulates only against a baseline worth the name; a
             // young one would call its own noise a change.
+            let (card, print) = ((acc.card_errors, acc.card_reads), (acc.print_errors, acc.print_jobs));
             if reader_warm && acc.card_reads > 0 {
-                wear.reader_evidence =
-                    accumulate(wear.reader_evidence, acc.card_errors, acc.card_reads, reader_base, leak);
+                wear.reader_evidence = accumulate(wear.reader_evidence, card, reader_base, leak, &mut wear.runs[0]);
             }
             if printer_warm && acc.print_jobs > 0 {
-                wear.printer_evidence =
-                    accumulate(wear.printer_evidence, acc.print_errors, acc.print_jobs, printer_base, leak);
+                wear.printer_evidence = accumulate(wear.printer_evidence, print, printer_base, leak, &mut wear.runs[1]);
             }
             if let Some(c) = cohort_rate(prior.reader) {
-                wear.reader_vs_cohort =
-                    accumulate(wear.reader_vs_cohort, acc.card_errors, acc.card_reads, 2.0 * c, leak);
+                wear.reader_vs_cohort = accumulate(wear.reader_vs_cohort, card, 2.0 * c, leak, &mut wear.runs[2]);
             }
             if let Some(c) = cohort_rate(prior.printer) {
-                wear.printer_vs_cohort =
-                    accumulate(wear.printer_vs_cohort, acc.print_errors, acc.print_jobs, 2.0 * c, leak);
+                wear.printer_vs_cohort = accumulate(wear.printer_vs_cohort, print, 2.0 * c, leak, &mut wear.runs[3]);
             }
             // With evidence of a change the long memory learns at a fraction
             // of its pace, so a part wearing out over weeks does not become
@@ -2298,7 +2300,10 @@ fn decay_add(sum: &mut (f64, f64), errors: u32, attempts: u32, alpha: f64) {
 
 /// Bounds on the wear evidence. A broken part (most reads failing for the
 /// half hour before it is swapped) would otherwise pile up so much evidence
-/// that the new part would look worn for days.
+/// that the new part would look worn for days. The step bound holds for a
+/// run of windows with errors as a whole: a paper jam or a burst of failed
+/// reads lasting several windows is one event, while wear makes such runs
+/// start more often.
 const MAX_STEP_NATS: f64 = 1.0;
 const MAX_EVIDENCE_NATS: f64 = 20.0;
 
@@ -2307,13 +2312,26 @@ const MAX_EVIDENCE_NATS: f64 = 20.0;
 /// added to evidence that leaks at `leak` per step and never goes below 0.
 /// It is the sequential test for a rate change, weighted by how much the
 /// part was used, so a busy terminal's wear shows sooner than a quiet one's.
-fn accumulate(evidence: f32, errors: u32, attempts: u32, base: f64, leak: f64) -> f32 {
+/// `run` is what the run of windows with errors this window may continue
+/// has added so far: a window without errors ends it, one without use
+/// leaves it open.
+fn accumulate(evidence: f32, (errors, attempts): (u32, u32), base: f64, leak: f64, run: &mut f32) -> f32 {
     let p0 = base.min(0.4);
     let p1 = 2.0 * p0;
     let e = f64::from(errors.min(attempts));
     let n = f64::from(attempts);
     let llr = e * (p1 / p0).ln() + (n - e) * ((1.0 - p1) / (1.0 - p0)).ln();
-    (f64::from(evidence) * (1.0 - leak) + llr.min(MAX_STEP_NATS)).clamp(0.0, MAX_EVIDENCE_NATS) as f32
+    let step = if errors > 0 {
+        let step = llr.min(MAX_STEP_NATS - f64::from(*run));
+        *run += step.max(0.0) as f32;
+        step
+    } else {
+        if attempts > 0 {
+            *run = 0.0;
+        }
+        llr
+    };
+    (f64::from(evidence) * (1.0 - leak) + step).clamp(0.0, MAX_EVIDENCE_NATS) as f32
 }
 
 /// A cohort's pooled error rate, once it rests on enough attempts, never
@@ -2549,6 +2567,40 @@ mod tests {
         assert_eq!(feature(0), 0.0);
         assert_eq!(feature(1), 0.0, "one terminal's burst is its own");
         assert!(feature(4) > 20.0, "four of five are the region's: {}", feature(4));
+    }
+
+    #[test]
+    fn a_burst_of_errors_is_one_event_of_wear_evidence() {
+        // One printer, 20 jobs a window, a day of clean windows, then four
+        // errors: in four windows in a row (a paper jam), in the first of
+        // those only, or in four windows apart (a part failing more often).
+        let line = |ts: i64, errors: u32| {
+            format!(
+                r#"{{"terminal_id":"T-1","ts":{ts},"region":"r1","site_id":"S-1","print_jobs":20,"print_errors":{errors}}}"#
+            )
+        };
+        let evidence = |errors_at: &[i64]| {
+            let mut e = FeatureEngine::new(FeatureConfig::default());
+            let mut closed = Vec::new();
+            for k in 0..320 {
+                let errors = u32::from(errors_at.contains(&k));
+                closed.extend(e.process_batch(&batch(&[line(T0 + k * 5 * MIN + MIN, errors)])));
+            }
+            let w = closed.iter().find(|w| w.end_ms == T0 + 307 * 5 * MIN).expect("the window closed");
+            let row = w.aging.first().expect("the terminal's aging row");
+            // printer_wear_evidence and printer_wear_vs_cohort, in nats.
+            (row.features[1].exp_m1(), row.features[3].exp_m1())
+        };
+        let jam = evidence(&[300, 301, 302, 303]);
+        let first = evidence(&[300]);
+        let apart = evidence(&[300, 302, 304, 306]);
+        for (jam, first, apart) in [(jam.0, first.0, apart.0), (jam.1, first.1, apart.1)] {
+            assert!(first > 0.1, "one error is evidence: {first}");
+            // The jam as a whole adds what one window may (1 nat), where the
+            // same errors apart add one window's each.
+            assert!(jam > first && jam <= MAX_STEP_NATS, "a jam weighs at most one window's bound: {jam}");
+            assert!(apart > 2.0 * jam, "errors apart weigh more than a jam: {apart} against {jam}");
+        }
     }
 
     #[test]
