@@ -43,7 +43,9 @@ const COLD_MAGIC: &[u8; 6] = b"TWCOLD";
 /// 10: each detector's fleet calibration (a histogram of its scores).
 /// 11: the wear evidence each part's current run of windows with errors
 ///     has added (a burst of errors is one event).
-const FORMAT: u32 = 11;
+/// 12: each cohort's pooled spread of its terminals about their own levels
+///     (a young terminal's voltage is judged by its own first windows too).
+const FORMAT: u32 = 12;
 const HEADER: usize = 6 + 4 + 8;
 
 #[derive(Debug, thiserror::Error)]

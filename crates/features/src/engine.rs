@@ -9,7 +9,7 @@ use termwatch_telemetry::{Counter, Label, Measure};
 
 use crate::partial::{CohortLessons, Lesson, RegionPartial, RegionTerminal, RegionWindow, SitePartial, VoltageLesson};
 use crate::release::{self, Peers, ReleaseRow, Releases, TerminalRelease, WindowCounts};
-use crate::stats::{Ewma, Spread, poisson_surprise};
+use crate::stats::{Ewma, Spread, learn_within, poisson_surprise};
 
 /// How features are computed. Part of a model artifact: a model is only
 /// valid with the configuration its features were computed with.
@@ -317,12 +317,17 @@ struct CohortLesson {
     lesson: Lesson,
 }
 
-/// A cohort's pooled wear: decayed (errors, attempts) over its terminals'
-/// windows without evidence of wear.
+/// What a cohort's young terminals are shrunk towards, beyond its baseline.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-struct CohortWear {
+struct CohortPrior {
+    /// Pooled wear: decayed (errors, attempts) over its terminals' windows
+    /// without evidence of wear.
     reader: (f64, f64),
     printer: (f64, f64),
+    /// Its terminals' own spread of `v_std`, `v_mean`, `v_range` and `v_gap`
+    /// (mean squared deviation from each terminal's own level), pooled: the
+    /// cohort's baseline spread is this plus how far their levels lie apart.
+    v_within: [Ewma; 4],
 }
 
 /// Decayed sums of wear counters: rates weighted by how much was attempted.
@@ -448,7 +453,7 @@ impl TerminalStates {
 pub struct Departed {
     state: TerminalState,
     cohort_base: Baseline,
-    cohort_wear: CohortWear,
+    cohort_prior: CohortPrior,
 }
 
 impl Departed {
@@ -518,7 +523,7 @@ pub struct FeatureEngine {
     cohort_base: Vec<Baseline>,
     /// Pooled wear rates per cohort: the prior a terminal's own rates are
     /// shrunk towards.
-    cohort_wear: Vec<CohortWear>,
+    cohort_prior: Vec<CohortPrior>,
     /// Release health per firmware version.
     releases: Releases,
     /// Terminals with reports in each open window.
@@ -648,7 +653,7 @@ impl FeatureEngine {
             cohorts: Names::default(),
             site_regions: Vec::new(),
             cohort_base: Vec::new(),
-            cohort_wear: Vec::new(),
+            cohort_prior: Vec::new(),
             releases: Releases::default(),
             members: BTreeMap::new(),
             latest: i64::MIN,
@@ -714,7 +719,7 @@ impl FeatureEngine {
                 let c = self.cohorts.intern(cohort);
                 if self.cohort_base.len() <= c as usize {
                     self.cohort_base.resize(c as usize + 1, Baseline::default());
-                    self.cohort_wear.resize(c as usize + 1, CohortWear::default());
+                    self.cohort_prior.resize(c as usize + 1, CohortPrior::default());
                 }
                 self.learn_cohort(c, lesson);
             }
@@ -733,14 +738,22 @@ impl FeatureEngine {
                 if let Some(b) = self.cohort_base.get_mut(c as usize) {
                     b.learn_voltage(v, alpha);
                 }
+                if let Some(prior) = self.cohort_prior.get_mut(c as usize) {
+                    let floors = [LOG_SD_FLOOR, V_SD_FLOOR, LOG_SD_FLOOR, V_SD_FLOOR];
+                    for ((within, d), floor) in prior.v_within.iter_mut().zip(v.within).zip(floors) {
+                        if let Some(d) = d {
+                            learn_within(within, d, alpha, floor);
+                        }
+                    }
+                }
             }
             Lesson::Reader { errors, attempts } => {
-                if let Some(wear) = self.cohort_wear.get_mut(c as usize) {
+                if let Some(wear) = self.cohort_prior.get_mut(c as usize) {
                     decay_add(&mut wear.reader, errors, attempts, long);
                 }
             }
             Lesson::Printer { errors, attempts } => {
-                if let Some(wear) = self.cohort_wear.get_mut(c as usize) {
+                if let Some(wear) = self.cohort_prior.get_mut(c as usize) {
                     decay_add(&mut wear.printer, errors, attempts, long);
                 }
             }
@@ -1104,7 +1117,7 @@ impl FeatureEngine {
         if self.site_regions.len() < sites || self.site_regions.iter().any(|r| *r as usize >= regions.max(1)) {
             return Err("a site's region is not held".into());
         }
-        if self.cohort_base.len() < cohorts || self.cohort_wear.len() < cohorts {
+        if self.cohort_base.len() < cohorts || self.cohort_prior.len() < cohorts {
             return Err(format!("{cohorts} cohorts but fewer baselines"));
         }
         if self.terminal_index.len() != self.terminals.len() {
@@ -1224,10 +1237,10 @@ impl FeatureEngine {
                 let c = self.cohorts.intern(&d.state.cohort) as usize;
                 if self.cohort_base.len() <= c {
                     self.cohort_base.resize(c + 1, Baseline::default());
-                    self.cohort_wear.resize(c + 1, CohortWear::default());
+                    self.cohort_prior.resize(c + 1, CohortPrior::default());
                 }
                 self.cohort_base[c] = d.cohort_base;
-                self.cohort_wear[c] = d.cohort_wear;
+                self.cohort_prior[c] = d.cohort_prior;
             }
             entries.push(d.state);
         }
@@ -1307,7 +1320,7 @@ impl FeatureEngine {
             state.cohort = self.cohorts.intern(&cohort);
             if self.cohort_base.len() <= state.cohort as usize {
                 self.cohort_base.resize(state.cohort as usize + 1, Baseline::default());
-                self.cohort_wear.resize(state.cohort as usize + 1, CohortWear::default());
+                self.cohort_prior.resize(state.cohort as usize + 1, CohortPrior::default());
             }
             let t = self.terminals.len() as u32;
             let next = self.next_to_close;
@@ -1336,7 +1349,7 @@ impl FeatureEngine {
             cohorts: self.cohorts.clone(),
             site_regions: self.site_regions.clone(),
             cohort_base: self.cohort_base.clone(),
-            cohort_wear: self.cohort_wear.clone(),
+            cohort_prior: self.cohort_prior.clone(),
             releases: self.releases.clone(),
             members: BTreeMap::new(),
             latest: self.latest,
@@ -1414,7 +1427,7 @@ impl FeatureEngine {
         let cohort = self.cohorts.intern(&format!("{model}|{firmware}"));
         if self.cohort_base.len() <= cohort as usize {
             self.cohort_base.resize(cohort as usize + 1, Baseline::default());
-            self.cohort_wear.resize(cohort as usize + 1, CohortWear::default());
+            self.cohort_prior.resize(cohort as usize + 1, CohortPrior::default());
         }
         let t = self.terminals.len() as u32;
         self.terminals.push(Terminal {
@@ -1451,7 +1464,7 @@ impl FeatureEngine {
                 let c = self.cohorts.index.get(&state.cohort).map(|c| *c as usize);
                 self.departed.push(Departed {
                     cohort_base: c.and_then(|c| self.cohort_base.get(c)).copied().unwrap_or_default(),
-                    cohort_wear: c.and_then(|c| self.cohort_wear.get(c)).copied().unwrap_or_default(),
+                    cohort_prior: c.and_then(|c| self.cohort_prior.get(c)).copied().unwrap_or_default(),
                     state,
                 });
             }
@@ -1523,7 +1536,7 @@ impl FeatureEngine {
         let cohort_map = self.cohorts.retain(&cohorts);
         self.site_regions = keep_used(std::mem::take(&mut self.site_regions), &sites);
         self.cohort_base = keep_used(std::mem::take(&mut self.cohort_base), &cohorts);
-        self.cohort_wear = keep_used(std::mem::take(&mut self.cohort_wear), &cohorts);
+        self.cohort_prior = keep_used(std::mem::take(&mut self.cohort_prior), &cohorts);
         for t in &mut self.terminals {
             t.site = site_map.get(t.site as usize).copied().unwrap_or(t.site);
             t.cohort = cohort_map.get(t.cohort as usize).copied().unwrap_or(t.cohort);
@@ -1795,35 +1808,39 @@ impl FeatureEngine {
             let region = region_acc.entry(term.region).or_default();
 
             // Voltage, against the terminal's own level and spread or, while
-            // young, its cohort's.
+            // young, what its own first windows and its cohort's say together.
             if acc.v_n > 0 {
                 let vn = f64::from(acc.v_n);
                 let (v_mean, v_std, v_range) = (acc.v_mean_sum / vn, acc.v_std_sum / vn, acc.v_max - acc.v_min);
                 let (std_log, range_log, gap) = ((v_std + EPS_V).ln(), (v_range + EPS_V).ln(), v_mean - acc.v_min);
                 let young = term.base.v_std.level.weight < cfg.warmup_windows;
-                let base = if young { cohort } else { &term.base };
                 let warm = cfg.warmup_windows;
-                let z = |s: &Spread, x: f64, floor: f64| s.z(x, floor, warm).map_or(0.0, |z| z.clamp(-Z_CAP, Z_CAP));
+                let within = self.cohort_prior.get(term.cohort as usize).map_or([Ewma::default(); 4], |c| c.v_within);
+                let b = &term.base;
+                let expected = |i: usize, own: &Spread, pooled: &Spread, floor: f64| {
+                    if young { own.expected_young(pooled, &within[i], floor, warm) } else { own.expected(floor, warm) }
+                };
+                let observed = [
+                    (std_log, expected(0, &b.v_std, &cohort.v_std, LOG_SD_FLOOR)),
+                    (v_mean, expected(1, &b.v_mean, &cohort.v_mean, V_SD_FLOOR)),
+                    (range_log, expected(2, &b.v_range, &cohort.v_range, LOG_SD_FLOOR)),
+                    (gap, expected(3, &b.v_gap, &cohort.v_gap, V_SD_FLOOR)),
+                ];
+                let [z_std, z_mean, z_range, z_gap] =
+                    observed.map(|(x, e)| e.map_or(0.0, |(level, sd)| ((x - level) / sd).clamp(-Z_CAP, Z_CAP)));
+                let [l_std, l_mean, l_range, l_gap] = observed.map(|(_, e)| e.map_or(0.0, |(level, _)| level));
                 let rate = |own: &Ewma, pooled: &Ewma| own.or(pooled.or(0.0, warm), warm).max(RATE_FLOOR_PER_MINUTE);
                 let (sag_rate, reboot_rate) =
                     (rate(&term.base.sags, &cohort.sags), rate(&term.base.reboots, &cohort.reboots));
                 let features = [
-                    z(&base.v_std, std_log, LOG_SD_FLOOR),
-                    -z(&base.v_mean, v_mean, V_SD_FLOOR),
-                    z(&base.v_range, range_log, LOG_SD_FLOOR),
+                    z_std,
+                    -z_mean,
+                    z_range,
                     poisson_surprise(acc.sags, sag_rate * minutes),
                     poisson_surprise(acc.reboots, reboot_rate * minutes),
-                    z(&base.v_gap, gap, V_SD_FLOOR),
+                    z_gap,
                 ];
-                let level = |s: &Spread| s.level.get().unwrap_or(0.0);
-                let baselines = [
-                    level(&base.v_std).exp() - EPS_V,
-                    level(&base.v_mean),
-                    level(&base.v_range).exp() - EPS_V,
-                    sag_rate,
-                    reboot_rate,
-                    level(&base.v_gap),
-                ];
+                let baselines = [l_std.exp() - EPS_V, l_mean, l_range.exp() - EPS_V, sag_rate, reboot_rate, l_gap];
                 rows.terminal_voltage.push(TerminalVoltageRow { terminal: t, features, baselines });
                 // Learn only from quiet windows, so a fault is not absorbed
                 // into the baseline it is measured against.
@@ -1834,6 +1851,7 @@ impl FeatureEngine {
                     || features[3] > QUIET_SURPRISE
                     || features[4] > QUIET_SURPRISE;
                 if !unstable {
+                    let b = &term.base;
                     let lesson = VoltageLesson {
                         std_log,
                         v_mean,
@@ -1841,6 +1859,12 @@ impl FeatureEngine {
                         gap,
                         sags: f64::from(acc.sags) / minutes,
                         reboots: f64::from(acc.reboots) / minutes,
+                        within: [
+                            b.v_std.within_deviation(std_log),
+                            b.v_mean.within_deviation(v_mean),
+                            b.v_range.within_deviation(range_log),
+                            b.v_gap.within_deviation(gap),
+                        ],
                     };
                     term.base.learn_voltage(&lesson, alpha);
                     lessons.push(CohortLesson { terminal: t, cohort: term.cohort, lesson: Lesson::Voltage(lesson) });
@@ -1896,7 +1920,7 @@ impl FeatureEngine {
             // are the reader's (hardware aging's), not the firmware's. Judged
             // against the reader's own rate before this window teaches it.
             let reader_trouble = acc.card_errors > 0 && {
-                let prior = self.cohort_wear.get(term.cohort as usize).map_or((0.0, 0.0), |c| c.reader);
+                let prior = self.cohort_prior.get(term.cohort as usize).map_or((0.0, 0.0), |c| c.reader);
                 let base = shrunk_rate(term.wear.reader_long, prior);
                 poisson_surprise(acc.card_errors, base * f64::from(acc.card_reads)) > QUIET_SURPRISE
             };
@@ -1938,7 +1962,7 @@ impl FeatureEngine {
             decay_add(&mut wear.printer_short, acc.print_errors, acc.print_jobs, short);
             let reader_warm = wear.reader_long.1 >= MIN_WEAR_ATTEMPTS;
             let printer_warm = wear.printer_long.1 >= MIN_WEAR_ATTEMPTS;
-            let prior = self.cohort_wear.get(term.cohort as usize).copied().unwrap_or_default();
+            let prior = self.cohort_prior.get(term.cohort as usize).copied().unwrap_or_default();
             let reader_base = shrunk_rate(wear.reader_long, prior.reader);
             let printer_base = shrunk_rate(wear.printer_long, prior.printer);
             // Evidence accumulates only against a baseline worth the name; a

@@ -228,6 +228,10 @@ pub(crate) struct VoltageLesson {
     /// Sags and reboots per minute.
     pub(crate) sags: f64,
     pub(crate) reboots: f64,
+    /// How far `std_log`, `v_mean`, `range_log` and `gap` lie from the
+    /// terminal's own levels before it learnt them
+    /// ([`crate::stats::Spread::within_deviation`]); none before it has one.
+    pub(crate) within: [Option<f64>; 4],
 }
 
 /// What one terminal's window teaches its cohort.

@@ -64,6 +64,51 @@ impl Spread {
         Some((x - f64::from(self.level.mean)) / self.sd(floor))
     }
 
+    /// The level and standard deviation its next value is expected at,
+    /// once `min_weight` values were learnt.
+    pub fn expected(&self, floor: f64, min_weight: f32) -> Option<(f64, f64)> {
+        (self.level.weight >= min_weight).then(|| (f64::from(self.level.mean), self.sd(floor)))
+    }
+
+    /// The level and standard deviation a young entity's next value is
+    /// expected at, once its cohort has `min_weight` values of both its
+    /// spread and its members' own (`within`): its own values so far,
+    /// shrunk towards the cohort's level by how far members' levels lie
+    /// apart, and the spread of one value about a level known that well.
+    /// With none of its own it is the cohort's (a young terminal at a
+    /// cohort's extreme is unusual); after a few it is mostly its own (a
+    /// site whose supply is always a little low has not dropped).
+    pub fn expected_young(&self, cohort: &Spread, within: &Ewma, floor: f64, min_weight: f32) -> Option<(f64, f64)> {
+        if cohort.level.weight < min_weight || within.weight < min_weight {
+            return None;
+        }
+        let floor_var = floor * floor;
+        let within = f64::from(within.mean).max(floor_var);
+        // The cohort's spread is that of members' values about its level:
+        // its members' own spread plus how far their levels lie apart.
+        let between = (f64::from(cohort.var.mean) - within).max(floor_var);
+        let cohort_level = f64::from(cohort.level.mean);
+        let n = f64::from(self.level.weight);
+        let (level, level_var) = if n > 0.0 {
+            let precision = 1.0 / between + n / within;
+            ((cohort_level / between + n * f64::from(self.level.mean) / within) / precision, 1.0 / precision)
+        } else {
+            (cohort_level, between)
+        };
+        Some((level, (within + level_var).sqrt()))
+    }
+
+    /// How far `x` lies from this entity's own level, scaled to the spread
+    /// of one value about the level (a value's deviation from the mean of
+    /// n earlier ones has variance (1 + 1/n) times the spread), before `x`
+    /// is learnt: what its cohort's pooled spread of members about their
+    /// own levels ([`learn_within`]) learns from.
+    pub fn within_deviation(&self, x: f64) -> Option<f64> {
+        let level = self.level.get()?;
+        let n = f64::from(self.level.weight);
+        x.is_finite().then(|| (x - level) * (n / (n + 1.0)).sqrt())
+    }
+
     pub fn learn(&mut self, x: f64, alpha: f64, floor: f64) {
         if !x.is_finite() {
             return;
@@ -75,6 +120,15 @@ impl Spread {
         }
         self.level.update(x, alpha);
     }
+}
+
+/// Learns one member's [`Spread::within_deviation`] into its cohort's
+/// pooled spread of members about their own levels (a mean square), clipped
+/// as [`Spread::learn`] clips.
+pub fn learn_within(within: &mut Ewma, deviation: f64, alpha: f64, floor: f64) {
+    let limit = within.get().map_or(f64::INFINITY, |w| SPREAD_CLIP * w.max(0.0).sqrt().max(floor));
+    let d = deviation.clamp(-limit, limit);
+    within.update(d * d, alpha);
 }
 
 /// FNV-1a 64-bit, for fingerprints and stable keys (not security).
@@ -144,6 +198,58 @@ pub fn median(v: &mut [f64]) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A cohort of 40 members whose levels lie 0.1 apart (standard
+    /// deviation) and whose own values wander 0.01 about them, read
+    /// interleaved as a fleet's windows are.
+    fn cohort_of_members() -> (Spread, Ewma) {
+        let (mut cohort, mut within) = (Spread::default(), Ewma::default());
+        let mut members = [Spread::default(); 40];
+        let alpha = 1.0 / 2000.0;
+        for step in 0..300 {
+            for (m, own) in members.iter_mut().enumerate() {
+                // Levels spread evenly over +-1.7 sd, noise alternating +-0.01.
+                let level = 12.0 + 0.1 * 1.7 * (m as f64 / 19.5 - 1.0);
+                let x = level + if (step + m) % 2 == 0 { 0.01 } else { -0.01 };
+                if let Some(d) = own.within_deviation(x) {
+                    learn_within(&mut within, d, alpha, 0.002);
+                }
+                own.learn(x, alpha, 0.002);
+                cohort.learn(x, alpha, 0.002);
+            }
+        }
+        (cohort, within)
+    }
+
+    #[test]
+    fn the_pooled_within_spread_is_the_members_own_not_how_far_apart_they_are() {
+        let (cohort, within) = cohort_of_members();
+        let own_sd = within.get().unwrap_or_default().sqrt();
+        assert!((own_sd - 0.01).abs() < 0.002, "{own_sd}");
+        assert!(cohort.sd(0.002) > 0.08, "{}", cohort.sd(0.002));
+    }
+
+    #[test]
+    fn a_young_member_is_judged_by_its_cohort_at_first_then_by_its_own_level() {
+        let (cohort, within) = cohort_of_members();
+        // A new member whose level is steadily 0.25 below the cohort's
+        // (about 2.5 of the cohort's deviations): unusual, not a drop.
+        let low = 12.0 - 0.25;
+        let mut young = Spread::default();
+        let z = |s: &Spread, x: f64| s.expected_young(&cohort, &within, 0.002, 24.0).map(|(l, sd)| (x - l) / sd);
+        let first = z(&young, low).unwrap_or_default();
+        assert!(first < -2.0, "with none of its own it is the cohort's outlier: {first}");
+        for i in 0..3 {
+            young.learn(low + if i % 2 == 0 { 0.01 } else { -0.01 }, 1.0 / 2000.0, 0.002);
+        }
+        let later = z(&young, low).unwrap_or_default();
+        assert!(later.abs() < 0.5, "after three windows its own level rules: {later}");
+        // A real drop from that level still stands out.
+        let dropped = z(&young, low - 0.1).unwrap_or_default();
+        assert!(dropped < -5.0, "{dropped}");
+        // Nothing is said before the cohort knows its members' spread.
+        assert_eq!(young.expected_young(&cohort, &Ewma::default(), 0.002, 24.0), None);
+    }
 
     #[test]
     fn ewma_starts_as_a_plain_mean_then_forgets() {
