@@ -1927,9 +1927,11 @@ impl FeatureEngine {
 
             // Release health: evidence for a new version, or the terminal's
             // own rates on the version it has run for a while.
+            let crashed = acc.crashes > 0;
             let counts = WindowCounts {
                 minutes,
                 crashes: u32::from(acc.crashes),
+                crash_run_starts: crashed && !term.release.crashing,
                 reboots: u32::from(acc.release_reboots),
                 failed: u32::from(acc.failed),
                 txn: acc.txn,
@@ -1938,6 +1940,7 @@ impl FeatureEngine {
                 p95_log: (acc.p95_n > 0).then(|| f64::from(acc.p95_log_sum) / f64::from(acc.p95_n)),
                 trouble: network_trouble || reader_trouble,
             };
+            term.release.crashing = crashed;
             // The version the window ran, not the newest report's.
             let judged = term.release.at(end_ms);
             term.release.settle(end_ms);

@@ -73,6 +73,23 @@ pub fn version_key(model: u64, firmware: u64) -> u64 {
     (model.rotate_left(31) ^ firmware).wrapping_mul(0x9e37_79b9_7f4a_7c15).max(1)
 }
 
+/// Crashes per run of windows with crashes, from a model's pooled sums,
+/// shrunk towards 1 (crashes that come alone) with the weight of this many
+/// runs: a few crashes say little about how they cluster.
+const CRASH_CLUSTER_PRIOR_RUNS: f64 = 10.0;
+
+/// How many crashes a model's terminals off probation have per run of
+/// windows with crashes. Crash surprise is counted in runs, not crashes: a
+/// glitch that crashes the application in each of the three reports it
+/// spans is one event, and a Poisson count of events must not count it
+/// thrice (a version whose canaries had two such glitches looked six
+/// times unlucky). Divided by the fleet's own figure, not a constant: where
+/// crashes come alone it is 1 and nothing changes; a crash loop on a
+/// canary is still as many crashes beyond what the fleet's runs hold.
+pub(crate) fn crash_cluster(crashes: f64, runs: f64) -> f64 {
+    ((crashes + CRASH_CLUSTER_PRIOR_RUNS) / (runs + CRASH_CLUSTER_PRIOR_RUNS)).max(1.0)
+}
+
 /// No memory reading: not NaN, so that states compare equal to their copies.
 pub(crate) const NO_MEM: f32 = -1.0;
 
@@ -108,6 +125,9 @@ pub(crate) struct TerminalRelease {
     /// ahead of the windows it closes) must not take them from the version
     /// they ran.
     pub earlier: Vec<(i64, Judged)>,
+    /// Its latest window with reports had a crash: a crash in the next one
+    /// continues that run rather than starting one ([`crash_cluster`]).
+    pub crashing: bool,
 }
 
 /// Switches remembered for windows still to close: a terminal that
@@ -154,6 +174,7 @@ impl Default for TerminalRelease {
             last_mem: NO_MEM,
             last_uptime_s: 0,
             earlier: Vec::new(),
+            crashing: false,
         }
     }
 }
@@ -196,6 +217,9 @@ impl TerminalRelease {
 pub(crate) struct WindowCounts {
     pub minutes: f64,
     pub crashes: u32,
+    /// It had crashes and the terminal's window with reports before it had
+    /// none: a run of windows with crashes starts.
+    pub crash_run_starts: bool,
     /// Reboots, less those of an update.
     pub reboots: u32,
     pub failed: u32,
@@ -215,14 +239,22 @@ pub(crate) struct WindowCounts {
 /// terminal with little history of its own.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 struct ModelPool {
-    sums: [f64; 5],
+    /// Crashes, reboots, failed transactions, transactions, minutes, and
+    /// runs of windows with crashes (a run starts at a window with a crash
+    /// after one with reports and none).
+    sums: [f64; 6],
 }
+
+const CRASH_RUNS: usize = 5;
 
 /// What a terminal's own history expects of one window.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub(crate) struct Expected {
     /// Crashes, reboots, failed transactions.
     pub counts: [f64; 3],
+    /// Crashes per run of windows with crashes, on the terminal's model
+    /// ([`crash_cluster`]): at least 1.
+    pub crash_cluster: f64,
     /// Memory points gained within one boot.
     pub rise: f64,
     /// p95 latency in the terminal's own standard deviations.
@@ -298,8 +330,10 @@ struct Version {
     name: Box<str>,
     /// Observed and expected: crashes, reboots, failed transactions;
     /// memory rise (points) observed and expected and its hours; sum and
-    /// count of p95 z-scores; minutes covered.
-    sums: [f64; 12],
+    /// count of p95 z-scores; minutes covered; crashes observed and
+    /// expected, each divided by its terminal's model's crashes per run
+    /// (what the crash surprise is of).
+    sums: [f64; 14],
     /// Probation terminals that reported in the window being closed.
     terminals_now: u32,
     last_window: i64,
@@ -337,7 +371,7 @@ pub struct ReleaseRow {
     /// `MODEL/FIRMWARE`.
     pub entity: Box<str>,
     pub features: [f64; 5],
-    /// What the features were measured against: expected crashes,
+    /// What the features were measured against: expected crash runs,
     /// reboots and failures (decayed counts), expected climb per hour, 0
     /// (z-scores are against each terminal's own level).
     pub baselines: [f64; 5],
@@ -373,7 +407,7 @@ impl Releases {
             key,
             Version {
                 name,
-                sums: [0.0; 12],
+                sums: [0.0; 14],
                 terminals_now: 0,
                 last_window: window,
                 from: Vec::new(),
@@ -436,6 +470,7 @@ impl Releases {
         };
         let climb = if s[RISE_HOURS] > 1.0 { f64::from(s[RISE] / s[RISE_HOURS]) } else { 0.0 };
         Expected {
+            crash_cluster: pool.map_or(1.0, |p| crash_cluster(p[CRASHES], p[CRASH_RUNS])),
             counts: [
                 prior(CRASHES, MINUTES, EVENT_RATE_FLOOR_PER_MINUTE) * w.minutes,
                 prior(REBOOTS, MINUTES, EVENT_RATE_FLOOR_PER_MINUTE) * w.minutes,
@@ -472,7 +507,8 @@ impl Releases {
         }
         if t.model != 0 && (self.models.contains_key(&t.model) || self.models.len() < MAX_MODELS) {
             let m = self.models.entry(t.model).or_default();
-            for (x, a) in m.sums.iter_mut().zip(&add[..5]) {
+            let run_started = f64::from(u8::from(w.crash_run_starts));
+            for (x, a) in m.sums.iter_mut().zip(add[..5].iter().chain([&run_started])) {
                 *x = *x * (1.0 - 1.0 / (OWN_MEMORY_WINDOWS as f64 * 10.0)) + a;
             }
         }
@@ -493,6 +529,9 @@ impl Releases {
             x[2 * i] += f64::from(*k);
             x[2 * i + 1] += mu + peers.excess(i, w);
         }
+        let cluster = e.crash_cluster.max(1.0);
+        x[12] += f64::from(w.crashes) / cluster;
+        x[13] += (e.counts[0] + peers.excess(0, w)) / cluster;
         x[6] += w.mem_rise;
         x[7] += match peers.climb() {
             Some(rate) => rate * w.mem_hours,
@@ -569,13 +608,13 @@ impl Releases {
                 ReleaseRow {
                     entity: v.name.clone(),
                     features: [
-                        poisson_surprise(count(x[0]), x[1]),
+                        poisson_surprise(count(x[12]), x[13]),
                         poisson_surprise(count(x[2]), x[3]),
                         poisson_surprise(count(x[4]), x[5]),
                         (x[6] - x[7]) / hours,
                         x[9] / (x[10] + P95_PRIOR_WINDOWS),
                     ],
-                    baselines: [x[1], x[3], x[5], x[7] / hours, 0.0],
+                    baselines: [x[13], x[3], x[5], x[7] / hours, 0.0],
                     terminals: v.terminals_now,
                     // Ties go to the smaller key: the same whatever the order.
                     baseline_version: v
@@ -710,6 +749,64 @@ mod tests {
         window_of(&mut r, &mut late, &window(1), PROBATION_MS + 1, &quiet);
         assert!(r.close(400).is_empty());
         assert!(late.sums[MINUTES] > 0.0);
+    }
+
+    /// The crash surprise of a version whose two canaries crash in
+    /// `canary(window)`'s pattern for six hours, after a day and a half of
+    /// history of eight terminals on the version before crashing in
+    /// `before`'s: each a
+    /// window's crashes and whether a run of windows with crashes starts.
+    fn crash_surprise(before: impl Fn(i64) -> (u32, bool), canary: impl Fn(i64) -> (u32, bool)) -> f64 {
+        let mut r = Releases::default();
+        let v = version("P200", "6.0.0");
+        let quiet = Peers::default();
+        let counts = |(crashes, crash_run_starts): (u32, bool)| WindowCounts {
+            minutes: 5.0,
+            crashes,
+            crash_run_starts,
+            txn: 2,
+            ..Default::default()
+        };
+        // Eight terminals of the model: its pool learns how crashes cluster.
+        let mut fleet = vec![TerminalRelease { model: model_key(key("P200")), ..Default::default() }; 8];
+        for w in 0..432 {
+            for t in &mut fleet {
+                window_of(&mut r, t, &counts(before(w)), w * 300_000, &quiet);
+            }
+        }
+        let learnt = fleet.swap_remove(0);
+        assert!(r.switched(v, || "P200/6.0.0".into(), 432));
+        let canary_state = TerminalRelease { now: Judged { since: 432 * 300_000, current: v, ..learnt.now }, ..learnt };
+        let mut canaries = [canary_state.clone(), canary_state];
+        let mut rows = Vec::new();
+        for w in 432..504 {
+            for c in &mut canaries {
+                window_of(&mut r, c, &counts(canary(w)), (w + 1) * 300_000, &quiet);
+            }
+            rows = r.close(w);
+        }
+        rows.first().map_or(f64::NAN, |row| row.features[0])
+    }
+
+    #[test]
+    fn crashes_that_come_in_runs_are_counted_in_runs() {
+        // The fleet's crashes come in pairs of windows (a glitch spanning
+        // two reports), or alone at the same rate: one every 25 windows.
+        let pairs = |w: i64| (u32::from(w % 50 <= 1), w % 50 == 0);
+        let alone = |w: i64| (u32::from(w % 25 == 0), w % 25 == 0);
+        // Canaries with such a glitch every hour: three times the rate before.
+        let glitches = |w: i64| (u32::from(w % 12 <= 1), w % 12 == 0);
+        let in_runs = crash_surprise(pairs, glitches);
+        let counted_alone = crash_surprise(alone, glitches);
+        // Where the fleet's crashes come in pairs the canaries' are half as
+        // many events: still evidence, less of it.
+        assert!(in_runs > 3.0 && in_runs < 0.6 * counted_alone, "in runs {in_runs}, as if alone {counted_alone}");
+        // A crash loop on the canaries is still evidence where crashes come in runs.
+        let looping = |w: i64| (1, w == 432);
+        assert!(crash_surprise(pairs, looping) > 10.0, "{}", crash_surprise(pairs, looping));
+        assert_eq!(crash_cluster(0.0, 0.0), 1.0);
+        assert_eq!(crash_cluster(30.0, 10.0), 2.0);
+        assert_eq!(crash_cluster(5.0, 10.0), 1.0, "never below one crash a run");
     }
 
     #[test]
