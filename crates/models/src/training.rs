@@ -139,6 +139,14 @@ pub struct TrainConfig {
     /// a reviewed false alarm is worth more than a window nobody looked at,
     /// and it is rare, so without weight the fit would barely see it.
     pub feedback_weight: usize,
+    /// Calibration keeps within the target the upper bound, at this
+    /// confidence, of the false-alert rate the training windows show, not
+    /// the rate itself: the training fleets spend a budget of 0.2 per 1,000
+    /// terminal-days in a handful of alerts, and a threshold set where a
+    /// handful just fits is optimistic on a fleet it has not seen. Where
+    /// the training data are too few to show the target at this confidence
+    /// even with no alert, it keeps to none. Default none (the rate itself).
+    pub false_alert_confidence: Option<f64>,
 }
 
 impl TrainConfig {
@@ -160,6 +168,7 @@ impl Default for TrainConfig {
             l2: 1.0,
             max_fit_negatives: 200_000,
             feedback_weight: 20,
+            false_alert_confidence: None,
         }
     }
 }
@@ -483,6 +492,7 @@ fn fit_one(
         m,
         per_1000: 1000.0 / terminal_days.max(1) as f64,
         target: config.target_false_alerts_per_1000_terminal_days,
+        confidence: config.false_alert_confidence,
     };
     let calibration = policy.calibrate(&threshold_candidates(), &CRITICAL_CANDIDATES);
     let (threshold, critical) = (calibration.threshold, calibration.critical_threshold);
@@ -589,6 +599,8 @@ struct Policy<'a> {
     /// False alerts per 1,000 terminal-days per false alert.
     per_1000: f64,
     target: f64,
+    /// [`TrainConfig::false_alert_confidence`].
+    confidence: Option<f64>,
 }
 
 /// How one `(threshold, critical threshold)` pair does on the incidents.
@@ -631,7 +643,17 @@ impl Policy<'_> {
 
     fn admissible(&self, threshold: f64, critical: f64) -> bool {
         let (w, c) = self.false_alerts(threshold, critical);
-        (w + c) as f64 * self.per_1000 <= self.target
+        let Some(confidence) = self.confidence else {
+            return (w + c) as f64 * self.per_1000 <= self.target;
+        };
+        // The false alerts the target allows on the training windows.
+        let allowed = self.target / self.per_1000;
+        if poisson_upper_bound(0, confidence) > allowed {
+            return w + c == 0;
+        }
+        // The bound is above the count itself: no need to compute it for
+        // the thousands of alerts of the lowest thresholds.
+        (w + c) as f64 <= allowed && poisson_upper_bound(w + c, confidence) <= allowed
     }
 
     fn detections(&self, threshold: f64, critical: f64) -> Detections {
@@ -720,6 +742,31 @@ fn median(values: Vec<i64>) -> Option<f64> {
     crate::eval::median(values)
 }
 
+/// The upper bound, at `confidence`, of a Poisson mean of which `n` events
+/// were seen: the mean at which seeing `n` or fewer has probability
+/// `1 - confidence` (for `n = 0`, `-ln(1 - confidence)`).
+fn poisson_upper_bound(n: usize, confidence: f64) -> f64 {
+    let tail = (1.0 - confidence).clamp(1e-12, 1.0 - 1e-12);
+    // P(X <= n) at mean `mu`, summed in order so that no term overflows.
+    let cdf = |mu: f64| {
+        let (mut term, mut sum) = ((-mu).exp(), 0.0);
+        for i in 0..=n {
+            if i > 0 {
+                term *= mu / i as f64;
+            }
+            sum += term;
+        }
+        sum
+    };
+    // The cdf falls as the mean grows: bisect between n and a mean far past it.
+    let (mut lo, mut hi) = (n as f64, n as f64 + 10.0 + 10.0 * (n as f64).sqrt() - tail.ln());
+    for _ in 0..100 {
+        let mid = 0.5 * (lo + hi);
+        if cdf(mid) > tail { lo = mid } else { hi = mid }
+    }
+    hi
+}
+
 /// FNV-1a 64-bit, for fingerprints of training data (the feature crate's,
 /// which keys firmware versions with it).
 pub use termwatch_features::{FNV_OFFSET, fnv1a};
@@ -777,6 +824,7 @@ mod tests {
             m: 3,
             per_1000: 1000.0 / terminal_days as f64,
             target: 0.2,
+            confidence: None,
         };
         policy.calibrate(&threshold_candidates(), &CRITICAL_CANDIDATES)
     }
@@ -813,6 +861,49 @@ mod tests {
             (w + dw, c + dc)
         });
         assert_eq!((warnings, criticals), (1, 1));
+    }
+
+    #[test]
+    fn poisson_upper_bounds() {
+        // Standard values: -ln(0.1), and half the chi-square quantiles.
+        for (n, bound) in [(0, std::f64::consts::LN_10), (1, 3.889_720), (3, 6.680_783), (7, 11.770_914)] {
+            assert!((poisson_upper_bound(n, 0.9) - bound).abs() < 1e-5, "{n}: {}", poisson_upper_bound(n, 0.9));
+        }
+        assert!((poisson_upper_bound(0, 0.5) - std::f64::consts::LN_2).abs() < 1e-9);
+        assert!(poisson_upper_bound(400, 0.9) > 425.0 && poisson_upper_bound(400, 0.9) < 427.0);
+    }
+
+    #[test]
+    fn with_a_confidence_calibration_keeps_the_bound_of_the_false_alerts_within_the_target() {
+        // Healthy entities each with one pair of windows at 0.5 + i/100:
+        // at a threshold of t, the pairs above t are false alerts.
+        let healthy: Vec<Vec<(i64, f64)>> = (0..10)
+            .map(|i| {
+                let mut v = vec![0.1; 40];
+                v[20] = 0.5 + f64::from(i) / 100.0;
+                v[21] = v[20];
+                v.into_iter().enumerate().map(|(t, s)| (t as i64, s)).collect()
+            })
+            .collect();
+        let policy = |confidence| Policy {
+            healthy: &healthy,
+            around: &[],
+            k: 2,
+            m: 3,
+            // 39,000 terminal-days and 0.2 per 1,000 allow 7.8 false alerts.
+            per_1000: 1000.0 / 39_000.0,
+            target: 0.2,
+            confidence,
+        };
+        let lowest = |p: &Policy<'_>| threshold_candidates().into_iter().find(|&t| p.admissible(t, CRITICAL_OFF));
+        let alerts = |t: f64| healthy.iter().filter(|v| v[20].1 >= t).count();
+        // The count itself: 7 of the 10 pairs fire.
+        assert_eq!(lowest(&policy(None)).map(alerts), Some(7));
+        // Its 90 % upper bound: at most 3 (3 gives 6.68, 4 gives 7.99).
+        assert_eq!(lowest(&policy(Some(0.9))).map(alerts), Some(3));
+        // Too little data to show the target even with none: none.
+        let few = Policy { per_1000: 1000.0 / 5_000.0, ..policy(Some(0.9)) };
+        assert_eq!(lowest(&few).map(alerts), Some(0));
     }
 
     #[test]

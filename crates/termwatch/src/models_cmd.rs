@@ -48,10 +48,21 @@ pub struct TrainArgs {
     /// Another calibration target for one kind, as KIND=RATE (e.g. firmware_regression=0.05); repeatable.
     #[arg(long = "target-false-alerts-for", value_name = "KIND=RATE", value_parser = parse_kind_target)]
     kind_targets: Vec<(AlertKind, f64)>,
+    /// Keep the upper bound of the training windows' false-alert rate, at this confidence (e.g. 0.9),
+    /// within the target, not the rate itself: a budget shown by a handful of alerts is uncertain.
+    #[arg(long, value_name = "CONFIDENCE", value_parser = parse_confidence)]
+    false_alert_confidence: Option<f64>,
     /// Each --input is a history of its own (another fleet or period, e.g. one simulated at 60 s and one
     /// at 300 s), with its own feature state; without it, the inputs are consecutive parts of one history.
     #[arg(long)]
     independent: bool,
+}
+
+fn parse_confidence(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(c) if c > 0.0 && c < 1.0 => Ok(c),
+        _ => Err(format!("{s:?}: expected a confidence between 0 and 1, e.g. 0.9")),
+    }
 }
 
 fn parse_kind_target(s: &str) -> Result<(AlertKind, f64), String> {
@@ -293,6 +304,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     let config = TrainConfig {
         target_false_alerts_per_1000_terminal_days: args.target_false_alerts,
         kind_targets: args.kind_targets.clone(),
+        false_alert_confidence: args.false_alert_confidence,
         ..TrainConfig::default()
     };
     let set = training::train(&rows, &labels, features, &config, data, args.version.clone())?;
