@@ -8,9 +8,10 @@
 //! what it does on the new version is evidence about that version. Each
 //! version (`MODEL/FIRMWARE`) sums, with a day's memory, what its
 //! probation terminals showed and what their own baselines expected: the
-//! surprise of the count at the expected rate weighs exposure as it should,
-//! so two canary terminals crashing ten times as often are as telling as
-//! twenty crashing twice as often, and an update's own reboot (the first
+//! surprise of the count at twice the expected rate ([`RATE_TESTED`])
+//! weighs exposure as it should, so two canary terminals crashing ten
+//! times as often are telling within hours, a small excess over a whole
+//! cohort never is, and an update's own reboot (the first
 //! `UPDATE_GRACE_MS` of a version) or a new memory level (a step across a
 //! reboot, not a climb) is no evidence at all.
 //!
@@ -45,6 +46,15 @@ const FAILED_RATE_FLOOR: f64 = 0.001;
 /// Windows of no change a version's mean p95 z-score is shrunk with: two
 /// canaries' first hour says little about their latency.
 const P95_PRIOR_WINDOWS: f64 = 24.0;
+/// A version's crashes, reboots and failures are tested against this many
+/// times what its terminals' own rates expect: a version is a regression
+/// worth halting a rollout for when it at least doubles a rate. Tested
+/// against the rate itself, a benign version's day-long counts, judged
+/// every window of its week on probation, reach a one-in-twenty tail
+/// every few days (a canary's quiet week before it, a busy morning, a
+/// blip); against twice the rate they do not, and a regression that
+/// crashes several times as often is still plain after a few events.
+const RATE_TESTED: f64 = 2.0;
 /// Hours of no climb a version's memory climb is shrunk with.
 const CLIMB_PRIOR_HOURS: f64 = 4.0;
 /// Memory pairs further apart than this are not a climb (the terminal was
@@ -608,9 +618,9 @@ impl Releases {
                 ReleaseRow {
                     entity: v.name.clone(),
                     features: [
-                        poisson_surprise(count(x[12]), x[13]),
-                        poisson_surprise(count(x[2]), x[3]),
-                        poisson_surprise(count(x[4]), x[5]),
+                        poisson_surprise(count(x[12]), RATE_TESTED * x[13]),
+                        poisson_surprise(count(x[2]), RATE_TESTED * x[3]),
+                        poisson_surprise(count(x[4]), RATE_TESTED * x[5]),
                         (x[6] - x[7]) / hours,
                         x[9] / (x[10] + P95_PRIOR_WINDOWS),
                     ],
@@ -794,8 +804,9 @@ mod tests {
         // two reports), or alone at the same rate: one every 25 windows.
         let pairs = |w: i64| (u32::from(w % 50 <= 1), w % 50 == 0);
         let alone = |w: i64| (u32::from(w % 25 == 0), w % 25 == 0);
-        // Canaries with such a glitch every hour: three times the rate before.
-        let glitches = |w: i64| (u32::from(w % 12 <= 1), w % 12 == 0);
+        // Canaries with such a glitch every half hour: eight times the
+        // crashes before (a version is tested for doubling them).
+        let glitches = |w: i64| (u32::from(w % 6 <= 1), w % 6 == 0);
         let in_runs = crash_surprise(pairs, glitches);
         let counted_alone = crash_surprise(alone, glitches);
         // Where the fleet's crashes come in pairs the canaries' are half as
@@ -836,6 +847,50 @@ mod tests {
         // if any, has gone stale by then).
         assert_eq!(r.quiet(5 + RETIRE_WITHIN_WINDOWS), [v]);
         assert!(r.quiet(6 + RETIRE_WITHIN_WINDOWS).is_empty());
+    }
+
+    /// The crash surprise of a version after a day on eight canaries that
+    /// crashed every `canary_every` windows, after two days of history in
+    /// which they crashed every 144 (twice a day).
+    fn day_of_canaries(canary_every: i64) -> f64 {
+        let mut r = Releases::default();
+        let v = version("P200", "6.0.0");
+        let quiet = Peers::default();
+        let crash = |w: i64, every: i64, t: i64| {
+            let c = u32::from((w + t * 17) % every == 0);
+            WindowCounts { minutes: 5.0, crashes: c, crash_run_starts: c > 0, txn: 2, ..Default::default() }
+        };
+        let mut fleet = vec![TerminalRelease { model: model_key(key("P200")), ..Default::default() }; 8];
+        for w in 0..576 {
+            for (i, t) in fleet.iter_mut().enumerate() {
+                window_of(&mut r, t, &crash(w, 144, i as i64), w * 300_000, &quiet);
+            }
+        }
+        assert!(r.switched(v, || "P200/6.0.0".into(), 576));
+        for t in &mut fleet {
+            t.now = Judged { since: 576 * 300_000, current: v, ..t.now };
+        }
+        let mut rows = Vec::new();
+        for w in 576..864 {
+            for (i, t) in fleet.iter_mut().enumerate() {
+                window_of(&mut r, t, &crash(w, canary_every, i as i64), (w + 1) * 300_000, &quiet);
+            }
+            rows = r.close(w);
+        }
+        rows.first().map_or(f64::NAN, |row| row.features[0])
+    }
+
+    #[test]
+    fn a_version_is_tested_for_doubling_a_rate_not_for_any_excess() {
+        // Half as often again: 24 crashes where 16 were due. Tested
+        // against the rate itself that is a surprise of 1.9 (a tail of one
+        // in seven), which a benign version judged every window reaches
+        // every few days.
+        let a_little = day_of_canaries(96);
+        assert!(a_little < 0.5, "half as often again: {a_little}");
+        // Five times as often is plain.
+        let five_times = day_of_canaries(29);
+        assert!(five_times > 10.0, "five times as often: {five_times}");
     }
 
     #[test]
