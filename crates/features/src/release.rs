@@ -50,10 +50,10 @@ const P95_PRIOR_WINDOWS: f64 = 24.0;
 /// times what its terminals' own rates expect: a version is a regression
 /// worth halting a rollout for when it at least doubles a rate. Tested
 /// against the rate itself, a benign version's day-long counts, judged
-/// every window of its week on probation, reach a one-in-twenty tail
-/// every few days (a canary's quiet week before it, a busy morning, a
-/// blip); against twice the rate they do not, and a regression that
-/// crashes several times as often is still plain after a few events.
+/// every window of its week on probation, reach a one-in-ten tail every
+/// few days (a canary's quiet week before it, a busy hour, a blip);
+/// against twice the rate they do not, and a regression that crashes
+/// several times as often is still plain after a few events.
 const RATE_TESTED: f64 = 2.0;
 /// Hours of no climb a version's memory climb is shrunk with.
 const CLIMB_PRIOR_HOURS: f64 = 4.0;
