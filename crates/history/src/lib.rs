@@ -44,8 +44,8 @@ pub enum HistoryError {
     NotFound { path: String },
     #[error("{path}: no .parquet files in it")]
     Empty { path: String },
-    #[error("cannot list {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    #[error("cannot list {path}: {cause}")]
+    Io { path: String, cause: std::io::Error },
     #[error("{file}: column {column} is missing (telemetry-v1 Parquet needs every contract column)")]
     MissingColumn { file: String, column: String },
     #[error("{file}: column {column} has type {found}, expected {expected}")]
@@ -54,12 +54,20 @@ pub enum HistoryError {
     Null { file: String, column: String, count: u64 },
     #[error("{file}: column {column} holds {value:?}, {why}")]
     BadValue { file: String, column: String, value: String, why: &'static str },
-    #[error("{file}: column {column} cannot be read as {expected}: {source}")]
-    Cast { file: String, column: String, expected: &'static str, source: PolarsError },
-    #[error("{context}: {source}")]
-    Polars { context: String, source: PolarsError },
+    #[error("{file}: column {column} cannot be read as {expected}: {cause}")]
+    Cast { file: String, column: String, expected: &'static str, cause: PolarsError },
+    #[error("{context}: {cause}")]
+    Polars { context: String, cause: PolarsError },
     #[error("building an Arrow batch: {0}")]
-    Arrow(#[from] arrow::error::ArrowError),
+    Arrow(arrow::error::ArrowError),
+}
+
+// The cause is in each message, and not also a `source()`: an error printed
+// with its chain (`{:#}`) would say it twice.
+impl From<arrow::error::ArrowError> for HistoryError {
+    fn from(e: arrow::error::ArrowError) -> Self {
+        HistoryError::Arrow(e)
+    }
 }
 
 /// Whether `path` holds Parquet: a directory (an export, or any tree of
@@ -86,7 +94,7 @@ pub fn parquet_files(input: &Path) -> Result<Vec<PathBuf>, HistoryError> {
     let mut files = Vec::new();
     let mut dirs = vec![root.clone()];
     while let Some(dir) = dirs.pop() {
-        let io = |source| HistoryError::Io { path: dir.display().to_string(), source };
+        let io = |cause| HistoryError::Io { path: dir.display().to_string(), cause };
         for entry in std::fs::read_dir(&dir).map_err(io)? {
             let path = entry.map_err(io)?.path();
             if path.is_dir() {
@@ -223,7 +231,7 @@ fn columns() -> Vec<Column> {
 
 fn polars_err(context: impl Into<String>) -> impl FnOnce(PolarsError) -> HistoryError {
     let context = context.into();
-    move |source| HistoryError::Polars { context, source }
+    move |cause| HistoryError::Polars { context, cause }
 }
 
 /// One checked file: its raw scan, the expressions that select and cast the
@@ -423,17 +431,17 @@ pub fn load(
 fn cast_error(err: PolarsError, prepared: &[Prepared], cols: &[Column], opts: &LoadOptions) -> HistoryError {
     for p in prepared {
         for c in cols {
-            if let Err(source) = p.frame(opts, None).select([col(c.name.as_str())]).collect() {
+            if let Err(cause) = p.frame(opts, None).select([col(c.name.as_str())]).collect() {
                 return HistoryError::Cast {
                     file: p.file.clone(),
                     column: c.name.clone(),
                     expected: c.kind.expected(),
-                    source,
+                    cause,
                 };
             }
         }
     }
-    HistoryError::Polars { context: "reading the history".into(), source: err }
+    HistoryError::Polars { context: "reading the history".into(), cause: err }
 }
 
 /// Names the first file whose `column` holds `value`.

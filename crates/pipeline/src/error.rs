@@ -26,11 +26,19 @@ pub enum PipelineError {
     #[error("dead-letter output: {0}")]
     DeadLetter(SinkError),
     #[error("building an Arrow batch: {0}")]
-    Arrow(#[from] arrow::error::ArrowError),
+    Arrow(arrow::error::ArrowError),
     #[error(transparent)]
     Source(#[from] SourceError),
     #[error("the pipeline stopped after an earlier failure: {0}")]
     Stopped(String),
+}
+
+// The cause is in the message, and not also a `source()`: an error printed
+// with its chain (`{:#}`) would say it twice.
+impl From<arrow::error::ArrowError> for PipelineError {
+    fn from(e: arrow::error::ArrowError) -> Self {
+        PipelineError::Arrow(e)
+    }
 }
 
 pub use termwatch_telemetry::source::SourceError;

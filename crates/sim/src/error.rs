@@ -12,24 +12,34 @@ pub enum SimError {
 
     /// A JSON configuration could not be read (syntax, unknown key, wrong type).
     #[error("invalid simulator configuration: {0}")]
-    ConfigJson(#[source] serde_json::Error),
+    ConfigJson(serde_json::Error),
 
     /// Writing the telemetry or the labels failed.
-    #[error("cannot write {what} to {path}: {source}")]
-    Write {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot write {what} to {path}: {cause}")]
+    Write { what: &'static str, path: PathBuf, cause: std::io::Error },
 
     /// Writing to a caller-supplied writer failed.
     #[error("cannot write telemetry: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
 
     /// A label could not be serialised (should not happen: labels are plain data).
     #[error("cannot serialise a label: {0}")]
-    Label(#[from] serde_json::Error),
+    Label(serde_json::Error),
+}
+
+// Each cause is in its message, and not also a `source()`: an error printed
+// with its chain (`{:#}`, as the binary does) said "No space left on device"
+// twice.
+impl From<std::io::Error> for SimError {
+    fn from(e: std::io::Error) -> Self {
+        SimError::Io(e)
+    }
+}
+
+impl From<serde_json::Error> for SimError {
+    fn from(e: serde_json::Error) -> Self {
+        SimError::Label(e)
+    }
 }
 
 impl SimError {

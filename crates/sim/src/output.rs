@@ -155,14 +155,14 @@ pub fn write_files(cfg: SimConfig, out: &Path, labels: Option<&Path>) -> Result<
     let started = Instant::now();
     let mut sim = Simulator::new(cfg)?;
     if let Some(path) = labels {
-        let write = |source| SimError::Write { what: "labels", path: path.to_path_buf(), source };
+        let write = |cause| SimError::Write { what: "labels", path: path.to_path_buf(), cause };
         let f = File::create(path).map_err(write)?;
         sim.write_labels(BufWriter::new(f)).map_err(|e| match e {
             SimError::Io(source) => write(source),
             other => other,
         })?;
     }
-    let write = |source| SimError::Write { what: "telemetry", path: out.to_path_buf(), source };
+    let write = |cause| SimError::Write { what: "telemetry", path: out.to_path_buf(), cause };
     let file = File::create(out).map_err(write)?;
     let mut summary = if out.extension().is_some_and(|e| e == "gz") {
         sim.write_gzip(file).map_err(write)?

@@ -137,6 +137,31 @@ fn unwritable_dead_letter_file_is_a_one_line_error_naming_it() {
 }
 
 #[test]
+fn a_full_disk_is_one_line_naming_the_file_and_saying_why_once() {
+    if !std::path::Path::new("/dev/full").exists() {
+        eprintln!("skipped: no /dev/full here");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let labels = dir.path().join("labels.ndjson");
+    let out = termwatch(&[
+        "simulate",
+        "--terminals",
+        "5",
+        "--days",
+        "1",
+        "--out",
+        "/dev/full",
+        "--labels",
+        labels.to_str().expect("utf8"),
+    ]);
+    assert_operator_error(&out, "/dev/full");
+    // The cause once: it was in the message and again as its source.
+    let stderr = text(&out.stderr);
+    assert_eq!(stderr.matches("No space left on device").count(), 1, "{stderr}");
+}
+
+#[test]
 fn corrupt_gzip_stops_with_an_error_naming_the_file_after_keeping_what_was_read() {
     let dir = tempfile::tempdir().expect("tempdir");
     let valid = std::fs::read_to_string(contracts().join("telemetry-v1.valid.ndjson")).expect("valid");
