@@ -72,6 +72,13 @@ pub mod names {
         "timeout_surprise_trimmed_mean",
         "terminals_reporting",
     ];
+    /// Per part: `_wear_evidence`, evidence (nats, `ln(1 + x)`) that its
+    /// error rate has doubled against its own; `_wear_vs_cohort`, that it
+    /// is four times its cohort's rather than twice; `_error_log_ratio`,
+    /// its recent rate against its own. Each is the part's beyond what the
+    /// terminal's other part shows too (the larger of zero and the smaller
+    /// of the two is taken from both): an old or busy terminal errs more on
+    /// every part, a worn part stands out from the other.
     pub const AGING: [&str; 8] = [
         "reader_wear_evidence",
         "printer_wear_evidence",
