@@ -349,12 +349,31 @@ pub struct KindReport {
     /// incidents that telemetry never mentions: terminal↔site matching cannot
     /// see them.
     pub entities_not_in_telemetry: usize,
+    /// The figures again for each scope with an incident or a false alert,
+    /// in the order terminal, site, region, cohort: a site's mains and one
+    /// terminal's supply are different detectors, paged on differently.
+    pub scopes: Vec<ScopeReport>,
     /// Detected incidents with their first matching alert, by incident start.
     pub detections: Vec<Detection>,
     /// Undetected incidents, by start.
     pub missed_incidents: Vec<IncidentLabel>,
     /// False alerts, by time.
     pub false_alert_events: Vec<AlertEvent>,
+}
+
+/// One scope's share of a kind's figures: incidents of that scope (found by
+/// an alert of any scope that matches them, as for the kind), and false
+/// alerts raised at that scope.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ScopeReport {
+    pub scope: Scope,
+    pub incidents: usize,
+    pub detected_incidents: usize,
+    pub false_alerts: usize,
+    /// As [`KindReport::false_alerts_per_1000_terminal_days`], over the whole fleet.
+    pub false_alerts_per_1000_terminal_days: Option<f64>,
+    /// Median delay of this scope's detected incidents.
+    pub median_delay_ms: Option<f64>,
 }
 
 /// A detected incident and the first firing alert that matched it within
@@ -506,6 +525,25 @@ fn evaluate_kind(kind: AlertKind, alerts: &[AlertEvent], labels: &[IncidentLabel
         None
     };
 
+    let per_1000 = |n: usize| (terminal_days > 0).then(|| n as f64 * 1000.0 / terminal_days as f64);
+    let scopes = [Scope::Terminal, Scope::Site, Scope::Region, Scope::Cohort]
+        .into_iter()
+        .filter_map(|scope| {
+            let incidents = incidents.iter().filter(|i| i.scope == scope).count();
+            let false_alerts = false_alert_events.iter().filter(|a| a.scope == scope).count();
+            let delays: Vec<i64> =
+                detections.iter().filter(|d| d.incident.scope == scope).map(|d| d.delay_ms).collect();
+            (incidents > 0 || false_alerts > 0).then(|| ScopeReport {
+                scope,
+                incidents,
+                detected_incidents: delays.len(),
+                false_alerts,
+                false_alerts_per_1000_terminal_days: per_1000(false_alerts),
+                median_delay_ms: median(delays),
+            })
+        })
+        .collect();
+
     let median_exposure = if kind == AlertKind::FirmwareRegression {
         median_f64(detections.iter().filter_map(|d| d.exposure).collect())
     } else {
@@ -523,12 +561,12 @@ fn evaluate_kind(kind: AlertKind, alerts: &[AlertEvent], labels: &[IncidentLabel
         precision,
         recall,
         f1: f1(precision, recall),
-        false_alerts_per_1000_terminal_days: (terminal_days > 0)
-            .then(|| false_alerts as f64 * 1000.0 / terminal_days as f64),
+        false_alerts_per_1000_terminal_days: per_1000(false_alerts),
         median_delay_ms: median(detections.iter().map(|d| d.delay_ms).collect()),
         median_lead_time_ms,
         overlapping_firing: overlapping_firing(kind, alerts),
         entities_not_in_telemetry: entities_not_in_telemetry(&firing, &incidents, fleet),
+        scopes,
         detections,
         missed_incidents,
         false_alert_events,
@@ -690,6 +728,34 @@ fn render_table(r: &Report, max_listed: usize) -> String {
          false/1k td = false alerts per 1,000 terminal-days, median lead for hardware_aging only,\n\
          exposure (median share of the model's terminals on the version at detection) for firmware_regression only: docs/evaluation.md"
     );
+    // Kinds scored at more than one scope, scope by scope.
+    let split: Vec<&KindReport> = r.kinds.iter().filter(|k| k.scopes.len() > 1).collect();
+    if !split.is_empty() {
+        let _ =
+            writeln!(out, "\nby scope (incidents of the scope, by an alert of any scope; false alerts raised at it):");
+        for k in split {
+            for s in &k.scopes {
+                let rate = s.false_alerts_per_1000_terminal_days.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"));
+                let found = match (s.incidents, s.median_delay_ms) {
+                    (0, _) => "no incidents".to_owned(),
+                    (n, Some(delay)) => format!(
+                        "{} of {} detected, median delay {}",
+                        s.detected_incidents,
+                        plural(n as u64, "incident", "incidents"),
+                        format_duration(delay)
+                    ),
+                    (n, None) => format!("0 of {} detected", plural(n as u64, "incident", "incidents")),
+                };
+                let _ = writeln!(
+                    out,
+                    "  {:<20} {:<8} {found}; {} ({rate} per 1,000 terminal-days)",
+                    k.kind.as_str(),
+                    s.scope.to_string(),
+                    plural(s.false_alerts as u64, "false alert", "false alerts"),
+                );
+            }
+        }
+    }
 
     for k in &r.kinds {
         if k.missed_incidents.is_empty()
@@ -965,6 +1031,39 @@ mod tests {
         assert_eq!(k.detections[0].exposure, Some(0.25));
         // Not a figure of the other kinds.
         assert_eq!(report.kind(Voltage).and_then(|k| k.median_exposure), None);
+    }
+
+    #[test]
+    fn each_scope_of_a_kind_has_its_own_figures() {
+        let k = score(
+            &[
+                // The site's mains, found by its own alert 5 minutes in.
+                alert(Voltage, Scope::Site, "S-1", T0 + 5 * MIN),
+                // One terminal's supply, found an hour in; another never.
+                alert(Voltage, Scope::Terminal, "T-3", T0 + HOUR),
+                // A terminal alert that matches nothing.
+                alert(Voltage, Scope::Terminal, "T-9", T0),
+            ],
+            &[
+                incident(Voltage, Scope::Site, "S-1", T0, T0 + HOUR),
+                incident(Voltage, Scope::Terminal, "T-3", T0, T0 + 2 * HOUR),
+                incident(Voltage, Scope::Terminal, "T-4", T0, T0 + 2 * HOUR),
+            ],
+            Voltage,
+        );
+        let figures: Vec<_> = k
+            .scopes
+            .iter()
+            .map(|s| (s.scope, s.incidents, s.detected_incidents, s.false_alerts, s.median_delay_ms))
+            .collect();
+        assert_eq!(
+            figures,
+            [(Scope::Terminal, 2, 1, 1, Some(HOUR as f64)), (Scope::Site, 1, 1, 0, Some((5 * MIN) as f64)),]
+        );
+        // The kind's figures are the scopes' together.
+        assert_eq!((k.incidents, k.detected_incidents, k.false_alerts), (3, 2, 1));
+        // A scope with neither incidents nor false alerts is left out.
+        assert!(k.scopes.iter().all(|s| s.scope != Scope::Region));
     }
 
     #[test]
