@@ -325,7 +325,8 @@ fn the_default_models_page_the_site_for_mains_and_the_terminal_for_its_supply() 
 /// false alerts per 1,000 terminal-days (none on this fleet's 885). Network
 /// does not meet it here yet: its ceiling is a regression guard, 1.5 times
 /// what `termwatch-default-8` does on this fleet (one alert; README,
-/// Detectors).
+/// Detectors). Site-scope voltage incidents page within the 10-minute
+/// target (median); terminal-scope ones are not held to it yet.
 #[test]
 fn the_shipped_models_find_every_incident_of_a_foreign_fleet_within_a_false_alert_ceiling() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -370,6 +371,16 @@ fn the_shipped_models_find_every_incident_of_a_foreign_fleet_within_a_false_aler
             "{kind}: {false_rate:.2} false alerts per 1,000 terminal-days, ceiling {ceiling}"
         );
     }
+    // A site's mains fault pages within issue 15's 10 minutes at 300 s
+    // reporting (one terminal's supply does not yet: README, Detectors).
+    let voltage = kinds.iter().find(|k| k["kind"] == "voltage_instability").expect("voltage in the report");
+    let site = voltage["scopes"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["scope"] == "site"))
+        .expect("site-scope voltage incidents on this fleet");
+    let site_delay = site["median_delay_ms"].as_f64().expect("site incidents detected");
+    eprintln!("voltage_instability site: median delay {:.1} min", site_delay / 60_000.0);
+    assert!(site_delay <= 600_000.0, "site voltage median delay {site_delay} ms, at most 10 minutes");
     // A regressed rollout is worth halting while few terminals have it:
     // issue 17's bar is a median exposure of at most a quarter of the model.
     let firmware = kinds.iter().find(|k| k["kind"] == "firmware_regression").expect("firmware in the report");
