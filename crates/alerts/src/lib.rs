@@ -5,12 +5,16 @@
 //! state is snapshotted per Kafka partition and idle terminals are kept in a
 //! cold store ([`snapshot`], [`cold`]), and the events go out through the
 //! pipeline sink ([`sink::AlertSink`]) to files, the alerts topic
-//! ([`topic`]) and `/metrics` ([`metrics`]).
+//! ([`topic`]) and `/metrics` ([`metrics`]). Between the two stages of
+//! docs/two-stages.md, the partials topic ([`partials_topic`]) carries each
+//! closed window's site and region partials to the merging stage.
 
 pub mod alerting;
 pub mod calibration;
 pub mod cold;
 pub mod metrics;
+#[cfg(feature = "kafka")]
+pub mod partials_topic;
 pub mod scoring;
 pub mod sink;
 pub mod snapshot;

@@ -28,6 +28,7 @@ pub mod partial;
 mod release;
 pub mod stages;
 mod stats;
+pub mod wire;
 
 pub use engine::{
     AgingRow, Counters, DEFAULT_SOURCE, Departed, FeatureConfig, FeatureEngine, Held, LimitCounts, Limits,

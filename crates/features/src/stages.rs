@@ -11,6 +11,7 @@ use arrow::record_batch::RecordBatch;
 
 use crate::engine::{FeatureConfig, FeatureEngine, WindowRows};
 use crate::partial::{MergedWindow, WindowMerger, WindowPartials};
+use crate::wire::{self, PartialsRecord};
 
 /// What stage 1 and stage 2 closed in one step.
 #[derive(Debug, Default)]
@@ -49,16 +50,25 @@ pub struct LocalStages {
     wire: WireCounts,
 }
 
-/// A window's partials as stage 2 reads them from the topic.
-fn through_the_wire(partials: WindowPartials, wire: &mut WireCounts) -> Result<WindowPartials, postcard::Error> {
-    let bytes = postcard::to_stdvec(&partials)?;
+/// A window's partials as stage 2 reads them from the topic: the record
+/// [`wire::encode`] makes of them, read back by [`wire::decode`].
+fn through_the_wire(partials: WindowPartials, wire: &mut WireCounts) -> Result<WindowPartials, StageError> {
+    let sites = if partials.sites.is_empty() {
+        None
+    } else {
+        Some((partials.sites.len(), postcard::to_stdvec(&partials.sites).map_err(|e| StageError::Wire(e.to_string()))?))
+    };
+    let bytes = wire::encode(&PartialsRecord::Window(partials)).map_err(|e| StageError::Wire(e.to_string()))?;
     wire.partials += 1;
     wire.bytes += bytes.len() as u64;
-    if !partials.sites.is_empty() {
-        wire.site_partials += partials.sites.len() as u64;
-        wire.site_bytes += postcard::to_stdvec(&partials.sites)?.len() as u64;
+    if let Some((n, site_bytes)) = sites {
+        wire.site_partials += n as u64;
+        wire.site_bytes += site_bytes.len() as u64;
     }
-    postcard::from_bytes(&bytes)
+    match wire::decode(&bytes).map_err(|e| StageError::Wire(e.to_string()))? {
+        PartialsRecord::Window(w) => Ok(w),
+        other => Err(StageError::Wire(format!("a window's partials read back as {other:?}"))),
+    }
 }
 
 impl LocalStages {
@@ -169,7 +179,7 @@ impl LocalStages {
                 regions: std::mem::take(&mut w.region_partials),
                 cohorts: std::mem::take(&mut w.cohort_lessons),
             };
-            let read = through_the_wire(partials, &mut self.wire).map_err(StageError::Wire)?;
+            let read = through_the_wire(partials, &mut self.wire)?;
             out.merged.extend(self.merger.offer(name, read));
             out.terminal.push((source, w));
         }
@@ -214,8 +224,8 @@ impl LocalStages {
 pub enum StageError {
     #[error("no source {0}: the stages were built with fewer")]
     NoSuchSource(usize),
-    #[error("a window's partials did not survive their wire form (postcard): {0}")]
-    Wire(postcard::Error),
+    #[error("a window's partials did not survive their wire form: {0}")]
+    Wire(String),
 }
 
 #[cfg(test)]

@@ -1,0 +1,249 @@
+//! The partials topic between the two stages (docs/two-stages.md): stage-1
+//! replicas publish, per source partition of the telemetry topic, each
+//! closed window's site and region partials and their progress
+//! ([`PartialsPublisher`]); the merging stage reads them back and merges
+//! each window once every source has passed it ([`PartialsReader`]).
+//!
+//! The topic has **one partition**. A window is merged from every source's
+//! partials, so they must meet in one consumer; what crosses the topic is a
+//! window's summary per source (about 74 bytes a site and 50 a terminal of
+//! a region, measured in docs/two-stages.md), not the reports, so one
+//! partition carries a fleet of 100,000 terminals at a few MB per window.
+//! Stage-2 replicas share one consumer group: one reads, the others stand
+//! by and take over at a rebalance. Records are keyed by their source, and
+//! the one partition keeps each source's records in the order they were
+//! published, which is the order the merger relies on.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use rdkafka::ClientConfig;
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, DefaultConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaErrorCode;
+use termwatch_features::partial::{MergedWindow, WindowMerger};
+use termwatch_features::wire::{self, PartialsRecord, WireError};
+use termwatch_pipeline::KafkaConfig;
+
+/// How long a record may wait in a full producer queue before it is an
+/// error: a broker that takes nothing must not hold stage 1 for ever.
+const QUEUE_WAIT: Duration = Duration::from_secs(5);
+
+#[derive(Default)]
+struct Failures(Mutex<Option<String>>);
+
+struct Delivery(Arc<Failures>);
+
+impl ClientContext for Delivery {}
+
+impl ProducerContext for Delivery {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            let mut first = self.0.0.lock().unwrap_or_else(PoisonError::into_inner);
+            first.get_or_insert_with(|| e.to_string());
+        }
+    }
+}
+
+/// Stage 1's side: publishes each source's records, keyed by the source.
+/// Nothing is acknowledged until [`PartialsPublisher::flush`] says it was
+/// delivered: a replica commits its telemetry offsets and snapshots only
+/// after that, so a replica killed before it republishes from its snapshot
+/// (the merger takes a (window, source) partial once).
+pub struct PartialsPublisher {
+    producer: ThreadedProducer<Delivery>,
+    topic: String,
+    failures: Arc<Failures>,
+    /// Records handed to librdkafka since it was built, and their bytes.
+    records: u64,
+    bytes: u64,
+}
+
+impl PartialsPublisher {
+    pub fn new(config: &KafkaConfig, topic: &str) -> anyhow::Result<PartialsPublisher> {
+        let failures = Arc::new(Failures::default());
+        let producer = config
+            .producer_config()
+            // One source's records must arrive in the order published: no
+            // retry may overtake an earlier record.
+            .set("enable.idempotence", "true")
+            .create_with_context(Delivery(Arc::clone(&failures)))
+            .with_context(|| format!("partials producer for {}", config.brokers))?;
+        Ok(PartialsPublisher { producer, topic: topic.to_string(), failures, records: 0, bytes: 0 })
+    }
+
+    /// Queues one record of `source`. An error names the source and what
+    /// could not be queued (a record larger than the producer's
+    /// `message.max.bytes` among them); [`PartialsPublisher::flush`]
+    /// reports what the broker refused.
+    pub fn publish(&mut self, source: &str, record: &PartialsRecord) -> anyhow::Result<()> {
+        let value = wire::encode(record).with_context(|| format!("partials of {source}: encoding"))?;
+        let mut r = BaseRecord::<str, [u8]>::to(&self.topic).key(source).payload(&value);
+        let deadline = Instant::now() + QUEUE_WAIT;
+        loop {
+            match self.producer.send(r) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                    if Instant::now() < deadline =>
+                {
+                    r = back;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err((e, _)) => bail!("partials topic {}: {source}'s record of {} bytes: {e}", self.topic, value.len()),
+            }
+        }
+        self.records += 1;
+        self.bytes += value.len() as u64;
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for every record queued to be delivered.
+    pub fn flush(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        self.producer.flush(timeout).with_context(|| format!("partials topic {}: flush", self.topic))?;
+        match self.failures.0.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            Some(e) => bail!("partials topic {}: a record was not delivered: {e}", self.topic),
+            None => Ok(()),
+        }
+    }
+
+    /// Records and bytes published since it was built.
+    pub fn published(&self) -> (u64, u64) {
+        (self.records, self.bytes)
+    }
+}
+
+/// A record of the partials topic that could not be read: where it is and
+/// why. Counted and read past; it changes nothing in the merger.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("partials topic {topic} partition {partition} offset {offset}: {error}")]
+pub struct Unreadable {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub error: WireError,
+}
+
+/// What one [`PartialsReader::poll`] read.
+#[derive(Debug, Default)]
+pub struct Polled {
+    /// Windows the merger closed, oldest first.
+    pub merged: Vec<MergedWindow>,
+    /// Records it could not read.
+    pub unreadable: Vec<Unreadable>,
+    /// Records read, those included.
+    pub records: usize,
+}
+
+/// The merging stage's side: reads the partials topic in its own consumer
+/// group and hands each record to the merger. Offsets are stored as
+/// records are applied and committed only by [`PartialsReader::commit`],
+/// which the owner calls once what the merger closed (and the merger
+/// itself) is safe: at least once, the merger taking a repeated partial
+/// once.
+pub struct PartialsReader {
+    consumer: BaseConsumer<DefaultConsumerContext>,
+    topic: String,
+    merger: WindowMerger,
+    /// Records read and records that could not be read, since it was built.
+    read: u64,
+    unreadable: u64,
+}
+
+impl PartialsReader {
+    /// Subscribes `group` to `topic`, which must exist and have one
+    /// partition (see the module's documentation); waits up to `timeout`
+    /// for the broker to say so.
+    pub fn new(
+        config: &KafkaConfig,
+        topic: &str,
+        group: &str,
+        merger: WindowMerger,
+        timeout: Duration,
+    ) -> anyhow::Result<PartialsReader> {
+        let mut c: ClientConfig = config.consumer_config();
+        c.set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false");
+        let consumer: BaseConsumer<DefaultConsumerContext> =
+            c.create().with_context(|| format!("partials consumer for {}", config.brokers))?;
+        let metadata = consumer
+            .fetch_metadata(Some(topic), timeout)
+            .with_context(|| format!("partials topic {topic}: metadata from {}", config.brokers))?;
+        let partitions = metadata.topics().iter().find(|t| t.name() == topic).map_or(0, |t| t.partitions().len());
+        if partitions != 1 {
+            bail!(
+                "partials topic {topic} has {partitions} partitions: it must have exactly one, since every \
+                 source's partials of a window are merged in one place (create it with one partition)"
+            );
+        }
+        consumer.subscribe(&[topic]).with_context(|| format!("partials topic {topic}: subscribe"))?;
+        Ok(PartialsReader { consumer, topic: topic.to_string(), merger, read: 0, unreadable: 0 })
+    }
+
+    pub fn merger(&self) -> &WindowMerger {
+        &self.merger
+    }
+
+    /// Records read and records that could not be read, since it was built.
+    pub fn counts(&self) -> (u64, u64) {
+        (self.read, self.unreadable)
+    }
+
+    /// Reads up to `max_records`, waiting at most `max_wait` in all: the
+    /// windows they close. An error only from the consumer itself (a
+    /// record that cannot be read is in [`Polled::unreadable`]).
+    pub fn poll(&mut self, max_records: usize, max_wait: Duration) -> Result<Polled, KafkaError> {
+        let deadline = Instant::now() + max_wait;
+        let mut out = Polled::default();
+        while out.records < max_records {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Some(m) = self.consumer.poll(left) else { break };
+            let m = m?;
+            out.records += 1;
+            self.read += 1;
+            match wire::apply(&mut self.merger, m.key(), m.payload().unwrap_or_default()) {
+                Ok(closed) => out.merged.extend(closed),
+                Err(error) => {
+                    self.unreadable += 1;
+                    out.unreadable.push(Unreadable {
+                        topic: m.topic().to_string(),
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        error,
+                    });
+                }
+            }
+            self.consumer.store_offset_from_message(&m)?;
+        }
+        Ok(out)
+    }
+
+    /// Commits the offsets of every record read so far.
+    pub fn commit(&self) -> Result<(), KafkaError> {
+        match self.consumer.commit_consumer_state(CommitMode::Sync) {
+            // Nothing read since the last commit.
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// The committed offset of the partials topic's partition for this
+    /// group (tests and diagnostics).
+    pub fn committed(&self, timeout: Duration) -> Result<Option<i64>, KafkaError> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.topic, 0);
+        let committed = self.consumer.committed_offsets(tpl, timeout)?;
+        Ok(committed.elements().first().and_then(|e| match e.offset() {
+            Offset::Offset(o) => Some(o),
+            _ => None,
+        }))
+    }
+}

@@ -1,0 +1,274 @@
+//! The partials topic on the Kafka protocol (librdkafka's mock cluster):
+//! three stage-1 engines, one per partition of the telemetry topic, publish
+//! their closed windows' partials and progress; the merging stage reads
+//! them back in its own consumer group and gives the site and region rows
+//! of one engine holding every terminal, bit for bit, past records it
+//! cannot read and a window republished by a restarted replica.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use arrow::record_batch::RecordBatch;
+use rdkafka::ClientConfig;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use termwatch_alerts::partials_topic::{PartialsPublisher, PartialsReader};
+use termwatch_features::partial::{MergedWindow, RegionWindow, WindowMerger, WindowPartials};
+use termwatch_features::wire::{PartialsRecord, WireError};
+use termwatch_features::{FNV_OFFSET, FeatureConfig, FeatureEngine, WindowRows, fnv1a};
+use termwatch_pipeline::KafkaConfig;
+use termwatch_sim::{SimConfig, Simulator};
+use termwatch_telemetry::{BatchBuilder, decode};
+
+const TOPIC: &str = "termwatch-partials";
+const PARTITIONS: u64 = 3;
+
+fn batch(lines: &[&[u8]]) -> RecordBatch {
+    let mut b = BatchBuilder::with_capacity(lines.len());
+    for l in lines {
+        b.append(&decode(l, i64::MAX / 2).expect("valid")).expect("append");
+    }
+    b.finish().expect("batch")
+}
+
+/// The simulated history's valid reports, each with its partition's name
+/// (Kafka's split by `terminal_id`), in the simulator's order.
+fn history() -> Vec<(String, Vec<u8>)> {
+    let cfg = SimConfig { terminals: 150, regions: 3, days: 1.0, seed: 41, ..SimConfig::default() };
+    let mut sim = Simulator::new(cfg).expect("simulator");
+    let mut out = Vec::new();
+    let mut buf = Vec::new();
+    while sim.next_record(&mut buf).is_some() {
+        if let Ok(t) = decode(&buf, i64::MAX / 2) {
+            let p = fnv1a(FNV_OFFSET, t.terminal_id.as_bytes()) % PARTITIONS;
+            out.push((format!("telemetry-{p}"), buf.clone()));
+        }
+    }
+    out
+}
+
+fn bits(f: &[f64]) -> Vec<u64> {
+    f.iter().map(|x| x.to_bits()).collect()
+}
+
+fn config() -> FeatureConfig {
+    // Without the warm-up no terminal is judged against its cohort, which
+    // split engines learn apart unless they share it (a later step).
+    FeatureConfig { warmup_windows: 0.0, ..FeatureConfig::default() }
+}
+
+/// One engine reading every partition: the rows the stages must give.
+fn one_engine(lines: &[(String, Vec<u8>)]) -> (Vec<WindowRows>, FeatureEngine) {
+    let mut engine = FeatureEngine::new(config());
+    engine.emit_partials(true);
+    let mut rows = Vec::new();
+    for chunk in lines.chunks(500) {
+        let mut runs: Vec<(&str, usize)> = Vec::new();
+        for (source, _) in chunk {
+            match runs.last_mut() {
+                Some((s, n)) if *s == source.as_str() => *n += 1,
+                _ => runs.push((source, 1)),
+            }
+        }
+        let lines: Vec<&[u8]> = chunk.iter().map(|(_, l)| l.as_slice()).collect();
+        rows.extend(engine.process_sourced(&batch(&lines), &runs));
+    }
+    rows.extend(engine.finish());
+    (rows, engine)
+}
+
+fn window_record(w: &mut WindowRows) -> PartialsRecord {
+    PartialsRecord::Window(WindowPartials {
+        end_ms: w.end_ms,
+        sites: std::mem::take(&mut w.site_partials),
+        regions: std::mem::take(&mut w.region_partials),
+        cohorts: std::mem::take(&mut w.cohort_lessons),
+    })
+}
+
+/// Three engines, one per partition, read their reports in batches of
+/// different sizes (the one furthest behind reads next) and publish each
+/// closed window and their progress; the first window source 0 publishes
+/// is published again after its progress, as a replica restarted from an
+/// older snapshot would. Returns the records published.
+fn publish_three_replicas(lines: &[(String, Vec<u8>)], publisher: &mut PartialsPublisher) -> u64 {
+    let names: Vec<String> = (0..PARTITIONS).map(|p| format!("telemetry-{p}")).collect();
+    let mine: Vec<Vec<&[u8]>> =
+        names.iter().map(|n| lines.iter().filter(|(s, _)| s == n).map(|(_, l)| l.as_slice()).collect()).collect();
+    let mut engines: Vec<FeatureEngine> = names
+        .iter()
+        .map(|_| {
+            let mut e = FeatureEngine::new(config());
+            e.emit_partials(true);
+            e
+        })
+        .collect();
+    let sizes = [400, 700, 250];
+    let mut at = [0usize; PARTITIONS as usize];
+    let mut published = 0;
+    let mut first: Option<PartialsRecord> = None;
+    let mut replayed = false;
+    let mut publish = |p: usize, rows: Vec<WindowRows>, engine: &FeatureEngine, end: bool| {
+        for mut w in rows {
+            let record = window_record(&mut w);
+            publisher.publish(&names[p], &record).expect("queued");
+            published += 1;
+            if p == 0 && first.is_none() {
+                first = Some(record);
+            }
+        }
+        if let Some(through) = engine.closed_through() {
+            publisher.publish(&names[p], &PartialsRecord::Progress(through)).expect("queued");
+            published += 1;
+            if let Some(again) = first.as_ref().filter(|_| p == 0 && !replayed) {
+                publisher.publish(&names[p], again).expect("queued");
+                published += 1;
+                replayed = true;
+            }
+        }
+        if end {
+            publisher.publish(&names[p], &PartialsRecord::End).expect("queued");
+            published += 1;
+        }
+    };
+    loop {
+        let behind = (0..PARTITIONS as usize)
+            .filter(|&p| at[p] < mine[p].len())
+            .min_by_key(|&p| (engines[p].closed_through().unwrap_or(i64::MIN), p));
+        let Some(p) = behind else { break };
+        let end = (at[p] + sizes[p]).min(mine[p].len());
+        let rows = engines[p].process_sourced(&batch(&mine[p][at[p]..end]), &[(&names[p], end - at[p])]);
+        at[p] = end;
+        publish(p, rows, &engines[p], false);
+    }
+    for (p, engine) in engines.iter_mut().enumerate() {
+        let rows = engine.finish();
+        publish(p, rows, engine, true);
+    }
+    publisher.flush(Duration::from_secs(30)).expect("delivered");
+    published
+}
+
+/// Asserts that the merged windows give one engine's site and region rows
+/// bit for bit, every window complete; returns the rows compared.
+fn same_site_and_region_rows(whole: &[WindowRows], engine: &FeatureEngine, merged: &[MergedWindow]) -> (usize, usize) {
+    let by_end: BTreeMap<i64, &MergedWindow> = merged.iter().map(|m| (m.end_ms, m)).collect();
+    assert_eq!(by_end.len(), merged.len(), "each window merged once");
+    let (mut sites, mut regions) = (0, 0);
+    for w in whole {
+        let m = by_end[&w.end_ms];
+        assert!(m.missing.is_empty(), "{m:?}");
+        let expected: Vec<(&str, Vec<u64>)> =
+            w.site_voltage.iter().map(|r| (engine.site_id(r.site), bits(&r.features))).collect();
+        let got: Vec<(&str, Vec<u64>)> = m.sites.iter().map(|(s, f)| (&**s, bits(f))).collect();
+        assert_eq!(got, expected, "sites at {}", w.end_ms);
+        sites += got.len();
+        let expected: Vec<(&str, Vec<u64>)> =
+            w.network.iter().map(|r| (engine.region_name(r.region), bits(&r.features))).collect();
+        let got: Vec<(&str, Vec<u64>)> = m
+            .regions
+            .iter()
+            .filter_map(|(r, f)| match f {
+                RegionWindow::Features(f) => Some((&**r, bits(&f[..]))),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(got, expected, "regions at {}", w.end_ms);
+        regions += got.len();
+    }
+    (sites, regions)
+}
+
+#[test]
+fn three_replicas_partials_through_the_topic_give_one_engines_site_and_region_rows() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    cluster.create_topic(TOPIC, 1, 1).expect("topic");
+    let kafka = KafkaConfig { brokers: cluster.bootstrap_servers(), ..KafkaConfig::default() };
+
+    // Two records no stage 1 wrote, first on the topic: read past, counted,
+    // named by their offsets.
+    let raw: BaseProducer = ClientConfig::new().set("bootstrap.servers", &kafka.brokers).create().expect("producer");
+    raw.send(BaseRecord::<str, [u8]>::to(TOPIC).key("telemetry-1").payload(b"not a partials record")).expect("queued");
+    raw.send(BaseRecord::<(), [u8]>::to(TOPIC).payload(&[1, 2, 3])).expect("queued");
+    raw.flush(Duration::from_secs(10)).expect("flushed");
+
+    let lines = history();
+    let (whole, engine) = one_engine(&lines);
+    let mut publisher = PartialsPublisher::new(&kafka, TOPIC).expect("publisher");
+    let published = publish_three_replicas(&lines, &mut publisher);
+    let (records, bytes) = publisher.published();
+    assert_eq!(records, published);
+    println!("{published} records, {bytes} bytes published");
+
+    let sources: Vec<String> = (0..PARTITIONS).map(|p| format!("telemetry-{p}")).collect();
+    let sources: Vec<&str> = sources.iter().map(String::as_str).collect();
+    let merger = WindowMerger::new(&sources, 3_600_000, 64);
+    let mut reader =
+        PartialsReader::new(&kafka, TOPIC, "termwatch-regional", merger, Duration::from_secs(10)).expect("reader");
+    let mut merged = Vec::new();
+    let mut unreadable = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while reader.counts().0 < published + 2 {
+        assert!(Instant::now() < deadline, "read {:?} of {} records", reader.counts(), published + 2);
+        let polled = reader.poll(1_000, Duration::from_millis(200)).expect("poll");
+        assert!(polled.records <= 1_000);
+        merged.extend(polled.merged);
+        unreadable.extend(polled.unreadable);
+    }
+    assert_eq!(reader.counts(), (published + 2, 2));
+    let why: Vec<(i64, &WireError)> = unreadable.iter().map(|u| (u.offset, &u.error)).collect();
+    assert!(matches!(why[..], [(0, WireError::Format(b'n')), (1, WireError::NoKey)]), "{unreadable:?}");
+    assert!(
+        unreadable[0].to_string().starts_with("partials topic termwatch-partials partition 0 offset 0: (value) format")
+    );
+
+    let counts = reader.merger().counts();
+    assert_eq!(counts.duplicate_partials, 1, "the republished window is taken once: {counts:?}");
+    assert_eq!((counts.late_partials, counts.unknown_source, counts.incomplete_windows), (0, 0, 0), "{counts:?}");
+    assert_eq!(reader.merger().open_windows(), 0);
+    let (sites, regions) = same_site_and_region_rows(&whole, &engine, &merged);
+    println!("{} windows: {sites} site rows and {regions} region rows, one engine's bit for bit", merged.len());
+    assert!(sites > 5_000 && regions > 500, "{sites} {regions}");
+
+    // What was read is committed once the owner says so, not before.
+    assert_eq!(reader.committed(Duration::from_secs(10)).expect("committed"), None);
+    reader.commit().expect("commit");
+    assert_eq!(reader.committed(Duration::from_secs(10)).expect("committed"), Some((published + 2) as i64));
+}
+
+#[test]
+fn a_partials_topic_of_several_partitions_is_refused_by_name() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    cluster.create_topic(TOPIC, 3, 1).expect("topic");
+    let kafka = KafkaConfig { brokers: cluster.bootstrap_servers(), ..KafkaConfig::default() };
+    let merger = WindowMerger::new(&["telemetry-0"], 0, 4);
+    let err = PartialsReader::new(&kafka, TOPIC, "termwatch-regional", merger, Duration::from_secs(10))
+        .err()
+        .expect("refused");
+    let msg = format!("{err:#}");
+    assert!(msg.contains("partials topic termwatch-partials has 3 partitions") && msg.contains("exactly one"), "{msg}");
+}
+
+#[test]
+fn a_record_over_the_producers_limit_is_an_error_naming_its_source_and_size() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    cluster.create_topic(TOPIC, 1, 1).expect("topic");
+    let mut kafka = KafkaConfig { brokers: cluster.bootstrap_servers(), ..KafkaConfig::default() };
+    kafka.properties.insert("message.max.bytes".into(), "1000".into());
+    let mut publisher = PartialsPublisher::new(&kafka, TOPIC).expect("publisher");
+    let lines = history();
+    let (mut rows, _) = one_engine(&lines[..3_000]);
+    let big =
+        rows.iter_mut().map(window_record).max_by_key(|r| termwatch_features::wire::encode(r).map_or(0, |v| v.len()));
+    let err = publisher.publish("telemetry-2", &big.expect("a window")).expect_err("too large");
+    let msg = format!("{err:#}");
+    assert!(
+        msg.starts_with("partials topic termwatch-partials: telemetry-2's record of ") && msg.contains(" bytes: "),
+        "{msg}"
+    );
+    // A record that fits still goes.
+    publisher.publish("telemetry-2", &PartialsRecord::Progress(300_000)).expect("queued");
+    publisher.flush(Duration::from_secs(10)).expect("delivered");
+}

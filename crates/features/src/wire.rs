@@ -1,0 +1,179 @@
+//! The partials topic's records (docs/two-stages.md): what a stage-1
+//! replica publishes for one source partition of the telemetry topic, and
+//! how the merging stage reads it back.
+//!
+//! A record is keyed by its source (`telemetry-3`, as
+//! `termwatch_pipeline::source_name` names a partition), so that one
+//! source's records stay in order on one partition of the partials topic:
+//! a window's partials before the progress that passes it, which is the
+//! order [`WindowMerger`] relies on. The value is a format byte and the
+//! record in postcard. A record this build cannot read is an error that
+//! says why; [`apply`] counts nothing and changes nothing for it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::partial::{MergedWindow, WindowMerger, WindowPartials};
+
+/// The value's first byte. A format this build does not know is refused,
+/// not guessed at: stage 2 is upgraded before stage 1.
+pub const FORMAT: u8 = 1;
+
+/// One record of the partials topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum PartialsRecord {
+    /// One closed window's partials.
+    Window(WindowPartials),
+    /// Every window ending at or before this (ms) has been published.
+    Progress(i64),
+    /// The source has published everything it has for now (a history read
+    /// to its end): it holds no window open until it publishes again.
+    End,
+}
+
+/// Why a record of the partials topic was not read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("(key) missing: a partials record is keyed by its source partition")]
+    NoKey,
+    #[error("(key) not UTF-8: {0} bytes")]
+    KeyNotUtf8(usize),
+    #[error("(value) empty")]
+    Empty,
+    #[error("(value) format {0}, this build reads format {FORMAT}")]
+    Format(u8),
+    #[error("(value) malformed: {0}")]
+    Malformed(String),
+    #[error("(value) {0} bytes after the record")]
+    Trailing(usize),
+}
+
+impl WireError {
+    /// A short name for a metric's label.
+    pub fn problem(&self) -> &'static str {
+        match self {
+            WireError::NoKey | WireError::KeyNotUtf8(_) => "key",
+            WireError::Empty | WireError::Malformed(_) | WireError::Trailing(_) => "malformed",
+            WireError::Format(_) => "format",
+        }
+    }
+}
+
+/// The record's value: [`FORMAT`], then the record in postcard.
+pub fn encode(record: &PartialsRecord) -> Result<Vec<u8>, postcard::Error> {
+    postcard::to_extend(record, vec![FORMAT])
+}
+
+/// Reads a value written by [`encode`].
+pub fn decode(value: &[u8]) -> Result<PartialsRecord, WireError> {
+    let (&format, body) = value.split_first().ok_or(WireError::Empty)?;
+    if format != FORMAT {
+        return Err(WireError::Format(format));
+    }
+    let (record, rest) =
+        postcard::take_from_bytes::<PartialsRecord>(body).map_err(|e| WireError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(WireError::Trailing(rest.len()));
+    }
+    Ok(record)
+}
+
+/// The source a record is keyed by.
+pub fn source(key: Option<&[u8]>) -> Result<&str, WireError> {
+    let key = key.ok_or(WireError::NoKey)?;
+    std::str::from_utf8(key).map_err(|_| WireError::KeyNotUtf8(key.len()))
+}
+
+/// Hands one record of the partials topic to the merger: the windows it
+/// closes. A record that cannot be read changes nothing. One from a source
+/// the merger does not know is counted by the merger (`unknown_source`).
+pub fn apply(merger: &mut WindowMerger, key: Option<&[u8]>, value: &[u8]) -> Result<Vec<MergedWindow>, WireError> {
+    let source = source(key)?;
+    Ok(match decode(value)? {
+        PartialsRecord::Window(w) => merger.offer(source, w),
+        PartialsRecord::Progress(through) => merger.progress(source, through),
+        PartialsRecord::End => merger.end_of_source(source),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::partial::SitePartial;
+
+    /// A key, a value, and why it is refused.
+    type Case<'a> = (Option<&'a [u8]>, &'a [u8], WireError);
+
+    fn window(end_ms: i64) -> PartialsRecord {
+        let mut site = SitePartial::default();
+        site.add_terminal(&[1.0, -0.0, 2.5, f64::NAN, 0.0, 3.0], true);
+        PartialsRecord::Window(WindowPartials {
+            end_ms,
+            sites: vec![("S-1".into(), site)],
+            ..WindowPartials::default()
+        })
+    }
+
+    #[test]
+    fn a_record_reads_back_as_written() {
+        for r in [window(300_000), PartialsRecord::Progress(600_000), PartialsRecord::End] {
+            let bytes = encode(&r).expect("encode");
+            assert_eq!(bytes[0], FORMAT);
+            // NaN is not equal to itself: compare the encodings.
+            assert_eq!(encode(&decode(&bytes).expect("decode")).expect("encode"), bytes);
+        }
+    }
+
+    #[test]
+    fn a_record_that_cannot_be_read_says_why_and_changes_nothing() {
+        let mut merger = WindowMerger::new(&["telemetry-0", "telemetry-1"], 0, 4);
+        let before = merger.clone();
+        let good = encode(&window(300_000)).expect("encode");
+        let mut other_format = good.clone();
+        other_format[0] = 2;
+        let mut trailing = good.clone();
+        trailing.push(0);
+        let cases: [Case<'_>; 6] = [
+            (None, &good, WireError::NoKey),
+            (Some(&[0xff, 0xfe]), &good, WireError::KeyNotUtf8(2)),
+            (Some(b"telemetry-0"), &[], WireError::Empty),
+            (Some(b"telemetry-0"), &other_format, WireError::Format(2)),
+            (Some(b"telemetry-0"), &trailing, WireError::Trailing(1)),
+            (Some(b"telemetry-0"), &good[..good.len() - 3], WireError::Malformed(String::new())),
+        ];
+        for (key, value, want) in cases {
+            let got = apply(&mut merger, key, value).expect_err("refused");
+            match (&got, &want) {
+                (WireError::Malformed(why), WireError::Malformed(_)) => assert!(!why.is_empty()),
+                _ => assert_eq!(got, want),
+            }
+            assert!(
+                !got.to_string().is_empty()
+                    && (got.to_string().starts_with("(key)") || got.to_string().starts_with("(value)"))
+            );
+        }
+        assert_eq!(merger, before, "nothing read, nothing changed");
+        // And a good one is taken.
+        assert!(apply(&mut merger, Some(b"telemetry-0"), &good).expect("taken").is_empty());
+        assert_eq!(merger.open_windows(), 1);
+        // A source the merger was not built for is counted, not merged.
+        assert!(apply(&mut merger, Some(b"telemetry-9"), &good).expect("read").is_empty());
+        assert_eq!(merger.counts().unknown_source, 1);
+        assert_eq!(merger.open_windows(), 1);
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_decode_to_a_record_or_an_error(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let mut merger = WindowMerger::new(&["telemetry-0"], 0, 4);
+            let mut value = bytes.clone();
+            if let Some(first) = value.first_mut() {
+                *first = FORMAT;
+            }
+            let _ = apply(&mut merger, Some(b"telemetry-0"), &bytes);
+            let _ = apply(&mut merger, Some(b"telemetry-0"), &value);
+            prop_assert!(merger.check().is_ok());
+        }
+    }
+}
