@@ -15,6 +15,7 @@ pub mod cold;
 pub mod metrics;
 #[cfg(feature = "kafka")]
 pub mod partials_topic;
+pub mod regional;
 pub mod scoring;
 pub mod sink;
 pub mod snapshot;

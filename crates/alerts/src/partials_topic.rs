@@ -23,7 +23,7 @@ use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, DefaultConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
 use termwatch_features::partial::{MergedWindow, WindowMerger};
@@ -58,7 +58,10 @@ impl ProducerContext for Delivery {
 /// after that, so a replica killed before it republishes from its snapshot
 /// (the merger takes a (window, source) partial once).
 pub struct PartialsPublisher {
-    producer: ThreadedProducer<Delivery>,
+    /// Not a `ThreadedProducer`: its thread serves delivery reports 100 ms
+    /// at a time, and stage 1 waits for each window's delivery (measured:
+    /// every flush took 100 ms); [`PartialsPublisher::flush`] serves them.
+    producer: BaseProducer<Delivery>,
     topic: String,
     failures: Arc<Failures>,
     /// Records handed to librdkafka since it was built, and their bytes.
@@ -106,7 +109,20 @@ impl PartialsPublisher {
 
     /// Waits up to `timeout` for every record queued to be delivered.
     pub fn flush(&mut self, timeout: Duration) -> anyhow::Result<()> {
-        self.producer.flush(timeout).with_context(|| format!("partials topic {}: flush", self.topic))?;
+        // Not `Producer::flush`, which polls for delivery reports 100 ms at
+        // a time however soon they come (rdkafka 0.39): stage 1 waits for
+        // each window's delivery, so the wait is its latency.
+        let deadline = Instant::now() + timeout;
+        while self.producer.in_flight_count() > 0 {
+            if Instant::now() >= deadline {
+                bail!(
+                    "partials topic {}: {} records not delivered within {timeout:?}",
+                    self.topic,
+                    self.producer.in_flight_count()
+                );
+            }
+            self.producer.poll(Duration::from_millis(1));
+        }
         match self.failures.0.lock().unwrap_or_else(PoisonError::into_inner).take() {
             Some(e) => bail!("partials topic {}: a record was not delivered: {e}", self.topic),
             None => Ok(()),
@@ -197,15 +213,15 @@ impl PartialsReader {
         (self.read, self.unreadable)
     }
 
-    /// Reads up to `max_records`, waiting at most `max_wait` in all: the
-    /// windows they close. An error only from the consumer itself (a
-    /// record that cannot be read is in [`Polled::unreadable`]).
+    /// Waits up to `max_wait` for a record, then reads what has arrived,
+    /// up to `max_records` in all: the windows they close. An error only
+    /// from the consumer itself (a record that cannot be read is in
+    /// [`Polled::unreadable`]).
     pub fn poll(&mut self, max_records: usize, max_wait: Duration) -> Result<Polled, KafkaError> {
-        let deadline = Instant::now() + max_wait;
         let mut out = Polled::default();
         while out.records < max_records {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Some(m) = self.consumer.poll(left) else { break };
+            let wait = if out.records == 0 { max_wait } else { Duration::ZERO };
+            let Some(m) = self.consumer.poll(wait) else { break };
             let m = m?;
             out.records += 1;
             self.read += 1;

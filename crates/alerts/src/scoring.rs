@@ -341,26 +341,24 @@ impl Scorer {
             let mut own_terminal_scores = Vec::new();
             let fleet = &self.fleet;
             let limits = |kind, scope| fleet.thresholds(kind, scope).unwrap_or((f64::INFINITY, CRITICAL_OFF));
-            if let Some(d) = self.models.detector(AlertKind::VoltageInstability, Scope::Site) {
-                let at = limits(d.kind, d.scope);
-                for r in &w.site_voltage {
-                    if !scored_at_site_scope(&r.features) {
-                        continue;
-                    }
-                    let score = d.score(&r.features);
-                    site_scores.push(score);
-                    let site = self.engine.site_id(r.site);
-                    let region = self.engine.region_name(self.engine.site_region(r.site));
-                    let scored =
-                        scored(d, at, w.end_ms, site, region, score, &version, d.reasons(&r.features, &d.means, 3));
-                    events.extend(self.alerts.observe(scored));
-                    // Until the site's alert resolves, its terminals' supply
-                    // trouble is the site's mains, already paged.
-                    if score >= at.0
-                        || self.alerts.firing_alert(AlertKind::VoltageInstability, Scope::Site, site).is_some()
-                    {
-                        bad_sites.insert(r.site);
-                    }
+            let site_at = limits(AlertKind::VoltageInstability, Scope::Site);
+            for r in &w.site_voltage {
+                let site = self.engine.site_id(r.site);
+                let region = self.engine.region_name(self.engine.site_region(r.site));
+                let judged = site_voltage(&self.models, site_at, &mut self.alerts, w.end_ms, site, region, &r.features);
+                let Some(score) = judged.map(|(score, e)| {
+                    events.extend(e);
+                    score
+                }) else {
+                    continue;
+                };
+                site_scores.push(score);
+                // Until the site's alert resolves, its terminals' supply
+                // trouble is the site's mains, already paged.
+                if score >= site_at.0
+                    || self.alerts.firing_alert(AlertKind::VoltageInstability, Scope::Site, site).is_some()
+                {
+                    bad_sites.insert(r.site);
                 }
             }
             if let Some(d) = self.models.detector(AlertKind::VoltageInstability, Scope::Terminal) {
@@ -383,15 +381,14 @@ impl Scorer {
                     events.extend(self.alerts.observe(scored));
                 }
             }
-            if let Some(d) = self.models.detector(AlertKind::NetworkDegradation, Scope::Region) {
-                let at = limits(d.kind, d.scope);
-                for r in &w.network {
-                    let region = self.engine.region_name(r.region);
-                    let score = d.score(&r.features);
+            let network_at = limits(AlertKind::NetworkDegradation, Scope::Region);
+            for r in &w.network {
+                let region = self.engine.region_name(r.region);
+                if let Some((score, e)) =
+                    region_network(&self.models, network_at, &mut self.alerts, w.end_ms, region, &r.features)
+                {
+                    events.extend(e);
                     network_scores.push((r.region, score));
-                    let scored =
-                        scored(d, at, w.end_ms, region, region, score, &version, d.reasons(&r.features, &d.means, 3));
-                    events.extend(self.alerts.observe(scored));
                 }
             }
             if let Some(d) = self.models.detector(AlertKind::HardwareAging, Scope::Terminal) {
@@ -470,6 +467,44 @@ impl Scorer {
         }
         events
     }
+}
+
+/// The site voltage detector's verdict on one site's window: its score and
+/// the alert events it makes, or None for a row not scored at site scope
+/// (or without the detector). One code path for one process and for the
+/// merging stage.
+pub(crate) fn site_voltage(
+    models: &ModelSet,
+    at: (f64, f64),
+    alerts: &mut AlertTracker,
+    end_ms: i64,
+    site: &str,
+    region: &str,
+    features: &[f64],
+) -> Option<(f64, Option<AlertEvent>)> {
+    let d = models.detector(AlertKind::VoltageInstability, Scope::Site)?;
+    if !scored_at_site_scope(features) {
+        return None;
+    }
+    let score = d.score(features);
+    let scored = scored(d, at, end_ms, site, region, score, &models.version, d.reasons(features, &d.means, 3));
+    Some((score, alerts.observe(scored)))
+}
+
+/// The network detector's verdict on one region's window, as
+/// [`site_voltage`] gives a site's.
+pub(crate) fn region_network(
+    models: &ModelSet,
+    at: (f64, f64),
+    alerts: &mut AlertTracker,
+    end_ms: i64,
+    region: &str,
+    features: &[f64],
+) -> Option<(f64, Option<AlertEvent>)> {
+    let d = models.detector(AlertKind::NetworkDegradation, Scope::Region)?;
+    let score = d.score(features);
+    let scored = scored(d, at, end_ms, region, region, score, &models.version, d.reasons(features, &d.means, 3));
+    Some((score, alerts.observe(scored)))
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -15,11 +15,15 @@ use rdkafka::ClientConfig;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use termwatch_alerts::partials_topic::{PartialsPublisher, PartialsReader};
+use termwatch_alerts::regional::RegionalStage;
+use termwatch_alerts::scoring::Scorer;
 use termwatch_features::partial::{MergedWindow, RegionWindow, WindowMerger, WindowPartials};
 use termwatch_features::wire::{PartialsRecord, WireError};
 use termwatch_features::{FNV_OFFSET, FeatureConfig, FeatureEngine, WindowRows, fnv1a};
+use termwatch_models::artifact::ModelSet;
 use termwatch_pipeline::KafkaConfig;
 use termwatch_sim::{SimConfig, Simulator};
+use termwatch_telemetry::alerts::{AlertEvent, Scope};
 use termwatch_telemetry::{BatchBuilder, decode};
 
 const TOPIC: &str = "termwatch-partials";
@@ -93,14 +97,18 @@ fn window_record(w: &mut WindowRows) -> PartialsRecord {
 /// closed window and their progress; the first window source 0 publishes
 /// is published again after its progress, as a replica restarted from an
 /// older snapshot would. Returns the records published.
-fn publish_three_replicas(lines: &[(String, Vec<u8>)], publisher: &mut PartialsPublisher) -> u64 {
+fn publish_three_replicas(
+    lines: &[(String, Vec<u8>)],
+    config: &FeatureConfig,
+    publisher: &mut PartialsPublisher,
+) -> u64 {
     let names: Vec<String> = (0..PARTITIONS).map(|p| format!("telemetry-{p}")).collect();
     let mine: Vec<Vec<&[u8]>> =
         names.iter().map(|n| lines.iter().filter(|(s, _)| s == n).map(|(_, l)| l.as_slice()).collect()).collect();
     let mut engines: Vec<FeatureEngine> = names
         .iter()
         .map(|_| {
-            let mut e = FeatureEngine::new(config());
+            let mut e = FeatureEngine::new(config.clone());
             e.emit_partials(true);
             e
         })
@@ -162,7 +170,7 @@ fn same_site_and_region_rows(whole: &[WindowRows], engine: &FeatureEngine, merge
         assert!(m.missing.is_empty(), "{m:?}");
         let expected: Vec<(&str, Vec<u64>)> =
             w.site_voltage.iter().map(|r| (engine.site_id(r.site), bits(&r.features))).collect();
-        let got: Vec<(&str, Vec<u64>)> = m.sites.iter().map(|(s, f)| (&**s, bits(f))).collect();
+        let got: Vec<(&str, Vec<u64>)> = m.sites.iter().map(|s| (&*s.site, bits(&s.features))).collect();
         assert_eq!(got, expected, "sites at {}", w.end_ms);
         sites += got.len();
         let expected: Vec<(&str, Vec<u64>)> =
@@ -197,7 +205,7 @@ fn three_replicas_partials_through_the_topic_give_one_engines_site_and_region_ro
     let lines = history();
     let (whole, engine) = one_engine(&lines);
     let mut publisher = PartialsPublisher::new(&kafka, TOPIC).expect("publisher");
-    let published = publish_three_replicas(&lines, &mut publisher);
+    let published = publish_three_replicas(&lines, &config(), &mut publisher);
     let (records, bytes) = publisher.published();
     assert_eq!(records, published);
     println!("{published} records, {bytes} bytes published");
@@ -271,4 +279,182 @@ fn a_record_over_the_producers_limit_is_an_error_naming_its_source_and_size() {
     // A record that fits still goes.
     publisher.publish("telemetry-2", &PartialsRecord::Progress(300_000)).expect("queued");
     publisher.flush(Duration::from_secs(10)).expect("delivered");
+}
+
+/// A fleet with regional degradations four times as often as the default
+/// and site mains faults twenty times, and the shipped models.
+fn faulty_history_and_models() -> (Vec<(String, Vec<u8>)>, ModelSet) {
+    let mut cfg = SimConfig { terminals: 150, regions: 3, days: 2.0, seed: 43, ..SimConfig::default() };
+    cfg.faults.scale_faults(4.0);
+    cfg.faults.site_mains_per_1000_site_days *= 5.0;
+    let mut sim = Simulator::new(cfg).expect("simulator");
+    let mut lines = Vec::new();
+    let mut buf = Vec::new();
+    while sim.next_record(&mut buf).is_some() {
+        if let Ok(t) = decode(&buf, i64::MAX / 2) {
+            let p = fnv1a(FNV_OFFSET, t.terminal_id.as_bytes()) % PARTITIONS;
+            lines.push((format!("telemetry-{p}"), buf.clone()));
+        }
+    }
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/default/model.json");
+    (lines, ModelSet::load(&shipped).expect("models/default"))
+}
+
+/// An alert event as compared: all of it (the order of events within a
+/// window aside).
+fn key(e: &AlertEvent) -> String {
+    serde_json::to_string(e).expect("JSON")
+}
+
+/// Stage 1 and stage 2 of docs/two-stages.md with the partials topic
+/// between them: three engines sharing their cohorts, one per partition,
+/// publish what they close; stage 2 reads the topic, merges and scores;
+/// each engine then learns the merged windows' cohort lessons (handed back
+/// in-process here: the lessons topic is not built) and publishes what
+/// that lets it close. Returns stage 2's alert events.
+struct TwoStages {
+    names: Vec<String>,
+    engines: Vec<FeatureEngine>,
+    publisher: PartialsPublisher,
+    published: u64,
+    reader: PartialsReader,
+    stage2: RegionalStage,
+    /// Merged windows read so far, and how many of them each engine has learnt.
+    merged: Vec<MergedWindow>,
+    given: Vec<usize>,
+    events: Vec<AlertEvent>,
+}
+
+impl TwoStages {
+    fn publish(&mut self, p: usize, rows: Vec<WindowRows>, end: bool) {
+        for mut w in rows {
+            self.publisher.publish(&self.names[p], &window_record(&mut w)).expect("queued");
+            self.published += 1;
+        }
+        if let Some(through) = self.engines[p].closed_through() {
+            self.publisher.publish(&self.names[p], &PartialsRecord::Progress(through)).expect("queued");
+            self.published += 1;
+        }
+        if end && self.engines[p].open_windows() == 0 {
+            self.publisher.publish(&self.names[p], &PartialsRecord::End).expect("queued");
+            self.published += 1;
+        }
+    }
+
+    /// Reads the topic up to what was published, scores what it merges,
+    /// and has every engine learn it, until nothing moves.
+    fn settle(&mut self, ended: &[bool]) {
+        loop {
+            self.publisher.flush(Duration::from_secs(30)).expect("delivered");
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let before = self.merged.len();
+            while self.reader.counts().0 < self.published {
+                assert!(Instant::now() < deadline, "read {:?} of {}", self.reader.counts(), self.published);
+                let polled = self.reader.poll(1_000, Duration::from_millis(100)).expect("poll");
+                assert!(polled.unreadable.is_empty(), "{:?}", polled.unreadable);
+                self.events.extend(self.stage2.score(&polled.merged));
+                self.merged.extend(polled.merged);
+            }
+            let Some(through) = self.reader.merger().closed_through() else { return };
+            let mut moved = false;
+            for (p, &end) in ended.iter().enumerate() {
+                let new = self.merged[self.given[p]..].iter().map(|m| (m.end_ms, &m.cohorts));
+                let rows = self.engines[p].learn_cohorts(through, new);
+                self.given[p] = self.merged.len();
+                moved |= !rows.is_empty();
+                self.publish(p, rows, end);
+            }
+            if !moved && self.merged.len() == before {
+                return;
+            }
+        }
+    }
+}
+
+#[test]
+fn three_replicas_and_a_merging_stage_on_the_topic_raise_one_processs_site_and_region_alerts() {
+    let (lines, models) = faulty_history_and_models();
+    // One process: one scorer reading every partition.
+    let mut one = Scorer::new(models.clone()).expect("scorer");
+    let mut expected = Vec::new();
+    for chunk in lines.chunks(500) {
+        let mut runs: Vec<(&str, usize)> = Vec::new();
+        for (source, _) in chunk {
+            match runs.last_mut() {
+                Some((s, n)) if *s == source.as_str() => *n += 1,
+                _ => runs.push((source, 1)),
+            }
+        }
+        let batch_lines: Vec<&[u8]> = chunk.iter().map(|(_, l)| l.as_slice()).collect();
+        expected.extend(one.process_sourced(&batch(&batch_lines), &runs));
+    }
+    expected.extend(one.finish());
+    let mut expected: Vec<String> =
+        expected.iter().filter(|e| matches!(e.scope, Scope::Site | Scope::Region)).map(key).collect();
+    expected.sort();
+    let count = |events: &[String], what: &str| events.iter().filter(|e| e.contains(what)).count();
+    let (sites, regions) = (count(&expected, "\"scope\":\"site\""), count(&expected, "\"scope\":\"region\""));
+    assert!(sites >= 2 && regions >= 2, "the fleet pages at both scopes: {expected:#?}");
+
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    cluster.create_topic(TOPIC, 1, 1).expect("topic");
+    let kafka = KafkaConfig { brokers: cluster.bootstrap_servers(), ..KafkaConfig::default() };
+    let names: Vec<String> = (0..PARTITIONS).map(|p| format!("telemetry-{p}")).collect();
+    let sources: Vec<&str> = names.iter().map(String::as_str).collect();
+    let merger = WindowMerger::new(&sources, 3_600_000, 64);
+    let mut stages = TwoStages {
+        engines: names
+            .iter()
+            .map(|_| {
+                let mut e = FeatureEngine::new(models.features.clone());
+                e.emit_partials(true);
+                e.share_cohorts(true);
+                e
+            })
+            .collect(),
+        names: names.clone(),
+        publisher: PartialsPublisher::new(&kafka, TOPIC).expect("publisher"),
+        published: 0,
+        reader: PartialsReader::new(&kafka, TOPIC, "termwatch-regional", merger, Duration::from_secs(10))
+            .expect("reader"),
+        stage2: RegionalStage::new(models).expect("regional stage"),
+        merged: Vec::new(),
+        given: vec![0; PARTITIONS as usize],
+        events: Vec::new(),
+    };
+    let mine: Vec<Vec<&[u8]>> =
+        names.iter().map(|n| lines.iter().filter(|(s, _)| s == n).map(|(_, l)| l.as_slice()).collect()).collect();
+    let sizes = [400, 700, 250];
+    let mut at = [0usize; PARTITIONS as usize];
+    let mut ended = [false; PARTITIONS as usize];
+    loop {
+        let behind = (0..PARTITIONS as usize)
+            .filter(|&p| at[p] < mine[p].len())
+            .min_by_key(|&p| (stages.engines[p].closed_through().unwrap_or(i64::MIN), p));
+        let Some(p) = behind else { break };
+        let end = (at[p] + sizes[p]).min(mine[p].len());
+        let rows = stages.engines[p].process_sourced(&batch(&mine[p][at[p]..end]), &[(&names[p], end - at[p])]);
+        at[p] = end;
+        stages.publish(p, rows, false);
+        stages.settle(&ended);
+    }
+    for (p, end) in ended.iter_mut().enumerate() {
+        *end = true;
+        let rows = stages.engines[p].finish();
+        stages.publish(p, rows, true);
+    }
+    stages.settle(&ended);
+    assert!(stages.engines.iter().all(|e| e.open_windows() == 0), "every window closed");
+    assert_eq!(stages.reader.merger().open_windows(), 0);
+    assert_eq!(stages.reader.merger().counts(), Default::default(), "nothing late, repeated or incomplete");
+
+    let mut got: Vec<String> = stages.events.iter().map(key).collect();
+    got.sort();
+    println!(
+        "{} windows merged; {} site and {} region alert events, one process's: {sites} and {regions}",
+        stages.merged.len(),
+        count(&got, "\"scope\":\"site\""),
+        count(&got, "\"scope\":\"region\"")
+    );
+    assert_eq!(got, expected);
 }

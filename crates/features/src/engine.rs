@@ -2088,7 +2088,14 @@ impl FeatureEngine {
         if self.emit_partials {
             let (sites, regions) = (&self.sites, &self.regions);
             let name = |n: &Names, i: u32| n.names.get(i as usize).cloned().unwrap_or_default();
-            rows.site_partials = site_acc.iter().map(|(s, p)| (name(sites, *s), p.clone())).collect();
+            let site_regions = &self.site_regions;
+            rows.site_partials = site_acc
+                .iter()
+                .map(|(s, p)| {
+                    let region = name(regions, site_regions.get(*s as usize).copied().unwrap_or(0));
+                    (name(sites, *s), SitePartial { region, ..p.clone() })
+                })
+                .collect();
             rows.region_partials = region_acc
                 .iter()
                 .filter(|(_, p)| !p.terminals.is_empty())

@@ -66,6 +66,10 @@ impl TopTwo {
 /// twice at its site for that window).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SitePartial {
+    /// The site's region, for the site's alerts (empty until an engine
+    /// names it when it publishes; merged, the least name wins, so that a
+    /// site whose terminals disagree gets one region whatever the order).
+    pub region: Box<str>,
     /// Terminals with a voltage reading in the window.
     pub voltage_n: u32,
     /// Of those, terminals whose window was out of their own line.
@@ -87,6 +91,9 @@ impl SitePartial {
     }
 
     pub fn merge(&mut self, other: &SitePartial) {
+        if self.region.is_empty() || (!other.region.is_empty() && other.region < self.region) {
+            self.region.clone_from(&other.region);
+        }
         self.voltage_n = self.voltage_n.saturating_add(other.voltage_n);
         self.unstable = self.unstable.saturating_add(other.unstable);
         for (a, b) in self.worst.iter_mut().zip(&other.worst) {
@@ -323,13 +330,22 @@ pub struct WindowPartials {
     pub cohorts: CohortLessons,
 }
 
+/// A site's voltage row, merged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MergedSite {
+    pub site: Box<str>,
+    pub region: Box<str>,
+    /// `names::SITE_VOLTAGE`.
+    pub features: [f64; 6],
+}
+
 /// A window closed by the merging stage: every site's and region's row from
 /// the partials of all source partitions.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MergedWindow {
     pub end_ms: i64,
-    /// Site voltage features, by `site_id`, in name order.
-    pub sites: Vec<(Box<str>, [f64; 6])>,
+    /// Site voltage rows, by `site_id`, in name order.
+    pub sites: Vec<MergedSite>,
     /// Region network rows, by region, in name order.
     pub regions: Vec<(Box<str>, RegionWindow)>,
     /// What the window taught the cohorts, every source's merged: what
@@ -574,7 +590,11 @@ impl WindowMerger {
         }
         MergedWindow {
             end_ms,
-            sites: w.sites.into_iter().filter_map(|(s, p)| Some((s, p.features()?))).collect(),
+            sites: w
+                .sites
+                .into_iter()
+                .filter_map(|(site, p)| Some(MergedSite { features: p.features()?, site, region: p.region }))
+                .collect(),
             regions: w.regions.into_iter().map(|(r, mut p)| (r, p.features())).collect(),
             cohorts: w.cohorts,
             missing,
@@ -734,7 +754,7 @@ mod tests {
         let closed = m.progress("b", 600);
         assert_eq!(closed.len(), 1);
         assert_eq!(closed[0].end_ms, 300);
-        assert_eq!(closed[0].sites[0].1[0], 1.0, "second-worst of 1 and 2");
+        assert_eq!(closed[0].sites[0].features[0], 1.0, "second-worst of 1 and 2");
         assert!(closed[0].missing.is_empty());
         // A source with nothing in a window only moves on: it holds nothing.
         m.offer("a", at(600, site(3.0)));
@@ -843,7 +863,7 @@ mod tests {
         m.offer("x", at(300, site(9.0)));
         m.progress("x", 300);
         let closed = m.progress("a", 300);
-        assert_eq!(closed[0].sites[0].1[0], 1.0);
+        assert_eq!(closed[0].sites[0].features[0], 1.0);
         assert_eq!(m.counts().duplicate_partials, 1);
         assert_eq!(m.counts().unknown_source, 2);
     }
@@ -871,7 +891,7 @@ mod tests {
         assert!(m.offer("a", at(1_200, site(1.0))).is_empty());
         let closed = m.offer("b", at(600, site(5.0)));
         assert_eq!(closed.len(), 1);
-        assert_eq!((closed[0].end_ms, closed[0].sites[0].1[0]), (600, 5.0));
+        assert_eq!((closed[0].end_ms, closed[0].sites[0].features[0]), (600, 5.0));
         assert_eq!(closed[0].missing, vec![Box::<str>::from("a")]);
         assert_eq!(m.open_windows(), 2);
     }

@@ -213,7 +213,7 @@ fn same_site_and_region_rows(whole: &[WindowRows], engine: &FeatureEngine, merge
         assert!(m.missing.is_empty(), "{m:?}");
         let expected: Vec<(&str, Vec<u64>)> =
             w.site_voltage.iter().map(|r| (engine.site_id(r.site), bits(&r.features))).collect();
-        let got: Vec<(&str, Vec<u64>)> = m.sites.iter().map(|(s, f)| (&**s, bits(f))).collect();
+        let got: Vec<(&str, Vec<u64>)> = m.sites.iter().map(|s| (&*s.site, bits(&s.features))).collect();
         assert_eq!(got, expected, "sites at {}", w.end_ms);
         sites += got.len();
         let expected: Vec<(&str, Vec<u64>)> =
