@@ -6,18 +6,20 @@
 //! cold store ([`snapshot`], [`cold`]), and the events go out through the
 //! pipeline sink ([`sink::AlertSink`]) to files, the alerts topic
 //! ([`topic`]) and `/metrics` ([`metrics`]). Between the two stages of
-//! docs/two-stages.md, the partials topic ([`partials_topic`]) carries each
-//! closed window's site and region partials to the merging stage.
+//! docs/two-stages.md, the partials topic carries each closed window's site
+//! and region partials to the merging stage, which scores sites and
+//! regions ([`regional`]), and the lessons topic carries what it merged
+//! back ([`stage_topics`]).
 
 pub mod alerting;
 pub mod calibration;
 pub mod cold;
 pub mod metrics;
-#[cfg(feature = "kafka")]
-pub mod partials_topic;
 pub mod regional;
 pub mod scoring;
 pub mod sink;
 pub mod snapshot;
+#[cfg(feature = "kafka")]
+pub mod stage_topics;
 #[cfg(feature = "kafka")]
 pub mod topic;

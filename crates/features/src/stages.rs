@@ -65,7 +65,7 @@ fn through_the_wire(partials: WindowPartials, wire: &mut WireCounts) -> Result<W
         wire.site_partials += n as u64;
         wire.site_bytes += site_bytes.len() as u64;
     }
-    match wire::decode(&bytes).map_err(|e| StageError::Wire(e.to_string()))? {
+    match wire::decode::<PartialsRecord>(&bytes).map_err(|e| StageError::Wire(e.to_string()))? {
         PartialsRecord::Window(w) => Ok(w),
         other => Err(StageError::Wire(format!("a window's partials read back as {other:?}"))),
     }

@@ -1,6 +1,8 @@
-//! The partials topic's records (docs/two-stages.md): what a stage-1
-//! replica publishes for one source partition of the telemetry topic, and
-//! how the merging stage reads it back.
+//! The records of the two topics between the stages (docs/two-stages.md):
+//! the partials topic, what a stage-1 replica publishes for one source
+//! partition of the telemetry topic, read back by the merging stage; and
+//! the lessons topic, what the merging stage hands back to every stage-1
+//! replica once it has closed windows ([`Lessons`]).
 //!
 //! A record is keyed by its source (`telemetry-3`, as
 //! `termwatch_pipeline::source_name` names a partition), so that one
@@ -10,9 +12,11 @@
 //! record in postcard. A record this build cannot read is an error that
 //! says why; [`apply`] counts nothing and changes nothing for it.
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::partial::{MergedWindow, WindowMerger, WindowPartials};
+use crate::engine::{FeatureEngine, WindowRows};
+use crate::partial::{CohortLessons, MergedWindow, WindowMerger, WindowPartials};
 
 /// The value's first byte. A format this build does not know is refused,
 /// not guessed at: stage 2 is upgraded before stage 1.
@@ -30,7 +34,27 @@ pub enum PartialsRecord {
     End,
 }
 
-/// Why a record of the partials topic was not read.
+/// What the merging stage hands back to stage 1 after closing windows:
+/// each closed window's merged cohort lessons, and that every window ending
+/// at or before `through_ms` is closed (those without lessons too). Every
+/// stage-1 replica reads every record (the topic has one partition and no
+/// consumer group), and learns it with [`learn`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Lessons {
+    pub through_ms: i64,
+    /// (window end, its merged lessons), oldest first.
+    pub windows: Vec<(i64, CohortLessons)>,
+}
+
+impl Lessons {
+    /// What the merger's closed windows teach, up to where it has closed.
+    pub fn of(merger: &WindowMerger, closed: &[MergedWindow]) -> Option<Lessons> {
+        let through_ms = merger.closed_through()?;
+        Some(Lessons { through_ms, windows: closed.iter().map(|m| (m.end_ms, m.cohorts.clone())).collect() })
+    }
+}
+
+/// Why a record of a topic between the stages was not read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
     #[error("(key) missing: a partials record is keyed by its source partition")]
@@ -58,19 +82,18 @@ impl WireError {
     }
 }
 
-/// The record's value: [`FORMAT`], then the record in postcard.
-pub fn encode(record: &PartialsRecord) -> Result<Vec<u8>, postcard::Error> {
+/// A record's value: [`FORMAT`], then the record in postcard.
+pub fn encode<T: Serialize>(record: &T) -> Result<Vec<u8>, postcard::Error> {
     postcard::to_extend(record, vec![FORMAT])
 }
 
 /// Reads a value written by [`encode`].
-pub fn decode(value: &[u8]) -> Result<PartialsRecord, WireError> {
+pub fn decode<T: DeserializeOwned>(value: &[u8]) -> Result<T, WireError> {
     let (&format, body) = value.split_first().ok_or(WireError::Empty)?;
     if format != FORMAT {
         return Err(WireError::Format(format));
     }
-    let (record, rest) =
-        postcard::take_from_bytes::<PartialsRecord>(body).map_err(|e| WireError::Malformed(e.to_string()))?;
+    let (record, rest) = postcard::take_from_bytes::<T>(body).map_err(|e| WireError::Malformed(e.to_string()))?;
     if !rest.is_empty() {
         return Err(WireError::Trailing(rest.len()));
     }
@@ -88,11 +111,19 @@ pub fn source(key: Option<&[u8]>) -> Result<&str, WireError> {
 /// the merger does not know is counted by the merger (`unknown_source`).
 pub fn apply(merger: &mut WindowMerger, key: Option<&[u8]>, value: &[u8]) -> Result<Vec<MergedWindow>, WireError> {
     let source = source(key)?;
-    Ok(match decode(value)? {
+    Ok(match decode::<PartialsRecord>(value)? {
         PartialsRecord::Window(w) => merger.offer(source, w),
         PartialsRecord::Progress(through) => merger.progress(source, through),
         PartialsRecord::End => merger.end_of_source(source),
     })
+}
+
+/// Has a stage-1 engine that shares its cohorts learn one record of the
+/// lessons topic: the windows that lets it close. A record that cannot be
+/// read changes nothing.
+pub fn learn(engine: &mut FeatureEngine, value: &[u8]) -> Result<Vec<WindowRows>, WireError> {
+    let lessons: Lessons = decode(value)?;
+    Ok(engine.learn_cohorts(lessons.through_ms, lessons.windows.iter().map(|(end, c)| (*end, c))))
 }
 
 #[cfg(test)]
@@ -121,7 +152,7 @@ mod tests {
             let bytes = encode(&r).expect("encode");
             assert_eq!(bytes[0], FORMAT);
             // NaN is not equal to itself: compare the encodings.
-            assert_eq!(encode(&decode(&bytes).expect("decode")).expect("encode"), bytes);
+            assert_eq!(encode(&decode::<PartialsRecord>(&bytes).expect("decode")).expect("encode"), bytes);
         }
     }
 
@@ -161,6 +192,21 @@ mod tests {
         assert!(apply(&mut merger, Some(b"telemetry-9"), &good).expect("read").is_empty());
         assert_eq!(merger.counts().unknown_source, 1);
         assert_eq!(merger.open_windows(), 1);
+    }
+
+    #[test]
+    fn lessons_that_cannot_be_read_teach_nothing() {
+        let mut engine = FeatureEngine::new(crate::FeatureConfig::default());
+        engine.share_cohorts(true);
+        let lessons = Lessons { through_ms: 600_000, windows: vec![(300_000, CohortLessons::default())] };
+        let bytes = encode(&lessons).expect("encode");
+        assert_eq!(decode::<Lessons>(&bytes), Ok(lessons));
+        for bad in [&bytes[..bytes.len() - 1], &[], &[2, 0]] {
+            assert!(learn(&mut engine, bad).is_err());
+            assert_eq!(engine.closed_through(), None, "nothing learnt");
+        }
+        // Read, it is learnt: the engine now knows windows through 600 s are given.
+        assert!(learn(&mut engine, &bytes).expect("read").is_empty());
     }
 
     proptest! {

@@ -14,11 +14,11 @@ use arrow::record_batch::RecordBatch;
 use rdkafka::ClientConfig;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use termwatch_alerts::partials_topic::{PartialsPublisher, PartialsReader};
 use termwatch_alerts::regional::RegionalStage;
 use termwatch_alerts::scoring::Scorer;
+use termwatch_alerts::stage_topics::{LessonsReader, PartialsReader, StagePublisher};
 use termwatch_features::partial::{MergedWindow, RegionWindow, WindowMerger, WindowPartials};
-use termwatch_features::wire::{PartialsRecord, WireError};
+use termwatch_features::wire::{Lessons, PartialsRecord, WireError};
 use termwatch_features::{FNV_OFFSET, FeatureConfig, FeatureEngine, WindowRows, fnv1a};
 use termwatch_models::artifact::ModelSet;
 use termwatch_pipeline::KafkaConfig;
@@ -27,6 +27,7 @@ use termwatch_telemetry::alerts::{AlertEvent, Scope};
 use termwatch_telemetry::{BatchBuilder, decode};
 
 const TOPIC: &str = "termwatch-partials";
+const LESSONS: &str = "termwatch-lessons";
 const PARTITIONS: u64 = 3;
 
 fn batch(lines: &[&[u8]]) -> RecordBatch {
@@ -97,11 +98,7 @@ fn window_record(w: &mut WindowRows) -> PartialsRecord {
 /// closed window and their progress; the first window source 0 publishes
 /// is published again after its progress, as a replica restarted from an
 /// older snapshot would. Returns the records published.
-fn publish_three_replicas(
-    lines: &[(String, Vec<u8>)],
-    config: &FeatureConfig,
-    publisher: &mut PartialsPublisher,
-) -> u64 {
+fn publish_three_replicas(lines: &[(String, Vec<u8>)], config: &FeatureConfig, publisher: &mut StagePublisher) -> u64 {
     let names: Vec<String> = (0..PARTITIONS).map(|p| format!("telemetry-{p}")).collect();
     let mine: Vec<Vec<&[u8]>> =
         names.iter().map(|n| lines.iter().filter(|(s, _)| s == n).map(|(_, l)| l.as_slice()).collect()).collect();
@@ -121,23 +118,23 @@ fn publish_three_replicas(
     let mut publish = |p: usize, rows: Vec<WindowRows>, engine: &FeatureEngine, end: bool| {
         for mut w in rows {
             let record = window_record(&mut w);
-            publisher.publish(&names[p], &record).expect("queued");
+            publisher.publish_partials(&names[p], &record).expect("queued");
             published += 1;
             if p == 0 && first.is_none() {
                 first = Some(record);
             }
         }
         if let Some(through) = engine.closed_through() {
-            publisher.publish(&names[p], &PartialsRecord::Progress(through)).expect("queued");
+            publisher.publish_partials(&names[p], &PartialsRecord::Progress(through)).expect("queued");
             published += 1;
             if let Some(again) = first.as_ref().filter(|_| p == 0 && !replayed) {
-                publisher.publish(&names[p], again).expect("queued");
+                publisher.publish_partials(&names[p], again).expect("queued");
                 published += 1;
                 replayed = true;
             }
         }
         if end {
-            publisher.publish(&names[p], &PartialsRecord::End).expect("queued");
+            publisher.publish_partials(&names[p], &PartialsRecord::End).expect("queued");
             published += 1;
         }
     };
@@ -204,7 +201,7 @@ fn three_replicas_partials_through_the_topic_give_one_engines_site_and_region_ro
 
     let lines = history();
     let (whole, engine) = one_engine(&lines);
-    let mut publisher = PartialsPublisher::new(&kafka, TOPIC).expect("publisher");
+    let mut publisher = StagePublisher::new(&kafka, TOPIC).expect("publisher");
     let published = publish_three_replicas(&lines, &config(), &mut publisher);
     let (records, bytes) = publisher.published();
     assert_eq!(records, published);
@@ -228,9 +225,7 @@ fn three_replicas_partials_through_the_topic_give_one_engines_site_and_region_ro
     assert_eq!(reader.counts(), (published + 2, 2));
     let why: Vec<(i64, &WireError)> = unreadable.iter().map(|u| (u.offset, &u.error)).collect();
     assert!(matches!(why[..], [(0, WireError::Format(b'n')), (1, WireError::NoKey)]), "{unreadable:?}");
-    assert!(
-        unreadable[0].to_string().starts_with("partials topic termwatch-partials partition 0 offset 0: (value) format")
-    );
+    assert!(unreadable[0].to_string().starts_with("topic termwatch-partials partition 0 offset 0: (value) format"));
 
     let counts = reader.merger().counts();
     assert_eq!(counts.duplicate_partials, 1, "the republished window is taken once: {counts:?}");
@@ -247,7 +242,7 @@ fn three_replicas_partials_through_the_topic_give_one_engines_site_and_region_ro
 }
 
 #[test]
-fn a_partials_topic_of_several_partitions_is_refused_by_name() {
+fn a_stage_topics_of_several_partitions_is_refused_by_name() {
     let cluster = MockCluster::new(1).expect("mock cluster");
     cluster.create_topic(TOPIC, 3, 1).expect("topic");
     let kafka = KafkaConfig { brokers: cluster.bootstrap_servers(), ..KafkaConfig::default() };
@@ -265,19 +260,16 @@ fn a_record_over_the_producers_limit_is_an_error_naming_its_source_and_size() {
     cluster.create_topic(TOPIC, 1, 1).expect("topic");
     let mut kafka = KafkaConfig { brokers: cluster.bootstrap_servers(), ..KafkaConfig::default() };
     kafka.properties.insert("message.max.bytes".into(), "1000".into());
-    let mut publisher = PartialsPublisher::new(&kafka, TOPIC).expect("publisher");
+    let mut publisher = StagePublisher::new(&kafka, TOPIC).expect("publisher");
     let lines = history();
     let (mut rows, _) = one_engine(&lines[..3_000]);
     let big =
         rows.iter_mut().map(window_record).max_by_key(|r| termwatch_features::wire::encode(r).map_or(0, |v| v.len()));
-    let err = publisher.publish("telemetry-2", &big.expect("a window")).expect_err("too large");
+    let err = publisher.publish_partials("telemetry-2", &big.expect("a window")).expect_err("too large");
     let msg = format!("{err:#}");
-    assert!(
-        msg.starts_with("partials topic termwatch-partials: telemetry-2's record of ") && msg.contains(" bytes: "),
-        "{msg}"
-    );
+    assert!(msg.starts_with("telemetry-2's record of ") && msg.contains(" bytes: topic termwatch-partials: "), "{msg}");
     // A record that fits still goes.
-    publisher.publish("telemetry-2", &PartialsRecord::Progress(300_000)).expect("queued");
+    publisher.publish_partials("telemetry-2", &PartialsRecord::Progress(300_000)).expect("queued");
     publisher.flush(Duration::from_secs(10)).expect("delivered");
 }
 
@@ -306,65 +298,86 @@ fn key(e: &AlertEvent) -> String {
     serde_json::to_string(e).expect("JSON")
 }
 
-/// Stage 1 and stage 2 of docs/two-stages.md with the partials topic
-/// between them: three engines sharing their cohorts, one per partition,
-/// publish what they close; stage 2 reads the topic, merges and scores;
-/// each engine then learns the merged windows' cohort lessons (handed back
-/// in-process here: the lessons topic is not built) and publishes what
-/// that lets it close. Returns stage 2's alert events.
+/// Stage 1 and stage 2 of docs/two-stages.md with both topics between
+/// them: three engines sharing their cohorts, one per partition, publish
+/// what they close on the partials topic; stage 2 reads it, merges,
+/// scores, and publishes what the closed windows taught on the lessons
+/// topic; each engine reads every lesson, learns it, and publishes what
+/// that lets it close.
 struct TwoStages {
     names: Vec<String>,
     engines: Vec<FeatureEngine>,
-    publisher: PartialsPublisher,
+    partials: StagePublisher,
     published: u64,
     reader: PartialsReader,
     stage2: RegionalStage,
-    /// Merged windows read so far, and how many of them each engine has learnt.
-    merged: Vec<MergedWindow>,
-    given: Vec<usize>,
+    lessons: StagePublisher,
+    lessons_published: u64,
+    /// Where stage 2 had closed through when it last published lessons.
+    taught_through: Option<i64>,
+    learners: Vec<LessonsReader>,
+    merged: usize,
     events: Vec<AlertEvent>,
 }
 
 impl TwoStages {
     fn publish(&mut self, p: usize, rows: Vec<WindowRows>, end: bool) {
         for mut w in rows {
-            self.publisher.publish(&self.names[p], &window_record(&mut w)).expect("queued");
+            self.partials.publish_partials(&self.names[p], &window_record(&mut w)).expect("queued");
             self.published += 1;
         }
         if let Some(through) = self.engines[p].closed_through() {
-            self.publisher.publish(&self.names[p], &PartialsRecord::Progress(through)).expect("queued");
+            self.partials.publish_partials(&self.names[p], &PartialsRecord::Progress(through)).expect("queued");
             self.published += 1;
         }
         if end && self.engines[p].open_windows() == 0 {
-            self.publisher.publish(&self.names[p], &PartialsRecord::End).expect("queued");
+            self.partials.publish_partials(&self.names[p], &PartialsRecord::End).expect("queued");
             self.published += 1;
         }
     }
 
-    /// Reads the topic up to what was published, scores what it merges,
-    /// and has every engine learn it, until nothing moves.
+    /// Stage 2 reads the partials topic up to what was published, scores
+    /// what it merges and publishes its lessons; every engine reads them
+    /// and publishes what it closes; until nothing moves.
     fn settle(&mut self, ended: &[bool]) {
         loop {
-            self.publisher.flush(Duration::from_secs(30)).expect("delivered");
+            self.partials.flush(Duration::from_secs(30)).expect("delivered");
             let deadline = Instant::now() + Duration::from_secs(60);
-            let before = self.merged.len();
+            let mut closed = Vec::new();
             while self.reader.counts().0 < self.published {
                 assert!(Instant::now() < deadline, "read {:?} of {}", self.reader.counts(), self.published);
                 let polled = self.reader.poll(1_000, Duration::from_millis(100)).expect("poll");
                 assert!(polled.unreadable.is_empty(), "{:?}", polled.unreadable);
                 self.events.extend(self.stage2.score(&polled.merged));
-                self.merged.extend(polled.merged);
+                closed.extend(polled.merged);
             }
-            let Some(through) = self.reader.merger().closed_through() else { return };
+            self.merged += closed.len();
+            let through = self.reader.merger().closed_through();
+            if through != self.taught_through {
+                let lessons = Lessons::of(self.reader.merger(), &closed).expect("closed through somewhere");
+                self.lessons.publish_lessons(&lessons).expect("queued");
+                self.lessons.flush(Duration::from_secs(30)).expect("delivered");
+                self.lessons_published += 1;
+                self.taught_through = through;
+            } else {
+                assert!(closed.is_empty(), "windows closed without moving the merger on");
+            }
             let mut moved = false;
             for (p, &end) in ended.iter().enumerate() {
-                let new = self.merged[self.given[p]..].iter().map(|m| (m.end_ms, &m.cohorts));
-                let rows = self.engines[p].learn_cohorts(through, new);
-                self.given[p] = self.merged.len();
+                let mut rows = Vec::new();
+                while self.learners[p].counts().0 < self.lessons_published {
+                    assert!(Instant::now() < deadline, "engine {p} learnt {:?}", self.learners[p].counts());
+                    let learnt =
+                        self.learners[p].poll(&mut self.engines[p], 100, Duration::from_millis(100)).expect("poll");
+                    for u in &learnt.unreadable {
+                        assert!(u.offset == 0 && matches!(u.error, WireError::Malformed(_)), "{u}");
+                    }
+                    rows.extend(learnt.rows);
+                }
                 moved |= !rows.is_empty();
                 self.publish(p, rows, end);
             }
-            if !moved && self.merged.len() == before {
+            if !moved && closed.is_empty() {
                 return;
             }
         }
@@ -398,7 +411,13 @@ fn three_replicas_and_a_merging_stage_on_the_topic_raise_one_processs_site_and_r
 
     let cluster = MockCluster::new(1).expect("mock cluster");
     cluster.create_topic(TOPIC, 1, 1).expect("topic");
+    cluster.create_topic(LESSONS, 1, 1).expect("topic");
     let kafka = KafkaConfig { brokers: cluster.bootstrap_servers(), ..KafkaConfig::default() };
+    // A record on the lessons topic that stage 2 did not write: every
+    // engine reads past it, and names it.
+    let raw: BaseProducer = ClientConfig::new().set("bootstrap.servers", &kafka.brokers).create().expect("producer");
+    raw.send(BaseRecord::<str, [u8]>::to(LESSONS).key("lessons").payload(&[1, 0xff])).expect("queued");
+    raw.flush(Duration::from_secs(10)).expect("flushed");
     let names: Vec<String> = (0..PARTITIONS).map(|p| format!("telemetry-{p}")).collect();
     let sources: Vec<&str> = names.iter().map(String::as_str).collect();
     let merger = WindowMerger::new(&sources, 3_600_000, 64);
@@ -413,13 +432,17 @@ fn three_replicas_and_a_merging_stage_on_the_topic_raise_one_processs_site_and_r
             })
             .collect(),
         names: names.clone(),
-        publisher: PartialsPublisher::new(&kafka, TOPIC).expect("publisher"),
+        partials: StagePublisher::new(&kafka, TOPIC).expect("publisher"),
         published: 0,
         reader: PartialsReader::new(&kafka, TOPIC, "termwatch-regional", merger, Duration::from_secs(10))
             .expect("reader"),
         stage2: RegionalStage::new(models).expect("regional stage"),
-        merged: Vec::new(),
-        given: vec![0; PARTITIONS as usize],
+        lessons: StagePublisher::new(&kafka, LESSONS).expect("publisher"),
+        // The one above.
+        lessons_published: 1,
+        taught_through: None,
+        learners: names.iter().map(|_| LessonsReader::new(&kafka, LESSONS, None).expect("reader")).collect(),
+        merged: 0,
         events: Vec::new(),
     };
     let mine: Vec<Vec<&[u8]>> =
@@ -450,9 +473,11 @@ fn three_replicas_and_a_merging_stage_on_the_topic_raise_one_processs_site_and_r
 
     let mut got: Vec<String> = stages.events.iter().map(key).collect();
     got.sort();
+    assert_eq!(stages.learners.iter().map(|l| l.counts()).collect::<Vec<_>>(), vec![(stages.lessons_published, 1); 3]);
     println!(
-        "{} windows merged; {} site and {} region alert events, one process's: {sites} and {regions}",
-        stages.merged.len(),
+        "{} lessons records; {} windows merged; {} site and {} region alert events, one process's: {sites} and {regions}",
+        stages.lessons_published,
+        stages.merged,
         count(&got, "\"scope\":\"site\""),
         count(&got, "\"scope\":\"region\"")
     );

@@ -1,8 +1,12 @@
-//! The partials topic between the two stages (docs/two-stages.md): stage-1
-//! replicas publish, per source partition of the telemetry topic, each
-//! closed window's site and region partials and their progress
-//! ([`PartialsPublisher`]); the merging stage reads them back and merges
-//! each window once every source has passed it ([`PartialsReader`]).
+//! The two topics between the stages (docs/two-stages.md). On the
+//! **partials topic** stage-1 replicas publish, per source partition of the
+//! telemetry topic, each closed window's site and region partials and their
+//! progress ([`StagePublisher::publish_partials`]); the merging stage reads
+//! them back and merges each window once every source has passed it
+//! ([`PartialsReader`]). On the **lessons topic** the merging stage
+//! publishes what its closed windows taught the cohorts
+//! ([`StagePublisher::publish_lessons`]), and every stage-1 replica reads
+//! all of it ([`LessonsReader`]) before it closes its next window.
 //!
 //! The topic has **one partition**. A window is merged from every source's
 //! partials, so they must meet in one consumer; what crosses the topic is a
@@ -12,7 +16,9 @@
 //! Stage-2 replicas share one consumer group: one reads, the others stand
 //! by and take over at a rebalance. Records are keyed by their source, and
 //! the one partition keeps each source's records in the order they were
-//! published, which is the order the merger relies on.
+//! published, which is the order the merger relies on. The lessons topic
+//! has one partition too, read whole by every stage-1 replica, outside any
+//! consumer group.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -27,7 +33,8 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
 use termwatch_features::partial::{MergedWindow, WindowMerger};
-use termwatch_features::wire::{self, PartialsRecord, WireError};
+use termwatch_features::wire::{self, Lessons, PartialsRecord, WireError};
+use termwatch_features::{FeatureEngine, WindowRows};
 use termwatch_pipeline::KafkaConfig;
 
 /// How long a record may wait in a full producer queue before it is an
@@ -52,15 +59,16 @@ impl ProducerContext for Delivery {
     }
 }
 
-/// Stage 1's side: publishes each source's records, keyed by the source.
-/// Nothing is acknowledged until [`PartialsPublisher::flush`] says it was
-/// delivered: a replica commits its telemetry offsets and snapshots only
-/// after that, so a replica killed before it republishes from its snapshot
-/// (the merger takes a (window, source) partial once).
-pub struct PartialsPublisher {
+/// Publishes to a topic between the stages: stage 1 its sources' partials,
+/// stage 2 its lessons. Nothing is acknowledged until
+/// [`StagePublisher::flush`] says it was delivered: a replica commits its
+/// input offsets and snapshots only after that, so a replica killed before
+/// it publishes again from its snapshot (the merger takes a (window,
+/// source) partial once, an engine learns a window once).
+pub struct StagePublisher {
     /// Not a `ThreadedProducer`: its thread serves delivery reports 100 ms
     /// at a time, and stage 1 waits for each window's delivery (measured:
-    /// every flush took 100 ms); [`PartialsPublisher::flush`] serves them.
+    /// every flush took 100 ms); [`StagePublisher::flush`] serves them.
     producer: BaseProducer<Delivery>,
     topic: String,
     failures: Arc<Failures>,
@@ -69,8 +77,8 @@ pub struct PartialsPublisher {
     bytes: u64,
 }
 
-impl PartialsPublisher {
-    pub fn new(config: &KafkaConfig, topic: &str) -> anyhow::Result<PartialsPublisher> {
+impl StagePublisher {
+    pub fn new(config: &KafkaConfig, topic: &str) -> anyhow::Result<StagePublisher> {
         let failures = Arc::new(Failures::default());
         let producer = config
             .producer_config()
@@ -78,17 +86,29 @@ impl PartialsPublisher {
             // retry may overtake an earlier record.
             .set("enable.idempotence", "true")
             .create_with_context(Delivery(Arc::clone(&failures)))
-            .with_context(|| format!("partials producer for {}", config.brokers))?;
-        Ok(PartialsPublisher { producer, topic: topic.to_string(), failures, records: 0, bytes: 0 })
+            .with_context(|| format!("producer for {topic} on {}", config.brokers))?;
+        Ok(StagePublisher { producer, topic: topic.to_string(), failures, records: 0, bytes: 0 })
     }
 
-    /// Queues one record of `source`. An error names the source and what
-    /// could not be queued (a record larger than the producer's
-    /// `message.max.bytes` among them); [`PartialsPublisher::flush`]
-    /// reports what the broker refused.
-    pub fn publish(&mut self, source: &str, record: &PartialsRecord) -> anyhow::Result<()> {
+    /// Queues one record of `source` on the partials topic. An error names
+    /// the source and what could not be queued (a record larger than the
+    /// producer's `message.max.bytes` among them);
+    /// [`StagePublisher::flush`] reports what the broker refused.
+    pub fn publish_partials(&mut self, source: &str, record: &PartialsRecord) -> anyhow::Result<()> {
         let value = wire::encode(record).with_context(|| format!("partials of {source}: encoding"))?;
-        let mut r = BaseRecord::<str, [u8]>::to(&self.topic).key(source).payload(&value);
+        self.send(source, &value).with_context(|| format!("{source}'s record of {} bytes", value.len()))
+    }
+
+    /// Queues what the merging stage's closed windows taught, on the
+    /// lessons topic.
+    pub fn publish_lessons(&mut self, lessons: &Lessons) -> anyhow::Result<()> {
+        let value = wire::encode(lessons).context("lessons: encoding")?;
+        self.send("lessons", &value)
+            .with_context(|| format!("lessons through {} of {} bytes", lessons.through_ms, value.len()))
+    }
+
+    fn send(&mut self, key: &str, value: &[u8]) -> anyhow::Result<()> {
+        let mut r = BaseRecord::<str, [u8]>::to(&self.topic).key(key).payload(value);
         let deadline = Instant::now() + QUEUE_WAIT;
         loop {
             match self.producer.send(r) {
@@ -97,11 +117,13 @@ impl PartialsPublisher {
                     if Instant::now() < deadline =>
                 {
                     r = back;
-                    std::thread::sleep(Duration::from_millis(2));
+                    self.producer.poll(Duration::from_millis(2));
                 }
-                Err((e, _)) => bail!("partials topic {}: {source}'s record of {} bytes: {e}", self.topic, value.len()),
+                Err((e, _)) => bail!("topic {}: {e}", self.topic),
             }
         }
+        // Serves the delivery reports of earlier records.
+        self.producer.poll(Duration::ZERO);
         self.records += 1;
         self.bytes += value.len() as u64;
         Ok(())
@@ -116,7 +138,7 @@ impl PartialsPublisher {
         while self.producer.in_flight_count() > 0 {
             if Instant::now() >= deadline {
                 bail!(
-                    "partials topic {}: {} records not delivered within {timeout:?}",
+                    "topic {}: {} records not delivered within {timeout:?}",
                     self.topic,
                     self.producer.in_flight_count()
                 );
@@ -124,7 +146,7 @@ impl PartialsPublisher {
             self.producer.poll(Duration::from_millis(1));
         }
         match self.failures.0.lock().unwrap_or_else(PoisonError::into_inner).take() {
-            Some(e) => bail!("partials topic {}: a record was not delivered: {e}", self.topic),
+            Some(e) => bail!("topic {}: a record was not delivered: {e}", self.topic),
             None => Ok(()),
         }
     }
@@ -135,10 +157,10 @@ impl PartialsPublisher {
     }
 }
 
-/// A record of the partials topic that could not be read: where it is and
-/// why. Counted and read past; it changes nothing in the merger.
+/// A record of a topic between the stages that could not be read: where it
+/// is and why. Counted and read past; it changes nothing.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("partials topic {topic} partition {partition} offset {offset}: {error}")]
+#[error("topic {topic} partition {partition} offset {offset}: {error}")]
 pub struct Unreadable {
     pub topic: String,
     pub partition: i32,
@@ -261,5 +283,92 @@ impl PartialsReader {
             Offset::Offset(o) => Some(o),
             _ => None,
         }))
+    }
+}
+
+/// What one [`LessonsReader::poll`] read.
+#[derive(Debug, Default)]
+pub struct Learnt {
+    /// The windows the engine could close once it had learnt them.
+    pub rows: Vec<WindowRows>,
+    /// Records it could not read.
+    pub unreadable: Vec<Unreadable>,
+    /// Records read, those included.
+    pub records: usize,
+}
+
+/// A stage-1 replica's side of the lessons topic: reads every record, from
+/// a given offset (the one after the last its snapshot learnt; the start
+/// of the topic for a replica that has none), outside any consumer group.
+pub struct LessonsReader {
+    consumer: BaseConsumer<DefaultConsumerContext>,
+    topic: String,
+    /// The offset after the last record read.
+    next: i64,
+    read: u64,
+    unreadable: u64,
+}
+
+impl LessonsReader {
+    /// Reads `topic`'s one partition from `from` (None: its start).
+    pub fn new(config: &KafkaConfig, topic: &str, from: Option<i64>) -> anyhow::Result<LessonsReader> {
+        let mut c: ClientConfig = config.consumer_config();
+        // Assigned, not subscribed: the group id is only librdkafka's
+        // requirement, and nothing is committed to it.
+        c.set("group.id", format!("{}-lessons", config.group_id))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false");
+        let consumer: BaseConsumer<DefaultConsumerContext> =
+            c.create().with_context(|| format!("lessons consumer for {}", config.brokers))?;
+        let mut tpl = TopicPartitionList::new();
+        let offset = from.map_or(Offset::Beginning, Offset::Offset);
+        tpl.add_partition_offset(topic, 0, offset).with_context(|| format!("lessons topic {topic}"))?;
+        consumer.assign(&tpl).with_context(|| format!("lessons topic {topic}: assign"))?;
+        Ok(LessonsReader { consumer, topic: topic.to_string(), next: from.unwrap_or(0), read: 0, unreadable: 0 })
+    }
+
+    /// The offset after the last record read: where a replica restored
+    /// from a snapshot taken now reads on from.
+    pub fn next_offset(&self) -> i64 {
+        self.next
+    }
+
+    /// Records read and records that could not be read, since it was built.
+    pub fn counts(&self) -> (u64, u64) {
+        (self.read, self.unreadable)
+    }
+
+    /// Waits up to `max_wait` for a record, then reads what has arrived, up
+    /// to `max_records` in all, and has `engine` learn each: the windows it
+    /// then closes.
+    pub fn poll(
+        &mut self,
+        engine: &mut FeatureEngine,
+        max_records: usize,
+        max_wait: Duration,
+    ) -> Result<Learnt, KafkaError> {
+        let mut out = Learnt::default();
+        while out.records < max_records {
+            let wait = if out.records == 0 { max_wait } else { Duration::ZERO };
+            let Some(m) = self.consumer.poll(wait) else { break };
+            let m = m?;
+            out.records += 1;
+            self.read += 1;
+            self.next = m.offset() + 1;
+            match wire::learn(engine, m.payload().unwrap_or_default()) {
+                Ok(rows) => out.rows.extend(rows),
+                Err(error) => {
+                    self.unreadable += 1;
+                    out.unreadable.push(Unreadable {
+                        topic: self.topic.clone(),
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        error,
+                    });
+                }
+            }
+        }
+        Ok(out)
     }
 }
