@@ -80,11 +80,16 @@ pub struct StagePublisher {
 impl StagePublisher {
     pub fn new(config: &KafkaConfig, topic: &str) -> anyhow::Result<StagePublisher> {
         let failures = Arc::new(Failures::default());
-        let producer = config
-            .producer_config()
-            // One source's records must arrive in the order published: no
-            // retry may overtake an earlier record.
-            .set("enable.idempotence", "true")
+        let mut c = config.producer_config();
+        // One source's records must arrive in the order published: no retry
+        // may overtake an earlier record.
+        c.set("enable.idempotence", "true");
+        if !config.properties.contains_key("linger.ms") {
+            // A few records a window, each waited for by the other stage:
+            // nothing to batch, and the wait is the stages' round trip.
+            c.set("linger.ms", "0");
+        }
+        let producer = c
             .create_with_context(Delivery(Arc::clone(&failures)))
             .with_context(|| format!("producer for {topic} on {}", config.brokers))?;
         Ok(StagePublisher { producer, topic: topic.to_string(), failures, records: 0, bytes: 0 })

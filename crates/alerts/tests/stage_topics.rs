@@ -445,6 +445,7 @@ fn three_replicas_and_a_merging_stage_on_the_topic_raise_one_processs_site_and_r
         merged: 0,
         events: Vec::new(),
     };
+    let started = Instant::now();
     let mine: Vec<Vec<&[u8]>> =
         names.iter().map(|n| lines.iter().filter(|(s, _)| s == n).map(|(_, l)| l.as_slice()).collect()).collect();
     let sizes = [400, 700, 250];
@@ -475,7 +476,9 @@ fn three_replicas_and_a_merging_stage_on_the_topic_raise_one_processs_site_and_r
     got.sort();
     assert_eq!(stages.learners.iter().map(|l| l.counts()).collect::<Vec<_>>(), vec![(stages.lessons_published, 1); 3]);
     println!(
-        "{} lessons records; {} windows merged; {} site and {} region alert events, one process's: {sites} and {regions}",
+        "{:.1} s; {} lessons records; {} windows merged; {} site and {} region alert events, one process's: {sites} and \
+         {regions}",
+        started.elapsed().as_secs_f64(),
         stages.lessons_published,
         stages.merged,
         count(&got, "\"scope\":\"site\""),
