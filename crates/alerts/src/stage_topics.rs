@@ -8,11 +8,12 @@
 //! ([`StagePublisher::publish_lessons`]), and every stage-1 replica reads
 //! all of it ([`LessonsReader`]) before it closes its next window.
 //!
-//! The topic has **one partition**. A window is merged from every source's
-//! partials, so they must meet in one consumer; what crosses the topic is a
-//! window's summary per source (about 74 bytes a site and 50 a terminal of
-//! a region, measured in docs/two-stages.md), not the reports, so one
-//! partition carries a fleet of 100,000 terminals at a few MB per window.
+//! The partials topic has **one partition**. A window is merged from every
+//! source's partials, so they must meet in one consumer; what crosses the
+//! topic is a window's summary per source (about 120 bytes a terminal,
+//! measured in docs/two-stages.md), not the reports, so one partition
+//! carries a fleet of 100,000 terminals at about 12 MB per five-minute
+//! window.
 //! Stage-2 replicas share one consumer group: one reads, the others stand
 //! by and take over at a rebalance. Records are keyed by their source, and
 //! the one partition keeps each source's records in the order they were
