@@ -10,7 +10,9 @@
 //! every terminal: both need what stage 2 knows back in stage 1, or their
 //! rows in stage 2 (docs/two-stages.md, "Couplings found in scoring").
 
-use termwatch_features::partial::{MergedWindow, RegionWindow};
+use std::path::Path;
+
+use termwatch_features::partial::{MergedWindow, RegionWindow, WindowMerger};
 use termwatch_models::artifact::{ModelError, ModelSet};
 use termwatch_models::detector::CRITICAL_OFF;
 use termwatch_telemetry::alerts::{AlertEvent, AlertKind, Scope};
@@ -18,6 +20,7 @@ use termwatch_telemetry::alerts::{AlertEvent, AlertKind, Scope};
 use crate::alerting::AlertTracker;
 use crate::calibration::FleetCalibration;
 use crate::scoring::{region_network, site_voltage};
+use crate::snapshot::{RegionalSnapshot, SnapshotError};
 
 /// Site and region scoring on merged windows: windows in, alert events out.
 pub struct RegionalStage {
@@ -35,6 +38,44 @@ impl RegionalStage {
 
     pub fn alerts(&self) -> &AlertTracker {
         &self.alerts
+    }
+
+    /// Writes the stage's state with `merger`'s (atomically: the old
+    /// snapshot or the new one survives a crash): the bytes written.
+    pub fn save_snapshot(&self, merger: &WindowMerger, path: &Path, position: &str) -> Result<u64, SnapshotError> {
+        RegionalSnapshot {
+            model_version: self.models.version.clone(),
+            merger: merger.clone(),
+            alerts: self.alerts.snapshot(),
+            fleet: self.fleet.clone(),
+            position: position.to_string(),
+        }
+        .save(path)
+    }
+
+    /// Restores the state of a snapshot taken with the same model, and
+    /// returns its merger and position. A snapshot of another model, or one
+    /// whose merger, alert state or calibration this code would never have
+    /// written, is refused with nothing changed: the stage then starts cold.
+    pub fn restore_snapshot(&mut self, path: &Path) -> Result<(WindowMerger, String), SnapshotError> {
+        let name = path.display().to_string();
+        let snap = RegionalSnapshot::load(path)?;
+        if snap.model_version != self.models.version {
+            return Err(SnapshotError::Model {
+                path: name,
+                found: snap.model_version,
+                expected: self.models.version.clone(),
+            });
+        }
+        let invalid = |cause: String| SnapshotError::Decode { path: name.clone(), cause };
+        snap.merger.check().map_err(|e| invalid(format!("merger: {e}")))?;
+        let mut fleet = self.fleet.clone();
+        fleet.restore(snap.fleet).map_err(|e| invalid(format!("fleet calibration: {e}")))?;
+        let mut alerts = AlertTracker::new(&self.models.alerting).map_err(|e| invalid(e.to_string()))?;
+        alerts.restore(snap.alerts).map_err(|e| invalid(format!("alert state: {e}")))?;
+        self.fleet = fleet;
+        self.alerts = alerts;
+        Ok((snap.merger, snap.position))
     }
 
     /// Scores each window's sites and regions, oldest window first (as the
@@ -70,5 +111,38 @@ impl RegionalStage {
             self.fleet.observe(AlertKind::NetworkDegradation, Scope::Region, w.end_ms, &network_scores);
         }
         events
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn models() -> ModelSet {
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/default/model.json");
+        ModelSet::load(&shipped).expect("models/default")
+    }
+
+    #[test]
+    fn a_snapshot_of_another_model_or_a_damaged_one_is_refused_and_changes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("regional.snap");
+        let merger = WindowMerger::new(&["telemetry-0"], 0, 4);
+        let stage = RegionalStage::new(models()).expect("stage");
+        stage.save_snapshot(&merger, &path, "offset 7").expect("saved");
+        let (back, position) = RegionalStage::new(models()).expect("stage").restore_snapshot(&path).expect("restored");
+        assert_eq!((back, position.as_str()), (merger, "offset 7"));
+
+        let mut other = models();
+        other.version = "another-model".into();
+        let mut stage = RegionalStage::new(other).expect("stage");
+        let err = stage.restore_snapshot(&path).expect_err("another model");
+        assert!(matches!(err, SnapshotError::Model { .. }), "{err}");
+
+        let bytes = std::fs::read(&path).expect("read");
+        std::fs::write(&path, &bytes[..bytes.len() - 1]).expect("write");
+        let err = RegionalStage::new(models()).expect("stage").restore_snapshot(&path).expect_err("damaged");
+        assert!(matches!(err, SnapshotError::Checksum { .. } | SnapshotError::Decode { .. }), "{err}");
+        assert!(err.to_string().contains(&path.display().to_string()), "{err}");
     }
 }

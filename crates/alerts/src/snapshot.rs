@@ -27,6 +27,8 @@ const MAGIC: &[u8; 6] = b"TWSNAP";
 const PARTITION_MAGIC: &[u8; 6] = b"TWPART";
 /// One idle terminal's state in a cold store ([`ColdEntry`]).
 const COLD_MAGIC: &[u8; 6] = b"TWCOLD";
+/// The regional stage's state ([`RegionalSnapshot`]).
+const REGIONAL_MAGIC: &[u8; 6] = b"TWREGN";
 /// 2: the wear evidence of hardware aging (feature state of another shape).
 /// 3: window sums hold the minutes their counters cover (`interval_s`).
 /// 4: event time per input (a partition's progress), open windows per terminal.
@@ -138,6 +140,8 @@ pub enum SnapshotKind {
     Partition,
     /// [`ColdEntry`].
     Cold,
+    /// [`RegionalSnapshot`].
+    Regional,
 }
 
 /// A snapshot file around `payload`: magic, format and checksum. Public for
@@ -147,6 +151,7 @@ pub fn framed(kind: SnapshotKind, payload: &[u8]) -> Vec<u8> {
         SnapshotKind::Shared => MAGIC,
         SnapshotKind::Partition => PARTITION_MAGIC,
         SnapshotKind::Cold => COLD_MAGIC,
+        SnapshotKind::Regional => REGIONAL_MAGIC,
     };
     let mut bytes = Vec::with_capacity(HEADER + payload.len());
     bytes.extend_from_slice(magic);
@@ -237,6 +242,43 @@ impl ColdEntry {
     /// Checks and decodes the bytes of a cold entry's file.
     pub fn from_bytes(bytes: &[u8], name: &str) -> Result<ColdEntry, SnapshotError> {
         decode(bytes, COLD_MAGIC, name)
+    }
+}
+
+/// What the regional stage (stage 2 of docs/two-stages.md) has learned: the
+/// merger's open windows and sources' progress, the site and region alert
+/// state, and the calibration of the site and region detectors. Its owner
+/// commits the partials topic's offsets only once a snapshot covering them
+/// is written, so a stage 2 restored from it re-reads at most what came
+/// after it, which the merger takes once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegionalSnapshot {
+    pub model_version: String,
+    pub merger: termwatch_features::partial::WindowMerger,
+    pub alerts: AlertSnapshot,
+    pub fleet: FleetCalibration,
+    /// Where the partials topic stood, in words, for the operator.
+    pub position: String,
+}
+
+impl RegionalSnapshot {
+    pub fn save(&self, path: &Path) -> Result<u64, SnapshotError> {
+        write_atomic(path, &self.to_bytes()?)
+    }
+
+    /// The bytes of the snapshot file.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, SnapshotError> {
+        let payload = postcard::to_stdvec(self).map_err(|e| SnapshotError::Encode(e.to_string()))?;
+        Ok(framed(SnapshotKind::Regional, &payload))
+    }
+
+    pub fn load(path: &Path) -> Result<RegionalSnapshot, SnapshotError> {
+        read(path, REGIONAL_MAGIC)
+    }
+
+    /// Checks and decodes the bytes of a regional snapshot file.
+    pub fn from_bytes(bytes: &[u8], name: &str) -> Result<RegionalSnapshot, SnapshotError> {
+        decode(bytes, REGIONAL_MAGIC, name)
     }
 }
 

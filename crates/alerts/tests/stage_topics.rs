@@ -316,11 +316,61 @@ struct TwoStages {
     /// Where stage 2 had closed through when it last published lessons.
     taught_through: Option<i64>,
     learners: Vec<LessonsReader>,
+    /// Windows closed by stage 2 (again after a restore), and their ends.
     merged: usize,
+    merged_ends: std::collections::BTreeSet<i64>,
     events: Vec<AlertEvent>,
+    /// Records of the partials topic before the current reader's first.
+    read_before: u64,
+    restart: Option<Restart>,
+}
+
+/// When stage 2 snapshots (and commits): once it has merged `snapshot_at`
+/// windows and an alert is firing; and when it is killed and restored from
+/// that snapshot: `kill_after` windows later.
+struct Restart {
+    kafka: KafkaConfig,
+    models: ModelSet,
+    state: tempfile::TempDir,
+    snapshot_at: usize,
+    kill_after: usize,
+    /// Windows merged when the snapshot was taken.
+    snapshot_merged: usize,
+    committed: Option<u64>,
+    killed: bool,
 }
 
 impl TwoStages {
+    /// Snapshots and commits stage 2, then drops it (what it did since the
+    /// snapshot is lost with it) and restores a new one from the snapshot,
+    /// which reads the partials topic on from the commit ([`Restart`]).
+    fn restart(&mut self) {
+        let Some(r) = self.restart.as_mut() else { return };
+        let path = r.state.path().join("regional.snap");
+        // While an alert is firing, so that its state must survive.
+        if r.committed.is_none() && self.merged >= r.snapshot_at && self.stage2.alerts().firing_len() > 0 {
+            self.stage2.save_snapshot(self.reader.merger(), &path, "test").expect("snapshot");
+            self.reader.commit().expect("commit");
+            r.committed = Some(self.read_before + self.reader.counts().0);
+            r.snapshot_merged = self.merged;
+        } else if let (Some(committed), false) = (r.committed, r.killed) {
+            if self.merged < r.snapshot_merged + r.kill_after {
+                return;
+            }
+            r.killed = true;
+            let mut stage2 = RegionalStage::new(r.models.clone()).expect("regional stage");
+            let (merger, _) = stage2.restore_snapshot(&path).expect("restored");
+            // The old consumer leaves the group as it is dropped.
+            let old = std::mem::replace(&mut self.stage2, stage2);
+            drop(old);
+            let reader = PartialsReader::new(&r.kafka, TOPIC, "termwatch-regional", merger, Duration::from_secs(10));
+            self.reader = reader.expect("reader");
+            self.read_before = committed;
+            self.taught_through = self.reader.merger().closed_through();
+            assert!(self.published > committed, "records after the commit to read again");
+        }
+    }
+
     fn publish(&mut self, p: usize, rows: Vec<WindowRows>, end: bool) {
         for mut w in rows {
             self.partials.publish_partials(&self.names[p], &window_record(&mut w)).expect("queued");
@@ -344,11 +394,12 @@ impl TwoStages {
             self.partials.flush(Duration::from_secs(30)).expect("delivered");
             let deadline = Instant::now() + Duration::from_secs(60);
             let mut closed = Vec::new();
-            while self.reader.counts().0 < self.published {
+            while self.read_before + self.reader.counts().0 < self.published {
                 assert!(Instant::now() < deadline, "read {:?} of {}", self.reader.counts(), self.published);
                 let polled = self.reader.poll(1_000, Duration::from_millis(100)).expect("poll");
                 assert!(polled.unreadable.is_empty(), "{:?}", polled.unreadable);
                 self.events.extend(self.stage2.score(&polled.merged));
+                self.merged_ends.extend(polled.merged.iter().map(|m| m.end_ms));
                 closed.extend(polled.merged);
             }
             self.merged += closed.len();
@@ -362,6 +413,7 @@ impl TwoStages {
             } else {
                 assert!(closed.is_empty(), "windows closed without moving the merger on");
             }
+            self.restart();
             let mut moved = false;
             for (p, &end) in ended.iter().enumerate() {
                 let mut rows = Vec::new();
@@ -386,6 +438,18 @@ impl TwoStages {
 
 #[test]
 fn three_replicas_and_a_merging_stage_on_the_topic_raise_one_processs_site_and_region_alerts() {
+    two_stages_against_one_process(false);
+}
+
+#[test]
+fn a_merging_stage_killed_and_restored_from_its_snapshot_raises_the_same_alerts() {
+    two_stages_against_one_process(true);
+}
+
+/// Three replicas, both topics and one regional stage (killed halfway and
+/// restored from its snapshot, with `restart`) against one process: the
+/// same site and region alert events.
+fn two_stages_against_one_process(restart: bool) {
     let (lines, models) = faulty_history_and_models();
     // One process: one scorer reading every partition.
     let mut one = Scorer::new(models.clone()).expect("scorer");
@@ -412,7 +476,11 @@ fn three_replicas_and_a_merging_stage_on_the_topic_raise_one_processs_site_and_r
     let cluster = MockCluster::new(1).expect("mock cluster");
     cluster.create_topic(TOPIC, 1, 1).expect("topic");
     cluster.create_topic(LESSONS, 1, 1).expect("topic");
-    let kafka = KafkaConfig { brokers: cluster.bootstrap_servers(), ..KafkaConfig::default() };
+    let mut kafka = KafkaConfig { brokers: cluster.bootstrap_servers(), ..KafkaConfig::default() };
+    // A killed stage 2 does not leave its group: its successor is given the
+    // partition once the group's session times out (45 s by default).
+    kafka.properties.insert("session.timeout.ms".into(), "6000".into());
+    kafka.properties.insert("heartbeat.interval.ms".into(), "500".into());
     // A record on the lessons topic that stage 2 did not write: every
     // engine reads past it, and names it.
     let raw: BaseProducer = ClientConfig::new().set("bootstrap.servers", &kafka.brokers).create().expect("producer");
@@ -436,14 +504,26 @@ fn three_replicas_and_a_merging_stage_on_the_topic_raise_one_processs_site_and_r
         published: 0,
         reader: PartialsReader::new(&kafka, TOPIC, "termwatch-regional", merger, Duration::from_secs(10))
             .expect("reader"),
-        stage2: RegionalStage::new(models).expect("regional stage"),
+        stage2: RegionalStage::new(models.clone()).expect("regional stage"),
         lessons: StagePublisher::new(&kafka, LESSONS).expect("publisher"),
         // The one above.
         lessons_published: 1,
         taught_through: None,
         learners: names.iter().map(|_| LessonsReader::new(&kafka, LESSONS, None).expect("reader")).collect(),
         merged: 0,
+        merged_ends: Default::default(),
         events: Vec::new(),
+        read_before: 0,
+        restart: restart.then(|| Restart {
+            kafka: kafka.clone(),
+            models,
+            state: tempfile::tempdir().expect("tempdir"),
+            snapshot_at: 100,
+            kill_after: 60,
+            snapshot_merged: 0,
+            committed: None,
+            killed: false,
+        }),
     };
     let started = Instant::now();
     let mine: Vec<Vec<&[u8]>> =
@@ -470,10 +550,24 @@ fn three_replicas_and_a_merging_stage_on_the_topic_raise_one_processs_site_and_r
     stages.settle(&ended);
     assert!(stages.engines.iter().all(|e| e.open_windows() == 0), "every window closed");
     assert_eq!(stages.reader.merger().open_windows(), 0);
-    assert_eq!(stages.reader.merger().counts(), Default::default(), "nothing late, repeated or incomplete");
+    let counts = stages.reader.merger().counts();
+    assert_eq!((counts.late_partials, counts.unknown_source, counts.incomplete_windows), (0, 0, 0), "{counts:?}");
+    // The snapshot and the commit were taken at the same record: nothing
+    // read after the restore had been merged before by the stage restored.
+    assert_eq!(counts.duplicate_partials, 0, "{counts:?}");
+    let again = stages.merged - stages.merged_ends.len();
+    match &stages.restart {
+        Some(r) => assert!(r.killed && again > 0, "windows closed again after the restore: {again}"),
+        None => assert_eq!(again, 0),
+    }
 
+    // A restored stage 2 raises again the events of the windows it closed
+    // after its snapshot (at least once); each is one of one process's.
     let mut got: Vec<String> = stages.events.iter().map(key).collect();
     got.sort();
+    let raised = got.len();
+    got.dedup();
+    println!("{again} windows closed and {} events raised again after the restart", raised - got.len());
     assert_eq!(stages.learners.iter().map(|l| l.counts()).collect::<Vec<_>>(), vec![(stages.lessons_published, 1); 3]);
     println!(
         "{:.1} s; {} lessons records; {} windows merged; {} site and {} region alert events, one process's: {sites} and \
