@@ -64,7 +64,7 @@ impl ProducerContext for Delivery {
 /// stage 2 its lessons. Nothing is acknowledged until
 /// [`StagePublisher::flush`] says it was delivered: a replica commits its
 /// input offsets and snapshots only after that, so a replica killed before
-/// it publishes again from its snapshot (the merger takes a (window,
+/// then publishes again from its snapshot (the merger takes a (window,
 /// source) partial once, an engine learns a window once).
 pub struct StagePublisher {
     /// Not a `ThreadedProducer`: its thread serves delivery reports 100 ms
