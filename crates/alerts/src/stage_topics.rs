@@ -29,7 +29,7 @@ use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, DefaultConsumerContext};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
@@ -246,28 +246,13 @@ impl PartialsReader {
     /// from the consumer itself (a record that cannot be read is in
     /// [`Polled::unreadable`]).
     pub fn poll(&mut self, max_records: usize, max_wait: Duration) -> Result<Polled, KafkaError> {
-        let mut out = Polled::default();
-        while out.records < max_records {
-            let wait = if out.records == 0 { max_wait } else { Duration::ZERO };
-            let Some(m) = self.consumer.poll(wait) else { break };
-            let m = m?;
-            out.records += 1;
-            self.read += 1;
-            match wire::apply(&mut self.merger, m.key(), m.payload().unwrap_or_default()) {
-                Ok(closed) => out.merged.extend(closed),
-                Err(error) => {
-                    self.unreadable += 1;
-                    out.unreadable.push(Unreadable {
-                        topic: m.topic().to_string(),
-                        partition: m.partition(),
-                        offset: m.offset(),
-                        error,
-                    });
-                }
-            }
-            self.consumer.store_offset_from_message(&m)?;
-        }
-        Ok(out)
+        let merger = &mut self.merger;
+        let (merged, unreadable, records) = read(&self.consumer, max_records, max_wait, true, |m| {
+            wire::apply(merger, m.key(), m.payload().unwrap_or_default())
+        })?;
+        self.read += records as u64;
+        self.unreadable += unreadable.len() as u64;
+        Ok(Polled { merged, unreadable, records })
     }
 
     /// Commits the offsets of every record read so far.
@@ -308,7 +293,6 @@ pub struct Learnt {
 /// of the topic for a replica that has none), outside any consumer group.
 pub struct LessonsReader {
     consumer: BaseConsumer<DefaultConsumerContext>,
-    topic: String,
     /// The offset after the last record read.
     next: i64,
     read: u64,
@@ -331,7 +315,7 @@ impl LessonsReader {
         let offset = from.map_or(Offset::Beginning, Offset::Offset);
         tpl.add_partition_offset(topic, 0, offset).with_context(|| format!("lessons topic {topic}"))?;
         consumer.assign(&tpl).with_context(|| format!("lessons topic {topic}: assign"))?;
-        Ok(LessonsReader { consumer, topic: topic.to_string(), next: from.unwrap_or(0), read: 0, unreadable: 0 })
+        Ok(LessonsReader { consumer, next: from.unwrap_or(0), read: 0, unreadable: 0 })
     }
 
     /// The offset after the last record read: where a replica restored
@@ -354,27 +338,46 @@ impl LessonsReader {
         max_records: usize,
         max_wait: Duration,
     ) -> Result<Learnt, KafkaError> {
-        let mut out = Learnt::default();
-        while out.records < max_records {
-            let wait = if out.records == 0 { max_wait } else { Duration::ZERO };
-            let Some(m) = self.consumer.poll(wait) else { break };
-            let m = m?;
-            out.records += 1;
-            self.read += 1;
-            self.next = m.offset() + 1;
-            match wire::learn(engine, m.payload().unwrap_or_default()) {
-                Ok(rows) => out.rows.extend(rows),
-                Err(error) => {
-                    self.unreadable += 1;
-                    out.unreadable.push(Unreadable {
-                        topic: self.topic.clone(),
-                        partition: m.partition(),
-                        offset: m.offset(),
-                        error,
-                    });
-                }
-            }
-        }
-        Ok(out)
+        let next = &mut self.next;
+        let (rows, unreadable, records) = read(&self.consumer, max_records, max_wait, false, |m| {
+            *next = m.offset() + 1;
+            wire::learn(engine, m.payload().unwrap_or_default())
+        })?;
+        self.read += records as u64;
+        self.unreadable += unreadable.len() as u64;
+        Ok(Learnt { rows, unreadable, records })
     }
+}
+
+/// Waits up to `max_wait` for a record, then takes what has arrived, up to
+/// `max_records` in all, each through `take`: what they gave, where and why
+/// those it could not read, and how many were read. With `store`, each
+/// record's offset is stored for the next commit once it has been taken.
+fn read<T>(
+    consumer: &BaseConsumer<DefaultConsumerContext>,
+    max_records: usize,
+    max_wait: Duration,
+    store: bool,
+    mut take: impl FnMut(&BorrowedMessage<'_>) -> Result<Vec<T>, WireError>,
+) -> Result<(Vec<T>, Vec<Unreadable>, usize), KafkaError> {
+    let (mut out, mut unreadable, mut records) = (Vec::new(), Vec::new(), 0);
+    while records < max_records {
+        let wait = if records == 0 { max_wait } else { Duration::ZERO };
+        let Some(m) = consumer.poll(wait) else { break };
+        let m = m?;
+        records += 1;
+        match take(&m) {
+            Ok(taken) => out.extend(taken),
+            Err(error) => unreadable.push(Unreadable {
+                topic: m.topic().to_string(),
+                partition: m.partition(),
+                offset: m.offset(),
+                error,
+            }),
+        }
+        if store {
+            consumer.store_offset_from_message(&m)?;
+        }
+    }
+    Ok((out, unreadable, records))
 }

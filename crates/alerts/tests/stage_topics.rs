@@ -64,11 +64,9 @@ fn config() -> FeatureConfig {
     FeatureConfig { warmup_windows: 0.0, ..FeatureConfig::default() }
 }
 
-/// One engine reading every partition: the rows the stages must give.
-fn one_engine(lines: &[(String, Vec<u8>)]) -> (Vec<WindowRows>, FeatureEngine) {
-    let mut engine = FeatureEngine::new(config());
-    engine.emit_partials(true);
-    let mut rows = Vec::new();
+/// Feeds `(partition, line)` to one process reading every partition, in
+/// batches of 500, each report from its partition's source.
+fn one_process(lines: &[(String, Vec<u8>)], mut feed: impl FnMut(&RecordBatch, &[(&str, usize)])) {
     for chunk in lines.chunks(500) {
         let mut runs: Vec<(&str, usize)> = Vec::new();
         for (source, _) in chunk {
@@ -78,8 +76,16 @@ fn one_engine(lines: &[(String, Vec<u8>)]) -> (Vec<WindowRows>, FeatureEngine) {
             }
         }
         let lines: Vec<&[u8]> = chunk.iter().map(|(_, l)| l.as_slice()).collect();
-        rows.extend(engine.process_sourced(&batch(&lines), &runs));
+        feed(&batch(&lines), &runs);
     }
+}
+
+/// One engine reading every partition: the rows the stages must give.
+fn one_engine(lines: &[(String, Vec<u8>)]) -> (Vec<WindowRows>, FeatureEngine) {
+    let mut engine = FeatureEngine::new(config());
+    engine.emit_partials(true);
+    let mut rows = Vec::new();
+    one_process(lines, |batch, runs| rows.extend(engine.process_sourced(batch, runs)));
     rows.extend(engine.finish());
     (rows, engine)
 }
@@ -242,7 +248,7 @@ fn three_replicas_partials_through_the_topic_give_one_engines_site_and_region_ro
 }
 
 #[test]
-fn a_stage_topics_of_several_partitions_is_refused_by_name() {
+fn a_partials_topic_of_several_partitions_is_refused_by_name() {
     let cluster = MockCluster::new(1).expect("mock cluster");
     cluster.create_topic(TOPIC, 3, 1).expect("topic");
     let kafka = KafkaConfig { brokers: cluster.bootstrap_servers(), ..KafkaConfig::default() };
@@ -454,17 +460,7 @@ fn two_stages_against_one_process(restart: bool) {
     // One process: one scorer reading every partition.
     let mut one = Scorer::new(models.clone()).expect("scorer");
     let mut expected = Vec::new();
-    for chunk in lines.chunks(500) {
-        let mut runs: Vec<(&str, usize)> = Vec::new();
-        for (source, _) in chunk {
-            match runs.last_mut() {
-                Some((s, n)) if *s == source.as_str() => *n += 1,
-                _ => runs.push((source, 1)),
-            }
-        }
-        let batch_lines: Vec<&[u8]> = chunk.iter().map(|(_, l)| l.as_slice()).collect();
-        expected.extend(one.process_sourced(&batch(&batch_lines), &runs));
-    }
+    one_process(&lines, |batch, runs| expected.extend(one.process_sourced(batch, runs)));
     expected.extend(one.finish());
     let mut expected: Vec<String> =
         expected.iter().filter(|e| matches!(e.scope, Scope::Site | Scope::Region)).map(key).collect();
