@@ -38,10 +38,9 @@ fn batch(lines: &[&[u8]]) -> RecordBatch {
     b.finish().expect("batch")
 }
 
-/// The simulated history's valid reports, each with its partition's name
+/// A simulated history's valid reports, each with its partition's name
 /// (Kafka's split by `terminal_id`), in the simulator's order.
-fn history() -> Vec<(String, Vec<u8>)> {
-    let cfg = SimConfig { terminals: 150, regions: 3, days: 1.0, seed: 41, ..SimConfig::default() };
+fn simulated(cfg: SimConfig) -> Vec<(String, Vec<u8>)> {
     let mut sim = Simulator::new(cfg).expect("simulator");
     let mut out = Vec::new();
     let mut buf = Vec::new();
@@ -52,6 +51,10 @@ fn history() -> Vec<(String, Vec<u8>)> {
         }
     }
     out
+}
+
+fn history() -> Vec<(String, Vec<u8>)> {
+    simulated(SimConfig { terminals: 150, regions: 3, days: 1.0, seed: 41, ..SimConfig::default() })
 }
 
 fn bits(f: &[f64]) -> Vec<u64> {
@@ -285,15 +288,7 @@ fn faulty_history_and_models() -> (Vec<(String, Vec<u8>)>, ModelSet) {
     let mut cfg = SimConfig { terminals: 150, regions: 3, days: 2.0, seed: 43, ..SimConfig::default() };
     cfg.faults.scale_faults(4.0);
     cfg.faults.site_mains_per_1000_site_days *= 5.0;
-    let mut sim = Simulator::new(cfg).expect("simulator");
-    let mut lines = Vec::new();
-    let mut buf = Vec::new();
-    while sim.next_record(&mut buf).is_some() {
-        if let Ok(t) = decode(&buf, i64::MAX / 2) {
-            let p = fnv1a(FNV_OFFSET, t.terminal_id.as_bytes()) % PARTITIONS;
-            lines.push((format!("telemetry-{p}"), buf.clone()));
-        }
-    }
+    let lines = simulated(cfg);
     let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/default/model.json");
     (lines, ModelSet::load(&shipped).expect("models/default"))
 }
