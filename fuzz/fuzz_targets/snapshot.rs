@@ -4,18 +4,20 @@
 //! an engine restored from it goes on taking reports without panicking.
 //!
 //! The same for a cold store's entry (an idle terminal's state), which an
-//! engine then takes back.
+//! engine then takes back, and for the regional stage's snapshot, whose
+//! merger, once it passes its check, goes on taking partials.
 //!
 //! The first byte picks how the rest is used: as a whole file (to fuzz the
-//! header checks), or as the payload of a shared or partition snapshot or
-//! a cold entry with a valid header (to reach the decoder past the
+//! header checks), or as the payload of a shared, partition, cold or
+//! regional snapshot with a valid header (to reach the decoder past the
 //! checksum).
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use termwatch_alerts::snapshot::{ColdEntry, PartitionSnapshot, RegionalSnapshot, Snapshot, SnapshotKind, framed};
+use termwatch_features::partial::{SitePartial, WindowPartials};
 use termwatch_features::{FeatureConfig, FeatureEngine};
-use termwatch_alerts::snapshot::{ColdEntry, PartitionSnapshot, Snapshot, SnapshotKind, framed};
 use termwatch_telemetry::{BatchBuilder, decode};
 
 /// 2026-11-24T10:00:00Z, near the reports below.
@@ -49,19 +51,21 @@ fn canonical<T: serde::Serialize>(value: &T) -> Result<serde_json::Value, String
 
 fuzz_target!(|data: &[u8]| {
     let Some((&how, rest)) = data.split_first() else { return };
-    let bytes = match how % 4 {
+    let bytes = match how % 5 {
         0 => rest.to_vec(),
         1 => framed(SnapshotKind::Shared, rest),
         2 => framed(SnapshotKind::Partition, rest),
-        _ => framed(SnapshotKind::Cold, rest),
+        3 => framed(SnapshotKind::Cold, rest),
+        _ => framed(SnapshotKind::Regional, rest),
     };
     if let Ok(snap) = Snapshot::from_bytes(&bytes, "fuzz") {
         let again = snap.to_bytes().expect("a snapshot that was read can be written");
         let back = Snapshot::from_bytes(&again, "fuzz").expect("a snapshot written reads back");
         assert_eq!(canonical(&snap), canonical(&back), "a snapshot changed on its way back");
         // Scoring restores a snapshot only into a model of the same feature
-        // configuration (checked, with the model, before the engine is used).
-        if snap.engine.config() == &FeatureConfig::default() {
+        // configuration, and only an engine that passes its check (both
+        // before the engine is used: `Scorer::restore_snapshot`).
+        if snap.engine.config() == &FeatureConfig::default() && snap.engine.check().is_ok() {
             let mut engine = snap.engine;
             feed(&mut engine);
         }
@@ -74,6 +78,28 @@ fuzz_target!(|data: &[u8]| {
             let mut engine = FeatureEngine::new(part.features.clone());
             engine.import_terminals(part.terminals);
             feed(&mut engine);
+        }
+    }
+    if let Ok(regional) = RegionalSnapshot::from_bytes(&bytes, "fuzz") {
+        let again = regional.to_bytes().expect("a snapshot that was read can be written");
+        let back = RegionalSnapshot::from_bytes(&again, "fuzz").expect("a snapshot written reads back");
+        assert_eq!(canonical(&regional), canonical(&back), "a regional snapshot changed on its way back");
+        // The regional stage restores a merger only once it passes its check.
+        let mut merger = regional.merger;
+        if merger.check().is_ok() {
+            let sources: Vec<Box<str>> = merger.sources().map(Box::from).collect();
+            let mut site = SitePartial::default();
+            site.add_terminal(&[1.0, 2.0, 0.5, 3.0, 0.0, 0.1], true);
+            for (i, source) in sources.iter().enumerate() {
+                let end_ms = NOW + 300_000 * i as i64;
+                let window = WindowPartials { end_ms, sites: vec![("S-1".into(), site.clone())], ..Default::default() };
+                merger.offer(source, window);
+                merger.progress(source, end_ms);
+            }
+            for source in &sources {
+                merger.end_of_source(source);
+            }
+            merger.offer("unknown", WindowPartials::default());
         }
     }
     if let Ok(cold) = ColdEntry::from_bytes(&bytes, "fuzz") {

@@ -53,11 +53,13 @@ impl RegionalStage {
         .save(path)
     }
 
-    /// Restores the state of a snapshot taken with the same model, and
-    /// returns its merger and position. A snapshot of another model, or one
-    /// whose merger, alert state or calibration this code would never have
-    /// written, is refused with nothing changed: the stage then starts cold.
-    pub fn restore_snapshot(&mut self, path: &Path) -> Result<(WindowMerger, String), SnapshotError> {
+    /// Restores the state of a snapshot taken with the same model and the
+    /// same `sources` (the telemetry topic's partitions), and returns its
+    /// merger and position. A snapshot of another model or other sources,
+    /// or one whose merger, alert state or calibration this code would
+    /// never have written, is refused with nothing changed: the stage then
+    /// starts cold.
+    pub fn restore_snapshot(&mut self, path: &Path, sources: &[&str]) -> Result<(WindowMerger, String), SnapshotError> {
         let name = path.display().to_string();
         let snap = RegionalSnapshot::load(path)?;
         if snap.model_version != self.models.version {
@@ -66,6 +68,13 @@ impl RegionalStage {
                 found: snap.model_version,
                 expected: self.models.version.clone(),
             });
+        }
+        let mut expected = sources.to_vec();
+        expected.sort_unstable();
+        expected.dedup();
+        let found: Vec<&str> = snap.merger.sources().collect();
+        if found != expected {
+            return Err(SnapshotError::Sources { path: name, found: found.join(", "), expected: expected.join(", ") });
         }
         let invalid = |cause: String| SnapshotError::Decode { path: name.clone(), cause };
         snap.merger.check().map_err(|e| invalid(format!("merger: {e}")))?;
@@ -130,18 +139,34 @@ mod tests {
         let merger = WindowMerger::new(&["telemetry-0"], 0, 4);
         let stage = RegionalStage::new(models()).expect("stage");
         stage.save_snapshot(&merger, &path, "offset 7").expect("saved");
-        let (back, position) = RegionalStage::new(models()).expect("stage").restore_snapshot(&path).expect("restored");
+        let sources = ["telemetry-0"];
+        let (back, position) =
+            RegionalStage::new(models()).expect("stage").restore_snapshot(&path, &sources).expect("restored");
         assert_eq!((back, position.as_str()), (merger, "offset 7"));
+
+        // The telemetry topic has gained a partition since.
+        let err = RegionalStage::new(models())
+            .expect("stage")
+            .restore_snapshot(&path, &["telemetry-0", "telemetry-1"])
+            .expect_err("other sources");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "snapshot {} merges the partials of telemetry-0, but the telemetry topic's partitions are \
+                 telemetry-0, telemetry-1",
+                path.display()
+            )
+        );
 
         let mut other = models();
         other.version = "another-model".into();
         let mut stage = RegionalStage::new(other).expect("stage");
-        let err = stage.restore_snapshot(&path).expect_err("another model");
+        let err = stage.restore_snapshot(&path, &sources).expect_err("another model");
         assert!(matches!(err, SnapshotError::Model { .. }), "{err}");
 
         let bytes = std::fs::read(&path).expect("read");
         std::fs::write(&path, &bytes[..bytes.len() - 1]).expect("write");
-        let err = RegionalStage::new(models()).expect("stage").restore_snapshot(&path).expect_err("damaged");
+        let err = RegionalStage::new(models()).expect("stage").restore_snapshot(&path, &sources).expect_err("damaged");
         assert!(matches!(err, SnapshotError::Checksum { .. } | SnapshotError::Decode { .. }), "{err}");
         assert!(err.to_string().contains(&path.display().to_string()), "{err}");
     }

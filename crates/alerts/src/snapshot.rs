@@ -72,6 +72,8 @@ pub enum SnapshotError {
     Encode(String),
     #[error("snapshot {path} is for partition {found}, not {expected}")]
     Partition { path: String, found: String, expected: String },
+    #[error("snapshot {path} merges the partials of {found}, but the telemetry topic's partitions are {expected}")]
+    Sources { path: String, found: String, expected: String },
 }
 
 /// Everything scoring has learned, with what it covers.

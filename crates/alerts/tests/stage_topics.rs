@@ -360,7 +360,8 @@ impl TwoStages {
             }
             r.killed = true;
             let mut stage2 = RegionalStage::new(r.models.clone()).expect("regional stage");
-            let (merger, _) = stage2.restore_snapshot(&path).expect("restored");
+            let sources: Vec<&str> = self.names.iter().map(String::as_str).collect();
+            let (merger, _) = stage2.restore_snapshot(&path, &sources).expect("restored");
             // The old consumer leaves the group as it is dropped.
             let old = std::mem::replace(&mut self.stage2, stage2);
             drop(old);

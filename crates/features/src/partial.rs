@@ -443,6 +443,11 @@ impl WindowMerger {
         self.counts
     }
 
+    /// The sources it expects partials from, in name order.
+    pub fn sources(&self) -> impl Iterator<Item = &str> {
+        self.progress.keys().map(|s| &**s)
+    }
+
     pub fn open_windows(&self) -> usize {
         self.open.len()
     }
