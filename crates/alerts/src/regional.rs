@@ -20,7 +20,7 @@ use termwatch_telemetry::alerts::{AlertEvent, AlertKind, Scope};
 use crate::alerting::AlertTracker;
 use crate::calibration::FleetCalibration;
 use crate::scoring::{region_network, site_voltage};
-use crate::snapshot::{RegionalSnapshot, SnapshotError};
+use crate::snapshot::{RegionalSnapshot, RegionalSnapshotRef, SnapshotError};
 
 /// Site and region scoring on merged windows: windows in, alert events out.
 pub struct RegionalStage {
@@ -43,12 +43,12 @@ impl RegionalStage {
     /// Writes the stage's state with `merger`'s (atomically: the old
     /// snapshot or the new one survives a crash): the bytes written.
     pub fn save_snapshot(&self, merger: &WindowMerger, path: &Path, position: &str) -> Result<u64, SnapshotError> {
-        RegionalSnapshot {
-            model_version: self.models.version.clone(),
-            merger: merger.clone(),
-            alerts: self.alerts.snapshot(),
-            fleet: self.fleet.clone(),
-            position: position.to_string(),
+        RegionalSnapshotRef {
+            model_version: &self.models.version,
+            merger,
+            alerts: &self.alerts.snapshot(),
+            fleet: &self.fleet,
+            position,
         }
         .save(path)
     }

@@ -346,12 +346,8 @@ impl Scorer {
                 let site = self.engine.site_id(r.site);
                 let region = self.engine.region_name(self.engine.site_region(r.site));
                 let judged = site_voltage(&self.models, site_at, &mut self.alerts, w.end_ms, site, region, &r.features);
-                let Some(score) = judged.map(|(score, e)| {
-                    events.extend(e);
-                    score
-                }) else {
-                    continue;
-                };
+                let Some((score, event)) = judged else { continue };
+                events.extend(event);
                 site_scores.push(score);
                 // Until the site's alert resolves, its terminals' supply
                 // trouble is the site's mains, already paged.

@@ -263,7 +263,19 @@ pub struct RegionalSnapshot {
     pub position: String,
 }
 
-impl RegionalSnapshot {
+/// [`RegionalSnapshot`] by reference, for saving without copying the
+/// merger's open windows; the same fields in the same order.
+#[derive(Serialize)]
+pub struct RegionalSnapshotRef<'a> {
+    pub model_version: &'a str,
+    pub merger: &'a termwatch_features::partial::WindowMerger,
+    pub alerts: &'a AlertSnapshot,
+    pub fleet: &'a FleetCalibration,
+    pub position: &'a str,
+}
+
+impl RegionalSnapshotRef<'_> {
+    /// Writes atomically: a temporary file, synced, renamed over `path`.
     pub fn save(&self, path: &Path) -> Result<u64, SnapshotError> {
         write_atomic(path, &self.to_bytes()?)
     }
@@ -272,6 +284,27 @@ impl RegionalSnapshot {
     pub fn to_bytes(&self) -> Result<Vec<u8>, SnapshotError> {
         let payload = postcard::to_stdvec(self).map_err(|e| SnapshotError::Encode(e.to_string()))?;
         Ok(framed(SnapshotKind::Regional, &payload))
+    }
+}
+
+impl RegionalSnapshot {
+    pub fn save(&self, path: &Path) -> Result<u64, SnapshotError> {
+        self.as_ref().save(path)
+    }
+
+    /// The bytes of the snapshot file.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, SnapshotError> {
+        self.as_ref().to_bytes()
+    }
+
+    fn as_ref(&self) -> RegionalSnapshotRef<'_> {
+        RegionalSnapshotRef {
+            model_version: &self.model_version,
+            merger: &self.merger,
+            alerts: &self.alerts,
+            fleet: &self.fleet,
+            position: &self.position,
+        }
     }
 
     pub fn load(path: &Path) -> Result<RegionalSnapshot, SnapshotError> {
