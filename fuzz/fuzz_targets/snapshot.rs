@@ -16,8 +16,9 @@
 
 use libfuzzer_sys::fuzz_target;
 use termwatch_alerts::snapshot::{ColdEntry, PartitionSnapshot, RegionalSnapshot, Snapshot, SnapshotKind, framed};
-use termwatch_features::partial::{SitePartial, WindowPartials};
+use termwatch_features::partial::{DetectorScores, SitePartial, WindowPartials, WindowScores};
 use termwatch_features::{FeatureConfig, FeatureEngine};
+use termwatch_telemetry::alerts::{AlertKind, Scope};
 use termwatch_telemetry::{BatchBuilder, decode};
 
 /// 2026-11-24T10:00:00Z, near the reports below.
@@ -90,16 +91,28 @@ fuzz_target!(|data: &[u8]| {
             let sources: Vec<Box<str>> = merger.sources().map(Box::from).collect();
             let mut site = SitePartial::default();
             site.add_terminal(&[1.0, 2.0, 0.5, 3.0, 0.0, 0.1], true);
+            let scores = |end_ms| WindowScores {
+                end_ms,
+                detectors: vec![DetectorScores {
+                    kind: AlertKind::VoltageInstability,
+                    scope: Scope::Terminal,
+                    bins: vec![(0, 1), (639, u32::MAX)],
+                }],
+            };
             for (i, source) in sources.iter().enumerate() {
                 let end_ms = NOW + 300_000 * i as i64;
                 let window = WindowPartials { end_ms, sites: vec![("S-1".into(), site.clone())], ..Default::default() };
+                merger.offer_scores(source, scores(end_ms - 300_000));
                 merger.offer(source, window);
                 merger.progress(source, end_ms);
+                merger.offer_scores(source, scores(end_ms));
             }
             for source in &sources {
                 merger.end_of_source(source);
             }
             merger.offer("unknown", WindowPartials::default());
+            merger.take_scores();
+            assert!(merger.check().is_ok(), "a merger that passed its check stays one that does");
         }
     }
     if let Ok(cold) = ColdEntry::from_bytes(&bytes, "fuzz") {

@@ -127,6 +127,25 @@ impl FleetCalibration {
         d.settle();
     }
 
+    /// Adds one window's scores of a detector given as counts per bin
+    /// ([`bin_counts`]), every source's summed: the same histogram, bit for
+    /// bit, as [`FleetCalibration::observe`] of all those scores, since each
+    /// bin adds its windows one at a time as that does.
+    pub fn observe_counts(&mut self, kind: AlertKind, scope: Scope, end_ms: i64, bins: &[(u16, u32)]) {
+        let Some(d) = self.detectors.iter_mut().find(|d| d.kind == kind && d.scope == scope) else { return };
+        if d.reference.is_none() || bins.iter().all(|(_, n)| *n == 0) {
+            return;
+        }
+        d.decay_to(end_ms);
+        for &(b, n) in bins {
+            let Some(c) = d.counts.get_mut(usize::from(b)) else { continue };
+            for _ in 0..n {
+                *c += 1.0;
+            }
+        }
+        d.settle();
+    }
+
     /// What each detector's thresholds are and why.
     pub fn status(&self) -> impl Iterator<Item = FleetThreshold> + '_ {
         self.detectors.iter().map(|d| FleetThreshold {
@@ -216,6 +235,17 @@ impl DetectorCalibration {
             CRITICAL_OFF
         };
     }
+}
+
+/// A window's scores as counts per histogram bin, bins ascending: what a
+/// stage-1 replica publishes for [`FleetCalibration::observe_counts`].
+pub fn bin_counts(scores: &[f64]) -> Vec<(u16, u32)> {
+    let mut counts = std::collections::BTreeMap::<u16, u32>::new();
+    for &s in scores {
+        // BINS is 640: a bin fits in 16 bits.
+        *counts.entry(bin(logit(s)) as u16).or_default() += 1;
+    }
+    counts.into_iter().collect()
 }
 
 fn bin(z: f64) -> usize {
@@ -348,6 +378,30 @@ mod tests {
         let mut fresh = calibration(0.6, CRITICAL_OFF, reference(0.01, sigmoid(-2.0), 0.95));
         assert!(fresh.restore(broken).is_err());
         assert_eq!(fresh.thresholds(KIND.0, KIND.1), Some((0.6, CRITICAL_OFF)));
+    }
+
+    #[test]
+    fn scores_counted_per_bin_in_parts_give_the_histogram_of_all_of_them_bit_for_bit() {
+        let r = reference(0.01, sigmoid(-2.0), 0.95);
+        let (mut whole, mut parts) = (calibration(0.6, 0.9, r), calibration(0.6, 0.9, r));
+        for w in 0..50i64 {
+            let scores = spread(300 + w as usize, -11.0 + w as f64 * 0.05, 1.0);
+            whole.observe(KIND.0, KIND.1, w * 300_000, &scores);
+            // Three sources' counts, summed bin by bin as the merger does.
+            let mut sum = std::collections::BTreeMap::<u16, u32>::new();
+            for part in scores.chunks(scores.len() / 3 + 1) {
+                for (b, n) in bin_counts(part) {
+                    *sum.entry(b).or_default() += n;
+                }
+            }
+            parts.observe_counts(KIND.0, KIND.1, w * 300_000, &sum.into_iter().collect::<Vec<_>>());
+        }
+        assert_eq!(whole, parts);
+        assert!(whole.status().next().and_then(|s| s.shift).is_some(), "warmed up: the test compares thresholds");
+        // Nothing to count moves nothing, not even the decay.
+        let before = parts.clone();
+        parts.observe_counts(KIND.0, KIND.1, 1 << 40, &[(3, 0)]);
+        assert_eq!(parts, before);
     }
 
     #[test]

@@ -4,21 +4,22 @@
 //! per-row functions as one process's [`crate::scoring::Scorer`], so the
 //! two give the same site and region alerts on the same rows.
 //!
-//! Not here yet: terminal voltage alerts, which a site's alert holds back
-//! in the same window (one process decides both together), and fleet
-//! calibration of the terminal detectors, which one process learns from
-//! every terminal: both need what stage 2 knows back in stage 1, or their
-//! rows in stage 2 (docs/two-stages.md, "Couplings found in scoring").
+//! It also gives stage 1 what one process decides terminals with: each
+//! window's sites judged bad (a site's alert holds back its terminals'
+//! voltage alerts), and the thresholds of the terminal detectors, whose
+//! fleet calibration it keeps from every source's scores
+//! (docs/two-stages.md, "Couplings found in scoring").
 
 use std::path::Path;
 
-use termwatch_features::partial::{MergedWindow, RegionWindow, WindowMerger};
+use termwatch_features::partial::{MergedWindow, RegionWindow, WindowMerger, WindowScores};
+use termwatch_features::wire::WindowLessons;
 use termwatch_models::artifact::{ModelError, ModelSet};
 use termwatch_models::detector::CRITICAL_OFF;
 use termwatch_telemetry::alerts::{AlertEvent, AlertKind, Scope};
 
 use crate::alerting::AlertTracker;
-use crate::calibration::FleetCalibration;
+use crate::calibration::{FleetCalibration, FleetThreshold};
 use crate::scoring::{region_network, site_voltage};
 use crate::snapshot::{RegionalSnapshot, RegionalSnapshotRef, SnapshotError};
 
@@ -87,22 +88,60 @@ impl RegionalStage {
         Ok((snap.merger, snap.position))
     }
 
+    /// Adds every source's scores of the terminal detectors (oldest window
+    /// first) to their fleet calibration. [`RegionalStage::score`] does it
+    /// for the windows before each it closes; at the end of a history the
+    /// last window's come with no window after it
+    /// ([`WindowMerger::take_scores`]).
+    pub fn observe_scores(&mut self, scores: &[WindowScores]) {
+        for window in scores {
+            for d in &window.detectors {
+                self.fleet.observe_counts(d.kind, d.scope, window.end_ms, &d.bins);
+            }
+        }
+    }
+
+    /// Each detector's thresholds in use, against the trained ones: those
+    /// of the terminal detectors are what stage 1 is taught.
+    pub fn thresholds(&self) -> impl Iterator<Item = FleetThreshold> + '_ {
+        self.fleet.status()
+    }
+
     /// Scores each window's sites and regions, oldest window first (as the
-    /// merger closes them).
-    pub fn score(&mut self, windows: &[MergedWindow]) -> Vec<AlertEvent> {
+    /// merger closes them): the alert events, and what each window tells
+    /// stage 1 ([`WindowLessons`]).
+    pub fn score(&mut self, windows: Vec<MergedWindow>) -> (Vec<AlertEvent>, Vec<WindowLessons>) {
         let mut events = Vec::new();
+        let mut lessons = Vec::with_capacity(windows.len());
         for w in windows {
+            // Every source's terminal scores of the windows before this one
+            // move the thresholds this one's terminals are judged at.
+            self.observe_scores(&w.scores);
+            let thresholds = self
+                .models
+                .detectors
+                .iter()
+                .filter(|d| d.scope == Scope::Terminal)
+                .filter_map(|d| self.fleet.thresholds(d.kind, d.scope).map(|(t, c)| (d.kind, d.scope, t, c)))
+                .collect();
             let fleet = &self.fleet;
             let limits = |kind, scope| fleet.thresholds(kind, scope).unwrap_or((f64::INFINITY, CRITICAL_OFF));
             let site_at = limits(AlertKind::VoltageInstability, Scope::Site);
             let network_at = limits(AlertKind::NetworkDegradation, Scope::Region);
             let mut site_scores = Vec::new();
+            let mut bad_sites = Vec::new();
             for s in &w.sites {
                 let judged =
                     site_voltage(&self.models, site_at, &mut self.alerts, w.end_ms, &s.site, &s.region, &s.features);
                 if let Some((score, e)) = judged {
                     events.extend(e);
                     site_scores.push(score);
+                    // As one process judges a site for its terminals.
+                    if score >= site_at.0
+                        || self.alerts.firing_alert(AlertKind::VoltageInstability, Scope::Site, &s.site).is_some()
+                    {
+                        bad_sites.push(s.site.clone());
+                    }
                 }
             }
             let mut network_scores = Vec::new();
@@ -118,8 +157,9 @@ impl RegionalStage {
             events.extend(self.alerts.expire(w.end_ms));
             self.fleet.observe(AlertKind::VoltageInstability, Scope::Site, w.end_ms, &site_scores);
             self.fleet.observe(AlertKind::NetworkDegradation, Scope::Region, w.end_ms, &network_scores);
+            lessons.push(WindowLessons { end_ms: w.end_ms, cohorts: w.cohorts, bad_sites, thresholds });
         }
-        events
+        (events, lessons)
     }
 }
 

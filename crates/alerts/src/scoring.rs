@@ -4,14 +4,18 @@
 
 use std::path::Path;
 
+use std::collections::VecDeque;
+
 use arrow::record_batch::RecordBatch;
+use termwatch_features::partial::{DetectorScores, WindowPartials, WindowScores};
+use termwatch_features::wire::{self, Lessons, PartialsRecord, WindowLessons, WireError};
 use termwatch_features::{FeatureEngine, Limits, WindowRows};
 use termwatch_telemetry::alerts::{AlertEvent, AlertKind, Scope};
 
 use termwatch_models::artifact::{DETECTORS, ModelError, ModelSet, scored_at_site_scope};
 
 use crate::alerting::{AlertTracker, Scored};
-use crate::calibration::{FleetCalibration, FleetThreshold};
+use crate::calibration::{FleetCalibration, FleetThreshold, bin_counts};
 use crate::cold::{ColdStats, ColdStore};
 use crate::snapshot::{PartitionSnapshot, Snapshot, SnapshotError, SnapshotRef};
 use termwatch_models::detector::{CRITICAL_OFF, Detector, is_critical};
@@ -35,6 +39,42 @@ pub struct Scorer {
     releases: std::collections::BTreeMap<Box<str>, ReleaseHealth>,
     /// Where idle terminals' state goes, and comes back from.
     cold: Option<ColdStore>,
+    /// As stage 1 of two ([`Scorer::split`]): what it holds for stage 2.
+    split: Option<Split>,
+}
+
+/// What a stage-1 scorer keeps besides its engine (docs/two-stages.md):
+/// the windows whose terminals wait for their lessons, and the records
+/// for the partials topic.
+#[derive(Debug, Default)]
+struct Split {
+    /// Closed windows' terminal rows, oldest first. The engine closes no
+    /// window before the one before it is learnt, so this holds one or two.
+    held: VecDeque<HeldWindow>,
+    /// Records for the partials topic, in the order they must go.
+    outbox: Vec<PartialsRecord>,
+    /// The thresholds the latest lessons gave the terminal detectors.
+    thresholds: Vec<(AlertKind, Scope, f64, f64)>,
+    /// Held windows scored without lessons of their own.
+    untaught: u64,
+}
+
+/// A closed window's terminal rows, by name: the engine may forget an
+/// idle terminal, or hand its index to another, before the lessons come.
+#[derive(Debug)]
+struct HeldWindow {
+    end_ms: i64,
+    voltage: Vec<HeldRow<6>>,
+    aging: Vec<HeldRow<8>>,
+}
+
+#[derive(Debug)]
+struct HeldRow<const N: usize> {
+    terminal: Box<str>,
+    site: Box<str>,
+    region: Box<str>,
+    features: [f64; N],
+    baselines: [f64; N],
 }
 
 /// One firmware version's latest release health.
@@ -71,7 +111,188 @@ impl Scorer {
             keep_scores: false,
             releases: Default::default(),
             cold: None,
+            split: None,
         })
+    }
+
+    /// Makes this scorer stage 1 of two (docs/two-stages.md): it holds
+    /// some of the telemetry topic's partitions, and a merging stage scores
+    /// sites and regions from every replica's partials. Each closed window
+    /// becomes records for the partials topic ([`Scorer::take_partials`]);
+    /// its terminals are scored once its lessons are read back
+    /// ([`Scorer::learn`]), with its sites' verdicts and the fleet's
+    /// thresholds, as one process scores them. Cohorts are learnt from
+    /// the lessons too.
+    pub fn split(mut self) -> Self {
+        self.engine.emit_partials(true);
+        self.engine.share_cohorts(true);
+        self.split = Some(Split::default());
+        self
+    }
+
+    /// The records for the partials topic since the last call, in the order
+    /// they must be published (before the engine's progress).
+    pub fn take_partials(&mut self) -> Vec<PartialsRecord> {
+        self.split.as_mut().map(|s| std::mem::take(&mut s.outbox)).unwrap_or_default()
+    }
+
+    /// Windows whose terminals wait for their lessons, and windows scored
+    /// without lessons of their own (stage 2 closed them without this
+    /// replica's partials), as stage 1.
+    pub fn held_windows(&self) -> (usize, u64) {
+        self.split.as_ref().map_or((0, 0), |s| (s.held.len(), s.untaught))
+    }
+
+    /// As stage 1: learns one record of the lessons topic. Scores the held
+    /// windows it covers, then the engine learns the cohorts and closes
+    /// what it then can. Returns the alert events; a record that cannot be
+    /// read changes nothing.
+    pub fn learn(&mut self, value: &[u8]) -> Result<Vec<AlertEvent>, WireError> {
+        let lessons: Lessons = wire::decode(value)?;
+        Ok(self.learn_lessons(lessons))
+    }
+
+    fn learn_lessons(&mut self, lessons: Lessons) -> Vec<AlertEvent> {
+        let mut events = Vec::new();
+        if self.split.is_none() {
+            return events;
+        }
+        for w in &lessons.windows {
+            self.score_held(Some(w), w.end_ms, &mut events);
+        }
+        // Held windows closed with nothing of this replica's in them.
+        self.score_held(None, lessons.through_ms, &mut events);
+        let windows =
+            self.engine.learn_cohorts(lessons.through_ms, lessons.windows.iter().map(|w| (w.end_ms, &w.cohorts)));
+        events.extend(self.score(windows));
+        events
+    }
+
+    /// Scores the held windows ending at or before `through_ms`: the one
+    /// ending there with `lessons`, any other without.
+    fn score_held(&mut self, lessons: Option<&WindowLessons>, through_ms: i64, events: &mut Vec<AlertEvent>) {
+        loop {
+            let Some(split) = self.split.as_mut() else { return };
+            let Some(held) = split.held.pop_front_if(|h| h.end_ms <= through_ms) else { return };
+            let taught = lessons.filter(|l| l.end_ms == held.end_ms);
+            match taught {
+                Some(l) if !l.thresholds.is_empty() => split.thresholds.clone_from(&l.thresholds),
+                Some(_) => {}
+                None => split.untaught += 1,
+            }
+            let bad_sites: &[Box<str>] = taught.map_or(&[], |l| &l.bad_sites);
+            let thresholds = split.thresholds.clone();
+            let version = self.models.version.clone();
+            let fleet = &self.fleet;
+            let limits = |kind, scope| {
+                let taught = thresholds.iter().find(|t| (t.0, t.1) == (kind, scope)).map(|t| (t.2, t.3));
+                taught.or_else(|| fleet.thresholds(kind, scope)).unwrap_or((f64::INFINITY, CRITICAL_OFF))
+            };
+            let mut detectors = Vec::new();
+            let mut recorded = Vec::new();
+            if let Some(d) = self.models.detector(AlertKind::VoltageInstability, Scope::Terminal) {
+                let at = limits(d.kind, d.scope);
+                let mut own = Vec::new();
+                for r in &held.voltage {
+                    let held_back = bad_sites.binary_search(&r.site).is_ok();
+                    let (score, e) = judge_terminal(
+                        d,
+                        at,
+                        &mut self.alerts,
+                        &version,
+                        held.end_ms,
+                        &r.terminal,
+                        &r.region,
+                        held_back,
+                        &r.features,
+                        &r.baselines,
+                    );
+                    events.extend(e);
+                    if !held_back {
+                        own.push(score);
+                    }
+                    recorded.push((d.kind, d.scope, score));
+                }
+                // Only a detector that follows the fleet needs the fleet's scores.
+                if d.fleet.is_some() {
+                    detectors.push(DetectorScores { kind: d.kind, scope: d.scope, bins: bin_counts(&own) });
+                }
+            }
+            if let Some(d) = self.models.detector(AlertKind::HardwareAging, Scope::Terminal) {
+                let at = limits(d.kind, d.scope);
+                let mut scores = Vec::new();
+                for r in &held.aging {
+                    let (score, e) = judge_terminal(
+                        d,
+                        at,
+                        &mut self.alerts,
+                        &version,
+                        held.end_ms,
+                        &r.terminal,
+                        &r.region,
+                        false,
+                        &r.features,
+                        &r.baselines,
+                    );
+                    events.extend(e);
+                    scores.push(score);
+                    recorded.push((d.kind, d.scope, score));
+                }
+                if d.fleet.is_some() {
+                    detectors.push(DetectorScores { kind: d.kind, scope: d.scope, bins: bin_counts(&scores) });
+                }
+            }
+            events.extend(self.alerts.expire(held.end_ms));
+            for (kind, scope, score) in recorded {
+                self.record(kind, scope, score);
+            }
+            detectors.retain(|d| !d.bins.is_empty());
+            if let Some(split) = self.split.as_mut().filter(|_| !detectors.is_empty()) {
+                split.outbox.push(PartialsRecord::Scores(WindowScores { end_ms: held.end_ms, detectors }));
+            }
+        }
+    }
+
+    /// As stage 1: a closed window's partials go out, its terminals wait
+    /// for its lessons, its firmware rows are scored (release health per
+    /// replica: docs/two-stages.md).
+    fn hold(&mut self, w: WindowRows, events: &mut Vec<AlertEvent>) {
+        let engine = &self.engine;
+        let named = |t: u32| {
+            let site = engine.site_id(engine.terminal_site(t));
+            (
+                Box::from(engine.terminal_id(t)),
+                Box::from(site),
+                Box::from(engine.region_name(engine.terminal_region(t))),
+            )
+        };
+        let voltage = w
+            .terminal_voltage
+            .iter()
+            .map(|r| {
+                let (terminal, site, region) = named(r.terminal);
+                HeldRow { terminal, site, region, features: r.features, baselines: r.baselines }
+            })
+            .collect();
+        let aging = w
+            .aging
+            .iter()
+            .map(|r| {
+                let (terminal, site, region) = named(r.terminal);
+                HeldRow { terminal, site, region, features: r.features, baselines: r.baselines }
+            })
+            .collect();
+        self.score_firmware(&w, events);
+        let partials = WindowPartials {
+            end_ms: w.end_ms,
+            sites: w.site_partials,
+            regions: w.region_partials,
+            cohorts: w.cohort_lessons,
+        };
+        if let Some(split) = self.split.as_mut() {
+            split.outbox.push(PartialsRecord::Window(partials));
+            split.held.push_back(HeldWindow { end_ms: w.end_ms, voltage, aging });
+        }
     }
 
     /// Keeps the state of terminals forgotten as idle in `store`, and gives
@@ -290,7 +511,7 @@ impl Scorer {
             None => self.engine.process_sourced(batch, runs),
         };
         self.store_departed();
-        self.score(&windows)
+        self.score(windows)
     }
 
     /// Hands the terminals the engine forgot as idle to the cold store.
@@ -311,7 +532,7 @@ impl Scorer {
     /// An input has ended for now; scores the windows that could then close.
     pub fn end_of_source(&mut self, name: &str) -> Vec<AlertEvent> {
         let windows = self.engine.end_of_source(name);
-        self.score(&windows)
+        self.score(windows)
     }
 
     /// Forgets an input (its partition went to another replica); the windows
@@ -323,19 +544,22 @@ impl Scorer {
     /// Closes every open window (end of a history) and scores it.
     pub fn finish(&mut self) -> Vec<AlertEvent> {
         let windows = self.engine.finish();
-        self.score(&windows)
+        self.score(windows)
     }
 
-    fn score(&mut self, windows: &[WindowRows]) -> Vec<AlertEvent> {
+    fn score(&mut self, windows: Vec<WindowRows>) -> Vec<AlertEvent> {
         let mut events = Vec::new();
         let version = self.models.version.clone();
         for w in windows {
+            if self.split.is_some() {
+                self.hold(w, &mut events);
+                continue;
+            }
             let mut bad_sites = std::collections::HashSet::new();
             let mut site_scores = Vec::new();
             let mut terminal_scores = Vec::new();
             let mut network_scores = Vec::new();
             let mut aging_scores = Vec::new();
-            let mut firmware_scores = Vec::new();
             // Each detector's windows for fleet calibration: what it scored
             // itself (not a terminal held back by its site's alert).
             let mut own_terminal_scores = Vec::new();
@@ -360,21 +584,26 @@ impl Scorer {
             if let Some(d) = self.models.detector(AlertKind::VoltageInstability, Scope::Terminal) {
                 let at = limits(d.kind, d.scope);
                 for r in &w.terminal_voltage {
-                    let site = self.engine.terminal_site(r.terminal);
-                    // The site's alert covers its terminals: one page, not one per terminal.
-                    let score = if bad_sites.contains(&site) {
-                        0.0
-                    } else {
-                        let own = d.score(&r.features);
-                        own_terminal_scores.push(own);
-                        own
-                    };
-                    terminal_scores.push(score);
+                    let held_back = bad_sites.contains(&self.engine.terminal_site(r.terminal));
                     let term = self.engine.terminal_id(r.terminal);
                     let region = self.engine.region_name(self.engine.terminal_region(r.terminal));
-                    let scored =
-                        scored(d, at, w.end_ms, term, region, score, &version, d.reasons(&r.features, &r.baselines, 3));
-                    events.extend(self.alerts.observe(scored));
+                    let (score, e) = judge_terminal(
+                        d,
+                        at,
+                        &mut self.alerts,
+                        &version,
+                        w.end_ms,
+                        term,
+                        region,
+                        held_back,
+                        &r.features,
+                        &r.baselines,
+                    );
+                    events.extend(e);
+                    if !held_back {
+                        own_terminal_scores.push(score);
+                    }
+                    terminal_scores.push(score);
                 }
             }
             let network_at = limits(AlertKind::NetworkDegradation, Scope::Region);
@@ -392,44 +621,23 @@ impl Scorer {
                 for r in &w.aging {
                     let term = self.engine.terminal_id(r.terminal);
                     let region = self.engine.region_name(self.engine.terminal_region(r.terminal));
-                    let score = d.score(&r.features);
+                    let (score, e) = judge_terminal(
+                        d,
+                        at,
+                        &mut self.alerts,
+                        &version,
+                        w.end_ms,
+                        term,
+                        region,
+                        false,
+                        &r.features,
+                        &r.baselines,
+                    );
+                    events.extend(e);
                     aging_scores.push(score);
-                    let scored =
-                        scored(d, at, w.end_ms, term, region, score, &version, d.reasons(&r.features, &r.baselines, 3));
-                    events.extend(self.alerts.observe(scored));
                 }
             }
-            let firmware_at = limits(AlertKind::FirmwareRegression, Scope::Cohort);
-            let firmware = self.models.detector(AlertKind::FirmwareRegression, Scope::Cohort);
-            for r in &w.firmware {
-                let score = firmware.map(|d| d.score(&r.features));
-                if let (Some(d), Some(score)) = (firmware, score) {
-                    firmware_scores.push(score);
-                    // A cohort spans the fleet: its region is "*" (alerts-v1).
-                    // Its reasons say which version it is compared with.
-                    let mut reasons = d.reasons(&r.features, &r.baselines, 3);
-                    for reason in &mut reasons {
-                        reason.baseline_version = r.baseline_version.as_deref().map(str::to_owned);
-                    }
-                    let scored = scored(d, firmware_at, w.end_ms, &r.entity, "*", score, &version, reasons);
-                    events.extend(self.alerts.observe(scored));
-                }
-                let health = ReleaseHealth {
-                    entity: r.entity.clone(),
-                    terminals: r.terminals,
-                    crashes_per_terminal_day: r.crashes_per_terminal_day,
-                    expected_crashes_per_terminal_day: r.expected_crashes_per_terminal_day,
-                    score,
-                    end_ms: w.end_ms,
-                };
-                self.releases.insert(r.entity.clone(), health);
-            }
-            for entity in &w.firmware_retired {
-                events.extend(self.alerts.retire(AlertKind::FirmwareRegression, Scope::Cohort, entity, w.end_ms));
-                // Its release health leaves the dashboards with it.
-                self.releases.remove(entity);
-            }
-            self.releases.retain(|_, h| h.end_ms > w.end_ms.saturating_sub(RELEASE_HEALTH_KEPT_MS));
+            self.score_firmware(&w, &mut events);
             events.extend(self.alerts.expire(w.end_ms));
             // The thresholds move for the windows after this one.
             let network_only: Vec<f64> = network_scores.iter().map(|(_, s)| *s).collect();
@@ -450,9 +658,6 @@ impl Scorer {
             for s in aging_scores {
                 self.record(AlertKind::HardwareAging, Scope::Terminal, s);
             }
-            for s in firmware_scores {
-                self.record(AlertKind::FirmwareRegression, Scope::Cohort, s);
-            }
             for (r, s) in network_scores {
                 self.record(AlertKind::NetworkDegradation, Scope::Region, s);
                 if self.region_scores.len() <= r as usize {
@@ -463,6 +668,71 @@ impl Scorer {
         }
         events
     }
+
+    /// Scores a window's release health (the firmware detector) and keeps
+    /// it for dashboards.
+    fn score_firmware(&mut self, w: &WindowRows, events: &mut Vec<AlertEvent>) {
+        let firmware_at = self
+            .fleet
+            .thresholds(AlertKind::FirmwareRegression, Scope::Cohort)
+            .unwrap_or((f64::INFINITY, CRITICAL_OFF));
+        let firmware = self.models.detector(AlertKind::FirmwareRegression, Scope::Cohort);
+        let mut scores = Vec::new();
+        for r in &w.firmware {
+            let score = firmware.map(|d| d.score(&r.features));
+            if let (Some(d), Some(score)) = (firmware, score) {
+                // A cohort spans the fleet: its region is "*" (alerts-v1).
+                // Its reasons say which version it is compared with.
+                let mut reasons = d.reasons(&r.features, &r.baselines, 3);
+                for reason in &mut reasons {
+                    reason.baseline_version = r.baseline_version.as_deref().map(str::to_owned);
+                }
+                let scored = scored(d, firmware_at, w.end_ms, &r.entity, "*", score, &self.models.version, reasons);
+                events.extend(self.alerts.observe(scored));
+                scores.push(score);
+            }
+            let health = ReleaseHealth {
+                entity: r.entity.clone(),
+                terminals: r.terminals,
+                crashes_per_terminal_day: r.crashes_per_terminal_day,
+                expected_crashes_per_terminal_day: r.expected_crashes_per_terminal_day,
+                score,
+                end_ms: w.end_ms,
+            };
+            self.releases.insert(r.entity.clone(), health);
+        }
+        for entity in &w.firmware_retired {
+            events.extend(self.alerts.retire(AlertKind::FirmwareRegression, Scope::Cohort, entity, w.end_ms));
+            // Its release health leaves the dashboards with it.
+            self.releases.remove(entity);
+        }
+        self.releases.retain(|_, h| h.end_ms > w.end_ms.saturating_sub(RELEASE_HEALTH_KEPT_MS));
+        for s in scores {
+            self.record(AlertKind::FirmwareRegression, Scope::Cohort, s);
+        }
+    }
+}
+
+/// A terminal detector's verdict on one terminal's window: its score (0
+/// when `held_back`: its site's alert covers it, one page and not one per
+/// terminal) and the alert event it makes. One code path for one process
+/// and for stage 1.
+#[allow(clippy::too_many_arguments)]
+fn judge_terminal(
+    d: &Detector,
+    at: (f64, f64),
+    alerts: &mut AlertTracker,
+    version: &str,
+    end_ms: i64,
+    terminal: &str,
+    region: &str,
+    held_back: bool,
+    features: &[f64],
+    baselines: &[f64],
+) -> (f64, Option<AlertEvent>) {
+    let score = if held_back { 0.0 } else { d.score(features) };
+    let scored = scored(d, at, end_ms, terminal, region, score, version, d.reasons(features, baselines, 3));
+    (score, alerts.observe(scored))
 }
 
 /// The site voltage detector's verdict on one site's window: its score and

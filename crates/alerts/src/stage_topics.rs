@@ -33,9 +33,8 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
-use termwatch_features::partial::{MergedWindow, WindowMerger};
+use termwatch_features::partial::{MergedWindow, WindowMerger, WindowScores};
 use termwatch_features::wire::{self, Lessons, PartialsRecord, WireError};
-use termwatch_features::{FeatureEngine, WindowRows};
 use termwatch_pipeline::KafkaConfig;
 
 /// How long a record may wait in a full producer queue before it is an
@@ -255,6 +254,12 @@ impl PartialsReader {
         Ok(Polled { merged, unreadable, records })
     }
 
+    /// Every source's scores still waiting for a next window (see
+    /// [`WindowMerger::take_scores`]): at the end of a history.
+    pub fn take_scores(&mut self) -> Vec<WindowScores> {
+        self.merger.take_scores()
+    }
+
     /// Commits the offsets of every record read so far.
     pub fn commit(&self) -> Result<(), KafkaError> {
         match self.consumer.commit_consumer_state(CommitMode::Sync) {
@@ -278,10 +283,11 @@ impl PartialsReader {
 }
 
 /// What one [`LessonsReader::poll`] read.
-#[derive(Debug, Default)]
-pub struct Learnt {
-    /// The windows the engine could close once it had learnt them.
-    pub rows: Vec<WindowRows>,
+#[derive(Debug)]
+pub struct Learnt<T> {
+    /// What learning the records gave: the windows an engine could then
+    /// close, or a stage-1 scorer's alert events.
+    pub out: Vec<T>,
     /// Records it could not read.
     pub unreadable: Vec<Unreadable>,
     /// Records read, those included.
@@ -330,22 +336,23 @@ impl LessonsReader {
     }
 
     /// Waits up to `max_wait` for a record, then reads what has arrived, up
-    /// to `max_records` in all, and has `engine` learn each: the windows it
-    /// then closes.
-    pub fn poll(
+    /// to `max_records` in all, and has `learn` learn each value
+    /// ([`wire::learn`] for an engine, [`crate::scoring::Scorer::learn`]
+    /// for stage 1): what it gave.
+    pub fn poll<T>(
         &mut self,
-        engine: &mut FeatureEngine,
         max_records: usize,
         max_wait: Duration,
-    ) -> Result<Learnt, KafkaError> {
+        mut learn: impl FnMut(&[u8]) -> Result<Vec<T>, WireError>,
+    ) -> Result<Learnt<T>, KafkaError> {
         let next = &mut self.next;
-        let (rows, unreadable, records) = read(&self.consumer, max_records, max_wait, false, |m| {
+        let (out, unreadable, records) = read(&self.consumer, max_records, max_wait, false, |m| {
             *next = m.offset() + 1;
-            wire::learn(engine, m.payload().unwrap_or_default())
+            learn(m.payload().unwrap_or_default())
         })?;
         self.read += records as u64;
         self.unreadable += unreadable.len() as u64;
-        Ok(Learnt { rows, unreadable, records })
+        Ok(Learnt { out, unreadable, records })
     }
 }
 

@@ -1,9 +1,11 @@
-//! The partials topic on the Kafka protocol (librdkafka's mock cluster):
-//! three stage-1 engines, one per partition of the telemetry topic, publish
-//! their closed windows' partials and progress; the merging stage reads
-//! them back in its own consumer group and gives the site and region rows
-//! of one engine holding every terminal, bit for bit, past records it
-//! cannot read and a window republished by a restarted replica.
+//! The topics between the stages on the Kafka protocol (librdkafka's mock
+//! cluster): three stage-1 engines, one per partition of the telemetry
+//! topic, publish their closed windows' partials and progress; the merging
+//! stage reads them back in its own consumer group and gives the site and
+//! region rows of one engine holding every terminal, bit for bit, past
+//! records it cannot read and a window republished by a restarted replica.
+//! With three stage-1 scorers, the lessons topic and a regional stage, the
+//! alert events and fleet calibration of one process.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -14,6 +16,7 @@ use arrow::record_batch::RecordBatch;
 use rdkafka::ClientConfig;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use termwatch_alerts::calibration::FleetThreshold;
 use termwatch_alerts::regional::RegionalStage;
 use termwatch_alerts::scoring::Scorer;
 use termwatch_alerts::stage_topics::{LessonsReader, PartialsReader, StagePublisher};
@@ -238,7 +241,11 @@ fn three_replicas_partials_through_the_topic_give_one_engines_site_and_region_ro
 
     let counts = reader.merger().counts();
     assert_eq!(counts.duplicate_partials, 1, "the republished window is taken once: {counts:?}");
-    assert_eq!((counts.late_partials, counts.unknown_source, counts.incomplete_windows), (0, 0, 0), "{counts:?}");
+    assert_eq!(
+        (counts.late_partials, counts.late_scores, counts.unknown_source, counts.incomplete_windows),
+        (0, 0, 0, 0),
+        "{counts:?}"
+    );
     assert_eq!(reader.merger().open_windows(), 0);
     let (sites, regions) = same_site_and_region_rows(&whole, &engine, &merged);
     println!("{} windows: {sites} site rows and {regions} region rows, one engine's bit for bit", merged.len());
@@ -300,14 +307,15 @@ fn key(e: &AlertEvent) -> String {
 }
 
 /// Stage 1 and stage 2 of docs/two-stages.md with both topics between
-/// them: three engines sharing their cohorts, one per partition, publish
-/// what they close on the partials topic; stage 2 reads it, merges,
-/// scores, and publishes what the closed windows taught on the lessons
-/// topic; each engine reads every lesson, learns it, and publishes what
-/// that lets it close.
+/// them: three stage-1 scorers, one per partition, publish what they close
+/// on the partials topic; stage 2 reads it, merges, scores, and publishes
+/// what the closed windows taught on the lessons topic; each stage-1
+/// scorer reads every lesson, scores its terminals of the windows it
+/// covers, learns it, and publishes their scores and what that lets it
+/// close.
 struct TwoStages {
     names: Vec<String>,
-    engines: Vec<FeatureEngine>,
+    replicas: Vec<Scorer>,
     partials: StagePublisher,
     published: u64,
     reader: PartialsReader,
@@ -373,19 +381,25 @@ impl TwoStages {
         }
     }
 
-    fn publish(&mut self, p: usize, rows: Vec<WindowRows>, end: bool) {
-        for mut w in rows {
-            self.partials.publish_partials(&self.names[p], &window_record(&mut w)).expect("queued");
+    /// Publishes what replica `p` has for the partials topic, then its
+    /// progress, and, at the end of its history once it holds nothing, that
+    /// it has ended: whether it had anything.
+    fn publish(&mut self, p: usize, end: bool) -> bool {
+        let records = self.replicas[p].take_partials();
+        let any = !records.is_empty();
+        for r in &records {
+            self.partials.publish_partials(&self.names[p], r).expect("queued");
             self.published += 1;
         }
-        if let Some(through) = self.engines[p].closed_through() {
+        if let Some(through) = self.replicas[p].engine().closed_through() {
             self.partials.publish_partials(&self.names[p], &PartialsRecord::Progress(through)).expect("queued");
             self.published += 1;
         }
-        if end && self.engines[p].open_windows() == 0 {
+        if end && self.replicas[p].engine().open_windows() == 0 && self.replicas[p].held_windows().0 == 0 {
             self.partials.publish_partials(&self.names[p], &PartialsRecord::End).expect("queued");
             self.published += 1;
         }
+        any
     }
 
     /// Stage 2 reads the partials topic up to what was published, scores
@@ -400,14 +414,17 @@ impl TwoStages {
                 assert!(Instant::now() < deadline, "read {:?} of {}", self.reader.counts(), self.published);
                 let polled = self.reader.poll(1_000, Duration::from_millis(100)).expect("poll");
                 assert!(polled.unreadable.is_empty(), "{:?}", polled.unreadable);
-                self.events.extend(self.stage2.score(&polled.merged));
                 self.merged_ends.extend(polled.merged.iter().map(|m| m.end_ms));
-                closed.extend(polled.merged);
+                let (events, lessons) = self.stage2.score(polled.merged);
+                self.events.extend(events);
+                closed.extend(lessons);
             }
             self.merged += closed.len();
+            let merged_any = !closed.is_empty();
             let through = self.reader.merger().closed_through();
             if through != self.taught_through {
-                let lessons = Lessons::of(self.reader.merger(), &closed).expect("closed through somewhere");
+                let through_ms = through.expect("closed through somewhere");
+                let lessons = Lessons { through_ms, windows: std::mem::take(&mut closed) };
                 self.lessons.publish_lessons(&lessons).expect("queued");
                 self.lessons.flush(Duration::from_secs(30)).expect("delivered");
                 self.lessons_published += 1;
@@ -418,20 +435,19 @@ impl TwoStages {
             self.restart();
             let mut moved = false;
             for (p, &end) in ended.iter().enumerate() {
-                let mut rows = Vec::new();
                 while self.learners[p].counts().0 < self.lessons_published {
-                    assert!(Instant::now() < deadline, "engine {p} learnt {:?}", self.learners[p].counts());
+                    assert!(Instant::now() < deadline, "replica {p} learnt {:?}", self.learners[p].counts());
+                    let replica = &mut self.replicas[p];
                     let learnt =
-                        self.learners[p].poll(&mut self.engines[p], 100, Duration::from_millis(100)).expect("poll");
+                        self.learners[p].poll(100, Duration::from_millis(100), |v| replica.learn(v)).expect("poll");
                     for u in &learnt.unreadable {
                         assert!(u.offset == 0 && matches!(u.error, WireError::Malformed(_)), "{u}");
                     }
-                    rows.extend(learnt.rows);
+                    self.events.extend(learnt.out);
                 }
-                moved |= !rows.is_empty();
-                self.publish(p, rows, end);
+                moved |= self.publish(p, end);
             }
-            if !moved && closed.is_empty() {
+            if !moved && !merged_any {
                 return;
             }
         }
@@ -439,7 +455,7 @@ impl TwoStages {
 }
 
 #[test]
-fn three_replicas_and_a_merging_stage_on_the_topic_raise_one_processs_site_and_region_alerts() {
+fn three_replicas_and_a_merging_stage_on_the_topic_raise_one_processs_alerts() {
     two_stages_against_one_process(false);
 }
 
@@ -450,7 +466,8 @@ fn a_merging_stage_killed_and_restored_from_its_snapshot_raises_the_same_alerts(
 
 /// Three replicas, both topics and one regional stage (killed halfway and
 /// restored from its snapshot, with `restart`) against one process: the
-/// same site and region alert events.
+/// same terminal, site and region alert events. (Release health, at
+/// cohort scope, is still judged per replica: docs/two-stages.md.)
 fn two_stages_against_one_process(restart: bool) {
     let (lines, models) = faulty_history_and_models();
     // One process: one scorer reading every partition.
@@ -458,12 +475,14 @@ fn two_stages_against_one_process(restart: bool) {
     let mut expected = Vec::new();
     one_process(&lines, |batch, runs| expected.extend(one.process_sourced(batch, runs)));
     expected.extend(one.finish());
-    let mut expected: Vec<String> =
-        expected.iter().filter(|e| matches!(e.scope, Scope::Site | Scope::Region)).map(key).collect();
+    let compared = |e: &&AlertEvent| e.scope != Scope::Cohort;
+    let mut expected: Vec<String> = expected.iter().filter(compared).map(key).collect();
     expected.sort();
     let count = |events: &[String], what: &str| events.iter().filter(|e| e.contains(what)).count();
     let (sites, regions) = (count(&expected, "\"scope\":\"site\""), count(&expected, "\"scope\":\"region\""));
-    assert!(sites >= 2 && regions >= 2, "the fleet pages at both scopes: {expected:#?}");
+    let terminals = count(&expected, "\"scope\":\"terminal\"");
+    // (Aging takes weeks to page: its rows are scored, and calibrated, all the same.)
+    assert!(sites >= 2 && regions >= 2 && terminals >= 2, "the fleet pages at every scope: {expected:#?}");
 
     let cluster = MockCluster::new(1).expect("mock cluster");
     cluster.create_topic(TOPIC, 1, 1).expect("topic");
@@ -482,15 +501,7 @@ fn two_stages_against_one_process(restart: bool) {
     let sources: Vec<&str> = names.iter().map(String::as_str).collect();
     let merger = WindowMerger::new(&sources, 3_600_000, 64);
     let mut stages = TwoStages {
-        engines: names
-            .iter()
-            .map(|_| {
-                let mut e = FeatureEngine::new(models.features.clone());
-                e.emit_partials(true);
-                e.share_cohorts(true);
-                e
-            })
-            .collect(),
+        replicas: names.iter().map(|_| Scorer::new(models.clone()).expect("scorer").split()).collect(),
         names: names.clone(),
         partials: StagePublisher::new(&kafka, TOPIC).expect("publisher"),
         published: 0,
@@ -526,21 +537,39 @@ fn two_stages_against_one_process(restart: bool) {
     loop {
         let behind = (0..PARTITIONS as usize)
             .filter(|&p| at[p] < mine[p].len())
-            .min_by_key(|&p| (stages.engines[p].closed_through().unwrap_or(i64::MIN), p));
+            .min_by_key(|&p| (stages.replicas[p].engine().closed_through().unwrap_or(i64::MIN), p));
         let Some(p) = behind else { break };
         let end = (at[p] + sizes[p]).min(mine[p].len());
-        let rows = stages.engines[p].process_sourced(&batch(&mine[p][at[p]..end]), &[(&names[p], end - at[p])]);
+        let events = stages.replicas[p].process_sourced(&batch(&mine[p][at[p]..end]), &[(&names[p], end - at[p])]);
+        stages.events.extend(events);
         at[p] = end;
-        stages.publish(p, rows, false);
+        stages.publish(p, false);
         stages.settle(&ended);
     }
     for (p, end) in ended.iter_mut().enumerate() {
         *end = true;
-        let rows = stages.engines[p].finish();
-        stages.publish(p, rows, true);
+        let events = stages.replicas[p].finish();
+        stages.events.extend(events);
+        stages.publish(p, true);
     }
     stages.settle(&ended);
-    assert!(stages.engines.iter().all(|e| e.open_windows() == 0), "every window closed");
+    // The last window's terminal scores have no window after them to go
+    // out with: the history is over.
+    let last = stages.reader.take_scores();
+    assert_eq!(last.len(), 1, "the last window's scores wait");
+    stages.stage2.observe_scores(&last);
+    // Stage 2's calibration took every terminal's scores, as one process's
+    // did: the same histograms, so the same thresholds, bit for bit.
+    let calibrated =
+        |t: &FleetThreshold| (t.kind, t.scope, t.threshold.to_bits(), t.shift.map(f64::to_bits), t.windows.to_bits());
+    let ours: Vec<_> = stages.stage2.thresholds().map(|t| calibrated(&t)).collect();
+    let theirs: Vec<_> = one.thresholds().map(|t| calibrated(&t)).collect();
+    println!("thresholds: {:?}", one.thresholds().collect::<Vec<_>>());
+    assert_eq!(ours, theirs);
+    assert!(
+        stages.replicas.iter().all(|r| r.engine().open_windows() == 0 && r.held_windows() == (0, 0)),
+        "every window closed, and every terminal scored with its window's lessons"
+    );
     assert_eq!(stages.reader.merger().open_windows(), 0);
     let counts = stages.reader.merger().counts();
     assert_eq!((counts.late_partials, counts.unknown_source, counts.incomplete_windows), (0, 0, 0), "{counts:?}");
@@ -555,20 +584,56 @@ fn two_stages_against_one_process(restart: bool) {
 
     // A restored stage 2 raises again the events of the windows it closed
     // after its snapshot (at least once); each is one of one process's.
-    let mut got: Vec<String> = stages.events.iter().map(key).collect();
+    let mut got: Vec<String> = stages.events.iter().filter(compared).map(key).collect();
     got.sort();
     let raised = got.len();
     got.dedup();
     println!("{again} windows closed and {} events raised again after the restart", raised - got.len());
     assert_eq!(stages.learners.iter().map(|l| l.counts()).collect::<Vec<_>>(), vec![(stages.lessons_published, 1); 3]);
     println!(
-        "{:.1} s; {} lessons records; {} windows merged; {} site and {} region alert events, one process's: {sites} and \
-         {regions}",
+        "{:.1} s; {} lessons records; {} windows merged; {} terminal, {} site and {} region alert events, one \
+         process's: {terminals}, {sites} and {regions}",
         started.elapsed().as_secs_f64(),
         stages.lessons_published,
         stages.merged,
+        count(&got, "\"scope\":\"terminal\""),
         count(&got, "\"scope\":\"site\""),
         count(&got, "\"scope\":\"region\"")
     );
     assert_eq!(got, expected);
+}
+
+/// A window of a stage-1 scorer that stage 2 closed without its partials
+/// (late) gets no lessons of its own: once lessons pass it, its terminals
+/// are scored at the latest thresholds taught, with no site holding them
+/// back, and it is counted. A record that cannot be read changes nothing.
+#[test]
+fn a_held_window_passed_by_lessons_without_its_own_is_scored_and_counted() {
+    let (lines, models) = faulty_history_and_models();
+    let mut stage1 = Scorer::new(models).expect("scorer").split();
+    let mine: Vec<&[u8]> =
+        lines.iter().filter(|(s, _)| s == "telemetry-0").take(2_000).map(|(_, l)| l.as_slice()).collect();
+    assert!(stage1.process_sourced(&batch(&mine), &[("telemetry-0", mine.len())]).is_empty(), "nothing scored yet");
+    // Before the first lessons, it closes nothing (another replica may
+    // have earlier windows); lessons up to its progress let it close one.
+    // Then that window waits: its partials go out, its terminals and the
+    // windows after it wait for its lessons.
+    assert!(stage1.take_partials().is_empty());
+    let through_ms = stage1.engine().closed_through().expect("progress");
+    let first = Lessons { through_ms, windows: Vec::new() };
+    stage1.learn(&termwatch_features::wire::encode(&first).expect("encode")).expect("read");
+    let records = stage1.take_partials();
+    assert!(matches!(records.as_slice(), [PartialsRecord::Window(_)]), "{records:?}");
+    assert_eq!(stage1.held_windows(), (1, 0));
+    let PartialsRecord::Window(w) = &records[0] else { unreachable!() };
+    let before = stage1.engine().closed_through();
+    assert!(stage1.learn(&[1, 0xff]).is_err());
+    assert_eq!((stage1.held_windows(), stage1.engine().closed_through()), ((1, 0), before));
+    let lessons = Lessons { through_ms: w.end_ms, windows: Vec::new() };
+    stage1.learn(&termwatch_features::wire::encode(&lessons).expect("encode")).expect("read");
+    assert_eq!(stage1.held_windows().1, 1, "scored without its lessons, counted");
+    // Its terminals' scores go out, and the windows the engine then closed.
+    let records = stage1.take_partials();
+    assert!(matches!(records.first(), Some(PartialsRecord::Scores(s)) if s.end_ms == w.end_ms), "{records:?}");
+    assert!(records[1..].iter().all(|r| matches!(r, PartialsRecord::Window(_))), "{records:?}");
 }

@@ -18,6 +18,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
+use termwatch_telemetry::alerts::{AlertKind, Scope};
+
 use crate::engine::MIN_REGION_TERMINALS;
 use crate::stats::median;
 
@@ -330,6 +332,50 @@ pub struct WindowPartials {
     pub cohorts: CohortLessons,
 }
 
+/// One source's scores of the terminal detectors in one window, counted per
+/// bin of the fleet calibration's histogram (`termwatch_alerts::calibration`
+/// bins them): what the merging stage's calibration of those detectors
+/// adds, every source's summed, as one process adds every terminal's.
+/// A terminal is scored only once its window's lessons are back (its
+/// site's verdict, the thresholds), so a source publishes these after the
+/// window and before its progress passes the next one, and the merger
+/// hands them out with the next window it closes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WindowScores {
+    pub end_ms: i64,
+    pub detectors: Vec<DetectorScores>,
+}
+
+/// One detector's scores of a window: (bin, scores in it), bins ascending.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DetectorScores {
+    pub kind: AlertKind,
+    pub scope: Scope,
+    pub bins: Vec<(u16, u32)>,
+}
+
+impl WindowScores {
+    /// Adds another source's scores of the same window.
+    pub fn merge(&mut self, other: &WindowScores) {
+        for theirs in &other.detectors {
+            let i = match self.detectors.iter().position(|d| (d.kind, d.scope) == (theirs.kind, theirs.scope)) {
+                Some(i) => i,
+                None => {
+                    self.detectors.push(DetectorScores { kind: theirs.kind, scope: theirs.scope, bins: Vec::new() });
+                    self.detectors.len() - 1
+                }
+            };
+            let mine = &mut self.detectors[i];
+            let mut bins: BTreeMap<u16, u32> = mine.bins.iter().copied().collect();
+            for &(bin, n) in &theirs.bins {
+                let c = bins.entry(bin).or_default();
+                *c = c.saturating_add(n);
+            }
+            mine.bins = bins.into_iter().collect();
+        }
+    }
+}
+
 /// A site's voltage row, merged.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MergedSite {
@@ -354,6 +400,10 @@ pub struct MergedWindow {
     /// Source partitions whose partials were not in when it closed (the
     /// allowed lateness passed, or the open windows reached their bound).
     pub missing: Vec<Box<str>>,
+    /// The terminal detectors' scores of the windows before it not handed
+    /// out yet, every source's merged, oldest first: what the fleet
+    /// calibration adds before it gives the thresholds for this window.
+    pub scores: Vec<WindowScores>,
 }
 
 /// What the merging stage dropped or closed early, since it was built.
@@ -368,6 +418,9 @@ pub struct MergerCounts {
     pub unknown_source: u64,
     /// Windows closed without every source's partials.
     pub incomplete_windows: u64,
+    /// Scores of a window whose next window had closed (and taken the
+    /// scores then in), or pushed out by the bound. Dropped.
+    pub late_scores: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -420,6 +473,11 @@ pub struct WindowMerger {
     closed_through: i64,
     allowed_lateness_ms: i64,
     max_open_windows: usize,
+    /// Terminal detectors' scores waiting for the next window to close, by
+    /// window end: the sources in, and their sum. As bounded as `open`.
+    scores: BTreeMap<i64, (BTreeSet<Box<str>>, WindowScores)>,
+    /// Scores of windows ending before this have been handed out.
+    scores_through: i64,
     /// Process counters, for metrics: not part of the state.
     #[serde(skip)]
     counts: MergerCounts,
@@ -435,6 +493,8 @@ impl WindowMerger {
             closed_through: i64::MIN,
             allowed_lateness_ms: allowed_lateness_ms.max(0),
             max_open_windows: max_open_windows.max(1),
+            scores: BTreeMap::new(),
+            scores_through: i64::MIN,
             counts: MergerCounts::default(),
         }
     }
@@ -469,13 +529,28 @@ impl WindowMerger {
                 self.max_open_windows, self.allowed_lateness_ms
             ));
         }
-        if self.open.len() > self.max_open_windows {
-            return Err(format!("{} open windows, bound {}", self.open.len(), self.max_open_windows));
+        if self.open.len() > self.max_open_windows || self.scores.len() > self.max_open_windows {
+            return Err(format!(
+                "{} open windows and {} windows of scores, bound {}",
+                self.open.len(),
+                self.scores.len(),
+                self.max_open_windows
+            ));
+        }
+        if let Some(&end) = self.scores.keys().next().filter(|end| **end < self.scores_through) {
+            return Err(format!(
+                "scores of the window ending {end} wait but those before {} are out",
+                self.scores_through
+            ));
         }
         if let Some((&end, _)) = self.open.first_key_value().filter(|(end, _)| **end <= self.closed_through) {
             return Err(format!("window ending {end} is open but windows through {} are closed", self.closed_through));
         }
-        let mut named = self.ended.iter().chain(self.open.values().flat_map(|w| &w.from));
+        let mut named = self
+            .ended
+            .iter()
+            .chain(self.open.values().flat_map(|w| &w.from))
+            .chain(self.scores.values().flat_map(|(from, _)| from));
         if let Some(s) = named.find(|s| !self.progress.contains_key(*s)) {
             return Err(format!("source {s:?} is not one of the merger's"));
         }
@@ -522,6 +597,44 @@ impl WindowMerger {
         // Every source may be past it already, or long past it.
         closed.extend(self.close_ready());
         closed
+    }
+
+    /// Takes a source's scores of the terminal detectors in one window (see
+    /// [`WindowScores`]); they go out with the next window that closes.
+    pub fn offer_scores(&mut self, source: &str, scores: WindowScores) {
+        if !self.progress.contains_key(source) {
+            self.counts.unknown_source += 1;
+            return;
+        }
+        if scores.end_ms < self.scores_through {
+            self.counts.late_scores += 1;
+            return;
+        }
+        let (from, sum) = self.scores.entry(scores.end_ms).or_default();
+        if !from.insert(source.into()) {
+            self.counts.duplicate_partials += 1;
+            return;
+        }
+        sum.end_ms = scores.end_ms;
+        sum.merge(&scores);
+        // Sources that publish scores of windows far apart (a bad actor,
+        // or a replica days behind) cannot grow the map: the oldest go.
+        while self.scores.len() > self.max_open_windows {
+            if let Some((_, (from, _))) = self.scores.pop_first() {
+                self.counts.late_scores += from.len() as u64;
+            }
+        }
+    }
+
+    /// Hands out every source's scores still waiting for a next window:
+    /// at the end of a history, when none will close. Scores of those
+    /// windows that come after are late.
+    pub fn take_scores(&mut self) -> Vec<WindowScores> {
+        let taken = std::mem::take(&mut self.scores);
+        if let Some(&last) = taken.keys().next_back() {
+            self.scores_through = self.scores_through.max(last.saturating_add(1));
+        }
+        taken.into_values().map(|(_, s)| s).collect()
     }
 
     /// A source has published every window ending at or before `through_ms`.
@@ -593,6 +706,9 @@ impl WindowMerger {
         if !missing.is_empty() {
             self.counts.incomplete_windows += 1;
         }
+        let later = self.scores.split_off(&end_ms);
+        let scores = std::mem::replace(&mut self.scores, later).into_values().map(|(_, s)| s).collect();
+        self.scores_through = self.scores_through.max(end_ms);
         MergedWindow {
             end_ms,
             sites: w
@@ -603,6 +719,7 @@ impl WindowMerger {
             regions: w.regions.into_iter().map(|(r, mut p)| (r, p.features())).collect(),
             cohorts: w.cohorts,
             missing,
+            scores,
         }
     }
 }
@@ -767,6 +884,48 @@ mod tests {
         assert_eq!(closed.iter().map(|w| w.end_ms).collect::<Vec<_>>(), [600]);
         assert!(closed[0].missing.is_empty(), "b was past 600 without a partial: it had no terminal there");
         assert_eq!(m.counts(), MergerCounts::default());
+    }
+
+    fn scores(end_ms: i64, bins: &[(u16, u32)]) -> WindowScores {
+        let d = DetectorScores { kind: AlertKind::VoltageInstability, scope: Scope::Terminal, bins: bins.to_vec() };
+        WindowScores { end_ms, detectors: vec![d] }
+    }
+
+    #[test]
+    fn scores_go_out_summed_with_the_next_window_once_per_source_and_late_ones_are_counted() {
+        let mut m = WindowMerger::new(&["a", "b"], 3_600_000, 3);
+        for s in ["a", "b"] {
+            m.offer(s, at(300, site(1.0)));
+            m.progress(s, 300);
+        }
+        // The lessons of 300 went out; each source's scores of 300 come
+        // back before its next window, one of them twice (a restarted
+        // replica publishing again).
+        m.offer_scores("a", scores(300, &[(3, 2), (7, 1)]));
+        m.offer_scores("b", scores(300, &[(7, 4), (9, 1)]));
+        m.offer_scores("b", scores(300, &[(7, 4), (9, 1)]));
+        m.offer_scores("z", scores(300, &[(1, 1)]));
+        assert_eq!((m.counts().duplicate_partials, m.counts().unknown_source), (1, 1));
+        m.offer("a", at(600, site(1.0)));
+        m.progress("a", 600);
+        let closed = m.progress("b", 600);
+        assert_eq!(closed.len(), 1);
+        assert_eq!(closed[0].scores, vec![scores(300, &[(3, 2), (7, 5), (9, 1)])]);
+        assert!(m.check().is_ok());
+        // Scores of 300 now are late: the calibration has moved past them.
+        m.offer_scores("a", scores(300, &[(3, 1)]));
+        assert_eq!(m.counts().late_scores, 1);
+        // A source publishing scores of windows far apart cannot grow the
+        // map past the bound: the oldest go, counted.
+        for w in 1..=5 {
+            m.offer_scores("a", scores(600 * w, &[(1, 1)]));
+        }
+        assert_eq!(m.counts().late_scores, 3);
+        assert!(m.check().is_ok());
+        // At the end of a history the last scores are handed out whole.
+        assert_eq!(m.take_scores().iter().map(|s| s.end_ms).collect::<Vec<_>>(), [1_800, 2_400, 3_000]);
+        m.offer_scores("b", scores(3_000, &[(1, 1)]));
+        assert_eq!(m.counts().late_scores, 4);
     }
 
     #[test]

@@ -15,8 +15,10 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use termwatch_telemetry::alerts::{AlertKind, Scope};
+
 use crate::engine::{FeatureEngine, WindowRows};
-use crate::partial::{CohortLessons, MergedWindow, WindowMerger, WindowPartials};
+use crate::partial::{CohortLessons, MergedWindow, WindowMerger, WindowPartials, WindowScores};
 
 /// The value's first byte. A format this build does not know is refused,
 /// not guessed at: stage 2 is upgraded before stage 1.
@@ -27,6 +29,8 @@ pub const FORMAT: u8 = 1;
 pub enum PartialsRecord {
     /// One closed window's partials.
     Window(WindowPartials),
+    /// The terminal detectors' scores of a window whose lessons came back.
+    Scores(WindowScores),
     /// Every window ending at or before this (ms) has been published.
     Progress(i64),
     /// The source has published everything it has for now (a history read
@@ -35,23 +39,33 @@ pub enum PartialsRecord {
 }
 
 /// What the merging stage hands back to stage 1 after closing windows:
-/// each closed window's merged cohort lessons, and that every window ending
-/// at or before `through_ms` is closed (those without lessons too). Every
-/// stage-1 replica reads every record (the topic has one partition and no
-/// consumer group), and learns it with [`learn`].
+/// what each closed window taught, and that every window ending at or
+/// before `through_ms` is closed (those not listed too). Every stage-1
+/// replica reads every record (the topic has one partition and no consumer
+/// group), and learns it before it closes its next window.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Lessons {
     pub through_ms: i64,
-    /// (window end, its merged lessons), oldest first.
-    pub windows: Vec<(i64, CohortLessons)>,
+    /// Oldest first.
+    pub windows: Vec<WindowLessons>,
 }
 
-impl Lessons {
-    /// What the merger's closed windows teach, up to where it has closed.
-    pub fn of(merger: &WindowMerger, closed: &[MergedWindow]) -> Option<Lessons> {
-        let through_ms = merger.closed_through()?;
-        Some(Lessons { through_ms, windows: closed.iter().map(|m| (m.end_ms, m.cohorts.clone())).collect() })
-    }
+/// What one merged window tells stage 1, which scores its terminals only
+/// once it knows: one process decides them with the window's sites, and
+/// with thresholds that follow the whole fleet.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WindowLessons {
+    pub end_ms: i64,
+    /// Every source's cohort lessons, merged.
+    pub cohorts: CohortLessons,
+    /// Sites whose voltage score reached its threshold in the window, or
+    /// whose alert is firing, by `site_id` in name order: their terminals'
+    /// supply trouble is the site's mains, paged once at site scope.
+    pub bad_sites: Vec<Box<str>>,
+    /// The thresholds the terminal detectors' rows of the window are
+    /// judged at, `(kind, scope, threshold, critical)`: the fleet
+    /// calibration's, every terminal's scores of the windows before it in.
+    pub thresholds: Vec<(AlertKind, Scope, f64, f64)>,
 }
 
 /// Why a record of a topic between the stages was not read.
@@ -113,6 +127,10 @@ pub fn apply(merger: &mut WindowMerger, key: Option<&[u8]>, value: &[u8]) -> Res
     let source = source(key)?;
     Ok(match decode::<PartialsRecord>(value)? {
         PartialsRecord::Window(w) => merger.offer(source, w),
+        PartialsRecord::Scores(s) => {
+            merger.offer_scores(source, s);
+            Vec::new()
+        }
         PartialsRecord::Progress(through) => merger.progress(source, through),
         PartialsRecord::End => merger.end_of_source(source),
     })
@@ -123,7 +141,7 @@ pub fn apply(merger: &mut WindowMerger, key: Option<&[u8]>, value: &[u8]) -> Res
 /// read changes nothing.
 pub fn learn(engine: &mut FeatureEngine, value: &[u8]) -> Result<Vec<WindowRows>, WireError> {
     let lessons: Lessons = decode(value)?;
-    Ok(engine.learn_cohorts(lessons.through_ms, lessons.windows.iter().map(|(end, c)| (*end, c))))
+    Ok(engine.learn_cohorts(lessons.through_ms, lessons.windows.iter().map(|w| (w.end_ms, &w.cohorts))))
 }
 
 #[cfg(test)]
@@ -148,7 +166,15 @@ mod tests {
 
     #[test]
     fn a_record_reads_back_as_written() {
-        for r in [window(300_000), PartialsRecord::Progress(600_000), PartialsRecord::End] {
+        let scores = PartialsRecord::Scores(WindowScores {
+            end_ms: 300_000,
+            detectors: vec![crate::partial::DetectorScores {
+                kind: AlertKind::VoltageInstability,
+                scope: Scope::Terminal,
+                bins: vec![(12, 3), (639, 1)],
+            }],
+        });
+        for r in [window(300_000), scores, PartialsRecord::Progress(600_000), PartialsRecord::End] {
             let bytes = encode(&r).expect("encode");
             assert_eq!(bytes[0], FORMAT);
             // NaN is not equal to itself: compare the encodings.
@@ -198,7 +224,15 @@ mod tests {
     fn lessons_that_cannot_be_read_teach_nothing() {
         let mut engine = FeatureEngine::new(crate::FeatureConfig::default());
         engine.share_cohorts(true);
-        let lessons = Lessons { through_ms: 600_000, windows: vec![(300_000, CohortLessons::default())] };
+        let lessons = Lessons {
+            through_ms: 600_000,
+            windows: vec![WindowLessons {
+                end_ms: 300_000,
+                bad_sites: vec!["S-1".into()],
+                thresholds: vec![(AlertKind::HardwareAging, Scope::Terminal, 0.5, 0.9)],
+                ..WindowLessons::default()
+            }],
+        };
         let bytes = encode(&lessons).expect("encode");
         assert_eq!(decode::<Lessons>(&bytes), Ok(lessons));
         for bad in [&bytes[..bytes.len() - 1], &[], &[2, 0]] {
