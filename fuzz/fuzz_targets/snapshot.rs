@@ -63,6 +63,10 @@ fuzz_target!(|data: &[u8]| {
         let again = snap.to_bytes().expect("a snapshot that was read can be written");
         let back = Snapshot::from_bytes(&again, "fuzz").expect("a snapshot written reads back");
         assert_eq!(canonical(&snap), canonical(&back), "a snapshot changed on its way back");
+        // A stage-1 scorer's state is checked before it is used.
+        if let Some(stage_one) = &snap.stage_one {
+            let _ = stage_one.check(6, 8);
+        }
         // Scoring restores a snapshot only into a model of the same feature
         // configuration, and only an engine that passes its check (both
         // before the engine is used: `Scorer::restore_snapshot`).

@@ -9,11 +9,13 @@
 //! docs/two-stages.md, the partials topic carries each closed window's site
 //! and region partials to the merging stage, which scores sites and
 //! regions ([`regional`]), and the lessons topic carries what it merged
-//! back ([`stage_topics`]).
+//! back ([`stage_topics`]); [`merging`] runs that stage as a loop.
 
 pub mod alerting;
 pub mod calibration;
 pub mod cold;
+#[cfg(feature = "kafka")]
+pub mod merging;
 pub mod metrics;
 pub mod regional;
 pub mod scoring;

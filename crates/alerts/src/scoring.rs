@@ -17,7 +17,7 @@ use termwatch_models::artifact::{DETECTORS, ModelError, ModelSet, scored_at_site
 use crate::alerting::{AlertTracker, Scored};
 use crate::calibration::{FleetCalibration, FleetThreshold, bin_counts};
 use crate::cold::{ColdStats, ColdStore};
-use crate::snapshot::{PartitionSnapshot, Snapshot, SnapshotError, SnapshotRef};
+use crate::snapshot::{HeldRow, HeldWindow, PartitionSnapshot, Snapshot, SnapshotError, SnapshotRef, StageOne};
 use termwatch_models::detector::{CRITICAL_OFF, Detector, is_critical};
 
 /// Features, detectors and alert state together: batches in, alert events out.
@@ -44,8 +44,7 @@ pub struct Scorer {
 }
 
 /// What a stage-1 scorer keeps besides its engine (docs/two-stages.md):
-/// the windows whose terminals wait for their lessons, and the records
-/// for the partials topic.
+/// what its snapshot keeps ([`StageOne`]), and a count.
 #[derive(Debug, Default)]
 struct Split {
     /// Closed windows' terminal rows, oldest first. The engine closes no
@@ -57,24 +56,6 @@ struct Split {
     thresholds: Vec<(AlertKind, Scope, f64, f64)>,
     /// Held windows scored without lessons of their own.
     untaught: u64,
-}
-
-/// A closed window's terminal rows, by name: the engine may forget an
-/// idle terminal, or hand its index to another, before the lessons come.
-#[derive(Debug)]
-struct HeldWindow {
-    end_ms: i64,
-    voltage: Vec<HeldRow<6>>,
-    aging: Vec<HeldRow<8>>,
-}
-
-#[derive(Debug)]
-struct HeldRow<const N: usize> {
-    terminal: Box<str>,
-    site: Box<str>,
-    region: Box<str>,
-    features: [f64; N],
-    baselines: [f64; N],
 }
 
 /// One firmware version's latest release health.
@@ -266,22 +247,12 @@ impl Scorer {
                 Box::from(engine.region_name(engine.terminal_region(t))),
             )
         };
-        let voltage = w
-            .terminal_voltage
-            .iter()
-            .map(|r| {
-                let (terminal, site, region) = named(r.terminal);
-                HeldRow { terminal, site, region, features: r.features, baselines: r.baselines }
-            })
-            .collect();
-        let aging = w
-            .aging
-            .iter()
-            .map(|r| {
-                let (terminal, site, region) = named(r.terminal);
-                HeldRow { terminal, site, region, features: r.features, baselines: r.baselines }
-            })
-            .collect();
+        let row = |t: u32, features: &[f64], baselines: &[f64]| {
+            let (terminal, site, region) = named(t);
+            HeldRow { terminal, site, region, features: features.into(), baselines: baselines.into() }
+        };
+        let voltage = w.terminal_voltage.iter().map(|r| row(r.terminal, &r.features, &r.baselines)).collect();
+        let aging = w.aging.iter().map(|r| row(r.terminal, &r.features, &r.baselines)).collect();
         self.score_firmware(&w, events);
         let partials = WindowPartials {
             end_ms: w.end_ms,
@@ -323,11 +294,13 @@ impl Scorer {
     /// says, in words, what input the state covers.
     pub fn save_snapshot(&self, path: &Path, position: &str) -> Result<u64, SnapshotError> {
         let alerts = self.alerts.snapshot();
+        let stage_one = self.stage_one();
         SnapshotRef {
             model_version: &self.models.version,
             engine: &self.engine,
             alerts: &alerts,
             fleet: &self.fleet,
+            stage_one: stage_one.as_ref(),
             position,
         }
         .save(path)
@@ -350,6 +323,26 @@ impl Scorer {
             return Err(SnapshotError::Features { path: p });
         }
         snap.engine.check().map_err(|cause| SnapshotError::Decode { path: p.clone(), cause })?;
+        // A stage-1 scorer's held windows would be lost on one process.
+        let stage_one = match (&self.split, snap.stage_one) {
+            (None, Some(_)) => return Err(SnapshotError::StageOne { path: p }),
+            (None, None) => None,
+            // One process's state goes on as stage 1 (a deployment split).
+            (Some(_), state) => Some(state.unwrap_or_default()),
+        };
+        if let Some(state) = &stage_one {
+            let width = |kind, scope| {
+                self.models.detector(kind, scope).map_or(0, |_| match kind {
+                    AlertKind::HardwareAging => termwatch_features::names::AGING.len(),
+                    _ => termwatch_features::names::TERMINAL_VOLTAGE.len(),
+                })
+            };
+            let (voltage, aging) = (
+                width(AlertKind::VoltageInstability, Scope::Terminal),
+                width(AlertKind::HardwareAging, Scope::Terminal),
+            );
+            state.check(voltage, aging).map_err(|cause| SnapshotError::Decode { path: p.clone(), cause })?;
+        }
         // Neither is changed when its part is refused.
         let mut fleet = self.fleet.clone();
         fleet.restore(snap.fleet).map_err(|cause| SnapshotError::Decode { path: p.clone(), cause })?;
@@ -360,6 +353,11 @@ impl Scorer {
         self.engine.set_limits(limits);
         self.engine.mark_restored();
         self.engine.keep_departed(self.cold.is_some());
+        if let (Some(split), Some(state)) = (self.split.as_mut(), stage_one) {
+            self.engine.emit_partials(true);
+            self.engine.share_cohorts(true);
+            *split = Split { held: state.held.into(), outbox: state.outbox, thresholds: state.thresholds, untaught: 0 };
+        }
         Ok(snap.position)
     }
 
@@ -380,9 +378,19 @@ impl Scorer {
             engine: &engine,
             alerts: &alerts,
             fleet: &self.fleet,
+            stage_one: self.stage_one().as_ref(),
             position,
         }
         .save(path)
+    }
+
+    /// A stage-1 scorer's own state, for its snapshot.
+    fn stage_one(&self) -> Option<StageOne> {
+        self.split.as_ref().map(|s| StageOne {
+            held: s.held.iter().cloned().collect(),
+            outbox: s.outbox.clone(),
+            thresholds: s.thresholds.clone(),
+        })
     }
 
     /// Saves the state of the terminals `owned` selects (one partition's)

@@ -17,6 +17,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use termwatch_features::{Departed, FeatureConfig, FeatureEngine, SourceProgress, TerminalStates};
 
+use termwatch_telemetry::alerts::{AlertKind, Scope};
+
 use crate::alerting::AlertSnapshot;
 use crate::calibration::FleetCalibration;
 use termwatch_models::training::{FNV_OFFSET, fnv1a};
@@ -47,7 +49,9 @@ const REGIONAL_MAGIC: &[u8; 6] = b"TWREGN";
 ///     has added (a burst of errors is one event).
 /// 12: each cohort's pooled spread of its terminals about their own levels
 ///     (a young terminal's voltage is judged by its own first windows too).
-const FORMAT: u32 = 12;
+/// 13: a stage-1 scorer's windows waiting for their lessons, its records
+///     for the partials topic not yet taken, and the thresholds taught.
+const FORMAT: u32 = 13;
 const HEADER: usize = 6 + 4 + 8;
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +78,11 @@ pub enum SnapshotError {
     Partition { path: String, found: String, expected: String },
     #[error("snapshot {path} merges the partials of {found}, but the telemetry topic's partitions are {expected}")]
     Sources { path: String, found: String, expected: String },
+    #[error(
+        "snapshot {path} is a stage-1 scorer's, with windows waiting for the regional stage's lessons: \
+         restore it into a scorer that runs as stage 1"
+    )]
+    StageOne { path: String },
 }
 
 /// Everything scoring has learned, with what it covers.
@@ -83,6 +92,8 @@ pub struct Snapshot {
     pub engine: FeatureEngine,
     pub alerts: AlertSnapshot,
     pub fleet: FleetCalibration,
+    /// A stage-1 scorer's own state (None for one process).
+    pub stage_one: Option<StageOne>,
     /// Where the input stood when the snapshot was taken, in words (a file
     /// and line, or Kafka offsets), for the operator.
     pub position: String,
@@ -96,6 +107,7 @@ pub struct SnapshotRef<'a> {
     pub engine: &'a FeatureEngine,
     pub alerts: &'a AlertSnapshot,
     pub fleet: &'a FleetCalibration,
+    pub stage_one: Option<&'a StageOne>,
     pub position: &'a str,
 }
 
@@ -115,8 +127,78 @@ impl Snapshot {
             engine: &self.engine,
             alerts: &self.alerts,
             fleet: &self.fleet,
+            stage_one: self.stage_one.as_ref(),
             position: &self.position,
         }
+    }
+}
+
+/// What a stage-1 scorer holds besides its engine and alert state
+/// (docs/two-stages.md): the closed windows whose terminals wait for their
+/// lessons, the records for the partials topic its owner has not taken
+/// (published again after a restore: the merger takes a window's partials
+/// once per source), and the thresholds the latest lessons taught.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StageOne {
+    pub held: Vec<HeldWindow>,
+    pub outbox: Vec<termwatch_features::wire::PartialsRecord>,
+    /// `(kind, scope, threshold, critical)`.
+    pub thresholds: Vec<(AlertKind, Scope, f64, f64)>,
+}
+
+/// A closed window's terminal rows, waiting for its lessons; by name, since
+/// the engine may forget an idle terminal, or give its index to another,
+/// before they come.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeldWindow {
+    pub end_ms: i64,
+    /// Voltage rows (`names::TERMINAL_VOLTAGE`).
+    pub voltage: Vec<HeldRow>,
+    /// Hardware aging rows (`names::AGING`).
+    pub aging: Vec<HeldRow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeldRow {
+    pub terminal: Box<str>,
+    pub site: Box<str>,
+    pub region: Box<str>,
+    pub features: Box<[f64]>,
+    /// What the features were measured against, for alert reasons.
+    pub baselines: Box<[f64]>,
+}
+
+/// More windows than a stage-1 scorer ever holds (one or two: it closes
+/// none before the one before it is learnt).
+pub const MAX_HELD_WINDOWS: usize = 64;
+
+impl StageOne {
+    /// Refuses a state read back that this code would never have produced:
+    /// more windows than it holds, windows out of order, rows of another
+    /// width, or thresholds that are not probabilities.
+    pub fn check(&self, voltage_width: usize, aging_width: usize) -> Result<(), String> {
+        if self.held.len() > MAX_HELD_WINDOWS {
+            return Err(format!("{} windows held, at most {MAX_HELD_WINDOWS}", self.held.len()));
+        }
+        if self.held.windows(2).any(|w| w[0].end_ms >= w[1].end_ms) {
+            return Err("held windows out of order".into());
+        }
+        for h in &self.held {
+            let rows = h.voltage.iter().map(|r| (r, voltage_width)).chain(h.aging.iter().map(|r| (r, aging_width)));
+            for (r, width) in rows {
+                if r.features.len() != width || r.baselines.len() != width {
+                    return Err(format!(
+                        "a row of terminal {:?} of {} features, not {width}",
+                        r.terminal,
+                        r.features.len()
+                    ));
+                }
+            }
+        }
+        if let Some(t) = self.thresholds.iter().find(|t| !(0.0..=1.0).contains(&t.2) || !(0.0..=1.0).contains(&t.3)) {
+            return Err(format!("thresholds {} and {} of {} {}", t.2, t.3, t.0, t.1));
+        }
+        Ok(())
     }
 }
 
@@ -400,8 +482,38 @@ mod tests {
             engine: FeatureEngine::new(FeatureConfig::default()),
             alerts,
             fleet: FleetCalibration::default(),
+            stage_one: None,
             position: "test".into(),
         }
+    }
+
+    #[test]
+    fn a_stage_one_state_this_code_would_not_write_is_refused() {
+        let row = |width: usize| HeldRow {
+            terminal: "T-1".into(),
+            site: "S-1".into(),
+            region: "r1".into(),
+            features: vec![0.5; width].into(),
+            baselines: vec![0.0; width].into(),
+        };
+        let window = |end_ms| HeldWindow { end_ms, voltage: vec![row(6)], aging: vec![row(8)] };
+        let good = StageOne {
+            held: vec![window(300_000), window(600_000)],
+            outbox: Vec::new(),
+            thresholds: vec![(AlertKind::VoltageInstability, Scope::Terminal, 0.6, 1.0)],
+        };
+        assert_eq!(good.check(6, 8), Ok(()));
+        let mut bad = good.clone();
+        bad.held.reverse();
+        assert!(bad.check(6, 8).expect_err("refused").contains("out of order"));
+        let mut bad = good.clone();
+        bad.held[1].aging.push(row(6));
+        assert!(bad.check(6, 8).expect_err("refused").contains("not 8"));
+        let mut bad = good.clone();
+        bad.thresholds[0].2 = f64::NAN;
+        assert!(bad.check(6, 8).expect_err("refused").contains("thresholds"));
+        let bad = StageOne { held: (0..=MAX_HELD_WINDOWS as i64).map(window).collect(), ..good };
+        assert!(bad.check(6, 8).expect_err("refused").contains("windows held"));
     }
 
     #[test]

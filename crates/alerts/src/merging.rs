@@ -1,0 +1,168 @@
+//! Stage 2 as a service loop (docs/two-stages.md): reads the partials
+//! topic in its consumer group, merges and scores each window once every
+//! source has passed it ([`RegionalStage`]), hands each closed window's
+//! lessons back on the lessons topic, and snapshots before it commits.
+//! The owner writes the alert events out and decides when to checkpoint.
+//!
+//! At least once: lessons are delivered before [`MergingStage::step`]
+//! returns, and offsets are committed only by [`MergingStage::checkpoint`],
+//! after a snapshot that covers them. A successor restored from that
+//! snapshot reads on from the commit: it closes again the windows closed
+//! after it, raises their events again, and publishes their lessons again
+//! (an engine learns a window once).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use termwatch_features::partial::WindowMerger;
+use termwatch_features::wire::Lessons;
+use termwatch_models::artifact::ModelSet;
+use termwatch_pipeline::KafkaConfig;
+use termwatch_telemetry::alerts::AlertEvent;
+
+use crate::regional::RegionalStage;
+use crate::stage_topics::{PartialsReader, StagePublisher, Unreadable};
+
+/// Where stage 2 reads and writes, and how it merges.
+#[derive(Debug, Clone)]
+pub struct MergingConfig {
+    pub partials_topic: String,
+    pub lessons_topic: String,
+    /// Stage 2's consumer group: one member reads, the others stand by.
+    pub group: String,
+    /// The telemetry topic's partitions, as sources (`telemetry-3`).
+    pub sources: Vec<String>,
+    /// How long after the newest source passes a window it closes without
+    /// the sources still missing (counted).
+    pub allowed_lateness_ms: i64,
+    /// Open windows at most; the oldest closes first, counted.
+    pub max_open_windows: usize,
+    /// The snapshot file, if the stage keeps one.
+    pub state: Option<PathBuf>,
+    /// How long a read or a delivery may take before it is an error.
+    pub timeout: Duration,
+}
+
+/// How a [`MergingStage`] started: from its snapshot (with the position it
+/// covers), cold, or cold because its snapshot was refused (why).
+#[derive(Debug)]
+pub enum Started {
+    Restored(String),
+    Cold,
+    Refused(String),
+}
+
+/// What one [`MergingStage::step`] did.
+#[derive(Debug, Default)]
+pub struct Stepped {
+    pub events: Vec<AlertEvent>,
+    /// The ends of the windows it closed, oldest first.
+    pub closed: Vec<i64>,
+    /// Whether it published lessons.
+    pub taught: bool,
+    pub unreadable: Vec<Unreadable>,
+    /// Records read, those it could not read included.
+    pub records: usize,
+}
+
+/// Stage 2: the partials reader, the regional stage and the lessons
+/// publisher, in the order the protocol needs.
+pub struct MergingStage {
+    reader: PartialsReader,
+    stage: RegionalStage,
+    lessons: StagePublisher,
+    /// Where the merger had closed through when lessons last went out.
+    taught_through: Option<i64>,
+    state: Option<PathBuf>,
+    position: String,
+    timeout: Duration,
+}
+
+impl MergingStage {
+    /// Joins the group, from the snapshot when there is a usable one. A
+    /// snapshot of another model or other sources, or a damaged one, is
+    /// refused (said in [`Started::Refused`]) and the stage starts cold;
+    /// what the topic still holds after the group's commit is read again.
+    pub fn start(
+        kafka: &KafkaConfig,
+        config: &MergingConfig,
+        models: ModelSet,
+    ) -> anyhow::Result<(MergingStage, Started)> {
+        let sources: Vec<&str> = config.sources.iter().map(String::as_str).collect();
+        let mut stage = RegionalStage::new(models).context("regional stage")?;
+        let (merger, started) = match config.state.as_deref().filter(|p| p.exists()) {
+            None => (None, Started::Cold),
+            Some(path) => match stage.restore_snapshot(path, &sources) {
+                Ok((merger, position)) => (Some(merger), Started::Restored(position)),
+                Err(e) => (None, Started::Refused(e.to_string())),
+            },
+        };
+        let merger =
+            merger.unwrap_or_else(|| WindowMerger::new(&sources, config.allowed_lateness_ms, config.max_open_windows));
+        let taught_through = merger.closed_through();
+        let reader = PartialsReader::new(kafka, &config.partials_topic, &config.group, merger, config.timeout)?;
+        let lessons = StagePublisher::new(kafka, &config.lessons_topic)?;
+        let position = format!("group {} on {}", config.group, config.partials_topic);
+        let me = MergingStage {
+            reader,
+            stage,
+            lessons,
+            taught_through,
+            state: config.state.clone(),
+            position,
+            timeout: config.timeout,
+        };
+        Ok((me, started))
+    }
+
+    /// Reads what has arrived (waiting up to `max_wait` for the first
+    /// record, up to `max_records`), scores the windows that closes, and
+    /// publishes their lessons, delivered before it returns.
+    pub fn step(&mut self, max_records: usize, max_wait: Duration) -> anyhow::Result<Stepped> {
+        let polled = self.reader.poll(max_records, max_wait).context("partials topic")?;
+        let closed = polled.merged.iter().map(|w| w.end_ms).collect();
+        let (events, windows) = self.stage.score(polled.merged);
+        let through = self.reader.merger().closed_through();
+        let mut taught = false;
+        if let Some(through_ms) = through.filter(|_| through != self.taught_through) {
+            self.lessons.publish_lessons(&Lessons { through_ms, windows })?;
+            self.lessons.flush(self.timeout)?;
+            self.taught_through = through;
+            taught = true;
+        }
+        Ok(Stepped { events, closed, taught, unreadable: polled.unreadable, records: polled.records })
+    }
+
+    /// Writes the snapshot, then commits what it covers: the bytes written
+    /// (None without a snapshot file, when nothing is committed either: a
+    /// commit without a snapshot would lose the merger's open windows).
+    pub fn checkpoint(&mut self) -> anyhow::Result<Option<u64>> {
+        let Some(path) = &self.state else { return Ok(None) };
+        let bytes = self.stage.save_snapshot(self.reader.merger(), path, &self.position)?;
+        self.reader.commit().context("partials topic: commit")?;
+        Ok(Some(bytes))
+    }
+
+    /// At the end of a history: the last window's terminal scores, which
+    /// no later window takes out, go into the fleet calibration.
+    /// Returns the windows whose scores those were.
+    pub fn end_of_history(&mut self) -> usize {
+        let last = self.reader.take_scores();
+        self.stage.observe_scores(&last);
+        last.len()
+    }
+
+    pub fn regional(&self) -> &RegionalStage {
+        &self.stage
+    }
+
+    pub fn reader(&self) -> &PartialsReader {
+        &self.reader
+    }
+
+    /// Lessons records and bytes published since it started.
+    pub fn lessons_published(&self) -> (u64, u64) {
+        self.lessons.published()
+    }
+}
