@@ -43,6 +43,11 @@ pub const MEMORY_MS: f64 = 7.0 * 86_400_000.0;
 /// quantile is used: fewer say too little about a tail.
 pub const MIN_TAIL: f64 = 20.0;
 
+/// Scores of one window (every terminal's) that
+/// [`FleetCalibration::observe_counts`] adds one at a time, as
+/// [`FleetCalibration::observe`] does: far more terminals than a fleet has.
+pub const MAX_EXACT_WINDOWS: u64 = 1 << 24;
+
 /// Every detector's calibration to the watched fleet.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct FleetCalibration {
@@ -137,10 +142,19 @@ impl FleetCalibration {
             return;
         }
         d.decay_to(end_ms);
+        // Exact only one at a time (a decayed count plus 2.0 is not always
+        // the count plus 1.0 twice). Past any fleet's terminals in a window
+        // the counts go in whole, so a record of absurd counts costs no
+        // more than the largest fleet's.
+        let exact = bins.iter().map(|(_, n)| u64::from(*n)).sum::<u64>() <= MAX_EXACT_WINDOWS;
         for &(b, n) in bins {
             let Some(c) = d.counts.get_mut(usize::from(b)) else { continue };
-            for _ in 0..n {
-                *c += 1.0;
+            if exact {
+                for _ in 0..n {
+                    *c += 1.0;
+                }
+            } else {
+                *c += f64::from(n);
             }
         }
         d.settle();
@@ -402,6 +416,12 @@ mod tests {
         let before = parts.clone();
         parts.observe_counts(KIND.0, KIND.1, 1 << 40, &[(3, 0)]);
         assert_eq!(parts, before);
+        // Absurd counts (a record no stage 1 wrote) go in whole, and a bin
+        // that is not one is ignored.
+        let mut absurd = calibration(0.6, 0.9, r);
+        absurd.observe_counts(KIND.0, KIND.1, 300_000, &[(0, u32::MAX), (639, u32::MAX), (u16::MAX, 7)]);
+        let windows = absurd.status().next().map(|s| s.windows);
+        assert_eq!(windows, Some(2.0 * f64::from(u32::MAX)));
     }
 
     #[test]

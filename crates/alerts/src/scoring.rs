@@ -141,7 +141,8 @@ impl Scorer {
         for w in &lessons.windows {
             self.score_held(Some(w), w.end_ms, &mut events);
         }
-        // Held windows closed with nothing of this replica's in them.
+        // Held windows this record passes without their lessons: stage 2
+        // closed them without this replica's partials (late).
         self.score_held(None, lessons.through_ms, &mut events);
         let windows =
             self.engine.learn_cohorts(lessons.through_ms, lessons.windows.iter().map(|w| (w.end_ms, &w.cohorts)));
@@ -156,12 +157,23 @@ impl Scorer {
             let Some(split) = self.split.as_mut() else { return };
             let Some(held) = split.held.pop_front_if(|h| h.end_ms <= through_ms) else { return };
             let taught = lessons.filter(|l| l.end_ms == held.end_ms);
+            // Thresholds that are not probabilities (a record stage 2 did
+            // not write) leave the last ones taught in use.
+            let probability =
+                |t: &(AlertKind, Scope, f64, f64)| (0.0..=1.0).contains(&t.2) && (0.0..=1.0).contains(&t.3);
             match taught {
-                Some(l) if !l.thresholds.is_empty() => split.thresholds.clone_from(&l.thresholds),
+                Some(l) if !l.thresholds.is_empty() && l.thresholds.iter().all(probability) => {
+                    split.thresholds.clone_from(&l.thresholds)
+                }
                 Some(_) => {}
                 None => split.untaught += 1,
             }
-            let bad_sites: &[Box<str>] = taught.map_or(&[], |l| &l.bad_sites);
+            // In name order as stage 2 writes them; sorted if not.
+            let mut bad_sites: std::borrow::Cow<'_, [Box<str>]> =
+                taught.map_or(Default::default(), |l| (&l.bad_sites[..]).into());
+            if !bad_sites.is_sorted() {
+                bad_sites.to_mut().sort_unstable();
+            }
             let thresholds = split.thresholds.clone();
             let version = self.models.version.clone();
             let fleet = &self.fleet;

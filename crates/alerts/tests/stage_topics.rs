@@ -645,18 +645,28 @@ fn a_held_window_passed_by_lessons_without_its_own_is_scored_and_counted() {
 /// publishes nothing more. Returns the alert events; the records go to
 /// `published`.
 fn teach_alone(s: &mut Scorer, taught: &mut Option<i64>, published: &mut Vec<PartialsRecord>) -> Vec<AlertEvent> {
+    teach_as(s, taught, published, |w| WindowLessons {
+        end_ms: w.end_ms,
+        cohorts: w.cohorts.clone(),
+        bad_sites: w.sites.first().map(|(site, _)| site.clone()).into_iter().collect(),
+        thresholds: vec![(AlertKind::VoltageInstability, Scope::Terminal, 0.05, CRITICAL_OFF)],
+    })
+}
+
+/// [`teach_alone`] with each window's lessons from `lessons`.
+fn teach_as(
+    s: &mut Scorer,
+    taught: &mut Option<i64>,
+    published: &mut Vec<PartialsRecord>,
+    mut lessons: impl FnMut(&WindowPartials) -> WindowLessons,
+) -> Vec<AlertEvent> {
     let mut events = Vec::new();
     loop {
         let records = s.take_partials();
         let windows: Vec<WindowLessons> = records
             .iter()
             .filter_map(|r| match r {
-                PartialsRecord::Window(w) => Some(WindowLessons {
-                    end_ms: w.end_ms,
-                    cohorts: w.cohorts.clone(),
-                    bad_sites: w.sites.first().map(|(site, _)| site.clone()).into_iter().collect(),
-                    thresholds: vec![(AlertKind::VoltageInstability, Scope::Terminal, 0.05, CRITICAL_OFF)],
-                }),
+                PartialsRecord::Window(w) => Some(lessons(w)),
                 _ => None,
             })
             .collect();
@@ -725,4 +735,49 @@ fn a_stage_one_scorer_restored_while_a_window_waits_goes_on_as_if_never_stopped(
     assert!(published.iter().any(|r| matches!(r, PartialsRecord::Scores(_))));
     let refused = Scorer::new(models).expect("scorer").restore_snapshot(&path).expect_err("one process refuses it");
     assert!(refused.to_string().contains("stage-1") && refused.to_string().contains("stage-one.snap"), "{refused}");
+}
+
+/// Lessons no stage 2 would write: sites judged bad out of name order, and
+/// thresholds that are not probabilities every other window. The sites
+/// are taken whatever their order, and the thresholds taught last stay in
+/// use: the same alert events as from the lessons stage 2 writes.
+#[test]
+fn lessons_out_of_order_or_with_thresholds_that_are_not_probabilities_change_nothing() {
+    let (lines, models) = faulty_history_and_models();
+    let mut mine: Vec<&[u8]> = lines.iter().filter(|(s, _)| s == "telemetry-1").map(|(_, l)| l.as_slice()).collect();
+    mine.sort_by_key(|l| decode(l, i64::MAX / 2).map_or(0, |r| r.ts_ms));
+    let lessons = |hostile: bool| {
+        let mut n = 0;
+        move |w: &WindowPartials| {
+            n += 1;
+            // Every other site, in name order from stage 2.
+            let mut bad_sites: Vec<Box<str>> = w.sites.iter().step_by(2).map(|(s, _)| s.clone()).collect();
+            let mut threshold = 0.05;
+            if hostile {
+                bad_sites.reverse();
+                if n % 2 == 0 {
+                    threshold = f64::NAN;
+                }
+            }
+            WindowLessons {
+                end_ms: w.end_ms,
+                cohorts: w.cohorts.clone(),
+                bad_sites,
+                thresholds: vec![(AlertKind::VoltageInstability, Scope::Terminal, threshold, CRITICAL_OFF)],
+            }
+        }
+    };
+    let run = |hostile: bool| {
+        let mut s = Scorer::new(models.clone()).expect("scorer").split();
+        let (mut taught, mut published, mut events) = (None, Vec::new(), Vec::new());
+        let mut teach = lessons(hostile);
+        for chunk in mine.chunks(500) {
+            events.extend(s.process_sourced(&batch(chunk), &[("telemetry-1", chunk.len())]));
+            events.extend(teach_as(&mut s, &mut taught, &mut published, &mut teach));
+        }
+        events.iter().map(key).collect::<Vec<_>>()
+    };
+    let (good, hostile) = (run(false), run(true));
+    assert!(!good.is_empty(), "terminals page at that threshold");
+    assert_eq!(good, hostile);
 }
