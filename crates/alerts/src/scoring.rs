@@ -183,10 +183,16 @@ impl Scorer {
             };
             let mut detectors = Vec::new();
             let mut recorded = Vec::new();
-            if let Some(d) = self.models.detector(AlertKind::VoltageInstability, Scope::Terminal) {
+            let terminal_detectors = [
+                (AlertKind::VoltageInstability, &held.voltage, &bad_sites[..]),
+                (AlertKind::HardwareAging, &held.aging, &[][..]),
+            ];
+            for (kind, rows, bad_sites) in terminal_detectors {
+                let Some(d) = self.models.detector(kind, Scope::Terminal) else { continue };
                 let at = limits(d.kind, d.scope);
+                // What the detector scored itself, for the fleet's calibration.
                 let mut own = Vec::new();
-                for r in &held.voltage {
+                for r in rows {
                     let held_back = bad_sites.binary_search(&r.site).is_ok();
                     let (score, e) = judge_terminal(
                         d,
@@ -209,30 +215,6 @@ impl Scorer {
                 // Only a detector that follows the fleet needs the fleet's scores.
                 if d.fleet.is_some() {
                     detectors.push(DetectorScores { kind: d.kind, scope: d.scope, bins: bin_counts(&own) });
-                }
-            }
-            if let Some(d) = self.models.detector(AlertKind::HardwareAging, Scope::Terminal) {
-                let at = limits(d.kind, d.scope);
-                let mut scores = Vec::new();
-                for r in &held.aging {
-                    let (score, e) = judge_terminal(
-                        d,
-                        at,
-                        &mut self.alerts,
-                        &version,
-                        held.end_ms,
-                        &r.terminal,
-                        &r.region,
-                        false,
-                        &r.features,
-                        &r.baselines,
-                    );
-                    events.extend(e);
-                    scores.push(score);
-                    recorded.push((d.kind, d.scope, score));
-                }
-                if d.fleet.is_some() {
-                    detectors.push(DetectorScores { kind: d.kind, scope: d.scope, bins: bin_counts(&scores) });
                 }
             }
             events.extend(self.alerts.expire(held.end_ms));
