@@ -127,7 +127,7 @@ fn main() {
     ];
     let view = AlertView {
         alerts: &tracker,
-        engine: &engine,
+        engine: Some(&engine),
         events: &[],
         scores: &scores,
         region_scores: &region_scores,

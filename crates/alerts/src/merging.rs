@@ -42,6 +42,34 @@ pub struct MergingConfig {
     pub state: Option<PathBuf>,
     /// How long a read or a delivery may take before it is an error.
     pub timeout: Duration,
+    /// Keep the scores for `/metrics` ([`MergingStage::take_scores`]).
+    pub keep_scores: bool,
+}
+
+/// The sources stage 1 publishes as: every partition of the telemetry
+/// `topics`, named `topic-partition`. A topic the brokers do not know
+/// (or know without partitions) is an error that names it: stage 2 would
+/// otherwise wait for sources that never come, or close every window
+/// without some.
+pub fn telemetry_sources(kafka: &KafkaConfig, topics: &[String], timeout: Duration) -> anyhow::Result<Vec<String>> {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    let consumer: BaseConsumer =
+        kafka.consumer_config().create().with_context(|| format!("metadata client for {}", kafka.brokers))?;
+    let mut sources = Vec::new();
+    for topic in topics {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), timeout)
+            .with_context(|| format!("telemetry topic {topic}: metadata from {}", kafka.brokers))?;
+        let partitions = metadata.topics().iter().find(|t| t.name() == topic).map_or(0, |t| t.partitions().len());
+        if partitions == 0 {
+            anyhow::bail!(
+                "telemetry topic {topic} has no partitions on {}: stage 2 merges its partitions' partials",
+                kafka.brokers
+            );
+        }
+        sources.extend((0..partitions).map(|p| format!("{topic}-{p}")));
+    }
+    Ok(sources)
 }
 
 /// How a [`MergingStage`] started: from its snapshot (with the position it
@@ -64,6 +92,9 @@ pub struct Stepped {
     pub unreadable: Vec<Unreadable>,
     /// Records read, those it could not read included.
     pub records: usize,
+    /// The consumer error that ended the read, if one did: what was read
+    /// before it is scored above, and the next step reads on.
+    pub error: Option<rdkafka::error::KafkaError>,
 }
 
 /// Stage 2: the partials reader, the regional stage and the lessons
@@ -90,7 +121,7 @@ impl MergingStage {
         models: ModelSet,
     ) -> anyhow::Result<(MergingStage, Started)> {
         let sources: Vec<&str> = config.sources.iter().map(String::as_str).collect();
-        let mut stage = RegionalStage::new(models).context("regional stage")?;
+        let mut stage = RegionalStage::new(models).context("regional stage")?.keep_scores(config.keep_scores);
         let (merger, started) = match config.state.as_deref().filter(|p| p.exists()) {
             None => (None, Started::Cold),
             Some(path) => match stage.restore_snapshot(path, &sources) {
@@ -120,7 +151,7 @@ impl MergingStage {
     /// record, up to `max_records`), scores the windows that closes, and
     /// publishes their lessons, delivered before it returns.
     pub fn step(&mut self, max_records: usize, max_wait: Duration) -> anyhow::Result<Stepped> {
-        let polled = self.reader.poll(max_records, max_wait).context("partials topic")?;
+        let polled = self.reader.poll(max_records, max_wait);
         let closed = polled.merged.iter().map(|w| w.end_ms).collect();
         let (events, windows) = self.stage.score(polled.merged);
         let through = self.reader.merger().closed_through();
@@ -131,7 +162,14 @@ impl MergingStage {
             self.taught_through = through;
             taught = true;
         }
-        Ok(Stepped { events, closed, taught, unreadable: polled.unreadable, records: polled.records })
+        Ok(Stepped {
+            events,
+            closed,
+            taught,
+            unreadable: polled.unreadable,
+            records: polled.records,
+            error: polled.error,
+        })
     }
 
     /// Writes the snapshot, then commits what it covers: the bytes written
@@ -155,6 +193,11 @@ impl MergingStage {
 
     pub fn regional(&self) -> &RegionalStage {
         &self.stage
+    }
+
+    /// The site and region scores since the last call, when kept.
+    pub fn take_scores(&mut self) -> crate::regional::Kept {
+        self.stage.take_scores()
     }
 
     pub fn reader(&self) -> &PartialsReader {

@@ -22,6 +22,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::alerting::{AlertTracker, FiringAlert};
 use crate::calibration::FleetThreshold;
+use crate::regional::{Kept, RegionalStage};
 use crate::scoring::{ReleaseHealth, Scorer};
 use prometheus::{
     Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -156,11 +157,132 @@ pub struct AlertMetrics {
     state: Arc<Mutex<State>>,
 }
 
+/// Stage 2's own metrics (docs/two-stages.md): what it read of the
+/// partials topic, the windows it merged, what it dropped and why, and
+/// how far it has closed. A handful of series whatever the fleet.
+#[derive(Clone)]
+pub struct MergingMetrics {
+    records: IntCounterVec,
+    windows: IntCounterVec,
+    dropped: IntCounterVec,
+    open_windows: IntGauge,
+    closed_through: Gauge,
+    lessons: IntCounter,
+}
+
+/// What stage 2 has done since it started, for [`MergingMetrics::observe`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Merging {
+    /// Partials records read, and those that could not be read.
+    pub read: u64,
+    pub unreadable: u64,
+    /// Windows closed.
+    pub windows: u64,
+    pub counts: termwatch_features::partial::MergerCounts,
+    pub open_windows: usize,
+    /// Every window ending at or before this has closed, epoch ms.
+    pub closed_through: Option<i64>,
+    /// Lessons records published.
+    pub lessons: u64,
+}
+
+impl MergingMetrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let m = MergingMetrics {
+            records: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "termwatch_partials_records_total",
+                        "Records of the partials topic stage 2 read: outcome read, or unreadable (named in the \
+                         log by partition and offset, read past, changing nothing).",
+                    ),
+                    &["outcome"],
+                )?,
+            )?,
+            windows: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "termwatch_merged_windows_total",
+                        "Windows stage 2 merged and scored: complete (every source had passed them) or incomplete \
+                         (closed by stages.allowed_lateness_s or stages.max_open_windows without some sources).",
+                    ),
+                    &["completeness"],
+                )?,
+            )?,
+            dropped: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "termwatch_partials_dropped_total",
+                        "Partials stage 2 did not merge: duplicate (a stage-1 replica republishing after a \
+                         restart), late (for a window already closed), unknown_source (not a partition of the \
+                         telemetry topics), late_scores (terminal scores past their window).",
+                    ),
+                    &["reason"],
+                )?,
+            )?,
+            open_windows: register(
+                registry,
+                IntGauge::new("termwatch_merging_open_windows", "Windows stage 2 holds open, waiting for sources.")?,
+            )?,
+            closed_through: register(
+                registry,
+                Gauge::new(
+                    "termwatch_merged_through_timestamp_seconds",
+                    "Every window ending at or before this (event time) has been merged and scored by stage 2.",
+                )?,
+            )?,
+            lessons: register(
+                registry,
+                IntCounter::new("termwatch_lessons_published_total", "Lessons records stage 2 published for stage 1.")?,
+            )?,
+        };
+        for outcome in ["read", "unreadable"] {
+            m.records.with_label_values(&[outcome]);
+        }
+        for completeness in ["complete", "incomplete"] {
+            m.windows.with_label_values(&[completeness]);
+        }
+        for reason in ["duplicate", "late", "unknown_source", "late_scores"] {
+            m.dropped.with_label_values(&[reason]);
+        }
+        Ok(m)
+    }
+
+    /// Sets every series from what stage 2 has done since it started.
+    pub fn observe(&self, now: &Merging) {
+        let set = |c: &IntCounter, total: u64| c.inc_by(total.saturating_sub(c.get()));
+        set(&self.records.with_label_values(&["read"]), now.read - now.unreadable.min(now.read));
+        set(&self.records.with_label_values(&["unreadable"]), now.unreadable);
+        let incomplete = now.counts.incomplete_windows.min(now.windows);
+        set(&self.windows.with_label_values(&["complete"]), now.windows - incomplete);
+        set(&self.windows.with_label_values(&["incomplete"]), incomplete);
+        let c = &now.counts;
+        for (reason, total) in [
+            ("duplicate", c.duplicate_partials),
+            ("late", c.late_partials),
+            ("unknown_source", c.unknown_source),
+            ("late_scores", c.late_scores),
+        ] {
+            set(&self.dropped.with_label_values(&[reason]), total);
+        }
+        set(&self.lessons, now.lessons);
+        self.open_windows.set(now.open_windows as i64);
+        if let Some(t) = now.closed_through {
+            self.closed_through.set(t as f64 / 1000.0);
+        }
+    }
+}
+
 /// The parts of a [`Scorer`] one update reads; built by [`AlertMetrics::update`],
 /// or by hand in tests and benchmarks.
 pub struct AlertView<'a> {
     pub alerts: &'a AlertTracker,
-    pub engine: &'a FeatureEngine,
+    /// The feature engine, where this process has one (stage 2 has none:
+    /// its terminals are stage 1's).
+    pub engine: Option<&'a FeatureEngine>,
     /// The alert events the batch caused.
     pub events: &'a [AlertEvent],
     /// Scores computed by the batch, per detector.
@@ -566,7 +688,7 @@ impl AlertMetrics {
         let view = AlertView {
             thresholds: &thresholds,
             alerts: scorer.alerts(),
-            engine: scorer.engine(),
+            engine: Some(scorer.engine()),
             events,
             scores: &scores,
             region_scores: &region_scores,
@@ -576,6 +698,26 @@ impl AlertMetrics {
         };
         self.observe(&view);
         self.export_cold(scorer);
+    }
+
+    /// [`AlertMetrics::update`] for stage 2, which holds no terminals: its
+    /// alerts, the scores `kept` since the last update, and the thresholds
+    /// of every detector (those of the terminal detectors are the ones it
+    /// teaches stage 1).
+    pub fn update_regional(&self, stage: &RegionalStage, kept: &Kept, events: &[AlertEvent]) {
+        let region_scores: Vec<(&str, f64)> = kept.regions.iter().map(|(r, s)| (&**r, *s)).collect();
+        let thresholds: Vec<FleetThreshold> = stage.thresholds().collect();
+        self.observe(&AlertView {
+            alerts: stage.alerts(),
+            engine: None,
+            events,
+            scores: &kept.scores,
+            region_scores: &region_scores,
+            releases: &[],
+            thresholds: &thresholds,
+            model_version: stage.model_version(),
+            now_ms: wall_ms(),
+        });
     }
 
     /// [`AlertMetrics::update`] on an explicit view.
@@ -621,15 +763,17 @@ impl AlertMetrics {
             self.model_info.with_label_values(&[view.model_version]).set(1);
             state.model_version = Some(view.model_version.to_string());
         }
-        if let Some(wm) = view.engine.watermark() {
-            self.watermark.set(wm as f64 / 1000.0);
-            self.event_time_lag.set((view.now_ms - wm) as f64 / 1000.0);
+        if let Some(engine) = view.engine {
+            if let Some(wm) = engine.watermark() {
+                self.watermark.set(wm as f64 / 1000.0);
+                self.event_time_lag.set((view.now_ms - wm) as f64 / 1000.0);
+            }
+            self.export_event_time(&mut state, engine);
+            self.tracked_terminals.set(engine.tracked_terminals() as i64);
+            self.export_limits(&mut state, engine);
         }
-        self.export_event_time(&mut state, view.engine);
         self.export_releases(&mut state, view.releases);
         self.export_thresholds(view.thresholds);
-        self.tracked_terminals.set(view.engine.tracked_terminals() as i64);
-        self.export_limits(&mut state, view.engine);
         self.tracked_alert_entities.set(view.alerts.len() as i64);
         if scored || !view.events.is_empty() || !state.primed {
             self.export_top_k(&mut state, view);
@@ -794,7 +938,7 @@ impl AlertMetrics {
         // Sites of the terminals in the top K, looked up by id for those not known yet.
         for a in firing.iter().filter(|a| a.scope == Scope::Terminal) {
             if !state.sites.contains_key(a.entity)
-                && let Some(site) = view.engine.site_of_terminal(a.entity)
+                && let Some(site) = view.engine.and_then(|e| e.site_of_terminal(a.entity))
             {
                 state.sites.insert(a.entity.to_string(), site.to_string());
             }
@@ -922,7 +1066,7 @@ mod tests {
         let engine = FeatureEngine::new(FeatureConfig::default());
         let view = AlertView {
             alerts: &tracker,
-            engine: &engine,
+            engine: Some(&engine),
             events: &[],
             scores: &[],
             region_scores: &[],
@@ -980,7 +1124,7 @@ mod tests {
         let engine = FeatureEngine::new(FeatureConfig::default());
         metrics.observe(&AlertView {
             alerts: &tracker,
-            engine: &engine,
+            engine: Some(&engine),
             events: &[],
             scores: &[],
             region_scores: &[],
@@ -1015,7 +1159,7 @@ mod tests {
         let scores: Vec<(&str, f64)> = names.iter().map(|n| (n.as_str(), 0.1)).collect();
         let view = AlertView {
             alerts: &tracker,
-            engine: &engine,
+            engine: Some(&engine),
             events: &[],
             scores: &[],
             region_scores: &scores,
@@ -1053,7 +1197,7 @@ mod tests {
         let many: Vec<ReleaseHealth> = (0..RELEASE_TOP_K + 30).map(|i| health(i, i as f64 / 100.0)).collect();
         let view = AlertView {
             alerts: &tracker,
-            engine: &engine,
+            engine: Some(&engine),
             events: &[],
             scores: &[],
             region_scores: &[],
@@ -1101,7 +1245,7 @@ mod tests {
         engine.process_batch(&builder.finish().expect("batch"));
         let view = AlertView {
             alerts: &tracker,
-            engine: &engine,
+            engine: Some(&engine),
             events: &[],
             scores: &[],
             region_scores: &[],

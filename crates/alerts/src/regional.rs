@@ -28,13 +28,40 @@ pub struct RegionalStage {
     models: ModelSet,
     alerts: AlertTracker,
     fleet: FleetCalibration,
+    /// Scores since the last `take_scores`, for `/metrics`; kept only
+    /// when asked for.
+    kept: Option<Kept>,
+}
+
+/// What [`RegionalStage::take_scores`] hands out.
+#[derive(Debug, Default)]
+pub struct Kept {
+    /// Per detector, every score.
+    pub scores: Vec<((AlertKind, Scope), Vec<f64>)>,
+    /// Each region's latest network score, in the order scored.
+    pub regions: Vec<(Box<str>, f64)>,
 }
 
 impl RegionalStage {
     pub fn new(models: ModelSet) -> Result<RegionalStage, ModelError> {
         let alerts = AlertTracker::new(&models.alerting)
             .map_err(|cause| ModelError::Alerting { path: models.version.clone(), cause })?;
-        Ok(RegionalStage { fleet: FleetCalibration::new(&models), models, alerts })
+        Ok(RegionalStage { fleet: FleetCalibration::new(&models), models, alerts, kept: None })
+    }
+
+    /// Keeps every score for [`RegionalStage::take_scores`] (metrics).
+    pub fn keep_scores(mut self, keep: bool) -> Self {
+        self.kept = keep.then(Kept::default);
+        self
+    }
+
+    /// The scores since the last call (empty unless kept).
+    pub fn take_scores(&mut self) -> Kept {
+        self.kept.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    pub fn model_version(&self) -> &str {
+        &self.models.version
     }
 
     pub fn alerts(&self) -> &AlertTracker {
@@ -145,6 +172,7 @@ impl RegionalStage {
                 }
             }
             let mut network_scores = Vec::new();
+            let mut network_regions = Vec::new();
             for (region, row) in &w.regions {
                 let RegionWindow::Features(f) = row else { continue };
                 if let Some((score, e)) =
@@ -152,14 +180,34 @@ impl RegionalStage {
                 {
                     events.extend(e);
                     network_scores.push(score);
+                    if self.kept.is_some() {
+                        network_regions.push(region.clone());
+                    }
                 }
             }
             events.extend(self.alerts.expire(w.end_ms));
             self.fleet.observe(AlertKind::VoltageInstability, Scope::Site, w.end_ms, &site_scores);
             self.fleet.observe(AlertKind::NetworkDegradation, Scope::Region, w.end_ms, &network_scores);
+            if let Some(kept) = self.kept.as_mut() {
+                kept.keep(AlertKind::VoltageInstability, Scope::Site, &site_scores);
+                kept.keep(AlertKind::NetworkDegradation, Scope::Region, &network_scores);
+                kept.regions.extend(network_regions.into_iter().zip(network_scores.iter().copied()));
+            }
             lessons.push(WindowLessons { end_ms: w.end_ms, cohorts: w.cohorts, bad_sites, thresholds });
         }
         (events, lessons)
+    }
+}
+
+impl Kept {
+    fn keep(&mut self, kind: AlertKind, scope: Scope, scores: &[f64]) {
+        if scores.is_empty() {
+            return;
+        }
+        match self.scores.iter_mut().find(|(d, _)| *d == (kind, scope)) {
+            Some((_, kept)) => kept.extend_from_slice(scores),
+            None => self.scores.push(((kind, scope), scores.to_vec())),
+        }
     }
 }
 

@@ -182,6 +182,10 @@ pub struct Polled {
     pub unreadable: Vec<Unreadable>,
     /// Records read, those included.
     pub records: usize,
+    /// The consumer error that ended the read, if one did (what was read
+    /// before it is above). librdkafka reconnects by itself; the owner
+    /// says so and reads on.
+    pub error: Option<KafkaError>,
 }
 
 /// The merging stage's side: reads the partials topic in its own consumer
@@ -241,17 +245,17 @@ impl PartialsReader {
     }
 
     /// Waits up to `max_wait` for a record, then reads what has arrived,
-    /// up to `max_records` in all: the windows they close. An error only
-    /// from the consumer itself (a record that cannot be read is in
-    /// [`Polled::unreadable`]).
-    pub fn poll(&mut self, max_records: usize, max_wait: Duration) -> Result<Polled, KafkaError> {
+    /// up to `max_records` in all: the windows they close (a record that
+    /// cannot be read is in [`Polled::unreadable`], a consumer error in
+    /// [`Polled::error`]).
+    pub fn poll(&mut self, max_records: usize, max_wait: Duration) -> Polled {
         let merger = &mut self.merger;
-        let (merged, unreadable, records) = read(&self.consumer, max_records, max_wait, true, |m| {
+        let r = read(&self.consumer, max_records, max_wait, true, |m| {
             wire::apply(merger, m.key(), m.payload().unwrap_or_default())
-        })?;
-        self.read += records as u64;
-        self.unreadable += unreadable.len() as u64;
-        Ok(Polled { merged, unreadable, records })
+        });
+        self.read += r.records as u64;
+        self.unreadable += r.unreadable.len() as u64;
+        Polled { merged: r.out, unreadable: r.unreadable, records: r.records, error: r.error }
     }
 
     /// Every source's scores still waiting for a next window (see
@@ -292,6 +296,9 @@ pub struct Learnt<T> {
     pub unreadable: Vec<Unreadable>,
     /// Records read, those included.
     pub records: usize,
+    /// The consumer error that ended the read, if one did (see
+    /// [`Polled::error`]).
+    pub error: Option<KafkaError>,
 }
 
 /// A stage-1 replica's side of the lessons topic: reads every record, from
@@ -344,15 +351,15 @@ impl LessonsReader {
         max_records: usize,
         max_wait: Duration,
         mut learn: impl FnMut(&[u8]) -> Result<Vec<T>, WireError>,
-    ) -> Result<Learnt<T>, KafkaError> {
+    ) -> Learnt<T> {
         let next = &mut self.next;
-        let (out, unreadable, records) = read(&self.consumer, max_records, max_wait, false, |m| {
+        let r = read(&self.consumer, max_records, max_wait, false, |m| {
             *next = m.offset() + 1;
             learn(m.payload().unwrap_or_default())
-        })?;
-        self.read += records as u64;
-        self.unreadable += unreadable.len() as u64;
-        Ok(Learnt { out, unreadable, records })
+        });
+        self.read += r.records as u64;
+        self.unreadable += r.unreadable.len() as u64;
+        Learnt { out: r.out, unreadable: r.unreadable, records: r.records, error: r.error }
     }
 }
 
@@ -360,31 +367,50 @@ impl LessonsReader {
 /// `max_records` in all, each through `take`: what they gave, where and why
 /// those it could not read, and how many were read. With `store`, each
 /// record's offset is stored for the next commit once it has been taken.
+/// A consumer error ends the read with what was taken before it kept: the
+/// records taken changed their taker's state, and what that gave must not
+/// be lost with the error.
 fn read<T>(
     consumer: &BaseConsumer<DefaultConsumerContext>,
     max_records: usize,
     max_wait: Duration,
     store: bool,
     mut take: impl FnMut(&BorrowedMessage<'_>) -> Result<Vec<T>, WireError>,
-) -> Result<(Vec<T>, Vec<Unreadable>, usize), KafkaError> {
-    let (mut out, mut unreadable, mut records) = (Vec::new(), Vec::new(), 0);
-    while records < max_records {
-        let wait = if records == 0 { max_wait } else { Duration::ZERO };
-        let Some(m) = consumer.poll(wait) else { break };
-        let m = m?;
-        records += 1;
+) -> Read<T> {
+    let mut r = Read { out: Vec::new(), unreadable: Vec::new(), records: 0, error: None };
+    while r.records < max_records {
+        let wait = if r.records == 0 { max_wait } else { Duration::ZERO };
+        let m = match consumer.poll(wait) {
+            None => break,
+            Some(Ok(m)) => m,
+            Some(Err(e)) => {
+                r.error = Some(e);
+                break;
+            }
+        };
+        r.records += 1;
         match take(&m) {
-            Ok(taken) => out.extend(taken),
-            Err(error) => unreadable.push(Unreadable {
+            Ok(taken) => r.out.extend(taken),
+            Err(error) => r.unreadable.push(Unreadable {
                 topic: m.topic().to_string(),
                 partition: m.partition(),
                 offset: m.offset(),
                 error,
             }),
         }
-        if store {
-            consumer.store_offset_from_message(&m)?;
+        if store && let Err(e) = consumer.store_offset_from_message(&m) {
+            // Taken but not to be committed: read again after a restart,
+            // where the merger takes a (window, source) partial once.
+            r.error = Some(e);
+            break;
         }
     }
-    Ok((out, unreadable, records))
+    r
+}
+
+struct Read<T> {
+    out: Vec<T>,
+    unreadable: Vec<Unreadable>,
+    records: usize,
+    error: Option<KafkaError>,
 }

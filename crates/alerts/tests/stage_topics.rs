@@ -230,7 +230,8 @@ fn three_replicas_partials_through_the_topic_give_one_engines_site_and_region_ro
     let deadline = Instant::now() + Duration::from_secs(120);
     while reader.counts().0 < published + 2 {
         assert!(Instant::now() < deadline, "read {:?} of {} records", reader.counts(), published + 2);
-        let polled = reader.poll(1_000, Duration::from_millis(200)).expect("poll");
+        let polled = reader.poll(1_000, Duration::from_millis(200));
+        assert!(polled.error.is_none(), "{:?}", polled.error);
         assert!(polled.records <= 1_000);
         merged.extend(polled.merged);
         unreadable.extend(polled.unreadable);
@@ -422,8 +423,8 @@ impl TwoStages {
                 while self.learners[p].counts().0 < self.lessons_published {
                     assert!(Instant::now() < deadline, "replica {p} learnt {:?}", self.learners[p].counts());
                     let replica = &mut self.replicas[p];
-                    let learnt =
-                        self.learners[p].poll(100, Duration::from_millis(100), |v| replica.learn(v)).expect("poll");
+                    let learnt = self.learners[p].poll(100, Duration::from_millis(100), |v| replica.learn(v));
+                    assert!(learnt.error.is_none(), "{:?}", learnt.error);
                     for u in &learnt.unreadable {
                         assert!(u.offset == 0 && matches!(u.error, WireError::Malformed(_)), "{u}");
                     }
@@ -492,6 +493,7 @@ fn two_stages_against_one_process(restart: bool) {
         max_open_windows: 64,
         state: restart.then(|| state.path().join("regional.snap")),
         timeout: Duration::from_secs(10),
+        keep_scores: false,
     };
     let (stage2, started) = MergingStage::start(&kafka, &config, models.clone()).expect("stage 2");
     assert!(matches!(started, Started::Cold), "{started:?}");

@@ -26,6 +26,55 @@ pub struct Config {
     pub state: StateSettings,
     /// Bounds on what scoring holds in memory, whatever the input.
     pub limits: LimitSettings,
+    /// Which stage of docs/two-stages.md this process runs.
+    pub stages: StageSettings,
+}
+
+/// What a `termwatch run` process does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Both stages in one process, on the partitions it is assigned: every
+    /// alert from what it reads (one replica: one process's answer).
+    #[default]
+    Both,
+    /// Stage 2 only: merges every stage-1 replica's partials (the partials
+    /// topic), scores sites and regions, teaches stage 1 (the lessons topic).
+    Regional,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StageSettings {
+    /// `both` (default) or `regional`.
+    pub role: Role,
+    /// The topic stage 1 publishes partials on; one partition. Default
+    /// `termwatch-partials`.
+    pub partials_topic: String,
+    /// The topic stage 2 publishes lessons on. Default `termwatch-lessons`.
+    pub lessons_topic: String,
+    /// Stage 2's consumer group on the partials topic. Default
+    /// `termwatch-regional`.
+    pub group_id: String,
+    /// A window closes this long (event time) after the newest source passed
+    /// it, without the sources still missing (counted). Default 3600.
+    pub allowed_lateness_s: f64,
+    /// Windows stage 2 holds open at most; beyond, the oldest closes
+    /// (counted). Default 64.
+    pub max_open_windows: usize,
+}
+
+impl Default for StageSettings {
+    fn default() -> Self {
+        StageSettings {
+            role: Role::Both,
+            partials_topic: "termwatch-partials".into(),
+            lessons_topic: "termwatch-lessons".into(),
+            group_id: "termwatch-regional".into(),
+            allowed_lateness_s: 3600.0,
+            max_open_windows: 64,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -146,6 +195,12 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("TERMWATCH_LIMITS_IDLE_TERMINAL_DAYS", "limits.idle_terminal_days"),
     ("TERMWATCH_LIMITS_MAX_REGIONS", "limits.max_regions"),
     ("TERMWATCH_LIMITS_MAX_RECORD_BYTES", "limits.max_record_bytes"),
+    ("TERMWATCH_STAGES_ROLE", "stages.role (both or regional)"),
+    ("TERMWATCH_STAGES_PARTIALS_TOPIC", "stages.partials_topic"),
+    ("TERMWATCH_STAGES_LESSONS_TOPIC", "stages.lessons_topic"),
+    ("TERMWATCH_STAGES_GROUP_ID", "stages.group_id"),
+    ("TERMWATCH_STAGES_ALLOWED_LATENESS_S", "stages.allowed_lateness_s"),
+    ("TERMWATCH_STAGES_MAX_OPEN_WINDOWS", "stages.max_open_windows"),
 ];
 const PROPERTY_PREFIX: &str = "TERMWATCH_KAFKA_PROPERTY_";
 /// Variables that are not configuration (logging).
@@ -215,6 +270,22 @@ impl Config {
                 "TERMWATCH_LIMITS_MAX_RECORD_BYTES" => {
                     self.limits.max_record_bytes = value.parse().with_context(parse_err)?
                 }
+                "TERMWATCH_STAGES_ROLE" => {
+                    self.stages.role = match value.as_str() {
+                        "both" => Role::Both,
+                        "regional" => Role::Regional,
+                        _ => bail!("environment variable {key}: not a role (both or regional)"),
+                    }
+                }
+                "TERMWATCH_STAGES_PARTIALS_TOPIC" => self.stages.partials_topic = value,
+                "TERMWATCH_STAGES_LESSONS_TOPIC" => self.stages.lessons_topic = value,
+                "TERMWATCH_STAGES_GROUP_ID" => self.stages.group_id = value,
+                "TERMWATCH_STAGES_ALLOWED_LATENESS_S" => {
+                    self.stages.allowed_lateness_s = value.parse().with_context(parse_err)?
+                }
+                "TERMWATCH_STAGES_MAX_OPEN_WINDOWS" => {
+                    self.stages.max_open_windows = value.parse().with_context(parse_err)?
+                }
                 k if k.starts_with(PROPERTY_PREFIX) && k.len() > PROPERTY_PREFIX.len() => {
                     let property = k[PROPERTY_PREFIX.len()..].to_ascii_lowercase().replace('_', ".");
                     self.kafka.properties.insert(property, value);
@@ -269,6 +340,37 @@ impl Config {
         }
         if self.kafka.topics.contains(&self.kafka.dead_letter_topic) {
             bail!("kafka.dead_letter_topic {:?} is also consumed: rejects would loop", self.kafka.dead_letter_topic);
+        }
+        self.stages.validate(&self.kafka.topics)
+    }
+}
+
+impl StageSettings {
+    pub fn allowed_lateness_ms(&self) -> i64 {
+        (self.allowed_lateness_s * 1000.0) as i64
+    }
+
+    fn validate(&self, telemetry: &[String]) -> anyhow::Result<()> {
+        let lateness = self.allowed_lateness_s;
+        if !(lateness.is_finite() && (0.0..=7.0 * 86_400.0).contains(&lateness)) {
+            bail!("stages.allowed_lateness_s must be a number of seconds, 0..=604800, not {lateness}");
+        }
+        if !(1..=10_000).contains(&self.max_open_windows) {
+            bail!("stages.max_open_windows must be 1..=10000, not {}", self.max_open_windows);
+        }
+        for (key, topic) in [("partials_topic", &self.partials_topic), ("lessons_topic", &self.lessons_topic)] {
+            if topic.trim().is_empty() {
+                bail!("stages.{key} is empty");
+            }
+            if telemetry.contains(topic) {
+                bail!("stages.{key} {topic:?} is also a telemetry topic (kafka.topics)");
+            }
+        }
+        if self.partials_topic == self.lessons_topic {
+            bail!("stages.partials_topic and stages.lessons_topic are both {:?}", self.partials_topic);
+        }
+        if self.group_id.trim().is_empty() {
+            bail!("stages.group_id is empty");
         }
         Ok(())
     }
@@ -448,6 +550,54 @@ interval_s = 30
             let err = format!("{:#}", Config::load(None, env(&[(var, value)])).expect_err("out of range"));
             assert!(err.contains("limits."), "{var}={value}: {err}");
         }
+    }
+
+    #[test]
+    fn stages_from_file_and_env_and_out_of_range() {
+        let c = Config::load(None, env(&[])).expect("defaults");
+        assert_eq!(c.stages, StageSettings::default());
+        assert_eq!(c.stages.role, Role::Both);
+        let f = write("[stages]\nrole = \"regional\"\nallowed_lateness_s = 600\n");
+        let c = Config::load(Some(f.path()), env(&[("TERMWATCH_STAGES_MAX_OPEN_WINDOWS", "8")])).expect("valid");
+        assert_eq!(
+            (c.stages.role, c.stages.allowed_lateness_ms(), c.stages.max_open_windows),
+            (Role::Regional, 600_000, 8)
+        );
+        let c = Config::load(Some(f.path()), env(&[("TERMWATCH_STAGES_ROLE", "both")])).expect("valid");
+        assert_eq!(c.stages.role, Role::Both, "the environment overrides the file");
+
+        let f = write("[stages]\nrole = \"terminals\"\n");
+        let err = format!("{:#}", Config::load(Some(f.path()), env(&[])).expect_err("no such role"));
+        assert!(err.contains("line 2") && err.contains("key role") && err.contains("both"), "{err}");
+        for (var, value) in [
+            ("TERMWATCH_STAGES_ROLE", "stage-2"),
+            ("TERMWATCH_STAGES_ALLOWED_LATENESS_S", "-1"),
+            ("TERMWATCH_STAGES_ALLOWED_LATENESS_S", "inf"),
+            ("TERMWATCH_STAGES_MAX_OPEN_WINDOWS", "0"),
+            ("TERMWATCH_STAGES_PARTIALS_TOPIC", "telemetry"),
+            ("TERMWATCH_STAGES_LESSONS_TOPIC", "termwatch-partials"),
+            ("TERMWATCH_STAGES_GROUP_ID", " "),
+        ] {
+            let err = format!("{:#}", Config::load(None, env(&[(var, value)])).expect_err("refused"));
+            assert!(err.contains("stages.") || err.contains(var), "{var}={value}: {err}");
+        }
+    }
+
+    /// The README's configuration block is a configuration this reads,
+    /// and says every section's defaults.
+    #[test]
+    fn the_readmes_example_is_read_as_documented() {
+        let readme =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md")).expect("README.md");
+        let start = readme.find("```toml\n[kafka]").expect("the README's configuration block") + "```toml\n".len();
+        let text = &readme[start..start + readme[start..].find("```").expect("its end")];
+        let c = Config::from_text(Some((Path::new("README.md"), text)), env(&[])).expect("the README's example");
+        let defaults = Config::default();
+        assert_eq!(
+            (&c.stages, &c.state, &c.limits, &c.batch, &c.metrics),
+            (&defaults.stages, &defaults.state, &defaults.limits, &defaults.batch, &defaults.metrics),
+            "the README shows the defaults"
+        );
     }
 
     #[test]

@@ -1008,7 +1008,7 @@ fn scrape_section(table: &mut Table, terminals: u32) -> anyhow::Result<()> {
     ];
     metrics.observe(&AlertView {
         alerts: &tracker,
-        engine: &engine,
+        engine: Some(&engine),
         events: &[],
         scores: &scores,
         region_scores: &region_scores,

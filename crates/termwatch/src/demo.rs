@@ -170,6 +170,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         metrics: MetricsSettings { listen: args.metrics_listen, web_config_file: args.web_config_file.clone() },
         state: Default::default(),
         limits: Default::default(),
+        stages: Default::default(),
     };
 
     let produced = Arc::new(Produced::default());

@@ -5,6 +5,7 @@ mod demo;
 mod eval_cmd;
 mod export;
 mod models_cmd;
+mod regional;
 mod rules;
 mod run;
 mod serve;

@@ -77,6 +77,12 @@ impl Service {
 }
 
 pub fn run(config: Config, warm_up: &[std::path::PathBuf]) -> anyhow::Result<()> {
+    if config.stages.role == termwatch_config::Role::Regional {
+        if !warm_up.is_empty() {
+            anyhow::bail!("--warm-up is for terminal state, which a regional stage (stages.role) does not hold");
+        }
+        return crate::regional::run(config);
+    }
     // The directory lives until the live sink has loaded the snapshot.
     let warm = if warm_up.is_empty() { None } else { Some(warm_up_from(&config, warm_up)?) };
     let seed = warm.as_ref().map(|(_, path)| path.clone());
