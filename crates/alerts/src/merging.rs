@@ -10,6 +10,14 @@
 //! snapshot reads on from the commit: it closes again the windows closed
 //! after it, raises their events again, and publishes their lessons again
 //! (an engine learns a window once).
+//!
+//! Members of the group beyond the first stand by. Whenever the partials
+//! partition is assigned to a member, it takes the latest snapshot (on a
+//! volume the members share) before it merges the next record, and reads
+//! on from the commit: a standby that takes over goes on from where the
+//! member before it last checkpointed, never from the state it started
+//! with. Only the member holding the partition, with a merger taken since
+//! its assignment, writes the snapshot.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -53,8 +61,11 @@ pub struct MergingConfig {
 /// without some.
 pub fn telemetry_sources(kafka: &KafkaConfig, topics: &[String], timeout: Duration) -> anyhow::Result<Vec<String>> {
     use rdkafka::consumer::{BaseConsumer, Consumer as _};
-    let consumer: BaseConsumer =
-        kafka.consumer_config().create().with_context(|| format!("metadata client for {}", kafka.brokers))?;
+    let consumer: BaseConsumer = kafka
+        .consumer_config()
+        .set("statistics.interval.ms", "0")
+        .create()
+        .with_context(|| format!("metadata client for {}", kafka.brokers))?;
     let mut sources = Vec::new();
     for topic in topics {
         let metadata = consumer
@@ -95,6 +106,9 @@ pub struct Stepped {
     /// The consumer error that ended the read, if one did: what was read
     /// before it is scored above, and the next step reads on.
     pub error: Option<rdkafka::error::KafkaError>,
+    /// The partials partition was assigned to this member anew, and the
+    /// stage took the latest snapshot's state (or started cold: which).
+    pub reloaded: Option<Started>,
 }
 
 /// Stage 2: the partials reader, the regional stage and the lessons
@@ -105,9 +119,26 @@ pub struct MergingStage {
     lessons: StagePublisher,
     /// Where the merger had closed through when lessons last went out.
     taught_through: Option<i64>,
-    state: Option<PathBuf>,
+    config: MergingConfig,
+    models: ModelSet,
     position: String,
-    timeout: Duration,
+}
+
+/// The stage and merger of `config`'s snapshot when there is a usable one,
+/// new ones otherwise, and which it was.
+fn load(config: &MergingConfig, models: &ModelSet) -> anyhow::Result<(RegionalStage, WindowMerger, Started)> {
+    let sources: Vec<&str> = config.sources.iter().map(String::as_str).collect();
+    let mut stage = RegionalStage::new(models.clone()).context("regional stage")?.keep_scores(config.keep_scores);
+    let (merger, started) = match config.state.as_deref().filter(|p| p.exists()) {
+        None => (None, Started::Cold),
+        Some(path) => match stage.restore_snapshot(path, &sources) {
+            Ok((merger, position)) => (Some(merger), Started::Restored(position)),
+            Err(e) => (None, Started::Refused(e.to_string())),
+        },
+    };
+    let merger =
+        merger.unwrap_or_else(|| WindowMerger::new(&sources, config.allowed_lateness_ms, config.max_open_windows));
+    Ok((stage, merger, started))
 }
 
 impl MergingStage {
@@ -120,30 +151,12 @@ impl MergingStage {
         config: &MergingConfig,
         models: ModelSet,
     ) -> anyhow::Result<(MergingStage, Started)> {
-        let sources: Vec<&str> = config.sources.iter().map(String::as_str).collect();
-        let mut stage = RegionalStage::new(models).context("regional stage")?.keep_scores(config.keep_scores);
-        let (merger, started) = match config.state.as_deref().filter(|p| p.exists()) {
-            None => (None, Started::Cold),
-            Some(path) => match stage.restore_snapshot(path, &sources) {
-                Ok((merger, position)) => (Some(merger), Started::Restored(position)),
-                Err(e) => (None, Started::Refused(e.to_string())),
-            },
-        };
-        let merger =
-            merger.unwrap_or_else(|| WindowMerger::new(&sources, config.allowed_lateness_ms, config.max_open_windows));
+        let (stage, merger, started) = load(config, &models)?;
         let taught_through = merger.closed_through();
         let reader = PartialsReader::new(kafka, &config.partials_topic, &config.group, merger, config.timeout)?;
         let lessons = StagePublisher::new(kafka, &config.lessons_topic)?;
         let position = format!("group {} on {}", config.group, config.partials_topic);
-        let me = MergingStage {
-            reader,
-            stage,
-            lessons,
-            taught_through,
-            state: config.state.clone(),
-            position,
-            timeout: config.timeout,
-        };
+        let me = MergingStage { reader, stage, lessons, taught_through, config: config.clone(), models, position };
         Ok((me, started))
     }
 
@@ -158,10 +171,14 @@ impl MergingStage {
         let mut taught = false;
         if let Some(through_ms) = through.filter(|_| through != self.taught_through) {
             self.lessons.publish_lessons(&Lessons { through_ms, windows })?;
-            self.lessons.flush(self.timeout)?;
+            self.lessons.flush(self.config.timeout)?;
             self.taught_through = through;
             taught = true;
         }
+        // What was read before the assignment was read under the one
+        // before: merged and taught above. The rest from the commit, on the
+        // latest snapshot's state.
+        let reloaded = if polled.reassigned { Some(self.reload()?) } else { None };
         Ok(Stepped {
             events,
             closed,
@@ -169,14 +186,33 @@ impl MergingStage {
             unreadable: polled.unreadable,
             records: polled.records,
             error: polled.error,
+            reloaded,
         })
+    }
+
+    /// The partition was assigned anew: the state of the latest snapshot
+    /// (another member's, on a shared volume, or this one's), and the
+    /// topic from the group's commit, which that snapshot covers.
+    fn reload(&mut self) -> anyhow::Result<Started> {
+        let (stage, merger, started) = load(&self.config, &self.models)?;
+        self.stage = stage;
+        self.taught_through = merger.closed_through();
+        self.reader.reload(merger, self.config.timeout).context("partials topic: reading on from the commit")?;
+        Ok(started)
     }
 
     /// Writes the snapshot, then commits what it covers: the bytes written
     /// (None without a snapshot file, when nothing is committed either: a
-    /// commit without a snapshot would lose the merger's open windows).
+    /// commit without a snapshot would lose the merger's open windows; and
+    /// None, nothing written, while this member does not hold the partials
+    /// partition with a merger taken since its assignment).
     pub fn checkpoint(&mut self) -> anyhow::Result<Option<u64>> {
-        let Some(path) = &self.state else { return Ok(None) };
+        let Some(path) = &self.config.state else { return Ok(None) };
+        if !self.reader.current() {
+            // A standby, or a member given the partition that has not yet
+            // taken the latest snapshot: its state must not overwrite it.
+            return Ok(None);
+        }
         let bytes = self.stage.save_snapshot(self.reader.merger(), path, &self.position)?;
         self.reader.commit().context("partials topic: commit")?;
         Ok(Some(bytes))

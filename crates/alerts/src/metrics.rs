@@ -168,6 +168,7 @@ pub struct MergingMetrics {
     open_windows: IntGauge,
     closed_through: Gauge,
     lessons: IntCounter,
+    assigned: IntGauge,
 }
 
 /// What stage 2 has done since it started, for [`MergingMetrics::observe`].
@@ -184,6 +185,8 @@ pub struct Merging {
     pub closed_through: Option<i64>,
     /// Lessons records published.
     pub lessons: u64,
+    /// Whether this member holds the partials partition.
+    pub assigned: bool,
 }
 
 impl MergingMetrics {
@@ -238,6 +241,13 @@ impl MergingMetrics {
                 registry,
                 IntCounter::new("termwatch_lessons_published_total", "Lessons records stage 2 published for stage 1.")?,
             )?,
+            assigned: register(
+                registry,
+                IntGauge::new(
+                    "termwatch_partials_assigned",
+                    "1 on the stage-2 member that holds the partials partition (merging), 0 on a standby.",
+                )?,
+            )?,
         };
         for outcome in ["read", "unreadable"] {
             m.records.with_label_values(&[outcome]);
@@ -270,6 +280,7 @@ impl MergingMetrics {
         }
         set(&self.lessons, now.lessons);
         self.open_windows.set(now.open_windows as i64);
+        self.assigned.set(i64::from(now.assigned));
         if let Some(t) = now.closed_through {
             self.closed_through.set(t as f64 / 1000.0);
         }

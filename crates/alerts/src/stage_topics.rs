@@ -15,19 +15,21 @@
 //! carries a fleet of 100,000 terminals at about 12 MB per five-minute
 //! window.
 //! Stage-2 replicas share one consumer group: one reads, the others stand
-//! by and take over at a rebalance. Records are keyed by their source, and
+//! by and take over at a rebalance, from the latest snapshot (see
+//! [`PartialsReader::poll`]). Records are keyed by their source, and
 //! the one partition keeps each source's records in the order they were
 //! published, which is the order the merger relies on. The lessons topic
 //! has one partition too, read whole by every stage-1 replica, outside any
 //! consumer group.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, DefaultConsumerContext};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, DefaultConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
@@ -186,6 +188,32 @@ pub struct Polled {
     /// before it is above). librdkafka reconnects by itself; the owner
     /// says so and reads on.
     pub error: Option<KafkaError>,
+    /// The partition was assigned anew: see [`PartialsReader::poll`].
+    pub reassigned: bool,
+}
+
+/// Counts the partials partition's assignments, and whether this member
+/// holds it, as librdkafka's rebalance callbacks say.
+#[derive(Default)]
+pub struct Assignments {
+    assignments: AtomicU64,
+    holding: AtomicBool,
+}
+
+impl ClientContext for Assignments {}
+
+impl ConsumerContext for Assignments {
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) if tpl.count() > 0 => {
+                self.holding.store(true, Ordering::Release);
+                self.assignments.fetch_add(1, Ordering::AcqRel);
+            }
+            Rebalance::Assign(_) => {}
+            Rebalance::Revoke(tpl) if tpl.count() > 0 => self.holding.store(false, Ordering::Release),
+            Rebalance::Revoke(_) | Rebalance::Error(_) => {}
+        }
+    }
 }
 
 /// The merging stage's side: reads the partials topic in its own consumer
@@ -195,9 +223,12 @@ pub struct Polled {
 /// itself) is safe: at least once, the merger taking a repeated partial
 /// once.
 pub struct PartialsReader {
-    consumer: BaseConsumer<DefaultConsumerContext>,
+    consumer: BaseConsumer<Assignments>,
     topic: String,
     merger: WindowMerger,
+    /// The assignments of the partition its merger has been given since
+    /// (see [`PartialsReader::poll`]).
+    assignments_seen: u64,
     /// Records read and records that could not be read, since it was built.
     read: u64,
     unreadable: u64,
@@ -215,12 +246,16 @@ impl PartialsReader {
         timeout: Duration,
     ) -> anyhow::Result<PartialsReader> {
         let mut c: ClientConfig = config.consumer_config();
+        // The telemetry consumer's lag statistics are not wanted here, nor
+        // rdkafka's logging of them every five seconds.
+        c.set("statistics.interval.ms", "0");
         c.set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "false");
-        let consumer: BaseConsumer<DefaultConsumerContext> =
-            c.create().with_context(|| format!("partials consumer for {}", config.brokers))?;
+        let consumer: BaseConsumer<Assignments> = c
+            .create_with_context(Assignments::default())
+            .with_context(|| format!("partials consumer for {}", config.brokers))?;
         let metadata = consumer
             .fetch_metadata(Some(topic), timeout)
             .with_context(|| format!("partials topic {topic}: metadata from {}", config.brokers))?;
@@ -232,7 +267,7 @@ impl PartialsReader {
             );
         }
         consumer.subscribe(&[topic]).with_context(|| format!("partials topic {topic}: subscribe"))?;
-        Ok(PartialsReader { consumer, topic: topic.to_string(), merger, read: 0, unreadable: 0 })
+        Ok(PartialsReader { consumer, topic: topic.to_string(), merger, assignments_seen: 0, read: 0, unreadable: 0 })
     }
 
     pub fn merger(&self) -> &WindowMerger {
@@ -248,14 +283,59 @@ impl PartialsReader {
     /// up to `max_records` in all: the windows they close (a record that
     /// cannot be read is in [`Polled::unreadable`], a consumer error in
     /// [`Polled::error`]).
+    ///
+    /// A record that arrives after the partition was assigned anew ends the
+    /// read untaken, with [`Polled::reassigned`]: another member of the
+    /// group may have merged and committed meanwhile, so the merger held
+    /// here may be older than the commit. The owner gives it the merger of
+    /// the latest snapshot ([`PartialsReader::reload`]) and reads on from the
+    /// commit. The first assignment counts too: a standby's merger is the
+    /// one it loaded when it started.
     pub fn poll(&mut self, max_records: usize, max_wait: Duration) -> Polled {
         let merger = &mut self.merger;
-        let r = read(&self.consumer, max_records, max_wait, true, |m| {
-            wire::apply(merger, m.key(), m.payload().unwrap_or_default())
-        });
+        let assignments = &self.consumer.context().assignments;
+        let seen = self.assignments_seen;
+        let r = read(
+            &self.consumer,
+            max_records,
+            max_wait,
+            true,
+            || assignments.load(Ordering::Acquire) != seen,
+            |m| wire::apply(merger, m.key(), m.payload().unwrap_or_default()),
+        );
         self.read += r.records as u64;
         self.unreadable += r.unreadable.len() as u64;
-        Polled { merged: r.out, unreadable: r.unreadable, records: r.records, error: r.error }
+        Polled {
+            merged: r.out,
+            unreadable: r.unreadable,
+            records: r.records,
+            error: r.error,
+            reassigned: r.interrupted,
+        }
+    }
+
+    /// Takes `merger` (the latest snapshot's, or a new one) and reads on
+    /// from the group's commit (the start of the topic without one).
+    pub fn reload(&mut self, merger: WindowMerger, timeout: Duration) -> Result<(), KafkaError> {
+        self.assignments_seen = self.consumer.context().assignments.load(Ordering::Acquire);
+        self.merger = merger;
+        let offset = self.committed(timeout)?.map_or(Offset::Beginning, Offset::Offset);
+        self.consumer.seek(&self.topic, 0, offset, timeout)
+    }
+
+    /// Whether this member holds the partials topic's partition (the
+    /// others stand by).
+    pub fn assigned(&self) -> bool {
+        self.consumer.context().holding.load(Ordering::Acquire)
+    }
+
+    /// Whether it holds the partition and its merger is the one it has
+    /// merged into since the latest assignment: only then may its owner
+    /// snapshot it, since a standby's (or a merger not yet reloaded) is
+    /// older than what the member that merged last wrote.
+    pub fn current(&self) -> bool {
+        let context = self.consumer.context();
+        context.holding.load(Ordering::Acquire) && context.assignments.load(Ordering::Acquire) == self.assignments_seen
     }
 
     /// Every source's scores still waiting for a next window (see
@@ -316,6 +396,9 @@ impl LessonsReader {
     /// Reads `topic`'s one partition from `from` (None: its start).
     pub fn new(config: &KafkaConfig, topic: &str, from: Option<i64>) -> anyhow::Result<LessonsReader> {
         let mut c: ClientConfig = config.consumer_config();
+        // The telemetry consumer's lag statistics are not wanted here, nor
+        // rdkafka's logging of them every five seconds.
+        c.set("statistics.interval.ms", "0");
         // Assigned, not subscribed: the group id is only librdkafka's
         // requirement, and nothing is committed to it.
         c.set("group.id", format!("{}-lessons", config.group_id))
@@ -353,10 +436,17 @@ impl LessonsReader {
         mut learn: impl FnMut(&[u8]) -> Result<Vec<T>, WireError>,
     ) -> Learnt<T> {
         let next = &mut self.next;
-        let r = read(&self.consumer, max_records, max_wait, false, |m| {
-            *next = m.offset() + 1;
-            learn(m.payload().unwrap_or_default())
-        });
+        let r = read(
+            &self.consumer,
+            max_records,
+            max_wait,
+            false,
+            || false,
+            |m| {
+                *next = m.offset() + 1;
+                learn(m.payload().unwrap_or_default())
+            },
+        );
         self.read += r.records as u64;
         self.unreadable += r.unreadable.len() as u64;
         Learnt { out: r.out, unreadable: r.unreadable, records: r.records, error: r.error }
@@ -370,14 +460,15 @@ impl LessonsReader {
 /// A consumer error ends the read with what was taken before it kept: the
 /// records taken changed their taker's state, and what that gave must not
 /// be lost with the error.
-fn read<T>(
-    consumer: &BaseConsumer<DefaultConsumerContext>,
+fn read<C: ConsumerContext, T>(
+    consumer: &BaseConsumer<C>,
     max_records: usize,
     max_wait: Duration,
     store: bool,
+    interrupted: impl Fn() -> bool,
     mut take: impl FnMut(&BorrowedMessage<'_>) -> Result<Vec<T>, WireError>,
 ) -> Read<T> {
-    let mut r = Read { out: Vec::new(), unreadable: Vec::new(), records: 0, error: None };
+    let mut r = Read { out: Vec::new(), unreadable: Vec::new(), records: 0, error: None, interrupted: false };
     while r.records < max_records {
         let wait = if r.records == 0 { max_wait } else { Duration::ZERO };
         let m = match consumer.poll(wait) {
@@ -388,6 +479,12 @@ fn read<T>(
                 break;
             }
         };
+        // Left untaken and its offset unstored: read again once the
+        // owner has done what the interruption asks.
+        if interrupted() {
+            r.interrupted = true;
+            break;
+        }
         r.records += 1;
         match take(&m) {
             Ok(taken) => r.out.extend(taken),
@@ -413,4 +510,5 @@ struct Read<T> {
     unreadable: Vec<Unreadable>,
     records: usize,
     error: Option<KafkaError>,
+    interrupted: bool,
 }

@@ -159,6 +159,7 @@ fn observe(stage: &MergingStage, windows: u64, metrics: &MergingMetrics) {
         open_windows: merger.open_windows(),
         closed_through: merger.closed_through(),
         lessons: stage.lessons_published().0,
+        assigned: stage.reader().assigned(),
     });
 }
 
@@ -169,6 +170,14 @@ fn emit(stepped: &Stepped, topic: Option<&mut AlertTopic>, metrics: &AlertMetric
     }
     if let Some(e) = &stepped.error {
         warn!(error = %e, "partials topic: consumer error (reading on)");
+    }
+    match &stepped.reloaded {
+        Some(Started::Restored(position)) => {
+            info!(position = %position, "partials partition assigned: reading on from the latest snapshot")
+        }
+        Some(Started::Cold) => info!("partials partition assigned: no snapshot yet, reading on from the commit"),
+        Some(Started::Refused(why)) => warn!(why = %why, "partials partition assigned: snapshot refused, cold"),
+        None => {}
     }
     let mut out = std::io::stdout().lock();
     for e in &stepped.events {

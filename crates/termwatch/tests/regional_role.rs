@@ -10,10 +10,12 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use arrow::record_batch::RecordBatch;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use termwatch_alerts::scoring::Scorer;
@@ -89,16 +91,17 @@ fn value(text: &str, series: &str) -> Option<f64> {
 }
 
 /// Stage 2: `termwatch run` with the regional role, its alert events read
-/// from its standard output as they come.
+/// from its standard output as they come, and what it logs kept.
 struct StageTwo {
     child: Child,
     port: u16,
     lines: mpsc::Receiver<String>,
+    said: Arc<Mutex<String>>,
 }
 
 impl StageTwo {
     /// Snapshots (and commits) every `interval_s` and on SIGTERM.
-    fn start(brokers: &str, state: &std::path::Path, interval_s: &str) -> StageTwo {
+    fn start(brokers: &str, state: &std::path::Path, interval_s: &str, extra: &[(&str, &str)]) -> StageTwo {
         let port = free_port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_termwatch"));
         cmd.arg("run").current_dir(workspace());
@@ -116,6 +119,9 @@ impl StageTwo {
             .env("TERMWATCH_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
         let mut child = cmd.spawn().expect("starts termwatch run");
         let (tx, lines) = mpsc::channel();
         let out = child.stdout.take().expect("stdout");
@@ -126,9 +132,26 @@ impl StageTwo {
                 }
             }
         });
-        StageTwo { child, port, lines }
+        // Read as it comes, so that a full pipe never blocks the process.
+        let said = Arc::new(Mutex::new(String::new()));
+        let err = child.stderr.take().expect("stderr");
+        let keep = Arc::clone(&said);
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let mut said = keep.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                said.push_str(&line);
+                said.push('\n');
+            }
+        });
+        StageTwo { child, port, lines, said }
     }
 
+    fn said(&self) -> String {
+        self.said.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// The alert events written since the last call (all of them once the
+    /// process has ended).
     fn events(&self) -> Vec<AlertEvent> {
         self.lines.try_iter().map(|l| serde_json::from_str(&l).expect("alerts-v1 NDJSON")).collect()
     }
@@ -144,14 +167,15 @@ impl StageTwo {
             if Instant::now() > deadline || self.child.try_wait().ok().flatten().is_some() {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
-                let mut stderr = String::new();
-                if let Some(mut e) = self.child.stderr.take() {
-                    let _ = e.read_to_string(&mut stderr);
-                }
-                panic!("{what}; /metrics: {:?}; termwatch said: {stderr}", scrape(self.port));
+                panic!("{what}; /metrics: {:?}; termwatch said: {}", scrape(self.port), self.said());
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Whether it holds the partials partition, by its `/metrics`.
+    fn holding(&self) -> bool {
+        scrape(self.port).is_some_and(|t| value(&t, "termwatch_partials_assigned") == Some(1.0))
     }
 
     fn sigterm(mut self) -> String {
@@ -165,10 +189,11 @@ impl StageTwo {
             assert!(Instant::now() < deadline, "no exit within 30 s of SIGTERM");
             std::thread::sleep(Duration::from_millis(50));
         };
-        let mut stderr = String::new();
-        self.child.stderr.take().expect("stderr").read_to_string(&mut stderr).expect("stderr");
-        assert!(exit.success(), "{exit}: {stderr}");
-        stderr
+        // The reader thread has the rest once the pipe closes.
+        std::thread::sleep(Duration::from_millis(200));
+        let said = self.said();
+        assert!(exit.success(), "{exit}: {said}");
+        said
     }
 }
 
@@ -178,6 +203,8 @@ struct StageOne {
     replicas: Vec<Scorer>,
     learners: Vec<LessonsReader>,
     partials: StagePublisher,
+    /// Reads the lessons topic's end.
+    watermarks: BaseConsumer,
     /// Records published, and each replica's progress last published.
     published: u64,
     progress: Vec<Option<i64>>,
@@ -212,25 +239,47 @@ impl StageOne {
         sent > 0
     }
 
-    /// Until nothing moves: stage 2 reads every record published (its
-    /// `/metrics` say so), every replica learns every lesson it published
-    /// since, and publishes what that lets it close.
-    fn settle(&mut self, stage2: &mut StageTwo, ended: &[bool]) {
+    /// Until nothing moves: the stage 2 holding the partials partition has
+    /// merged every window all replicas have passed (its `/metrics` say
+    /// so), every replica learns every lesson on the topic, and publishes
+    /// what that lets it close.
+    fn settle(&mut self, stage2: &mut [StageTwo], ended: &[bool]) {
         loop {
             self.partials.flush(Duration::from_secs(30)).expect("delivered");
-            let published = self.published as f64;
-            let text = stage2.wait("every partial read", |t| {
-                value(t, "termwatch_partials_records_total{outcome=\"read\"}") == Some(published)
-            });
-            let lessons = value(&text, "termwatch_lessons_published_total").expect("lessons") as u64;
+            let passed = self.progress.iter().copied().min().flatten();
+            let all_ended = self.ended.iter().all(|e| *e);
+            let deadline = Instant::now() + Duration::from_secs(90);
+            loop {
+                let merged = stage2.iter().filter_map(|s| scrape(s.port)).find(|t| {
+                    value(t, "termwatch_partials_assigned") == Some(1.0)
+                        && match passed {
+                            None => true,
+                            Some(ms) if all_ended => {
+                                value(t, "termwatch_merging_open_windows") == Some(0.0)
+                                    && value(t, "termwatch_merged_through_timestamp_seconds")
+                                        .is_some_and(|s| s * 1000.0 >= ms as f64)
+                            }
+                            Some(ms) => value(t, "termwatch_merged_through_timestamp_seconds")
+                                .is_some_and(|s| s * 1000.0 >= ms as f64),
+                        }
+                });
+                if merged.is_some() {
+                    break;
+                }
+                let said: Vec<String> = stage2.iter().map(StageTwo::said).collect();
+                assert!(Instant::now() < deadline, "stage 2 merged through {passed:?}: it said {said:#?}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let (_, lessons) =
+                self.watermarks.fetch_watermarks(LESSONS, 0, Duration::from_secs(10)).expect("watermarks");
             let mut moved = false;
             for (p, &end) in ended.iter().enumerate() {
                 let deadline = Instant::now() + Duration::from_secs(60);
-                while self.learners[p].counts().0 < lessons {
+                while self.learners[p].next_offset() < lessons {
                     assert!(
                         Instant::now() < deadline,
-                        "replica {p} learnt {:?} of {lessons}",
-                        self.learners[p].counts()
+                        "replica {p} learnt to {} of {lessons}",
+                        self.learners[p].next_offset()
                     );
                     let replica = &mut self.replicas[p];
                     let learnt = self.learners[p].poll(100, Duration::from_millis(100), |v| replica.learn(v));
@@ -246,10 +295,9 @@ impl StageOne {
     }
 }
 
-#[test]
-fn a_regional_process_raises_one_processs_site_and_region_alerts_and_resumes_from_its_snapshot() {
-    let lines = history();
-    let models = models();
+/// One process's site and region alert events, and its terminal ones, on
+/// the history; and the history by partition.
+fn one_process(lines: &[(usize, Vec<u8>)], models: &ModelSet) -> (Vec<String>, Vec<String>, Vec<String>) {
     let mut one = Scorer::new(models.clone()).expect("scorer");
     let names: Vec<String> = (0..PARTITIONS).map(|p| format!("{TELEMETRY}-{p}")).collect();
     let mut expected = Vec::new();
@@ -265,67 +313,131 @@ fn a_regional_process_raises_one_processs_site_and_region_alerts_and_resumes_fro
         expected.extend(one.process_sourced(&batch(&lines), &runs));
     }
     expected.extend(one.finish());
-    let at_scope = |events: &[AlertEvent], scopes: &[Scope]| {
-        let mut keys: Vec<String> = events.iter().filter(|e| scopes.contains(&e.scope)).map(key).collect();
-        keys.sort();
-        keys
-    };
     let regional = at_scope(&expected, &[Scope::Site, Scope::Region]);
     let terminal = at_scope(&expected, &[Scope::Terminal]);
     assert!(regional.len() >= 4 && terminal.len() >= 2, "the fleet pages at every scope: {regional:#?}");
+    // The site and region detectors' thresholds in use, as `/metrics`
+    // shows them: the fleet calibration stage 2 keeps from its own scores.
+    let thresholds = one
+        .thresholds()
+        .filter(|t| t.scope != Scope::Terminal && t.scope != Scope::Cohort)
+        .map(|t| {
+            format!(
+                "termwatch_detector_threshold{{kind=\"{}\",scope=\"{}\",source=\"in_use\"}} {}",
+                t.kind, t.scope, t.threshold
+            )
+        })
+        .collect();
+    (regional, terminal, thresholds)
+}
 
+/// Whether `/metrics` shows every one of `thresholds`, bit for bit.
+fn calibrated_as(text: &str, thresholds: &[String]) -> bool {
+    thresholds.iter().all(|t| {
+        let (series, v) = t.rsplit_once(' ').expect("series and value");
+        value(text, series).map(f64::to_bits) == v.parse::<f64>().ok().map(f64::to_bits)
+    })
+}
+
+/// The events at `scopes`, each once, in order.
+fn at_scope(events: &[AlertEvent], scopes: &[Scope]) -> Vec<String> {
+    let mut keys: Vec<String> = events.iter().filter(|e| scopes.contains(&e.scope)).map(key).collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+struct Cluster {
+    _cluster: MockCluster<'static, DefaultProducerContext>,
+    kafka: KafkaConfig,
+}
+
+fn cluster() -> Cluster {
     let cluster: MockCluster<'static, DefaultProducerContext> = MockCluster::new(1).expect("mock cluster");
     cluster.create_topic(TELEMETRY, PARTITIONS as i32, 1).expect("topic");
     cluster.create_topic(PARTIALS, 1, 1).expect("topic");
     cluster.create_topic(LESSONS, 1, 1).expect("topic");
     let kafka = KafkaConfig { brokers: cluster.bootstrap_servers(), ..KafkaConfig::default() };
+    Cluster { _cluster: cluster, kafka }
+}
+
+impl StageOne {
+    fn new(kafka: &KafkaConfig, models: &ModelSet) -> StageOne {
+        let names: Vec<String> = (0..PARTITIONS).map(|p| format!("{TELEMETRY}-{p}")).collect();
+        StageOne {
+            replicas: names.iter().map(|_| Scorer::new(models.clone()).expect("scorer").split()).collect(),
+            learners: names.iter().map(|_| LessonsReader::new(kafka, LESSONS, None).expect("reader")).collect(),
+            names,
+            partials: StagePublisher::new(kafka, PARTIALS).expect("publisher"),
+            watermarks: ClientConfig::new().set("bootstrap.servers", &kafka.brokers).create().expect("client"),
+            published: 0,
+            progress: vec![None; PARTITIONS],
+            ended: vec![false; PARTITIONS],
+            events: Vec::new(),
+        }
+    }
+
+    /// Feeds each replica its partition's reports, the one furthest behind
+    /// first, settling after each batch; `between` runs after each.
+    fn run(
+        &mut self,
+        lines: &[(usize, Vec<u8>)],
+        stage2: &mut Vec<StageTwo>,
+        mut between: impl FnMut(usize, &mut Vec<StageTwo>),
+    ) {
+        let mine: Vec<Vec<&[u8]>> = (0..PARTITIONS)
+            .map(|p| lines.iter().filter(|(q, _)| *q == p).map(|(_, l)| l.as_slice()).collect())
+            .collect();
+        let mut at = [0usize; PARTITIONS];
+        let mut ended = [false; PARTITIONS];
+        let mut batches = 0;
+        loop {
+            let behind = (0..PARTITIONS)
+                .filter(|&p| at[p] < mine[p].len())
+                .min_by_key(|&p| (self.replicas[p].engine().closed_through().unwrap_or(i64::MIN), p));
+            let Some(p) = behind else { break };
+            let end = (at[p] + 4_000).min(mine[p].len());
+            let name = self.names[p].clone();
+            let events = self.replicas[p].process_sourced(&batch(&mine[p][at[p]..end]), &[(&name, end - at[p])]);
+            self.events.extend(events);
+            at[p] = end;
+            self.publish(p, false);
+            self.settle(stage2, &ended);
+            batches += 1;
+            between(batches, stage2);
+        }
+        for (p, end) in ended.iter_mut().enumerate() {
+            *end = true;
+            let events = self.replicas[p].finish();
+            self.events.extend(events);
+            self.publish(p, true);
+        }
+        self.settle(stage2, &ended);
+        assert!(
+            self.replicas.iter().all(|r| r.engine().open_windows() == 0 && r.held_windows() == (0, 0)),
+            "every window closed, and every terminal scored with its window's lessons"
+        );
+    }
+}
+
+#[test]
+fn a_regional_process_raises_one_processs_site_and_region_alerts_and_resumes_from_its_snapshot() {
+    let lines = history();
+    let models = models();
+    let (regional, terminal, thresholds) = one_process(&lines, &models);
+    let c = cluster();
     let state = tempfile::tempdir().expect("tempdir");
     // Only SIGTERM snapshots it.
-    let mut stage2 = StageTwo::start(&kafka.brokers, state.path(), "3600");
-    stage2.wait("ready", |t| t.contains("termwatch_merged_windows_total"));
+    let mut stage2 = vec![StageTwo::start(&c.kafka.brokers, state.path(), "3600", &[])];
+    stage2[0].wait("holding the partials partition", |t| value(t, "termwatch_partials_assigned") == Some(1.0));
 
-    let mut stage1 = StageOne {
-        replicas: names.iter().map(|_| Scorer::new(models.clone()).expect("scorer").split()).collect(),
-        learners: names.iter().map(|_| LessonsReader::new(&kafka, LESSONS, None).expect("reader")).collect(),
-        names: names.clone(),
-        partials: StagePublisher::new(&kafka, PARTIALS).expect("publisher"),
-        published: 0,
-        progress: vec![None; PARTITIONS],
-        ended: vec![false; PARTITIONS],
-        events: Vec::new(),
-    };
+    let mut stage1 = StageOne::new(&c.kafka, &models);
     let started = Instant::now();
-    let mine: Vec<Vec<&[u8]>> =
-        (0..PARTITIONS).map(|p| lines.iter().filter(|(q, _)| *q == p).map(|(_, l)| l.as_slice()).collect()).collect();
-    let mut at = [0usize; PARTITIONS];
-    let mut ended = [false; PARTITIONS];
-    loop {
-        let behind = (0..PARTITIONS)
-            .filter(|&p| at[p] < mine[p].len())
-            .min_by_key(|&p| (stage1.replicas[p].engine().closed_through().unwrap_or(i64::MIN), p));
-        let Some(p) = behind else { break };
-        let end = (at[p] + 4_000).min(mine[p].len());
-        let events = stage1.replicas[p].process_sourced(&batch(&mine[p][at[p]..end]), &[(&names[p], end - at[p])]);
-        stage1.events.extend(events);
-        at[p] = end;
-        stage1.publish(p, false);
-        stage1.settle(&mut stage2, &ended);
-    }
-    for (p, end) in ended.iter_mut().enumerate() {
-        *end = true;
-        let events = stage1.replicas[p].finish();
-        stage1.events.extend(events);
-        stage1.publish(p, true);
-    }
-    stage1.settle(&mut stage2, &ended);
-    assert!(
-        stage1.replicas.iter().all(|r| r.engine().open_windows() == 0 && r.held_windows() == (0, 0)),
-        "every window closed, and every terminal scored with its window's lessons"
-    );
+    stage1.run(&lines, &mut stage2, |_, _| {});
+    let mut stage2 = stage2.pop().expect("stage 2");
     let published = stage1.published as f64;
     let text = stage2.wait("every partial read", |t| {
         value(t, "termwatch_partials_records_total{outcome=\"read\"}") == Some(published)
-            && value(t, "termwatch_merging_open_windows") == Some(0.0)
     });
     println!("{:.1} s for {} partials records", started.elapsed().as_secs_f64(), stage1.published);
 
@@ -349,8 +461,10 @@ fn a_regional_process_raises_one_processs_site_and_region_alerts_and_resumes_fro
     // Its own: site and region scores, no terminal state.
     assert!(text.contains("termwatch_anomaly_score_count{kind=\"network_degradation\",scope=\"region\"}"), "{text}");
     assert_eq!(value(&text, "termwatch_tracked_terminals"), Some(0.0), "stage 2 holds no terminals");
+    assert!(calibrated_as(&text, &thresholds), "one process's site and region calibration: {thresholds:#?} {text}");
 
-    let got = at_scope(&stage2.events(), &[Scope::Site, Scope::Region]);
+    let mut raised = stage2.events();
+    let got = at_scope(&raised, &[Scope::Site, Scope::Region]);
     assert_eq!(got, regional, "stage 2's site and region alert events are one process's");
     assert_eq!(at_scope(&stage1.events, &[Scope::Terminal]), terminal, "stage 1's terminal alert events too");
 
@@ -362,7 +476,7 @@ fn a_regional_process_raises_one_processs_site_and_region_alerts_and_resumes_fro
     let said = stage2.sigterm();
     assert!(said.contains("stage 2 stopped"), "{said}");
     assert!(snapshot.exists());
-    let mut again = StageTwo::start(&kafka.brokers, state.path(), "1");
+    let mut again = StageTwo::start(&c.kafka.brokers, state.path(), "1", &[]);
     again.wait("restored", |t| value(t, "termwatch_merged_through_timestamp_seconds") == Some(merged_through));
     std::thread::sleep(Duration::from_secs(2));
     let text = scrape(again.port).expect("metrics");
@@ -371,11 +485,93 @@ fn a_regional_process_raises_one_processs_site_and_region_alerts_and_resumes_fro
         Some(0.0),
         "read on from the commit"
     );
-    assert!(
-        value(&text, "termwatch_state_snapshot_last_success_timestamp_seconds").is_some_and(|t| t > 0.0),
-        "snapshots every second: {text}"
-    );
-    assert!(again.events().is_empty(), "no alert event raised twice");
+    raised.extend(again.events());
+    assert_eq!(raised.len(), stage2_events_len(&raised), "no alert event raised twice");
     let said = again.sigterm();
     assert!(said.contains("restored from its snapshot"), "{said}");
+}
+
+/// How many distinct events `events` holds.
+fn stage2_events_len(events: &[AlertEvent]) -> usize {
+    let mut keys: Vec<String> = events.iter().map(key).collect();
+    keys.sort();
+    keys.dedup();
+    keys.len()
+}
+
+/// Two stage-2 processes on one state directory: one merges, the other
+/// stands by. The one merging is killed with `kill -9` halfway; the other
+/// is given the partials partition once the group's session times out,
+/// takes the snapshot the killed one last wrote, and reads on from its
+/// commit: together they raise one process's site and region alerts, each
+/// at least once, and every window is merged from every source.
+#[test]
+fn a_standby_regional_process_takes_over_from_a_killed_one_where_it_last_checkpointed() {
+    let lines = history();
+    let models = models();
+    let (regional, terminal, thresholds) = one_process(&lines, &models);
+    let c = cluster();
+    let state = tempfile::tempdir().expect("tempdir");
+    // A killed member leaves no group: its partition moves once its session
+    // times out (45 s by default).
+    let session = [
+        ("TERMWATCH_KAFKA_PROPERTY_SESSION_TIMEOUT_MS", "6000"),
+        ("TERMWATCH_KAFKA_PROPERTY_HEARTBEAT_INTERVAL_MS", "500"),
+    ];
+    let mut stage2 = vec![StageTwo::start(&c.kafka.brokers, state.path(), "1", &session)];
+    stage2[0].wait("holding the partials partition", |t| value(t, "termwatch_partials_assigned") == Some(1.0));
+    stage2.push(StageTwo::start(&c.kafka.brokers, state.path(), "1", &session));
+    stage2[1].wait("up", |t| t.contains("termwatch_partials_assigned"));
+    // The group rebalances as the second joins: one of the two merges.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stage2.iter().filter(|s| s.holding()).count() != 1 {
+        assert!(Instant::now() < deadline, "neither or both hold the partition");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let mut stage1 = StageOne::new(&c.kafka, &models);
+    let mut killed: Option<StageTwo> = None;
+    stage1.run(&lines, &mut stage2, |_, stage2| {
+        let Some(active) = stage2.iter().position(StageTwo::holding) else { return };
+        let merged = scrape(stage2[active].port)
+            .and_then(|t| value(&t, "termwatch_merged_windows_total{completeness=\"complete\"}"))
+            .unwrap_or(0.0);
+        // Halfway through the history, once it has snapshotted what it merged.
+        if merged >= 250.0 && killed.is_none() {
+            std::thread::sleep(Duration::from_millis(1_500));
+            let mut victim = stage2.remove(active);
+            let t = scrape(victim.port).expect("metrics");
+            println!(
+                "killed after {:?} records and {:?} windows",
+                value(&t, "termwatch_partials_records_total{outcome=\"read\"}"),
+                value(&t, "termwatch_merged_windows_total{completeness=\"complete\"}")
+            );
+            victim.child.kill().expect("kill -9");
+            victim.child.wait().expect("reaped");
+            killed = Some(victim);
+        }
+    });
+    let killed = killed.expect("killed halfway");
+    let survivor = &mut stage2[0];
+    let text = survivor.wait("every window merged", |t| value(t, "termwatch_merging_open_windows") == Some(0.0));
+    assert_eq!(value(&text, "termwatch_merged_windows_total{completeness=\"incomplete\"}"), Some(0.0), "{text}");
+    // It went on with the killed one's fleet calibration: cold, it would
+    // have half the windows.
+    assert!(calibrated_as(&text, &thresholds), "one process's site and region calibration: {thresholds:#?} {text}");
+
+    println!(
+        "the survivor read {:?} of {} partials records published, {:?} duplicates",
+        value(&text, "termwatch_partials_records_total{outcome=\"read\"}"),
+        stage1.published,
+        value(&text, "termwatch_partials_dropped_total{reason=\"duplicate\"}")
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let mut raised = killed.events();
+    raised.extend(survivor.events());
+    let distinct = stage2_events_len(&raised);
+    println!("{} site and region events raised, {distinct} distinct", raised.len());
+    assert_eq!(at_scope(&raised, &[Scope::Site, Scope::Region]), regional, "one process's, each at least once");
+    assert_eq!(at_scope(&stage1.events, &[Scope::Terminal]), terminal, "stage 1's terminal alert events too");
+    let said = survivor.said();
+    assert!(said.contains("reading on from the latest snapshot"), "took the killed one's snapshot: {said}");
 }
