@@ -126,7 +126,7 @@ fn main() {
         ((AlertKind::HardwareAging, Scope::Terminal), vec![0.02; TERMINALS as usize]),
     ];
     let view = AlertView {
-        alerts: &tracker,
+        alerts: &[&tracker],
         engine: Some(&engine),
         events: &[],
         scores: &scores,

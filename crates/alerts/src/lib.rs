@@ -9,7 +9,8 @@
 //! docs/two-stages.md, the partials topic carries each closed window's site
 //! and region partials to the merging stage, which scores sites and
 //! regions ([`regional`]), and the lessons topic carries what it merged
-//! back ([`stage_topics`]); [`merging`] runs that stage as a loop.
+//! back ([`stage_topics`]); [`merging`] runs that stage as a loop, and
+//! [`stage_one`] the first stage as a pipeline sink.
 
 pub mod alerting;
 pub mod calibration;
@@ -21,6 +22,8 @@ pub mod regional;
 pub mod scoring;
 pub mod sink;
 pub mod snapshot;
+#[cfg(feature = "kafka")]
+pub mod stage_one;
 #[cfg(feature = "kafka")]
 pub mod stage_topics;
 #[cfg(feature = "kafka")]

@@ -290,7 +290,9 @@ impl MergingMetrics {
 /// The parts of a [`Scorer`] one update reads; built by [`AlertMetrics::update`],
 /// or by hand in tests and benchmarks.
 pub struct AlertView<'a> {
-    pub alerts: &'a AlertTracker,
+    /// Alert state: one tracker, or one per scorer (stage 1 in `termwatch
+    /// run` keeps one per partition).
+    pub alerts: &'a [&'a AlertTracker],
     /// The feature engine, where this process has one (stage 2 has none:
     /// its terminals are stage 1's).
     pub engine: Option<&'a FeatureEngine>,
@@ -698,7 +700,7 @@ impl AlertMetrics {
         let thresholds: Vec<FleetThreshold> = scorer.thresholds().collect();
         let view = AlertView {
             thresholds: &thresholds,
-            alerts: scorer.alerts(),
+            alerts: &[scorer.alerts()],
             engine: Some(scorer.engine()),
             events,
             scores: &scores,
@@ -719,7 +721,7 @@ impl AlertMetrics {
         let region_scores: Vec<(&str, f64)> = kept.regions.iter().map(|(r, s)| (&**r, *s)).collect();
         let thresholds: Vec<FleetThreshold> = stage.thresholds().collect();
         self.observe(&AlertView {
-            alerts: stage.alerts(),
+            alerts: &[stage.alerts()],
             engine: None,
             events,
             scores: &kept.scores,
@@ -727,6 +729,27 @@ impl AlertMetrics {
             releases: &[],
             thresholds: &thresholds,
             model_version: stage.model_version(),
+            now_ms: wall_ms(),
+        });
+    }
+
+    /// Terminals held, where no single engine says it (stage 1 holds one
+    /// per partition).
+    pub fn set_tracked_terminals(&self, terminals: usize) {
+        self.tracked_terminals.set(terminals as i64);
+    }
+
+    /// A process that owns no alert (a stage-2 standby): its model only.
+    pub fn update_standby(&self, model_version: &str) {
+        self.observe(&AlertView {
+            alerts: &[],
+            engine: None,
+            events: &[],
+            scores: &[],
+            region_scores: &[],
+            releases: &[],
+            thresholds: &[],
+            model_version,
             now_ms: wall_ms(),
         });
     }
@@ -759,7 +782,7 @@ impl AlertMetrics {
             }
         }
         let mut firing: HashMap<(AlertKind, Scope, &str, &str), i64> = HashMap::new();
-        for c in view.alerts.firing_counts() {
+        for c in view.alerts.iter().flat_map(|a| a.firing_counts()) {
             let region = state.region_label(c.region, self.region_cap).unwrap_or(OTHER_REGIONS);
             *firing.entry((c.kind, c.scope, severity_str(c.severity), region)).or_default() += i64::from(c.count);
         }
@@ -785,7 +808,7 @@ impl AlertMetrics {
         }
         self.export_releases(&mut state, view.releases);
         self.export_thresholds(view.thresholds);
-        self.tracked_alert_entities.set(view.alerts.len() as i64);
+        self.tracked_alert_entities.set(view.alerts.iter().map(|a| a.len()).sum::<usize>() as i64);
         if scored || !view.events.is_empty() || !state.primed {
             self.export_top_k(&mut state, view);
             state.primed = true;
@@ -936,7 +959,7 @@ impl AlertMetrics {
 
     /// Replaces the entity series with the current top K firing alerts.
     fn export_top_k(&self, state: &mut State, view: &AlertView<'_>) {
-        let mut firing: Vec<FiringAlert<'_>> = view.alerts.firing().collect();
+        let mut firing: Vec<FiringAlert<'_>> = view.alerts.iter().flat_map(|a| a.firing()).collect();
         let total = firing.len();
         if total > self.top_k {
             if self.top_k > 0 {
@@ -1076,7 +1099,7 @@ mod tests {
         assert_eq!(tracker.firing().count(), 1000);
         let engine = FeatureEngine::new(FeatureConfig::default());
         let view = AlertView {
-            alerts: &tracker,
+            alerts: &[&tracker],
             engine: Some(&engine),
             events: &[],
             scores: &[],
@@ -1101,7 +1124,7 @@ mod tests {
         let mut tracker = AlertTracker::new(&AlertingConfig::default()).expect("tracker");
         tracker.observe(window("T-0001", 0, 0.9));
         tracker.observe(window("T-0001", 1, 0.9));
-        let view = AlertView { alerts: &tracker, ..view };
+        let view = AlertView { alerts: &[&tracker], ..view };
         // A batch that closed no window and changed no alert leaves the top K as it was...
         metrics.observe(&AlertView { events: &[], ..view });
         let entity = registry.gather().into_iter().find(|f| f.name() == "termwatch_alert_entity_score");
@@ -1134,7 +1157,7 @@ mod tests {
         tracker.observe(window("T-1", 1, 0.9));
         let engine = FeatureEngine::new(FeatureConfig::default());
         metrics.observe(&AlertView {
-            alerts: &tracker,
+            alerts: &[&tracker],
             engine: Some(&engine),
             events: &[],
             scores: &[],
@@ -1169,7 +1192,7 @@ mod tests {
         let names: Vec<String> = (0..6).map(|r| format!("r-{r}")).collect();
         let scores: Vec<(&str, f64)> = names.iter().map(|n| (n.as_str(), 0.1)).collect();
         let view = AlertView {
-            alerts: &tracker,
+            alerts: &[&tracker],
             engine: Some(&engine),
             events: &[],
             scores: &[],
@@ -1207,7 +1230,7 @@ mod tests {
         // A flood of versions: the highest-scoring RELEASE_TOP_K are named.
         let many: Vec<ReleaseHealth> = (0..RELEASE_TOP_K + 30).map(|i| health(i, i as f64 / 100.0)).collect();
         let view = AlertView {
-            alerts: &tracker,
+            alerts: &[&tracker],
             engine: Some(&engine),
             events: &[],
             scores: &[],
@@ -1255,7 +1278,7 @@ mod tests {
         }
         engine.process_batch(&builder.finish().expect("batch"));
         let view = AlertView {
-            alerts: &tracker,
+            alerts: &[&tracker],
             engine: Some(&engine),
             events: &[],
             scores: &[],

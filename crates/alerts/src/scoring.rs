@@ -17,7 +17,10 @@ use termwatch_models::artifact::{DETECTORS, ModelError, ModelSet, scored_at_site
 use crate::alerting::{AlertTracker, Scored};
 use crate::calibration::{FleetCalibration, FleetThreshold, bin_counts};
 use crate::cold::{ColdStats, ColdStore};
-use crate::snapshot::{HeldRow, HeldWindow, PartitionSnapshot, Snapshot, SnapshotError, SnapshotRef, StageOne};
+use crate::snapshot::{
+    HeldRow, HeldWindow, MAX_HELD_WINDOWS, PartitionSnapshot, Snapshot, SnapshotError, SnapshotRef, StageOffsets,
+    StageOne,
+};
 use termwatch_models::detector::{CRITICAL_OFF, Detector, is_critical};
 
 /// Features, detectors and alert state together: batches in, alert events out.
@@ -56,7 +59,17 @@ struct Split {
     thresholds: Vec<(AlertKind, Scope, f64, f64)>,
     /// Held windows scored without lessons of their own.
     untaught: u64,
+    /// Lessons of windows this engine has not closed yet, oldest first: a
+    /// replica restored from a snapshot reads on the lessons its
+    /// predecessor had learnt past it, and learns each window's only once
+    /// it has closed that window again, as its predecessor did.
+    pending: VecDeque<Lessons>,
 }
+
+/// Lessons records a stage-1 scorer keeps for windows it has not closed
+/// (about what its predecessor got ahead of its last snapshot); past it,
+/// the oldest is learnt whole, as if its windows had closed.
+pub const MAX_PENDING_LESSONS: usize = 256;
 
 /// One firmware version's latest release health.
 #[derive(Debug, Clone, PartialEq)]
@@ -134,19 +147,48 @@ impl Scorer {
     }
 
     fn learn_lessons(&mut self, lessons: Lessons) -> Vec<AlertEvent> {
+        let Some(split) = self.split.as_mut() else { return Vec::new() };
+        split.pending.push_back(lessons);
+        self.apply_lessons()
+    }
+
+    /// Learns the pending lessons of the windows this engine has closed,
+    /// and so on as each lets the next window close. In steady state that
+    /// is every record as it comes: stage 2 merges a window only once this
+    /// replica has published it.
+    fn apply_lessons(&mut self) -> Vec<AlertEvent> {
         let mut events = Vec::new();
-        if self.split.is_none() {
-            return events;
+        loop {
+            let closed = self.engine.closed_through();
+            let Some(split) = self.split.as_mut() else { break };
+            let over = split.pending.len() > MAX_PENDING_LESSONS;
+            let Some(front) = split.pending.front_mut() else { break };
+            let upto = match closed {
+                _ if over => front.through_ms,
+                Some(closed) => front.through_ms.min(closed),
+                // No report yet: nothing closed, nothing to learn for.
+                None => break,
+            };
+            let taken = front.windows.iter().take_while(|w| w.end_ms <= upto).count();
+            let now: Vec<WindowLessons> = front.windows.drain(..taken).collect();
+            let done = upto == front.through_ms;
+            if done {
+                split.pending.pop_front();
+            }
+            let learnt = self.engine.cohorts_learnt_through();
+            if now.is_empty() && !done && learnt.is_some_and(|l| l >= upto) {
+                // Nothing to learn until this engine closes another window.
+                break;
+            }
+            for w in &now {
+                self.score_held(Some(w), w.end_ms, &mut events);
+            }
+            // Held windows this record passes without their lessons: stage 2
+            // closed them without this replica's partials (late).
+            self.score_held(None, upto, &mut events);
+            let windows = self.engine.learn_cohorts(upto, now.iter().map(|w| (w.end_ms, &w.cohorts)));
+            events.extend(self.score(windows));
         }
-        for w in &lessons.windows {
-            self.score_held(Some(w), w.end_ms, &mut events);
-        }
-        // Held windows this record passes without their lessons: stage 2
-        // closed them without this replica's partials (late).
-        self.score_held(None, lessons.through_ms, &mut events);
-        let windows =
-            self.engine.learn_cohorts(lessons.through_ms, lessons.windows.iter().map(|w| (w.end_ms, &w.cohorts)));
-        events.extend(self.score(windows));
         events
     }
 
@@ -260,6 +302,31 @@ impl Scorer {
         }
     }
 
+    /// As stage 1 while the merging stage's lessons do not come (it is down,
+    /// or another replica's partition is silent): closes the oldest windows
+    /// on this scorer's own lessons until at most `max_open` are open, and
+    /// scores the oldest held windows without lessons of their own until at
+    /// most `max_held` wait. What a replica holds stays bounded; what it so
+    /// closes is counted (`Counters::learnt_alone`, [`Scorer::held_windows`])
+    /// and may differ from one process's answer.
+    pub fn shed(&mut self, max_open: usize, max_held: usize) -> Vec<AlertEvent> {
+        let mut events = Vec::new();
+        let open = self.engine.open_windows();
+        if let (Some(oldest), true) = (self.engine.oldest_open_window_end(), open > max_open) {
+            let excess = (open - max_open) as i64;
+            let through = oldest.saturating_add((excess - 1).saturating_mul(self.engine.config().window_ms));
+            let windows = self.engine.close_alone(through);
+            events.extend(self.score(windows));
+        }
+        let max_held = max_held.min(MAX_HELD_WINDOWS);
+        let through =
+            self.split.as_ref().and_then(|s| s.held.len().checked_sub(max_held + 1).map(|i| s.held[i].end_ms));
+        if let Some(through) = through {
+            self.score_held(None, through, &mut events);
+        }
+        events
+    }
+
     /// Keeps the state of terminals forgotten as idle in `store`, and gives
     /// it back to them when they report again.
     pub fn set_cold_store(&mut self, store: ColdStore) {
@@ -287,8 +354,24 @@ impl Scorer {
     /// Saves what scoring has learned to `path` (atomically); `position`
     /// says, in words, what input the state covers.
     pub fn save_snapshot(&self, path: &Path, position: &str) -> Result<u64, SnapshotError> {
+        self.save_with_offsets(path, position, None)
+    }
+
+    /// As stage 1 in `termwatch run`: saves with the positions in both
+    /// topics the state covers, which [`Scorer::restore_stage_one`] reads
+    /// on from.
+    pub fn save_stage_one(&self, path: &Path, position: &str, offsets: StageOffsets) -> Result<u64, SnapshotError> {
+        self.save_with_offsets(path, position, Some(offsets))
+    }
+
+    fn save_with_offsets(
+        &self,
+        path: &Path,
+        position: &str,
+        offsets: Option<StageOffsets>,
+    ) -> Result<u64, SnapshotError> {
         let alerts = self.alerts.snapshot();
-        let stage_one = self.stage_one();
+        let stage_one = self.stage_one(offsets);
         SnapshotRef {
             model_version: &self.models.version,
             engine: &self.engine,
@@ -304,8 +387,30 @@ impl Scorer {
     /// configuration; reports it already applied are then skipped and
     /// counted. On error nothing changes: scoring goes on cold.
     pub fn restore_snapshot(&mut self, path: &Path) -> Result<String, SnapshotError> {
+        self.restore(path, false).map(|(position, _)| position)
+    }
+
+    /// As stage 1 in `termwatch run`: restores a stage-1 snapshot taken
+    /// with [`Scorer::save_stage_one`], and returns where to read both
+    /// topics on from. Its input resumes exactly after what the state
+    /// covers, so no report is skipped, and its sources' progress is kept.
+    /// On error nothing changes.
+    pub fn restore_stage_one(&mut self, path: &Path) -> Result<(String, StageOffsets), SnapshotError> {
+        let (position, offsets) = self.restore(path, true)?;
+        // (Checked before anything changed.)
+        Ok((position, offsets.unwrap_or_default()))
+    }
+
+    /// `exact`: the input resumes right after what the snapshot covers.
+    fn restore(&mut self, path: &Path, exact: bool) -> Result<(String, Option<StageOffsets>), SnapshotError> {
         let snap = Snapshot::load(path)?;
         let p = path.display().to_string();
+        if exact && snap.stage_one.as_ref().and_then(|s| s.offsets).is_none() {
+            return Err(SnapshotError::Decode {
+                path: p,
+                cause: "not a stage-1 snapshot of termwatch run (no offsets)".into(),
+            });
+        }
         if snap.model_version != self.models.version {
             return Err(SnapshotError::Model {
                 path: p,
@@ -345,14 +450,24 @@ impl Scorer {
         let limits = self.engine.limits();
         self.engine = snap.engine;
         self.engine.set_limits(limits);
-        self.engine.mark_restored();
+        if !exact {
+            self.engine.mark_restored();
+        }
         self.engine.keep_departed(self.cold.is_some());
+        let mut offsets = None;
         if let (Some(split), Some(state)) = (self.split.as_mut(), stage_one) {
             self.engine.emit_partials(true);
             self.engine.share_cohorts(true);
-            *split = Split { held: state.held.into(), outbox: state.outbox, thresholds: state.thresholds, untaught: 0 };
+            offsets = state.offsets;
+            *split = Split {
+                held: state.held.into(),
+                outbox: state.outbox,
+                thresholds: state.thresholds,
+                untaught: 0,
+                pending: state.pending.into(),
+            };
         }
-        Ok(snap.position)
+        Ok((snap.position, offsets))
     }
 
     /// Saves the shared part of what scoring has learned (site, region and
@@ -372,18 +487,20 @@ impl Scorer {
             engine: &engine,
             alerts: &alerts,
             fleet: &self.fleet,
-            stage_one: self.stage_one().as_ref(),
+            stage_one: self.stage_one(None).as_ref(),
             position,
         }
         .save(path)
     }
 
     /// A stage-1 scorer's own state, for its snapshot.
-    fn stage_one(&self) -> Option<StageOne> {
+    fn stage_one(&self, offsets: Option<StageOffsets>) -> Option<StageOne> {
         self.split.as_ref().map(|s| StageOne {
             held: s.held.iter().cloned().collect(),
             outbox: s.outbox.clone(),
             thresholds: s.thresholds.clone(),
+            pending: s.pending.iter().cloned().collect(),
+            offsets,
         })
     }
 
@@ -513,7 +630,9 @@ impl Scorer {
             None => self.engine.process_sourced(batch, runs),
         };
         self.store_departed();
-        self.score(windows)
+        let mut events = self.score(windows);
+        events.extend(self.apply_lessons());
+        events
     }
 
     /// Hands the terminals the engine forgot as idle to the cold store.
@@ -534,7 +653,9 @@ impl Scorer {
     /// An input has ended for now; scores the windows that could then close.
     pub fn end_of_source(&mut self, name: &str) -> Vec<AlertEvent> {
         let windows = self.engine.end_of_source(name);
-        self.score(windows)
+        let mut events = self.score(windows);
+        events.extend(self.apply_lessons());
+        events
     }
 
     /// Forgets an input (its partition went to another replica); the windows
@@ -546,7 +667,9 @@ impl Scorer {
     /// Closes every open window (end of a history) and scores it.
     pub fn finish(&mut self) -> Vec<AlertEvent> {
         let windows = self.engine.finish();
-        self.score(windows)
+        let mut events = self.score(windows);
+        events.extend(self.apply_lessons());
+        events
     }
 
     fn score(&mut self, windows: Vec<WindowRows>) -> Vec<AlertEvent> {

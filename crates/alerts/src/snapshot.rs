@@ -51,7 +51,7 @@ const REGIONAL_MAGIC: &[u8; 6] = b"TWREGN";
 ///     (a young terminal's voltage is judged by its own first windows too).
 /// 13: a stage-1 scorer's windows waiting for their lessons, its records
 ///     for the partials topic not yet taken, and the thresholds taught.
-const FORMAT: u32 = 13;
+const FORMAT: u32 = 14;
 const HEADER: usize = 6 + 4 + 8;
 
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +144,20 @@ pub struct StageOne {
     pub outbox: Vec<termwatch_features::wire::PartialsRecord>,
     /// `(kind, scope, threshold, critical)`.
     pub thresholds: Vec<(AlertKind, Scope, f64, f64)>,
+    /// Lessons read of windows it had not closed yet.
+    pub pending: Vec<termwatch_features::wire::Lessons>,
+    /// Where `termwatch run` as stage 1 reads on after a restore: the
+    /// telemetry partition's next offset and the lessons topic's (None for
+    /// a scorer driven without Kafka).
+    pub offsets: Option<StageOffsets>,
+}
+
+/// A stage-1 snapshot's positions in both topics it reads: it covers every
+/// record before them, and none after.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageOffsets {
+    pub telemetry: i64,
+    pub lessons: i64,
 }
 
 /// A closed window's terminal rows, waiting for its lessons; by name, since
@@ -179,6 +193,13 @@ impl StageOne {
     pub fn check(&self, voltage_width: usize, aging_width: usize) -> Result<(), String> {
         if self.held.len() > MAX_HELD_WINDOWS {
             return Err(format!("{} windows held, at most {MAX_HELD_WINDOWS}", self.held.len()));
+        }
+        if self.pending.len() > crate::scoring::MAX_PENDING_LESSONS + 1 {
+            return Err(format!(
+                "{} lessons records pending, at most {}",
+                self.pending.len(),
+                crate::scoring::MAX_PENDING_LESSONS
+            ));
         }
         if self.held.windows(2).any(|w| w[0].end_ms >= w[1].end_ms) {
             return Err("held windows out of order".into());
@@ -501,6 +522,8 @@ mod tests {
             held: vec![window(300_000), window(600_000)],
             outbox: Vec::new(),
             thresholds: vec![(AlertKind::VoltageInstability, Scope::Terminal, 0.6, 1.0)],
+            pending: Vec::new(),
+            offsets: None,
         };
         assert_eq!(good.check(6, 8), Ok(()));
         let mut bad = good.clone();

@@ -205,6 +205,79 @@ impl AlertTopic {
     }
 }
 
+/// Where a stage of `termwatch run` writes its alert events: standard
+/// output (alerts-v1 NDJSON, best effort: a closed pipe must not stop
+/// scoring; counted, and said once per outage) and the alerts topic when
+/// one is configured.
+pub struct ServiceOutput {
+    pub topic: Option<AlertTopic>,
+    stdout_failing: bool,
+}
+
+impl ServiceOutput {
+    pub fn new(topic: Option<AlertTopic>) -> ServiceOutput {
+        ServiceOutput { topic, stdout_failing: false }
+    }
+
+    pub fn write(&mut self, events: &[AlertEvent], metrics: Option<&crate::metrics::AlertMetrics>) {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        for e in events {
+            let written = serde_json::to_string(e)
+                .map_err(std::io::Error::other)
+                .and_then(|line| writeln!(out, "{line}"))
+                .and_then(|()| out.flush());
+            match written {
+                Ok(()) => self.stdout_failing = false,
+                Err(err) => {
+                    if let Some(m) = metrics {
+                        m.delivery_failed("stdout");
+                    }
+                    if !std::mem::replace(&mut self.stdout_failing, true) {
+                        tracing::warn!(error = %err, "alert events not written to standard output");
+                    }
+                }
+            }
+        }
+        if let Some(topic) = &mut self.topic {
+            for e in events {
+                if let Err(err) = topic.send(e) {
+                    tracing::warn!(error = %err, "alert event not sent");
+                }
+            }
+        }
+    }
+
+    /// Waits (bounded) for the alerts topic to hold every event written:
+    /// whether it does, so that a snapshot, and a commit, may cover them.
+    /// Said and counted when not.
+    pub fn delivered(&mut self, metrics: Option<&crate::metrics::AlertMetrics>) -> bool {
+        let Some(topic) = &mut self.topic else { return true };
+        let delivery = topic.flush();
+        if let Some(m) = metrics {
+            m.topic_pending(topic.pending_events());
+        }
+        let failed = |m: Option<&crate::metrics::AlertMetrics>| {
+            if let Some(m) = m {
+                m.delivery_failed("kafka");
+            }
+        };
+        match delivery {
+            Delivery::Delivered => true,
+            Delivery::Pending { events, error } => {
+                failed(metrics);
+                tracing::warn!(events, error = %error, "alert events not delivered yet: no snapshot or commit until they are");
+                false
+            }
+            Delivery::Lost { error } => {
+                failed(metrics);
+                tracing::error!(error = %error, "alert events lost from the outbox: no snapshot or commit until a restart");
+                false
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use rdkafka::config::ClientConfig;

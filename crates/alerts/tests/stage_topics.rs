@@ -652,7 +652,17 @@ fn a_held_window_passed_by_lessons_without_its_own_is_scored_and_counted() {
 /// publishes nothing more. Returns the alert events; the records go to
 /// `published`.
 fn teach_alone(s: &mut Scorer, taught: &mut Option<i64>, published: &mut Vec<PartialsRecord>) -> Vec<AlertEvent> {
-    teach_as(s, taught, published, |w| WindowLessons {
+    teach_logged(s, taught, published, &mut Vec::new())
+}
+
+/// [`teach_alone`], keeping each lessons record taught in `sent`.
+fn teach_logged(
+    s: &mut Scorer,
+    taught: &mut Option<i64>,
+    published: &mut Vec<PartialsRecord>,
+    sent: &mut Vec<Vec<u8>>,
+) -> Vec<AlertEvent> {
+    teach_as(s, taught, published, sent, |w| WindowLessons {
         end_ms: w.end_ms,
         cohorts: w.cohorts.clone(),
         bad_sites: w.sites.first().map(|(site, _)| site.clone()).into_iter().collect(),
@@ -665,6 +675,7 @@ fn teach_as(
     s: &mut Scorer,
     taught: &mut Option<i64>,
     published: &mut Vec<PartialsRecord>,
+    sent: &mut Vec<Vec<u8>>,
     mut lessons: impl FnMut(&WindowPartials) -> WindowLessons,
 ) -> Vec<AlertEvent> {
     let mut events = Vec::new();
@@ -686,7 +697,9 @@ fn teach_as(
             },
         };
         *taught = Some(lessons.through_ms);
-        events.extend(s.learn(&termwatch_features::wire::encode(&lessons).expect("encode")).expect("read"));
+        let record = termwatch_features::wire::encode(&lessons).expect("encode");
+        events.extend(s.learn(&record).expect("read"));
+        sent.push(record);
     }
 }
 
@@ -780,11 +793,71 @@ fn lessons_out_of_order_or_with_thresholds_that_are_not_probabilities_change_not
         let mut teach = lessons(hostile);
         for chunk in mine.chunks(500) {
             events.extend(s.process_sourced(&batch(chunk), &[("telemetry-1", chunk.len())]));
-            events.extend(teach_as(&mut s, &mut taught, &mut published, &mut teach));
+            events.extend(teach_as(&mut s, &mut taught, &mut published, &mut Vec::new(), &mut teach));
         }
         events.iter().map(key).collect::<Vec<_>>()
     };
     let (good, hostile) = (run(false), run(true));
     assert!(!good.is_empty(), "terminals page at that threshold");
     assert_eq!(good, hostile);
+}
+
+/// A stage-1 scorer restored from a snapshot its predecessor had gone on
+/// past (a replica killed some windows after its last snapshot) reads the
+/// lessons its predecessor learnt since then before the reports it must
+/// score again: it learns each window's only once it has closed that
+/// window again, so it gives the predecessor's alert events and records
+/// for the partials topic. Learnt as they came, the lessons would let it
+/// close those windows all at once, and score their terminals without
+/// their sites' verdicts.
+#[test]
+fn a_stage_one_scorer_restored_behind_its_lessons_learns_them_as_it_catches_up() {
+    let (lines, models) = faulty_history_and_models();
+    let mut mine: Vec<&[u8]> = lines.iter().filter(|(s, _)| s == "telemetry-2").map(|(_, l)| l.as_slice()).collect();
+    mine.sort_by_key(|l| decode(l, i64::MAX / 2).map_or(0, |r| r.ts_ms));
+    let mut running = Scorer::new(models.clone()).expect("scorer").split();
+    let mut taught = None;
+    let (mut published, mut events, mut sent) = (Vec::new(), Vec::new(), Vec::new());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("stage-one.snap");
+    let chunks: Vec<&[&[u8]]> = mine.chunks(200).collect();
+    let mut after = None;
+    for (i, chunk) in chunks.iter().enumerate() {
+        events.extend(running.process_sourced(&batch(chunk), &[("telemetry-2", chunk.len())]));
+        if after.is_none() && running.held_windows().0 > 0 && running.alerts().firing_len() > 0 {
+            running.save_snapshot(&path, "test").expect("snapshot");
+            after = Some(i + 1);
+            // What it does from now on.
+            published.clear();
+            events.clear();
+            sent.clear();
+        }
+        events.extend(teach_logged(&mut running, &mut taught, &mut published, &mut sent));
+        if after.is_some_and(|a| i >= a + 150) {
+            break;
+        }
+    }
+    let after = after.expect("a window waited while an alert fired");
+    assert!(sent.len() >= 10, "lessons of many windows past the snapshot: {}", sent.len());
+    let mut restored = Scorer::new(models).expect("scorer").split();
+    restored.restore_snapshot(&path).expect("restored");
+    let mut again = Vec::new();
+    for record in &sent {
+        again.extend(restored.learn(record).expect("read"));
+    }
+    for chunk in &chunks[after..=after + 150] {
+        again.extend(restored.process_sourced(&batch(chunk), &[("telemetry-2", chunk.len())]));
+    }
+    let encoded = |r: &[PartialsRecord]| -> Vec<Vec<u8>> {
+        r.iter().map(|r| termwatch_features::wire::encode(r).expect("encode")).collect()
+    };
+    assert_eq!(restored.held_windows(), running.held_windows());
+    assert_eq!(encoded(&restored.take_partials()), encoded(&published));
+    let sorted = |e: &[AlertEvent]| {
+        let mut k: Vec<String> = e.iter().map(key).collect();
+        k.sort();
+        k
+    };
+    assert!(!events.is_empty(), "terminals page after the snapshot");
+    assert_eq!(sorted(&again), sorted(&events));
 }

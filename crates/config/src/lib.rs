@@ -38,6 +38,10 @@ pub enum Role {
     /// alert from what it reads (one replica: one process's answer).
     #[default]
     Both,
+    /// Stage 1 only: terminal state and terminal alerts of the partitions
+    /// it is assigned; publishes their partials for stage 2 and learns
+    /// its lessons. Needs `state.path` (a snapshot per partition).
+    Terminal,
     /// Stage 2 only: merges every stage-1 replica's partials (the partials
     /// topic), scores sites and regions, teaches stage 1 (the lessons topic).
     Regional,
@@ -46,7 +50,7 @@ pub enum Role {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StageSettings {
-    /// `both` (default) or `regional`.
+    /// `both` (default), `terminal` or `regional`.
     pub role: Role,
     /// The topic stage 1 publishes partials on; one partition. Default
     /// `termwatch-partials`.
@@ -60,7 +64,8 @@ pub struct StageSettings {
     /// it, without the sources still missing (counted). Default 3600.
     pub allowed_lateness_s: f64,
     /// Windows stage 2 holds open at most; beyond, the oldest closes
-    /// (counted). Default 64.
+    /// (counted). Stage 1 waits for lessons while each partition it reads
+    /// holds more than this many open. Default 64.
     pub max_open_windows: usize,
 }
 
@@ -195,7 +200,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("TERMWATCH_LIMITS_IDLE_TERMINAL_DAYS", "limits.idle_terminal_days"),
     ("TERMWATCH_LIMITS_MAX_REGIONS", "limits.max_regions"),
     ("TERMWATCH_LIMITS_MAX_RECORD_BYTES", "limits.max_record_bytes"),
-    ("TERMWATCH_STAGES_ROLE", "stages.role (both or regional)"),
+    ("TERMWATCH_STAGES_ROLE", "stages.role (both, terminal or regional)"),
     ("TERMWATCH_STAGES_PARTIALS_TOPIC", "stages.partials_topic"),
     ("TERMWATCH_STAGES_LESSONS_TOPIC", "stages.lessons_topic"),
     ("TERMWATCH_STAGES_GROUP_ID", "stages.group_id"),
@@ -273,8 +278,9 @@ impl Config {
                 "TERMWATCH_STAGES_ROLE" => {
                     self.stages.role = match value.as_str() {
                         "both" => Role::Both,
+                        "terminal" => Role::Terminal,
                         "regional" => Role::Regional,
-                        _ => bail!("environment variable {key}: not a role (both or regional)"),
+                        _ => bail!("environment variable {key}: not a role (both, terminal or regional)"),
                     }
                 }
                 "TERMWATCH_STAGES_PARTIALS_TOPIC" => self.stages.partials_topic = value,
@@ -340,6 +346,18 @@ impl Config {
         }
         if self.kafka.topics.contains(&self.kafka.dead_letter_topic) {
             bail!("kafka.dead_letter_topic {:?} is also consumed: rejects would loop", self.kafka.dead_letter_topic);
+        }
+        if self.stages.role == Role::Terminal && self.state.path.is_none() {
+            bail!(
+                "stages.role = \"terminal\" needs state.path: a stage-1 replica restarted without its snapshots would \
+                 publish again windows stage 2 has closed"
+            );
+        }
+        if self.stages.role != Role::Both && self.stages.group_id == self.kafka.group_id {
+            bail!(
+                "stages.group_id and kafka.group_id are both {:?}: the stages read in groups of their own",
+                self.kafka.group_id
+            );
         }
         self.stages.validate(&self.kafka.topics)
     }

@@ -568,7 +568,8 @@ pub struct FeatureEngine {
     #[serde(skip)]
     share_cohorts: bool,
     /// With shared cohorts: every window up to this index has been learnt.
-    #[serde(skip)]
+    /// Kept in a snapshot: a stage-1 engine restored at its lessons offset
+    /// closes windows as the one that took it would have.
     cohorts_learnt: Option<i64>,
     /// With shared cohorts, [`FeatureEngine::finish`] was called: every
     /// window may close, as learning allows, until the next report.
@@ -861,6 +862,12 @@ impl FeatureEngine {
     /// Every window ending at or before this has closed, epoch ms (None
     /// before the first closed): what a stage merging this engine's
     /// partials with other engines' may take as this engine's progress.
+    /// With shared cohorts: the end (epoch ms) of the last window whose
+    /// lessons have been learnt.
+    pub fn cohorts_learnt_through(&self) -> Option<i64> {
+        self.cohorts_learnt.map(|w| w.saturating_add(1).saturating_mul(self.config.window_ms))
+    }
+
     pub fn closed_through(&self) -> Option<i64> {
         self.next_to_close.map(|w| w.saturating_mul(self.config.window_ms))
     }

@@ -409,8 +409,8 @@ pub struct MergedWindow {
 /// What the merging stage dropped or closed early, since it was built.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MergerCounts {
-    /// A (window, source) partial that was already merged: a stage-1
-    /// replica republishing after a restart. Ignored.
+    /// A (window, source) partial, or terminal scores, already taken: a
+    /// stage-1 replica republishing after a restart. Ignored.
     pub duplicate_partials: u64,
     /// A partial for a window already closed. Dropped.
     pub late_partials: u64,
@@ -478,6 +478,9 @@ pub struct WindowMerger {
     scores: BTreeMap<i64, (BTreeSet<Box<str>>, WindowScores)>,
     /// Scores of windows ending before this have been handed out.
     scores_through: i64,
+    /// Per source, the latest window whose scores were taken: one at or
+    /// before it again is a replica republishing after a restore.
+    scored: BTreeMap<Box<str>, i64>,
     /// Process counters, for metrics: not part of the state.
     #[serde(skip)]
     counts: MergerCounts,
@@ -495,6 +498,7 @@ impl WindowMerger {
             max_open_windows: max_open_windows.max(1),
             scores: BTreeMap::new(),
             scores_through: i64::MIN,
+            scored: BTreeMap::new(),
             counts: MergerCounts::default(),
         }
     }
@@ -550,7 +554,8 @@ impl WindowMerger {
             .ended
             .iter()
             .chain(self.open.values().flat_map(|w| &w.from))
-            .chain(self.scores.values().flat_map(|(from, _)| from));
+            .chain(self.scores.values().flat_map(|(from, _)| from))
+            .chain(self.scored.keys());
         if let Some(s) = named.find(|s| !self.progress.contains_key(*s)) {
             return Err(format!("source {s:?} is not one of the merger's"));
         }
@@ -606,6 +611,10 @@ impl WindowMerger {
             self.counts.unknown_source += 1;
             return;
         }
+        if self.scored.get(source).is_some_and(|&taken| scores.end_ms <= taken) {
+            self.counts.duplicate_partials += 1;
+            return;
+        }
         if scores.end_ms < self.scores_through {
             self.counts.late_scores += 1;
             return;
@@ -615,6 +624,8 @@ impl WindowMerger {
             self.counts.duplicate_partials += 1;
             return;
         }
+        let taken = self.scored.entry(source.into()).or_insert(i64::MIN);
+        *taken = (*taken).max(scores.end_ms);
         sum.end_ms = scores.end_ms;
         sum.merge(&scores);
         // Sources that publish scores of windows far apart (a bad actor,
@@ -893,27 +904,32 @@ mod tests {
 
     #[test]
     fn scores_go_out_summed_with_the_next_window_once_per_source_and_late_ones_are_counted() {
-        let mut m = WindowMerger::new(&["a", "b"], 3_600_000, 3);
-        for s in ["a", "b"] {
+        let mut m = WindowMerger::new(&["a", "b", "c"], 3_600_000, 3);
+        for s in ["a", "b", "c"] {
             m.offer(s, at(300, site(1.0)));
             m.progress(s, 300);
         }
-        // The lessons of 300 went out; each source's scores of 300 come
-        // back before its next window, one of them twice (a restarted
+        // The lessons of 300 went out; two sources' scores of 300 come
+        // back before their next window, one of them twice (a restarted
         // replica publishing again).
         m.offer_scores("a", scores(300, &[(3, 2), (7, 1)]));
         m.offer_scores("b", scores(300, &[(7, 4), (9, 1)]));
         m.offer_scores("b", scores(300, &[(7, 4), (9, 1)]));
         m.offer_scores("z", scores(300, &[(1, 1)]));
         assert_eq!((m.counts().duplicate_partials, m.counts().unknown_source), (1, 1));
-        m.offer("a", at(600, site(1.0)));
-        m.progress("a", 600);
-        let closed = m.progress("b", 600);
+        for s in ["a", "b"] {
+            m.offer(s, at(600, site(1.0)));
+            m.progress(s, 600);
+        }
+        let closed = m.progress("c", 600);
         assert_eq!(closed.len(), 1);
         assert_eq!(closed[0].scores, vec![scores(300, &[(3, 2), (7, 5), (9, 1)])]);
         assert!(m.check().is_ok());
-        // Scores of 300 now are late: the calibration has moved past them.
-        m.offer_scores("a", scores(300, &[(3, 1)]));
+        // a's scores of 300 again, once handed out: a replay still.
+        m.offer_scores("a", scores(300, &[(3, 2), (7, 1)]));
+        assert_eq!((m.counts().duplicate_partials, m.counts().late_scores), (2, 0));
+        // c's scores of 300 now are late: the calibration has moved past them.
+        m.offer_scores("c", scores(300, &[(3, 1)]));
         assert_eq!(m.counts().late_scores, 1);
         // A source publishing scores of windows far apart cannot grow the
         // map past the bound: the oldest go, counted.

@@ -1007,7 +1007,7 @@ fn scrape_section(table: &mut Table, terminals: u32) -> anyhow::Result<()> {
         ((AlertKind::HardwareAging, Scope::Terminal), vec![0.02; terminals as usize]),
     ];
     metrics.observe(&AlertView {
-        alerts: &tracker,
+        alerts: &[&tracker],
         engine: Some(&engine),
         events: &[],
         scores: &scores,

@@ -8,7 +8,6 @@
 //! `interval_s` and on shutdown, and commits what a snapshot covers only
 //! once it is written and the alert events before it are delivered.
 
-use std::io::Write as _;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,8 +17,10 @@ use anyhow::Context as _;
 use prometheus::Registry;
 use termwatch_alerts::merging::{MergingConfig, MergingStage, Started, Stepped, telemetry_sources};
 use termwatch_alerts::metrics::{AlertMetrics, Merging, MergingMetrics};
-use termwatch_alerts::topic::{AlertTopic, Delivery};
+use termwatch_alerts::regional::Kept;
+use termwatch_alerts::topic::{AlertTopic, ServiceOutput};
 use termwatch_models::artifact::ModelSet;
+use termwatch_telemetry::alerts::AlertEvent;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
@@ -115,36 +116,47 @@ fn stage_two(
         Started::Cold => info!(sources = stage_config.sources.len(), "stage 2 starting cold"),
         Started::Refused(why) => warn!(why = %why, "stage 2 snapshot refused: starting cold"),
     }
-    let mut topic = match &config.kafka.alerts_topic {
+    let topic = match &config.kafka.alerts_topic {
         Some(name) => Some(AlertTopic::new(&config.kafka, name)?),
         None => None,
     };
+    let mut out = ServiceOutput::new(topic);
     // What a restored stage had merged shows before the first step.
     observe(&stage, 0, merging);
-    metrics.update_regional(stage.regional(), &Default::default(), &[]);
+    export(&stage, metrics, &Default::default(), &[]);
     ready.store(true, Ordering::Relaxed);
     let every = Duration::from_secs_f64(config.state.interval_s);
     let mut last_checkpoint = Instant::now();
     let mut windows = 0u64;
-    let mut stdout_failing = false;
     loop {
         let stopping = stop.load(Ordering::Relaxed);
         if !stopping {
             let stepped = stage.step(MAX_RECORDS, STEP_WAIT)?;
             windows += stepped.closed.len() as u64;
-            emit(&stepped, topic.as_mut(), metrics, &mut stdout_failing);
+            emit(&stepped, &mut out, metrics);
             let kept = stage.take_scores();
-            metrics.update_regional(stage.regional(), &kept, &stepped.events);
+            export(&stage, metrics, &kept, &stepped.events);
             observe(&stage, windows, merging);
         }
         if stopping || last_checkpoint.elapsed() >= every {
-            checkpoint(&mut stage, topic.as_mut(), metrics);
+            checkpoint(&mut stage, &mut out, metrics);
             last_checkpoint = Instant::now();
         }
         if stopping {
             info!(windows, "stage 2 stopped");
             return Ok(());
         }
+    }
+}
+
+/// The alert metrics of the member merging; a standby exports its model
+/// and no alert (the state it loaded is the merging member's to export:
+/// recording rules sum alerts over processes).
+fn export(stage: &MergingStage, metrics: &AlertMetrics, kept: &Kept, events: &[AlertEvent]) {
+    if stage.reader().current() {
+        metrics.update_regional(stage.regional(), kept, events);
+    } else {
+        metrics.update_standby(stage.regional().model_version());
     }
 }
 
@@ -164,7 +176,7 @@ fn observe(stage: &MergingStage, windows: u64, metrics: &MergingMetrics) {
 }
 
 /// Writes a step's alert events out, and says what it could not read.
-fn emit(stepped: &Stepped, topic: Option<&mut AlertTopic>, metrics: &AlertMetrics, stdout_failing: &mut bool) {
+fn emit(stepped: &Stepped, out: &mut ServiceOutput, metrics: &AlertMetrics) {
     for u in &stepped.unreadable {
         warn!(record = %u, "partials record not read");
     }
@@ -179,52 +191,14 @@ fn emit(stepped: &Stepped, topic: Option<&mut AlertTopic>, metrics: &AlertMetric
         Some(Started::Refused(why)) => warn!(why = %why, "partials partition assigned: snapshot refused, cold"),
         None => {}
     }
-    let mut out = std::io::stdout().lock();
-    for e in &stepped.events {
-        let written = serde_json::to_string(e)
-            .map_err(std::io::Error::other)
-            .and_then(|line| writeln!(out, "{line}"))
-            .and_then(|()| out.flush());
-        // Standard output is best effort, as the one-process service's:
-        // a closed pipe must not stop scoring. Said once per outage.
-        match written {
-            Ok(()) => *stdout_failing = false,
-            Err(err) => {
-                metrics.delivery_failed("stdout");
-                if !std::mem::replace(stdout_failing, true) {
-                    warn!(error = %err, "alert events not written to standard output");
-                }
-            }
-        }
-    }
-    if let Some(topic) = topic {
-        for e in &stepped.events {
-            if let Err(err) = topic.send(e) {
-                warn!(error = %err, "alert event not sent");
-            }
-        }
-    }
+    out.write(&stepped.events, Some(metrics));
 }
 
 /// Snapshots and commits, once the alerts topic holds every event the
 /// snapshot covers: a commit before then could lose them for good.
-fn checkpoint(stage: &mut MergingStage, topic: Option<&mut AlertTopic>, metrics: &AlertMetrics) {
-    if let Some(topic) = topic {
-        let delivery = topic.flush();
-        metrics.topic_pending(topic.pending_events());
-        match delivery {
-            Delivery::Delivered => {}
-            Delivery::Pending { events, error } => {
-                metrics.delivery_failed("kafka");
-                warn!(events, error = %error, "alert events not delivered yet: no snapshot or commit until they are");
-                return;
-            }
-            Delivery::Lost { error } => {
-                metrics.delivery_failed("kafka");
-                error!(error = %error, "alert events lost from the outbox: no snapshot or commit until a restart");
-                return;
-            }
-        }
+fn checkpoint(stage: &mut MergingStage, out: &mut ServiceOutput, metrics: &AlertMetrics) {
+    if !out.delivered(Some(metrics)) {
+        return;
     }
     match stage.checkpoint() {
         Ok(Some(bytes)) => {

@@ -14,6 +14,9 @@ use crate::config::Config;
 use crate::serve::{self, Endpoints};
 use termwatch_alerts::metrics::AlertMetrics;
 use termwatch_alerts::sink::{AlertFormat, AlertSink};
+use termwatch_alerts::stage_one::{StageOneConfig, StageOneSink};
+use termwatch_alerts::topic::{AlertTopic, ServiceOutput};
+use termwatch_models::artifact::ModelSet;
 
 /// A running service's handles, for `run` and for the demo.
 pub struct Service {
@@ -83,13 +86,22 @@ pub fn run(config: Config, warm_up: &[std::path::PathBuf]) -> anyhow::Result<()>
         }
         return crate::regional::run(config);
     }
+    if config.stages.role == termwatch_config::Role::Terminal && !warm_up.is_empty() {
+        anyhow::bail!(
+            "--warm-up is not yet for stage 1 (stages.role = \"terminal\"): replay the history into the telemetry \
+             topic instead"
+        );
+    }
     // The directory lives until the live sink has loaded the snapshot.
     let warm = if warm_up.is_empty() { None } else { Some(warm_up_from(&config, warm_up)?) };
     let seed = warm.as_ref().map(|(_, path)| path.clone());
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
     runtime.block_on(async {
         let registry = Registry::new();
-        let sinks = scoring_sinks(&registry, &config, seed)?;
+        let sinks = match config.stages.role {
+            termwatch_config::Role::Terminal => vec![stage_one_sink(&registry, &config)?],
+            _ => scoring_sinks(&registry, &config, seed)?,
+        };
         let service = Service::start(&config, registry, sinks).await?;
         let stop = Arc::clone(&service.stop);
         let grace = std::time::Duration::from_secs(config.kafka.shutdown_grace_s);
@@ -165,6 +177,42 @@ fn scoring_sinks(
     };
     Ok(vec![Box::new(sink)])
 }
+
+/// Stage 1 of docs/two-stages.md: a split scorer per partition assigned,
+/// publishing to the partials topic and learning from the lessons topic.
+fn stage_one_sink(registry: &Registry, config: &Config) -> anyhow::Result<Box<dyn BatchSink>> {
+    let path = std::path::Path::new(crate::models_cmd::DEFAULT_MODELS);
+    let models = ModelSet::load(path).with_context(|| format!("loading {}", path.display()))?;
+    let metrics = AlertMetrics::register(registry).context("registering alert metrics")?;
+    let Some(dir) = config.state.path.clone() else {
+        anyhow::bail!("stages.role = \"terminal\" needs state.path");
+    };
+    let stage = StageOneConfig {
+        kafka: config.kafka.clone(),
+        partials_topic: config.stages.partials_topic.clone(),
+        lessons_topic: config.stages.lessons_topic.clone(),
+        dir,
+        every: std::time::Duration::from_secs_f64(config.state.interval_s),
+        max_open_windows: config.stages.max_open_windows,
+        lessons_wait: LESSONS_WAIT,
+        limits: config.limits.limits(),
+        timeout: std::time::Duration::from_secs(30),
+        source: format!("group {} on {}", config.kafka.group_id, config.kafka.topics.join(",")),
+    };
+    let topic = match &config.kafka.alerts_topic {
+        Some(name) => Some(AlertTopic::new(&config.kafka, name)?),
+        None => None,
+    };
+    info!(partials = %stage.partials_topic, lessons = %stage.lessons_topic, models = %path.display(),
+        "stage 1 (terminal): terminal alert events (alerts-v1) on standard output");
+    Ok(Box::new(StageOneSink::new(stage, models, ServiceOutput::new(topic), Some(metrics))?))
+}
+
+/// How long stage 1 waits for lessons that do not come (stage 2 down, or
+/// a partition of another replica silent) before it closes its windows on
+/// their own: long enough for a stage-2 standby to take over (its group's
+/// session timeout, 45 s by default, and a snapshot load).
+const LESSONS_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Replays history through the scoring sink into a snapshot in a private
 /// temporary directory (mode 0700, removed when dropped), which the live

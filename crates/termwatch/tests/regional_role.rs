@@ -99,6 +99,14 @@ struct StageTwo {
     said: Arc<Mutex<String>>,
 }
 
+/// A test that fails leaves no process behind.
+impl Drop for StageTwo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl StageTwo {
     /// Snapshots (and commits) every `interval_s` and on SIGTERM.
     fn start(brokers: &str, state: &std::path::Path, interval_s: &str, extra: &[(&str, &str)]) -> StageTwo {
@@ -446,7 +454,11 @@ fn a_regional_process_raises_one_processs_site_and_region_alerts_and_resumes_fro
     assert!(windows >= 576.0, "two days of 5-minute windows: {windows}");
     assert_eq!(value(&text, "termwatch_merged_windows_total{completeness=\"incomplete\"}"), Some(0.0));
     for reason in ["duplicate", "late", "unknown_source", "late_scores"] {
-        assert_eq!(value(&text, &format!("termwatch_partials_dropped_total{{reason=\"{reason}\"}}")), Some(0.0));
+        assert_eq!(
+            value(&text, &format!("termwatch_partials_dropped_total{{reason=\"{reason}\"}}")),
+            Some(0.0),
+            "{reason}"
+        );
     }
     assert_eq!(value(&text, "termwatch_partials_records_total{outcome=\"unreadable\"}"), Some(0.0));
     assert!(value(&text, "termwatch_lessons_published_total").is_some_and(|n| n >= windows.min(576.0) / 2.0));
@@ -574,4 +586,169 @@ fn a_standby_regional_process_takes_over_from_a_killed_one_where_it_last_checkpo
     assert_eq!(at_scope(&stage1.events, &[Scope::Terminal]), terminal, "stage 1's terminal alert events too");
     let said = survivor.said();
     assert!(said.contains("reading on from the latest snapshot"), "took the killed one's snapshot: {said}");
+}
+
+/// Writes the history to the telemetry topic, each report on its
+/// partition, keyed by its terminal as terminals do, at most an hour of
+/// event time ahead of what stage 2 (on `port`) has merged, as a live fleet
+/// sends (librdkafka's mock cluster keeps only the last 5 MB of a
+/// partition); `then` runs after each thousand records.
+fn produce(kafka: &KafkaConfig, lines: &[(usize, Vec<u8>)], port: u16, mut then: impl FnMut(usize)) {
+    use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        ClientConfig::new().set("bootstrap.servers", &kafka.brokers).set("linger.ms", "5").create().expect("producer");
+    let ts = |l: &[u8]| decode(l, i64::MAX / 2).expect("valid").ts_ms;
+    let first = lines.iter().map(|(_, l)| ts(l)).min().expect("reports");
+    for (n, block) in lines.chunks(1_000).enumerate() {
+        let newest = block.iter().map(|(_, l)| ts(l)).max().expect("reports");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let merged = scrape(port)
+                .and_then(|t| value(&t, "termwatch_merged_through_timestamp_seconds"))
+                .map_or(first, |s| (s * 1000.0) as i64)
+                .max(first);
+            if newest <= merged + 3_600_000 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "stage 2 merged through {merged}, the history is at {newest}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for (p, line) in block {
+            let id = decode(line, i64::MAX / 2).expect("valid").terminal_id;
+            let mut r = BaseRecord::<str, [u8]>::to(TELEMETRY).partition(*p as i32).key(&*id).payload(line);
+            loop {
+                match producer.send(r) {
+                    Ok(()) => break,
+                    Err((_, back)) => {
+                        r = back;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+            }
+        }
+        producer.flush(Duration::from_secs(30)).expect("flushed");
+        then(n + 1);
+    }
+}
+
+/// The whole service in two stages, as `deploy/` runs it: the history in
+/// the telemetry topic, two `termwatch run` processes as stage 1 (one
+/// consumer group over its three partitions, one state directory) and one
+/// as stage 2. Together they raise one process's alert events: terminal
+/// ones from stage 1, site and region ones from stage 2, each window
+/// merged from every partition. The second stage-1 process joins while the
+/// first is reading, so a partition moves between them with its snapshot.
+#[test]
+fn two_terminal_processes_and_a_regional_one_raise_one_processs_alerts() {
+    two_stages_in_processes(false);
+}
+
+/// The same with the first stage-1 process killed with `kill -9` two
+/// thirds of the way: its partitions move to the other, which reads on
+/// from their last snapshots and commits; together they raise one
+/// process's alert events, each at least once, and stage 2 takes each
+/// (window, partition) partial once.
+#[test]
+fn a_terminal_process_killed_halfway_changes_no_alert() {
+    two_stages_in_processes(true);
+}
+
+fn two_stages_in_processes(kill: bool) {
+    let lines = history();
+    let models = models();
+    let (regional, terminal, _) = one_process(&lines, &models);
+    let c = cluster();
+    let (state2, state1) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+    let mut stage2 = StageTwo::start(&c.kafka.brokers, state2.path(), "3600", &[]);
+    stage2.wait("holding the partials partition", |t| value(t, "termwatch_partials_assigned") == Some(1.0));
+    let terminal_role = [
+        ("TERMWATCH_STAGES_ROLE", "terminal"),
+        ("TERMWATCH_KAFKA_PROPERTY_SESSION_TIMEOUT_MS", "6000"),
+        ("TERMWATCH_KAFKA_PROPERTY_HEARTBEAT_INTERVAL_MS", "500"),
+        ("TERMWATCH_KAFKA_PARTITION_IDLE_S", "3"),
+    ];
+    let started = Instant::now();
+    let mut stage1 = vec![StageTwo::start(&c.kafka.brokers, state1.path(), "2", &terminal_role)];
+    stage1[0].wait("up", |t| t.contains("termwatch_model_info"));
+    // The second joins while the first reads; with `kill`, the first is
+    // killed with `kill -9` two thirds of the way, and its partitions move
+    // to the second once its session times out.
+    let blocks = lines.len().div_ceil(1_000);
+    let mut killed = None;
+    produce(&c.kafka, &lines, stage2.port, |n| {
+        if n == blocks / 3 {
+            stage1.push(StageTwo::start(&c.kafka.brokers, state1.path(), "2", &terminal_role));
+        }
+        if kill && n == 2 * blocks / 3 {
+            let mut victim = stage1.remove(0);
+            victim.child.kill().expect("kill -9");
+            victim.child.wait().expect("reaped");
+            killed = Some(victim);
+        }
+    });
+    // Every window merged complete up to where a live stream closes them:
+    // the partitions idle, their watermark a lateness past the window.
+    let last_ts =
+        lines.iter().filter_map(|(_, l)| decode(l, i64::MAX / 2).ok()).map(|r| r.ts_ms).max().expect("reports");
+    let f = &models.features;
+    let closes_through = last_ts - f.lateness_ms - 2 * f.window_ms;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let text = loop {
+        let text = scrape(stage2.port).unwrap_or_default();
+        let through = value(&text, "termwatch_merged_through_timestamp_seconds").unwrap_or(0.0) * 1000.0;
+        if through >= closes_through as f64 && value(&text, "termwatch_merging_open_windows") == Some(0.0) {
+            break text;
+        }
+        let said: Vec<String> = stage1.iter().map(StageTwo::said).collect();
+        assert!(
+            Instant::now() < deadline,
+            "merged through {through}, not {closes_through}: {text}\nstage 1 said {said:#?}\nstage 2 said {}",
+            stage2.said()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let through = (value(&text, "termwatch_merged_through_timestamp_seconds").expect("merged through") * 1000.0) as i64;
+    // One process's events of the windows merged (its last ones close only
+    // at the end of its history).
+    let merged = |keys: Vec<String>| -> Vec<String> {
+        keys.into_iter().filter(|k| serde_json::from_str::<AlertEvent>(k).expect("event").ts <= through).collect()
+    };
+    let (regional, terminal) = (merged(regional), merged(terminal));
+    println!(
+        "{:.1} s to merge every window; {:?} partials read, {:?} taken once before (duplicates)",
+        started.elapsed().as_secs_f64(),
+        value(&text, "termwatch_partials_records_total{outcome=\"read\"}"),
+        value(&text, "termwatch_partials_dropped_total{reason=\"duplicate\"}")
+    );
+    assert_eq!(value(&text, "termwatch_merged_windows_total{completeness=\"incomplete\"}"), Some(0.0), "{text}");
+    for reason in ["late", "unknown_source", "late_scores"] {
+        assert_eq!(
+            value(&text, &format!("termwatch_partials_dropped_total{{reason=\"{reason}\"}}")),
+            Some(0.0),
+            "{reason}: stage 2 said {}\nstage 1 said {:#?}",
+            stage2.said(),
+            stage1.iter().chain(&killed).map(StageTwo::said).collect::<Vec<_>>()
+        );
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let mut raised = stage2.events();
+    let mut terminals = Vec::new();
+    for s in stage1.iter().chain(&killed) {
+        terminals.extend(s.events());
+    }
+    let said1: Vec<String> = stage1.into_iter().map(StageTwo::sigterm).collect();
+    assert!(said1.iter().all(|s| !s.contains("closed on this replica's own")), "{said1:#?}");
+    raised.extend(stage2.events());
+    stage2.sigterm();
+    println!(
+        "merged through {through}: {} site and region, {} terminal alert events, one process's: {} and {}",
+        at_scope(&raised, &[Scope::Site, Scope::Region]).len(),
+        at_scope(&terminals, &[Scope::Terminal]).len(),
+        regional.len(),
+        terminal.len()
+    );
+    assert!(regional.len() >= 4 && terminal.len() >= 2, "the windows merged page at every scope");
+    assert_eq!(at_scope(&raised, &[Scope::Site, Scope::Region]), regional, "stage 2's site and region alert events");
+    assert_eq!(at_scope(&terminals, &[Scope::Terminal]), terminal, "stage 1's terminal alert events: {said1:#?}");
+    assert!(said1.iter().any(|s| s.contains("partition restored")), "a partition moved with its snapshot: {said1:#?}");
 }
