@@ -246,6 +246,7 @@ impl StageOneSink {
             }
             let since = *self.waiting_since.get_or_insert_with(Instant::now);
             if runaway || self.silent || since.elapsed() >= self.config.lessons_wait {
+                let was_silent = self.silent;
                 self.silent |= !runaway;
                 let before = self.shed;
                 for m in self.members.values_mut().filter(|m| open(m) > bound) {
@@ -253,8 +254,11 @@ impl StageOneSink {
                     events.extend(m.scorer.shed(bound, MAX_HELD_WINDOWS));
                     self.shed += windows as u64;
                 }
-                warn!(windows = self.shed - before, waited = ?since.elapsed(), runaway, silent = self.silent,
-                    "stage 1: no lessons from stage 2; windows closed on this replica's own (answers may differ from one process's)");
+                // Said once per silence, not once per batch.
+                if !was_silent {
+                    warn!(windows = self.shed - before, waited = ?since.elapsed(), runaway,
+                        "stage 1: no lessons from stage 2; windows closed on this replica's own (answers may differ from one process's) until lessons come");
+                }
                 self.waiting_since = None;
                 self.publish()?;
                 return Ok(events);

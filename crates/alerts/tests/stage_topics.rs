@@ -861,3 +861,29 @@ fn a_stage_one_scorer_restored_behind_its_lessons_learns_them_as_it_catches_up()
     assert!(!events.is_empty(), "terminals page after the snapshot");
     assert_eq!(sorted(&again), sorted(&events));
 }
+
+/// With no lessons coming (stage 2 down), a stage-1 scorer holds its
+/// windows open; `Scorer::shed` bounds them: the oldest close on the
+/// scorer's own lessons, and held windows past the bound are scored
+/// without lessons of their own, counted.
+#[test]
+fn a_stage_one_scorer_without_lessons_sheds_to_its_bounds() {
+    let (lines, models) = faulty_history_and_models();
+    let mut mine: Vec<&[u8]> = lines.iter().filter(|(s, _)| s == "telemetry-0").map(|(_, l)| l.as_slice()).collect();
+    mine.sort_by_key(|l| decode(l, i64::MAX / 2).map_or(0, |r| r.ts_ms));
+    let mut s = Scorer::new(models).expect("scorer").split();
+    let (mut most_open, mut most_held) = (0, 0);
+    for chunk in mine.chunks(2_000) {
+        s.process_sourced(&batch(chunk), &[("telemetry-0", chunk.len())]);
+        most_open = most_open.max(s.engine().open_windows());
+        s.shed(8, 4);
+        assert!(s.engine().open_windows() <= 8, "{} open", s.engine().open_windows());
+        assert!(s.held_windows().0 <= 4, "{:?} held", s.held_windows());
+        most_held = most_held.max(s.held_windows().0);
+    }
+    assert!(most_open > 8, "without lessons the windows pile up: {most_open}");
+    assert_eq!(most_held, 4);
+    assert!(s.held_windows().1 > 0, "held windows scored without lessons are counted");
+    assert!(s.engine().counters().learnt_alone > 0);
+    assert!(s.take_partials().iter().any(|r| matches!(r, PartialsRecord::Window(_))), "what it closed goes out");
+}

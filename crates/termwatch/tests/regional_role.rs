@@ -45,7 +45,12 @@ fn batch(lines: &[&[u8]]) -> RecordBatch {
 /// than the default, each report with the partition Kafka's keying by
 /// `terminal_id` gives it.
 fn history() -> Vec<(usize, Vec<u8>)> {
-    let mut cfg = SimConfig { terminals: 150, regions: 3, days: 2.0, seed: 43, ..SimConfig::default() };
+    history_every(SimConfig::default().interval_s)
+}
+
+/// [`history`] with a report every `interval_s`.
+fn history_every(interval_s: u32) -> Vec<(usize, Vec<u8>)> {
+    let mut cfg = SimConfig { terminals: 150, regions: 3, days: 2.0, seed: 43, interval_s, ..SimConfig::default() };
     cfg.faults.scale_faults(4.0);
     cfg.faults.site_mains_per_1000_site_days *= 5.0;
     let mut sim = Simulator::new(cfg).expect("simulator");
@@ -166,8 +171,13 @@ impl StageTwo {
 
     /// Waits until `/metrics` satisfies `cond`; fails with what the process
     /// said if it does not within a minute.
-    fn wait(&mut self, what: &str, mut cond: impl FnMut(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
+    fn wait(&mut self, what: &str, cond: impl FnMut(&str) -> bool) -> String {
+        self.wait_for(Duration::from_secs(60), what, cond)
+    }
+
+    /// [`StageTwo::wait`], up to `timeout`.
+    fn wait_for(&mut self, timeout: Duration, what: &str, mut cond: impl FnMut(&str) -> bool) -> String {
+        let deadline = Instant::now() + timeout;
         loop {
             if let Some(text) = scrape(self.port).filter(|t| cond(t)) {
                 return text;
@@ -588,21 +598,32 @@ fn a_standby_regional_process_takes_over_from_a_killed_one_where_it_last_checkpo
     assert!(said.contains("reading on from the latest snapshot"), "took the killed one's snapshot: {said}");
 }
 
-/// Writes the history to the telemetry topic, each report on its
-/// partition, keyed by its terminal as terminals do, at most an hour of
-/// event time ahead of what stage 2 (on `port`) has merged, as a live fleet
-/// sends (librdkafka's mock cluster keeps only the last 5 MB of a
-/// partition); `then` runs after each thousand records.
-fn produce(kafka: &KafkaConfig, lines: &[(usize, Vec<u8>)], port: u16, mut then: impl FnMut(usize)) {
+/// Writes the history to `topic`, each report on its partition, keyed by
+/// its terminal as terminals do, one record per request; with `pacing`,
+/// at most an hour of event time ahead of what stage 2 (on that port) has
+/// merged, as a live fleet sends (librdkafka's mock cluster keeps only the
+/// last 5 MB of a partition). `then` runs after each thousand records.
+fn produce(
+    kafka: &KafkaConfig,
+    topic: &str,
+    lines: &[(usize, Vec<u8>)],
+    pacing: Option<u16>,
+    mut then: impl FnMut(usize),
+) {
     use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
-    let producer: ThreadedProducer<DefaultProducerContext> =
-        ClientConfig::new().set("bootstrap.servers", &kafka.brokers).set("linger.ms", "5").create().expect("producer");
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", &kafka.brokers)
+        .set("linger.ms", "0")
+        .set("batch.num.messages", "1")
+        .set("queue.buffering.max.messages", "200000")
+        .create()
+        .expect("producer");
     let ts = |l: &[u8]| decode(l, i64::MAX / 2).expect("valid").ts_ms;
     let first = lines.iter().map(|(_, l)| ts(l)).min().expect("reports");
     for (n, block) in lines.chunks(1_000).enumerate() {
         let newest = block.iter().map(|(_, l)| ts(l)).max().expect("reports");
         let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
+        while let Some(port) = pacing {
             let merged = scrape(port)
                 .and_then(|t| value(&t, "termwatch_merged_through_timestamp_seconds"))
                 .map_or(first, |s| (s * 1000.0) as i64)
@@ -615,7 +636,7 @@ fn produce(kafka: &KafkaConfig, lines: &[(usize, Vec<u8>)], port: u16, mut then:
         }
         for (p, line) in block {
             let id = decode(line, i64::MAX / 2).expect("valid").terminal_id;
-            let mut r = BaseRecord::<str, [u8]>::to(TELEMETRY).partition(*p as i32).key(&*id).payload(line);
+            let mut r = BaseRecord::<str, [u8]>::to(topic).partition(*p as i32).key(&*id).payload(line);
             loop {
                 match producer.send(r) {
                     Ok(()) => break,
@@ -626,73 +647,166 @@ fn produce(kafka: &KafkaConfig, lines: &[(usize, Vec<u8>)], port: u16, mut then:
                 }
             }
         }
-        producer.flush(Duration::from_secs(30)).expect("flushed");
+        producer.flush(Duration::from_secs(60)).expect("flushed");
         then(n + 1);
     }
 }
 
-/// The whole service in two stages, as `deploy/` runs it: the history in
-/// the telemetry topic, two `termwatch run` processes as stage 1 (one
-/// consumer group over its three partitions, one state directory) and one
-/// as stage 2. Together they raise one process's alert events: terminal
-/// ones from stage 1, site and region ones from stage 2, each window
-/// merged from every partition. The second stage-1 process joins while the
-/// first is reading, so a partition moves between them with its snapshot.
 #[test]
 fn two_terminal_processes_and_a_regional_one_raise_one_processs_alerts() {
-    two_stages_in_processes(false);
+    two_stages_in_processes(&Broker::mock(), 2, false);
 }
 
 /// The same with the first stage-1 process killed with `kill -9` two
 /// thirds of the way: its partitions move to the other, which reads on
-/// from their last snapshots and commits; together they raise one
-/// process's alert events, each at least once, and stage 2 takes each
-/// (window, partition) partial once.
+/// from their last snapshots; together they raise one process's alert
+/// events, each at least once, and stage 2 takes each (window, partition)
+/// partial once.
 #[test]
 fn a_terminal_process_killed_halfway_changes_no_alert() {
-    two_stages_in_processes(true);
+    two_stages_in_processes(&Broker::mock(), 2, true);
 }
 
-fn two_stages_in_processes(kill: bool) {
-    let lines = history();
+/// Both on a real broker (tansu, started by `scripts/test`), the history a
+/// backlog in the telemetry topic before any process starts.
+#[test]
+#[ignore = "needs a real Kafka broker: scripts/test starts tansu and sets TERMWATCH_TEST_KAFKA_BROKERS"]
+fn on_a_real_broker_two_terminal_processes_one_killed_and_a_regional_one_raise_one_processs_alerts() {
+    let brokers = std::env::var("TERMWATCH_TEST_KAFKA_BROKERS")
+        .expect("needs a real Kafka broker: scripts/test starts tansu and sets TERMWATCH_TEST_KAFKA_BROKERS");
+    two_stages_in_processes(&Broker::real(&brokers), 2, true);
+}
+
+/// Three stage-1 processes, one partition each, on the real broker.
+#[test]
+#[ignore = "needs a real Kafka broker: scripts/test starts tansu and sets TERMWATCH_TEST_KAFKA_BROKERS"]
+fn on_a_real_broker_three_terminal_processes_and_a_regional_one_raise_one_processs_alerts() {
+    let brokers = std::env::var("TERMWATCH_TEST_KAFKA_BROKERS")
+        .expect("needs a real Kafka broker: scripts/test starts tansu and sets TERMWATCH_TEST_KAFKA_BROKERS");
+    two_stages_in_processes(&Broker::real(&brokers), 3, false);
+}
+
+/// Where the topics live: librdkafka's mock cluster, which keeps only the
+/// last 5 MB of a partition (the history is streamed, at most an hour of
+/// event time ahead of stage 2), or a real broker, on topics of this test's
+/// own (the history is a backlog, produced first).
+struct Broker {
+    mock: Option<Cluster>,
+    kafka: KafkaConfig,
+    /// Topic and group names, as `TERMWATCH_*` variables for every process.
+    names: Vec<(&'static str, String)>,
+}
+
+impl Broker {
+    fn mock() -> Broker {
+        let c = cluster();
+        Broker { kafka: c.kafka.clone(), mock: Some(c), names: Vec::new() }
+    }
+
+    fn real(brokers: &str) -> Broker {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        let suffix = format!(
+            "{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis()
+        );
+        let name = |base: &str| format!("{base}-{suffix}");
+        let names = vec![
+            ("TERMWATCH_KAFKA_TOPICS", name(TELEMETRY)),
+            ("TERMWATCH_KAFKA_DEAD_LETTER_TOPIC", name("dead-letters")),
+            ("TERMWATCH_STAGES_PARTIALS_TOPIC", name(PARTIALS)),
+            ("TERMWATCH_STAGES_LESSONS_TOPIC", name(LESSONS)),
+            ("TERMWATCH_KAFKA_GROUP_ID", name("termwatch")),
+            ("TERMWATCH_STAGES_GROUP_ID", name("termwatch-regional")),
+        ];
+        let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+            ClientConfig::new().set("bootstrap.servers", brokers).create().expect("admin client");
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let topics = [
+            NewTopic::new(&names[0].1, PARTITIONS as i32, TopicReplication::Fixed(1)),
+            NewTopic::new(&names[1].1, 1, TopicReplication::Fixed(1)),
+            NewTopic::new(&names[2].1, 1, TopicReplication::Fixed(1)),
+            NewTopic::new(&names[3].1, 1, TopicReplication::Fixed(1)),
+        ];
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        for r in runtime.block_on(admin.create_topics(&topics, &options)).expect("create topics") {
+            r.expect("topic created");
+        }
+        let kafka = KafkaConfig { brokers: brokers.to_string(), ..KafkaConfig::default() };
+        Broker { mock: None, kafka, names }
+    }
+
+    fn telemetry(&self) -> &str {
+        self.names.first().map_or(TELEMETRY, |(_, n)| n.as_str())
+    }
+
+    fn env<'a>(&'a self, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+        self.names.iter().map(|(k, v)| (*k, v.as_str())).chain(extra.iter().copied()).collect()
+    }
+}
+
+/// `replicas` stage-1 processes (the first alone until a third of the way)
+/// and one stage 2; with `kill`, the first killed two thirds of the way.
+fn two_stages_in_processes(broker: &Broker, replicas: usize, kill: bool) {
+    // Records one by one on a real broker (tansu 0.6 loses the rest of a
+    // batch a consumer resumes inside): a report every five minutes.
+    let lines = if broker.mock.is_some() { history() } else { history_every(300) };
     let models = models();
     let (regional, terminal, _) = one_process(&lines, &models);
-    let c = cluster();
+    let brokers = broker.kafka.brokers.clone();
     let (state2, state1) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
-    let mut stage2 = StageTwo::start(&c.kafka.brokers, state2.path(), "3600", &[]);
+    let mut stage2 = StageTwo::start(&brokers, state2.path(), "3600", &broker.env(&[]));
     stage2.wait("holding the partials partition", |t| value(t, "termwatch_partials_assigned") == Some(1.0));
-    let terminal_role = [
+    let terminal_role = broker.env(&[
         ("TERMWATCH_STAGES_ROLE", "terminal"),
         ("TERMWATCH_KAFKA_PROPERTY_SESSION_TIMEOUT_MS", "6000"),
         ("TERMWATCH_KAFKA_PROPERTY_HEARTBEAT_INTERVAL_MS", "500"),
         ("TERMWATCH_KAFKA_PARTITION_IDLE_S", "3"),
-    ];
+    ]);
     let started = Instant::now();
-    let mut stage1 = vec![StageTwo::start(&c.kafka.brokers, state1.path(), "2", &terminal_role)];
+    let mut stage1 = vec![StageTwo::start(&brokers, state1.path(), "2", &terminal_role)];
     stage1[0].wait("up", |t| t.contains("termwatch_model_info"));
-    // The second joins while the first reads; with `kill`, the first is
+    // The others join while the first reads; with `kill`, the first is
     // killed with `kill -9` two thirds of the way, and its partitions move
-    // to the second once its session times out.
-    let blocks = lines.len().div_ceil(1_000);
+    // to the others once its session times out.
     let mut killed = None;
-    produce(&c.kafka, &lines, stage2.port, |n| {
-        if n == blocks / 3 {
-            stage1.push(StageTwo::start(&c.kafka.brokers, state1.path(), "2", &terminal_role));
+    let mut at = |third: usize, stage1: &mut Vec<StageTwo>| {
+        if third == 1 {
+            for _ in 1..replicas {
+                stage1.push(StageTwo::start(&brokers, state1.path(), "2", &terminal_role));
+            }
         }
-        if kill && n == 2 * blocks / 3 {
+        if kill && third == 2 {
             let mut victim = stage1.remove(0);
             victim.child.kill().expect("kill -9");
             victim.child.wait().expect("reaped");
             killed = Some(victim);
         }
-    });
+    };
+    if broker.mock.is_some() {
+        let blocks = lines.len().div_ceil(1_000);
+        produce(&broker.kafka, broker.telemetry(), &lines, Some(stage2.port), |n| {
+            if n % (blocks / 3) == 0 {
+                at(n / (blocks / 3), &mut stage1);
+            }
+        });
+    } else {
+        produce(&broker.kafka, broker.telemetry(), &lines, None, |_| {});
+        for third in 1..=2 {
+            let windows = 576.0 * third as f64 / 3.0;
+            stage2.wait_for(Duration::from_secs(300), "merging a third of the windows", |t| {
+                value(t, "termwatch_merged_windows_total{completeness=\"complete\"}").is_some_and(|w| w >= windows)
+            });
+            at(third, &mut stage1);
+        }
+    }
     // Every window merged complete up to where a live stream closes them:
     // the partitions idle, their watermark a lateness past the window.
     let last_ts =
         lines.iter().filter_map(|(_, l)| decode(l, i64::MAX / 2).ok()).map(|r| r.ts_ms).max().expect("reports");
     let f = &models.features;
     let closes_through = last_ts - f.lateness_ms - 2 * f.window_ms;
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_secs(300);
     let text = loop {
         let text = scrape(stage2.port).unwrap_or_default();
         let through = value(&text, "termwatch_merged_through_timestamp_seconds").unwrap_or(0.0) * 1000.0;
