@@ -189,10 +189,6 @@ impl StageOneSink {
             }
         }
         if any {
-            for (name, m) in &self.members {
-                tracing::debug!(partition = %name, open = m.scorer.engine().open_windows(), held = ?m.scorer.held_windows(),
-                    through = ?m.published_through, lessons = m.lessons.next_offset(), active = m.active, "published");
-            }
             // Not delivered within the timeout: the process stops, and the
             // next owner publishes again from the last snapshot.
             self.publisher.flush(self.config.timeout).map_err(|e| SinkError::Other(format!("{e:#}")))?;
