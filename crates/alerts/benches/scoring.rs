@@ -1,6 +1,7 @@
 //! Scoring cost per record, amortised, and feature state per terminal:
 //! simulated telemetry (built outside the timed loop) through the feature
-//! engine, the four detectors and alert state.
+//! engine, the four detectors and alert state; and the feature engine split
+//! over three stage-1 engines and the merging stage.
 //!
 //! cargo bench -p termwatch-alerts --bench scoring
 
@@ -12,6 +13,7 @@ use std::path::Path;
 use arrow::record_batch::RecordBatch;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use termwatch_alerts::scoring::Scorer;
+use termwatch_features::stages::{LocalStages, split_by_terminal};
 use termwatch_features::{FeatureConfig, FeatureEngine};
 use termwatch_models::artifact::ModelSet;
 use termwatch_sim::{SimConfig, Simulator};
@@ -74,6 +76,24 @@ fn scoring(c: &mut Criterion) {
             })
         });
     }
+    // The split path of docs/two-stages.md in one process: three stage-1
+    // engines (the batches split by terminal beforehand, the broker's
+    // work) and the merging stage, partials through their wire form.
+    let split: Vec<Vec<(usize, RecordBatch)>> =
+        batches.iter().map(|b| split_by_terminal(b, 3).expect("split")).collect();
+    g.bench_with_input(BenchmarkId::new("features_two_stages", records), &split, |b, split| {
+        b.iter(|| {
+            let mut stages =
+                LocalStages::new(&models.features, &["telemetry-0", "telemetry-1", "telemetry-2"], 3_600_000, 64);
+            let mut n = 0;
+            for parts in split {
+                for (p, batch) in parts {
+                    n += stages.process(*p, batch).expect("stages").merged.len();
+                }
+            }
+            black_box(n + stages.finish().expect("stages").merged.len())
+        })
+    });
     g.finish();
 
     for terminals in [10_000u32, 100_000] {

@@ -733,6 +733,13 @@ impl AlertMetrics {
         });
     }
 
+    /// Region windows left unscored for too few terminals, where no engine
+    /// counts them (stage 2 merges the regions; its merger counts them).
+    pub fn set_unscored_region_windows(&self, total: u64) {
+        let c = &self.thin_region_windows;
+        c.inc_by(total.saturating_sub(c.get()));
+    }
+
     /// Terminals held, where no single engine says it (stage 1 holds one
     /// per partition).
     pub fn set_tracked_terminals(&self, terminals: usize) {
@@ -1295,6 +1302,19 @@ mod tests {
         assert_eq!(metrics.forgotten.with_label_values(&["capacity"]).get(), 0, "both held have a window open");
         assert_eq!(metrics.terminals_limit.get(), 2);
         assert_eq!(metrics.tracked_terminals.get(), 2);
+    }
+
+    #[test]
+    fn stage_two_counts_the_thin_region_windows_its_merger_counted() {
+        let registry = Registry::new();
+        let metrics = AlertMetrics::register(&registry).expect("register");
+        metrics.set_unscored_region_windows(5);
+        // A standby taking over starts its counts again: the series stays
+        // a counter, and goes on once past what it showed.
+        metrics.set_unscored_region_windows(2);
+        assert_eq!(metrics.thin_region_windows.get(), 5);
+        metrics.set_unscored_region_windows(7);
+        assert_eq!(metrics.thin_region_windows.get(), 7);
     }
 
     /// Streams a small simulated fleet with faults through the default model

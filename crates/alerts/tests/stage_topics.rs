@@ -87,10 +87,11 @@ fn one_process(lines: &[(String, Vec<u8>)], mut feed: impl FnMut(&RecordBatch, &
     }
 }
 
-/// One engine reading every partition: the rows the stages must give.
-fn one_engine(lines: &[(String, Vec<u8>)]) -> (Vec<WindowRows>, FeatureEngine) {
+/// One engine reading every partition: the rows the stages must give, or,
+/// with `partials`, the partials one replica would publish.
+fn one_engine(lines: &[(String, Vec<u8>)], partials: bool) -> (Vec<WindowRows>, FeatureEngine) {
     let mut engine = FeatureEngine::new(config());
-    engine.emit_partials(true);
+    engine.emit_partials(partials);
     let mut rows = Vec::new();
     one_process(lines, |batch, runs| rows.extend(engine.process_sourced(batch, runs)));
     rows.extend(engine.finish());
@@ -213,7 +214,7 @@ fn three_replicas_partials_through_the_topic_give_one_engines_site_and_region_ro
     raw.flush(Duration::from_secs(10)).expect("flushed");
 
     let lines = history();
-    let (whole, engine) = one_engine(&lines);
+    let (whole, engine) = one_engine(&lines, false);
     let mut publisher = StagePublisher::new(&kafka, TOPIC).expect("publisher");
     let published = publish_three_replicas(&lines, &config(), &mut publisher);
     let (records, bytes) = publisher.published();
@@ -285,7 +286,7 @@ fn a_record_over_the_producers_limit_is_an_error_naming_its_source_and_size() {
     kafka.properties.insert("message.max.bytes".into(), "1000".into());
     let mut publisher = StagePublisher::new(&kafka, TOPIC).expect("publisher");
     let lines = history();
-    let (mut rows, _) = one_engine(&lines[..3_000]);
+    let (mut rows, _) = one_engine(&lines[..3_000], true);
     let big =
         rows.iter_mut().map(window_record).max_by_key(|r| termwatch_features::wire::encode(r).map_or(0, |v| v.len()));
     let err = publisher.publish_partials("telemetry-2", &big.expect("a window")).expect_err("too large");

@@ -679,6 +679,8 @@ impl FeatureEngine {
     /// each site's and region's features ([`WindowRows::site_partials`]):
     /// merged with those of the engines holding a site's or region's other
     /// terminals, they give its row as one engine holding all of them would.
+    /// They carry no site or region rows then, nor count thin regions:
+    /// those are the merging stage's, of every engine's terminals.
     pub fn emit_partials(&mut self, emit: bool) {
         self.emit_partials = emit;
     }
@@ -2093,36 +2095,40 @@ impl FeatureEngine {
         }
 
         if self.emit_partials {
+            // Stage 1 of two: its sites' and regions' rows are the merging
+            // stage's, from every engine's partials; built here they would
+            // be of this engine's terminals only, and nobody reads them.
             let (sites, regions) = (&self.sites, &self.regions);
             let name = |n: &Names, i: u32| n.names.get(i as usize).cloned().unwrap_or_default();
             let site_regions = &self.site_regions;
             rows.site_partials = site_acc
-                .iter()
-                .map(|(s, p)| {
-                    let region = name(regions, site_regions.get(*s as usize).copied().unwrap_or(0));
-                    (name(sites, *s), SitePartial { region, ..p.clone() })
+                .into_iter()
+                .map(|(s, mut p)| {
+                    p.region = name(regions, site_regions.get(s as usize).copied().unwrap_or(0));
+                    (name(sites, s), p)
                 })
                 .collect();
             rows.region_partials = region_acc
-                .iter()
+                .into_iter()
                 .filter(|(_, p)| !p.terminals.is_empty())
-                .map(|(r, p)| (name(regions, *r), p.clone()))
+                .map(|(r, p)| (name(regions, r), p))
                 .collect();
-            rows.site_partials.sort_by(|a, b| a.0.cmp(&b.0));
-            rows.region_partials.sort_by(|a, b| a.0.cmp(&b.0));
-        }
-        for (s, partial) in site_acc {
-            if let Some(features) = partial.features() {
-                rows.site_voltage.push(SiteVoltageRow { site: s, features });
-            }
-        }
-        for (r, mut partial) in region_acc {
-            match partial.features() {
-                RegionWindow::Empty => {}
-                RegionWindow::Thin => {
-                    self.counters.thin_region_windows = self.counters.thin_region_windows.saturating_add(1);
+            rows.site_partials.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            rows.region_partials.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        } else {
+            for (s, partial) in site_acc {
+                if let Some(features) = partial.features() {
+                    rows.site_voltage.push(SiteVoltageRow { site: s, features });
                 }
-                RegionWindow::Features(features) => rows.network.push(NetworkRow { region: r, features }),
+            }
+            for (r, mut partial) in region_acc {
+                match partial.features() {
+                    RegionWindow::Empty => {}
+                    RegionWindow::Thin => {
+                        self.counters.thin_region_windows = self.counters.thin_region_windows.saturating_add(1);
+                    }
+                    RegionWindow::Features(features) => rows.network.push(NetworkRow { region: r, features }),
+                }
             }
         }
         // Rows in a fixed order, whatever the hash maps did or the order in

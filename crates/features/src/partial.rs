@@ -166,6 +166,16 @@ impl RegionPartial {
         self.settle();
     }
 
+    /// [`RegionPartial::merge`] of a partial given away: its terminals move
+    /// in, and are put in order once, when the features are taken.
+    pub fn absorb(&mut self, other: RegionPartial) {
+        if self.terminals.is_empty() {
+            self.terminals = other.terminals;
+        } else {
+            self.terminals.extend(other.terminals);
+        }
+    }
+
     /// In terminal-id order, each terminal once.
     fn settle(&mut self) {
         if !self.terminals.is_sorted_by(|a, b| a.terminal < b.terminal) {
@@ -284,27 +294,36 @@ impl CohortLessons {
     /// lists in terminal-id order, or, should either not be in order (read
     /// from a topic, it may not be), a stable sort of both.
     pub fn merge(&mut self, other: &CohortLessons) {
+        self.absorb(other.clone());
+    }
+
+    /// [`CohortLessons::merge`] of lessons given away: they move in.
+    pub fn absorb(&mut self, other: CohortLessons) {
         let sorted = |l: &[(Box<str>, Box<str>, Lesson)]| l.is_sorted_by(|a, b| a.0 <= b.0);
+        if self.lessons.is_empty() && sorted(&other.lessons) {
+            self.lessons = other.lessons;
+            return;
+        }
         if !(sorted(&self.lessons) && sorted(&other.lessons)) {
-            self.lessons.extend(other.lessons.iter().cloned());
+            self.lessons.extend(other.lessons);
             // Stable: a terminal's lessons keep their order.
             self.lessons.sort_by(|a, b| a.0.cmp(&b.0));
             return;
         }
         let mine = std::mem::take(&mut self.lessons);
         let mut merged = Vec::with_capacity(mine.len() + other.lessons.len());
-        let (mut a, mut b) = (mine.into_iter().peekable(), other.lessons.iter().peekable());
+        let (mut a, mut b) = (mine.into_iter().peekable(), other.lessons.into_iter().peekable());
         while let (Some(x), Some(y)) = (a.peek(), b.peek()) {
             // Ties (one terminal in two engines' lessons) keep ours first, as
             // the stable sort does.
             if y.0 < x.0 {
-                merged.extend(b.next().cloned());
+                merged.extend(b.next());
             } else {
                 merged.extend(a.next());
             }
         }
         merged.extend(a);
-        merged.extend(b.cloned());
+        merged.extend(b);
         self.lessons = merged;
     }
 
@@ -421,6 +440,9 @@ pub struct MergerCounts {
     /// Scores of a window whose next window had closed (and taken the
     /// scores then in), or pushed out by the bound. Dropped.
     pub late_scores: u64,
+    /// Region windows merged with too few terminals to score
+    /// ([`RegionWindow::Thin`]), as one engine counts them.
+    pub thin_region_windows: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -434,17 +456,17 @@ struct OpenWindow {
 
 impl OpenWindow {
     /// Merges a source's partials, unless that source's are in already.
-    fn take(&mut self, source: &str, window: &WindowPartials) -> bool {
+    fn take(&mut self, source: &str, window: WindowPartials) -> bool {
         if !self.from.insert(source.into()) {
             return false;
         }
-        for (s, p) in &window.sites {
-            self.sites.entry(s.clone()).or_default().merge(p);
+        for (s, p) in window.sites {
+            self.sites.entry(s).or_default().merge(&p);
         }
-        for (r, p) in &window.regions {
-            self.regions.entry(r.clone()).or_default().merge(p);
+        for (r, p) in window.regions {
+            self.regions.entry(r).or_default().absorb(p);
         }
-        self.cohorts.merge(&window.cohorts);
+        self.cohorts.absorb(window.cohorts);
         true
     }
 }
@@ -584,13 +606,14 @@ impl WindowMerger {
         if is_new && self.open.len() >= self.max_open_windows && oldest_kept.is_some_and(|o| window.end_ms < o) {
             // Older than every window the bound keeps open: it closes at
             // once with what it has (its other sources' partials are late).
+            let end_ms = window.end_ms;
             let mut w = OpenWindow::default();
-            w.take(source, &window);
-            closed.push(self.finish(window.end_ms, w));
+            w.take(source, window);
+            closed.push(self.finish(end_ms, w));
             return closed;
         }
         let open = self.open.entry(window.end_ms).or_default();
-        if !open.take(source, &window) {
+        if !open.take(source, window) {
             self.counts.duplicate_partials += 1;
             return closed;
         }
@@ -727,7 +750,17 @@ impl WindowMerger {
                 .into_iter()
                 .filter_map(|(site, p)| Some(MergedSite { features: p.features()?, site, region: p.region }))
                 .collect(),
-            regions: w.regions.into_iter().map(|(r, mut p)| (r, p.features())).collect(),
+            regions: w
+                .regions
+                .into_iter()
+                .map(|(r, mut p)| {
+                    let row = p.features();
+                    if row == RegionWindow::Thin {
+                        self.counts.thin_region_windows += 1;
+                    }
+                    (r, row)
+                })
+                .collect(),
             cohorts: w.cohorts,
             missing,
             scores,
@@ -865,6 +898,37 @@ mod tests {
         let mut thin = RegionPartial { terminals: vec![t("A", 1.0), t("B", 2.0)] };
         assert_eq!(thin.features(), RegionWindow::Thin);
         assert_eq!(RegionPartial::default().features(), RegionWindow::Empty);
+    }
+
+    #[test]
+    fn a_region_is_thin_or_not_as_merged_and_counted_once_per_window() {
+        let t = |id: &str| RegionTerminal {
+            terminal: id.into(),
+            site: "S".into(),
+            degraded: false,
+            rtt_z: 0.5,
+            loss_z: 0.0,
+            reconnects: 0.0,
+            timeouts: 0.0,
+        };
+        let region = |end_ms: i64, ids: &[&str]| WindowPartials {
+            end_ms,
+            regions: vec![("r1".into(), RegionPartial { terminals: ids.iter().map(|i| t(i)).collect() })],
+            ..WindowPartials::default()
+        };
+        let mut m = WindowMerger::new(&["a", "b"], 3_600_000, 100);
+        // Two terminals in each source: thin in each, not merged.
+        m.offer("a", region(300, &["A", "B"]));
+        m.offer("b", region(300, &["C", "D"]));
+        // Two terminals in all (one of them in both: a repartitioned topic).
+        m.offer("a", region(600, &["A", "B"]));
+        m.offer("b", region(600, &["B"]));
+        m.progress("a", 600);
+        let closed = m.progress("b", 600);
+        let rows: Vec<&RegionWindow> = closed.iter().map(|w| &w.regions[0].1).collect();
+        assert!(matches!(rows[0], RegionWindow::Features(f) if f[6] == 4.0), "{rows:?}");
+        assert_eq!(rows[1], &RegionWindow::Thin);
+        assert_eq!(m.counts(), MergerCounts { thin_region_windows: 1, ..MergerCounts::default() });
     }
 
     fn site(v: f64) -> WindowPartials {

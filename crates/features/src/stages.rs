@@ -220,12 +220,45 @@ impl LocalStages {
     }
 }
 
+/// A batch split by terminal as Kafka splits a topic keyed by `terminal_id`
+/// (FNV-1a of the id, as the tests split it; which hash does not matter):
+/// (partition, its rows), partitions without rows left out. What the
+/// broker does for the stages; the benches split beforehand with it.
+pub fn split_by_terminal(batch: &RecordBatch, partitions: u64) -> Result<Vec<(usize, RecordBatch)>, StageError> {
+    use arrow::array::{AsArray, BooleanArray};
+    use arrow::datatypes::Int32Type;
+    let partitions = partitions.max(1);
+    let ids = batch
+        .column_by_name(termwatch_telemetry::batch::col::TERMINAL_ID)
+        .and_then(|c| c.as_dictionary_opt::<Int32Type>())
+        .ok_or_else(|| StageError::Split("the batch has no dictionary terminal_id column".into()))?;
+    let names = ids
+        .values()
+        .as_string_opt::<i32>()
+        .ok_or_else(|| StageError::Split("terminal_id values are not strings".into()))?;
+    let of_key: Vec<u64> =
+        names.iter().map(|n| crate::fnv1a(crate::FNV_OFFSET, n.unwrap_or("").as_bytes()) % partitions).collect();
+    let row_partition: Vec<u64> =
+        ids.keys().iter().map(|k| k.and_then(|k| of_key.get(k as usize).copied()).unwrap_or(0)).collect();
+    let mut out = Vec::new();
+    for p in 0..partitions {
+        let mask: BooleanArray = row_partition.iter().map(|&q| Some(q == p)).collect();
+        let part = arrow::compute::filter_record_batch(batch, &mask).map_err(|e| StageError::Split(e.to_string()))?;
+        if part.num_rows() > 0 {
+            out.push((p as usize, part));
+        }
+    }
+    Ok(out)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
     #[error("no source {0}: the stages were built with fewer")]
     NoSuchSource(usize),
     #[error("a window's partials did not survive their wire form: {0}")]
     Wire(String),
+    #[error("cannot split the batch by terminal: {0}")]
+    Split(String),
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use arrow::record_batch::RecordBatch;
 use termwatch_features::partial::{
-    MergedWindow, RegionPartial, RegionWindow, SitePartial, WindowMerger, WindowPartials,
+    MergedWindow, MergerCounts, RegionPartial, RegionWindow, SitePartial, WindowMerger, WindowPartials,
 };
 use termwatch_features::stages::{LocalStages, StageRows};
 use termwatch_features::{FNV_OFFSET, FeatureConfig, FeatureEngine, WindowRows, fnv1a};
@@ -45,10 +45,11 @@ fn history(cfg: SimConfig) -> Vec<(String, Vec<u8>)> {
 /// Every closed window of an engine fed `(partition, line)` in batches of
 /// 500, each report from its partition's source: event time is kept per
 /// partition (a report is late by its own partition's watermark), as a
-/// consumer of those partitions keeps it.
-fn windows(config: &FeatureConfig, lines: &[(String, &[u8])]) -> (Vec<WindowRows>, FeatureEngine) {
+/// consumer of those partitions keeps it. With `partials`, the windows
+/// carry the partials a replica publishes instead of site and region rows.
+fn windows(config: &FeatureConfig, lines: &[(String, &[u8])], partials: bool) -> (Vec<WindowRows>, FeatureEngine) {
     let mut engine = FeatureEngine::new(config.clone());
-    engine.emit_partials(true);
+    engine.emit_partials(partials);
     let mut rows = Vec::new();
     for chunk in lines.chunks(500) {
         let mut runs: Vec<(&str, usize)> = Vec::new();
@@ -102,12 +103,12 @@ struct Compared {
 /// (asserted here); site rows are counted.
 fn compare(config: &FeatureConfig, lines: &[(String, Vec<u8>)], partitions: u64) -> Compared {
     let all: Vec<(String, &[u8])> = lines.iter().map(|(t, l)| (partition(t, partitions), l.as_slice())).collect();
-    let (whole, engine) = windows(config, &all);
+    let (whole, engine) = windows(config, &all, false);
     let mut merged = Merged::new();
     for p in 0..partitions {
         let name = format!("telemetry-{p}");
         let mine: Vec<(String, &[u8])> = all.iter().filter(|(s, _)| *s == name).cloned().collect();
-        let (rows, _) = windows(config, &mine);
+        let (rows, _) = windows(config, &mine, true);
         merge_into(&mut merged, &rows);
     }
     let mut c = Compared::default();
@@ -177,7 +178,7 @@ fn a_partials_size_per_site_and_region_window() {
     let cfg = SimConfig { terminals: 300, regions: 3, days: 0.5, seed: 43, ..SimConfig::default() };
     let lines = history(cfg);
     let all: Vec<(String, &[u8])> = lines.iter().map(|(_, l)| ("telemetry-0".to_string(), l.as_slice())).collect();
-    let (rows, _) = windows(&FeatureConfig::default(), &all);
+    let (rows, _) = windows(&FeatureConfig::default(), &all, true);
     let (mut site_bytes, mut site_n, mut region_bytes, mut region_n, mut region_terminals) = (0, 0, 0, 0, 0);
     for w in &rows {
         for (s, p) in &w.site_partials {
@@ -242,7 +243,7 @@ fn a_merging_stage_fed_as_replicas_publish_gives_one_engines_rows() {
     let lines = fleet();
     let partitions = 3;
     let all: Vec<(String, &[u8])> = lines.iter().map(|(t, l)| (partition(t, partitions), l.as_slice())).collect();
-    let (whole, engine) = windows(&config, &all);
+    let (whole, engine) = windows(&config, &all, false);
 
     let names: Vec<String> = (0..partitions).map(|p| format!("telemetry-{p}")).collect();
     let sources: Vec<&str> = names.iter().map(String::as_str).collect();
@@ -295,7 +296,11 @@ fn a_merging_stage_fed_as_replicas_publish_gives_one_engines_rows() {
         merged.extend(merger.end_of_source(sources[p]));
     }
     assert_eq!(merger.open_windows(), 0);
-    assert_eq!(merger.counts(), Default::default(), "nothing late, repeated or incomplete");
+    assert_eq!(
+        merger.counts(),
+        MergerCounts { thin_region_windows: engine.counters().thin_region_windows, ..Default::default() },
+        "nothing late, repeated or incomplete; as many thin regions as one engine"
+    );
 
     let (sites, regions) = same_site_and_region_rows(&whole, &engine, &merged);
     assert!(sites + regions > 10_000, "{sites} {regions}");
@@ -330,7 +335,7 @@ fn engines_sharing_their_cohorts_through_the_merging_stage_give_one_engines_rows
     let lines = fleet();
     let partitions = 3;
     let all: Vec<(String, &[u8])> = lines.iter().map(|(t, l)| (partition(t, partitions), l.as_slice())).collect();
-    let (whole, engine) = windows(&config, &all);
+    let (whole, engine) = windows(&config, &all, false);
 
     let names: Vec<String> = (0..partitions).map(|p| format!("telemetry-{p}")).collect();
     let sources: Vec<&str> = names.iter().map(String::as_str).collect();
@@ -359,7 +364,11 @@ fn engines_sharing_their_cohorts_through_the_merging_stage_give_one_engines_rows
     take(out, &stages);
     assert!((0..3).all(|p| stages.engine(p).unwrap().open_windows() == 0), "every window closed");
     assert_eq!(stages.merger().open_windows(), 0);
-    assert_eq!(stages.merger().counts(), Default::default(), "nothing late, repeated or incomplete");
+    assert_eq!(
+        stages.merger().counts(),
+        MergerCounts { thin_region_windows: engine.counters().thin_region_windows, ..Default::default() },
+        "nothing late, repeated or incomplete; as many thin regions as one engine"
+    );
 
     let mut one = Features::new();
     terminal_features(&mut one, &whole, &engine);

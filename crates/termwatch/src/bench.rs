@@ -479,60 +479,38 @@ fn replay_section(table: &mut Table, sizes: &Sizes, models: &ModelSet, history: 
     table
         .add("replay", "one core: end to end", 1e9 / total, "records/s")
         .note(format!("{total:.0} ns a record, the sum of the stages"));
-    stages_section(table, sizes, models, &batches, records)
+    // What both paths do alike: decoding, the detectors and alert state
+    // (the same rows scored, terminals in stage 1, sites and regions in
+    // stage 2), the events out.
+    let alike_ns = decode_ns + detectors_ns.max(0.0) + alerting_ns;
+    stages_section(table, sizes, models, &batches, records, alike_ns)
 }
 
 /// Partitions of the two-stage comparison: as `deploy/k8s` runs replicas.
 const STAGE_PARTITIONS: u64 = 3;
 
-/// A batch split by terminal as Kafka splits a topic keyed by `terminal_id`
-/// (FNV-1a of the id, as the tests split it; which hash does not matter):
-/// (partition, its rows), partitions without rows left out.
-fn split_by_terminal(batch: &RecordBatch, partitions: u64) -> anyhow::Result<Vec<(usize, RecordBatch)>> {
-    use arrow::array::{AsArray, BooleanArray};
-    use arrow::datatypes::Int32Type;
-    let ids = batch
-        .column_by_name(termwatch_telemetry::batch::col::TERMINAL_ID)
-        .and_then(|c| c.as_dictionary_opt::<Int32Type>())
-        .context("the batch has no dictionary terminal_id column")?;
-    let names = ids.values().as_string_opt::<i32>().context("terminal_id values are not strings")?;
-    let of_key: Vec<u64> = names
-        .iter()
-        .map(|n| termwatch_features::fnv1a(termwatch_features::FNV_OFFSET, n.unwrap_or("").as_bytes()) % partitions)
-        .collect();
-    let row_partition: Vec<u64> =
-        ids.keys().iter().map(|k| k.and_then(|k| of_key.get(k as usize).copied()).unwrap_or(0)).collect();
-    let mut out = Vec::new();
-    for p in 0..partitions {
-        let mask: BooleanArray = row_partition.iter().map(|&q| Some(q == p)).collect();
-        let part = arrow::compute::filter_record_batch(batch, &mask)?;
-        if part.num_rows() > 0 {
-            out.push((p as usize, part));
-        }
-    }
-    Ok(out)
-}
-
 /// One engine holding every terminal against `STAGE_PARTITIONS` stage-1
 /// engines holding a partition each and the merging stage, sharing cohorts,
 /// the partials in their wire form, in one process on one core, on the same
 /// reports (split beforehand: that is the broker's work). Interleaved
-/// rounds; the split path must close as many terminal and site rows.
+/// rounds; the split path must close as many terminal and site rows. The
+/// whole path adds `alike_ns` a record to both: what they do alike.
 fn stages_section(
     table: &mut Table,
     sizes: &Sizes,
     models: &ModelSet,
     batches: &[RecordBatch],
     records: f64,
+    alike_ns: f64,
 ) -> anyhow::Result<()> {
     let split = batches
         .iter()
-        .map(|b| split_by_terminal(b, STAGE_PARTITIONS))
-        .collect::<anyhow::Result<Vec<_>>>()
+        .map(|b| termwatch_features::stages::split_by_terminal(b, STAGE_PARTITIONS))
+        .collect::<Result<Vec<_>, _>>()
         .context("splitting the batches by terminal")?;
     let names: Vec<String> = (0..STAGE_PARTITIONS).map(|p| format!("telemetry-{p}")).collect();
     let sources: Vec<&str> = names.iter().map(String::as_str).collect();
-    let (mut one_ns, mut two_ns, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut one_ns, mut two_ns, mut ratios, mut whole) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut wire = WireCounts::default();
     let mut lessons = 0;
     for round in 0..sizes.rounds {
@@ -578,6 +556,7 @@ fn stages_section(
         one_ns.push(one * 1e9 / records);
         two_ns.push(two * 1e9 / records);
         ratios.push(two / one);
+        whole.push((alike_ns + two * 1e9 / records) / (alike_ns + one * 1e9 / records));
     }
     let partitions = STAGE_PARTITIONS;
     table.add("stages", "one process, one engine: features", median(one_ns), "ns/record");
@@ -590,9 +569,15 @@ fn stages_section(
         )
         .note("partials through postcard, cohorts shared; no topic");
     table
-        .add("stages", "two stages / one engine (median of rounds)", median(ratios), "x")
+        .add("stages", "features: two stages / one engine (median of rounds)", median(ratios), "x")
+        .note(format!("{} interleaved rounds; the split's own cost, the whole path's is next", sizes.rounds));
+    table
+        .add("stages", "whole path, one core: two stages / one process (median of rounds)", median(whole), "x")
         .target(Target::AtMost(1.10))
-        .note(format!("{} interleaved rounds", sizes.rounds));
+        .note(format!(
+            "each round's features, plus {alike_ns:.0} ns a record both do alike (replay section: decode, \
+             detectors and alert state, events out); the partials topic's produce and consume not included"
+        ));
     table
         .add(
             "stages",

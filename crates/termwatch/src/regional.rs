@@ -155,6 +155,7 @@ fn stage_two(
 fn export(stage: &MergingStage, metrics: &AlertMetrics, kept: &Kept, events: &[AlertEvent]) {
     if stage.reader().current() {
         metrics.update_regional(stage.regional(), kept, events);
+        metrics.set_unscored_region_windows(stage.reader().merger().counts().thin_region_windows);
     } else {
         metrics.update_standby(stage.regional().model_version());
     }
