@@ -3,6 +3,7 @@ use std::collections::{BTreeMap, HashMap};
 use arrow::array::{Array, AsArray, DictionaryArray, Float64Array, UInt32Array, UInt64Array};
 use arrow::datatypes::{Float64Type, Int32Type, TimestampMillisecondType, UInt32Type, UInt64Type};
 use arrow::record_batch::RecordBatch;
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 use termwatch_telemetry::fields::DEFAULT_INTERVAL_S;
 use termwatch_telemetry::{Counter, Label, Measure};
@@ -1914,8 +1915,13 @@ impl FeatureEngine {
                 }
                 if warm {
                     region.add_terminal(RegionTerminal {
-                        terminal: term.id.clone(),
-                        site: self.sites.names.get(term.site as usize).cloned().unwrap_or_default(),
+                        terminal: CompactString::from(&*term.id),
+                        site: self
+                            .sites
+                            .names
+                            .get(term.site as usize)
+                            .map(|s| CompactString::from(&**s))
+                            .unwrap_or_default(),
                         degraded,
                         rtt_z,
                         loss_z,
@@ -2085,8 +2091,8 @@ impl FeatureEngine {
         if self.share_cohorts {
             let (terminals, cohorts) = (&self.terminals, &self.cohorts);
             rows.cohort_lessons = CohortLessons::from_sorted(lessons.iter().filter_map(|l| {
-                let id = terminals.get(l.terminal as usize)?.id.clone();
-                Some((id, cohorts.names.get(l.cohort as usize)?.clone(), l.lesson))
+                let id = CompactString::from(&*terminals.get(l.terminal as usize)?.id);
+                Some((id, CompactString::from(&**cohorts.names.get(l.cohort as usize)?), l.lesson))
             }));
         } else {
             for l in &lessons {

@@ -16,6 +16,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use termwatch_telemetry::alerts::{AlertKind, Scope};
@@ -119,10 +120,12 @@ impl SitePartial {
 /// with network baselines of their own contribute.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RegionTerminal {
-    /// The `terminal_id`: the order in which sums add up.
-    pub terminal: Box<str>,
+    /// The `terminal_id`: the order in which sums add up. Inline (ids
+    /// are short): a partial holds one per terminal, and the merging stage
+    /// decodes every replica's, which would be two allocations each.
+    pub terminal: CompactString,
     /// The `site_id`: a region's share of degraded sites.
-    pub site: Box<str>,
+    pub site: CompactString,
     /// Round trip or loss more than a few of its own deviations out.
     pub degraded: bool,
     pub rtt_z: f64,
@@ -281,12 +284,14 @@ pub(crate) enum Lesson {
 pub struct CohortLessons {
     /// (terminal id, cohort, lesson), in terminal-id order; a terminal's
     /// own lessons in the order it taught them.
-    lessons: Vec<(Box<str>, Box<str>, Lesson)>,
+    lessons: Vec<(CompactString, CompactString, Lesson)>,
 }
 
 impl CohortLessons {
     /// From lessons already in terminal-id order (one engine's window).
-    pub(crate) fn from_sorted(lessons: impl IntoIterator<Item = (Box<str>, Box<str>, Lesson)>) -> CohortLessons {
+    pub(crate) fn from_sorted(
+        lessons: impl IntoIterator<Item = (CompactString, CompactString, Lesson)>,
+    ) -> CohortLessons {
         CohortLessons { lessons: lessons.into_iter().collect() }
     }
 
@@ -299,7 +304,7 @@ impl CohortLessons {
 
     /// [`CohortLessons::merge`] of lessons given away: they move in.
     pub fn absorb(&mut self, other: CohortLessons) {
-        let sorted = |l: &[(Box<str>, Box<str>, Lesson)]| l.is_sorted_by(|a, b| a.0 <= b.0);
+        let sorted = |l: &[(CompactString, CompactString, Lesson)]| l.is_sorted_by(|a, b| a.0 <= b.0);
         if self.lessons.is_empty() && sorted(&other.lessons) {
             self.lessons = other.lessons;
             return;
@@ -844,7 +849,7 @@ mod tests {
             let lesson = |k: u32| Lesson::Reader { errors: k, attempts: 100 };
             // One engine's lessons: by terminal id, each terminal's own in
             // the order it taught them.
-            let mut whole: Vec<(Box<str>, Box<str>, Lesson)> = taught
+            let mut whole: Vec<(CompactString, CompactString, Lesson)> = taught
                 .iter()
                 .map(|&(t, c, k)| (format!("T{t:02}").into(), format!("C{c}").into(), lesson(k)))
                 .collect();
