@@ -12,7 +12,8 @@
 //! (they wait for lessons), the sink waits for lessons before it takes the
 //! next batch; after `lessons_wait` without any, or past four times the
 //! bound, the windows close on their own lessons (counted), so what a
-//! replica holds stays bounded when stage 2 is down.
+//! replica holds stays bounded when stage 2 is down. A stopping process
+//! waits no more: its windows stay open in its snapshots.
 //!
 //! Per partition, `<topic>-<partition>.snap` in the state directory holds
 //! the scorer and where it stands in both topics. It is written, and the
@@ -23,6 +24,8 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -61,6 +64,10 @@ pub struct StageOneConfig {
     pub timeout: Duration,
     /// Names the consumer group and topics in the snapshots, in words.
     pub source: String,
+    /// Set when the process is stopping: the sink waits for no more
+    /// lessons, so that it snapshots and commits within the shutdown grace
+    /// (a restored partition waits for them again).
+    pub stopping: Arc<AtomicBool>,
 }
 
 struct Member {
@@ -236,7 +243,7 @@ impl StageOneSink {
             let mut reading = self.members.values().filter(|m| m.active).peekable();
             let waiting = reading.peek().is_some() && reading.all(|m| open(m) > bound);
             let runaway = self.members.values().any(|m| open(m) > bound.saturating_mul(4));
-            if !waiting && !runaway {
+            if (!waiting && !runaway) || self.config.stopping.load(Ordering::Relaxed) {
                 self.waiting_since = None;
                 return Ok(events);
             }

@@ -98,8 +98,10 @@ pub fn run(config: Config, warm_up: &[std::path::PathBuf]) -> anyhow::Result<()>
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
     runtime.block_on(async {
         let registry = Registry::new();
+        // Stage 1 may be waiting for lessons when the signal comes.
+        let stopping = Arc::new(AtomicBool::new(false));
         let sinks = match config.stages.role {
-            termwatch_config::Role::Terminal => vec![stage_one_sink(&registry, &config)?],
+            termwatch_config::Role::Terminal => vec![stage_one_sink(&registry, &config, Arc::clone(&stopping))?],
             _ => scoring_sinks(&registry, &config, seed)?,
         };
         let service = Service::start(&config, registry, sinks).await?;
@@ -108,6 +110,7 @@ pub fn run(config: Config, warm_up: &[std::path::PathBuf]) -> anyhow::Result<()>
         tokio::select! {
             signal = shutdown_signal() => {
                 info!(signal = signal?, grace = ?grace, "stopping: flushing and committing");
+                stopping.store(true, Ordering::Relaxed);
                 stop.store(true, Ordering::Relaxed);
             }
             () = wait_finished(&service) => {}
@@ -180,7 +183,11 @@ fn scoring_sinks(
 
 /// Stage 1 of docs/two-stages.md: a split scorer per partition assigned,
 /// publishing to the partials topic and learning from the lessons topic.
-fn stage_one_sink(registry: &Registry, config: &Config) -> anyhow::Result<Box<dyn BatchSink>> {
+fn stage_one_sink(
+    registry: &Registry,
+    config: &Config,
+    stopping: Arc<AtomicBool>,
+) -> anyhow::Result<Box<dyn BatchSink>> {
     let path = std::path::Path::new(crate::models_cmd::DEFAULT_MODELS);
     let models = ModelSet::load(path).with_context(|| format!("loading {}", path.display()))?;
     let metrics = AlertMetrics::register(registry).context("registering alert metrics")?;
@@ -198,6 +205,7 @@ fn stage_one_sink(registry: &Registry, config: &Config) -> anyhow::Result<Box<dy
         limits: config.limits.limits(),
         timeout: std::time::Duration::from_secs(30),
         source: format!("group {} on {}", config.kafka.group_id, config.kafka.topics.join(",")),
+        stopping,
     };
     let topic = match &config.kafka.alerts_topic {
         Some(name) => Some(AlertTopic::new(&config.kafka, name)?),

@@ -667,6 +667,38 @@ fn a_terminal_process_killed_halfway_changes_no_alert() {
     two_stages_in_processes(&Broker::mock(), 2, true);
 }
 
+/// A stage-1 process reading a backlog with no stage 2 to teach it waits
+/// for lessons (two minutes before it closes windows on its own); SIGTERM
+/// in that wait stops it cleanly within the shutdown grace, with nothing
+/// closed on its own lessons, and its snapshots keep the open windows.
+#[test]
+fn a_terminal_process_waiting_for_lessons_stops_on_sigterm_within_the_grace() {
+    let broker = Broker::mock();
+    let lines = history();
+    // About 25 five-minute windows of the whole fleet.
+    produce(&broker.kafka, broker.telemetry(), &lines[..20_000], None, |_| {});
+    let state = tempfile::tempdir().expect("tempdir");
+    let env = broker.env(&[
+        ("TERMWATCH_STAGES_ROLE", "terminal"),
+        ("TERMWATCH_STAGES_MAX_OPEN_WINDOWS", "4"),
+        ("TERMWATCH_KAFKA_SHUTDOWN_GRACE_S", "10"),
+    ]);
+    let mut stage1 = StageTwo::start(&broker.kafka.brokers, state.path(), "3600", &env);
+    // The first batch, 8,192 reports, is about eleven windows of every
+    // partition (not four times the bound, when windows would close at
+    // once): past it, the sink waits.
+    stage1.wait("assigned", |t| value(t, "termwatch_kafka_assigned_partitions") == Some(PARTITIONS as f64));
+    std::thread::sleep(Duration::from_secs(3));
+    let stopped = Instant::now();
+    let said = stage1.sigterm();
+    let took = stopped.elapsed();
+    assert!(took < Duration::from_secs(10), "{took:?}: {said}");
+    assert!(said.contains("stage 1 flushed") && !said.contains("not stopped within"), "{said}");
+    assert!(!said.contains("closed on this replica's own"), "{said}");
+    let snapshots = std::fs::read_dir(state.path()).expect("state").filter_map(Result::ok).count();
+    assert_eq!(snapshots, PARTITIONS, "a snapshot per partition: {said}");
+}
+
 /// Both on a real broker (tansu, started by `scripts/test`), the history a
 /// backlog in the telemetry topic before any process starts.
 #[test]
