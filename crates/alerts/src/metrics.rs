@@ -748,6 +748,21 @@ impl AlertMetrics {
 
     /// A process that owns no alert (a stage-2 standby): its model only.
     pub fn update_standby(&self, model_version: &str) {
+        {
+            let mut state = match self.state.lock() {
+                Ok(g) => g,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            // A member that merged until a rebalance took the partition
+            // away exports none of the alert state it held: the new owner
+            // exports it now, and recording rules sum alerts over processes.
+            self.firing.reset();
+            self.region_score.reset();
+            self.entity_score.reset();
+            self.entities_cut_off.set(0);
+            state.exported.clear();
+            state.sites.clear();
+        }
         self.observe(&AlertView {
             alerts: &[],
             engine: None,
@@ -1302,6 +1317,42 @@ mod tests {
         assert_eq!(metrics.forgotten.with_label_values(&["capacity"]).get(), 0, "both held have a window open");
         assert_eq!(metrics.terminals_limit.get(), 2);
         assert_eq!(metrics.tracked_terminals.get(), 2);
+    }
+
+    #[test]
+    fn a_member_turned_standby_exports_none_of_the_alert_state_it_held() {
+        let registry = Registry::new();
+        let metrics = AlertMetrics::register(&registry).expect("register");
+        let mut tracker = AlertTracker::new(&AlertingConfig::default()).expect("tracker");
+        let events: Vec<AlertEvent> = (0..4).filter_map(|i| tracker.observe(window("T-1", i, 0.9))).collect();
+        assert_eq!(tracker.firing().count(), 1, "the terminal fires");
+        let view = |alerts| AlertView {
+            alerts,
+            engine: None,
+            events: &events,
+            scores: &[],
+            region_scores: &[("east-07", 0.9)],
+            releases: &[],
+            thresholds: &[],
+            model_version: "m",
+            now_ms: T0,
+        };
+        metrics.observe(&view(&[&tracker]));
+        let text = |registry: &Registry| {
+            let mut buf = Vec::new();
+            prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &registry.gather(), &mut buf).expect("encode");
+            String::from_utf8(buf).expect("utf-8")
+        };
+        let merging = text(&registry);
+        for series in ["termwatch_alerts_firing{", "termwatch_region_network_score{", "termwatch_alert_entity_score{"] {
+            assert!(merging.contains(series), "{series} while merging: {merging}");
+        }
+        metrics.update_standby("m");
+        let standby = text(&registry);
+        for series in ["termwatch_alerts_firing{", "termwatch_region_network_score{", "termwatch_alert_entity_score{"] {
+            assert!(!standby.contains(series), "{series} on a standby: {standby}");
+        }
+        assert!(standby.contains("termwatch_model_info{"), "{standby}");
     }
 
     #[test]
