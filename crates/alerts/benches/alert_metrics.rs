@@ -127,7 +127,7 @@ fn main() {
     ];
     let view = AlertView {
         alerts: &[&tracker],
-        engine: Some(&engine),
+        engines: &[&engine],
         events: &[],
         scores: &scores,
         region_scores: &region_scores,

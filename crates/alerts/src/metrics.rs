@@ -70,7 +70,9 @@ struct State {
     model_version: Option<String>,
     /// The top K has been computed at least once.
     primed: bool,
-    /// Per region: (reports, late, ahead) told to the counters so far.
+    /// Per region seen: its (reports, late, ahead), summed over the
+    /// engines at the last look (how many regions there are, for the
+    /// series cut off).
     region_counts: HashMap<String, [u64; 3]>,
     /// Regions exported under their own name: the first `region_cap` seen.
     /// The others are summed under [`OTHER_REGIONS`], so that invented
@@ -83,8 +85,6 @@ struct State {
     dropping: HashSet<[String; 3]>,
     /// Inputs whose series are exported now.
     sources: HashSet<String>,
-    /// The engine's limit counts told to the counters so far.
-    limit_counts: [u64; 4],
     /// (model, firmware) of the release-health series exported now.
     releases: HashSet<[String; 2]>,
 }
@@ -293,9 +293,10 @@ pub struct AlertView<'a> {
     /// Alert state: one tracker, or one per scorer (stage 1 in `termwatch
     /// run` keeps one per partition).
     pub alerts: &'a [&'a AlertTracker],
-    /// The feature engine, where this process has one (stage 2 has none:
-    /// its terminals are stage 1's).
-    pub engine: Option<&'a FeatureEngine>,
+    /// The feature engines: one where one process holds every terminal,
+    /// one per partition in stage 1, none in stage 2 (its terminals are
+    /// stage 1's). Their counts are summed, their watermark is the least.
+    pub engines: &'a [&'a FeatureEngine],
     /// The alert events the batch caused.
     pub events: &'a [AlertEvent],
     /// Scores computed by the batch, per detector.
@@ -701,7 +702,7 @@ impl AlertMetrics {
         let view = AlertView {
             thresholds: &thresholds,
             alerts: &[scorer.alerts()],
-            engine: Some(scorer.engine()),
+            engines: &[scorer.engine()],
             events,
             scores: &scores,
             region_scores: &region_scores,
@@ -722,7 +723,7 @@ impl AlertMetrics {
         let thresholds: Vec<FleetThreshold> = stage.thresholds().collect();
         self.observe(&AlertView {
             alerts: &[stage.alerts()],
-            engine: None,
+            engines: &[],
             events,
             scores: &kept.scores,
             region_scores: &region_scores,
@@ -736,14 +737,7 @@ impl AlertMetrics {
     /// Region windows left unscored for too few terminals, where no engine
     /// counts them (stage 2 merges the regions; its merger counts them).
     pub fn set_unscored_region_windows(&self, total: u64) {
-        let c = &self.thin_region_windows;
-        c.inc_by(total.saturating_sub(c.get()));
-    }
-
-    /// Terminals held, where no single engine says it (stage 1 holds one
-    /// per partition).
-    pub fn set_tracked_terminals(&self, terminals: usize) {
-        self.tracked_terminals.set(terminals as i64);
+        raise(&self.thin_region_windows, total);
     }
 
     /// A process that owns no alert (a stage-2 standby): its model only.
@@ -765,7 +759,7 @@ impl AlertMetrics {
         }
         self.observe(&AlertView {
             alerts: &[],
-            engine: None,
+            engines: &[],
             events: &[],
             scores: &[],
             region_scores: &[],
@@ -819,14 +813,14 @@ impl AlertMetrics {
             self.model_info.with_label_values(&[view.model_version]).set(1);
             state.model_version = Some(view.model_version.to_string());
         }
-        if let Some(engine) = view.engine {
-            if let Some(wm) = engine.watermark() {
+        if !view.engines.is_empty() {
+            if let Some(wm) = view.engines.iter().filter_map(|e| e.watermark()).min() {
                 self.watermark.set(wm as f64 / 1000.0);
                 self.event_time_lag.set((view.now_ms - wm) as f64 / 1000.0);
             }
-            self.export_event_time(&mut state, engine);
-            self.tracked_terminals.set(engine.tracked_terminals() as i64);
-            self.export_limits(&mut state, engine);
+            self.export_event_time(&mut state, view.engines);
+            self.tracked_terminals.set(view.engines.iter().map(|e| e.tracked_terminals()).sum::<usize>() as i64);
+            self.export_limits(view.engines);
         }
         self.export_releases(&mut state, view.releases);
         self.export_thresholds(view.thresholds);
@@ -898,49 +892,61 @@ impl AlertMetrics {
         }
     }
 
-    /// What the engine's limits forgot and refused.
-    fn export_limits(&self, state: &mut State, engine: &FeatureEngine) {
-        self.terminals_limit.set(engine.limits().max_terminals as i64);
-        let c = engine.limit_counts();
-        let now = [c.evicted_idle, c.evicted_capacity, c.refused_terminals, c.refused_regions];
-        let was = std::mem::replace(&mut state.limit_counts, now);
-        // The engine's counts restart when a snapshot replaces it.
-        let delta = |i: usize| if now[i] >= was[i] { now[i] - was[i] } else { now[i] };
-        self.forgotten.with_label_values(&["idle"]).inc_by(delta(0));
-        self.forgotten.with_label_values(&["capacity"]).inc_by(delta(1));
-        self.refused.with_label_values(&["terminals"]).inc_by(delta(2));
-        self.refused.with_label_values(&["regions"]).inc_by(delta(3));
+    /// What the engines' limits forgot and refused.
+    fn export_limits(&self, engines: &[&FeatureEngine]) {
+        self.terminals_limit.set(engines.iter().map(|e| e.limits().max_terminals as i64).sum());
+        let mut now = [0u64; 4];
+        for e in engines {
+            let c = e.limit_counts();
+            for (n, x) in
+                now.iter_mut().zip([c.evicted_idle, c.evicted_capacity, c.refused_terminals, c.refused_regions])
+            {
+                *n = n.saturating_add(x);
+            }
+        }
+        raise(&self.forgotten.with_label_values(&["idle"]), now[0]);
+        raise(&self.forgotten.with_label_values(&["capacity"]), now[1]);
+        raise(&self.refused.with_label_values(&["terminals"]), now[2]);
+        raise(&self.refused.with_label_values(&["regions"]), now[3]);
     }
 
     /// Drops by reason and region, each input's progress, and the terminals
     /// whose reports are being dropped.
-    fn export_event_time(&self, state: &mut State, engine: &FeatureEngine) {
-        let c = engine.counters();
-        for (reason, now) in [("late", c.late), ("ahead", c.ahead)] {
-            let counter = self.dropped.with_label_values(&[reason]);
-            // A restored snapshot carries the counts of the process that saved it.
-            counter.inc_by(now.saturating_sub(counter.get()));
-        }
-        let thin = &self.thin_region_windows;
-        thin.inc_by(c.thin_region_windows.saturating_sub(thin.get()));
-        for (region, counts) in engine.region_counts() {
-            let now = [counts.reports, counts.late, counts.ahead];
-            let was = state.region_counts.entry(region.to_string()).or_default();
-            if *was == now {
-                continue;
+    fn export_event_time(&self, state: &mut State, engines: &[&FeatureEngine]) {
+        let (mut late, mut ahead, mut thin) = (0u64, 0u64, 0u64);
+        let mut regions: HashMap<&str, [u64; 3]> = HashMap::new();
+        for e in engines {
+            let c = e.counters();
+            late = late.saturating_add(c.late);
+            ahead = ahead.saturating_add(c.ahead);
+            thin = thin.saturating_add(c.thin_region_windows);
+            for (region, counts) in e.region_counts() {
+                let sum = regions.entry(region).or_default();
+                for (s, x) in sum.iter_mut().zip([counts.reports, counts.late, counts.ahead]) {
+                    *s = s.saturating_add(x);
+                }
             }
-            // The engine's counts restart when a snapshot replaces it.
-            let delta = |i: usize| if now[i] >= was[i] { now[i] - was[i] } else { now[i] };
-            let deltas = [delta(0), delta(1), delta(2)];
-            *was = now;
+        }
+        raise(&self.dropped.with_label_values(&["late"]), late);
+        raise(&self.dropped.with_label_values(&["ahead"]), ahead);
+        raise(&self.thin_region_windows, thin);
+        let mut labelled: HashMap<&str, [u64; 3]> = HashMap::new();
+        for (region, now) in regions {
+            state.region_counts.insert(region.to_string(), now);
             let label = state.region_label(region, self.region_cap).unwrap_or(OTHER_REGIONS);
-            self.region_reports.with_label_values(&[label]).inc_by(deltas[0]);
-            self.region_dropped.with_label_values(&[label, "late"]).inc_by(deltas[1]);
-            self.region_dropped.with_label_values(&[label, "ahead"]).inc_by(deltas[2]);
+            let sum = labelled.entry(label).or_default();
+            for (s, x) in sum.iter_mut().zip(now) {
+                *s = s.saturating_add(x);
+            }
+        }
+        for (label, [reports, late, ahead]) in labelled {
+            raise(&self.region_reports.with_label_values(&[label]), reports);
+            raise(&self.region_dropped.with_label_values(&[label, "late"]), late);
+            raise(&self.region_dropped.with_label_values(&[label, "ahead"]), ahead);
         }
         self.regions_cut_off.set(state.region_counts.len().saturating_sub(state.named_regions.len()) as i64);
         let mut sources = HashSet::new();
-        for (name, watermark, idle) in engine.sources() {
+        for (name, watermark, idle) in engines.iter().flat_map(|e| e.sources()) {
             if let Some(wm) = watermark {
                 self.source_watermark.with_label_values(&[name]).set(wm as f64 / 1000.0);
             }
@@ -955,18 +961,21 @@ impl AlertMetrics {
 
         // Looked for when something was dropped, and now and then while
         // terminals are named (their shares fall as they report again).
-        let dropped = c.late + c.ahead;
+        let dropped = late.saturating_add(ahead);
         let due = state.last_drop_scan.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(10));
         if dropped == state.dropped_seen && (state.dropping.is_empty() || !due) {
             return;
         }
         state.dropped_seen = dropped;
         state.last_drop_scan = Some(std::time::Instant::now());
-        let mut worst = engine.dropping_terminals(DROPPING_MIN_SHARE);
-        worst.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let mut worst: Vec<(&FeatureEngine, u32, f32)> = engines
+            .iter()
+            .flat_map(|e| e.dropping_terminals(DROPPING_MIN_SHARE).into_iter().map(move |(t, share)| (*e, t, share)))
+            .collect();
+        worst.sort_by(|a, b| b.2.total_cmp(&a.2).then_with(|| a.0.terminal_id(a.1).cmp(b.0.terminal_id(b.1))));
         worst.truncate(DROPPING_TOP_K);
         let mut exported = HashSet::with_capacity(worst.len());
-        for (t, share) in worst {
+        for (engine, t, share) in worst {
             let site = engine.site_id(engine.terminal_site(t));
             let region = engine.region_name(engine.terminal_region(t));
             let labels = [engine.terminal_id(t).to_string(), site.to_string(), region.to_string()];
@@ -994,7 +1003,7 @@ impl AlertMetrics {
         // Sites of the terminals in the top K, looked up by id for those not known yet.
         for a in firing.iter().filter(|a| a.scope == Scope::Terminal) {
             if !state.sites.contains_key(a.entity)
-                && let Some(site) = view.engine.and_then(|e| e.site_of_terminal(a.entity))
+                && let Some(site) = view.engines.iter().find_map(|e| e.site_of_terminal(a.entity))
             {
                 state.sites.insert(a.entity.to_string(), site.to_string());
             }
@@ -1026,6 +1035,14 @@ impl AlertMetrics {
         }
         state.exported = exported;
     }
+}
+
+/// Raises a counter to a total counted elsewhere (an engine's), never
+/// lowering it: an engine replaced by an older snapshot, or a partition
+/// gone to another replica, holds the counter until its total passes what
+/// was exported, rather than count anything twice.
+fn raise(counter: &IntCounter, total: u64) {
+    counter.inc_by(total.saturating_sub(counter.get()));
 }
 
 fn label_refs(labels: &EntityLabels) -> [&str; 7] {
@@ -1122,7 +1139,7 @@ mod tests {
         let engine = FeatureEngine::new(FeatureConfig::default());
         let view = AlertView {
             alerts: &[&tracker],
-            engine: Some(&engine),
+            engines: &[&engine],
             events: &[],
             scores: &[],
             region_scores: &[],
@@ -1180,7 +1197,7 @@ mod tests {
         let engine = FeatureEngine::new(FeatureConfig::default());
         metrics.observe(&AlertView {
             alerts: &[&tracker],
-            engine: Some(&engine),
+            engines: &[&engine],
             events: &[],
             scores: &[],
             region_scores: &[],
@@ -1215,7 +1232,7 @@ mod tests {
         let scores: Vec<(&str, f64)> = names.iter().map(|n| (n.as_str(), 0.1)).collect();
         let view = AlertView {
             alerts: &[&tracker],
-            engine: Some(&engine),
+            engines: &[&engine],
             events: &[],
             scores: &[],
             region_scores: &scores,
@@ -1253,7 +1270,7 @@ mod tests {
         let many: Vec<ReleaseHealth> = (0..RELEASE_TOP_K + 30).map(|i| health(i, i as f64 / 100.0)).collect();
         let view = AlertView {
             alerts: &[&tracker],
-            engine: Some(&engine),
+            engines: &[&engine],
             events: &[],
             scores: &[],
             region_scores: &[],
@@ -1301,7 +1318,7 @@ mod tests {
         engine.process_batch(&builder.finish().expect("batch"));
         let view = AlertView {
             alerts: &[&tracker],
-            engine: Some(&engine),
+            engines: &[&engine],
             events: &[],
             scores: &[],
             region_scores: &[],
@@ -1328,7 +1345,7 @@ mod tests {
         assert_eq!(tracker.firing().count(), 1, "the terminal fires");
         let view = |alerts| AlertView {
             alerts,
-            engine: None,
+            engines: &[],
             events: &events,
             scores: &[],
             region_scores: &[("east-07", 0.9)],
@@ -1353,6 +1370,61 @@ mod tests {
             assert!(!standby.contains(series), "{series} on a standby: {standby}");
         }
         assert!(standby.contains("termwatch_model_info{"), "{standby}");
+    }
+
+    #[test]
+    fn engines_of_several_partitions_are_exported_as_one_process() {
+        use termwatch_telemetry::{BatchBuilder, decode};
+        let registry = Registry::new();
+        let metrics = AlertMetrics::register(&registry).expect("register");
+        // Two partitions' engines, as stage 1 holds them: each with its
+        // source, its terminals, a report far too late for it.
+        let engine = |p: usize| {
+            let mut e = FeatureEngine::new(FeatureConfig::default());
+            let source = format!("telemetry-{p}");
+            let mut builder = BatchBuilder::with_capacity(8);
+            for (t, ts) in [(0, T0), (1, T0 + 3_600_000), (2, T0 + 7_200_000), (0, T0 - 86_400_000)] {
+                let line = format!(r#"{{"terminal_id":"T-{p}{t}","ts":{ts},"region":"r-{p}"}}"#);
+                builder.append(&decode(line.as_bytes(), T0 + 86_400_000).expect("valid")).expect("append");
+            }
+            e.process_sourced(&builder.finish().expect("batch"), &[(&source, 4)]);
+            e
+        };
+        let (a, b) = (engine(0), engine(1));
+        assert_eq!(a.counters().late, 1, "the day-old report");
+        fn view<'a>(engines: &'a [&'a FeatureEngine]) -> AlertView<'a> {
+            AlertView {
+                alerts: &[],
+                engines,
+                events: &[],
+                scores: &[],
+                region_scores: &[],
+                releases: &[],
+                thresholds: &[],
+                model_version: "m",
+                now_ms: T0 + 7_200_000,
+            }
+        }
+        let (both, one) = ([&a, &b], [&a]);
+        metrics.observe(&view(&both));
+        assert_eq!(metrics.dropped.with_label_values(&["late"]).get(), 2);
+        assert_eq!(metrics.tracked_terminals.get(), 6);
+        for p in ["telemetry-0", "telemetry-1"] {
+            assert!(metrics.source_watermark.get_metric_with_label_values(&[p]).is_ok_and(|g| g.get() > 0.0), "{p}");
+        }
+        assert_eq!(metrics.region_reports.with_label_values(&["r-0"]).get(), 4, "every report, the late one too");
+        assert_eq!(metrics.region_reports.with_label_values(&["r-1"]).get(), 4);
+        // The second partition goes to another replica: its counts are not
+        // taken back, and nothing is counted twice when it returns.
+        metrics.observe(&view(&one));
+        assert_eq!(metrics.dropped.with_label_values(&["late"]).get(), 2);
+        assert_eq!(metrics.tracked_terminals.get(), 3);
+        let exported = registry.gather();
+        let watermarks = exported.iter().find(|f| f.name() == "termwatch_source_watermark_timestamp_seconds");
+        assert_eq!(watermarks.map(|f| f.get_metric().len()), Some(1), "the gone partition's series go");
+        metrics.observe(&view(&both));
+        assert_eq!(metrics.dropped.with_label_values(&["late"]).get(), 2);
+        assert_eq!(metrics.region_reports.with_label_values(&["r-1"]).get(), 4);
     }
 
     #[test]

@@ -288,10 +288,12 @@ impl StageOneSink {
         }
         let alerts: Vec<_> = self.members.values().map(|m| m.scorer.alerts()).collect();
         let releases: Vec<_> = self.members.values().flat_map(|m| m.scorer.release_health().cloned()).collect();
+        let engines: Vec<_> = self.members.values().map(|m| m.scorer.engine()).collect();
         metrics.observe(&AlertView {
             alerts: &alerts,
-            // One engine per partition; the stage's watermark is its merger's.
-            engine: None,
+            // One engine per partition: each partition's watermark, drops
+            // and limits, summed; the stage's watermark is the least.
+            engines: &engines,
             events,
             scores: &scores,
             region_scores: &[],
@@ -301,7 +303,6 @@ impl StageOneSink {
             model_version: &self.models.version,
             now_ms: termwatch_telemetry::time::now_ms(),
         });
-        metrics.set_tracked_terminals(self.members.values().map(|m| m.scorer.engine().tracked_terminals()).sum());
     }
 }
 

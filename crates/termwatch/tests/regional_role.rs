@@ -876,6 +876,17 @@ fn two_stages_in_processes(broker: &Broker, replicas: usize, kill: bool) {
             stage1.iter().chain(&killed).map(StageTwo::said).collect::<Vec<_>>()
         );
     }
+    // Each stage-1 process exports its partitions' event time, as one
+    // process exports its inputs'.
+    for s in &stage1 {
+        let t = scrape(s.port).expect("stage 1 metrics");
+        assert!(
+            t.contains(&format!("termwatch_source_watermark_timestamp_seconds{{source=\"{}-", broker.telemetry())),
+            "{t}"
+        );
+        assert!(value(&t, "termwatch_event_time_watermark_timestamp_seconds").is_some_and(|w| w > 0.0), "{t}");
+        assert!(value(&t, "termwatch_tracked_terminals").is_some_and(|n| n > 0.0), "{t}");
+    }
     std::thread::sleep(Duration::from_secs(1));
     let mut raised = stage2.events();
     let mut terminals = Vec::new();
