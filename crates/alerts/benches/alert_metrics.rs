@@ -127,7 +127,7 @@ fn main() {
     ];
     let view = AlertView {
         alerts: &[&tracker],
-        engines: &[&engine],
+        engines: &[("", &engine)],
         events: &[],
         scores: &scores,
         region_scores: &region_scores,

@@ -70,10 +70,10 @@ struct State {
     model_version: Option<String>,
     /// The top K has been computed at least once.
     primed: bool,
-    /// Per region seen: its (reports, late, ahead), summed over the
-    /// engines at the last look (how many regions there are, for the
-    /// series cut off).
-    region_counts: HashMap<String, [u64; 3]>,
+    /// Per region seen, per engine (by its name in the view): its
+    /// (reports, late, ahead) told to the counters so far. Bounded by the
+    /// engines' regions (`limits.max_regions`) and the partitions.
+    region_counts: HashMap<String, HashMap<String, [u64; 3]>>,
     /// Regions exported under their own name: the first `region_cap` seen.
     /// The others are summed under [`OTHER_REGIONS`], so that invented
     /// region names cannot multiply the series.
@@ -85,6 +85,9 @@ struct State {
     dropping: HashSet<[String; 3]>,
     /// Inputs whose series are exported now.
     sources: HashSet<String>,
+    /// Per engine (by its name in the view): its limit counts told to the
+    /// counters so far.
+    limit_counts: HashMap<String, [u64; 4]>,
     /// (model, firmware) of the release-health series exported now.
     releases: HashSet<[String; 2]>,
 }
@@ -293,10 +296,12 @@ pub struct AlertView<'a> {
     /// Alert state: one tracker, or one per scorer (stage 1 in `termwatch
     /// run` keeps one per partition).
     pub alerts: &'a [&'a AlertTracker],
-    /// The feature engines: one where one process holds every terminal,
-    /// one per partition in stage 1, none in stage 2 (its terminals are
-    /// stage 1's). Their counts are summed, their watermark is the least.
-    pub engines: &'a [&'a FeatureEngine],
+    /// The feature engines, each by a name that stays with it while it is
+    /// held: one (named "") where one process holds every terminal, one per
+    /// partition in stage 1 (named by its partition), none in stage 2 (its
+    /// terminals are stage 1's). Their counts are summed, their watermark
+    /// is the least.
+    pub engines: &'a [(&'a str, &'a FeatureEngine)],
     /// The alert events the batch caused.
     pub events: &'a [AlertEvent],
     /// Scores computed by the batch, per detector.
@@ -702,7 +707,7 @@ impl AlertMetrics {
         let view = AlertView {
             thresholds: &thresholds,
             alerts: &[scorer.alerts()],
-            engines: &[scorer.engine()],
+            engines: &[("", scorer.engine())],
             events,
             scores: &scores,
             region_scores: &region_scores,
@@ -814,13 +819,13 @@ impl AlertMetrics {
             state.model_version = Some(view.model_version.to_string());
         }
         if !view.engines.is_empty() {
-            if let Some(wm) = view.engines.iter().filter_map(|e| e.watermark()).min() {
+            if let Some(wm) = view.engines.iter().filter_map(|(_, e)| e.watermark()).min() {
                 self.watermark.set(wm as f64 / 1000.0);
                 self.event_time_lag.set((view.now_ms - wm) as f64 / 1000.0);
             }
             self.export_event_time(&mut state, view.engines);
-            self.tracked_terminals.set(view.engines.iter().map(|e| e.tracked_terminals()).sum::<usize>() as i64);
-            self.export_limits(view.engines);
+            self.tracked_terminals.set(view.engines.iter().map(|(_, e)| e.tracked_terminals()).sum::<usize>() as i64);
+            self.export_limits(&mut state, view.engines);
         }
         self.export_releases(&mut state, view.releases);
         self.export_thresholds(view.thresholds);
@@ -893,60 +898,60 @@ impl AlertMetrics {
     }
 
     /// What the engines' limits forgot and refused.
-    fn export_limits(&self, engines: &[&FeatureEngine]) {
-        self.terminals_limit.set(engines.iter().map(|e| e.limits().max_terminals as i64).sum());
-        let mut now = [0u64; 4];
-        for e in engines {
+    fn export_limits(&self, state: &mut State, engines: &[(&str, &FeatureEngine)]) {
+        self.terminals_limit.set(engines.iter().map(|(_, e)| e.limits().max_terminals as i64).sum());
+        let mut delta = [0u64; 4];
+        for (name, e) in engines {
             let c = e.limit_counts();
-            for (n, x) in
-                now.iter_mut().zip([c.evicted_idle, c.evicted_capacity, c.refused_terminals, c.refused_regions])
-            {
-                *n = n.saturating_add(x);
+            let now = [c.evicted_idle, c.evicted_capacity, c.refused_terminals, c.refused_regions];
+            let was = state.limit_counts.insert(name.to_string(), now).unwrap_or_default();
+            for ((d, now), was) in delta.iter_mut().zip(now).zip(was) {
+                *d = d.saturating_add(since(now, was));
             }
         }
-        raise(&self.forgotten.with_label_values(&["idle"]), now[0]);
-        raise(&self.forgotten.with_label_values(&["capacity"]), now[1]);
-        raise(&self.refused.with_label_values(&["terminals"]), now[2]);
-        raise(&self.refused.with_label_values(&["regions"]), now[3]);
+        self.forgotten.with_label_values(&["idle"]).inc_by(delta[0]);
+        self.forgotten.with_label_values(&["capacity"]).inc_by(delta[1]);
+        self.refused.with_label_values(&["terminals"]).inc_by(delta[2]);
+        self.refused.with_label_values(&["regions"]).inc_by(delta[3]);
     }
 
     /// Drops by reason and region, each input's progress, and the terminals
     /// whose reports are being dropped.
-    fn export_event_time(&self, state: &mut State, engines: &[&FeatureEngine]) {
+    fn export_event_time(&self, state: &mut State, engines: &[(&str, &FeatureEngine)]) {
         let (mut late, mut ahead, mut thin) = (0u64, 0u64, 0u64);
-        let mut regions: HashMap<&str, [u64; 3]> = HashMap::new();
-        for e in engines {
+        let mut labelled: HashMap<&str, [u64; 3]> = HashMap::new();
+        for (name, e) in engines {
             let c = e.counters();
             late = late.saturating_add(c.late);
             ahead = ahead.saturating_add(c.ahead);
             thin = thin.saturating_add(c.thin_region_windows);
             for (region, counts) in e.region_counts() {
-                let sum = regions.entry(region).or_default();
-                for (s, x) in sum.iter_mut().zip([counts.reports, counts.late, counts.ahead]) {
-                    *s = s.saturating_add(x);
+                let now = [counts.reports, counts.late, counts.ahead];
+                let by_engine = state.region_counts.entry(region.to_string()).or_default();
+                let was = by_engine.insert(name.to_string(), now).unwrap_or_default();
+                if was == now {
+                    continue;
+                }
+                let label = state.region_label(region, self.region_cap).unwrap_or(OTHER_REGIONS);
+                let sum = labelled.entry(label).or_default();
+                for ((s, now), was) in sum.iter_mut().zip(now).zip(was) {
+                    *s = s.saturating_add(since(now, was));
                 }
             }
         }
+        // Kept in the engines' snapshots: a partition that comes back
+        // brings the counts exported before it left.
         raise(&self.dropped.with_label_values(&["late"]), late);
         raise(&self.dropped.with_label_values(&["ahead"]), ahead);
         raise(&self.thin_region_windows, thin);
-        let mut labelled: HashMap<&str, [u64; 3]> = HashMap::new();
-        for (region, now) in regions {
-            state.region_counts.insert(region.to_string(), now);
-            let label = state.region_label(region, self.region_cap).unwrap_or(OTHER_REGIONS);
-            let sum = labelled.entry(label).or_default();
-            for (s, x) in sum.iter_mut().zip(now) {
-                *s = s.saturating_add(x);
-            }
-        }
         for (label, [reports, late, ahead]) in labelled {
-            raise(&self.region_reports.with_label_values(&[label]), reports);
-            raise(&self.region_dropped.with_label_values(&[label, "late"]), late);
-            raise(&self.region_dropped.with_label_values(&[label, "ahead"]), ahead);
+            self.region_reports.with_label_values(&[label]).inc_by(reports);
+            self.region_dropped.with_label_values(&[label, "late"]).inc_by(late);
+            self.region_dropped.with_label_values(&[label, "ahead"]).inc_by(ahead);
         }
         self.regions_cut_off.set(state.region_counts.len().saturating_sub(state.named_regions.len()) as i64);
         let mut sources = HashSet::new();
-        for (name, watermark, idle) in engines.iter().flat_map(|e| e.sources()) {
+        for (name, watermark, idle) in engines.iter().flat_map(|(_, e)| e.sources()) {
             if let Some(wm) = watermark {
                 self.source_watermark.with_label_values(&[name]).set(wm as f64 / 1000.0);
             }
@@ -970,7 +975,9 @@ impl AlertMetrics {
         state.last_drop_scan = Some(std::time::Instant::now());
         let mut worst: Vec<(&FeatureEngine, u32, f32)> = engines
             .iter()
-            .flat_map(|e| e.dropping_terminals(DROPPING_MIN_SHARE).into_iter().map(move |(t, share)| (*e, t, share)))
+            .flat_map(|(_, e)| {
+                e.dropping_terminals(DROPPING_MIN_SHARE).into_iter().map(move |(t, share)| (*e, t, share))
+            })
             .collect();
         worst.sort_by(|a, b| b.2.total_cmp(&a.2).then_with(|| a.0.terminal_id(a.1).cmp(b.0.terminal_id(b.1))));
         worst.truncate(DROPPING_TOP_K);
@@ -1003,7 +1010,7 @@ impl AlertMetrics {
         // Sites of the terminals in the top K, looked up by id for those not known yet.
         for a in firing.iter().filter(|a| a.scope == Scope::Terminal) {
             if !state.sites.contains_key(a.entity)
-                && let Some(site) = view.engines.iter().find_map(|e| e.site_of_terminal(a.entity))
+                && let Some(site) = view.engines.iter().find_map(|(_, e)| e.site_of_terminal(a.entity))
             {
                 state.sites.insert(a.entity.to_string(), site.to_string());
             }
@@ -1037,12 +1044,20 @@ impl AlertMetrics {
     }
 }
 
-/// Raises a counter to a total counted elsewhere (an engine's), never
-/// lowering it: an engine replaced by an older snapshot, or a partition
-/// gone to another replica, holds the counter until its total passes what
-/// was exported, rather than count anything twice.
+/// Raises a counter to a total counted elsewhere and kept in snapshots
+/// (an engine's), never lowering it: an engine replaced by an older
+/// snapshot, or a partition gone to another replica, holds the counter
+/// until its total passes what was exported, rather than count anything
+/// twice.
 fn raise(counter: &IntCounter, total: u64) {
     counter.inc_by(total.saturating_sub(counter.get()));
+}
+
+/// What an engine's count not kept in its snapshot added since it was
+/// `was`: all of it when it went down (the engine was replaced, and counts
+/// again from nothing).
+fn since(now: u64, was: u64) -> u64 {
+    if now >= was { now - was } else { now }
 }
 
 fn label_refs(labels: &EntityLabels) -> [&str; 7] {
@@ -1139,7 +1154,7 @@ mod tests {
         let engine = FeatureEngine::new(FeatureConfig::default());
         let view = AlertView {
             alerts: &[&tracker],
-            engines: &[&engine],
+            engines: &[("", &engine)],
             events: &[],
             scores: &[],
             region_scores: &[],
@@ -1197,7 +1212,7 @@ mod tests {
         let engine = FeatureEngine::new(FeatureConfig::default());
         metrics.observe(&AlertView {
             alerts: &[&tracker],
-            engines: &[&engine],
+            engines: &[("", &engine)],
             events: &[],
             scores: &[],
             region_scores: &[],
@@ -1232,7 +1247,7 @@ mod tests {
         let scores: Vec<(&str, f64)> = names.iter().map(|n| (n.as_str(), 0.1)).collect();
         let view = AlertView {
             alerts: &[&tracker],
-            engines: &[&engine],
+            engines: &[("", &engine)],
             events: &[],
             scores: &[],
             region_scores: &scores,
@@ -1270,7 +1285,7 @@ mod tests {
         let many: Vec<ReleaseHealth> = (0..RELEASE_TOP_K + 30).map(|i| health(i, i as f64 / 100.0)).collect();
         let view = AlertView {
             alerts: &[&tracker],
-            engines: &[&engine],
+            engines: &[("", &engine)],
             events: &[],
             scores: &[],
             region_scores: &[],
@@ -1318,7 +1333,7 @@ mod tests {
         engine.process_batch(&builder.finish().expect("batch"));
         let view = AlertView {
             alerts: &[&tracker],
-            engines: &[&engine],
+            engines: &[("", &engine)],
             events: &[],
             scores: &[],
             region_scores: &[],
@@ -1392,7 +1407,7 @@ mod tests {
         };
         let (a, b) = (engine(0), engine(1));
         assert_eq!(a.counters().late, 1, "the day-old report");
-        fn view<'a>(engines: &'a [&'a FeatureEngine]) -> AlertView<'a> {
+        fn view<'a>(engines: &'a [(&'a str, &'a FeatureEngine)]) -> AlertView<'a> {
             AlertView {
                 alerts: &[],
                 engines,
@@ -1405,7 +1420,7 @@ mod tests {
                 now_ms: T0 + 7_200_000,
             }
         }
-        let (both, one) = ([&a, &b], [&a]);
+        let (both, one) = ([("telemetry-0", &a), ("telemetry-1", &b)], [("telemetry-0", &a)]);
         metrics.observe(&view(&both));
         assert_eq!(metrics.dropped.with_label_values(&["late"]).get(), 2);
         assert_eq!(metrics.tracked_terminals.get(), 6);

@@ -59,6 +59,8 @@ pub struct StageOneConfig {
     /// How long the sink waits for lessons that do not come before it
     /// closes windows on their own.
     pub lessons_wait: Duration,
+    /// The process's limits: `max_terminals` is shared evenly between the
+    /// partitions it holds.
     pub limits: Limits,
     /// How long a delivery to the partials topic may take.
     pub timeout: Duration,
@@ -176,6 +178,18 @@ impl StageOneSink {
         Ok((member, restored.map(|o| o.telemetry)))
     }
 
+    /// Gives each partition's scorer an even share of `limits.max_terminals`,
+    /// so that the process holds at most that many terminals whatever it
+    /// was assigned (terminals are spread over partitions by the hash of
+    /// their id; regions are in every partition and are not shared out).
+    fn share_limits(&mut self) {
+        let n = self.members.len().max(1);
+        let limits = Limits { max_terminals: (self.config.limits.max_terminals / n).max(1), ..self.config.limits };
+        for m in self.members.values_mut() {
+            m.scorer.set_limits(limits);
+        }
+    }
+
     /// Publishes what every scorer took out, then its progress, and waits
     /// for their delivery.
     fn publish(&mut self) -> Result<(), SinkError> {
@@ -288,7 +302,7 @@ impl StageOneSink {
         }
         let alerts: Vec<_> = self.members.values().map(|m| m.scorer.alerts()).collect();
         let releases: Vec<_> = self.members.values().flat_map(|m| m.scorer.release_health().cloned()).collect();
-        let engines: Vec<_> = self.members.values().map(|m| m.scorer.engine()).collect();
+        let engines: Vec<_> = self.members.iter().map(|(name, m)| (name.as_str(), m.scorer.engine())).collect();
         metrics.observe(&AlertView {
             alerts: &alerts,
             // One engine per partition: each partition's watermark, drops
@@ -356,6 +370,7 @@ impl BatchSink for StageOneSink {
                 Err(e) => warn!(partition = %key, error = format!("{e:#}"), "stage 1: cannot take the partition"),
             }
         }
+        self.share_limits();
         seeks
     }
 
@@ -409,6 +424,7 @@ impl BatchSink for StageOneSink {
         for key in partitions {
             self.members.remove(&key.to_string());
         }
+        self.share_limits();
     }
 
     fn flush(&mut self) -> Result<(), SinkError> {

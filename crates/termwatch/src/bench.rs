@@ -993,7 +993,7 @@ fn scrape_section(table: &mut Table, terminals: u32) -> anyhow::Result<()> {
     ];
     metrics.observe(&AlertView {
         alerts: &[&tracker],
-        engines: &[&engine],
+        engines: &[("", &engine)],
         events: &[],
         scores: &scores,
         region_scores: &region_scores,

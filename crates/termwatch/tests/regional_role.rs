@@ -886,6 +886,9 @@ fn two_stages_in_processes(broker: &Broker, replicas: usize, kill: bool) {
         );
         assert!(value(&t, "termwatch_event_time_watermark_timestamp_seconds").is_some_and(|w| w > 0.0), "{t}");
         assert!(value(&t, "termwatch_tracked_terminals").is_some_and(|n| n > 0.0), "{t}");
+        // Its partitions share limits.max_terminals (500,000 by default).
+        let limit = value(&t, "termwatch_terminals_limit").expect("the limit");
+        assert!((499_990.0..=500_000.0).contains(&limit), "{limit}: {t}");
     }
     std::thread::sleep(Duration::from_secs(1));
     let mut raised = stage2.events();
