@@ -682,6 +682,8 @@ fn a_terminal_process_waiting_for_lessons_stops_on_sigterm_within_the_grace() {
         ("TERMWATCH_STAGES_ROLE", "terminal"),
         ("TERMWATCH_STAGES_MAX_OPEN_WINDOWS", "4"),
         ("TERMWATCH_KAFKA_SHUTDOWN_GRACE_S", "10"),
+        ("TERMWATCH_KAFKA_PROPERTY_SESSION_TIMEOUT_MS", "6000"),
+        ("TERMWATCH_KAFKA_PROPERTY_HEARTBEAT_INTERVAL_MS", "500"),
     ]);
     let mut stage1 = StageTwo::start(&broker.kafka.brokers, state.path(), "3600", &env);
     // The first batch, 8,192 reports, is about eleven windows of every
@@ -697,6 +699,15 @@ fn a_terminal_process_waiting_for_lessons_stops_on_sigterm_within_the_grace() {
     assert!(!said.contains("closed on this replica's own"), "{said}");
     let snapshots = std::fs::read_dir(state.path()).expect("state").filter_map(Result::ok).count();
     assert_eq!(snapshots, PARTITIONS, "a snapshot per partition: {said}");
+    // The next process takes every partition from its snapshot, windows
+    // open past the bound and all.
+    let again = StageTwo::start(&broker.kafka.brokers, state.path(), "3600", &env);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while again.said().matches("stage 1: partition restored").count() < PARTITIONS {
+        assert!(Instant::now() < deadline, "{}", again.said());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!again.said().contains("snapshot refused"), "{}", again.said());
 }
 
 /// Both on a real broker (tansu, started by `scripts/test`), the history a
