@@ -748,10 +748,7 @@ impl AlertMetrics {
     /// A process that owns no alert (a stage-2 standby): its model only.
     pub fn update_standby(&self, model_version: &str) {
         {
-            let mut state = match self.state.lock() {
-                Ok(g) => g,
-                Err(poisoned) => poisoned.into_inner(),
-            };
+            let mut state = self.lock_state();
             // A member that merged until a rebalance took the partition
             // away exports none of the alert state it held: the new owner
             // exports it now, and recording rules sum alerts over processes.
@@ -775,14 +772,18 @@ impl AlertMetrics {
         });
     }
 
-    /// [`AlertMetrics::update`] on an explicit view.
-    pub fn observe(&self, view: &AlertView<'_>) {
-        let mut state = match self.state.lock() {
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {
+        match self.state.lock() {
             Ok(g) => g,
             // A panic elsewhere while holding the lock leaves nothing half-done
             // that the next full update does not overwrite.
             Err(poisoned) => poisoned.into_inner(),
-        };
+        }
+    }
+
+    /// [`AlertMetrics::update`] on an explicit view.
+    pub fn observe(&self, view: &AlertView<'_>) {
+        let mut state = self.lock_state();
         for e in view.events {
             self.events.with_label_values(&[e.kind.as_str(), e.scope.as_str(), state_str(e.state)]).inc();
         }
