@@ -720,19 +720,20 @@ impl AlertMetrics {
     }
 
     /// [`AlertMetrics::update`] for stage 2, which holds no terminals: its
-    /// alerts, the scores `kept` since the last update, and the thresholds
+    /// alerts, release health, the scores `kept` since the last update, and the thresholds
     /// of every detector (those of the terminal detectors are the ones it
     /// teaches stage 1).
     pub fn update_regional(&self, stage: &RegionalStage, kept: &Kept, events: &[AlertEvent]) {
         let region_scores: Vec<(&str, f64)> = kept.regions.iter().map(|(r, s)| (&**r, *s)).collect();
         let thresholds: Vec<FleetThreshold> = stage.thresholds().collect();
+        let releases: Vec<ReleaseHealth> = stage.release_health().cloned().collect();
         self.observe(&AlertView {
             alerts: &[stage.alerts()],
             engines: &[],
             events,
             scores: &kept.scores,
             region_scores: &region_scores,
-            releases: &[],
+            releases: &releases,
             thresholds: &thresholds,
             model_version: stage.model_version(),
             now_ms: wall_ms(),

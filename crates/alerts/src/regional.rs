@@ -10,6 +10,7 @@
 //! fleet calibration it keeps from every source's scores
 //! (docs/two-stages.md, "Couplings found in scoring").
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use termwatch_features::partial::{MergedWindow, RegionWindow, WindowMerger, WindowScores};
@@ -20,7 +21,7 @@ use termwatch_telemetry::alerts::{AlertEvent, AlertKind, Scope};
 
 use crate::alerting::AlertTracker;
 use crate::calibration::{FleetCalibration, FleetThreshold};
-use crate::scoring::{region_network, site_voltage};
+use crate::scoring::{ReleaseHealth, region_network, release_health, site_voltage};
 use crate::snapshot::{RegionalSnapshot, RegionalSnapshotRef, SnapshotError};
 
 /// Site and region scoring on merged windows: windows in, alert events out.
@@ -31,6 +32,9 @@ pub struct RegionalStage {
     /// Scores since the last `take_scores`, for `/metrics`; kept only
     /// when asked for.
     kept: Option<Kept>,
+    /// The latest release health of each version, for dashboards (as one
+    /// process keeps it).
+    releases: BTreeMap<Box<str>, ReleaseHealth>,
 }
 
 /// What [`RegionalStage::take_scores`] hands out.
@@ -46,7 +50,13 @@ impl RegionalStage {
     pub fn new(models: ModelSet) -> Result<RegionalStage, ModelError> {
         let alerts = AlertTracker::new(&models.alerting)
             .map_err(|cause| ModelError::Alerting { path: models.version.clone(), cause })?;
-        Ok(RegionalStage { fleet: FleetCalibration::new(&models), models, alerts, kept: None })
+        Ok(RegionalStage {
+            fleet: FleetCalibration::new(&models),
+            models,
+            alerts,
+            kept: None,
+            releases: BTreeMap::new(),
+        })
     }
 
     /// Keeps every score for [`RegionalStage::take_scores`] (metrics).
@@ -66,6 +76,12 @@ impl RegionalStage {
 
     pub fn alerts(&self) -> &AlertTracker {
         &self.alerts
+    }
+
+    /// The latest release health of each version with terminals in their
+    /// first week on it.
+    pub fn release_health(&self) -> impl Iterator<Item = &ReleaseHealth> {
+        self.releases.values()
     }
 
     /// Writes the stage's state with `merger`'s (atomically: the old
@@ -185,12 +201,22 @@ impl RegionalStage {
                     }
                 }
             }
+            let firmware_scores = release_health(
+                &self.models,
+                &self.fleet,
+                &mut self.alerts,
+                &mut self.releases,
+                w.end_ms,
+                (&w.firmware, &w.firmware_retired),
+                &mut events,
+            );
             events.extend(self.alerts.expire(w.end_ms));
             self.fleet.observe(AlertKind::VoltageInstability, Scope::Site, w.end_ms, &site_scores);
             self.fleet.observe(AlertKind::NetworkDegradation, Scope::Region, w.end_ms, &network_scores);
             if let Some(kept) = self.kept.as_mut() {
                 kept.keep(AlertKind::VoltageInstability, Scope::Site, &site_scores);
                 kept.keep(AlertKind::NetworkDegradation, Scope::Region, &network_scores);
+                kept.keep(AlertKind::FirmwareRegression, Scope::Cohort, &firmware_scores);
                 kept.regions.extend(network_regions.into_iter().zip(network_scores.iter().copied()));
             }
             lessons.push(WindowLessons { end_ms: w.end_ms, cohorts: w.cohorts, bad_sites, thresholds });

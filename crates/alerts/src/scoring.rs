@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use arrow::record_batch::RecordBatch;
 use termwatch_features::partial::{DetectorScores, WindowPartials, WindowScores};
 use termwatch_features::wire::{self, Lessons, PartialsRecord, WindowLessons, WireError};
-use termwatch_features::{FeatureEngine, Limits, WindowRows};
+use termwatch_features::{FeatureEngine, Limits, ReleaseRow, WindowRows};
 use termwatch_telemetry::alerts::{AlertEvent, AlertKind, Scope};
 
 use termwatch_models::artifact::{DETECTORS, ModelError, ModelSet, scored_at_site_scope};
@@ -270,10 +270,10 @@ impl Scorer {
         }
     }
 
-    /// As stage 1: a closed window's partials go out, its terminals wait
-    /// for its lessons, its firmware rows are scored (release health per
-    /// replica: docs/two-stages.md).
-    fn hold(&mut self, w: WindowRows, events: &mut Vec<AlertEvent>) {
+    /// As stage 1: a closed window's partials go out (release health with
+    /// them: the merging stage judges versions), its terminals wait for
+    /// its lessons.
+    fn hold(&mut self, w: WindowRows) {
         let engine = &self.engine;
         let named = |t: u32| {
             let site = engine.site_id(engine.terminal_site(t));
@@ -289,12 +289,12 @@ impl Scorer {
         };
         let voltage = w.terminal_voltage.iter().map(|r| row(r.terminal, &r.features, &r.baselines)).collect();
         let aging = w.aging.iter().map(|r| row(r.terminal, &r.features, &r.baselines)).collect();
-        self.score_firmware(&w, events);
         let partials = WindowPartials {
             end_ms: w.end_ms,
             sites: w.site_partials,
             regions: w.region_partials,
             cohorts: w.cohort_lessons,
+            release: w.release_partial,
         };
         if let Some(split) = self.split.as_mut() {
             split.outbox.push(PartialsRecord::Window(partials));
@@ -677,7 +677,7 @@ impl Scorer {
         let version = self.models.version.clone();
         for w in windows {
             if self.split.is_some() {
-                self.hold(w, &mut events);
+                self.hold(w);
                 continue;
             }
             let mut bad_sites = std::collections::HashSet::new();
@@ -797,45 +797,68 @@ impl Scorer {
     /// Scores a window's release health (the firmware detector) and keeps
     /// it for dashboards.
     fn score_firmware(&mut self, w: &WindowRows, events: &mut Vec<AlertEvent>) {
-        let firmware_at = self
-            .fleet
-            .thresholds(AlertKind::FirmwareRegression, Scope::Cohort)
-            .unwrap_or((f64::INFINITY, CRITICAL_OFF));
-        let firmware = self.models.detector(AlertKind::FirmwareRegression, Scope::Cohort);
-        let mut scores = Vec::new();
-        for r in &w.firmware {
-            let score = firmware.map(|d| d.score(&r.features));
-            if let (Some(d), Some(score)) = (firmware, score) {
-                // A cohort spans the fleet: its region is "*" (alerts-v1).
-                // Its reasons say which version it is compared with.
-                let mut reasons = d.reasons(&r.features, &r.baselines, 3);
-                for reason in &mut reasons {
-                    reason.baseline_version = r.baseline_version.as_deref().map(str::to_owned);
-                }
-                let scored = scored(d, firmware_at, w.end_ms, &r.entity, "*", score, &self.models.version, reasons);
-                events.extend(self.alerts.observe(scored));
-                scores.push(score);
-            }
-            let health = ReleaseHealth {
-                entity: r.entity.clone(),
-                terminals: r.terminals,
-                crashes_per_terminal_day: r.crashes_per_terminal_day,
-                expected_crashes_per_terminal_day: r.expected_crashes_per_terminal_day,
-                score,
-                end_ms: w.end_ms,
-            };
-            self.releases.insert(r.entity.clone(), health);
-        }
-        for entity in &w.firmware_retired {
-            events.extend(self.alerts.retire(AlertKind::FirmwareRegression, Scope::Cohort, entity, w.end_ms));
-            // Its release health leaves the dashboards with it.
-            self.releases.remove(entity);
-        }
-        self.releases.retain(|_, h| h.end_ms > w.end_ms.saturating_sub(RELEASE_HEALTH_KEPT_MS));
+        let scores = release_health(
+            &self.models,
+            &self.fleet,
+            &mut self.alerts,
+            &mut self.releases,
+            w.end_ms,
+            (&w.firmware, &w.firmware_retired),
+            events,
+        );
         for s in scores {
             self.record(AlertKind::FirmwareRegression, Scope::Cohort, s);
         }
     }
+}
+
+/// Scores a window's release health with the firmware detector, `(rows,
+/// retired versions)`, and keeps each version's for dashboards in
+/// `releases`: the scores. One code path for one process and the merging
+/// stage, which judges versions on every partition's terminals.
+pub(crate) fn release_health(
+    models: &ModelSet,
+    fleet: &FleetCalibration,
+    alerts: &mut AlertTracker,
+    releases: &mut std::collections::BTreeMap<Box<str>, ReleaseHealth>,
+    end_ms: i64,
+    (firmware, retired): (&[ReleaseRow], &[Box<str>]),
+    events: &mut Vec<AlertEvent>,
+) -> Vec<f64> {
+    let firmware_at =
+        fleet.thresholds(AlertKind::FirmwareRegression, Scope::Cohort).unwrap_or((f64::INFINITY, CRITICAL_OFF));
+    let detector = models.detector(AlertKind::FirmwareRegression, Scope::Cohort);
+    let mut scores = Vec::new();
+    for r in firmware {
+        let score = detector.map(|d| d.score(&r.features));
+        if let (Some(d), Some(score)) = (detector, score) {
+            // A cohort spans the fleet: its region is "*" (alerts-v1).
+            // Its reasons say which version it is compared with.
+            let mut reasons = d.reasons(&r.features, &r.baselines, 3);
+            for reason in &mut reasons {
+                reason.baseline_version = r.baseline_version.as_deref().map(str::to_owned);
+            }
+            let scored = scored(d, firmware_at, end_ms, &r.entity, "*", score, &models.version, reasons);
+            events.extend(alerts.observe(scored));
+            scores.push(score);
+        }
+        let health = ReleaseHealth {
+            entity: r.entity.clone(),
+            terminals: r.terminals,
+            crashes_per_terminal_day: r.crashes_per_terminal_day,
+            expected_crashes_per_terminal_day: r.expected_crashes_per_terminal_day,
+            score,
+            end_ms,
+        };
+        releases.insert(r.entity.clone(), health);
+    }
+    for entity in retired {
+        events.extend(alerts.retire(AlertKind::FirmwareRegression, Scope::Cohort, entity, end_ms));
+        // Its release health leaves the dashboards with it.
+        releases.remove(entity);
+    }
+    releases.retain(|_, h| h.end_ms > end_ms.saturating_sub(RELEASE_HEALTH_KEPT_MS));
+    scores
 }
 
 /// A terminal detector's verdict on one terminal's window: its score (0

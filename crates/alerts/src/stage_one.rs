@@ -301,7 +301,6 @@ impl StageOneSink {
             }
         }
         let alerts: Vec<_> = self.members.values().map(|m| m.scorer.alerts()).collect();
-        let releases: Vec<_> = self.members.values().flat_map(|m| m.scorer.release_health().cloned()).collect();
         let engines: Vec<_> = self.members.iter().map(|(name, m)| (name.as_str(), m.scorer.engine())).collect();
         metrics.observe(&AlertView {
             alerts: &alerts,
@@ -311,7 +310,8 @@ impl StageOneSink {
             events,
             scores: &scores,
             region_scores: &[],
-            releases: &releases,
+            // Versions are judged by stage 2, on every partition's terminals.
+            releases: &[],
             // The terminal detectors' thresholds are stage 2's to export.
             thresholds: &[],
             model_version: &self.models.version,

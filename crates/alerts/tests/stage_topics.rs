@@ -21,7 +21,7 @@ use termwatch_alerts::merging::{MergingConfig, MergingStage, Started};
 use termwatch_alerts::scoring::Scorer;
 use termwatch_alerts::stage_topics::{LessonsReader, PartialsReader, StagePublisher};
 use termwatch_features::partial::{MergedWindow, RegionWindow, WindowMerger, WindowPartials};
-use termwatch_features::wire::{Lessons, PartialsRecord, WindowLessons, WireError};
+use termwatch_features::wire::{self, Lessons, PartialsRecord, WindowLessons, WireError};
 use termwatch_features::{FNV_OFFSET, FeatureConfig, FeatureEngine, WindowRows, fnv1a};
 use termwatch_models::artifact::ModelSet;
 use termwatch_models::detector::CRITICAL_OFF;
@@ -104,6 +104,7 @@ fn window_record(w: &mut WindowRows) -> PartialsRecord {
         sites: std::mem::take(&mut w.site_partials),
         regions: std::mem::take(&mut w.region_partials),
         cohorts: std::mem::take(&mut w.cohort_lessons),
+        release: std::mem::take(&mut w.release_partial),
     })
 }
 
@@ -303,6 +304,9 @@ fn faulty_history_and_models() -> (Vec<(String, Vec<u8>)>, ModelSet) {
     let mut cfg = SimConfig { terminals: 150, regions: 3, days: 2.0, seed: 43, ..SimConfig::default() };
     cfg.faults.scale_faults(4.0);
     cfg.faults.site_mains_per_1000_site_days *= 5.0;
+    // Staged rollouts too, a day apart: their versions are judged by
+    // stage 2 on every partition's terminals.
+    cfg.faults.staged_rollouts_per_week = 7.0;
     let lines = simulated(cfg);
     let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/default/model.json");
     (lines, ModelSet::load(&shipped).expect("models/default"))
@@ -457,8 +461,7 @@ fn a_merging_stage_killed_and_restored_from_its_snapshot_raises_the_same_alerts(
 
 /// Three replicas, both topics and one regional stage (killed halfway and
 /// restored from its snapshot, with `restart`) against one process: the
-/// same terminal, site and region alert events. (Release health, at
-/// cohort scope, is still judged per replica: docs/two-stages.md.)
+/// same terminal, site, region and cohort alert events.
 fn two_stages_against_one_process(restart: bool) {
     let (lines, models) = faulty_history_and_models();
     // One process: one scorer reading every partition.
@@ -466,14 +469,17 @@ fn two_stages_against_one_process(restart: bool) {
     let mut expected = Vec::new();
     one_process(&lines, |batch, runs| expected.extend(one.process_sourced(batch, runs)));
     expected.extend(one.finish());
-    let compared = |e: &&AlertEvent| e.scope != Scope::Cohort;
-    let mut expected: Vec<String> = expected.iter().filter(compared).map(key).collect();
+    let mut expected: Vec<String> = expected.iter().map(key).collect();
     expected.sort();
     let count = |events: &[String], what: &str| events.iter().filter(|e| e.contains(what)).count();
     let (sites, regions) = (count(&expected, "\"scope\":\"site\""), count(&expected, "\"scope\":\"region\""));
     let terminals = count(&expected, "\"scope\":\"terminal\"");
+    let cohorts = count(&expected, "\"scope\":\"cohort\"");
     // (Aging takes weeks to page: its rows are scored, and calibrated, all the same.)
-    assert!(sites >= 2 && regions >= 2 && terminals >= 2, "the fleet pages at every scope: {expected:#?}");
+    assert!(
+        sites >= 2 && regions >= 2 && terminals >= 2 && cohorts >= 1,
+        "the fleet pages at every scope: {expected:#?}"
+    );
 
     let cluster = MockCluster::new(1).expect("mock cluster");
     cluster.create_topic(TOPIC, 1, 1).expect("topic");
@@ -486,7 +492,7 @@ fn two_stages_against_one_process(restart: bool) {
     // A record on the lessons topic that stage 2 did not write: every
     // engine reads past it, and names it.
     let raw: BaseProducer = ClientConfig::new().set("bootstrap.servers", &kafka.brokers).create().expect("producer");
-    raw.send(BaseRecord::<str, [u8]>::to(LESSONS).key("lessons").payload(&[1, 0xff])).expect("queued");
+    raw.send(BaseRecord::<str, [u8]>::to(LESSONS).key("lessons").payload(&[wire::FORMAT, 0xff])).expect("queued");
     raw.flush(Duration::from_secs(10)).expect("flushed");
     let names: Vec<String> = (0..PARTITIONS).map(|p| format!("telemetry-{p}")).collect();
     let state = tempfile::tempdir().expect("tempdir");
@@ -586,7 +592,7 @@ fn two_stages_against_one_process(restart: bool) {
 
     // A restored stage 2 raises again the events of the windows it closed
     // after its snapshot (at least once); each is one of one process's.
-    let mut got: Vec<String> = stages.events.iter().filter(compared).map(key).collect();
+    let mut got: Vec<String> = stages.events.iter().map(key).collect();
     got.sort();
     let raised = got.len();
     got.dedup();
@@ -600,14 +606,15 @@ fn two_stages_against_one_process(restart: bool) {
         stages.scores.1 as f64 / stages.scores.0.max(1) as f64
     );
     println!(
-        "{:.1} s; {} lessons records; {} windows merged; {} terminal, {} site and {} region alert events, one \
-         process's: {terminals}, {sites} and {regions}",
+        "{:.1} s; {} lessons records; {} windows merged; {} terminal, {} site, {} region and {} cohort alert \
+         events, one process's: {terminals}, {sites}, {regions} and {cohorts}",
         started.elapsed().as_secs_f64(),
         stages.lessons_published,
         stages.merged,
         count(&got, "\"scope\":\"terminal\""),
         count(&got, "\"scope\":\"site\""),
-        count(&got, "\"scope\":\"region\"")
+        count(&got, "\"scope\":\"region\""),
+        count(&got, "\"scope\":\"cohort\"")
     );
     assert_eq!(got, expected);
 }
@@ -636,7 +643,7 @@ fn a_held_window_passed_by_lessons_without_its_own_is_scored_and_counted() {
     assert_eq!(stage1.held_windows(), (1, 0));
     let PartialsRecord::Window(w) = &records[0] else { unreachable!() };
     let before = stage1.engine().closed_through();
-    assert!(stage1.learn(&[1, 0xff]).is_err());
+    assert!(stage1.learn(&[wire::FORMAT, 0xff]).is_err());
     assert_eq!((stage1.held_windows(), stage1.engine().closed_through()), ((1, 0), before));
     let lessons = Lessons { through_ms: w.end_ms, windows: Vec::new() };
     stage1.learn(&termwatch_features::wire::encode(&lessons).expect("encode")).expect("read");

@@ -9,7 +9,7 @@ use termwatch_telemetry::fields::DEFAULT_INTERVAL_S;
 use termwatch_telemetry::{Counter, Label, Measure};
 
 use crate::partial::{CohortLessons, Lesson, RegionPartial, RegionTerminal, RegionWindow, SitePartial, VoltageLesson};
-use crate::release::{self, Peers, ReleaseRow, Releases, TerminalRelease, WindowCounts};
+use crate::release::{self, Peers, ReleasePartial, ReleaseRow, Releases, TerminalRelease, WindowCounts};
 use crate::stats::{Ewma, Spread, learn_within, poisson_surprise};
 
 /// How features are computed. Part of a model artifact: a model is only
@@ -228,6 +228,9 @@ pub struct WindowRows {
     /// With [`FeatureEngine::share_cohorts`]: what the window taught the
     /// cohorts, for the stage that merges every engine's.
     pub cohort_lessons: CohortLessons,
+    /// With [`FeatureEngine::emit_partials`]: what release health is
+    /// judged on, for the stage that merges every engine's.
+    pub release_partial: ReleasePartial,
 }
 
 /// Sums over one terminal's reports in one window. Most of a terminal's
@@ -727,6 +730,7 @@ impl FeatureEngine {
                 }
                 self.learn_cohort(c, lesson);
             }
+            self.releases.learn_lessons(w, &lessons.release);
             self.cohorts_learnt = Some(w);
         }
         self.cohorts_learnt = self.cohorts_learnt.max(Some(index(through_ms)));
@@ -1768,6 +1772,7 @@ impl FeatureEngine {
                 self.learn_cohort(c, lesson);
             }
         }
+        self.releases.learn_lessons(w, &lessons.release);
         self.cohorts_learnt = self.cohorts_learnt.max(Some(w));
         self.counters.learnt_alone = self.counters.learnt_alone.saturating_add(1);
     }
@@ -1792,6 +1797,9 @@ impl FeatureEngine {
         let mut region_acc: HashMap<u32, RegionPartial> = HashMap::new();
         let mut peers: HashMap<u32, Peers> = HashMap::new();
         let mut probation: Vec<(u32, u32, WindowCounts, release::Judged)> = Vec::new();
+        // What the window teaches every engine's release health: the
+        // switches its reports brought, and the pools.
+        let mut taught = self.releases.take_switched();
         let mut lessons: Vec<CohortLesson> = Vec::new();
         for t in members {
             let Some(term) = self.terminals.get_mut(t as usize) else { continue };
@@ -1969,7 +1977,7 @@ impl FeatureEngine {
                     let expected = self.releases.expectation(&term.release, &counts, cfg.warmup_windows);
                     peers.entry(term.region).or_default().add(&counts, &expected);
                 }
-                self.releases.learn(&mut term.release, &counts);
+                Releases::learn(&mut term.release, &counts, &mut taught);
             }
 
             // Wear: decayed sums, so a rate is weighted by how much was tried.
@@ -2144,28 +2152,50 @@ impl FeatureEngine {
         let name = |n: &Names, i: u32| n.names.get(i as usize).cloned();
         rows.site_voltage.sort_by_cached_key(|r| name(sites, r.site));
         rows.network.sort_by_cached_key(|r| name(regions, r.region));
+        // The versions tracked that terminals ran as of the window's end,
+        // not as of their newest reports: the same whichever arrived first.
+        // Where versions are judged, one no terminal runs is retired.
+        let tracked = self.releases.tracked();
+        let mut running = vec![false; tracked.len()];
+        if !tracked.is_empty() {
+            for term in &self.terminals {
+                if let Ok(i) = tracked.binary_search(&term.release.at(end_ms).current) {
+                    running[i] = true;
+                }
+            }
+        }
+        let running = tracked.into_iter().zip(running).filter(|(_, r)| *r).map(|(k, _)| k).collect();
+        let mut partial = self.releases.partial(w, running);
+        let region_name = |r: u32| self.regions.names.get(r as usize).map_or("", |n| &**n);
+        for (r, p) in &peers {
+            Releases::add_peers(&mut partial, region_name(*r), *p);
+        }
         // In terminal-id order, as the members were: a version's sums add up
         // in the same order whatever the arrival order was.
         for (t, region, counts, judged) in probation {
             let Some(term) = self.terminals.get(t as usize) else { continue };
             let expected = self.releases.expectation(&term.release, &counts, cfg.warmup_windows);
-            let region_peers = peers.get(&region).copied().unwrap_or_default();
-            self.releases.evidence(&judged, &counts, &expected, &region_peers, w);
+            self.releases.note_evidence(judged.current, w);
+            Releases::add_probation(&mut partial, &term.id, region_name(region), judged, counts, expected);
         }
-        let quiet = self.releases.quiet(w);
-        if !quiet.is_empty() {
-            // The versions terminals ran as of the window's end, not as of
-            // their newest reports: the same whichever arrived first.
-            let mut running = vec![false; quiet.len()];
-            for term in &self.terminals {
-                if let Ok(i) = quiet.binary_search(&term.release.at(end_ms).current) {
-                    running[i] = true;
-                }
-            }
-            let gone: Vec<u64> = quiet.iter().zip(&running).filter(|(_, r)| !**r).map(|(k, _)| *k).collect();
-            rows.firmware_retired = self.releases.retire(&gone);
+        if self.emit_partials {
+            // Stage 1 of two: a version's terminals and their peers are in
+            // every partition; the merging stage judges it.
+            rows.release_partial = partial;
+            self.releases.keep(w);
+        } else {
+            (rows.firmware, rows.firmware_retired) = self.releases.judge(&taught, partial);
         }
-        rows.firmware = self.releases.close(w);
+        // The pools learn once the window is judged, as engines that share
+        // their cohorts learn them from the merged lessons before they
+        // close the next window.
+        if !self.share_cohorts {
+            self.releases.learn_lessons(w, &taught);
+        }
+        if self.share_cohorts || self.emit_partials {
+            // The judge learns the switches from them.
+            rows.cohort_lessons.release = taught;
+        }
         rows
     }
 }

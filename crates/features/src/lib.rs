@@ -35,7 +35,7 @@ pub use engine::{
     MIN_REGION_TERMINALS, NetworkRow, RegionCounts, SiteVoltageRow, SourceProgress, TerminalStates, TerminalVoltageRow,
     WindowRows,
 };
-pub use release::{MAX_RELEASES, PROBATION_MS, ReleaseRow, UPDATE_GRACE_MS};
+pub use release::{MAX_RELEASES, PROBATION_MS, ReleaseLessons, ReleasePartial, ReleaseRow, UPDATE_GRACE_MS};
 pub use stats::{Ewma, FNV_OFFSET, Spread, fnv1a, poisson_surprise};
 
 /// Feature names, in the order of each row's `features` array.

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use termwatch_telemetry::alerts::{AlertKind, Scope};
 
 use crate::engine::MIN_REGION_TERMINALS;
+use crate::release::{ReleaseLessons, ReleasePartial, ReleaseRow, Releases};
 use crate::stats::median;
 
 /// The two largest values pushed; `-inf` where fewer were.
@@ -285,6 +286,9 @@ pub struct CohortLessons {
     /// (terminal id, cohort, lesson), in terminal-id order; a terminal's
     /// own lessons in the order it taught them.
     lessons: Vec<(CompactString, CompactString, Lesson)>,
+    /// What the window's terminals off probation add to their models'
+    /// pooled release rates: merged by summing.
+    pub(crate) release: ReleaseLessons,
 }
 
 impl CohortLessons {
@@ -292,7 +296,7 @@ impl CohortLessons {
     pub(crate) fn from_sorted(
         lessons: impl IntoIterator<Item = (CompactString, CompactString, Lesson)>,
     ) -> CohortLessons {
-        CohortLessons { lessons: lessons.into_iter().collect() }
+        CohortLessons { lessons: lessons.into_iter().collect(), release: ReleaseLessons::default() }
     }
 
     /// Adds another engine's lessons of the same window: a merge of two
@@ -304,6 +308,7 @@ impl CohortLessons {
 
     /// [`CohortLessons::merge`] of lessons given away: they move in.
     pub fn absorb(&mut self, other: CohortLessons) {
+        self.release.merge(&other.release);
         let sorted = |l: &[(CompactString, CompactString, Lesson)]| l.is_sorted_by(|a, b| a.0 <= b.0);
         if self.lessons.is_empty() && sorted(&other.lessons) {
             self.lessons = other.lessons;
@@ -337,7 +342,7 @@ impl CohortLessons {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.lessons.is_empty()
+        self.lessons.is_empty() && self.release.is_empty()
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &Lesson)> {
@@ -354,6 +359,8 @@ pub struct WindowPartials {
     pub regions: Vec<(Box<str>, RegionPartial)>,
     /// With cohorts shared: what the window taught them.
     pub cohorts: CohortLessons,
+    /// What its terminals tell release health.
+    pub release: ReleasePartial,
 }
 
 /// One source's scores of the terminal detectors in one window, counted per
@@ -421,6 +428,11 @@ pub struct MergedWindow {
     /// What the window taught the cohorts, every source's merged: what
     /// each engine learns before it closes the next window.
     pub cohorts: CohortLessons,
+    /// Release health of each version with probation terminals in the
+    /// window, and the versions no terminal runs any more (as one engine
+    /// gives them in [`crate::WindowRows`]).
+    pub firmware: Vec<ReleaseRow>,
+    pub firmware_retired: Vec<Box<str>>,
     /// Source partitions whose partials were not in when it closed (the
     /// allowed lateness passed, or the open windows reached their bound).
     pub missing: Vec<Box<str>>,
@@ -457,6 +469,7 @@ struct OpenWindow {
     sites: BTreeMap<Box<str>, SitePartial>,
     regions: BTreeMap<Box<str>, RegionPartial>,
     cohorts: CohortLessons,
+    release: ReleasePartial,
 }
 
 impl OpenWindow {
@@ -472,6 +485,7 @@ impl OpenWindow {
             self.regions.entry(r).or_default().absorb(p);
         }
         self.cohorts.absorb(window.cohorts);
+        self.release.absorb(window.release);
         true
     }
 }
@@ -508,6 +522,8 @@ pub struct WindowMerger {
     /// Per source, the latest window whose scores were taken: one at or
     /// before it again is a replica republishing after a restore.
     scored: BTreeMap<Box<str>, i64>,
+    /// Release health, judged on every source's terminals.
+    releases: Releases,
     /// Process counters, for metrics: not part of the state.
     #[serde(skip)]
     counts: MergerCounts,
@@ -526,6 +542,7 @@ impl WindowMerger {
             scores: BTreeMap::new(),
             scores_through: i64::MIN,
             scored: BTreeMap::new(),
+            releases: Releases::default(),
             counts: MergerCounts::default(),
         }
     }
@@ -748,6 +765,7 @@ impl WindowMerger {
         let later = self.scores.split_off(&end_ms);
         let scores = std::mem::replace(&mut self.scores, later).into_values().map(|(_, s)| s).collect();
         self.scores_through = self.scores_through.max(end_ms);
+        let (firmware, firmware_retired) = self.releases.judge(&w.cohorts.release, w.release);
         MergedWindow {
             end_ms,
             sites: w
@@ -767,6 +785,8 @@ impl WindowMerger {
                 })
                 .collect(),
             cohorts: w.cohorts,
+            firmware,
+            firmware_retired,
             missing,
             scores,
         }
@@ -865,7 +885,7 @@ mod tests {
             }
             prop_assert_eq!(&merged.lessons, &whole);
             // Lessons out of order (a producer that is not ours) are sorted.
-            let mut shuffled = CohortLessons { lessons: whole.iter().rev().cloned().collect() };
+            let mut shuffled = CohortLessons { lessons: whole.iter().rev().cloned().collect(), release: ReleaseLessons::default() };
             shuffled.merge(&CohortLessons::default());
             let mut expected: Vec<_> = whole.iter().rev().cloned().collect();
             expected.sort_by(|a, b| a.0.cmp(&b.0));

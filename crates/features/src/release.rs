@@ -21,6 +21,8 @@
 
 use std::collections::HashMap;
 
+use compact_str::CompactString;
+
 use serde::{Deserialize, Serialize};
 
 use crate::stats::{FNV_OFFSET, Spread, fnv1a, poisson_surprise};
@@ -223,7 +225,7 @@ impl TerminalRelease {
 }
 
 /// What one terminal's window adds to release health.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub(crate) struct WindowCounts {
     pub minutes: f64,
     pub crashes: u32,
@@ -247,18 +249,85 @@ pub(crate) struct WindowCounts {
 
 /// A model's pooled rates over its terminals off probation: the prior of a
 /// terminal with little history of its own.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 struct ModelPool {
     /// Crashes, reboots, failed transactions, transactions, minutes, and
     /// runs of windows with crashes (a run starts at a window with a crash
     /// after one with reports and none).
     sums: [f64; 6],
+    /// The latest window it learnt ([`Releases::learn_pools`]).
+    window: i64,
 }
 
 const CRASH_RUNS: usize = 5;
+/// What a model's pool keeps of its sums per window: it remembers about a
+/// week, however many terminals the fleet has.
+const POOL_KEEP_PER_WINDOW: f64 = 1.0 - 1.0 / OWN_MEMORY_WINDOWS as f64;
+
+/// What one window teaches every engine's release health: what its
+/// terminals off probation add to their models' pools, and the versions
+/// terminals switched to. A model's terminals are spread over every
+/// partition, and every engine must judge a terminal against the same
+/// pool: so a pool learns once per window, from every engine's sums of
+/// that window (one engine holding every terminal learns its own), never
+/// terminal by terminal as they close. And every engine tracks every
+/// version some terminal switched to, so that each says which of them its
+/// terminals still run (a version no terminal runs is retired).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReleaseLessons {
+    /// By model key ([`model_key`]), ascending.
+    models: Vec<(u32, [f64; 6])>,
+    /// (version key, `MODEL/FIRMWARE`, window of the switch), by key
+    /// ascending, the latest window of each.
+    switched: Vec<(u64, CompactString, i64)>,
+}
+
+impl ReleaseLessons {
+    fn add(&mut self, model: u32, adds: [f64; 6]) {
+        let i = match self.models.binary_search_by_key(&model, |m| m.0) {
+            Ok(i) => i,
+            Err(i) => {
+                if self.models.len() >= MAX_MODELS {
+                    return;
+                }
+                self.models.insert(i, (model, [0.0; 6]));
+                i
+            }
+        };
+        for (x, a) in self.models[i].1.iter_mut().zip(adds) {
+            *x += a;
+        }
+    }
+
+    /// Adds another engine's sums of the same window. The sums are of
+    /// counts and of each terminal's minutes (an `f32`), which add exactly
+    /// in any order while a window's sum spans fewer than 53 bits (100,000
+    /// terminals' minutes span at most 49): so the merge of every engine's
+    /// is one engine's holding them all, bit for bit.
+    pub fn merge(&mut self, other: &ReleaseLessons) {
+        for &(m, adds) in &other.models {
+            self.add(m, adds);
+        }
+        for (k, name, window) in &other.switched {
+            self.switch(*k, name, *window);
+        }
+    }
+
+    fn switch(&mut self, key: u64, name: &str, window: i64) {
+        match self.switched.binary_search_by_key(&key, |s| s.0) {
+            Ok(i) => self.switched[i].2 = self.switched[i].2.max(window),
+            Err(i) if self.switched.len() < MAX_RELEASES => self.switched.insert(i, (key, name.into(), window)),
+            Err(_) => {}
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.models.is_empty() && self.switched.is_empty()
+    }
+}
 
 /// What a terminal's own history expects of one window.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Expected {
     /// Crashes, reboots, failed transactions.
     pub counts: [f64; 3],
@@ -273,7 +342,7 @@ pub(crate) struct Expected {
 
 /// What the terminals off probation of one region showed in one window,
 /// against their own expectations: the contemporaneous control.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Peers {
     observed: [f64; 3],
     expected: [f64; 3],
@@ -309,6 +378,22 @@ impl Peers {
             self.p95_z += z;
             self.p95_n += 1;
         }
+    }
+
+    /// Adds another engine's peers of the same region and window. Sums of
+    /// floats in another order than one engine's: equal to its to about
+    /// 1e-15 relative, not bit for bit.
+    fn merge(&mut self, other: &Peers) {
+        for i in 0..3 {
+            self.observed[i] += other.observed[i];
+            self.expected[i] += other.expected[i];
+        }
+        self.minutes += other.minutes;
+        self.txn += other.txn;
+        self.rise += other.rise;
+        self.hours += other.hours;
+        self.p95_z += other.p95_z;
+        self.p95_n = self.p95_n.saturating_add(other.p95_n);
     }
 
     /// What the peers saw of count `i` beyond their expectation, per
@@ -362,7 +447,14 @@ struct Version {
 const MAX_FROM: usize = 4;
 
 /// Release health of every version seen switching to.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+///
+/// An engine's keeps the versions tracked, each terminal's expectations
+/// and the models' pools; the stage that has every engine's terminals (the
+/// engine itself when it holds them all, the merging stage otherwise)
+/// judges the versions from the engines' [`ReleasePartial`]s: a version's
+/// terminals, and their peers in each region, are spread over every
+/// partition.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Releases {
     versions: HashMap<u64, Version>,
     models: HashMap<u32, ModelPool>,
@@ -373,6 +465,74 @@ pub(crate) struct Releases {
     names: HashMap<u64, Box<str>>,
     /// Versions refused at `MAX_RELEASES`.
     pub refused: u64,
+    /// Switches and names this engine's reports brought since its last
+    /// closed window, for the stage that judges (bounded as the versions
+    /// and names are).
+    pending: ReleaseLessons,
+    pending_names: Vec<(u64, CompactString)>,
+}
+
+/// One terminal's probation window: evidence for its version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Probation {
+    terminal: CompactString,
+    region: CompactString,
+    judged: Judged,
+    counts: WindowCounts,
+    expected: Expected,
+}
+
+/// What one engine's closed window tells the stage that judges versions:
+/// merged from every engine's, it is what one engine holding every
+/// terminal judges with.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReleasePartial {
+    /// The window's index.
+    window: i64,
+    /// Versions terminals were first seen on, by key: named as the version
+    /// a version's terminals ran before.
+    named: Vec<(u64, CompactString)>,
+    /// Each region's terminals off probation, by region name.
+    peers: Vec<(CompactString, Peers)>,
+    /// Probation windows, by terminal id.
+    probation: Vec<Probation>,
+    /// The versions tracked that its terminals ran at the window's end,
+    /// ascending.
+    running: Vec<u64>,
+}
+
+impl ReleasePartial {
+    /// Adds another engine's partial of the same window.
+    pub fn absorb(&mut self, other: ReleasePartial) {
+        self.window = self.window.max(other.window);
+        if !other.named.is_empty() {
+            self.named.extend(other.named);
+            self.named.sort_by_key(|n| n.0);
+            self.named.dedup_by_key(|n| n.0);
+        }
+        for (region, p) in other.peers {
+            match self.peers.binary_search_by(|q| q.0.cmp(&region)) {
+                Ok(i) => self.peers[i].1.merge(&p),
+                Err(i) => self.peers.insert(i, (region, p)),
+            }
+        }
+        if self.probation.is_empty() {
+            self.probation = other.probation;
+        } else if !other.probation.is_empty() {
+            self.probation.extend(other.probation);
+            // Stable: a terminal is in one engine, so ids do not tie.
+            self.probation.sort_by(|a, b| a.terminal.cmp(&b.terminal));
+        }
+        if !other.running.is_empty() {
+            self.running.extend(other.running);
+            self.running.sort_unstable();
+            self.running.dedup();
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.named.is_empty() && self.peers.is_empty() && self.probation.is_empty() && self.running.is_empty()
+    }
 }
 
 /// One version's release-health features in one window.
@@ -403,6 +563,18 @@ impl Releases {
     /// Notes that a terminal switched to the version `key` named `name`;
     /// false when the version cannot be tracked (too many).
     pub fn switched(&mut self, key: u64, name: impl FnOnce() -> String, window: i64) -> bool {
+        if !self.track(key, name, window) {
+            return false;
+        }
+        if let Some(v) = self.versions.get(&key) {
+            self.pending.switch(key, &v.name, window);
+        }
+        true
+    }
+
+    /// Tracks the version `key` (a switch this engine's reports brought, or
+    /// another engine's, taught); false when it cannot (too many).
+    fn track(&mut self, key: u64, name: impl FnOnce() -> String, window: i64) -> bool {
         if let Some(v) = self.versions.get_mut(&key) {
             v.last_window = v.last_window.max(window);
             return true;
@@ -412,7 +584,10 @@ impl Releases {
             return false;
         }
         let name: Box<str> = name().into();
-        self.remember(key, || name.to_string());
+        // Named with the switch itself wherever it is judged.
+        if self.names.len() < MAX_RELEASES {
+            self.names.entry(key).or_insert_with(|| name.clone());
+        }
         self.versions.insert(
             key,
             Version {
@@ -432,7 +607,113 @@ impl Releases {
     /// version its terminals ran before, should it switch.
     pub fn remember(&mut self, key: u64, name: impl FnOnce() -> String) {
         if self.names.len() < MAX_RELEASES && !self.names.contains_key(&key) {
-            self.names.insert(key, name().into());
+            let name: Box<str> = name().into();
+            if self.pending_names.len() < MAX_RELEASES {
+                self.pending_names.push((key, CompactString::from(&*name)));
+            }
+            self.names.insert(key, name);
+        }
+    }
+
+    /// Learns what a window taught every engine: the models' pools, and
+    /// the versions switched to.
+    pub fn learn_lessons(&mut self, window: i64, lessons: &ReleaseLessons) {
+        self.learn_pools(window, lessons);
+        for (k, name, at) in &lessons.switched {
+            self.track(*k, || name.to_string(), *at);
+        }
+    }
+
+    /// The switches this engine's reports brought since it last asked.
+    pub fn take_switched(&mut self) -> ReleaseLessons {
+        std::mem::take(&mut self.pending)
+    }
+
+    /// A terminal's window is evidence for `key` (judged elsewhere): the
+    /// version is kept as long as where it is judged keeps it.
+    pub fn note_evidence(&mut self, key: u64, window: i64) {
+        if let Some(v) = self.versions.get_mut(&key) {
+            v.last_window = v.last_window.max(window);
+        }
+    }
+
+    /// The versions tracked, ascending.
+    pub fn tracked(&self) -> Vec<u64> {
+        let mut keys: Vec<u64> = self.versions.keys().copied().collect();
+        keys.sort_unstable();
+        keys
+    }
+
+    /// A partial of window `window`: the names this engine's reports
+    /// brought since it last asked, and the rest as given.
+    pub fn partial(&mut self, window: i64, running: Vec<u64>) -> ReleasePartial {
+        let mut named = std::mem::take(&mut self.pending_names);
+        named.sort_by_key(|n| n.0);
+        named.dedup_by_key(|n| n.0);
+        ReleasePartial { window, named, running, ..ReleasePartial::default() }
+    }
+
+    /// Adds a region's peers to a partial (regions in any order).
+    pub fn add_peers(partial: &mut ReleasePartial, region: &str, peers: Peers) {
+        partial.absorb(ReleasePartial { peers: vec![(region.into(), peers)], ..ReleasePartial::default() });
+    }
+
+    /// Adds a probation window to a partial, terminals in id order.
+    pub fn add_probation(
+        partial: &mut ReleasePartial,
+        terminal: &str,
+        region: &str,
+        judged: Judged,
+        counts: WindowCounts,
+        expected: Expected,
+    ) {
+        partial.probation.push(Probation {
+            terminal: terminal.into(),
+            region: region.into(),
+            judged,
+            counts,
+            expected,
+        });
+    }
+
+    /// Judges the partial's window from every engine's partial and lessons
+    /// of it: each version's evidence, then its row; and the versions no
+    /// terminal runs any more, retired.
+    pub fn judge(&mut self, lessons: &ReleaseLessons, partial: ReleasePartial) -> (Vec<ReleaseRow>, Vec<Box<str>>) {
+        let window = partial.window;
+        for (k, name, at) in &lessons.switched {
+            self.track(*k, || name.to_string(), *at);
+        }
+        for (k, name) in &partial.named {
+            if self.names.len() < MAX_RELEASES {
+                self.names.entry(*k).or_insert_with(|| Box::from(&**name));
+            }
+        }
+        for p in &partial.probation {
+            let peers = partial
+                .peers
+                .binary_search_by(|q| q.0.cmp(&p.region))
+                .map_or_else(|_| Peers::default(), |i| partial.peers[i].1);
+            self.evidence(&p.judged, &p.counts, &p.expected, &peers, window);
+        }
+        let quiet = self.quiet(window);
+        let gone: Vec<u64> = quiet.into_iter().filter(|k| partial.running.binary_search(k).is_err()).collect();
+        let retired = if gone.is_empty() { Vec::new() } else { self.retire(&gone) };
+        (self.close(window), retired)
+    }
+
+    /// Forgets what [`Releases::close`] forgets, for an engine that does
+    /// not judge.
+    pub fn keep(&mut self, window: i64) {
+        self.versions.retain(|_, v| window.saturating_sub(v.last_window) < FORGET_AFTER_WINDOWS);
+        self.prune_names();
+    }
+
+    fn prune_names(&mut self) {
+        if self.names.len() >= MAX_RELEASES {
+            let kept: std::collections::HashSet<u64> =
+                self.versions.iter().flat_map(|(k, v)| std::iter::once(*k).chain(v.from.iter().map(|f| f.0))).collect();
+            self.names.retain(|k, _| kept.contains(k));
         }
     }
 
@@ -494,8 +775,9 @@ impl Releases {
         }
     }
 
-    /// A window off probation: the terminal's own rates and its model's learn.
-    pub fn learn(&mut self, t: &mut TerminalRelease, w: &WindowCounts) {
+    /// A window off probation: the terminal's own rates learn, and what it
+    /// adds to its model's pool goes to the window's `pools`.
+    pub fn learn(t: &mut TerminalRelease, w: &WindowCounts, pools: &mut ReleaseLessons) {
         let keep = 1.0 - 1.0 / OWN_MEMORY_WINDOWS;
         for x in &mut t.sums {
             *x *= keep;
@@ -515,12 +797,29 @@ impl Releases {
         if let Some(p) = w.p95_log {
             t.p95_log.learn(p, 1.0 / f64::from(OWN_MEMORY_WINDOWS), crate::engine::LOG_SD_FLOOR);
         }
-        if t.model != 0 && (self.models.contains_key(&t.model) || self.models.len() < MAX_MODELS) {
-            let m = self.models.entry(t.model).or_default();
+        if t.model != 0 {
             let run_started = f64::from(u8::from(w.crash_run_starts));
-            for (x, a) in m.sums.iter_mut().zip(add[..5].iter().chain([&run_started])) {
-                *x = *x * (1.0 - 1.0 / (OWN_MEMORY_WINDOWS as f64 * 10.0)) + a;
+            pools.add(t.model, [add[0], add[1], add[2], add[3], add[4], run_started]);
+        }
+    }
+
+    /// Each model's pool learns what window `window`'s terminals off
+    /// probation added, every engine's: its sums decay by the windows since
+    /// it last learnt, then take them. A model beyond `MAX_MODELS` is not
+    /// pooled (its terminals' prior is the floor).
+    pub fn learn_pools(&mut self, window: i64, lessons: &ReleaseLessons) {
+        for &(m, adds) in &lessons.models {
+            if !self.models.contains_key(&m) && self.models.len() >= MAX_MODELS {
+                continue;
             }
+            let pool = self.models.entry(m).or_insert(ModelPool { sums: [0.0; 6], window });
+            // A window learnt twice, or out of order, is not decayed back.
+            let gap = window.saturating_sub(pool.window).clamp(0, i64::from(i32::MAX)) as i32;
+            let keep = POOL_KEEP_PER_WINDOW.powi(gap);
+            for (x, a) in pool.sums.iter_mut().zip(adds) {
+                *x = *x * keep + a;
+            }
+            pool.window = pool.window.max(window);
         }
     }
 
@@ -650,11 +949,7 @@ impl Releases {
             }
             window.saturating_sub(v.last_window) < FORGET_AFTER_WINDOWS
         });
-        if self.names.len() >= MAX_RELEASES {
-            let kept: std::collections::HashSet<u64> =
-                self.versions.iter().flat_map(|(k, v)| std::iter::once(*k).chain(v.from.iter().map(|f| f.0))).collect();
-            self.names.retain(|k, _| kept.contains(k));
-        }
+        self.prune_names();
         rows
     }
 }
@@ -724,8 +1019,74 @@ mod tests {
         if r.is_evidence(&t.at(end_ms), end_ms) {
             r.evidence(&t.at(end_ms), w, &e, peers, end_ms / 300_000);
         } else {
-            r.learn(t, w);
+            let mut pools = ReleaseLessons::default();
+            Releases::learn(t, w, &mut pools);
+            r.learn_pools(end_ms / 300_000, &pools);
         }
+    }
+
+    #[test]
+    fn a_windows_pools_merged_from_any_split_are_one_engines_bit_for_bit() {
+        // 3,000 terminals of two models, each window's minutes an f32 sum
+        // of report intervals (as the engine keeps them), counts of all
+        // sizes.
+        let terminals: Vec<(TerminalRelease, WindowCounts)> = (0..3000u32)
+            .map(|i| {
+                let model = if i % 3 == 0 { "P200" } else { "P400" };
+                let t = TerminalRelease { model: model_key(key(model)), ..Default::default() };
+                let reports = 1 + i % 7;
+                let minutes: f32 = (0..reports).map(|r| ((17 + (i * 31 + r * 7) % 300) as f32) / 60.0).sum();
+                let w = WindowCounts {
+                    minutes: f64::from(minutes),
+                    crashes: i % 5 / 4,
+                    crash_run_starts: i % 5 == 4,
+                    reboots: i % 11 / 10,
+                    failed: i % 4,
+                    txn: i % 40,
+                    ..Default::default()
+                };
+                (t, w)
+            })
+            .collect();
+        let learn = |part: &mut dyn Iterator<Item = &(TerminalRelease, WindowCounts)>| {
+            let mut pools = ReleaseLessons::default();
+            for (t, w) in part {
+                Releases::learn(&mut t.clone(), w, &mut pools);
+            }
+            pools
+        };
+        let whole = learn(&mut terminals.iter());
+        // Split by a hash of the id as Kafka does (every third and the
+        // rest), or in runs; merged in any order.
+        let splits: [Vec<ReleaseLessons>; 2] = [
+            (0..3).map(|k| learn(&mut terminals.iter().skip(k).step_by(3))).collect(),
+            terminals.chunks(700).map(|c| learn(&mut c.iter())).collect(),
+        ];
+        for parts in splits {
+            for order in [false, true] {
+                let mut merged = ReleaseLessons::default();
+                let parts: Vec<&ReleaseLessons> =
+                    if order { parts.iter().rev().collect() } else { parts.iter().collect() };
+                for p in parts {
+                    merged.merge(p);
+                }
+                assert_eq!(merged, whole);
+            }
+        }
+        // A pool decays by the windows since it learnt, not by how many
+        // terminals taught it: a fleet ten times the size keeps as long.
+        let mut r = Releases::default();
+        r.learn_pools(0, &whole);
+        r.learn_pools(288, &whole);
+        let m = model_key(key("P400"));
+        let once = whole.models.iter().find(|p| p.0 == m).map(|p| p.1).expect("P400 pooled");
+        let pool = r.models[&m].sums;
+        // (`powi` of constants is folded at compile time, to other bits.)
+        let gap = std::hint::black_box(288);
+        assert_eq!(pool[4], once[4] * POOL_KEEP_PER_WINDOW.powi(gap) + once[4]);
+        // An older window learnt late is added, and decays nothing.
+        r.learn_pools(100, &whole);
+        assert_eq!((r.models[&m].sums[4], r.models[&m].window), (pool[4] + once[4], 288));
     }
 
     #[test]
@@ -918,11 +1279,11 @@ mod tests {
             let v = version("P200", "6.0.0");
             r.switched(v, || "P200/6.0.0".into(), 0);
             let mut t = terminal(0);
-            for _ in 0..2000 {
-                r.learn(
-                    &mut t,
-                    &WindowCounts { minutes: 5.0, txn: 10, failed: 0, p95_log: Some(6.0), ..Default::default() },
-                );
+            for w in 0..2000 {
+                let mut pools = ReleaseLessons::default();
+                let quiet = WindowCounts { minutes: 5.0, txn: 10, failed: 0, p95_log: Some(6.0), ..Default::default() };
+                Releases::learn(&mut t, &quiet, &mut pools);
+                r.learn_pools(w, &pools);
             }
             let bad = WindowCounts { minutes: 5.0, txn: 10, failed: 4, p95_log: Some(7.0), ..Default::default() };
             let mut peers = Peers::default();

@@ -178,6 +178,7 @@ impl LocalStages {
                 sites: std::mem::take(&mut w.site_partials),
                 regions: std::mem::take(&mut w.region_partials),
                 cohorts: std::mem::take(&mut w.cohort_lessons),
+                release: std::mem::take(&mut w.release_partial),
             };
             let read = through_the_wire(partials, &mut self.wire)?;
             out.merged.extend(self.merger.offer(name, read));

@@ -22,7 +22,7 @@ use crate::partial::{CohortLessons, MergedWindow, WindowMerger, WindowPartials, 
 
 /// The value's first byte. A format this build does not know is refused,
 /// not guessed at: stage 2 is upgraded before stage 1.
-pub const FORMAT: u8 = 1;
+pub const FORMAT: u8 = 2;
 
 /// One record of the partials topic.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -188,14 +188,14 @@ mod tests {
         let before = merger.clone();
         let good = encode(&window(300_000)).expect("encode");
         let mut other_format = good.clone();
-        other_format[0] = 2;
+        other_format[0] = FORMAT + 1;
         let mut trailing = good.clone();
         trailing.push(0);
         let cases: [Case<'_>; 6] = [
             (None, &good, WireError::NoKey),
             (Some(&[0xff, 0xfe]), &good, WireError::KeyNotUtf8(2)),
             (Some(b"telemetry-0"), &[], WireError::Empty),
-            (Some(b"telemetry-0"), &other_format, WireError::Format(2)),
+            (Some(b"telemetry-0"), &other_format, WireError::Format(FORMAT + 1)),
             (Some(b"telemetry-0"), &trailing, WireError::Trailing(1)),
             (Some(b"telemetry-0"), &good[..good.len() - 3], WireError::Malformed(String::new())),
         ];

@@ -269,6 +269,7 @@ fn a_merging_stage_fed_as_replicas_publish_gives_one_engines_rows() {
                 sites: w.site_partials,
                 regions: w.region_partials,
                 cohorts: w.cohort_lessons,
+                release: w.release_partial,
             };
             closed.extend(merger.offer(source, p));
         }
@@ -519,4 +520,75 @@ fn a_sharing_engine_finished_before_any_report_takes_the_reports_after() {
     shared.process_batch(&batch(&lines.iter().map(Vec::as_slice).collect::<Vec<_>>()));
     assert_eq!(shared.counters().late, 0);
     assert_eq!(shared.counters().reports, 20);
+}
+
+/// A release row's figures, rounded to what a sum of floats in another
+/// order keeps: a region's peers add every engine's sums, one engine adds
+/// its terminals one by one.
+fn close_to(a: f64, b: f64) -> bool {
+    a == b || (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1e-6)
+}
+
+#[test]
+fn versions_judged_by_the_merging_stage_on_every_partitions_terminals_are_one_engines() {
+    // Staged rollouts, one a day, over a fleet split over three engines: a
+    // version's canaries, and the peers of its region they are measured
+    // against, are in every partition. The merging stage judges each
+    // version on every engine's partials, as one engine holding every
+    // terminal judges it; the models' pools every engine judges its
+    // terminals' expectations with are learnt from every engine's.
+    let mut cfg = SimConfig { terminals: 150, regions: 3, days: 6.0, seed: 43, ..SimConfig::default() };
+    cfg.faults.staged_rollouts_per_week = 7.0;
+    let lines = history(cfg);
+    let config = FeatureConfig::default();
+    let partitions = 3;
+    let all: Vec<(String, &[u8])> = lines.iter().map(|(t, l)| (partition(t, partitions), l.as_slice())).collect();
+    let (whole, _) = windows(&config, &all, false);
+
+    let names: Vec<String> = (0..partitions).map(|p| format!("telemetry-{p}")).collect();
+    let sources: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut stages = LocalStages::new(&config, &sources, 3_600_000, 64);
+    let mine: Vec<Vec<&[u8]>> =
+        names.iter().map(|n| all.iter().filter(|(s, _)| s == n).map(|(_, l)| *l).collect()).collect();
+    let sizes = [400, 700, 250];
+    let mut at = [0usize; 3];
+    let mut merged: Vec<MergedWindow> = Vec::new();
+    while let Some(p) = stages.furthest_behind(|p| at[p] < mine[p].len()) {
+        let end = (at[p] + sizes[p]).min(mine[p].len());
+        let out = stages.process(p, &batch(&mine[p][at[p]..end])).unwrap();
+        at[p] = end;
+        assert!(out.terminal.iter().all(|(_, w)| w.firmware.is_empty()), "stage 1 judges no version");
+        merged.extend(out.merged);
+    }
+    merged.extend(stages.finish().unwrap().merged);
+
+    let by_end: BTreeMap<i64, &MergedWindow> = merged.iter().map(|m| (m.end_ms, m)).collect();
+    let (mut rows, mut exact, mut retired, mut entities) = (0, 0, 0, std::collections::BTreeSet::new());
+    for w in &whole {
+        let m = by_end[&w.end_ms];
+        assert_eq!(m.firmware_retired, w.firmware_retired, "retired at {}", w.end_ms);
+        retired += w.firmware_retired.len();
+        assert_eq!(m.firmware.len(), w.firmware.len(), "versions at {}: {:?}", w.end_ms, m.firmware);
+        for (got, want) in m.firmware.iter().zip(&w.firmware) {
+            assert_eq!(
+                (&got.entity, got.terminals, &got.baseline_version),
+                (&want.entity, want.terminals, &want.baseline_version),
+                "at {}",
+                w.end_ms
+            );
+            let figures = |r: &termwatch_features::ReleaseRow| {
+                let mut f = r.features.to_vec();
+                f.extend(r.baselines);
+                f.extend([r.crashes_per_terminal_day, r.expected_crashes_per_terminal_day]);
+                f
+            };
+            let (g, e) = (figures(got), figures(want));
+            assert!(g.iter().zip(&e).all(|(a, b)| close_to(*a, *b)), "{} at {}: {g:?} {e:?}", got.entity, w.end_ms);
+            exact += usize::from(bits(&g) == bits(&e));
+            rows += 1;
+            entities.insert(got.entity.clone());
+        }
+    }
+    println!("{rows} release rows of {} versions ({exact} bit for bit), {retired} retirements", entities.len());
+    assert!(rows > 200 && entities.len() >= 3 && retired > 0, "{rows} rows of {entities:?}, {retired} retired");
 }

@@ -493,8 +493,9 @@ const STAGE_PARTITIONS: u64 = 3;
 /// engines holding a partition each and the merging stage, sharing cohorts,
 /// the partials in their wire form, in one process on one core, on the same
 /// reports (split beforehand: that is the broker's work). Interleaved
-/// rounds; the split path must close as many terminal and site rows. The
-/// whole path adds `alike_ns` a record to both: what they do alike.
+/// rounds; the split path must close as many terminal, site and release
+/// rows. The whole path adds `alike_ns` a record to both: what they do
+/// alike.
 fn stages_section(
     table: &mut Table,
     sizes: &Sizes,
@@ -516,11 +517,12 @@ fn stages_section(
     for round in 0..sizes.rounds {
         let t = Instant::now();
         let mut engine = FeatureEngine::new(models.features.clone());
-        let (mut terminal_rows, mut site_rows) = (0, 0);
+        let (mut terminal_rows, mut site_rows, mut release_rows) = (0, 0, 0);
         let mut count = |rows: Vec<WindowRows>| {
             for w in rows {
                 terminal_rows += w.terminal_voltage.len();
                 site_rows += w.site_voltage.len();
+                release_rows += w.firmware.len();
             }
         };
         for b in batches {
@@ -531,11 +533,12 @@ fn stages_section(
 
         let t = Instant::now();
         let mut stages = LocalStages::new(&models.features, &sources, 3_600_000, 64);
-        let (mut split_terminal_rows, mut split_site_rows) = (0, 0);
+        let (mut split_terminal_rows, mut split_site_rows, mut split_release_rows) = (0, 0, 0);
         lessons = 0;
         let mut count = |out: StageRows| {
             split_terminal_rows += out.terminal.iter().map(|(_, w)| w.terminal_voltage.len()).sum::<usize>();
             split_site_rows += out.merged.iter().map(|m| m.sites.len()).sum::<usize>();
+            split_release_rows += out.merged.iter().map(|m| m.firmware.len()).sum::<usize>();
             lessons += out.merged.iter().map(|m| m.cohorts.len()).sum::<usize>();
         };
         for parts in &split {
@@ -546,10 +549,10 @@ fn stages_section(
         count(stages.finish()?);
         let two = t.elapsed().as_secs_f64();
         wire = stages.wire();
-        if (terminal_rows, site_rows) != (split_terminal_rows, split_site_rows) {
+        if (terminal_rows, site_rows, release_rows) != (split_terminal_rows, split_site_rows, split_release_rows) {
             bail!(
-                "one engine closed {terminal_rows} terminal and {site_rows} site rows, the two stages \
-                 {split_terminal_rows} and {split_site_rows}: the paths disagree"
+                "one engine closed {terminal_rows} terminal, {site_rows} site and {release_rows} release rows, \
+                 the two stages {split_terminal_rows}, {split_site_rows} and {split_release_rows}: the paths disagree"
             );
         }
         eprintln!("bench: stages round {round}: one engine {one:.3} s, two stages {two:.3} s");

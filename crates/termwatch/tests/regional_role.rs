@@ -1,7 +1,7 @@
 //! `termwatch run` as stage 2 (`stages.role = "regional"`) against
 //! librdkafka's mock cluster: three stage-1 scorers, one per partition of
 //! the telemetry topic, publish their partials and learn the lessons the
-//! process publishes; the process's site and region alert events are one
+//! process publishes; the process's site, region and cohort alert events are one
 //! process's, its `/metrics` say what it merged, and SIGTERM leaves a
 //! snapshot and a commit that a restarted process reads on from.
 
@@ -53,6 +53,9 @@ fn history_every(interval_s: u32) -> Vec<(usize, Vec<u8>)> {
     let mut cfg = SimConfig { terminals: 150, regions: 3, days: 2.0, seed: 43, interval_s, ..SimConfig::default() };
     cfg.faults.scale_faults(4.0);
     cfg.faults.site_mains_per_1000_site_days *= 5.0;
+    // Staged rollouts, a day apart: stage 2 judges their versions on every
+    // partition's terminals.
+    cfg.faults.staged_rollouts_per_week = 7.0;
     let mut sim = Simulator::new(cfg).expect("simulator");
     let (mut out, mut buf) = (Vec::new(), Vec::new());
     while sim.next_record(&mut buf).is_some() {
@@ -313,7 +316,7 @@ impl StageOne {
     }
 }
 
-/// One process's site and region alert events, and its terminal ones, on
+/// One process's site, region and cohort alert events, and its terminal ones, on
 /// the history; and the history by partition.
 fn one_process(lines: &[(usize, Vec<u8>)], models: &ModelSet) -> (Vec<String>, Vec<String>, Vec<String>) {
     let mut one = Scorer::new(models.clone()).expect("scorer");
@@ -331,9 +334,10 @@ fn one_process(lines: &[(usize, Vec<u8>)], models: &ModelSet) -> (Vec<String>, V
         expected.extend(one.process_sourced(&batch(&lines), &runs));
     }
     expected.extend(one.finish());
-    let regional = at_scope(&expected, &[Scope::Site, Scope::Region]);
+    let regional = at_scope(&expected, &[Scope::Site, Scope::Region, Scope::Cohort]);
     let terminal = at_scope(&expected, &[Scope::Terminal]);
     assert!(regional.len() >= 4 && terminal.len() >= 2, "the fleet pages at every scope: {regional:#?}");
+    println!("one process: {} cohort alert events", at_scope(&expected, &[Scope::Cohort]).len());
     // The site and region detectors' thresholds in use, as `/metrics`
     // shows them: the fleet calibration stage 2 keeps from its own scores.
     let thresholds = one
@@ -486,8 +490,8 @@ fn a_regional_process_raises_one_processs_site_and_region_alerts_and_resumes_fro
     assert!(calibrated_as(&text, &thresholds), "one process's site and region calibration: {thresholds:#?} {text}");
 
     let mut raised = stage2.events();
-    let got = at_scope(&raised, &[Scope::Site, Scope::Region]);
-    assert_eq!(got, regional, "stage 2's site and region alert events are one process's");
+    let got = at_scope(&raised, &[Scope::Site, Scope::Region, Scope::Cohort]);
+    assert_eq!(got, regional, "stage 2's site, region and cohort alert events are one process's");
     assert_eq!(at_scope(&stage1.events, &[Scope::Terminal]), terminal, "stage 1's terminal alert events too");
 
     // SIGTERM: a snapshot, then a commit of what it covers; a new process
@@ -591,8 +595,12 @@ fn a_standby_regional_process_takes_over_from_a_killed_one_where_it_last_checkpo
     let mut raised = killed.events();
     raised.extend(survivor.events());
     let distinct = stage2_events_len(&raised);
-    println!("{} site and region events raised, {distinct} distinct", raised.len());
-    assert_eq!(at_scope(&raised, &[Scope::Site, Scope::Region]), regional, "one process's, each at least once");
+    println!("{} site, region and cohort events raised, {distinct} distinct", raised.len());
+    assert_eq!(
+        at_scope(&raised, &[Scope::Site, Scope::Region, Scope::Cohort]),
+        regional,
+        "one process's, each at least once"
+    );
     assert_eq!(at_scope(&stage1.events, &[Scope::Terminal]), terminal, "stage 1's terminal alert events too");
     let said = survivor.said();
     assert!(said.contains("reading on from the latest snapshot"), "took the killed one's snapshot: {said}");
@@ -910,7 +918,11 @@ fn two_stages_in_processes(broker: &Broker, replicas: usize, kill: bool) {
         let limit = value(&t, "termwatch_terminals_limit").expect("the limit");
         assert!((499_990.0..=500_000.0).contains(&limit), "{limit}: {t}");
     }
-    assert!(holding > 0, "no stage-1 process holds a partition");
+    assert!(
+        holding > 0,
+        "no stage-1 process holds a partition: {:#?}",
+        stage1.iter().map(|s| (scrape(s.port).unwrap_or_default(), s.said())).collect::<Vec<_>>()
+    );
     println!("{holding} of {} stage-1 processes hold partitions at the end", stage1.len());
     std::thread::sleep(Duration::from_secs(1));
     let mut raised = stage2.events();
@@ -923,14 +935,18 @@ fn two_stages_in_processes(broker: &Broker, replicas: usize, kill: bool) {
     raised.extend(stage2.events());
     stage2.sigterm();
     println!(
-        "merged through {through}: {} site and region, {} terminal alert events, one process's: {} and {}",
-        at_scope(&raised, &[Scope::Site, Scope::Region]).len(),
+        "merged through {through}: {} site, region and cohort, {} terminal alert events, one process's: {} and {}",
+        at_scope(&raised, &[Scope::Site, Scope::Region, Scope::Cohort]).len(),
         at_scope(&terminals, &[Scope::Terminal]).len(),
         regional.len(),
         terminal.len()
     );
     assert!(regional.len() >= 4 && terminal.len() >= 2, "the windows merged page at every scope");
-    assert_eq!(at_scope(&raised, &[Scope::Site, Scope::Region]), regional, "stage 2's site and region alert events");
+    assert_eq!(
+        at_scope(&raised, &[Scope::Site, Scope::Region, Scope::Cohort]),
+        regional,
+        "stage 2's site, region and cohort alert events"
+    );
     assert_eq!(at_scope(&terminals, &[Scope::Terminal]), terminal, "stage 1's terminal alert events: {said1:#?}");
     assert!(said1.iter().any(|s| s.contains("partition restored")), "a partition moved with its snapshot: {said1:#?}");
 }
