@@ -371,6 +371,10 @@ impl BatchSink for StageOneSink {
             }
         }
         self.share_limits();
+        // `/metrics` shows the partitions held from now, restored state and
+        // all, not from their first record: a partition restored at its
+        // end may have none to come.
+        self.emit(&[]);
         seeks
     }
 
@@ -425,6 +429,7 @@ impl BatchSink for StageOneSink {
             self.members.remove(&key.to_string());
         }
         self.share_limits();
+        self.emit(&[]);
     }
 
     fn flush(&mut self) -> Result<(), SinkError> {
