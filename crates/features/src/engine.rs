@@ -722,8 +722,15 @@ impl FeatureEngine {
             if end_ms > through_ms || self.cohorts_learnt.is_some_and(|learnt| w <= learnt) {
                 continue;
             }
+            // A terminal's lessons come together, all of one cohort: one
+            // lookup for them, not one each.
+            let mut last: Option<(&str, u32)> = None;
             for (cohort, lesson) in lessons.iter() {
-                let c = self.cohorts.intern(cohort);
+                let c = match last {
+                    Some((name, c)) if name == cohort => c,
+                    _ => self.cohorts.intern(cohort),
+                };
+                last = Some((cohort, c));
                 if self.cohort_base.len() <= c as usize {
                     self.cohort_base.resize(c as usize + 1, Baseline::default());
                     self.cohort_prior.resize(c as usize + 1, CohortPrior::default());

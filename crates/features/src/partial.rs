@@ -299,42 +299,31 @@ impl CohortLessons {
         CohortLessons { lessons: lessons.into_iter().collect(), release: ReleaseLessons::default() }
     }
 
-    /// Adds another engine's lessons of the same window: a merge of two
-    /// lists in terminal-id order, or, should either not be in order (read
-    /// from a topic, it may not be), a stable sort of both.
+    /// Adds another engine's lessons of the same window, in terminal-id
+    /// order after it (ties keep ours first).
     pub fn merge(&mut self, other: &CohortLessons) {
         self.absorb(other.clone());
+        self.settle();
     }
 
-    /// [`CohortLessons::merge`] of lessons given away: they move in.
-    pub fn absorb(&mut self, other: CohortLessons) {
+    /// Takes another engine's lessons of the same window in, to be put in
+    /// order once every source's are in ([`CohortLessons::settle`]): one
+    /// sort of a few runs, rather than a merge (and its checks) a source.
+    fn absorb(&mut self, other: CohortLessons) {
         self.release.merge(&other.release);
-        let sorted = |l: &[(CompactString, CompactString, Lesson)]| l.is_sorted_by(|a, b| a.0 <= b.0);
-        if self.lessons.is_empty() && sorted(&other.lessons) {
+        if self.lessons.is_empty() {
             self.lessons = other.lessons;
-            return;
-        }
-        if !(sorted(&self.lessons) && sorted(&other.lessons)) {
+        } else {
             self.lessons.extend(other.lessons);
-            // Stable: a terminal's lessons keep their order.
-            self.lessons.sort_by(|a, b| a.0.cmp(&b.0));
-            return;
         }
-        let mine = std::mem::take(&mut self.lessons);
-        let mut merged = Vec::with_capacity(mine.len() + other.lessons.len());
-        let (mut a, mut b) = (mine.into_iter().peekable(), other.lessons.into_iter().peekable());
-        while let (Some(x), Some(y)) = (a.peek(), b.peek()) {
-            // Ties (one terminal in two engines' lessons) keep ours first, as
-            // the stable sort does.
-            if y.0 < x.0 {
-                merged.extend(b.next());
-            } else {
-                merged.extend(a.next());
-            }
-        }
-        merged.extend(a);
-        merged.extend(b);
-        self.lessons = merged;
+    }
+
+    /// Terminal-id order, each terminal's lessons in the order it taught
+    /// them and ties in the order taken: a stable sort, which merges lists
+    /// already in order (what engines publish) in one pass each, and still
+    /// orders any that are not (read from a topic, they may not be).
+    fn settle(&mut self) {
+        self.lessons.sort_by(|a, b| a.0.cmp(&b.0));
     }
 
     pub fn len(&self) -> usize {
@@ -765,7 +754,9 @@ impl WindowMerger {
         let later = self.scores.split_off(&end_ms);
         let scores = std::mem::replace(&mut self.scores, later).into_values().map(|(_, s)| s).collect();
         self.scores_through = self.scores_through.max(end_ms);
-        let (firmware, firmware_retired) = self.releases.judge(&w.cohorts.release, w.release);
+        let mut cohorts = w.cohorts;
+        cohorts.settle();
+        let (firmware, firmware_retired) = self.releases.judge(&cohorts.release, w.release);
         MergedWindow {
             end_ms,
             sites: w
@@ -784,7 +775,7 @@ impl WindowMerger {
                     (r, row)
                 })
                 .collect(),
-            cohorts: w.cohorts,
+            cohorts,
             firmware,
             firmware_retired,
             missing,

@@ -53,17 +53,20 @@ pub struct LocalStages {
 /// A window's partials as stage 2 reads them from the topic: the record
 /// [`wire::encode`] makes of them, read back by [`wire::decode`].
 fn through_the_wire(partials: WindowPartials, wire: &mut WireCounts) -> Result<WindowPartials, StageError> {
+    // Counted, not encoded twice: the sites go out within the record.
     let sites = if partials.sites.is_empty() {
         None
     } else {
-        Some((partials.sites.len(), postcard::to_stdvec(&partials.sites).map_err(|e| StageError::Wire(e.to_string()))?))
+        let size = postcard::serialize_with_flavor(&partials.sites, postcard::ser_flavors::Size::default())
+            .map_err(|e| StageError::Wire(e.to_string()))?;
+        Some((partials.sites.len(), size))
     };
     let bytes = wire::encode(&PartialsRecord::Window(partials)).map_err(|e| StageError::Wire(e.to_string()))?;
     wire.partials += 1;
     wire.bytes += bytes.len() as u64;
     if let Some((n, site_bytes)) = sites {
         wire.site_partials += n as u64;
-        wire.site_bytes += site_bytes.len() as u64;
+        wire.site_bytes += site_bytes as u64;
     }
     match wire::decode::<PartialsRecord>(&bytes).map_err(|e| StageError::Wire(e.to_string()))? {
         PartialsRecord::Window(w) => Ok(w),
