@@ -136,6 +136,7 @@ pub struct AlertMetrics {
     tracked_alert_entities: IntGauge,
     dropped: IntCounterVec,
     thin_region_windows: IntCounter,
+    releases_refused: IntCounter,
     region_reports: IntCounterVec,
     region_dropped: IntCounterVec,
     terminal_dropped: GaugeVec,
@@ -489,6 +490,15 @@ impl AlertMetrics {
                      noise.",
                 )?,
             )?,
+            releases_refused: register(
+                registry,
+                IntCounter::new(
+                    "termwatch_release_versions_refused_total",
+                    "Switches to a firmware version that release health did not track because it already \
+                     tracked its most versions (10,000): that version is neither judged nor exported. Above \
+                     zero, something is inventing version strings.",
+                )?,
+            )?,
             threshold: register(
                 registry,
                 GaugeVec::new(
@@ -746,6 +756,12 @@ impl AlertMetrics {
         raise(&self.thin_region_windows, total);
     }
 
+    /// Version switches stage 2's release health could not track, where
+    /// no engine counts them (its merger judges the versions).
+    pub fn set_release_versions_refused(&self, total: u64) {
+        raise(&self.releases_refused, total);
+    }
+
     /// A process that owns no alert (a stage-2 standby): its model only.
     pub fn update_standby(&self, model_version: &str) {
         {
@@ -915,6 +931,8 @@ impl AlertMetrics {
         self.forgotten.with_label_values(&["capacity"]).inc_by(delta[1]);
         self.refused.with_label_values(&["terminals"]).inc_by(delta[2]);
         self.refused.with_label_values(&["regions"]).inc_by(delta[3]);
+        // Kept in the engines' snapshots, as late drops are.
+        raise(&self.releases_refused, engines.iter().map(|(_, e)| e.limit_counts().refused_releases).sum());
     }
 
     /// Drops by reason and region, each input's progress, and the terminals
@@ -1085,7 +1103,7 @@ mod tests {
     use termwatch_telemetry::alerts::Reason;
 
     /// Every metric family this module exports (a test checks each is emitted).
-    const METRIC_NAMES: [&str; 30] = [
+    const METRIC_NAMES: [&str; 31] = [
         "termwatch_alerts_firing",
         "termwatch_detector_threshold",
         "termwatch_detector_fleet_shift",
@@ -1113,6 +1131,7 @@ mod tests {
         "termwatch_cold_terminals",
         "termwatch_cold_store_total",
         "termwatch_reports_refused_total",
+        "termwatch_release_versions_refused_total",
         "termwatch_terminals_limit",
         "termwatch_alert_delivery_failures_total",
         "termwatch_alert_topic_pending_events",
@@ -1437,6 +1456,50 @@ mod tests {
         metrics.observe(&view(&both));
         assert_eq!(metrics.dropped.with_label_values(&["late"]).get(), 2);
         assert_eq!(metrics.region_reports.with_label_values(&["r-1"]).get(), 4);
+    }
+
+    #[test]
+    fn version_switches_release_health_could_not_track_are_counted() {
+        use termwatch_features::MAX_RELEASES;
+        use termwatch_telemetry::{BatchBuilder, decode};
+        let registry = Registry::new();
+        let metrics = AlertMetrics::register(&registry).expect("register");
+        // A terminal whose firmware string changes at every report, a
+        // minute apart: a switch each, three more than are tracked.
+        let mut engine = FeatureEngine::new(FeatureConfig::default());
+        let n = MAX_RELEASES as i64 + 4;
+        let now = T0 + n * 60_000;
+        let mut builder = BatchBuilder::with_capacity(n as usize);
+        for i in 0..n {
+            let ts = T0 + i * 60_000;
+            let line = format!(
+                r#"{{"terminal_id":"T-1","ts":{ts},"region":"r1","model":"P1","firmware":"9.{i}","interval_s":60}}"#
+            );
+            builder.append(&decode(line.as_bytes(), now).expect("valid")).expect("append");
+        }
+        engine.process_batch(&builder.finish().expect("batch"));
+        let refused = engine.limit_counts().refused_releases;
+        assert_eq!(refused, 3, "the first version is seen, not switched to; the next 10,000 are tracked");
+        let view = AlertView {
+            alerts: &[],
+            engines: &[("", &engine)],
+            events: &[],
+            scores: &[],
+            region_scores: &[],
+            releases: &[],
+            thresholds: &[],
+            model_version: "m",
+            now_ms: now,
+        };
+        metrics.observe(&view);
+        assert_eq!(metrics.releases_refused.get(), 3);
+        metrics.observe(&view);
+        assert_eq!(metrics.releases_refused.get(), 3, "counted once");
+        // Stage 2 sets its merger's total: never lowered.
+        metrics.set_release_versions_refused(1);
+        assert_eq!(metrics.releases_refused.get(), 3);
+        metrics.set_release_versions_refused(8);
+        assert_eq!(metrics.releases_refused.get(), 8);
     }
 
     #[test]

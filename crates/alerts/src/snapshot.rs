@@ -539,6 +539,40 @@ mod tests {
         assert!(bad.check(6, 8).expect_err("refused").contains("windows held"));
     }
 
+    /// A regional snapshot of two sources, one window open with a site
+    /// from the first, reads back the same. With `TERMWATCH_FUZZ_SEED_DIR`
+    /// set (scripts/fuzz-seeds sets it) it is also written there as the
+    /// snapshot fuzz target's seed `regional-two-sources`: selector 4 (a
+    /// regional payload), then the payload.
+    #[test]
+    fn a_regional_snapshot_of_two_sources_reads_back_the_same() {
+        use termwatch_features::partial::{SitePartial, WindowMerger, WindowPartials};
+        let mut merger = WindowMerger::new(&["telemetry-0", "telemetry-1"], 3_600_000, 64);
+        let mut site = SitePartial::default();
+        site.add_terminal(&[1.0, 2.0, 0.5, 3.0, 0.0, 0.1], true);
+        let end_ms = 1_795_514_400_000;
+        let window = WindowPartials { end_ms, sites: vec![("S-1".into(), site)], ..Default::default() };
+        assert!(merger.offer("telemetry-0", window).is_empty(), "telemetry-1 has not reported the window");
+        assert!(merger.progress("telemetry-0", end_ms).is_empty());
+        assert_eq!(merger.open_windows(), 1);
+        let alerts = crate::alerting::AlertTracker::new(&AlertingConfig::default()).expect("tracker").snapshot();
+        let snapshot = RegionalSnapshot {
+            model_version: "m".into(),
+            merger,
+            alerts,
+            fleet: FleetCalibration::default(),
+            position: "seed".into(),
+        };
+        let bytes = snapshot.to_bytes().expect("written");
+        let back = RegionalSnapshot::from_bytes(&bytes, "seed").expect("read back");
+        assert_eq!(back, snapshot);
+        assert_eq!(back.merger.check(), Ok(()));
+        if let Some(dir) = std::env::var_os("TERMWATCH_FUZZ_SEED_DIR") {
+            let seed: Vec<u8> = std::iter::once(4).chain(bytes[HEADER..].iter().copied()).collect();
+            std::fs::write(std::path::Path::new(&dir).join("regional-two-sources"), seed).expect("seed written");
+        }
+    }
+
     #[test]
     fn round_trips_atomically() {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -449,6 +449,9 @@ pub struct MergerCounts {
     /// Region windows merged with too few terminals to score
     /// ([`RegionWindow::Thin`]), as one engine counts them.
     pub thin_region_windows: u64,
+    /// Switches to a version release health could not track (at
+    /// `MAX_RELEASES`), as one engine counts them. Kept in the state.
+    pub refused_releases: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -537,7 +540,7 @@ impl WindowMerger {
     }
 
     pub fn counts(&self) -> MergerCounts {
-        self.counts
+        MergerCounts { refused_releases: self.releases.refused, ..self.counts }
     }
 
     /// The sources it expects partials from, in name order.

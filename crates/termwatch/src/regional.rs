@@ -155,7 +155,9 @@ fn stage_two(
 fn export(stage: &MergingStage, metrics: &AlertMetrics, kept: &Kept, events: &[AlertEvent]) {
     if stage.reader().current() {
         metrics.update_regional(stage.regional(), kept, events);
-        metrics.set_unscored_region_windows(stage.reader().merger().counts().thin_region_windows);
+        let counts = stage.reader().merger().counts();
+        metrics.set_unscored_region_windows(counts.thin_region_windows);
+        metrics.set_release_versions_refused(counts.refused_releases);
     } else {
         metrics.update_standby(stage.regional().model_version());
     }
