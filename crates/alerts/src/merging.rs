@@ -98,8 +98,9 @@ pub struct Stepped {
     pub events: Vec<AlertEvent>,
     /// The ends of the windows it closed, oldest first.
     pub closed: Vec<i64>,
-    /// Whether it published lessons.
-    pub taught: bool,
+    /// Lessons records it published (one a window closed, or one to say
+    /// how far it has closed when none did).
+    pub taught: u64,
     pub unreadable: Vec<Unreadable>,
     /// Records read, those it could not read included.
     pub records: usize,
@@ -168,12 +169,22 @@ impl MergingStage {
         let closed = polled.merged.iter().map(|w| w.end_ms).collect();
         let (events, windows) = self.stage.score(polled.merged);
         let through = self.reader.merger().closed_through();
-        let mut taught = false;
+        let mut taught = 0;
         if let Some(through_ms) = through.filter(|_| through != self.taught_through) {
-            self.lessons.publish_lessons(&Lessons { through_ms, windows })?;
+            // A record a window: a window's lessons grow with the fleet,
+            // and a backlog closes many windows in one step.
+            if windows.is_empty() {
+                self.lessons.publish_lessons(&Lessons { through_ms, windows: Vec::new() })?;
+                taught = 1;
+            }
+            let mut windows = windows.into_iter().peekable();
+            while let Some(w) = windows.next() {
+                let through_ms = if windows.peek().is_some() { w.end_ms } else { through_ms };
+                self.lessons.publish_lessons(&Lessons { through_ms, windows: vec![w] })?;
+                taught += 1;
+            }
             self.lessons.flush(self.config.timeout)?;
             self.taught_through = through;
-            taught = true;
         }
         // What was read before the assignment was read under the one
         // before: merged and taught above. The rest from the commit, on the

@@ -425,7 +425,7 @@ impl TwoStages {
                 self.merged += stepped.closed.len();
                 merged_any |= !stepped.closed.is_empty();
                 self.merged_ends.extend(stepped.closed);
-                self.lessons_published += u64::from(stepped.taught);
+                self.lessons_published += stepped.taught;
             }
             self.restart();
             let mut moved = false;
