@@ -91,6 +91,13 @@ impl ColdStore {
         self.present.len()
     }
 
+    /// Holds at most `max` terminals from the next one stored (a stage-1
+    /// partition's share of `limits.max_terminals` changes as partitions
+    /// come and go).
+    pub fn set_max_entries(&mut self, max: usize) {
+        self.max_entries = max.max(1);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.present.is_empty()
     }
@@ -152,8 +159,9 @@ impl ColdStore {
         found
     }
 
-    /// Deletes the oldest tenth of the entries (by the time each was last
-    /// written), and forgets entries deleted by someone else.
+    /// Deletes the oldest entries (by the time each was last written) down
+    /// to nine tenths of the bound, and forgets entries deleted by someone
+    /// else.
     fn sweep(&mut self) {
         let mut dated: Vec<(std::time::SystemTime, u64)> = self
             .present
@@ -163,10 +171,11 @@ impl ColdStore {
                 Some((modified, k))
             })
             .collect();
-        let gone = self.present.len() - dated.len();
         self.present = dated.iter().map(|(_, k)| *k).collect();
         dated.sort_unstable();
-        let drop = (self.max_entries / 10).max(1).saturating_sub(gone);
+        // Past a bound that was lowered, down to the new one in one go.
+        let keep = self.max_entries - (self.max_entries / 10).max(1);
+        let drop = self.present.len().saturating_sub(keep);
         for (_, k) in dated.into_iter().take(drop) {
             if std::fs::remove_file(self.path(k)).is_ok() {
                 self.present.remove(&k);
@@ -250,6 +259,23 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), store.len());
         // The newest are there.
         assert_eq!(ids(&store.take(&["T-24".into()])), ["T-24"]);
+    }
+
+    #[test]
+    fn a_lowered_bound_is_kept_from_the_next_terminal_stored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = ColdStore::open(dir.path(), FeatureConfig::default(), 20).expect("open");
+        let mut states = departed(13);
+        let last = states.split_off(12);
+        let newest = last[0].id().to_string();
+        store.put(states);
+        assert_eq!(store.len(), 12);
+        // A partition's share of the terminals halved: more partitions here.
+        store.set_max_entries(6);
+        store.put(last);
+        assert!(store.len() <= 6, "{} held", store.len());
+        assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), store.len());
+        assert_eq!(ids(&store.take(std::slice::from_ref(&newest))), [newest.as_str()], "the newest is kept");
     }
 
     #[test]

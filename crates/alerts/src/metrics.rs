@@ -22,6 +22,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::alerting::{AlertTracker, FiringAlert};
 use crate::calibration::FleetThreshold;
+use crate::cold::ColdStats;
 use crate::regional::{Kept, RegionalStage};
 use crate::scoring::{ReleaseHealth, Scorer};
 use prometheus::{
@@ -136,6 +137,7 @@ pub struct AlertMetrics {
     tracked_alert_entities: IntGauge,
     dropped: IntCounterVec,
     thin_region_windows: IntCounter,
+    learnt_alone: IntCounter,
     releases_refused: IntCounter,
     region_reports: IntCounterVec,
     region_dropped: IntCounterVec,
@@ -490,6 +492,16 @@ impl AlertMetrics {
                      noise.",
                 )?,
             )?,
+            learnt_alone: register(
+                registry,
+                IntCounter::new(
+                    "termwatch_stage_windows_learnt_alone_total",
+                    "Stage 1: windows a partition closed on its own terminals' cohort lessons, every \
+                     partition's not coming back from stage 2 within two minutes (stage 2 down, stuck or far \
+                     behind), or the partition four times stages.max_open_windows ahead. Meanwhile young terminals are judged against what their partition \
+                     saw of their cohort. Always 0 in one process.",
+                )?,
+            )?,
             releases_refused: register(
                 registry,
                 IntCounter::new(
@@ -726,7 +738,7 @@ impl AlertMetrics {
             now_ms: wall_ms(),
         };
         self.observe(&view);
-        self.export_cold(scorer);
+        self.export_cold(scorer.cold_store().as_slice());
     }
 
     /// [`AlertMetrics::update`] for stage 2, which holds no terminals: its
@@ -902,16 +914,21 @@ impl AlertMetrics {
         state.releases = now;
     }
 
-    /// What the cold store holds and did (the store lives as long as the
-    /// process: its counts only grow).
-    fn export_cold(&self, scorer: &Scorer) {
-        let Some((stats, held)) = scorer.cold_store() else { return };
-        self.cold_terminals.set(held as i64);
-        for (event, now) in
-            [("stored", stats.stored), ("restored", stats.restored), ("swept", stats.swept), ("failed", stats.failed)]
-        {
-            let counter = self.cold_store.with_label_values(&[event]);
-            counter.inc_by(now.saturating_sub(counter.get()));
+    /// What the cold stores hold and did, summed: the one store of one
+    /// process (which lives as long as the process), or those of the
+    /// partitions stage 1 holds (a store leaves with its partition: the
+    /// counts hold until the stores' total passes them, as the engines'
+    /// do).
+    pub(crate) fn export_cold(&self, stores: &[(ColdStats, usize)]) {
+        self.cold_terminals.set(stores.iter().map(|(_, held)| *held as i64).sum());
+        let sum = |f: fn(&ColdStats) -> u64| stores.iter().map(|(s, _)| f(s)).sum::<u64>();
+        for (event, now) in [
+            ("stored", sum(|s| s.stored)),
+            ("restored", sum(|s| s.restored)),
+            ("swept", sum(|s| s.swept)),
+            ("failed", sum(|s| s.failed)),
+        ] {
+            raise(&self.cold_store.with_label_values(&[event]), now);
         }
     }
 
@@ -938,13 +955,14 @@ impl AlertMetrics {
     /// Drops by reason and region, each input's progress, and the terminals
     /// whose reports are being dropped.
     fn export_event_time(&self, state: &mut State, engines: &[(&str, &FeatureEngine)]) {
-        let (mut late, mut ahead, mut thin) = (0u64, 0u64, 0u64);
+        let (mut late, mut ahead, mut thin, mut alone) = (0u64, 0u64, 0u64, 0u64);
         let mut labelled: HashMap<&str, [u64; 3]> = HashMap::new();
         for (name, e) in engines {
             let c = e.counters();
             late = late.saturating_add(c.late);
             ahead = ahead.saturating_add(c.ahead);
             thin = thin.saturating_add(c.thin_region_windows);
+            alone = alone.saturating_add(c.learnt_alone);
             for (region, counts) in e.region_counts() {
                 let now = [counts.reports, counts.late, counts.ahead];
                 let by_engine = state.region_counts.entry(region.to_string()).or_default();
@@ -964,6 +982,7 @@ impl AlertMetrics {
         raise(&self.dropped.with_label_values(&["late"]), late);
         raise(&self.dropped.with_label_values(&["ahead"]), ahead);
         raise(&self.thin_region_windows, thin);
+        raise(&self.learnt_alone, alone);
         for (label, [reports, late, ahead]) in labelled {
             self.region_reports.with_label_values(&[label]).inc_by(reports);
             self.region_dropped.with_label_values(&[label, "late"]).inc_by(late);
@@ -1103,7 +1122,7 @@ mod tests {
     use termwatch_telemetry::alerts::Reason;
 
     /// Every metric family this module exports (a test checks each is emitted).
-    const METRIC_NAMES: [&str; 31] = [
+    const METRIC_NAMES: [&str; 32] = [
         "termwatch_alerts_firing",
         "termwatch_detector_threshold",
         "termwatch_detector_fleet_shift",
@@ -1119,6 +1138,7 @@ mod tests {
         "termwatch_tracked_alert_entities",
         "termwatch_event_time_dropped_total",
         "termwatch_region_windows_unscored_total",
+        "termwatch_stage_windows_learnt_alone_total",
         "termwatch_region_reports_total",
         "termwatch_region_reports_dropped_total",
         "termwatch_terminal_reports_dropped_ratio",
@@ -1500,6 +1520,44 @@ mod tests {
         assert_eq!(metrics.releases_refused.get(), 3);
         metrics.set_release_versions_refused(8);
         assert_eq!(metrics.releases_refused.get(), 8);
+    }
+
+    #[test]
+    fn windows_a_partition_closed_on_its_own_lessons_are_counted() {
+        use termwatch_telemetry::{BatchBuilder, decode};
+        let registry = Registry::new();
+        let metrics = AlertMetrics::register(&registry).expect("register");
+        // A stage-1 engine with two hours of reports, waiting for lessons
+        // that do not come.
+        let mut engine = FeatureEngine::new(FeatureConfig::default());
+        engine.share_cohorts(true);
+        let mut builder = BatchBuilder::with_capacity(24);
+        for k in 0..24 {
+            let ts = T0 + k * MIN5;
+            let line = format!(
+                r#"{{"terminal_id":"T-1","ts":{ts},"region":"r1","model":"P1","firmware":"1","supply_v_mean":12.0}}"#
+            );
+            builder.append(&decode(line.as_bytes(), T0 + 86_400_000).expect("valid")).expect("append");
+        }
+        engine.process_sourced(&builder.finish().expect("batch"), &[("telemetry-0", 24)]);
+        let end = engine.oldest_open_window_end().expect("a window waits for its lessons");
+        assert!(!engine.close_alone(end).is_empty(), "due, closed on its own");
+        let alone = engine.counters().learnt_alone;
+        assert!(alone >= 1, "{alone}");
+        let view = AlertView {
+            alerts: &[],
+            engines: &[("telemetry-0", &engine)],
+            events: &[],
+            scores: &[],
+            region_scores: &[],
+            releases: &[],
+            thresholds: &[],
+            model_version: "m",
+            now_ms: T0 + 86_400_000,
+        };
+        metrics.observe(&view);
+        metrics.observe(&view);
+        assert_eq!(metrics.learnt_alone.get(), alone, "counted once");
     }
 
     #[test]

@@ -343,6 +343,9 @@ impl Scorer {
     /// Bounds what the feature engine holds (kept across snapshot restores).
     pub fn set_limits(&mut self, limits: Limits) {
         self.engine.set_limits(limits);
+        if let Some(cold) = &mut self.cold {
+            cold.set_max_entries(limits.max_terminals);
+        }
     }
 
     /// Keeps every score for [`Scorer::take_scores`] (metrics histograms).

@@ -20,7 +20,11 @@
 //! partition's offset committed, only once the partials topic holds every
 //! record the scorer took out and the alerts topic every event: a replica
 //! killed before then publishes them again from its snapshot, and the
-//! merger takes a (window, source) partial once.
+//! merger takes a (window, source) partial once. Next to it,
+//! `<topic>-<partition>.cold/` is the partition's cold store: the state of
+//! its terminals forgotten as idle, given back when they report again
+//! (made when the first one goes idle), which moves with the partition
+//! where replicas share the state directory.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -37,6 +41,7 @@ use termwatch_pipeline::{BatchSink, Checkpoint, KafkaConfig, Owners, PartitionKe
 use termwatch_telemetry::alerts::{AlertEvent, AlertKind, Scope};
 use tracing::{info, warn};
 
+use crate::cold::ColdStore;
 use crate::metrics::{AlertMetrics, AlertView};
 use crate::scoring::Scorer;
 use crate::snapshot::{MAX_HELD_WINDOWS, StageOffsets};
@@ -170,6 +175,14 @@ impl StageOneSink {
         };
         if restored.is_none() {
             scorer.register_source(&name);
+        }
+        // Bounded by the partition's share of the terminals, as its scorer.
+        let cold = self.config.dir.join(format!("{key}.cold"));
+        let features = scorer.engine().config().clone();
+        match ColdStore::open(&cold, features, scorer.engine().limits().max_terminals) {
+            Ok(store) => scorer.set_cold_store(store),
+            Err(e) => warn!(partition = %name, dir = %cold.display(), error = %e,
+                "stage 1: cannot open the cold store; the partition's idle terminals come back as new"),
         }
         // A cold scorer learns every lesson the topic still holds.
         let lessons = LessonsReader::new(&self.config.kafka, &self.config.lessons_topic, restored.map(|o| o.lessons))?;
@@ -317,6 +330,8 @@ impl StageOneSink {
             model_version: &self.models.version,
             now_ms: termwatch_telemetry::time::now_ms(),
         });
+        let cold: Vec<_> = self.members.values().filter_map(|m| m.scorer.cold_store()).collect();
+        metrics.export_cold(&cold);
     }
 }
 

@@ -718,6 +718,75 @@ fn a_terminal_process_waiting_for_lessons_stops_on_sigterm_within_the_grace() {
     assert!(!again.said().contains("snapshot refused"), "{}", again.said());
 }
 
+/// A terminal silent past `limits.idle_terminal_days` is forgotten by its
+/// partition's scorer into the partition's cold store, next to its
+/// snapshot, and gets its state back when it reports again, as in one
+/// process; partitions whose terminals never go idle make no store.
+#[test]
+fn a_terminal_process_keeps_an_idle_terminals_state_in_its_partitions_cold_store() {
+    let broker = Broker::mock();
+    const MIN5: i64 = 300_000;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64;
+    let t0 = (now - 2 * 86_400_000).div_euclid(3_600_000) * 3_600_000;
+    let report = |id: &str, k: i64| {
+        let line = format!(
+            r#"{{"terminal_id":"{id}","ts":{},"region":"r1","site_id":"S-{id}","model":"P200","firmware":"5.2.1","interval_s":300,"supply_v_mean":12.0,"supply_v_min":11.9,"supply_v_max":12.1,"supply_v_std":0.02,"net_rtt_ms":40,"net_loss_pct":0.1}}"#,
+            t0 + k * MIN5
+        );
+        line.into_bytes()
+    };
+    // Ten hours of a terminal per partition; T-quiet, on partition 0,
+    // reports in the first hour and the last three quarters of an hour,
+    // silent for eight and a quarter hours in between (idle after six).
+    let fleet = |ks: std::ops::Range<i64>, quiet: bool| {
+        let mut lines = Vec::new();
+        for k in ks {
+            for p in 0..PARTITIONS {
+                lines.push((p, report(&format!("T-on-{p}"), k)));
+            }
+            if quiet && !(12..111).contains(&k) {
+                lines.push((0, report("T-quiet", k)));
+            }
+        }
+        lines
+    };
+    let state1 = tempfile::tempdir().expect("tempdir");
+    let state2 = tempfile::tempdir().expect("tempdir");
+    let mut stage2 = StageTwo::start(&broker.kafka.brokers, state2.path(), "3600", &broker.env(&[]));
+    stage2.wait("holding the partials partition", |t| value(t, "termwatch_partials_assigned") == Some(1.0));
+    let env = broker.env(&[("TERMWATCH_STAGES_ROLE", "terminal"), ("TERMWATCH_LIMITS_IDLE_TERMINAL_DAYS", "0.25")]);
+    let mut stage1 = StageTwo::start(&broker.kafka.brokers, state1.path(), "3600", &env);
+    stage1.wait("up", |t| t.contains("termwatch_model_info"));
+    produce(&broker.kafka, broker.telemetry(), &fleet(0..110, true), None, |_| {});
+    // Idle terminals are looked for as a batch starts, against the windows
+    // closed: once the stages have closed eight hours, the next batch
+    // (the other terminals alone) finds T-quiet idle.
+    let eight_hours = (t0 + 8 * 3_600_000) as f64 / 1000.0;
+    stage2.wait("eight hours merged", |t| {
+        value(t, "termwatch_merged_through_timestamp_seconds").is_some_and(|s| s >= eight_hours)
+    });
+    produce(&broker.kafka, broker.telemetry(), &fleet(110..111, true), None, |_| {});
+    let text = stage1
+        .wait("T-quiet stored", |t| value(t, "termwatch_cold_store_total{event=\"stored\"}").is_some_and(|n| n >= 1.0));
+    assert_eq!(value(&text, "termwatch_cold_terminals"), Some(1.0), "{text}");
+    assert_eq!(value(&text, "termwatch_terminals_forgotten_total{reason=\"idle\"}"), Some(1.0), "{text}");
+    produce(&broker.kafka, broker.telemetry(), &fleet(111..120, true), None, |_| {});
+    let text = stage1.wait("T-quiet given back its state", |t| {
+        value(t, "termwatch_cold_store_total{event=\"restored\"}").is_some_and(|n| n >= 1.0)
+    });
+    assert_eq!(value(&text, "termwatch_cold_store_total{event=\"stored\"}"), Some(1.0), "T-quiet alone: {text}");
+    assert_eq!(value(&text, "termwatch_cold_store_total{event=\"failed\"}"), Some(0.0), "{text}");
+    let stores: Vec<String> = std::fs::read_dir(state1.path())
+        .expect("state")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".cold"))
+        .collect();
+    assert_eq!(stores, [format!("{}-0.cold", broker.telemetry())], "{}", stage1.said());
+    let entries = std::fs::read_dir(state1.path().join(&stores[0])).expect("store").count();
+    assert_eq!(entries, 1, "kept after it came back: the latest state until its next snapshot");
+}
+
 /// Both on a real broker (tansu, started by `scripts/test`), the history a
 /// backlog in the telemetry topic before any process starts.
 #[test]
