@@ -3,15 +3,16 @@
 //! and one [`WindowMerger`] (stage 2), wired as the partials topic will wire
 //! them. Each closed window's partials and cohort lessons go through their
 //! wire form (postcard) to the merger, and every engine learns the merged
-//! cohort lessons before it closes its next window. What the tests and
+//! cohort lessons, also through their wire form, before it closes its next
+//! window. What the tests and
 //! `termwatch bench` hold the split path to: the rows of one engine holding
 //! every terminal, and its cost against that engine.
 
 use arrow::record_batch::RecordBatch;
 
 use crate::engine::{FeatureConfig, FeatureEngine, WindowRows};
-use crate::partial::{MergedWindow, WindowMerger, WindowPartials};
-use crate::wire::{self, PartialsRecord};
+use crate::partial::{CohortLessons, MergedWindow, WindowMerger, WindowPartials};
+use crate::wire::{self, PartialsRecord, WireError};
 
 /// What stage 1 and stage 2 closed in one step.
 #[derive(Debug, Default)]
@@ -34,6 +35,11 @@ pub struct WireCounts {
     /// prefix of a byte or two).
     pub site_partials: u64,
     pub site_bytes: u64,
+    /// Merged windows' cohort lessons sent back to every engine, as the
+    /// lessons topic carries them (encoded once, decoded by each engine),
+    /// and their encoded size, bytes.
+    pub lessons: u64,
+    pub lessons_bytes: u64,
 }
 
 /// N stage-1 engines sharing their cohorts through one merging stage.
@@ -203,16 +209,29 @@ impl LocalStages {
     fn settle(&mut self, out: &mut StageRows) -> Result<(), StageError> {
         // How many of the step's merged windows each engine has been given.
         let mut learnt = vec![0; self.engines.len()];
+        // Each merged window's lessons as the lessons topic carries them.
+        let mut sent: Vec<Vec<u8>> = Vec::new();
         loop {
             let Some(through) = self.merger.closed_through() else { return Ok(()) };
             let before = (out.merged.len(), through);
             for (source, given) in learnt.iter_mut().enumerate() {
+                for m in &out.merged[sent.len()..] {
+                    let bytes = wire::encode(&m.cohorts).map_err(|e| StageError::Wire(e.to_string()))?;
+                    self.wire.lessons += 1;
+                    self.wire.lessons_bytes += bytes.len() as u64;
+                    sent.push(bytes);
+                }
                 // Read again for each engine: the one before may have closed
                 // windows past `through`, and what an engine is given it
                 // is not given again.
                 let through = self.merger.closed_through().unwrap_or(through);
-                let new = out.merged[*given..].iter().map(|m| (m.end_ms, &m.cohorts));
-                let rows = self.engines[source].learn_cohorts(through, new);
+                let read = out.merged[*given..]
+                    .iter()
+                    .zip(&sent[*given..])
+                    .map(|(m, bytes)| Ok((m.end_ms, wire::decode::<CohortLessons>(bytes)?)))
+                    .collect::<Result<Vec<_>, WireError>>()
+                    .map_err(|e| StageError::Wire(e.to_string()))?;
+                let rows = self.engines[source].learn_cohorts(through, read.iter().map(|(end, c)| (*end, c)));
                 *given = out.merged.len();
                 self.publish(source, rows, out)?;
             }

@@ -570,7 +570,7 @@ fn stages_section(
             median(two_ns),
             "ns/record",
         )
-        .note("partials through postcard, cohorts shared; no topic");
+        .note("partials and the merged lessons back through postcard; no topic");
     table
         .add("stages", "features: two stages / one engine (median of rounds)", median(ratios), "x")
         .note(format!("{} interleaved rounds; the split's own cost, the whole path's is next", sizes.rounds));
@@ -592,6 +592,12 @@ fn stages_section(
             "postcard; a source's window, sites, regions and cohort lessons: {:.0} bytes ({} records, {lessons} lessons)",
             wire.bytes as f64 / wire.partials.max(1) as f64,
             wire.partials
+        ));
+    table
+        .add("stages", "lessons back: bytes per window", wire.lessons_bytes as f64 / wire.lessons.max(1) as f64, "bytes")
+        .note(format!(
+            "postcard; every terminal's cohort lessons of a merged window, which every stage-1 engine reads ({} windows)",
+            wire.lessons
         ));
     Ok(())
 }

@@ -46,6 +46,7 @@ fn smoke_run_reports_every_row() {
         ("stages", "features: two stages / one engine"),
         ("stages", "whole path, one core: two stages / one process"),
         ("stages", "partials: bytes per site per window"),
+        ("stages", "lessons back: bytes per window"),
         ("replay", "one core: detectors + alert state"),
         ("replay", "one core: alert events out"),
         ("replay", "one core: end to end"),
