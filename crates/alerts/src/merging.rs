@@ -137,8 +137,9 @@ fn load(config: &MergingConfig, models: &ModelSet) -> anyhow::Result<(RegionalSt
             Err(e) => (None, Started::Refused(e.to_string())),
         },
     };
-    let merger =
-        merger.unwrap_or_else(|| WindowMerger::new(&sources, config.allowed_lateness_ms, config.max_open_windows));
+    let merger = merger
+        .unwrap_or_else(|| WindowMerger::new(&sources, config.allowed_lateness_ms, config.max_open_windows))
+        .teaching(&models.features);
     Ok((stage, merger, started))
 }
 

@@ -219,7 +219,7 @@ impl RegionalStage {
                 kept.keep(AlertKind::FirmwareRegression, Scope::Cohort, &firmware_scores);
                 kept.regions.extend(network_regions.into_iter().zip(network_scores.iter().copied()));
             }
-            lessons.push(WindowLessons { end_ms: w.end_ms, cohorts: w.cohorts, bad_sites, thresholds });
+            lessons.push(WindowLessons { end_ms: w.end_ms, cohorts: w.cohort_states, bad_sites, thresholds });
         }
         (events, lessons)
     }

@@ -51,7 +51,9 @@ const REGIONAL_MAGIC: &[u8; 6] = b"TWREGN";
 ///     (a young terminal's voltage is judged by its own first windows too).
 /// 13: a stage-1 scorer's windows waiting for their lessons, its records
 ///     for the partials topic not yet taken, and the thresholds taught.
-const FORMAT: u32 = 15;
+/// 16: the merging stage's cohorts, learnt once from every engine's
+///     lessons, whose states it sends back instead of the lessons.
+const FORMAT: u32 = 16;
 const HEADER: usize = 6 + 4 + 8;
 
 #[derive(Debug, thiserror::Error)]

@@ -20,7 +20,7 @@ use termwatch_alerts::calibration::FleetThreshold;
 use termwatch_alerts::merging::{MergingConfig, MergingStage, Started};
 use termwatch_alerts::scoring::Scorer;
 use termwatch_alerts::stage_topics::{LessonsReader, PartialsReader, StagePublisher};
-use termwatch_features::partial::{MergedWindow, RegionWindow, WindowMerger, WindowPartials};
+use termwatch_features::partial::{CohortTeacher, MergedWindow, RegionWindow, WindowMerger, WindowPartials};
 use termwatch_features::wire::{self, Lessons, PartialsRecord, WindowLessons, WireError};
 use termwatch_features::{FNV_OFFSET, FeatureConfig, FeatureEngine, WindowRows, fnv1a};
 use termwatch_models::artifact::ModelSet;
@@ -670,9 +670,11 @@ fn teach_logged(
     published: &mut Vec<PartialsRecord>,
     sent: &mut Vec<Vec<u8>>,
 ) -> Vec<AlertEvent> {
-    teach_as(s, taught, published, sent, |w| WindowLessons {
+    // What the merging stage learns of this partition's lessons alone.
+    let mut teacher = CohortTeacher::new(s.engine().config());
+    teach_as(s, taught, published, sent, move |w| WindowLessons {
         end_ms: w.end_ms,
-        cohorts: w.cohorts.clone(),
+        cohorts: teacher.learn(w.end_ms, &w.cohorts),
         bad_sites: w.sites.first().map(|(site, _)| site.clone()).into_iter().collect(),
         thresholds: vec![(AlertKind::VoltageInstability, Scope::Terminal, 0.05, CRITICAL_OFF)],
     })
@@ -776,6 +778,7 @@ fn lessons_out_of_order_or_with_thresholds_that_are_not_probabilities_change_not
     mine.sort_by_key(|l| decode(l, i64::MAX / 2).map_or(0, |r| r.ts_ms));
     let lessons = |hostile: bool| {
         let mut n = 0;
+        let mut teacher = CohortTeacher::new(&models.features);
         move |w: &WindowPartials| {
             n += 1;
             // Every other site, in name order from stage 2.
@@ -789,7 +792,7 @@ fn lessons_out_of_order_or_with_thresholds_that_are_not_probabilities_change_not
             }
             WindowLessons {
                 end_ms: w.end_ms,
-                cohorts: w.cohorts.clone(),
+                cohorts: teacher.learn(w.end_ms, &w.cohorts),
                 bad_sites,
                 thresholds: vec![(AlertKind::VoltageInstability, Scope::Terminal, threshold, CRITICAL_OFF)],
             }

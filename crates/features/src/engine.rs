@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 use termwatch_telemetry::fields::DEFAULT_INTERVAL_S;
 use termwatch_telemetry::{Counter, Label, Measure};
 
-use crate::partial::{CohortLessons, Lesson, RegionPartial, RegionTerminal, RegionWindow, SitePartial, VoltageLesson};
+use crate::partial::{
+    CohortLessons, CohortStates, Lesson, RegionPartial, RegionTerminal, RegionWindow, SitePartial, VoltageLesson,
+};
 use crate::release::{self, Peers, ReleasePartial, ReleaseRow, Releases, TerminalRelease, WindowCounts};
 use crate::stats::{Ewma, Spread, learn_within, poisson_surprise};
 
@@ -332,6 +334,55 @@ struct CohortPrior {
     /// (mean squared deviation from each terminal's own level), pooled: the
     /// cohort's baseline spread is this plus how far their levels lie apart.
     v_within: [Ewma; 4],
+}
+
+/// How fast cohorts learn: the one place training, one engine and the
+/// merging stage take it from.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub(crate) struct CohortRates {
+    /// Of baselines (1 / `baseline_windows`).
+    pub(crate) alpha: f64,
+    /// Of wear (1 / `aging_long_windows`).
+    pub(crate) long: f64,
+}
+
+impl CohortRates {
+    pub(crate) fn of(config: &FeatureConfig) -> CohortRates {
+        CohortRates { alpha: 1.0 / config.baseline_windows, long: 1.0 / config.aging_long_windows }
+    }
+}
+
+/// A cohort's learnt state (`MODEL|FIRMWARE`): what the merging stage
+/// sends back to every stage-1 engine instead of every terminal's lessons.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct CohortState {
+    base: Baseline,
+    prior: CohortPrior,
+}
+
+impl CohortState {
+    pub(crate) fn learn(&mut self, lesson: &Lesson, rates: CohortRates) {
+        teach(&mut self.base, &mut self.prior, lesson, rates);
+    }
+}
+
+/// One terminal's lesson learnt by its cohort: the one code path of one
+/// engine and of the merging stage.
+fn teach(base: &mut Baseline, prior: &mut CohortPrior, lesson: &Lesson, rates: CohortRates) {
+    let CohortRates { alpha, long } = rates;
+    match *lesson {
+        Lesson::Voltage(ref v) => {
+            base.learn_voltage(v, alpha);
+            let floors = [LOG_SD_FLOOR, V_SD_FLOOR, LOG_SD_FLOOR, V_SD_FLOOR];
+            for ((within, d), floor) in prior.v_within.iter_mut().zip(v.within).zip(floors) {
+                if let Some(d) = d {
+                    learn_within(within, d, alpha, floor);
+                }
+            }
+        }
+        Lesson::Reader { errors, attempts } => decay_add(&mut prior.reader, errors, attempts, long),
+        Lesson::Printer { errors, attempts } => decay_add(&mut prior.printer, errors, attempts, long),
+    }
 }
 
 /// Decayed sums of wear counters: rates weighted by how much was attempted.
@@ -700,8 +751,9 @@ impl FeatureEngine {
         self.share_cohorts = share;
     }
 
-    /// With shared cohorts: learns the merged lessons of closed windows
-    /// (by their end, epoch ms, oldest first), and that every window ending
+    /// With shared cohorts: takes the cohorts' states the merging stage
+    /// learnt from every engine's lessons of closed windows (by their end,
+    /// epoch ms, oldest first), and that every window ending
     /// at or before `through_ms` has been given (those with no lessons
     /// too). A window this engine has learnt since it was built is skipped
     /// (the point learnt is not in a snapshot yet: docs/two-stages.md).
@@ -710,7 +762,7 @@ impl FeatureEngine {
     pub fn learn_cohorts<'a>(
         &mut self,
         through_ms: i64,
-        windows: impl IntoIterator<Item = (i64, &'a CohortLessons)>,
+        windows: impl IntoIterator<Item = (i64, &'a CohortStates)>,
     ) -> Vec<WindowRows> {
         if !self.share_cohorts {
             return Vec::new();
@@ -722,20 +774,14 @@ impl FeatureEngine {
             if end_ms > through_ms || self.cohorts_learnt.is_some_and(|learnt| w <= learnt) {
                 continue;
             }
-            // A terminal's lessons come together, all of one cohort: one
-            // lookup for them, not one each.
-            let mut last: Option<(&str, u32)> = None;
-            for (cohort, lesson) in lessons.iter() {
-                let c = match last {
-                    Some((name, c)) if name == cohort => c,
-                    _ => self.cohorts.intern(cohort),
-                };
-                last = Some((cohort, c));
-                if self.cohort_base.len() <= c as usize {
-                    self.cohort_base.resize(c as usize + 1, Baseline::default());
-                    self.cohort_prior.resize(c as usize + 1, CohortPrior::default());
+            for (cohort, state) in lessons.iter() {
+                let c = self.cohorts.intern(cohort) as usize;
+                if self.cohort_base.len() <= c {
+                    self.cohort_base.resize(c + 1, Baseline::default());
+                    self.cohort_prior.resize(c + 1, CohortPrior::default());
                 }
-                self.learn_cohort(c, lesson);
+                self.cohort_base[c] = state.base;
+                self.cohort_prior[c] = state.prior;
             }
             self.releases.learn_lessons(w, &lessons.release);
             self.cohorts_learnt = Some(w);
@@ -747,31 +793,10 @@ impl FeatureEngine {
     }
 
     fn learn_cohort(&mut self, c: u32, lesson: &Lesson) {
-        let (alpha, long) = (1.0 / self.config.baseline_windows, 1.0 / self.config.aging_long_windows);
-        match *lesson {
-            Lesson::Voltage(ref v) => {
-                if let Some(b) = self.cohort_base.get_mut(c as usize) {
-                    b.learn_voltage(v, alpha);
-                }
-                if let Some(prior) = self.cohort_prior.get_mut(c as usize) {
-                    let floors = [LOG_SD_FLOOR, V_SD_FLOOR, LOG_SD_FLOOR, V_SD_FLOOR];
-                    for ((within, d), floor) in prior.v_within.iter_mut().zip(v.within).zip(floors) {
-                        if let Some(d) = d {
-                            learn_within(within, d, alpha, floor);
-                        }
-                    }
-                }
-            }
-            Lesson::Reader { errors, attempts } => {
-                if let Some(wear) = self.cohort_prior.get_mut(c as usize) {
-                    decay_add(&mut wear.reader, errors, attempts, long);
-                }
-            }
-            Lesson::Printer { errors, attempts } => {
-                if let Some(wear) = self.cohort_prior.get_mut(c as usize) {
-                    decay_add(&mut wear.printer, errors, attempts, long);
-                }
-            }
+        let rates = CohortRates::of(&self.config);
+        if let (Some(base), Some(prior)) = (self.cohort_base.get_mut(c as usize), self.cohort_prior.get_mut(c as usize))
+        {
+            teach(base, prior, lesson, rates);
         }
     }
 

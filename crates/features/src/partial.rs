@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use termwatch_telemetry::alerts::{AlertKind, Scope};
 
-use crate::engine::MIN_REGION_TERMINALS;
+use crate::engine::{CohortRates, CohortState, FeatureConfig, MIN_REGION_TERMINALS};
 use crate::release::{ReleaseLessons, ReleasePartial, ReleaseRow, Releases};
 use crate::stats::median;
 
@@ -339,6 +339,89 @@ impl CohortLessons {
     }
 }
 
+/// What a merged window taught the cohorts, as every stage-1 engine takes
+/// it: the state of each cohort a lesson of the window reached, learnt by
+/// the merging stage from every engine's lessons in terminal-id order (as
+/// one engine holding every terminal learns its own), by name; and the
+/// models' pool sums. A few hundred bytes a cohort, whatever the fleet,
+/// where the lessons are about fifty bytes a terminal.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CohortStates {
+    states: Vec<(CompactString, CohortState)>,
+    pub(crate) release: ReleaseLessons,
+}
+
+impl CohortStates {
+    pub fn len(&self) -> usize {
+        self.states.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.states.is_empty() && self.release.is_empty()
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &CohortState)> {
+        self.states.iter().map(|(c, s)| (&**c, s))
+    }
+}
+
+/// The merging stage's cohorts: each learnt from every engine's lessons,
+/// as one engine learns its own. A cohort no lesson reached for
+/// [`FORGET_COHORT_MS`] is forgotten; at [`MAX_COHORTS`] a new one is
+/// refused and counted (cohorts come from the data).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CohortTeacher {
+    /// None until [`WindowMerger::teaching`]: a merger that only merges.
+    rates: Option<CohortRates>,
+    /// By name: the state, and the end (epoch ms) of the last window a
+    /// lesson reached it in.
+    cohorts: BTreeMap<CompactString, (CohortState, i64)>,
+    refused: u64,
+}
+
+/// Cohorts the merging stage learns at most.
+pub const MAX_COHORTS: usize = 100_000;
+/// Four weeks: longer than a terminal is held idle
+/// (`limits.idle_terminal_days`, 14 by default), so a cohort is not
+/// forgotten while a held terminal may still come back to it.
+const FORGET_COHORT_MS: i64 = 28 * 86_400_000;
+
+impl CohortTeacher {
+    /// Learns at `config`'s rates.
+    pub fn new(config: &FeatureConfig) -> CohortTeacher {
+        CohortTeacher { rates: Some(CohortRates::of(config)), ..CohortTeacher::default() }
+    }
+
+    /// Learns the merged lessons (in terminal-id order) of the window
+    /// ending at `end_ms`; returns the states of the cohorts they reached,
+    /// by name.
+    pub fn learn(&mut self, end_ms: i64, lessons: &CohortLessons) -> CohortStates {
+        let mut out = CohortStates { states: Vec::new(), release: lessons.release.clone() };
+        let Some(rates) = self.rates else { return out };
+        let mut reached: BTreeSet<&str> = BTreeSet::new();
+        for (cohort, lesson) in lessons.iter() {
+            if !self.cohorts.contains_key(cohort) {
+                if self.cohorts.len() >= MAX_COHORTS {
+                    self.refused += 1;
+                    continue;
+                }
+                self.cohorts.insert(cohort.into(), (CohortState::default(), end_ms));
+            }
+            if let Some((state, last)) = self.cohorts.get_mut(cohort) {
+                state.learn(lesson, rates);
+                *last = end_ms;
+                reached.insert(cohort);
+            }
+        }
+        out.states = reached
+            .into_iter()
+            .filter_map(|c| self.cohorts.get(c).map(|(state, _)| (CompactString::from(c), *state)))
+            .collect();
+        self.cohorts.retain(|_, (_, last)| end_ms.saturating_sub(*last) < FORGET_COHORT_MS);
+        out
+    }
+}
+
 /// What one stage-1 engine publishes for one of its closed windows: its
 /// source partition's partials, by `site_id` and region.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -414,9 +497,12 @@ pub struct MergedWindow {
     pub sites: Vec<MergedSite>,
     /// Region network rows, by region, in name order.
     pub regions: Vec<(Box<str>, RegionWindow)>,
-    /// What the window taught the cohorts, every source's merged: what
-    /// each engine learns before it closes the next window.
+    /// What the window taught the cohorts, every source's merged.
     pub cohorts: CohortLessons,
+    /// The cohorts' states after those lessons (with a merger
+    /// [`WindowMerger::teaching`]): what each engine takes before it
+    /// closes the next window.
+    pub cohort_states: CohortStates,
     /// Release health of each version with probation terminals in the
     /// window, and the versions no terminal runs any more (as one engine
     /// gives them in [`crate::WindowRows`]).
@@ -452,6 +538,8 @@ pub struct MergerCounts {
     /// Switches to a version release health could not track (at
     /// `MAX_RELEASES`), as one engine counts them. Kept in the state.
     pub refused_releases: u64,
+    /// Cohorts not learnt because [`MAX_COHORTS`] were. Kept in the state.
+    pub refused_cohorts: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -516,6 +604,8 @@ pub struct WindowMerger {
     scored: BTreeMap<Box<str>, i64>,
     /// Release health, judged on every source's terminals.
     releases: Releases,
+    /// The cohorts, learnt once from every source's lessons.
+    teacher: CohortTeacher,
     /// Process counters, for metrics: not part of the state.
     #[serde(skip)]
     counts: MergerCounts,
@@ -535,12 +625,21 @@ impl WindowMerger {
             scores_through: i64::MIN,
             scored: BTreeMap::new(),
             releases: Releases::default(),
+            teacher: CohortTeacher::default(),
             counts: MergerCounts::default(),
         }
     }
 
+    /// Learns the cohorts from every source's lessons at `config`'s rates,
+    /// and hands out their states with each merged window
+    /// ([`MergedWindow::cohort_states`]) for engines that share them.
+    pub fn teaching(mut self, config: &FeatureConfig) -> WindowMerger {
+        self.teacher.rates = Some(CohortRates::of(config));
+        self
+    }
+
     pub fn counts(&self) -> MergerCounts {
-        MergerCounts { refused_releases: self.releases.refused, ..self.counts }
+        MergerCounts { refused_releases: self.releases.refused, refused_cohorts: self.teacher.refused, ..self.counts }
     }
 
     /// The sources it expects partials from, in name order.
@@ -594,6 +693,14 @@ impl WindowMerger {
             .chain(self.scored.keys());
         if let Some(s) = named.find(|s| !self.progress.contains_key(*s)) {
             return Err(format!("source {s:?} is not one of the merger's"));
+        }
+        if let Some(r) =
+            self.teacher.rates.filter(|r| !(r.alpha > 0.0 && r.alpha <= 1.0 && r.long > 0.0 && r.long <= 1.0))
+        {
+            return Err(format!("cohort rates {} and {}: each in (0, 1]", r.alpha, r.long));
+        }
+        if self.teacher.cohorts.len() > MAX_COHORTS {
+            return Err(format!("{} cohorts, at most {MAX_COHORTS}", self.teacher.cohorts.len()));
         }
         Ok(())
     }
@@ -759,6 +866,7 @@ impl WindowMerger {
         self.scores_through = self.scores_through.max(end_ms);
         let mut cohorts = w.cohorts;
         cohorts.settle();
+        let cohort_states = self.teacher.learn(end_ms, &cohorts);
         let (firmware, firmware_retired) = self.releases.judge(&cohorts.release, w.release);
         MergedWindow {
             end_ms,
@@ -779,6 +887,7 @@ impl WindowMerger {
                 })
                 .collect(),
             cohorts,
+            cohort_states,
             firmware,
             firmware_retired,
             missing,

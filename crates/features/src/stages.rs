@@ -11,7 +11,7 @@
 use arrow::record_batch::RecordBatch;
 
 use crate::engine::{FeatureConfig, FeatureEngine, WindowRows};
-use crate::partial::{CohortLessons, MergedWindow, WindowMerger, WindowPartials};
+use crate::partial::{CohortStates, MergedWindow, WindowMerger, WindowPartials};
 use crate::wire::{self, PartialsRecord, WireError};
 
 /// What stage 1 and stage 2 closed in one step.
@@ -103,7 +103,7 @@ impl LocalStages {
         LocalStages {
             sources: sources.iter().map(|s| Box::from(*s)).collect(),
             engines,
-            merger: WindowMerger::new(sources, allowed_lateness_ms, max_open_windows),
+            merger: WindowMerger::new(sources, allowed_lateness_ms, max_open_windows).teaching(config),
             finished: vec![false; sources.len()],
             max_open_windows: max_open_windows.max(1),
             wire: WireCounts::default(),
@@ -216,7 +216,7 @@ impl LocalStages {
             let before = (out.merged.len(), through);
             for (source, given) in learnt.iter_mut().enumerate() {
                 for m in &out.merged[sent.len()..] {
-                    let bytes = wire::encode(&m.cohorts).map_err(|e| StageError::Wire(e.to_string()))?;
+                    let bytes = wire::encode(&m.cohort_states).map_err(|e| StageError::Wire(e.to_string()))?;
                     self.wire.lessons += 1;
                     self.wire.lessons_bytes += bytes.len() as u64;
                     sent.push(bytes);
@@ -228,7 +228,7 @@ impl LocalStages {
                 let read = out.merged[*given..]
                     .iter()
                     .zip(&sent[*given..])
-                    .map(|(m, bytes)| Ok((m.end_ms, wire::decode::<CohortLessons>(bytes)?)))
+                    .map(|(m, bytes)| Ok((m.end_ms, wire::decode::<CohortStates>(bytes)?)))
                     .collect::<Result<Vec<_>, WireError>>()
                     .map_err(|e| StageError::Wire(e.to_string()))?;
                 let rows = self.engines[source].learn_cohorts(through, read.iter().map(|(end, c)| (*end, c)));

@@ -18,11 +18,11 @@ use serde::{Deserialize, Serialize};
 use termwatch_telemetry::alerts::{AlertKind, Scope};
 
 use crate::engine::{FeatureEngine, WindowRows};
-use crate::partial::{CohortLessons, MergedWindow, WindowMerger, WindowPartials, WindowScores};
+use crate::partial::{CohortStates, MergedWindow, WindowMerger, WindowPartials, WindowScores};
 
 /// The value's first byte. A format this build does not know is refused,
 /// not guessed at: stage 2 is upgraded before stage 1.
-pub const FORMAT: u8 = 2;
+pub const FORMAT: u8 = 3;
 
 /// One record of the partials topic.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -56,8 +56,9 @@ pub struct Lessons {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct WindowLessons {
     pub end_ms: i64,
-    /// Every source's cohort lessons, merged.
-    pub cohorts: CohortLessons,
+    /// The cohorts' states after every source's lessons, learnt once by
+    /// the merging stage.
+    pub cohorts: CohortStates,
     /// Sites whose voltage score reached its threshold in the window, or
     /// whose alert is firing, by `site_id` in name order: their terminals'
     /// supply trouble is the site's mains, paged once at site scope.

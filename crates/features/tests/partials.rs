@@ -432,7 +432,9 @@ fn a_sharing_engine_closes_a_window_once_the_one_before_is_learnt_and_learns_eac
     assert!(shared.finish().is_empty());
     // Its progress passes the windows before its first, which it has no terminal in.
     assert_eq!(shared.closed_through(), Some(1_795_514_400_000));
-    let mut learnt: Vec<(i64, termwatch_features::partial::CohortLessons)> = Vec::new();
+    // What the merging stage would send back of this engine's lessons alone.
+    let mut teacher = termwatch_features::partial::CohortTeacher::new(&FeatureConfig::default());
+    let mut learnt: Vec<(i64, termwatch_features::partial::CohortStates)> = Vec::new();
     let mut got = Vec::new();
     loop {
         let through = shared.closed_through().expect("progress");
@@ -446,7 +448,7 @@ fn a_sharing_engine_closes_a_window_once_the_one_before_is_learnt_and_learns_eac
         assert_eq!(closed.len(), 1, "one window for each window learnt");
         for w in closed {
             assert!(!w.cohort_lessons.is_empty(), "quiet terminals teach their cohort");
-            learnt.push((w.end_ms, w.cohort_lessons.clone()));
+            learnt.push((w.end_ms, teacher.learn(w.end_ms, &w.cohort_lessons)));
             got.push(w);
         }
     }
