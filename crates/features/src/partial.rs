@@ -902,6 +902,32 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn the_merging_stages_cohorts_are_bounded_and_forgotten_after_four_weeks() {
+        let mut teacher = CohortTeacher::new(&FeatureConfig::default());
+        let lessons = |names: std::ops::Range<usize>| {
+            CohortLessons::from_sorted(names.map(|i| {
+                (
+                    CompactString::from(format!("T-{i:06}")),
+                    CompactString::from(format!("M|{i}")),
+                    Lesson::Reader { errors: 1, attempts: 100 },
+                )
+            }))
+        };
+        let day = 86_400_000;
+        let states = teacher.learn(day, &lessons(0..MAX_COHORTS + 3));
+        assert_eq!((states.len(), teacher.cohorts.len(), teacher.refused), (MAX_COHORTS, MAX_COHORTS, 3));
+        // Taught again within four weeks: kept; the rest go at four weeks.
+        let states = teacher.learn(20 * day, &lessons(0..2));
+        assert_eq!(states.len(), 2);
+        let states = teacher.learn(29 * day, &lessons(2..3));
+        assert_eq!(states.len(), 1);
+        assert_eq!(teacher.cohorts.len(), 3, "the cohorts taught in the last four weeks");
+        // A merger that only merges learns nothing and hands out no state.
+        let mut merging = CohortTeacher::default();
+        assert!(merging.learn(day, &lessons(0..5)).iter().next().is_none());
+    }
+
     fn bits<const N: usize>(f: [f64; N]) -> [u64; N] {
         f.map(f64::to_bits)
     }
