@@ -755,8 +755,8 @@ impl FeatureEngine {
     /// learnt from every engine's lessons of closed windows (by their end,
     /// epoch ms, oldest first), and that every window ending
     /// at or before `through_ms` has been given (those with no lessons
-    /// too). A window this engine has learnt since it was built is skipped
-    /// (the point learnt is not in a snapshot yet: docs/two-stages.md).
+    /// too). A window this engine has learnt is skipped (the point learnt
+    /// is kept in its snapshot).
     /// Returns the windows that can then close. An engine that does not
     /// share its cohorts has learnt its own and ignores the call.
     pub fn learn_cohorts<'a>(

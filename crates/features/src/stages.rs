@@ -2,9 +2,9 @@
 //! per source partition (stage 1, each holding that partition's terminals)
 //! and one [`WindowMerger`] (stage 2), wired as the partials topic will wire
 //! them. Each closed window's partials and cohort lessons go through their
-//! wire form (postcard) to the merger, and every engine learns the merged
-//! cohort lessons, also through their wire form, before it closes its next
-//! window. What the tests and
+//! wire form (postcard) to the merger, and every engine takes the states
+//! the merger learnt of the cohorts, also through their wire form, before
+//! it closes its next window. What the tests and
 //! `termwatch bench` hold the split path to: the rows of one engine holding
 //! every terminal, and its cost against that engine.
 
@@ -35,7 +35,7 @@ pub struct WireCounts {
     /// prefix of a byte or two).
     pub site_partials: u64,
     pub site_bytes: u64,
-    /// Merged windows' cohort lessons sent back to every engine, as the
+    /// Merged windows' cohort states sent back to every engine, as the
     /// lessons topic carries them (encoded once, decoded by each engine),
     /// and their encoded size, bytes.
     pub lessons: u64,
@@ -209,7 +209,7 @@ impl LocalStages {
     fn settle(&mut self, out: &mut StageRows) -> Result<(), StageError> {
         // How many of the step's merged windows each engine has been given.
         let mut learnt = vec![0; self.engines.len()];
-        // Each merged window's lessons as the lessons topic carries them.
+        // Each merged window's cohort states as the lessons topic carries them.
         let mut sent: Vec<Vec<u8>> = Vec::new();
         loop {
             let Some(through) = self.merger.closed_through() else { return Ok(()) };

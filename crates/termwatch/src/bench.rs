@@ -594,9 +594,14 @@ fn stages_section(
             wire.partials
         ));
     table
-        .add("stages", "lessons back: bytes per window", wire.lessons_bytes as f64 / wire.lessons.max(1) as f64, "bytes")
+        .add(
+            "stages",
+            "lessons back: bytes per window",
+            wire.lessons_bytes as f64 / wire.lessons.max(1) as f64,
+            "bytes",
+        )
         .note(format!(
-            "postcard; every terminal's cohort lessons of a merged window, which every stage-1 engine reads ({} windows)",
+            "postcard; the states of the cohorts a merged window taught, which every stage-1 engine reads ({} windows)",
             wire.lessons
         ));
     Ok(())
