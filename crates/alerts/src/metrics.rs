@@ -1164,6 +1164,21 @@ mod tests {
         registry.gather().iter().map(|f| (f.name().to_string(), f.get_metric().len())).collect()
     }
 
+    /// What the engines alone say, at `now_ms`: no alert, score or event.
+    fn engines_view<'a>(engines: &'a [(&'a str, &'a FeatureEngine)], now_ms: i64) -> AlertView<'a> {
+        AlertView {
+            alerts: &[],
+            engines,
+            events: &[],
+            scores: &[],
+            region_scores: &[],
+            releases: &[],
+            thresholds: &[],
+            model_version: "m",
+            now_ms,
+        }
+    }
+
     fn window<'a>(entity: &'a str, i: i64, score: f64) -> Scored<'a> {
         Scored {
             window_end_ms: T0 + i * MIN5,
@@ -1444,19 +1459,7 @@ mod tests {
         };
         let (a, b) = (engine(0), engine(1));
         assert_eq!(a.counters().late, 1, "the day-old report");
-        fn view<'a>(engines: &'a [(&'a str, &'a FeatureEngine)]) -> AlertView<'a> {
-            AlertView {
-                alerts: &[],
-                engines,
-                events: &[],
-                scores: &[],
-                region_scores: &[],
-                releases: &[],
-                thresholds: &[],
-                model_version: "m",
-                now_ms: T0 + 7_200_000,
-            }
-        }
+        let view = |engines| engines_view(engines, T0 + 7_200_000);
         let (both, one) = ([("telemetry-0", &a), ("telemetry-1", &b)], [("telemetry-0", &a)]);
         metrics.observe(&view(&both));
         assert_eq!(metrics.dropped.with_label_values(&["late"]).get(), 2);
@@ -1500,17 +1503,8 @@ mod tests {
         engine.process_batch(&builder.finish().expect("batch"));
         let refused = engine.limit_counts().refused_releases;
         assert_eq!(refused, 3, "the first version is seen, not switched to; the next 10,000 are tracked");
-        let view = AlertView {
-            alerts: &[],
-            engines: &[("", &engine)],
-            events: &[],
-            scores: &[],
-            region_scores: &[],
-            releases: &[],
-            thresholds: &[],
-            model_version: "m",
-            now_ms: now,
-        };
+        let engines = [("", &engine)];
+        let view = engines_view(&engines, now);
         metrics.observe(&view);
         assert_eq!(metrics.releases_refused.get(), 3);
         metrics.observe(&view);
@@ -1544,17 +1538,8 @@ mod tests {
         assert!(!engine.close_alone(end).is_empty(), "due, closed on its own");
         let alone = engine.counters().learnt_alone;
         assert!(alone >= 1, "{alone}");
-        let view = AlertView {
-            alerts: &[],
-            engines: &[("telemetry-0", &engine)],
-            events: &[],
-            scores: &[],
-            region_scores: &[],
-            releases: &[],
-            thresholds: &[],
-            model_version: "m",
-            now_ms: T0 + 86_400_000,
-        };
+        let engines = [("telemetry-0", &engine)];
+        let view = engines_view(&engines, T0 + 86_400_000);
         metrics.observe(&view);
         metrics.observe(&view);
         assert_eq!(metrics.learnt_alone.get(), alone, "counted once");
