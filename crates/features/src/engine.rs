@@ -306,7 +306,7 @@ impl Baseline {
     /// baseline and of its cohort's.
     fn learn_voltage(&mut self, v: &VoltageLesson, alpha: f64) {
         self.v_std.learn(v.std_log, alpha, LOG_SD_FLOOR);
-        self.v_mean.learn(v.v_mean, alpha, V_SD_FLOOR);
+        self.v_mean.learn(v.v_mean, alpha, V_MEAN_SD_FLOOR);
         self.v_range.learn(v.range_log, alpha, LOG_SD_FLOOR);
         self.v_gap.learn(v.gap, alpha, V_SD_FLOOR);
         self.sags.update(v.sags, alpha);
@@ -373,7 +373,7 @@ fn teach(base: &mut Baseline, prior: &mut CohortPrior, lesson: &Lesson, rates: C
     match *lesson {
         Lesson::Voltage(ref v) => {
             base.learn_voltage(v, alpha);
-            let floors = [LOG_SD_FLOOR, V_SD_FLOOR, LOG_SD_FLOOR, V_SD_FLOOR];
+            let floors = [LOG_SD_FLOOR, V_MEAN_SD_FLOOR, LOG_SD_FLOOR, V_SD_FLOOR];
             for ((within, d), floor) in prior.v_within.iter_mut().zip(v.within).zip(floors) {
                 if let Some(d) = d {
                     learn_within(within, d, alpha, floor);
@@ -654,8 +654,16 @@ const EPS_V: f64 = 0.002;
 /// even on a perfectly steady terminal, so that one cannot be infinitely
 /// surprised. In ln units (5 %) for deviations, ranges and round trips.
 pub(crate) const LOG_SD_FLOOR: f64 = 0.05;
-/// For the supply's mean and its lowest reading's gap: 0.2 % of nominal.
+/// For the supply's lowest reading's gap: 0.2 % of nominal.
 const V_SD_FLOOR: f64 = 0.002;
+/// For the supply's mean: 0.08 % of nominal, 10 mV on a 12 V supply and 4
+/// mV on a 5 V one, just above what rounding a reading to the centivolt
+/// leaves (about 3 mV). A floor well above a supply's own spread would
+/// measure its mean in fractions of its deviations: at 0.2 % most of a
+/// fleet's supplies were floored, their healthy means moved by half a unit
+/// where a noisier fleet's moved by one, and the site detector learnt that
+/// one unit at two terminals was rare.
+const V_MEAN_SD_FLOOR: f64 = 0.0008;
 /// For packet loss: 0.1 percentage points.
 const LOSS_SD_FLOOR: f64 = 0.1;
 /// Least rate assumed of sags, reboots and reconnects: one a day. A
@@ -1872,7 +1880,7 @@ impl FeatureEngine {
                 };
                 let observed = [
                     (std_log, expected(0, &b.v_std, &cohort.v_std, LOG_SD_FLOOR)),
-                    (v_mean, expected(1, &b.v_mean, &cohort.v_mean, V_SD_FLOOR)),
+                    (v_mean, expected(1, &b.v_mean, &cohort.v_mean, V_MEAN_SD_FLOOR)),
                     (range_log, expected(2, &b.v_range, &cohort.v_range, LOG_SD_FLOOR)),
                     (gap, expected(3, &b.v_gap, &cohort.v_gap, V_SD_FLOOR)),
                 ];
@@ -2611,6 +2619,30 @@ mod tests {
             closed.iter().flat_map(|w| &w.terminal_voltage).filter(|r| e.terminal_id(r.terminal) == "T-1").count();
         assert_eq!(t1_rows, 1, "one window with a report, no rows for the gap");
         assert!(closed.len() >= 30, "windows closed while T-2 reported alone: {}", closed.len());
+    }
+
+    #[test]
+    fn a_supplys_mean_is_measured_in_its_own_spread_down_to_a_centivolts_rounding() {
+        // A 12 V supply whose mean wanders by about 11 mV (0.09 % of
+        // nominal) from report to report, as many healthy supplies do: its
+        // quiet windows are about one of its own deviations out, not a
+        // fraction of one (a floor above its spread would make them so, and
+        // the same wander on a noisier supply would read twice as large).
+        let mut e = FeatureEngine::new(FeatureConfig::default());
+        let mut closed = Vec::new();
+        let wander = [0.0, 0.012, -0.012, 0.017, -0.017, 0.006, -0.006, 0.0];
+        for k in 0..2000 {
+            let v_mean = 12.0 + wander[(k * 5 % 8) as usize];
+            let line = format!(
+                r#"{{"terminal_id":"T-1","ts":{},"region":"r1","site_id":"S-1","supply_v_mean":{v_mean:.3},"supply_v_min":11.9,"supply_v_max":12.1,"supply_v_std":0.04}}"#,
+                T0 + k * 5 * MIN
+            );
+            closed.extend(e.process_batch(&batch(&[line])));
+        }
+        let drop = names::TERMINAL_VOLTAGE.iter().position(|n| *n == "v_mean_drop_z").expect("feature");
+        let z: Vec<f64> = closed[1000..].iter().flat_map(|w| &w.terminal_voltage).map(|r| r.features[drop]).collect();
+        let rms = (z.iter().map(|z| z * z).sum::<f64>() / z.len() as f64).sqrt();
+        assert!(z.len() > 900 && (0.8..1.25).contains(&rms), "{} windows, rms {rms}", z.len());
     }
 
     #[test]

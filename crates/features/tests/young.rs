@@ -71,12 +71,14 @@ fn a_new_site_whose_supply_is_steadily_low_has_not_dropped() {
     let drops = new_site_drops(11.7, i64::MAX);
     assert_eq!(drops.len(), 16);
     assert!(drops[0] > 2.0, "with nothing of its own it is the cohort's outlier: {drops:?}");
-    assert!(drops[3..].iter().all(|d| d.abs() < 1.0), "after a few windows it is its own level: {drops:?}");
+    // Its terminals' means wander by about one of their own deviations
+    // (0.01 V, just above the floor): within one and a half, it has not moved.
+    assert!(drops[3..].iter().all(|d| d.abs() < 1.5), "after a few windows it is its own level: {drops:?}");
 }
 
 #[test]
 fn a_young_site_that_drops_from_its_own_level_has_dropped() {
     let drops = new_site_drops(11.7, 8);
-    assert!(drops[..8].iter().skip(3).all(|d| d.abs() < 1.0), "{drops:?}");
+    assert!(drops[..8].iter().skip(3).all(|d| d.abs() < 1.5), "{drops:?}");
     assert!(drops[8] > 5.0, "0.3 V below its own level of eight windows: {drops:?}");
 }
