@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 
 use arrow::record_batch::RecordBatch;
 use termwatch_features::partial::{DetectorScores, WindowPartials, WindowScores};
-use termwatch_features::wire::{self, Lessons, PartialsRecord, WindowLessons, WireError};
+use termwatch_features::wire::{Lessons, PartialsRecord, WindowLessons, WireError};
 use termwatch_features::{FeatureEngine, Limits, ReleaseRow, WindowRows};
 use termwatch_telemetry::alerts::{AlertEvent, AlertKind, Scope};
 
@@ -142,7 +142,7 @@ impl Scorer {
     /// what it then can. Returns the alert events; a record that cannot be
     /// read changes nothing.
     pub fn learn(&mut self, value: &[u8]) -> Result<Vec<AlertEvent>, WireError> {
-        let lessons: Lessons = wire::decode(value)?;
+        let lessons = Lessons::decode(value)?;
         Ok(self.learn_lessons(lessons))
     }
 

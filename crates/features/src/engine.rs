@@ -364,6 +364,33 @@ impl CohortState {
     pub(crate) fn learn(&mut self, lesson: &Lesson, rates: CohortRates) {
         teach(&mut self.base, &mut self.prior, lesson, rates);
     }
+
+    /// Whether learning could have left this state: every level, spread
+    /// and rate finite, none of the spreads, rates or counts below zero. A
+    /// state that is not would put NaN in its young terminals' features,
+    /// and a NaN scores no alert.
+    pub(crate) fn is_sound(&self) -> bool {
+        let b = &self.base;
+        let p = &self.prior;
+        let counts = |(errors, attempts): (f64, f64)| {
+            errors.is_finite() && attempts.is_finite() && errors >= 0.0 && attempts >= 0.0
+        };
+        [b.v_std, b.v_mean, b.v_range, b.v_gap, b.rtt_log, b.loss].iter().all(Spread::is_sound)
+            && [b.sags, b.reboots, b.reconnects, b.timeouts]
+                .iter()
+                .chain(&p.v_within)
+                .all(|e| e.is_sound() && e.mean >= 0.0)
+            && counts(p.reader)
+            && counts(p.printer)
+    }
+
+    /// A state no learning could reach, for the tests of what refuses it.
+    #[cfg(test)]
+    pub(crate) fn unsound() -> CohortState {
+        let mut state = CohortState::default();
+        state.base.sags.mean = f32::NAN;
+        state
+    }
 }
 
 /// One terminal's lesson learnt by its cohort: the one code path of one

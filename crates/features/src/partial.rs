@@ -363,6 +363,21 @@ impl CohortStates {
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &CohortState)> {
         self.states.iter().map(|(c, s)| (&**c, s))
     }
+
+    /// Refuses states the merging stage would never have sent (a record
+    /// of a topic is not checksummed): a cohort's state that is not finite,
+    /// or a model's pool sums that are not.
+    pub fn check(&self) -> Result<(), String> {
+        if let Some((cohort, _)) = self.states.iter().find(|(_, s)| !s.is_sound()) {
+            return Err(format!("cohort {cohort:?}: a state no learning leaves (not finite, or below zero)"));
+        }
+        self.release.check()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn of(states: Vec<(CompactString, CohortState)>) -> CohortStates {
+        CohortStates { states, release: ReleaseLessons::default() }
+    }
 }
 
 /// The merging stage's cohorts: each learnt from every engine's lessons,

@@ -283,6 +283,14 @@ pub struct ReleaseLessons {
 }
 
 impl ReleaseLessons {
+    /// Refuses pool sums that are not finite.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        match self.models.iter().find(|(_, sums)| !sums.iter().all(|x| x.is_finite())) {
+            Some((model, _)) => Err(format!("model key {model}: pool sums not finite")),
+            None => Ok(()),
+        }
+    }
+
     fn add(&mut self, model: u32, adds: [f64; 6]) {
         let i = match self.models.binary_search_by_key(&model, |m| m.0) {
             Ok(i) => i,

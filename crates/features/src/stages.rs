@@ -228,7 +228,11 @@ impl LocalStages {
                 let read = out.merged[*given..]
                     .iter()
                     .zip(&sent[*given..])
-                    .map(|(m, bytes)| Ok((m.end_ms, wire::decode::<CohortStates>(bytes)?)))
+                    .map(|(m, bytes)| {
+                        let states = wire::decode::<CohortStates>(bytes)?;
+                        states.check().map_err(WireError::Malformed)?;
+                        Ok((m.end_ms, states))
+                    })
                     .collect::<Result<Vec<_>, WireError>>()
                     .map_err(|e| StageError::Wire(e.to_string()))?;
                 let rows = self.engines[source].learn_cohorts(through, read.iter().map(|(end, c)| (*end, c)));

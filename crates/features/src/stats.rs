@@ -30,6 +30,11 @@ impl Ewma {
     pub fn get(&self) -> Option<f64> {
         (self.weight > 0.0).then_some(f64::from(self.mean))
     }
+
+    /// What learning can leave: a finite mean, of a weight at least zero.
+    pub fn is_sound(&self) -> bool {
+        self.mean.is_finite() && self.weight.is_finite() && self.weight >= 0.0
+    }
 }
 
 /// A level and its spread, learnt together: an exponentially weighted mean
@@ -50,6 +55,12 @@ pub struct Spread {
 const SPREAD_CLIP: f64 = 4.0;
 
 impl Spread {
+    /// What learning can leave: a finite level, and a finite mean square
+    /// deviation of at least zero.
+    pub fn is_sound(&self) -> bool {
+        self.level.is_sound() && self.var.is_sound() && self.var.mean >= 0.0
+    }
+
     /// The standard deviation, at least `floor`.
     pub fn sd(&self, floor: f64) -> f64 {
         f64::from(self.var.mean).max(0.0).sqrt().max(floor)

@@ -69,6 +69,19 @@ pub struct WindowLessons {
     pub thresholds: Vec<(AlertKind, Scope, f64, f64)>,
 }
 
+impl Lessons {
+    /// Reads a record of the lessons topic: refused, as a record that
+    /// cannot be read is, when a window's cohort states are not what the
+    /// merging stage could have sent.
+    pub fn decode(value: &[u8]) -> Result<Lessons, WireError> {
+        let lessons: Lessons = decode(value)?;
+        for w in &lessons.windows {
+            w.cohorts.check().map_err(|why| WireError::Malformed(format!("window ending {}: {why}", w.end_ms)))?;
+        }
+        Ok(lessons)
+    }
+}
+
 /// Why a record of a topic between the stages was not read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
@@ -141,7 +154,7 @@ pub fn apply(merger: &mut WindowMerger, key: Option<&[u8]>, value: &[u8]) -> Res
 /// lessons topic: the windows that lets it close. A record that cannot be
 /// read changes nothing.
 pub fn learn(engine: &mut FeatureEngine, value: &[u8]) -> Result<Vec<WindowRows>, WireError> {
-    let lessons: Lessons = decode(value)?;
+    let lessons = Lessons::decode(value)?;
     Ok(engine.learn_cohorts(lessons.through_ms, lessons.windows.iter().map(|w| (w.end_ms, &w.cohorts))))
 }
 
@@ -150,6 +163,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::engine::CohortState;
     use crate::partial::SitePartial;
 
     /// A key, a value, and why it is refused.
@@ -242,6 +256,29 @@ mod tests {
         }
         // Read, it is learnt: the engine now knows windows through 600 s are given.
         assert!(learn(&mut engine, &bytes).expect("read").is_empty());
+    }
+
+    #[test]
+    fn a_cohort_state_no_learning_leaves_is_refused_with_its_record() {
+        let mut engine = FeatureEngine::new(crate::FeatureConfig::default());
+        engine.share_cohorts(true);
+        let states =
+            |state| CohortStates::of(vec![("V3|2.4.7".into(), CohortState::default()), ("V3|2.4.8".into(), state)]);
+        let lessons = |state| Lessons {
+            through_ms: 600_000,
+            windows: vec![WindowLessons { end_ms: 300_000, cohorts: states(state), ..WindowLessons::default() }],
+        };
+        let bad = encode(&lessons(CohortState::unsound())).expect("encode");
+        match learn(&mut engine, &bad) {
+            Err(WireError::Malformed(why)) => {
+                assert!(why.contains("window ending 300000") && why.contains("V3|2.4.8"), "{why}")
+            }
+            other => panic!("refused as malformed, not {other:?}"),
+        }
+        assert_eq!(engine.closed_through(), None, "nothing learnt");
+        assert_eq!(WireError::Malformed(String::new()).problem(), "malformed", "counted as a record not read");
+        let good = encode(&lessons(CohortState::default())).expect("encode");
+        assert!(learn(&mut engine, &good).expect("read").is_empty());
     }
 
     proptest! {
