@@ -2334,7 +2334,10 @@ impl Report {
             ts,
             supply,
             interval_s: c.interval.filter(|a| a.is_valid(row)).map_or(DEFAULT_INTERVAL_S, |a| a.value(row)),
-            sags: u(c.sags) + u(c.swells),
+            // A supply that swings across both lines within one report is
+            // one disturbance: each counter is at least one whenever its
+            // line is crossed, and their sum would count it twice.
+            sags: u(c.sags).max(u(c.swells)),
             reboots: u(c.reboots),
             rtt: f(c.rtt),
             loss: f(c.loss),
@@ -2646,6 +2649,35 @@ mod tests {
             closed.iter().flat_map(|w| &w.terminal_voltage).filter(|r| e.terminal_id(r.terminal) == "T-1").count();
         assert_eq!(t1_rows, 1, "one window with a report, no rows for the gap");
         assert!(closed.len() >= 30, "windows closed while T-2 reported alone: {}", closed.len());
+    }
+
+    #[test]
+    fn a_report_whose_supply_swings_across_both_lines_is_one_disturbance() {
+        // T-1's supply crosses the sag line in a report of every four for
+        // two days; then one report crosses both lines (each counter is at
+        // least one when its line is crossed). It is as surprising as one
+        // sag, not as two.
+        let line = |ts: i64, sags: u32, swells: u32| {
+            format!(
+                r#"{{"terminal_id":"T-1","ts":{ts},"region":"r1","site_id":"S-1","interval_s":300,"supply_v_mean":12.0,"supply_v_min":11.9,"supply_v_max":12.1,"supply_v_std":0.04,"supply_sags":{sags},"supply_swells":{swells}}}"#
+            )
+        };
+        let mut e = FeatureEngine::new(FeatureConfig::default());
+        let mut closed = Vec::new();
+        for k in 0..600 {
+            let (sags, swells) = match k {
+                596 => (1, 0),
+                598 => (1, 1),
+                _ if k % 4 == 0 => (1, 0),
+                _ => (0, 0),
+            };
+            closed.extend(e.process_batch(&batch(&[line(T0 + k * 5 * MIN + MIN, sags, swells)])));
+        }
+        closed.extend(e.finish());
+        let sag = names::TERMINAL_VOLTAGE.iter().position(|n| *n == "sag_surprise").expect("feature");
+        let at = |k: usize| closed[k].terminal_voltage[0].features[sag];
+        assert!(at(596) > 0.5, "a sag at its own rate: {}", at(596));
+        assert!((at(598) - at(596)).abs() < 0.05, "both lines {} against one sag {}", at(598), at(596));
     }
 
     #[test]

@@ -42,7 +42,9 @@ pub use stats::{Ewma, FNV_OFFSET, Spread, fnv1a, poisson_surprise};
 pub mod names {
     /// `_z`: in units of the terminal's own spread (standard deviations
     /// from its level); `_surprise`: how unlikely the window's count is at
-    /// the terminal's own rate, `-ln P(X >= k)` in nats.
+    /// the terminal's own rate, `-ln P(X >= k)` in nats (a report's sags
+    /// and swells count as the larger of the two: a supply that swings
+    /// across both lines in one report is one disturbance).
     pub const TERMINAL_VOLTAGE: [&str; 6] =
         ["v_std_z", "v_mean_drop_z", "v_range_z", "sag_surprise", "reboot_surprise", "v_min_drop_z"];
     /// `_second_worst`: the site's second-worst terminal's value, so one
