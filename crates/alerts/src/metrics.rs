@@ -1266,17 +1266,7 @@ mod tests {
         tracker.observe(window("T-1", 0, 0.9));
         tracker.observe(window("T-1", 1, 0.9));
         let engine = FeatureEngine::new(FeatureConfig::default());
-        metrics.observe(&AlertView {
-            alerts: &[&tracker],
-            engines: &[("", &engine)],
-            events: &[],
-            scores: &[],
-            region_scores: &[],
-            releases: &[],
-            thresholds: &[],
-            model_version: "m",
-            now_ms: T0,
-        });
+        metrics.observe(&AlertView { alerts: &[&tracker], ..engines_view(&[("", &engine)], T0) });
         assert_eq!(gathered(&registry).get("termwatch_alert_entity_score"), None);
         assert_eq!(metrics.entities_cut_off.get(), 1);
     }
