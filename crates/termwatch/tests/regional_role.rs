@@ -766,8 +766,17 @@ fn a_terminal_process_keeps_an_idle_terminals_state_in_its_partitions_cold_store
         value(t, "termwatch_merged_through_timestamp_seconds").is_some_and(|s| s >= eight_hours)
     });
     produce(&broker.kafka, broker.telemetry(), &fleet(110..111, true), None, |_| {});
-    let text = stage1
-        .wait("T-quiet stored", |t| value(t, "termwatch_cold_store_total{event=\"stored\"}").is_some_and(|n| n >= 1.0));
+    // A scrape is not one instant: the registry reads its metrics one by
+    // one while the sink updates them, so one scrape can hold the counter
+    // after a store and the gauge from before it (seen once, under load).
+    // Waited for together, then checked for exactly one.
+    let reached = |t: &str, name: &str| value(t, name).is_some_and(|n| n >= 1.0);
+    let text = stage1.wait("T-quiet stored and held", |t| {
+        reached(t, "termwatch_cold_store_total{event=\"stored\"}")
+            && reached(t, "termwatch_cold_terminals")
+            && reached(t, "termwatch_terminals_forgotten_total{reason=\"idle\"}")
+    });
+    assert_eq!(value(&text, "termwatch_cold_store_total{event=\"stored\"}"), Some(1.0), "{text}");
     assert_eq!(value(&text, "termwatch_cold_terminals"), Some(1.0), "{text}");
     assert_eq!(value(&text, "termwatch_terminals_forgotten_total{reason=\"idle\"}"), Some(1.0), "{text}");
     produce(&broker.kafka, broker.telemetry(), &fleet(111..120, true), None, |_| {});
