@@ -64,12 +64,18 @@ struct Split {
     /// predecessor had learnt past it, and learns each window's only once
     /// it has closed that window again, as its predecessor did.
     pending: VecDeque<Lessons>,
+    /// The bytes each pending record came in, in the same order.
+    pending_bytes: VecDeque<usize>,
 }
 
 /// Lessons records a stage-1 scorer keeps for windows it has not closed
 /// (about what its predecessor got ahead of its last snapshot); past it,
 /// the oldest is learnt whole, as if its windows had closed.
 pub const MAX_PENDING_LESSONS: usize = 256;
+/// The same bound in bytes, as the records came: a record is as large as
+/// the lessons topic lets one be (`message.max.bytes`), and 256 of the
+/// largest would be a quarter of a gigabyte per partition held.
+pub const MAX_PENDING_LESSON_BYTES: usize = 32 << 20;
 
 /// One firmware version's latest release health.
 #[derive(Debug, Clone, PartialEq)]
@@ -143,13 +149,21 @@ impl Scorer {
     /// read changes nothing.
     pub fn learn(&mut self, value: &[u8]) -> Result<Vec<AlertEvent>, WireError> {
         let lessons = Lessons::decode(value)?;
-        Ok(self.learn_lessons(lessons))
+        Ok(self.learn_lessons(lessons, value.len()))
     }
 
-    fn learn_lessons(&mut self, lessons: Lessons) -> Vec<AlertEvent> {
+    fn learn_lessons(&mut self, lessons: Lessons, bytes: usize) -> Vec<AlertEvent> {
         let Some(split) = self.split.as_mut() else { return Vec::new() };
         split.pending.push_back(lessons);
+        split.pending_bytes.push_back(bytes);
         self.apply_lessons()
+    }
+
+    /// Lessons records kept for windows this stage-1 scorer has not closed
+    /// yet, and their bytes as they came: at most [`MAX_PENDING_LESSONS`]
+    /// and [`MAX_PENDING_LESSON_BYTES`].
+    pub fn pending_lessons(&self) -> (usize, usize) {
+        self.split.as_ref().map_or((0, 0), |s| (s.pending.len(), s.pending_bytes.iter().sum()))
     }
 
     /// Learns the pending lessons of the windows this engine has closed,
@@ -161,7 +175,8 @@ impl Scorer {
         loop {
             let closed = self.engine.closed_through();
             let Some(split) = self.split.as_mut() else { break };
-            let over = split.pending.len() > MAX_PENDING_LESSONS;
+            let over = split.pending.len() > MAX_PENDING_LESSONS
+                || split.pending_bytes.iter().sum::<usize>() > MAX_PENDING_LESSON_BYTES;
             let Some(front) = split.pending.front_mut() else { break };
             let upto = match closed {
                 _ if over => front.through_ms,
@@ -174,6 +189,7 @@ impl Scorer {
             let done = upto == front.through_ms;
             if done {
                 split.pending.pop_front();
+                split.pending_bytes.pop_front();
             }
             let learnt = self.engine.cohorts_learnt_through();
             if now.is_empty() && !done && learnt.is_some_and(|l| l >= upto) {
@@ -467,6 +483,12 @@ impl Scorer {
                 outbox: state.outbox,
                 thresholds: state.thresholds,
                 untaught: 0,
+                // Sized as they would come again.
+                pending_bytes: state
+                    .pending
+                    .iter()
+                    .map(|l| termwatch_features::wire::encode(l).map_or(0, |v| v.len()))
+                    .collect(),
                 pending: state.pending.into(),
             };
         }

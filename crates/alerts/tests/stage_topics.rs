@@ -18,7 +18,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use termwatch_alerts::calibration::FleetThreshold;
 use termwatch_alerts::merging::{MergingConfig, MergingStage, Started};
-use termwatch_alerts::scoring::Scorer;
+use termwatch_alerts::scoring::{MAX_PENDING_LESSON_BYTES, MAX_PENDING_LESSONS, Scorer};
 use termwatch_alerts::stage_topics::{LessonsReader, PartialsReader, StagePublisher};
 use termwatch_features::partial::{CohortTeacher, MergedWindow, RegionWindow, WindowMerger, WindowPartials};
 use termwatch_features::wire::{self, Lessons, PartialsRecord, WindowLessons, WireError};
@@ -652,6 +652,43 @@ fn a_held_window_passed_by_lessons_without_its_own_is_scored_and_counted() {
     let records = stage1.take_partials();
     assert!(matches!(records.first(), Some(PartialsRecord::Scores(s)) if s.end_ms == w.end_ms), "{records:?}");
     assert!(records[1..].iter().all(|r| matches!(r, PartialsRecord::Window(_))), "{records:?}");
+}
+
+/// Lessons a stage-1 scorer reads ahead of its own windows (a replica
+/// restored behind the merging stage) wait for it, within bounds both in
+/// records and in bytes as they came: past either, the oldest is learnt
+/// whole, as if its windows had closed.
+#[test]
+fn a_stage_one_scorer_keeps_lessons_ahead_of_it_within_its_bounds() {
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/default/model.json");
+    let models = ModelSet::load(&shipped).expect("models/default");
+    // One window each, far ahead of a scorer that has read no telemetry,
+    // made as large as wanted with the names of bad sites (64 bytes each).
+    let record = |i: i64, sites: usize| {
+        let end_ms = 1_800_000_000_000 + i * 300_000;
+        let bad_sites = (0..sites).map(|s| format!("S-{i:06}-{s:055}").into_boxed_str()).collect();
+        let window = WindowLessons { end_ms, cohorts: Default::default(), bad_sites, thresholds: Vec::new() };
+        wire::encode(&Lessons { through_ms: end_ms, windows: vec![window] }).expect("encode")
+    };
+    // Small records: the count binds.
+    let mut s = Scorer::new(models.clone()).expect("scorer").split();
+    for i in 0..300 {
+        s.learn(&record(i, 1)).expect("read");
+        assert!(s.pending_lessons().0 <= MAX_PENDING_LESSONS, "{:?} after {i}", s.pending_lessons());
+    }
+    assert_eq!(s.pending_lessons().0, MAX_PENDING_LESSONS);
+    // Records of a megabyte, the size of the largest a topic takes by
+    // default: the bytes bind, long before the count.
+    let big = record(0, 16_000).len();
+    assert!(big > 1_000_000, "{big} bytes");
+    let mut s = Scorer::new(models).expect("scorer").split();
+    for i in 0..60 {
+        s.learn(&record(i, 16_000)).expect("read");
+        assert!(s.pending_lessons().1 <= MAX_PENDING_LESSON_BYTES, "{:?} after {i}", s.pending_lessons());
+    }
+    let (records, bytes) = s.pending_lessons();
+    assert_eq!(records, MAX_PENDING_LESSON_BYTES / big, "{records} records of {bytes} bytes");
+    assert_eq!(bytes, records * big);
 }
 
 /// Plays stage 2 for one stage-1 scorer alone: teaches each window it
