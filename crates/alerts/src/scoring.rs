@@ -63,9 +63,8 @@ struct Split {
     /// replica restored from a snapshot reads on the lessons its
     /// predecessor had learnt past it, and learns each window's only once
     /// it has closed that window again, as its predecessor did.
-    pending: VecDeque<Lessons>,
-    /// The bytes each pending record came in, in the same order.
-    pending_bytes: VecDeque<usize>,
+    /// Each with the bytes it came in.
+    pending: VecDeque<(Lessons, usize)>,
 }
 
 /// Lessons records a stage-1 scorer keeps for windows it has not closed
@@ -154,8 +153,7 @@ impl Scorer {
 
     fn learn_lessons(&mut self, lessons: Lessons, bytes: usize) -> Vec<AlertEvent> {
         let Some(split) = self.split.as_mut() else { return Vec::new() };
-        split.pending.push_back(lessons);
-        split.pending_bytes.push_back(bytes);
+        split.pending.push_back((lessons, bytes));
         self.apply_lessons()
     }
 
@@ -163,7 +161,7 @@ impl Scorer {
     /// yet, and their bytes as they came: at most [`MAX_PENDING_LESSONS`]
     /// and [`MAX_PENDING_LESSON_BYTES`].
     pub fn pending_lessons(&self) -> (usize, usize) {
-        self.split.as_ref().map_or((0, 0), |s| (s.pending.len(), s.pending_bytes.iter().sum()))
+        self.split.as_ref().map_or((0, 0), |s| (s.pending.len(), s.pending.iter().map(|p| p.1).sum()))
     }
 
     /// Learns the pending lessons of the windows this engine has closed,
@@ -176,8 +174,8 @@ impl Scorer {
             let closed = self.engine.closed_through();
             let Some(split) = self.split.as_mut() else { break };
             let over = split.pending.len() > MAX_PENDING_LESSONS
-                || split.pending_bytes.iter().sum::<usize>() > MAX_PENDING_LESSON_BYTES;
-            let Some(front) = split.pending.front_mut() else { break };
+                || split.pending.iter().map(|p| p.1).sum::<usize>() > MAX_PENDING_LESSON_BYTES;
+            let Some((front, _)) = split.pending.front_mut() else { break };
             let upto = match closed {
                 _ if over => front.through_ms,
                 Some(closed) => front.through_ms.min(closed),
@@ -189,7 +187,6 @@ impl Scorer {
             let done = upto == front.through_ms;
             if done {
                 split.pending.pop_front();
-                split.pending_bytes.pop_front();
             }
             let learnt = self.engine.cohorts_learnt_through();
             if now.is_empty() && !done && learnt.is_some_and(|l| l >= upto) {
@@ -484,12 +481,14 @@ impl Scorer {
                 thresholds: state.thresholds,
                 untaught: 0,
                 // Sized as they would come again.
-                pending_bytes: state
+                pending: state
                     .pending
-                    .iter()
-                    .map(|l| termwatch_features::wire::encode(l).map_or(0, |v| v.len()))
+                    .into_iter()
+                    .map(|l| {
+                        let bytes = termwatch_features::wire::encode(&l).map_or(0, |v| v.len());
+                        (l, bytes)
+                    })
                     .collect(),
-                pending: state.pending.into(),
             };
         }
         Ok((snap.position, offsets))
@@ -524,7 +523,7 @@ impl Scorer {
             held: s.held.iter().cloned().collect(),
             outbox: s.outbox.clone(),
             thresholds: s.thresholds.clone(),
-            pending: s.pending.iter().cloned().collect(),
+            pending: s.pending.iter().map(|(l, _)| l.clone()).collect(),
             offsets,
         })
     }
