@@ -88,6 +88,17 @@ impl Fixture {
             .env("TERMWATCH_STATE_PATH", state)
             .env("TERMWATCH_STATE_INTERVAL_S", interval_s)
             .env("TERMWATCH_BATCH_MAX_MS", "50")
+            // The mock cluster elects a leader only when its join timer
+            // (the session timeout less 1 s) runs out, and completes a sync
+            // as soon as the leader's SyncGroup arrives: a member whose own
+            // SyncGroup comes later gets nothing and must join again. Under
+            // load that loses round after round; at the 45 s default, two
+            // losses used up the rebalance test's two minutes (CI, stop 40).
+            // Shorter rounds give it many tries, each still long enough for
+            // the member that owned everything to revoke (flush, snapshot, a
+            // commit retried for 3 s) and join again before the election.
+            .env("TERMWATCH_KAFKA_PROPERTY_SESSION_TIMEOUT_MS", "10000")
+            .env("TERMWATCH_KAFKA_PROPERTY_HEARTBEAT_INTERVAL_MS", "1000")
             .env("TERMWATCH_LOG", std::env::var("STATE_TEST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
