@@ -92,7 +92,7 @@ impl Fixture {
             // (the session timeout less 1 s) runs out, and completes a sync
             // as soon as the leader's SyncGroup arrives: a member whose own
             // SyncGroup comes later gets nothing and must join again. Under
-            // load that loses round after round; at the 45 s default, two
+            // load it can lose round after round; at the 45 s default, two
             // losses used up the rebalance test's two minutes (CI, stop 40).
             // Shorter rounds give it many tries, each still long enough for
             // the member that owned everything to revoke (flush, snapshot, a
