@@ -70,6 +70,7 @@ fn main() {
         score,
         bad,
         critical: score > 0.95,
+        holds: bad,
         model_version: "bench-1",
         reasons: reasons.clone(),
     };

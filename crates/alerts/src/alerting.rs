@@ -10,6 +10,9 @@
 //!   severity `critical` (the two-tier policy);
 //! - while firing, the run of consecutive good windows: the `m`-th
 //!   ([`HysteresisConfig::resolve_after_good_windows`]) emits a `resolved` one.
+//!   A window below the threshold that still holds the alert up (at or above
+//!   the detector's resolve threshold, [`Scored::holds`]) is not good: it
+//!   breaks the run without changing the alert's reasons.
 //!
 //! So an entity has at most one firing alert of a kind at a time, and its
 //! events alternate `firing`, `resolved`, `firing`... as the contract requires.
@@ -68,6 +71,10 @@ pub struct Scored<'a> {
     /// The score is at or above the detector's critical threshold (implies
     /// `bad`): a quiet entity fires at once, with severity critical.
     pub critical: bool,
+    /// The score is at or above the detector's resolve threshold (implied
+    /// by `bad`): while the entity's alert fires, the window holds it up
+    /// and does not count towards resolving it.
+    pub holds: bool,
     pub model_version: &'a str,
     /// The features that drove the score, most important first.
     pub reasons: Vec<Reason>,
@@ -622,7 +629,7 @@ fn step(
     if *firing.model_version != *scored.model_version {
         firing.model_version = scored.model_version.into();
     }
-    let transition = hysteresis(true, &mut firing.good_run, bad, scored.critical, k, m);
+    let transition = hysteresis(true, &mut firing.good_run, bad || scored.holds, scored.critical, k, m);
     if bad {
         if severity > firing.peak_severity {
             count_remove(counts, slot, firing.peak_severity, &entry.region);
@@ -679,6 +686,7 @@ mod tests {
             score,
             bad,
             critical,
+            holds: bad,
             model_version: "voltage-test",
             reasons: if bad { vec![reason(score)] } else { Vec::new() },
         }
@@ -791,6 +799,23 @@ mod tests {
             [win(0, true), win(1, true), win(2, false), win(3, false), win(4, true), win(5, false), win(6, false)];
         assert_eq!(feed(&mut t, windows), vec![(1, AlertState::Firing)]);
         assert_eq!(feed(&mut t, [win(7, false)]), vec![(7, AlertState::Resolved)]);
+    }
+
+    #[test]
+    fn a_window_that_holds_the_alert_breaks_the_good_run_and_keeps_the_reasons() {
+        let mut t = tracker(2, 3);
+        // Below the threshold, at or above the resolve threshold.
+        let held = |i| Scored { score: 0.5, holds: true, ..win(i, false) };
+        assert_eq!(
+            feed(&mut t, [win(0, true), win(1, true), win(2, false), win(3, false)]),
+            vec![(1, AlertState::Firing)]
+        );
+        assert_eq!(feed(&mut t, [held(4), win(5, false), win(6, false)]), vec![], "the held window restarts the run");
+        let alert = t.firing_alert(AlertKind::VoltageInstability, Scope::Terminal, "T-1").expect("still firing");
+        assert_eq!(alert.reasons, [reason(0.9)], "a held window is no new evidence");
+        assert_eq!(feed(&mut t, [win(7, false)]), vec![(7, AlertState::Resolved)]);
+        // Quiet, a window that would hold is not bad: it fires nothing.
+        assert_eq!(feed(&mut t, (8..12).map(held)), vec![]);
     }
 
     #[test]

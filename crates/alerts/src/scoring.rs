@@ -965,6 +965,7 @@ fn scored<'a>(
         score: (score * 1e4).round() / 1e4,
         bad: score >= threshold,
         critical: is_critical(score, critical),
+        holds: score >= d.hold_threshold(threshold),
         model_version: version,
         reasons,
     }

@@ -44,6 +44,24 @@ pub struct DetectorFigures {
     /// What the two-tier policy does on the training incidents of this
     /// kind and scope, against the `k` rule alone (same threshold).
     pub incidents: IncidentFigures,
+    /// How the resolve threshold was calibrated, when training was asked
+    /// for one (`TrainConfig::resolve_targets`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolve: Option<ResolveFigures>,
+}
+
+/// The resolve threshold's calibration, and what it does on the training
+/// incidents.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResolveFigures {
+    /// The target whose `k`-rule threshold is the resolve threshold.
+    pub target_false_alerts_per_1000_terminal_days: f64,
+    /// Training incidents whose alert resolved while they went on, with
+    /// windows below the threshold counting towards resolving.
+    pub early_at_threshold: usize,
+    /// The same, held up by windows at or above the resolve threshold.
+    pub early_at_resolve_threshold: usize,
 }
 
 /// Training incidents of one detector, replayed through the alert policy.

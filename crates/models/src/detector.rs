@@ -52,6 +52,13 @@ pub struct Detector {
     /// false-alert budget; 1.0 switches the tier off (a logistic score can
     /// round to exactly 1.0, so 1.0 is tested as "off", not as a level).
     pub critical_threshold: f64,
+    /// While an alert of this detector fires, a window holds it up when it
+    /// scores at or above this (at most `threshold`), and only a run of
+    /// windows below it resolves the alert. None: `threshold` itself, as in
+    /// artifacts from before `termwatch-default-45`. Training sets it for
+    /// firmware only (`training::resolve_threshold` says why and how).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolve_threshold: Option<f64>,
     /// What the fleet being watched is compared with before the service
     /// moves `threshold` (`termwatch_alerts::calibration`); None in
     /// artifacts from before `termwatch-default-12`, and for the detectors
@@ -149,6 +156,7 @@ impl Detector {
             intercept: sign * fitted.intercept(),
             threshold: 0.5,
             critical_threshold: CRITICAL_OFF,
+            resolve_threshold: None,
             fleet: None,
         })
     }
@@ -156,6 +164,14 @@ impl Detector {
     /// Whether a window with this score is critical (fires at once).
     pub fn is_critical(&self, score: f64) -> bool {
         is_critical(score, self.critical_threshold)
+    }
+
+    /// The level a window must reach to hold a firing alert up while the
+    /// detector's threshold in use is `threshold`: the resolve threshold,
+    /// never above the threshold (fleet calibration may have lowered
+    /// neither, but an artifact's may be inconsistent).
+    pub fn hold_threshold(&self, threshold: f64) -> f64 {
+        self.resolve_threshold.map_or(threshold, |r| r.min(threshold))
     }
 
     /// The probability that this window is inside an incident, 0-1.
@@ -231,6 +247,30 @@ mod tests {
         let err = Detector::fit(AlertKind::HardwareAging, Scope::Terminal, &["a"], &x, &[false, false], 1.0)
             .expect_err("one class");
         assert!(err.to_string().contains("both classes"), "{err}");
+    }
+
+    #[test]
+    fn the_hold_threshold_is_the_resolve_threshold_never_above_the_threshold_in_use() {
+        let mut d = Detector::fit(
+            AlertKind::FirmwareRegression,
+            Scope::Cohort,
+            &["a"],
+            &[vec![0.0], vec![5.0]],
+            &[false, true],
+            0.1,
+        )
+        .expect("fits");
+        assert_eq!(d.hold_threshold(0.87), 0.87, "none: the threshold itself");
+        d.resolve_threshold = Some(0.535);
+        assert_eq!(d.hold_threshold(0.87), 0.535);
+        assert_eq!(d.hold_threshold(0.4), 0.4, "a threshold in use below it wins");
+        let json = serde_json::to_string(&d).expect("serialises");
+        assert!(json.contains("\"resolve_threshold\":0.535"), "{json}");
+        d.resolve_threshold = None;
+        assert!(
+            !serde_json::to_string(&d).expect("serialises").contains("resolve_threshold"),
+            "older artifacts read alike"
+        );
     }
 
     #[test]

@@ -110,7 +110,12 @@ impl HysteresisConfig {
 ///   a shop closes for the night). Resolved after 12, a leaking version on
 ///   external-1 paged three times in a day, with quiet spells of under four
 ///   hours between; a rolled-back version, whose terminals no longer give
-///   rows, goes stale after a day.
+///   rows, goes stale after a day. The detector's threshold is strict (no
+///   healthy training version reached it), so its windows count as good
+///   only below its lower resolve threshold
+///   ([`crate::detector::Detector::resolve_threshold`]): at the strict
+///   threshold alone, external-1's leaking version ebbed below it for six
+///   hours of one night and paged again in the morning.
 /// - Staleness is longer than the gaps that are normal for the kind. Sites
 ///   that switch terminals off at night are silent up to ~16 h (a café
 ///   closing at 15:00 and opening at 06:30), so a terminal voltage alert
@@ -198,7 +203,9 @@ pub enum Transition {
 /// raise: quiet, an alert fires after `k` consecutive bad windows, or at
 /// once on a critical one; firing, it resolves after `m` consecutive good
 /// ones. `run` is the run of bad windows while quiet, of good ones while
-/// firing.
+/// firing. While firing, `bad` says whether the window holds the alert up:
+/// at or above the detector's resolve threshold, which may lie below the
+/// threshold that fired it ([`crate::detector::Detector::resolve_threshold`]).
 pub fn hysteresis(firing: bool, run: &mut u32, bad: bool, critical: bool, k: u32, m: u32) -> Transition {
     let bad = bad || critical;
     if !firing {

@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 use termwatch_features::{FeatureConfig, FeatureEngine, WindowRows, names};
 use termwatch_telemetry::alerts::{AlertKind, IncidentLabel, Scope, Verdict};
 
-use crate::artifact::{DetectorFigures, FORMAT, IncidentFigures, ModelSet, TrainingData, scored_at_site_scope};
+use crate::artifact::{
+    DetectorFigures, FORMAT, IncidentFigures, ModelSet, ResolveFigures, TrainingData, scored_at_site_scope,
+};
 use crate::detector::{CRITICAL_OFF, Detector, DetectorError, FleetReference, is_critical, logit};
 use crate::policy::{AlertingConfig, Transition, hysteresis};
 
@@ -129,6 +131,12 @@ pub struct TrainConfig {
     /// alert reaches further (a firmware alert halts a rollout fleet-wide)
     /// may be held to a stricter budget. Default none.
     pub kind_targets: Vec<(AlertKind, f64)>,
+    /// Kinds whose firing alerts are held up by windows at or above the
+    /// threshold this target would calibrate, when that is below the one
+    /// their own target does ([`Detector::resolve_threshold`]): a kind held
+    /// to a strict target fires on strict evidence and resolves only when
+    /// its windows look ordinary again. Default none.
+    pub resolve_targets: Vec<(AlertKind, f64)>,
     /// L2 penalty of the logistic regressions. Default 1.0.
     pub l2: f64,
     /// Most healthy windows used to fit one detector (all are used to
@@ -158,6 +166,11 @@ impl TrainConfig {
             .find(|(k, _)| *k == kind)
             .map_or(self.target_false_alerts_per_1000_terminal_days, |(_, t)| *t)
     }
+
+    /// The target whose threshold holds `kind`'s firing alerts, if any.
+    pub fn resolve_target_for(&self, kind: AlertKind) -> Option<f64> {
+        self.resolve_targets.iter().rev().find(|(k, _)| *k == kind).map(|(_, t)| *t)
+    }
 }
 
 impl Default for TrainConfig {
@@ -165,6 +178,7 @@ impl Default for TrainConfig {
         TrainConfig {
             target_false_alerts_per_1000_terminal_days: 0.2,
             kind_targets: Vec::new(),
+            resolve_targets: Vec::new(),
             l2: 1.0,
             max_fit_negatives: 200_000,
             feedback_weight: 20,
@@ -353,6 +367,10 @@ pub fn train(
         let scopes = plan_kinds.iter().filter(|k| **k == kind).count().max(1);
         let config = TrainConfig {
             target_false_alerts_per_1000_terminal_days: config.target_for(kind) / scopes as f64,
+            resolve_targets: config
+                .resolve_target_for(kind)
+                .map(|t| vec![(kind, t / scopes as f64)])
+                .unwrap_or_default(),
             ..config.clone()
         };
         let (d, f) = fit_one(kind, scope, feature_names, truths, &incidents, rows.terminal_days, (k, m), &config)?;
@@ -501,7 +519,13 @@ fn fit_one(
     let recall = positives.iter().filter(|p| d.score(p.2) >= threshold).count() as f64 / positives.len().max(1) as f64;
     let specificity =
         negatives.iter().filter(|n| d.score(n.2) < threshold).count() as f64 / negatives.len().max(1) as f64;
-    let (warnings, criticals) = policy.false_alerts(threshold, critical);
+    let resolve_target = config.resolve_target_for(kind);
+    if let Some(target) = resolve_target {
+        let hold = Policy { target, ..policy }.k_rule_threshold(&threshold_candidates());
+        d.resolve_threshold = (hold < threshold).then_some(hold);
+    }
+    let hold = d.hold_threshold(threshold);
+    let (warnings, criticals) = policy.false_alerts_held(threshold, critical, hold);
     // Firmware's windows are versions being rolled out, not a fleet's usual
     // state. Aging's evidence is already against each part's own rate, and
     // a wave of wearing parts (a fleet bought in one year) lifts its tail:
@@ -533,6 +557,11 @@ fn fit_one(
             median_delay_ms: median(calibration.chosen.delays.clone()),
             first_caught_at_once: calibration.chosen.at_once,
         },
+        resolve: resolve_target.map(|target| ResolveFigures {
+            target_false_alerts_per_1000_terminal_days: target,
+            early_at_threshold: policy.early_resolves(threshold, critical, threshold),
+            early_at_resolve_threshold: policy.early_resolves(threshold, critical, hold),
+        }),
     };
     Ok((d, figures))
 }
@@ -635,10 +664,39 @@ struct Calibration {
 impl Policy<'_> {
     /// False alerts `(warning, critical)` on the healthy windows.
     fn false_alerts(&self, threshold: f64, critical: f64) -> (usize, usize) {
+        self.false_alerts_held(threshold, critical, threshold)
+    }
+
+    /// The same with a firing alert held up by windows at or above `hold`.
+    fn false_alerts_held(&self, threshold: f64, critical: f64, hold: f64) -> (usize, usize) {
         self.healthy.iter().fold((0, 0), |(w, c), seq| {
-            let (dw, dc) = false_alerts(seq, threshold, critical, self.k, self.m);
+            let (dw, dc) = false_alerts(seq, threshold, critical, hold, self.k, self.m);
             (w + dw, c + dc)
         })
+    }
+
+    /// Training incidents whose alert resolves before the incident ends,
+    /// with firing alerts held up by windows at or above `hold`.
+    fn early_resolves(&self, threshold: f64, critical: f64, hold: f64) -> usize {
+        let mut early = 0;
+        for (seq, spans) in self.around {
+            let (firings, resolves) = alert_events(seq, threshold, critical, hold, self.k, self.m);
+            for &(start, end) in spans {
+                let Some(&(fired, _)) = firings.iter().find(|f| f.0 >= start && f.0 <= end) else { continue };
+                early += usize::from(resolves.iter().any(|&r| r > fired && r < end));
+            }
+        }
+        early
+    }
+
+    /// The lowest threshold at which the `k` rule alone keeps the false
+    /// alerts within the target (the highest candidate when none does).
+    fn k_rule_threshold(&self, thresholds: &[f64]) -> f64 {
+        thresholds
+            .iter()
+            .copied()
+            .find(|&t| self.admissible(t, CRITICAL_OFF))
+            .unwrap_or_else(|| thresholds.last().copied().unwrap_or(0.99999))
     }
 
     fn admissible(&self, threshold: f64, critical: f64) -> bool {
@@ -659,7 +717,7 @@ impl Policy<'_> {
     fn detections(&self, threshold: f64, critical: f64) -> Detections {
         let mut d = Detections { incidents: 0, delays: Vec::new(), at_once: 0 };
         for (seq, spans) in self.around {
-            let firings = firings(seq, threshold, critical, self.k, self.m);
+            let firings = firings(seq, threshold, critical, threshold, self.k, self.m);
             for &(start, end) in spans {
                 if seq.iter().all(|w| w.0 < start || w.0 > end) {
                     continue;
@@ -690,11 +748,7 @@ impl Policy<'_> {
     /// sensitive `k` rule missed a 30-minute mains incident on an unseen
     /// fleet. So the tier only spends what the `k` rule leaves of the budget.
     fn calibrate(&self, thresholds: &[f64], criticals: &[f64]) -> Calibration {
-        let threshold = thresholds
-            .iter()
-            .copied()
-            .find(|&t| self.admissible(t, CRITICAL_OFF))
-            .unwrap_or_else(|| thresholds.last().copied().unwrap_or(0.99999));
+        let threshold = self.k_rule_threshold(thresholds);
         let k_only = self.detections(threshold, CRITICAL_OFF);
         let mut best = (threshold, CRITICAL_OFF, k_only.clone());
         for &critical in criticals.iter().filter(|&&c| c < CRITICAL_OFF && c > threshold) {
@@ -712,30 +766,50 @@ impl Policy<'_> {
     }
 }
 
-/// Firing events `(window end, fired at once)` of the alert policy of
-/// service on one entity's windows (its hysteresis, the same function).
-fn firings(seq: &[(i64, f64)], threshold: f64, critical: f64, k: usize, m: usize) -> Vec<(i64, bool)> {
+/// Firing events `(window end, fired at once)` and the ends of the windows
+/// that resolved them, of the alert policy of service on one entity's
+/// windows (its hysteresis, the same function), a firing alert held up by
+/// windows at or above `hold`.
+fn alert_events(
+    seq: &[(i64, f64)],
+    threshold: f64,
+    critical: f64,
+    hold: f64,
+    k: usize,
+    m: usize,
+) -> (Vec<(i64, bool)>, Vec<i64>) {
     let (k, m) = (u32::try_from(k).unwrap_or(u32::MAX), u32::try_from(m).unwrap_or(u32::MAX));
     let (mut run, mut firing) = (0u32, false);
-    let mut events = Vec::new();
+    let (mut fired, mut resolved) = (Vec::new(), Vec::new());
     for &(t, s) in seq {
-        match hysteresis(firing, &mut run, s >= threshold, is_critical(s, critical), k, m) {
+        let bad = if firing { s >= hold || s >= threshold } else { s >= threshold };
+        match hysteresis(firing, &mut run, bad, is_critical(s, critical), k, m) {
             Transition::Fire { by_run } => {
-                events.push((t, !by_run));
+                fired.push((t, !by_run));
                 firing = true;
             }
-            Transition::Resolve => firing = false,
+            Transition::Resolve => {
+                resolved.push(t);
+                firing = false;
+            }
             Transition::Stay => {}
         }
     }
-    events
+    (fired, resolved)
+}
+
+/// Firing events `(window end, fired at once)`, as [`alert_events`].
+fn firings(seq: &[(i64, f64)], threshold: f64, critical: f64, hold: f64, k: usize, m: usize) -> Vec<(i64, bool)> {
+    alert_events(seq, threshold, critical, hold, k, m).0
 }
 
 /// Alerts `(fired by k bad windows, fired at once by a critical window)`
 /// that the alert policy of service would fire on one entity's healthy
 /// windows.
-fn false_alerts(seq: &[(i64, f64)], threshold: f64, critical: f64, k: usize, m: usize) -> (usize, usize) {
-    firings(seq, threshold, critical, k, m).iter().fold((0, 0), |(w, c), f| if f.1 { (w, c + 1) } else { (w + 1, c) })
+fn false_alerts(seq: &[(i64, f64)], threshold: f64, critical: f64, hold: f64, k: usize, m: usize) -> (usize, usize) {
+    firings(seq, threshold, critical, hold, k, m)
+        .iter()
+        .fold((0, 0), |(w, c), f| if f.1 { (w, c + 1) } else { (w + 1, c) })
 }
 
 fn median(values: Vec<i64>) -> Option<f64> {
@@ -779,12 +853,12 @@ mod tests {
     fn false_alerts_need_k_consecutive_bad_windows() {
         let seq: Vec<(i64, f64)> =
             [0.9, 0.1, 0.9, 0.9, 0.9, 0.1, 0.9, 0.9].iter().enumerate().map(|(i, s)| (i as i64, *s)).collect();
-        assert_eq!(false_alerts(&seq, 0.5, CRITICAL_OFF, 2, 1), (2, 0));
-        assert_eq!(false_alerts(&seq, 0.5, CRITICAL_OFF, 3, 1), (1, 0));
-        assert_eq!(false_alerts(&seq, 0.95, CRITICAL_OFF, 1, 1), (0, 0));
+        assert_eq!(false_alerts(&seq, 0.5, CRITICAL_OFF, 0.5, 2, 1), (2, 0));
+        assert_eq!(false_alerts(&seq, 0.5, CRITICAL_OFF, 0.5, 3, 1), (1, 0));
+        assert_eq!(false_alerts(&seq, 0.95, CRITICAL_OFF, 0.95, 1, 1), (0, 0));
         // Resolving takes two good windows: the single good window between
         // the runs does not, so the second run is the same alert.
-        assert_eq!(false_alerts(&seq, 0.5, CRITICAL_OFF, 2, 2), (1, 0));
+        assert_eq!(false_alerts(&seq, 0.5, CRITICAL_OFF, 0.5, 2, 2), (1, 0));
     }
 
     fn seq(scores: &[f64]) -> Vec<(i64, f64)> {
@@ -795,18 +869,18 @@ mod tests {
     fn false_alerts_of_the_at_once_tier() {
         let s = seq(&[0.97, 0.1, 0.6, 0.6, 0.1, 0.6, 0.97, 0.97, 0.1, 1.0]);
         // Tier off: only the run of two (0.6, 0.6) and the run 0.6, 0.97, 0.97 fire.
-        assert_eq!(false_alerts(&s, 0.5, CRITICAL_OFF, 2, 1), (2, 0));
+        assert_eq!(false_alerts(&s, 0.5, CRITICAL_OFF, 0.5, 2, 1), (2, 0));
         // At 0.95 the lone 0.97 fires at once; the run 0.6, 0.97 fires on its
         // second window, which the k rule would have done too: a warning.
         // A score of exactly 1.0 is critical when the tier is on...
-        assert_eq!(false_alerts(&s, 0.5, 0.95, 2, 1), (2, 2));
+        assert_eq!(false_alerts(&s, 0.5, 0.95, 0.5, 2, 1), (2, 2));
         // ...and never when it is off (a logistic score can round to 1.0).
-        assert_eq!(false_alerts(&seq(&[1.0, 0.1, 1.0]), 0.5, CRITICAL_OFF, 2, 1), (0, 0));
+        assert_eq!(false_alerts(&seq(&[1.0, 0.1, 1.0]), 0.5, CRITICAL_OFF, 0.5, 2, 1), (0, 0));
         // One alert per entity: critical windows while firing add none.
-        assert_eq!(false_alerts(&seq(&[0.99, 0.99, 0.99, 0.99]), 0.5, 0.95, 2, 3), (0, 1));
+        assert_eq!(false_alerts(&seq(&[0.99, 0.99, 0.99, 0.99]), 0.5, 0.95, 0.5, 2, 3), (0, 1));
         // Resolution counts good windows as before; the next critical window fires again.
-        assert_eq!(false_alerts(&seq(&[0.99, 0.1, 0.1, 0.99]), 0.5, 0.95, 2, 2), (0, 2));
-        assert_eq!(false_alerts(&seq(&[0.99, 0.1, 0.99]), 0.5, 0.95, 2, 2), (0, 1));
+        assert_eq!(false_alerts(&seq(&[0.99, 0.1, 0.1, 0.99]), 0.5, 0.95, 0.5, 2, 2), (0, 2));
+        assert_eq!(false_alerts(&seq(&[0.99, 0.1, 0.99]), 0.5, 0.95, 0.5, 2, 2), (0, 1));
     }
 
     /// A policy over synthetic windows: `healthy` entities' scores, and one
@@ -827,6 +901,42 @@ mod tests {
             confidence: None,
         };
         policy.calibrate(&threshold_candidates(), &CRITICAL_CANDIDATES)
+    }
+
+    #[test]
+    fn an_alert_held_at_a_looser_targets_threshold_outlasts_its_incidents_ebb() {
+        const W: i64 = 300_000;
+        let timed = |v: &[f64]| -> Vec<(i64, f64)> { v.iter().enumerate().map(|(i, s)| (i as i64 * W, *s)).collect() };
+        // An incident that fires at 0.9, ebbs to 0.6 for five windows (a
+        // night: m = 3 resolves it) and comes back before it ends.
+        let mut ebbing = vec![0.1; 4];
+        ebbing.extend([0.9, 0.9, 0.9, 0.6, 0.6, 0.6, 0.6, 0.6, 0.9, 0.9, 0.1, 0.1, 0.1, 0.1]);
+        let around = vec![(timed(&ebbing), vec![(4 * W, 13 * W)])];
+        // Healthy entities: one reaches 0.9 twice with 0.2 between, one
+        // sits at 0.55 for a while, one reaches 0.3 three times.
+        let healthy = vec![
+            timed(&[0.0, 0.9, 0.9, 0.2, 0.2, 0.2, 0.9, 0.9, 0.0, 0.0, 0.0]),
+            timed(&[0.0, 0.55, 0.55, 0.55, 0.0, 0.0, 0.0]),
+            timed(&[0.3, 0.3, 0.0, 0.0, 0.0, 0.3, 0.3, 0.0, 0.0, 0.0, 0.3, 0.3, 0.0, 0.0, 0.0]),
+        ];
+        // 1,000 terminal-days: a target of 2 allows two false alerts, 1 one.
+        let policy =
+            Policy { healthy: &healthy, around: &around, k: 2, m: 3, per_1000: 1.0, target: 1.0, confidence: None };
+        let strict = policy.k_rule_threshold(&threshold_candidates());
+        assert_eq!(strict, 0.905, "above both pairs of 0.9: no false alert");
+        let hold = Policy { target: 2.0, ..policy }.k_rule_threshold(&threshold_candidates());
+        assert_eq!(hold, 0.555, "two false alerts allowed: the 0.55s stay quiet");
+        // Fired at 0.85, the incident's ebb resolves its alert at the
+        // threshold but not held at 0.555; its end still resolves it.
+        let threshold = 0.85;
+        assert_eq!(policy.early_resolves(threshold, CRITICAL_OFF, threshold), 1);
+        assert_eq!(policy.early_resolves(threshold, CRITICAL_OFF, hold), 0);
+        assert_eq!(alert_events(&around[0].0, threshold, CRITICAL_OFF, hold, 2, 3).1, [16 * W]);
+        // Held, a healthy entity's alert still resolves when its windows
+        // fall below the hold; held as low as its 0.2s, its two would be one.
+        assert_eq!(policy.false_alerts_held(threshold, CRITICAL_OFF, threshold), (2, 0));
+        assert_eq!(policy.false_alerts_held(threshold, CRITICAL_OFF, hold), (2, 0));
+        assert_eq!(policy.false_alerts_held(threshold, CRITICAL_OFF, 0.2), (1, 0));
     }
 
     /// Healthy entities whose scores return to 0.3 in pairs every six
@@ -857,7 +967,7 @@ mod tests {
         let timed: Vec<Vec<(i64, f64)>> =
             healthy.iter().map(|v| v.iter().enumerate().map(|(i, s)| (i as i64, *s)).collect()).collect();
         let (warnings, criticals) = timed.iter().fold((0, 0), |(w, c), seq| {
-            let (dw, dc) = false_alerts(seq, 0.305, 0.9, 2, 3);
+            let (dw, dc) = false_alerts(seq, 0.305, 0.9, 0.305, 2, 3);
             (w + dw, c + dc)
         });
         assert_eq!((warnings, criticals), (1, 1));

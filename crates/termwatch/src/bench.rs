@@ -937,6 +937,7 @@ fn scrape_section(table: &mut Table, terminals: u32) -> anyhow::Result<()> {
             score,
             bad,
             critical: score > 0.95,
+            holds: bad,
             model_version: "bench-1",
             reasons: reasons.to_vec(),
         }

@@ -48,6 +48,11 @@ pub struct TrainArgs {
     /// Another calibration target for one kind, as KIND=RATE (e.g. firmware_regression=0.05); repeatable.
     #[arg(long = "target-false-alerts-for", value_name = "KIND=RATE", value_parser = parse_kind_target)]
     kind_targets: Vec<(AlertKind, f64)>,
+    /// Hold a firing alert of one kind up while its windows score at or above the threshold this target
+    /// would calibrate, as KIND=RATE (e.g. firmware_regression=0.05 with a stricter
+    /// --target-false-alerts-for): it fires on strict evidence and resolves when its windows look ordinary.
+    #[arg(long = "resolve-at-target-for", value_name = "KIND=RATE", value_parser = parse_kind_target)]
+    resolve_targets: Vec<(AlertKind, f64)>,
     /// Keep the upper bound of the training windows' false-alert rate, at this confidence (e.g. 0.9),
     /// within the target, not the rate itself: a budget shown by a handful of alerts is uncertain.
     #[arg(long, value_name = "CONFIDENCE", value_parser = parse_confidence)]
@@ -304,6 +309,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     let config = TrainConfig {
         target_false_alerts_per_1000_terminal_days: args.target_false_alerts,
         kind_targets: args.kind_targets.clone(),
+        resolve_targets: args.resolve_targets.clone(),
         false_alert_confidence: args.false_alert_confidence,
         ..TrainConfig::default()
     };
@@ -334,6 +340,20 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
             delay_text(f.incidents.median_delay_ms),
             delay_text(f.incidents.k_only_median_delay_ms),
         );
+    }
+    for (d, f) in set.detectors.iter().zip(&set.figures) {
+        if let Some(r) = f.resolve {
+            eprintln!(
+                "train: {} {}: resolve threshold {} (that of a target of {} per 1,000 terminal-days); training \
+                 incidents resolved before they ended: {} at the threshold, {} held",
+                d.kind,
+                d.scope,
+                d.resolve_threshold.map_or_else(|| "none: not below the threshold".to_owned(), |h| format!("{h:.3}")),
+                r.target_false_alerts_per_1000_terminal_days,
+                r.early_at_threshold,
+                r.early_at_resolve_threshold,
+            );
+        }
     }
     if set.detector(AlertKind::FirmwareRegression, Scope::Cohort).is_none() {
         eprintln!(
@@ -426,6 +446,23 @@ fn model_card(set: &ModelSet) -> String {
             i.detected,
             delay_text(i.median_delay_ms),
             i.first_caught_at_once,
+        ));
+    }
+    for (d, f) in set.detectors.iter().zip(&set.figures) {
+        let (Some(hold), Some(r)) = (d.resolve_threshold, f.resolve) else { continue };
+        s.push_str(&format!(
+            "\n## Resolving {kind} alerts\n\n\
+             The {kind} detector fires on strict evidence (its target above) and resolves on ordinary\n\
+             evidence: while its alert fires, a window at or above the resolve threshold, {hold:.3} (the\n\
+             threshold is {threshold:.3}), holds it up, and only `m` windows in a row below it resolve it.\n\
+             The resolve threshold is calibrated as the threshold is, to a target of {target} false alerts\n\
+             per 1,000 terminal-days. Of the training incidents detected, {at} saw their alert resolve while\n\
+             they went on with the threshold alone, {held} with the resolve threshold.\n",
+            kind = d.kind,
+            threshold = d.threshold,
+            target = r.target_false_alerts_per_1000_terminal_days,
+            at = r.early_at_threshold,
+            held = r.early_at_resolve_threshold,
         ));
     }
     s.push_str(&format!(
