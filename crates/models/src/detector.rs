@@ -56,7 +56,9 @@ pub struct Detector {
     /// scores at or above this (at most `threshold`), and only a run of
     /// windows below it resolves the alert. None: `threshold` itself, as in
     /// artifacts from before `termwatch-default-45`. Training sets it for
-    /// firmware only (`training::resolve_threshold` says why and how).
+    /// the kinds given a resolve target (`TrainConfig::resolve_targets`):
+    /// `models/default`'s firmware, whose strict threshold a regression's
+    /// overnight ebb falls below (`policy::AlertingConfig` says why).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolve_threshold: Option<f64>,
     /// What the fleet being watched is compared with before the service
