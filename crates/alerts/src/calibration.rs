@@ -86,6 +86,22 @@ pub struct FleetThreshold {
     pub shift: Option<f64>,
     /// Windows in the histogram (decayed).
     pub windows: f64,
+    /// The level that holds a firing alert up, in use: the detector's
+    /// resolve threshold, never above the threshold in use; None without
+    /// one (the threshold itself). Set by [`FleetThreshold::held_by`].
+    pub resolve: Option<f64>,
+}
+
+impl FleetThreshold {
+    /// With the resolve threshold of `models`' detector, which fleet
+    /// calibration does not keep (it never moves, and a snapshot need not
+    /// carry what the model says).
+    pub fn held_by(mut self, models: &ModelSet) -> FleetThreshold {
+        self.resolve = models
+            .detector(self.kind, self.scope)
+            .and_then(|d| d.resolve_threshold.is_some().then(|| d.hold_threshold(self.threshold)));
+        self
+    }
 }
 
 impl FleetCalibration {
@@ -169,6 +185,7 @@ impl FleetCalibration {
             threshold: d.threshold,
             shift: d.fleet_logit.zip(d.reference).map(|(f, r)| f - r.logit),
             windows: d.counts.iter().sum(),
+            resolve: None,
         })
     }
 

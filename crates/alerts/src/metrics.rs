@@ -518,7 +518,9 @@ impl AlertMetrics {
                         "termwatch_detector_threshold",
                         "A detector's threshold: source trained (the model's) or in_use (after fleet calibration, \
                          which lifts it when the watched fleet scores higher than the training fleets, up to what \
-                         still catches the training incidents; voltage and network only).",
+                         still catches the training incidents; voltage and network only); source resolve for a \
+                         detector with a resolve threshold (firmware): while its alert fires, windows at or above \
+                         it hold the alert up.",
                     ),
                     &["kind", "scope", "source"],
                 )?,
@@ -872,6 +874,12 @@ impl AlertMetrics {
             let (kind, scope) = (t.kind.as_str(), t.scope.as_str());
             self.threshold.with_label_values(&[kind, scope, "trained"]).set(t.trained);
             self.threshold.with_label_values(&[kind, scope, "in_use"]).set(t.threshold);
+            match t.resolve {
+                Some(resolve) => self.threshold.with_label_values(&[kind, scope, "resolve"]).set(resolve),
+                None => {
+                    let _ = self.threshold.remove_label_values(&[kind, scope, "resolve"]);
+                }
+            }
             match t.shift {
                 Some(shift) => self.fleet_shift.with_label_values(&[kind, scope]).set(shift),
                 None => {
@@ -1612,6 +1620,17 @@ mod tests {
             String::from_utf8(out).expect("utf-8")
         };
         assert!(text.contains(&format!("termwatch_model_info{{version=\"{}\"}} 1", scorer.model_version())), "{text}");
+        // The firmware detector's resolve threshold, below its threshold;
+        // no other detector has one.
+        let threshold = |kind: &str, source: &str| {
+            let prefix =
+                format!("termwatch_detector_threshold{{kind=\"{kind}\",scope=\"cohort\",source=\"{source}\"}} ");
+            text.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| v.parse::<f64>().ok())
+        };
+        let (resolve, in_use) =
+            (threshold("firmware_regression", "resolve"), threshold("firmware_regression", "in_use"));
+        assert!(resolve.zip(in_use).is_some_and(|(r, t)| r < t), "{resolve:?} {in_use:?}");
+        assert_eq!(text.matches("source=\"resolve\"").count(), 1, "{text}");
         // Every terminal alert carries the site of its terminal.
         for line in text.lines().filter(|l| l.starts_with("termwatch_alert_entity_score{")) {
             if line.contains("scope=\"terminal\"") {

@@ -147,7 +147,7 @@ impl RegionalStage {
     /// Each detector's thresholds in use, against the trained ones: those
     /// of the terminal detectors are what stage 1 is taught.
     pub fn thresholds(&self) -> impl Iterator<Item = FleetThreshold> + '_ {
-        self.fleet.status()
+        self.fleet.status().map(|t| t.held_by(&self.models))
     }
 
     /// Scores each window's sites and regions, oldest window first (as the

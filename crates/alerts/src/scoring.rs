@@ -635,7 +635,7 @@ impl Scorer {
 
     /// Each detector's thresholds in use, against the trained ones.
     pub fn thresholds(&self) -> impl Iterator<Item = FleetThreshold> + '_ {
-        self.fleet.status()
+        self.fleet.status().map(|t| t.held_by(&self.models))
     }
 
     /// Applies a batch from one input; returns the alert events it caused,
