@@ -610,7 +610,7 @@ fn step(
         if *entry.region != *scored.region {
             entry.region = scored.region.into();
         }
-        if hysteresis(false, &mut entry.bad_run, bad, scored.critical, k, m) == Transition::Stay {
+        if hysteresis(false, &mut entry.bad_run, bad, scored.holds, scored.critical, k, m) == Transition::Stay {
             return None;
         }
         entry.firing = Some(Box::new(Firing {
@@ -629,7 +629,7 @@ fn step(
     if *firing.model_version != *scored.model_version {
         firing.model_version = scored.model_version.into();
     }
-    let transition = hysteresis(true, &mut firing.good_run, bad || scored.holds, scored.critical, k, m);
+    let transition = hysteresis(true, &mut firing.good_run, bad, scored.holds, scored.critical, k, m);
     if bad {
         if severity > firing.peak_severity {
             count_remove(counts, slot, firing.peak_severity, &entry.region);

@@ -203,10 +203,11 @@ pub enum Transition {
 /// raise: quiet, an alert fires after `k` consecutive bad windows, or at
 /// once on a critical one; firing, it resolves after `m` consecutive good
 /// ones. `run` is the run of bad windows while quiet, of good ones while
-/// firing. While firing, `bad` says whether the window holds the alert up:
-/// at or above the detector's resolve threshold, which may lie below the
-/// threshold that fired it ([`crate::detector::Detector::resolve_threshold`]).
-pub fn hysteresis(firing: bool, run: &mut u32, bad: bool, critical: bool, k: u32, m: u32) -> Transition {
+/// firing. `holds` (implied by `bad`) is a window at or above the
+/// detector's resolve threshold, which may lie below the threshold that
+/// fired the alert ([`crate::detector::Detector::resolve_threshold`]):
+/// while firing it is not good, and breaks the run.
+pub fn hysteresis(firing: bool, run: &mut u32, bad: bool, holds: bool, critical: bool, k: u32, m: u32) -> Transition {
     let bad = bad || critical;
     if !firing {
         if !bad {
@@ -221,7 +222,7 @@ pub fn hysteresis(firing: bool, run: &mut u32, bad: bool, critical: bool, k: u32
         *run = 0;
         return Transition::Fire { by_run };
     }
-    if bad {
+    if bad || holds {
         *run = 0;
         return Transition::Stay;
     }

@@ -782,8 +782,7 @@ fn alert_events(
     let (mut run, mut firing) = (0u32, false);
     let (mut fired, mut resolved) = (Vec::new(), Vec::new());
     for &(t, s) in seq {
-        let bad = if firing { s >= hold || s >= threshold } else { s >= threshold };
-        match hysteresis(firing, &mut run, bad, is_critical(s, critical), k, m) {
+        match hysteresis(firing, &mut run, s >= threshold, s >= hold, is_critical(s, critical), k, m) {
             Transition::Fire { by_run } => {
                 fired.push((t, !by_run));
                 firing = true;
