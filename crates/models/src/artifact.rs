@@ -93,6 +93,14 @@ pub struct TrainingData {
     pub first_window_end: String,
     pub last_window_end: String,
     pub terminal_days: u64,
+    /// Inputs that trained one kind's detectors only (`termwatch train
+    /// --input-for`), as given; they are among `inputs` too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs_for: Vec<(String, AlertKind)>,
+    /// Kinds trained on more terminal-days than `terminal_days` (those
+    /// inputs' too), with theirs: the exposure of their false-alert budget.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kind_terminal_days: Vec<(AlertKind, u64)>,
     pub incidents_by_kind: Vec<(AlertKind, usize)>,
     pub not_incident_labels: usize,
 }

@@ -35,6 +35,9 @@ pub struct TrainingRows {
     /// The last UTC day counted per terminal: windows come in time order,
     /// so a terminal's days only move forward.
     last_day: HashMap<String, i64>,
+    /// Terminal-days of histories that train one kind only
+    /// ([`TrainingRows::merge_for`]): they count in that kind's budget alone.
+    kind_terminal_days: Vec<(AlertKind, u64)>,
 }
 
 impl TrainingRows {
@@ -69,6 +72,55 @@ impl TrainingRows {
             (a, b) => a.or(b),
         };
         self.terminal_days += other.terminal_days;
+        for (kind, days) in other.kind_terminal_days {
+            self.add_kind_terminal_days(kind, days);
+        }
+    }
+
+    /// Appends the rows of another, independent history that trains one
+    /// kind's detectors only: a fleet whose labels cover that kind alone,
+    /// since its other kinds' faults, unlabelled, would teach the other
+    /// detectors that they are healthy. Its terminal-days count in that
+    /// kind's false-alert budget only.
+    pub fn merge_for(&mut self, kind: AlertKind, mut other: TrainingRows) {
+        use AlertKind::{FirmwareRegression, HardwareAging, NetworkDegradation, VoltageInstability};
+        if kind != VoltageInstability {
+            other.terminal_voltage.clear();
+            other.site_voltage.clear();
+        }
+        if kind != NetworkDegradation {
+            other.network.clear();
+        }
+        if kind != HardwareAging {
+            other.aging.clear();
+        }
+        if kind != FirmwareRegression {
+            other.firmware.clear();
+        }
+        let days = other.terminal_days_for(kind);
+        other.terminal_days = 0;
+        other.kind_terminal_days.clear();
+        self.merge(other);
+        self.add_kind_terminal_days(kind, days);
+    }
+
+    fn add_kind_terminal_days(&mut self, kind: AlertKind, days: u64) {
+        match self.kind_terminal_days.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, d)) => *d += days,
+            None => self.kind_terminal_days.push((kind, days)),
+        }
+    }
+
+    /// The terminal-days whose windows train `kind`: the exposure its
+    /// false-alert budget is counted against.
+    pub fn terminal_days_for(&self, kind: AlertKind) -> u64 {
+        self.terminal_days + self.kind_terminal_days.iter().filter(|(k, _)| *k == kind).map(|(_, d)| d).sum::<u64>()
+    }
+
+    /// Kinds trained on more terminal-days than [`TrainingRows::terminal_days`],
+    /// with theirs.
+    pub fn kind_terminal_days(&self) -> Vec<(AlertKind, u64)> {
+        self.kind_terminal_days.iter().map(|(k, _)| (*k, self.terminal_days_for(*k))).collect()
     }
 
     /// Adds the rows of closed windows, resolving names through `engine`.
@@ -373,7 +425,8 @@ pub fn train(
                 .unwrap_or_default(),
             ..config.clone()
         };
-        let (d, f) = fit_one(kind, scope, feature_names, truths, &incidents, rows.terminal_days, (k, m), &config)?;
+        let terminal_days = rows.terminal_days_for(kind);
+        let (d, f) = fit_one(kind, scope, feature_names, truths, &incidents, terminal_days, (k, m), &config)?;
         detectors.push(d);
         figures.push(f);
     }
@@ -391,6 +444,7 @@ pub fn train(
         trained_on: TrainingData {
             incidents_by_kind,
             not_incident_labels: labels.iter().filter(|l| l.verdict == Verdict::NotIncident).count(),
+            kind_terminal_days: rows.kind_terminal_days(),
             ..trained_on
         },
         figures,
@@ -1137,6 +1191,42 @@ mod tests {
         assert!(tight.threshold > loose.threshold, "{} against {}", tight.threshold, loose.threshold);
         assert_eq!(tight_figures.target_false_alerts_per_1000_terminal_days, Some(0.05));
         assert_eq!(loose_figures.target_false_alerts_per_1000_terminal_days, Some(500.0));
+    }
+
+    #[test]
+    fn a_history_for_one_kind_trains_that_kind_alone_and_counts_in_its_budget_alone() {
+        // One window of every kind, over `days` terminal-days.
+        let fleet = |days: u64| TrainingRows {
+            terminal_voltage: vec![(0, "T-1".into(), "S-1".into(), "r".into(), vec![0.0])],
+            site_voltage: vec![(0, "S-1".into(), "r".into(), vec![0.0])],
+            network: vec![(0, "r".into(), vec![0.0])],
+            aging: vec![(0, "T-1".into(), "S-1".into(), "r".into(), vec![0.0])],
+            firmware: vec![(0, "M/1.0.0".into(), vec![0.0])],
+            first_ms: Some(0),
+            last_ms: Some(days as i64 * 86_400_000),
+            terminal_days: days,
+            ..TrainingRows::default()
+        };
+        let mut rows = fleet(100);
+        rows.merge(fleet(10));
+        rows.merge_for(AlertKind::NetworkDegradation, fleet(7));
+        rows.merge_for(AlertKind::NetworkDegradation, fleet(3));
+        assert_eq!(rows.network.len(), 4);
+        for n in [rows.terminal_voltage.len(), rows.site_voltage.len(), rows.aging.len(), rows.firmware.len()] {
+            assert_eq!(n, 2, "only the network rows of a network-only history are kept");
+        }
+        assert_eq!(rows.terminal_days, 110);
+        assert_eq!(rows.terminal_days_for(AlertKind::NetworkDegradation), 120);
+        for kind in [AlertKind::VoltageInstability, AlertKind::HardwareAging, AlertKind::FirmwareRegression] {
+            assert_eq!(rows.terminal_days_for(kind), 110, "{kind}");
+        }
+        assert_eq!(rows.kind_terminal_days(), vec![(AlertKind::NetworkDegradation, 120)]);
+        assert_eq!(rows.last_ms, Some(100 * 86_400_000));
+        // Merged as a whole, a history that had one kind's extra days keeps them for that kind.
+        let mut outer = fleet(1);
+        outer.merge(rows);
+        assert_eq!(outer.terminal_days_for(AlertKind::NetworkDegradation), 121);
+        assert_eq!(outer.terminal_days_for(AlertKind::HardwareAging), 111);
     }
 
     const POS: [f64; 1] = [3.0];

@@ -61,6 +61,12 @@ pub struct TrainArgs {
     /// at 300 s), with its own feature state; without it, the inputs are consecutive parts of one history.
     #[arg(long)]
     independent: bool,
+    /// A history that trains one kind's detectors only, as KIND=PATH (e.g. a fleet labelled for
+    /// network_degradation alone, whose other kinds' faults would otherwise be taught as healthy); a
+    /// history of its own, with its own feature state, counted in that kind's false-alert budget only;
+    /// repeatable. Its labels are in --labels.
+    #[arg(long = "input-for", value_name = "KIND=PATH", value_parser = parse_kind_path)]
+    inputs_for: Vec<(AlertKind, PathBuf)>,
 }
 
 fn parse_confidence(s: &str) -> Result<f64, String> {
@@ -70,12 +76,24 @@ fn parse_confidence(s: &str) -> Result<f64, String> {
     }
 }
 
-fn parse_kind_target(s: &str) -> Result<(AlertKind, f64), String> {
-    let (kind, rate) = s.split_once('=').ok_or_else(|| format!("{s:?}: expected KIND=RATE"))?;
-    let kind = AlertKind::ALL
+fn parse_kind(kind: &str) -> Result<AlertKind, String> {
+    AlertKind::ALL
         .into_iter()
         .find(|k| k.as_str() == kind)
-        .ok_or_else(|| format!("{kind:?}: not an alert kind (one of {:?})", AlertKind::ALL.map(|k| k.as_str())))?;
+        .ok_or_else(|| format!("{kind:?}: not an alert kind (one of {:?})", AlertKind::ALL.map(|k| k.as_str())))
+}
+
+fn parse_kind_path(s: &str) -> Result<(AlertKind, PathBuf), String> {
+    let (kind, path) = s.split_once('=').ok_or_else(|| format!("{s:?}: expected KIND=PATH"))?;
+    if path.is_empty() {
+        return Err(format!("{s:?}: expected a path after {kind}="));
+    }
+    Ok((parse_kind(kind)?, PathBuf::from(path)))
+}
+
+fn parse_kind_target(s: &str) -> Result<(AlertKind, f64), String> {
+    let (kind, rate) = s.split_once('=').ok_or_else(|| format!("{s:?}: expected KIND=RATE"))?;
+    let kind = parse_kind(kind)?;
     match rate.parse::<f64>() {
         Ok(r) if r.is_finite() && r > 0.0 => Ok((kind, r)),
         _ => Err(format!("{rate:?}: expected a positive number of false alerts per 1,000 terminal-days")),
@@ -272,7 +290,8 @@ fn fingerprint(inputs: &[PathBuf]) -> anyhow::Result<(String, Vec<(String, u64)>
 }
 
 pub fn train(args: TrainArgs) -> anyhow::Result<()> {
-    let (fingerprint, inputs) = fingerprint(&args.inputs)?;
+    let all_inputs: Vec<PathBuf> = args.inputs.iter().chain(args.inputs_for.iter().map(|(_, p)| p)).cloned().collect();
+    let (fingerprint, inputs) = fingerprint(&all_inputs)?;
     let labels = termwatch_models::eval::read_labels(&args.labels)?;
     let features = FeatureConfig::default();
     let groups: Vec<Vec<PathBuf>> = if args.independent {
@@ -293,6 +312,16 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
             History::Parquet(files) => collect_parquet_rows(&files, &features, range)?,
         });
     }
+    for (kind, path) in &args.inputs_for {
+        let one = std::slice::from_ref(path);
+        rows.merge_for(
+            *kind,
+            match history(one)? {
+                History::Ndjson(files) => collect_rows(&files, &features, range)?,
+                History::Parquet(files) => collect_parquet_rows(&files, &features, range)?,
+            },
+        );
+    }
     let (Some(first), Some(last)) = (rows.first_ms, rows.last_ms) else {
         bail!("the training history closed no feature window: is it empty?");
     };
@@ -303,6 +332,8 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         first_window_end: format_rfc3339_ms(first),
         last_window_end: format_rfc3339_ms(last),
         terminal_days: rows.terminal_days,
+        inputs_for: args.inputs_for.iter().map(|(k, p)| (p.display().to_string(), *k)).collect(),
+        kind_terminal_days: Vec::new(),
         incidents_by_kind: Vec::new(),
         not_incident_labels: 0,
     };
@@ -365,6 +396,15 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The training terminal-days, and those of kinds that also had inputs of their own.
+fn terminal_days_text(data: &TrainingData) -> String {
+    let mut s = data.terminal_days.to_string();
+    for (kind, days) in &data.kind_terminal_days {
+        s.push_str(&format!("; {kind}: {days}, with its own inputs"));
+    }
+    s
+}
+
 fn critical_text(critical_threshold: f64) -> String {
     if critical_threshold >= CRITICAL_OFF { "off".to_owned() } else { format!("{critical_threshold:.4}") }
 }
@@ -401,11 +441,19 @@ fn model_card(set: &ModelSet) -> String {
         set.detectors.len(),
         set.features.window_ms / 1000,
         set.features.lateness_ms / 1000,
-        set.trained_on.inputs.iter().map(|(p, n)| format!("{p} ({n} bytes)")).collect::<Vec<_>>().join(", "),
+        set.trained_on
+            .inputs
+            .iter()
+            .map(|(p, n)| match set.trained_on.inputs_for.iter().find(|(q, _)| p.starts_with(q.as_str())) {
+                Some((_, kind)) => format!("{p} ({n} bytes; {kind} only)"),
+                None => format!("{p} ({n} bytes)"),
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
         set.trained_on.fingerprint,
         set.trained_on.first_window_end,
         set.trained_on.last_window_end,
-        set.trained_on.terminal_days,
+        terminal_days_text(&set.trained_on),
         set.trained_on.incidents_by_kind.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", "),
         set.trained_on.not_incident_labels,
     );

@@ -317,6 +317,95 @@ fn the_default_models_page_the_site_for_mains_and_the_terminal_for_its_supply() 
     );
 }
 
+/// `termwatch train --input-for KIND=PATH`: a history that trains one
+/// kind's detectors alone (a fleet labelled for that kind only). The other
+/// detectors come out byte for byte as without it, the kind's own learns
+/// from its windows, and the kind's budget counts its terminal-days.
+#[test]
+fn a_history_for_one_kind_trains_that_kind_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    simulate(d, "train", "21", "300");
+    // Another fleet a month later, so that its labels match none of the first's windows.
+    let (net, net_labels) = (d.join("net.ndjson"), d.join("net.labels.ndjson"));
+    termwatch(&[
+        "simulate",
+        "--terminals",
+        "150",
+        "--regions",
+        "4",
+        "--days",
+        "3",
+        "--interval-s",
+        "300",
+        "--seed",
+        "23",
+        "--fault-scale",
+        "12",
+        "--start",
+        "2026-10-01",
+        "--out",
+        s(&net),
+        "--labels",
+        s(&net_labels),
+    ]);
+    let mut labels = std::fs::read_to_string(d.join("train.labels.ndjson")).expect("labels");
+    for line in std::fs::read_to_string(&net_labels).expect("labels").lines() {
+        if line.contains("\"kind\":\"network_degradation\"") {
+            labels.push_str(line);
+            labels.push('\n');
+        }
+    }
+    let labels_path = d.join("both.labels.ndjson");
+    std::fs::write(&labels_path, labels).expect("write labels");
+    let history = d.join("train.ndjson");
+    let train = |name: &str, extra: &[&str]| -> (serde_json::Value, String) {
+        let out = d.join(name);
+        let mut args = vec!["train", "--input", s(&history), "--labels", s(&labels_path)];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--out", s(&out), "--version", name]);
+        termwatch(&args);
+        let artifact = std::fs::read_to_string(out.join("model.json")).expect("artifact");
+        let card = std::fs::read_to_string(out.join("MODEL_CARD.md")).expect("card");
+        (serde_json::from_str(&artifact).expect("json"), card)
+    };
+    let (alone, _) = train("alone", &[]);
+    let input_for = format!("network_degradation={}", s(&net));
+    let (with, card) = train("with", &["--input-for", &input_for]);
+
+    let detectors = |a: &serde_json::Value| a["detectors"].as_array().expect("detectors").clone();
+    let (before, after) = (detectors(&alone), detectors(&with));
+    assert_eq!(before.len(), after.len());
+    for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+        if a["kind"] == "network_degradation" {
+            assert_ne!(b, a, "network learns from the history given for it");
+            let positives = |m: &serde_json::Value| m["figures"][i]["positive_windows"].as_u64().expect("count");
+            assert!(positives(&with) > positives(&alone), "its incidents' windows are network's too");
+        } else {
+            assert_eq!(b, a, "{} {} does not see a network-only history", a["kind"], a["scope"]);
+        }
+    }
+    let (trained_on, before_on) = (&with["trained_on"], &alone["trained_on"]);
+    assert_eq!(trained_on["terminal_days"], before_on["terminal_days"]);
+    let days = trained_on["terminal_days"].as_u64().expect("days");
+    let network_days = &trained_on["kind_terminal_days"][0];
+    assert_eq!(network_days[0], "network_degradation");
+    assert!(network_days[1].as_u64().is_some_and(|n| n > days), "{network_days} against {days}");
+    assert_eq!(trained_on["inputs_for"][0][0], s(&net));
+    assert_eq!(trained_on["inputs_for"][0][1], "network_degradation");
+    assert!(before_on.get("inputs_for").is_none(), "an artifact trained without it reads as before");
+    assert!(card.contains("network_degradation only"), "{card}");
+
+    // A kind that is not one is refused by name.
+    let out = Command::new(env!("CARGO_BIN_EXE_termwatch"))
+        .args(["train", "--input", s(&net), "--labels", s(&labels_path), "--out", s(&d.join("x"))])
+        .args(["--input-for", &format!("network={}", s(&net))])
+        .output()
+        .expect("runs termwatch");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("\"network\": not an alert kind"), "{out:?}");
+}
+
 /// The shipped models on a fleet from a generator that is not ours
 /// (`tests/fleets/external-1`, a customer's sample, never used to fit a
 /// threshold or a feature): every incident of the kinds termwatch detects
