@@ -1567,7 +1567,7 @@ mod tests {
 
         let models = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/default/model.json");
         let set = ModelSet::load(&models).expect("models/default (scripts/train-default)");
-        let mut scorer = Scorer::new(set).expect("scorer").keep_scores(true);
+        let mut scorer = Scorer::new(set.clone()).expect("scorer").keep_scores(true);
         let registry = Registry::new();
         let metrics = AlertMetrics::register(&registry).expect("register");
         let mut config = SimConfig { seed: 7, terminals: 200, regions: 4, days: 1.0, ..SimConfig::default() };
@@ -1620,17 +1620,21 @@ mod tests {
             String::from_utf8(out).expect("utf-8")
         };
         assert!(text.contains(&format!("termwatch_model_info{{version=\"{}\"}} 1", scorer.model_version())), "{text}");
-        // The firmware detector's resolve threshold, below its threshold;
-        // no other detector has one.
-        let threshold = |kind: &str, source: &str| {
+        // The resolve thresholds of the detectors that have one (firmware's
+        // and network's), each below its threshold in use; the others have none.
+        let threshold = |kind: &str, scope: &str, source: &str| {
             let prefix =
-                format!("termwatch_detector_threshold{{kind=\"{kind}\",scope=\"cohort\",source=\"{source}\"}} ");
+                format!("termwatch_detector_threshold{{kind=\"{kind}\",scope=\"{scope}\",source=\"{source}\"}} ");
             text.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| v.parse::<f64>().ok())
         };
-        let (resolve, in_use) =
-            (threshold("firmware_regression", "resolve"), threshold("firmware_regression", "in_use"));
-        assert!(resolve.zip(in_use).is_some_and(|(r, t)| r < t), "{resolve:?} {in_use:?}");
-        assert_eq!(text.matches("source=\"resolve\"").count(), 1, "{text}");
+        let held: Vec<_> = set.detectors.iter().filter(|d| d.resolve_threshold.is_some()).collect();
+        assert_eq!(held.len(), 2, "firmware and network are held up by a resolve threshold");
+        for d in &held {
+            let (kind, scope) = (d.kind.as_str(), d.scope.as_str());
+            let (resolve, in_use) = (threshold(kind, scope, "resolve"), threshold(kind, scope, "in_use"));
+            assert!(resolve.zip(in_use).is_some_and(|(r, t)| r < t), "{kind} {scope}: {resolve:?} {in_use:?}");
+        }
+        assert_eq!(text.matches("source=\"resolve\"").count(), held.len(), "{text}");
         // Every terminal alert carries the site of its terminal.
         for line in text.lines().filter(|l| l.starts_with("termwatch_alert_entity_score{")) {
             if line.contains("scope=\"terminal\"") {
