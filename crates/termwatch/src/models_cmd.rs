@@ -2,7 +2,7 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -444,7 +444,7 @@ fn model_card(set: &ModelSet) -> String {
         set.trained_on
             .inputs
             .iter()
-            .map(|(p, n)| match set.trained_on.inputs_for.iter().find(|(q, _)| p.starts_with(q.as_str())) {
+            .map(|(p, n)| match set.trained_on.inputs_for.iter().find(|(q, _)| Path::new(p).starts_with(q)) {
                 Some((_, kind)) => format!("{p} ({n} bytes; {kind} only)"),
                 None => format!("{p} ({n} bytes)"),
             })
