@@ -1567,7 +1567,10 @@ mod tests {
 
         let models = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/default/model.json");
         let set = ModelSet::load(&models).expect("models/default (scripts/train-default)");
-        let mut scorer = Scorer::new(set.clone()).expect("scorer").keep_scores(true);
+        // The detectors a resolve threshold holds up, checked on /metrics below.
+        let held: Vec<(AlertKind, Scope)> =
+            set.detectors.iter().filter(|d| d.resolve_threshold.is_some()).map(|d| (d.kind, d.scope)).collect();
+        let mut scorer = Scorer::new(set).expect("scorer").keep_scores(true);
         let registry = Registry::new();
         let metrics = AlertMetrics::register(&registry).expect("register");
         let mut config = SimConfig { seed: 7, terminals: 200, regions: 4, days: 1.0, ..SimConfig::default() };
@@ -1627,10 +1630,9 @@ mod tests {
                 format!("termwatch_detector_threshold{{kind=\"{kind}\",scope=\"{scope}\",source=\"{source}\"}} ");
             text.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| v.parse::<f64>().ok())
         };
-        let held: Vec<_> = set.detectors.iter().filter(|d| d.resolve_threshold.is_some()).collect();
         assert_eq!(held.len(), 2, "firmware and network are held up by a resolve threshold");
-        for d in &held {
-            let (kind, scope) = (d.kind.as_str(), d.scope.as_str());
+        for (kind, scope) in &held {
+            let (kind, scope) = (kind.as_str(), scope.as_str());
             let (resolve, in_use) = (threshold(kind, scope, "resolve"), threshold(kind, scope, "in_use"));
             assert!(resolve.zip(in_use).is_some_and(|(r, t)| r < t), "{kind} {scope}: {resolve:?} {in_use:?}");
         }

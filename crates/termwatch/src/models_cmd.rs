@@ -305,22 +305,16 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     {
         bail!("--from {} is not before --to {}", format_rfc3339_ms(from), format_rfc3339_ms(to));
     }
+    let rows_of = |inputs: &[PathBuf]| match history(inputs)? {
+        History::Ndjson(files) => collect_rows(&files, &features, range),
+        History::Parquet(files) => collect_parquet_rows(&files, &features, range),
+    };
     let mut rows = TrainingRows::default();
     for group in &groups {
-        rows.merge(match history(group)? {
-            History::Ndjson(files) => collect_rows(&files, &features, range)?,
-            History::Parquet(files) => collect_parquet_rows(&files, &features, range)?,
-        });
+        rows.merge(rows_of(group)?);
     }
     for (kind, path) in &args.inputs_for {
-        let one = std::slice::from_ref(path);
-        rows.merge_for(
-            *kind,
-            match history(one)? {
-                History::Ndjson(files) => collect_rows(&files, &features, range)?,
-                History::Parquet(files) => collect_parquet_rows(&files, &features, range)?,
-            },
-        );
+        rows.merge_for(*kind, rows_of(std::slice::from_ref(path))?);
     }
     let (Some(first), Some(last)) = (rows.first_ms, rows.last_ms) else {
         bail!("the training history closed no feature window: is it empty?");

@@ -22,9 +22,14 @@ fn s(p: &Path) -> &str {
 }
 
 fn simulate(dir: &Path, name: &str, seed: &str, interval: &str) {
+    simulate_with(dir, name, seed, interval, &[]);
+}
+
+/// [`simulate`] with more `termwatch simulate` options.
+fn simulate_with(dir: &Path, name: &str, seed: &str, interval: &str, more: &[&str]) {
     let out = dir.join(format!("{name}.ndjson"));
     let labels = dir.join(format!("{name}.labels.ndjson"));
-    termwatch(&[
+    let mut args = vec![
         "simulate",
         "--terminals",
         "150",
@@ -42,7 +47,9 @@ fn simulate(dir: &Path, name: &str, seed: &str, interval: &str) {
         s(&out),
         "--labels",
         s(&labels),
-    ]);
+    ];
+    args.extend_from_slice(more);
+    termwatch(&args);
 }
 
 #[test]
@@ -327,28 +334,8 @@ fn a_history_for_one_kind_trains_that_kind_alone() {
     let d = dir.path();
     simulate(d, "train", "21", "300");
     // Another fleet a month later, so that its labels match none of the first's windows.
+    simulate_with(d, "net", "23", "300", &["--start", "2026-10-01"]);
     let (net, net_labels) = (d.join("net.ndjson"), d.join("net.labels.ndjson"));
-    termwatch(&[
-        "simulate",
-        "--terminals",
-        "150",
-        "--regions",
-        "4",
-        "--days",
-        "3",
-        "--interval-s",
-        "300",
-        "--seed",
-        "23",
-        "--fault-scale",
-        "12",
-        "--start",
-        "2026-10-01",
-        "--out",
-        s(&net),
-        "--labels",
-        s(&net_labels),
-    ]);
     let mut labels = std::fs::read_to_string(d.join("train.labels.ndjson")).expect("labels");
     for line in std::fs::read_to_string(&net_labels).expect("labels").lines() {
         if line.contains("\"kind\":\"network_degradation\"") {
