@@ -691,25 +691,41 @@ fn a_stage_one_scorer_keeps_lessons_ahead_of_it_within_its_bounds() {
     assert_eq!(bytes, records * big);
 }
 
+/// Stage 2 as one stage-1 scorer alone sees it: the windows it has taught
+/// through, and the cohorts it has learnt of this partition's lessons. It
+/// is kept from call to call as the merging stage keeps it: a teacher
+/// started afresh at each call would teach the same window differently
+/// depending on how many windows the call found closed.
+#[derive(Clone)]
+struct Stage2Alone {
+    taught: Option<i64>,
+    teacher: CohortTeacher,
+}
+
+impl Stage2Alone {
+    fn new(s: &Scorer) -> Self {
+        Stage2Alone { taught: None, teacher: CohortTeacher::new(s.engine().config()) }
+    }
+}
+
 /// Plays stage 2 for one stage-1 scorer alone: teaches each window it
 /// publishes, with its first site judged bad and a terminal voltage
 /// threshold low enough that terminals page, then its progress; until it
 /// publishes nothing more. Returns the alert events; the records go to
 /// `published`.
-fn teach_alone(s: &mut Scorer, taught: &mut Option<i64>, published: &mut Vec<PartialsRecord>) -> Vec<AlertEvent> {
-    teach_logged(s, taught, published, &mut Vec::new())
+fn teach_alone(s: &mut Scorer, stage2: &mut Stage2Alone, published: &mut Vec<PartialsRecord>) -> Vec<AlertEvent> {
+    teach_logged(s, stage2, published, &mut Vec::new())
 }
 
 /// [`teach_alone`], keeping each lessons record taught in `sent`.
 fn teach_logged(
     s: &mut Scorer,
-    taught: &mut Option<i64>,
+    stage2: &mut Stage2Alone,
     published: &mut Vec<PartialsRecord>,
     sent: &mut Vec<Vec<u8>>,
 ) -> Vec<AlertEvent> {
-    // What the merging stage learns of this partition's lessons alone.
-    let mut teacher = CohortTeacher::new(s.engine().config());
-    teach_as(s, taught, published, sent, move |w| WindowLessons {
+    let Stage2Alone { taught, teacher } = stage2;
+    teach_as(s, taught, published, sent, |w| WindowLessons {
         end_ms: w.end_ms,
         cohorts: teacher.learn(w.end_ms, &w.cohorts),
         bad_sites: w.sites.first().map(|(site, _)| site.clone()).into_iter().collect(),
@@ -764,8 +780,9 @@ fn a_stage_one_scorer_restored_while_a_window_waits_goes_on_as_if_never_stopped(
     // skips it), which is the restore's contract, not this test's subject.
     mine.sort_by_key(|l| decode(l, i64::MAX / 2).map_or(0, |r| r.ts_ms));
     let mut running = Scorer::new(models.clone()).expect("scorer").split();
-    let mut restored: Option<Scorer> = None;
-    let (mut taught, mut taught_restored) = (None, None);
+    let mut stage2 = Stage2Alone::new(&running);
+    // The restored scorer, and its stage 2 as it was at the snapshot.
+    let mut restored: Option<(Scorer, Stage2Alone)> = None;
     let (mut published, mut published_restored) = (Vec::new(), Vec::new());
     let (mut events, mut events_restored) = (Vec::new(), Vec::new());
     let dir = tempfile::tempdir().expect("tempdir");
@@ -773,22 +790,21 @@ fn a_stage_one_scorer_restored_while_a_window_waits_goes_on_as_if_never_stopped(
     for chunk in mine.chunks(300) {
         let b = batch(chunk);
         events.extend(running.process_sourced(&b, &[("telemetry-0", chunk.len())]));
-        if let Some(r) = restored.as_mut() {
+        if let Some((r, _)) = restored.as_mut() {
             events_restored.extend(r.process_sourced(&b, &[("telemetry-0", chunk.len())]));
         } else if running.held_windows().0 > 0 && running.alerts().firing_len() > 0 {
             running.save_snapshot(&path, "test").expect("snapshot");
             let mut r = Scorer::new(models.clone()).expect("scorer").split();
             r.restore_snapshot(&path).expect("restored");
             assert_eq!(r.held_windows(), running.held_windows());
-            taught_restored = taught;
-            restored = Some(r);
+            restored = Some((r, stage2.clone()));
             // What it publishes from now on, the running one too.
             published.clear();
             events.clear();
         }
-        events.extend(teach_alone(&mut running, &mut taught, &mut published));
-        if let Some(r) = restored.as_mut() {
-            events_restored.extend(teach_alone(r, &mut taught_restored, &mut published_restored));
+        events.extend(teach_alone(&mut running, &mut stage2, &mut published));
+        if let Some((r, stage2_restored)) = restored.as_mut() {
+            events_restored.extend(teach_alone(r, stage2_restored, &mut published_restored));
         }
     }
     assert!(restored.is_some(), "a window waited while an alert fired");
@@ -864,7 +880,7 @@ fn a_stage_one_scorer_restored_behind_its_lessons_learns_them_as_it_catches_up()
     let mut mine: Vec<&[u8]> = lines.iter().filter(|(s, _)| s == "telemetry-2").map(|(_, l)| l.as_slice()).collect();
     mine.sort_by_key(|l| decode(l, i64::MAX / 2).map_or(0, |r| r.ts_ms));
     let mut running = Scorer::new(models.clone()).expect("scorer").split();
-    let mut taught = None;
+    let mut stage2 = Stage2Alone::new(&running);
     let (mut published, mut events, mut sent) = (Vec::new(), Vec::new(), Vec::new());
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("stage-one.snap");
@@ -880,7 +896,7 @@ fn a_stage_one_scorer_restored_behind_its_lessons_learns_them_as_it_catches_up()
             events.clear();
             sent.clear();
         }
-        events.extend(teach_logged(&mut running, &mut taught, &mut published, &mut sent));
+        events.extend(teach_logged(&mut running, &mut stage2, &mut published, &mut sent));
         if after.is_some_and(|a| i >= a + 150) {
             break;
         }
