@@ -6,12 +6,13 @@
 //! the fleet was observed for); the readers around it turn files into those
 //! inputs. `docs/evaluation.md` gives every definition with a worked example.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::Path;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use termwatch_features::MIN_REGION_TERMINALS;
 use termwatch_telemetry::alerts::{AlertEvent, AlertKind, AlertState, IncidentLabel, Scope, Severity, Verdict};
 use termwatch_telemetry::source::{NdjsonFile, SourceError};
 use termwatch_telemetry::time::{MS_PER_DAY, MS_PER_HOUR, format_rfc3339_ms, serde_rfc3339};
@@ -113,7 +114,8 @@ fn json_error(e: &serde_json::Error) -> String {
 pub struct FleetIndex {
     terminals: HashMap<String, TerminalSeen>,
     site_terminals: HashMap<String, BTreeSet<String>>,
-    regions: HashSet<String>,
+    /// Every terminal that reported from each region.
+    region_terminals: HashMap<String, HashSet<String>>,
     /// Every `MODEL/FIRMWARE` reported, with each terminal's first report
     /// of it (the exposure of `firmware_regression`).
     cohorts: HashMap<String, HashMap<String, i64>>,
@@ -224,9 +226,25 @@ impl FleetIndex {
             t.sites.insert(site.to_owned());
             self.site_terminals.entry(site.to_owned()).or_default().insert(terminal_id.to_owned());
         }
-        if !self.regions.contains(region) {
-            self.regions.insert(region.to_owned());
+        let terminals = match self.region_terminals.get_mut(region) {
+            Some(terminals) => terminals,
+            None => self.region_terminals.entry(region.to_owned()).or_default(),
+        };
+        if !terminals.contains(terminal_id) {
+            terminals.insert(terminal_id.to_owned());
         }
+    }
+
+    /// Terminals that ever reported from `region`.
+    pub fn terminals_in_region(&self, region: &str) -> usize {
+        self.region_terminals.get(region).map_or(0, HashSet::len)
+    }
+
+    /// Whether termwatch can never score `region`: fewer terminals than
+    /// [`MIN_REGION_TERMINALS`] ever reported from it, so no window of it
+    /// has that many.
+    pub fn below_region_floor(&self, region: &str) -> bool {
+        self.terminals_in_region(region) < MIN_REGION_TERMINALS as usize
     }
 
     /// Whether `site` holds `terminal` (the terminal ever reported from it).
@@ -239,7 +257,7 @@ impl FleetIndex {
         match scope {
             Scope::Terminal => self.terminals.contains_key(entity),
             Scope::Site => self.site_terminals.contains_key(entity),
-            Scope::Region => self.regions.contains(entity),
+            Scope::Region => self.region_terminals.contains_key(entity),
             Scope::Cohort => self.cohorts.contains_key(entity),
         }
     }
@@ -261,7 +279,7 @@ impl FleetIndex {
         FleetSummary {
             terminals: self.terminals.len(),
             sites: self.site_terminals.len(),
-            regions: self.regions.len(),
+            regions: self.region_terminals.len(),
             terminal_days: self.terminal_days(),
             reports: self.reports,
             rejected_lines: self.rejected,
@@ -357,6 +375,15 @@ pub struct KindReport {
     pub detections: Vec<Detection>,
     /// Undetected incidents, by start.
     pub missed_incidents: Vec<IncidentLabel>,
+    /// Of those, region incidents in a region fewer than
+    /// [`MIN_REGION_TERMINALS`] terminals ever reported from: termwatch
+    /// never scores such a region (its one or two terminals' trouble and
+    /// the region's look alike), so no model could have found them.
+    pub missed_below_region_floor: usize,
+    /// The terminals of each region below the floor that a missed incident
+    /// names, for the table.
+    #[serde(skip)]
+    small_regions: BTreeMap<String, usize>,
     /// False alerts, by time.
     pub false_alert_events: Vec<AlertEvent>,
 }
@@ -512,6 +539,10 @@ fn evaluate_kind(kind: AlertKind, alerts: &[AlertEvent], labels: &[IncidentLabel
     }
     detections.sort_by_key(|d| d.incident.start);
     missed_incidents.sort_by_key(|i| i.start);
+    let below_floor: Vec<&IncidentLabel> =
+        missed_incidents.iter().filter(|i| i.scope == Scope::Region && fleet.below_region_floor(&i.entity)).collect();
+    let missed_below_region_floor = below_floor.len();
+    let small_regions = below_floor.iter().map(|i| (i.entity.clone(), fleet.terminals_in_region(&i.entity))).collect();
 
     let firing_alerts = firing.len();
     let false_alerts = false_alert_events.len();
@@ -569,6 +600,8 @@ fn evaluate_kind(kind: AlertKind, alerts: &[AlertEvent], labels: &[IncidentLabel
         scopes,
         detections,
         missed_incidents,
+        missed_below_region_floor,
+        small_regions,
         false_alert_events,
     }
 }
@@ -765,17 +798,29 @@ fn render_table(r: &Report, max_listed: usize) -> String {
         {
             continue;
         }
+        let floor = match k.missed_below_region_floor {
+            0 => String::new(),
+            n => format!(
+                " ({n} in regions of fewer than {MIN_REGION_TERMINALS} terminals, which termwatch does not score)"
+            ),
+        };
         let _ = writeln!(
             out,
-            "\n{}: {} missed, {}",
+            "\n{}: {} missed{floor}, {}",
             k.kind,
             plural(k.missed_incidents.len() as u64, "incident", "incidents"),
             plural(k.false_alert_events.len() as u64, "false alert", "false alerts")
         );
         for inc in k.missed_incidents.iter().take(max_listed) {
+            let small = match k.small_regions.get(&inc.entity) {
+                Some(&n) if inc.scope == Scope::Region => {
+                    format!(" (a region of {}: not scored)", plural(n as u64, "terminal", "terminals"))
+                }
+                _ => String::new(),
+            };
             let _ = writeln!(
                 out,
-                "  missed  {} {} ({}) {} .. {}{}",
+                "  missed  {} {} ({}) {} .. {}{}{small}",
                 inc.scope,
                 inc.entity,
                 inc.region,
@@ -951,6 +996,52 @@ mod tests {
         assert!(!matches(&region_alert, &incident(Network, Scope::Terminal, "T-9", T0, T0 + HOUR), &f));
         let terminal_alert = alert(Network, Scope::Terminal, "T-9", T0 + MIN);
         assert!(!matches(&terminal_alert, &incident(Network, Scope::Region, "east-07", T0, T0 + HOUR), &f));
+    }
+
+    /// A missed regional incident in a region fewer than three terminals
+    /// report from is told apart (termwatch never scores such a region);
+    /// one in a region of three is an ordinary miss. Both count in recall.
+    #[test]
+    fn missed_incidents_of_regions_below_the_scoring_floor_are_told_apart() {
+        let mut f = fleet();
+        f.observe("T-4", Some("S-3"), "west-02", T0);
+        f.observe("T-5", Some("S-3"), "west-02", T0);
+        f.observe("T-5", Some("S-3"), "west-02", T0 + DAY);
+        let labels = [
+            incident(Network, Scope::Region, "east-07", T0, T0 + HOUR),
+            incident(Network, Scope::Region, "west-02", T0, T0 + HOUR),
+            incident(Network, Scope::Region, "west-02", T0 + DAY, T0 + DAY + HOUR),
+        ];
+        let k = evaluate_kind(Network, &[], &labels, &f);
+        assert_eq!((k.incidents, k.detected_incidents, k.missed_below_region_floor), (3, 0, 2));
+        assert_eq!(k.recall, 0.0);
+        assert_eq!(f.terminals_in_region("west-02"), 2);
+        let table = render_table(
+            &Report {
+                inputs: InputSummary {
+                    alert_events: 0,
+                    firing_events: 0,
+                    resolved_events: 0,
+                    labels: 3,
+                    incident_labels: 3,
+                    not_incident_labels: 0,
+                },
+                fleet: f.summary(),
+                kinds: vec![k],
+            },
+            10,
+        );
+        assert!(
+            table.contains(
+                "3 incidents missed (2 in regions of fewer than 3 terminals, which termwatch does not score)"
+            ),
+            "{table}"
+        );
+        assert_eq!(table.matches("(a region of 2 terminals: not scored)").count(), 2, "{table}");
+        assert!(table.contains("region east-07 (east-07)"), "{table}");
+        // A third terminal lifts west-02 to the floor: its misses are the model's.
+        f.observe("T-6", Some("S-4"), "west-02", T0);
+        assert_eq!(evaluate_kind(Network, &[], &labels, &f).missed_below_region_floor, 0);
     }
 
     #[test]
