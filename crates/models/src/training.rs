@@ -2,7 +2,7 @@
 //! incident labels, fitted per detector, thresholds calibrated on healthy
 //! windows to a target false-alert rate, saved as one artifact.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 use termwatch_features::{FeatureConfig, FeatureEngine, WindowRows, names};
@@ -38,6 +38,53 @@ pub struct TrainingRows {
     /// Terminal-days of histories that train one kind only
     /// ([`TrainingRows::merge_for`]): they count in that kind's budget alone.
     kind_terminal_days: Vec<(AlertKind, u64)>,
+}
+
+/// Each entity of one training history (by scope and name) with its first
+/// and last window end ([`TrainingRows::spans`]).
+#[derive(Debug, Clone, Default)]
+pub struct EntitySpans(BTreeMap<(Scope, String), (i64, i64)>);
+
+impl EntitySpans {
+    /// The first entity (by scope, then name) that both histories have
+    /// windows of at the same time, with the period they share. Training
+    /// tells independent histories apart by time alone: an entity's windows
+    /// are replayed as one sequence and labels are matched by name and time,
+    /// so two fleets that name a terminal, site, region or cohort alike over
+    /// the same days would be read as one, and a label of one would mark
+    /// both. Compared history by history: the span of several merged would
+    /// cover the gaps between them.
+    pub fn shared_with(&self, other: &EntitySpans) -> Option<SharedEntity> {
+        other.0.iter().find_map(|(key, &(from, to))| {
+            let &(f, t) = self.0.get(key)?;
+            (f <= to && from <= t).then(|| SharedEntity {
+                scope: key.0,
+                entity: key.1.clone(),
+                from_ms: f.max(from),
+                to_ms: t.min(to),
+            })
+        })
+    }
+}
+
+/// The first of `earlier` histories that shares an entity with `new` at
+/// the same time ([`EntitySpans::shared_with`]), by its index.
+pub fn first_shared<'a>(
+    earlier: impl IntoIterator<Item = &'a EntitySpans>,
+    new: &EntitySpans,
+) -> Option<(usize, SharedEntity)> {
+    earlier.into_iter().enumerate().find_map(|(i, e)| e.shared_with(new).map(|s| (i, s)))
+}
+
+/// An entity two training histories both have windows of at the same time
+/// ([`EntitySpans::shared_with`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedEntity {
+    pub scope: Scope,
+    pub entity: String,
+    /// The period both have its windows in (window ends, epoch ms).
+    pub from_ms: i64,
+    pub to_ms: i64,
 }
 
 impl TrainingRows {
@@ -83,25 +130,49 @@ impl TrainingRows {
     /// detectors that they are healthy. Its terminal-days count in that
     /// kind's false-alert budget only.
     pub fn merge_for(&mut self, kind: AlertKind, mut other: TrainingRows) {
-        use AlertKind::{FirmwareRegression, HardwareAging, NetworkDegradation, VoltageInstability};
-        if kind != VoltageInstability {
-            other.terminal_voltage.clear();
-            other.site_voltage.clear();
-        }
-        if kind != NetworkDegradation {
-            other.network.clear();
-        }
-        if kind != HardwareAging {
-            other.aging.clear();
-        }
-        if kind != FirmwareRegression {
-            other.firmware.clear();
-        }
+        other.keep_only(kind);
         let days = other.terminal_days_for(kind);
         other.terminal_days = 0;
         other.kind_terminal_days.clear();
         self.merge(other);
         self.add_kind_terminal_days(kind, days);
+    }
+
+    /// Drops every row that does not train `kind`'s detectors.
+    pub fn keep_only(&mut self, kind: AlertKind) {
+        use AlertKind::{FirmwareRegression, HardwareAging, NetworkDegradation, VoltageInstability};
+        if kind != VoltageInstability {
+            self.terminal_voltage.clear();
+            self.site_voltage.clear();
+        }
+        if kind != NetworkDegradation {
+            self.network.clear();
+        }
+        if kind != HardwareAging {
+            self.aging.clear();
+        }
+        if kind != FirmwareRegression {
+            self.firmware.clear();
+        }
+    }
+
+    /// Each entity's first and last window end in this history: what
+    /// [`EntitySpans::shared_with`] compares between independent histories.
+    pub fn spans(&self) -> EntitySpans {
+        let mut spans: BTreeMap<(Scope, String), (i64, i64)> = BTreeMap::new();
+        let windows = self.terminal_voltage.iter().map(|r| (Scope::Terminal, r.0, r.1.as_str()));
+        let windows = windows.chain(self.aging.iter().map(|r| (Scope::Terminal, r.0, r.1.as_str())));
+        let windows = windows.chain(self.site_voltage.iter().map(|r| (Scope::Site, r.0, r.1.as_str())));
+        let windows = windows.chain(self.network.iter().map(|r| (Scope::Region, r.0, r.1.as_str())));
+        for (scope, ts, entity) in windows.chain(self.firmware.iter().map(|r| (Scope::Cohort, r.0, r.1.as_str()))) {
+            match spans.get_mut(&(scope, entity.to_owned())) {
+                Some(span) => *span = (span.0.min(ts), span.1.max(ts)),
+                None => {
+                    spans.insert((scope, entity.to_owned()), (ts, ts));
+                }
+            }
+        }
+        EntitySpans(spans)
     }
 
     fn add_kind_terminal_days(&mut self, kind: AlertKind, days: u64) {
@@ -1227,6 +1298,50 @@ mod tests {
         outer.merge(rows);
         assert_eq!(outer.terminal_days_for(AlertKind::NetworkDegradation), 121);
         assert_eq!(outer.terminal_days_for(AlertKind::HardwareAging), 111);
+    }
+
+    /// Two histories that name an entity alike over the same days are
+    /// found, at the scope and over the period they share; the same names a
+    /// day apart, or in rows a kind-only history drops, are not.
+    #[test]
+    fn histories_that_name_an_entity_alike_at_the_same_time_are_found() {
+        const DAY: i64 = 86_400_000;
+        let fleet = |from: i64, to: i64, region: &str| TrainingRows {
+            terminal_voltage: vec![
+                (from, "T-1".into(), "S-1".into(), region.into(), vec![0.0]),
+                (to, "T-1".into(), "S-1".into(), region.into(), vec![0.0]),
+            ],
+            network: vec![(from, region.into(), vec![0.0]), (to, region.into(), vec![0.0])],
+            ..TrainingRows::default()
+        };
+        let a = fleet(0, 10 * DAY, "north");
+        assert_eq!(a.spans().shared_with(&fleet(11 * DAY, 20 * DAY, "north").spans()), None, "a day apart");
+        assert_eq!(
+            a.spans().shared_with(&fleet(5 * DAY, 20 * DAY, "south").spans()),
+            Some(SharedEntity { scope: Scope::Terminal, entity: "T-1".into(), from_ms: 5 * DAY, to_ms: 10 * DAY })
+        );
+        let mut network_only = fleet(5 * DAY, 20 * DAY, "south");
+        network_only.keep_only(AlertKind::NetworkDegradation);
+        assert_eq!(a.spans().shared_with(&network_only.spans()), None, "its terminals train nothing");
+        // Between two earlier histories, in the gap they leave: apart from
+        // each, though the two merged span it.
+        let later = fleet(20 * DAY, 30 * DAY, "north");
+        let between = fleet(12 * DAY, 18 * DAY, "north").spans();
+        assert_eq!(first_shared(&[a.spans(), later.spans()], &between), None);
+        let mut merged = a.clone();
+        merged.merge(later.clone());
+        assert!(merged.spans().shared_with(&between).is_some(), "merged, their spans cover the gap");
+        let overlapping = fleet(25 * DAY, 40 * DAY, "north").spans();
+        assert_eq!(
+            first_shared(&[a.spans(), later.spans()], &overlapping).map(|(i, s)| (i, s.from_ms)),
+            Some((1, 25 * DAY))
+        );
+        let mut same_region = fleet(10 * DAY, 20 * DAY, "north");
+        same_region.keep_only(AlertKind::NetworkDegradation);
+        assert_eq!(
+            a.spans().shared_with(&same_region.spans()),
+            Some(SharedEntity { scope: Scope::Region, entity: "north".into(), from_ms: 10 * DAY, to_ms: 10 * DAY })
+        );
     }
 
     const POS: [f64; 1] = [3.0];

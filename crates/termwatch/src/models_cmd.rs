@@ -12,7 +12,7 @@ use termwatch_features::{FeatureConfig, FeatureEngine};
 use termwatch_models::artifact::{ModelSet, TrainingData};
 use termwatch_models::detector::CRITICAL_OFF;
 use termwatch_models::eval::format_duration;
-use termwatch_models::training::{self, FNV_OFFSET, TrainConfig, TrainingRows};
+use termwatch_models::training::{self, EntitySpans, FNV_OFFSET, TrainConfig, TrainingRows};
 use termwatch_pipeline::{BatchConfig, BatchSink, CountOnlyDeadLetters, Pipeline, SinkError, Sources};
 use termwatch_telemetry::alerts::{AlertKind, Scope};
 use termwatch_telemetry::time::format_rfc3339_ms;
@@ -309,12 +309,40 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         History::Ndjson(files) => collect_rows(&files, &features, range),
         History::Parquet(files) => collect_parquet_rows(&files, &features, range),
     };
+    // Independent histories are told apart by time alone (an entity's
+    // windows are one sequence, labels match by name and time): two that
+    // name an entity alike over the same days are refused, not blended.
+    let mut earlier: Vec<(String, EntitySpans)> = Vec::new();
+    let mut apart = |history: &TrainingRows, inputs: &[PathBuf]| -> anyhow::Result<()> {
+        let name = inputs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
+        let spans = history.spans();
+        if let Some((i, shared)) = training::first_shared(earlier.iter().map(|(_, s)| s), &spans) {
+            bail!(
+                "{name}: {} {} has windows from {} to {} in {} too: independent training histories are told \
+                 apart by time, so the two would be read as one {} and a label of one would mark both; give the \
+                 fleets distinct names, or histories of different periods",
+                shared.scope,
+                shared.entity,
+                format_rfc3339_ms(shared.from_ms),
+                format_rfc3339_ms(shared.to_ms),
+                earlier[i].0,
+                shared.scope,
+            );
+        }
+        earlier.push((name, spans));
+        Ok(())
+    };
     let mut rows = TrainingRows::default();
     for group in &groups {
-        rows.merge(rows_of(group)?);
+        let history = rows_of(group)?;
+        apart(&history, group)?;
+        rows.merge(history);
     }
     for (kind, path) in &args.inputs_for {
-        rows.merge_for(*kind, rows_of(std::slice::from_ref(path))?);
+        let mut history = rows_of(std::slice::from_ref(path))?;
+        history.keep_only(*kind);
+        apart(&history, std::slice::from_ref(path))?;
+        rows.merge_for(*kind, history);
     }
     let (Some(first), Some(last)) = (rows.first_ms, rows.last_ms) else {
         bail!("the training history closed no feature window: is it empty?");

@@ -393,6 +393,38 @@ fn a_history_for_one_kind_trains_that_kind_alone() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("\"network\": not an alert kind"), "{out:?}");
 }
 
+/// Independent training histories are told apart by time: two fleets that
+/// name their terminals and regions alike over the same days would be read
+/// as one, and a label of one would mark both. `termwatch train` refuses
+/// them, naming the history, the entity and the days; a history for one
+/// kind is checked on the rows it trains (a network-only fleet, by its
+/// regions).
+#[test]
+fn independent_histories_that_name_an_entity_alike_at_the_same_time_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    simulate(d, "a", "31", "300");
+    simulate(d, "b", "32", "300");
+    let labels = d.join("a.labels.ndjson");
+    let refused = |extra: &[&str]| -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_termwatch"))
+            .args(["train", "--input", s(&d.join("a.ndjson")), "--labels", s(&labels), "--out", s(&d.join("x"))])
+            .args(extra)
+            .output()
+            .expect("runs termwatch");
+        assert!(!out.status.success(), "refused: {out:?}");
+        assert!(!d.join("x/model.json").exists(), "no artifact is written");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = refused(&["--independent", "--input", s(&d.join("b.ndjson"))]);
+    assert!(
+        err.contains("b.ndjson: terminal T-") && err.contains("a.ndjson too"),
+        "names the history and the terminal: {err}"
+    );
+    let err = refused(&["--input-for", &format!("network_degradation={}", s(&d.join("b.ndjson")))]);
+    assert!(err.contains("b.ndjson: region ") && err.contains("would be read as one region"), "{err}");
+}
+
 /// The shipped models on a fleet from a generator that is not ours
 /// (`tests/fleets/external-1`, a customer's sample, never used to fit a
 /// threshold or a feature): every incident of the kinds termwatch detects
