@@ -159,20 +159,18 @@ impl TrainingRows {
     /// Each entity's first and last window end in this history: what
     /// [`EntitySpans::shared_with`] compares between independent histories.
     pub fn spans(&self) -> EntitySpans {
-        let mut spans: BTreeMap<(Scope, String), (i64, i64)> = BTreeMap::new();
+        // Keyed by borrowed names while the rows are walked (millions of
+        // them), owned once per entity at the end.
+        let mut spans: BTreeMap<(Scope, &str), (i64, i64)> = BTreeMap::new();
         let windows = self.terminal_voltage.iter().map(|r| (Scope::Terminal, r.0, r.1.as_str()));
         let windows = windows.chain(self.aging.iter().map(|r| (Scope::Terminal, r.0, r.1.as_str())));
         let windows = windows.chain(self.site_voltage.iter().map(|r| (Scope::Site, r.0, r.1.as_str())));
         let windows = windows.chain(self.network.iter().map(|r| (Scope::Region, r.0, r.1.as_str())));
         for (scope, ts, entity) in windows.chain(self.firmware.iter().map(|r| (Scope::Cohort, r.0, r.1.as_str()))) {
-            match spans.get_mut(&(scope, entity.to_owned())) {
-                Some(span) => *span = (span.0.min(ts), span.1.max(ts)),
-                None => {
-                    spans.insert((scope, entity.to_owned()), (ts, ts));
-                }
-            }
+            let span = spans.entry((scope, entity)).or_insert((ts, ts));
+            *span = (span.0.min(ts), span.1.max(ts));
         }
-        EntitySpans(spans)
+        EntitySpans(spans.into_iter().map(|((scope, entity), span)| ((scope, entity.to_owned()), span)).collect())
     }
 
     fn add_kind_terminal_days(&mut self, kind: AlertKind, days: u64) {
