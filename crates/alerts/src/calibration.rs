@@ -25,10 +25,25 @@
 //! backlog or in a replay), and uses it once its tail at the reference's
 //! share holds [`MIN_TAIL`] windows. Firmware has no reference: its windows
 //! are those of versions being rolled out, not a fleet's usual state.
+//!
+//! That share of windows holds a fleet's incidents, not its false alerts
+//! (a few windows in 100,000). So each detector with a
+//! [`termwatch_models::detector::PeakReference`] compares its entities' daily peaks too: per entity and
+//! UTC day, the highest score two consecutive windows both reach, which is
+//! what an alert needs and where a healthy day that pages stands out. The
+//! peaks go into a second histogram, decayed alike, used once its tail at
+//! the reference's share holds [`MIN_PEAK_TAIL`] entity-days; the
+//! threshold rises by the larger of the two shifts, the peaks' bounded by
+//! the reference's `max_shift` (most of the training incidents' days still
+//! peak above it). An entity's day is published with the first window of
+//! the next day, so a fleet's peaks move the thresholds once a day
+//! (docs/model-history.md, `termwatch-default-53`).
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use termwatch_models::artifact::ModelSet;
-use termwatch_models::detector::{CRITICAL_OFF, FleetReference, logit, sigmoid};
+use termwatch_models::detector::{CRITICAL_OFF, FleetReference, day_of, logit, sigmoid};
 use termwatch_telemetry::alerts::{AlertKind, Scope};
 
 /// Histogram bins of log-odds: [-16, 16) in steps of 0.05; a score beyond
@@ -42,6 +57,16 @@ pub const MEMORY_MS: f64 = 7.0 * 86_400_000.0;
 /// Windows (decayed) above the reference's share before the fleet's
 /// quantile is used: fewer say too little about a tail.
 pub const MIN_TAIL: f64 = 20.0;
+
+/// Entity-days (decayed) above the peak reference's share before the
+/// fleet's peaks are used. Fewer than for windows: a fleet of 150
+/// terminals has about 42 site-days a day, and at a share of 3 % would
+/// take a month to show 20 (docs/model-history.md says what 5 costs).
+pub const MIN_PEAK_TAIL: f64 = 5.0;
+/// Entities per detector whose day is tracked for its peak: past it, an
+/// entity first seen that day is not tracked (counted), so a flood of
+/// identifiers costs a bounded map (about 20 MB at the limit).
+pub const MAX_TRACKED_ENTITIES: usize = 1 << 18;
 
 /// Scores of one window (every terminal's) that
 /// [`FleetCalibration::observe_counts`] adds one at a time, as
@@ -70,6 +95,33 @@ struct DetectorCalibration {
     fleet_logit: Option<f64>,
     threshold: f64,
     critical: f64,
+    /// Decayed entity-days per log-odds bin of their daily peaks; empty
+    /// without a peak reference.
+    peaks: Vec<f64>,
+    peaks_decayed_to_ms: Option<i64>,
+    /// The fleet's daily peaks at the peak reference's share, once warm.
+    peak_logit: Option<f64>,
+    /// The entities' day so far.
+    days: DailyPeaks,
+}
+
+/// Each entity's day so far: its latest window and its highest pair.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct DailyPeaks {
+    /// The UTC day tracked ([`day_of`] its windows' ends).
+    day: Option<i64>,
+    entities: BTreeMap<Box<str>, Track>,
+    /// Entities not tracked for want of room ([`MAX_TRACKED_ENTITIES`]).
+    untracked: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+struct Track {
+    /// The entity's latest window's end and its log-odds.
+    end_ms: i64,
+    logit: f64,
+    /// The highest log-odds two consecutive windows of the day both reach.
+    best: Option<f64>,
 }
 
 /// One detector's thresholds and what moved them, for `/metrics`.
@@ -86,6 +138,14 @@ pub struct FleetThreshold {
     pub shift: Option<f64>,
     /// Windows in the histogram (decayed).
     pub windows: f64,
+    /// How much higher the fleet's daily peaks are at the peak reference's
+    /// share than the training's, in log-odds, before the bound; None
+    /// while warming up or without a peak reference.
+    pub peak_shift: Option<f64>,
+    /// Entity-days in the peaks' histogram (decayed).
+    pub days: f64,
+    /// Entities whose day was not tracked for want of room.
+    pub untracked: u64,
     /// The level that holds a firing alert up, in use: the detector's
     /// resolve threshold, never above the threshold in use; None without
     /// one (the threshold itself). Set by [`FleetThreshold::held_by`].
@@ -123,6 +183,10 @@ impl FleetCalibration {
                 fleet_logit: None,
                 threshold: d.threshold,
                 critical: d.critical_threshold,
+                peaks: if d.fleet.and_then(|f| f.peaks).is_some() { vec![0.0; BINS] } else { Vec::new() },
+                peaks_decayed_to_ms: None,
+                peak_logit: None,
+                days: DailyPeaks::default(),
             })
             .collect();
         FleetCalibration { detectors }
@@ -158,21 +222,53 @@ impl FleetCalibration {
             return;
         }
         d.decay_to(end_ms);
-        // Exact only one at a time (a decayed count plus 2.0 is not always
-        // the count plus 1.0 twice). Past any fleet's terminals in a window
-        // the counts go in whole, so a record of absurd counts costs no
-        // more than the largest fleet's.
-        let exact = bins.iter().map(|(_, n)| u64::from(*n)).sum::<u64>() <= MAX_EXACT_WINDOWS;
-        for &(b, n) in bins {
-            let Some(c) = d.counts.get_mut(usize::from(b)) else { continue };
-            if exact {
-                for _ in 0..n {
-                    *c += 1.0;
-                }
-            } else {
-                *c += f64::from(n);
-            }
+        add_counts(&mut d.counts, bins);
+        d.settle();
+    }
+
+    /// One window's scores of a detector by entity (the window ending at
+    /// `end_ms`, windows `window_ms` long) for its daily peaks: the first
+    /// window of a day adds every entity's peak of the day before, and
+    /// moves the thresholds for the windows after it.
+    pub fn observe_days(&mut self, kind: AlertKind, scope: Scope, end_ms: i64, window_ms: i64, scored: &[(&str, f64)]) {
+        let bins = self.track_days(kind, scope, end_ms, window_ms, scored);
+        self.observe_peak_counts(kind, scope, end_ms, &bins);
+    }
+
+    /// As [`FleetCalibration::observe_days`], but the peaks of a day that
+    /// ended are returned as counts per bin ([`bin_counts`] of log-odds),
+    /// not added: what a stage-1 replica publishes of its terminals for
+    /// [`FleetCalibration::observe_peak_counts`], the same histogram bit
+    /// for bit.
+    pub fn track_days(
+        &mut self,
+        kind: AlertKind,
+        scope: Scope,
+        end_ms: i64,
+        window_ms: i64,
+        scored: &[(&str, f64)],
+    ) -> Vec<(u16, u32)> {
+        let Some(d) = self.detectors.iter_mut().find(|d| d.kind == kind && d.scope == scope) else { return Vec::new() };
+        if d.reference.and_then(|r| r.peaks).is_none() {
+            return Vec::new();
         }
+        let ended = d.days.observe(end_ms, window_ms, scored);
+        let mut counts = BTreeMap::<u16, u32>::new();
+        for z in ended {
+            *counts.entry(bin(z) as u16).or_default() += 1;
+        }
+        counts.into_iter().collect()
+    }
+
+    /// Adds entity-days' peaks of a detector given as counts per bin, every
+    /// source's summed, dated `end_ms` (the window that ended their day).
+    pub fn observe_peak_counts(&mut self, kind: AlertKind, scope: Scope, end_ms: i64, bins: &[(u16, u32)]) {
+        let Some(d) = self.detectors.iter_mut().find(|d| d.kind == kind && d.scope == scope) else { return };
+        if d.peaks.is_empty() || bins.iter().all(|(_, n)| *n == 0) {
+            return;
+        }
+        decay(&mut d.peaks, &mut d.peaks_decayed_to_ms, end_ms);
+        add_counts(&mut d.peaks, bins);
         d.settle();
     }
 
@@ -185,6 +281,9 @@ impl FleetCalibration {
             threshold: d.threshold,
             shift: d.fleet_logit.zip(d.reference).map(|(f, r)| f - r.logit),
             windows: d.counts.iter().sum(),
+            peak_shift: d.peak_logit.zip(d.reference.and_then(|r| r.peaks)).map(|(f, r)| f - r.logit),
+            days: d.peaks.iter().sum(),
+            untracked: d.days.untracked,
             resolve: None,
         })
     }
@@ -211,13 +310,26 @@ impl FleetCalibration {
                 ));
             }
             let bins = if theirs.reference.is_some() { BINS } else { 0 };
-            if theirs.counts.len() != bins || theirs.counts.iter().any(|c| !c.is_finite() || *c < 0.0) {
+            let peak_bins = if theirs.reference.and_then(|r| r.peaks).is_some() { BINS } else { 0 };
+            let histogram = |h: &[f64], len: usize| h.len() == len && h.iter().all(|c| c.is_finite() && *c >= 0.0);
+            if !histogram(&theirs.counts, bins) || !histogram(&theirs.peaks, peak_bins) {
                 return Err(format!("fleet calibration of {} {}: a histogram that is not one", mine.kind, mine.scope));
+            }
+            if theirs.days.entities.len() > MAX_TRACKED_ENTITIES
+                || theirs.days.entities.values().any(|t| !t.logit.is_finite() || t.best.is_some_and(|b| !b.is_finite()))
+            {
+                return Err(format!(
+                    "fleet calibration of {} {}: daily peaks that are not ones",
+                    mine.kind, mine.scope
+                ));
             }
         }
         for (mine, theirs) in self.detectors.iter_mut().zip(snapshot.detectors) {
             mine.counts = theirs.counts;
             mine.decayed_to_ms = theirs.decayed_to_ms;
+            mine.peaks = theirs.peaks;
+            mine.peaks_decayed_to_ms = theirs.peaks_decayed_to_ms;
+            mine.days = theirs.days;
             mine.settle();
         }
         Ok(())
@@ -230,27 +342,23 @@ impl FleetCalibration {
 
 impl DetectorCalibration {
     fn decay_to(&mut self, end_ms: i64) {
-        match self.decayed_to_ms {
-            Some(t) if end_ms > t => {
-                let k = (-((end_ms - t) as f64) / MEMORY_MS).exp();
-                for c in &mut self.counts {
-                    *c *= k;
-                }
-                self.decayed_to_ms = Some(end_ms);
-            }
-            // Windows close in event-time order; an equal end is the same window.
-            Some(_) => {}
-            None => self.decayed_to_ms = Some(end_ms),
-        }
+        decay(&mut self.counts, &mut self.decayed_to_ms, end_ms);
     }
 
-    /// Works the thresholds out from the histogram.
+    /// Works the thresholds out from the histograms.
     fn settle(&mut self) {
-        self.fleet_logit = self.reference.and_then(|r| tail_logit(&self.counts, r.share));
-        let shift = match (self.fleet_logit, self.reference) {
+        self.fleet_logit = self.reference.and_then(|r| tail_logit(&self.counts, r.share, MIN_TAIL));
+        let peaks = self.reference.and_then(|r| r.peaks);
+        self.peak_logit = peaks.and_then(|p| tail_logit(&self.peaks, p.share, MIN_PEAK_TAIL));
+        let body = match (self.fleet_logit, self.reference) {
             (Some(f), Some(r)) => (f - r.logit).max(0.0),
             _ => 0.0,
         };
+        let peak = match (self.peak_logit, peaks) {
+            (Some(f), Some(p)) => (f - p.logit).clamp(0.0, p.max_shift.max(0.0)),
+            _ => 0.0,
+        };
+        let shift = body.max(peak);
         if shift == 0.0 {
             // Exactly as trained, not as rounded through the log-odds.
             (self.threshold, self.critical) = (self.trained, self.trained_critical);
@@ -265,6 +373,80 @@ impl DetectorCalibration {
         } else {
             CRITICAL_OFF
         };
+    }
+}
+
+impl DailyPeaks {
+    /// Tracks one window's scores; returns the peaks of the entities' day
+    /// when this window is the first of a later day (log-odds, in no
+    /// particular order). A window of a day already ended (windows close
+    /// in order: none in service) is left out.
+    fn observe(&mut self, end_ms: i64, window_ms: i64, scored: &[(&str, f64)]) -> Vec<f64> {
+        let day = day_of(end_ms);
+        let mut ended = Vec::new();
+        match self.day {
+            Some(d) if day < d => return ended,
+            Some(d) if day > d => {
+                ended.extend(self.entities.values_mut().filter_map(|t| t.best.take()));
+                // Only an entity in the window before this one can pair with it.
+                self.entities.retain(|_, t| t.end_ms.saturating_add(window_ms) >= end_ms);
+                self.day = Some(day);
+            }
+            Some(_) => {}
+            None => self.day = Some(day),
+        }
+        for &(entity, score) in scored {
+            let z = logit(score);
+            if let Some(t) = self.entities.get_mut(entity) {
+                if t.end_ms.saturating_add(window_ms) == end_ms {
+                    let pair = z.min(t.logit);
+                    t.best = Some(t.best.map_or(pair, |b| b.max(pair)));
+                }
+                if end_ms > t.end_ms {
+                    (t.end_ms, t.logit) = (end_ms, z);
+                }
+            } else if self.entities.len() < MAX_TRACKED_ENTITIES {
+                self.entities.insert(entity.into(), Track { end_ms, logit: z, best: None });
+            } else {
+                self.untracked += 1;
+            }
+        }
+        ended
+    }
+}
+
+/// Decays a histogram to `end_ms` (never back).
+fn decay(counts: &mut [f64], decayed_to_ms: &mut Option<i64>, end_ms: i64) {
+    match *decayed_to_ms {
+        Some(t) if end_ms > t => {
+            let k = (-((end_ms - t) as f64) / MEMORY_MS).exp();
+            for c in counts {
+                *c *= k;
+            }
+            *decayed_to_ms = Some(end_ms);
+        }
+        // Windows close in event-time order; an equal end is the same window.
+        Some(_) => {}
+        None => *decayed_to_ms = Some(end_ms),
+    }
+}
+
+/// Adds counts per bin to a histogram.
+fn add_counts(counts: &mut [f64], bins: &[(u16, u32)]) {
+    // Exact only one at a time (a decayed count plus 2.0 is not always
+    // the count plus 1.0 twice). Past any fleet's terminals in a window
+    // the counts go in whole, so a record of absurd counts costs no
+    // more than the largest fleet's.
+    let exact = bins.iter().map(|(_, n)| u64::from(*n)).sum::<u64>() <= MAX_EXACT_WINDOWS;
+    for &(b, n) in bins {
+        let Some(c) = counts.get_mut(usize::from(b)) else { continue };
+        if exact {
+            for _ in 0..n {
+                *c += 1.0;
+            }
+        } else {
+            *c += f64::from(n);
+        }
     }
 }
 
@@ -286,12 +468,12 @@ fn bin(z: f64) -> usize {
     (((z - LOW) / WIDTH).floor().max(0.0) as usize).min(BINS - 1)
 }
 
-/// The log-odds (a bin's middle) that `share` of the windows reach, once
-/// at least [`MIN_TAIL`] windows are that far up.
-fn tail_logit(counts: &[f64], share: f64) -> Option<f64> {
+/// The log-odds (a bin's middle) that `share` of the histogram reaches,
+/// once at least `min_tail` are that far up.
+fn tail_logit(counts: &[f64], share: f64, min_tail: f64) -> Option<f64> {
     let total: f64 = counts.iter().sum();
     let want = share * total;
-    if want < MIN_TAIL {
+    if want < min_tail {
         return None;
     }
     let mut above = 0.0;
@@ -307,9 +489,10 @@ fn tail_logit(counts: &[f64], share: f64) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use termwatch_features::partial::{DetectorScores, WindowScores};
 
     fn reference(share: f64, at: f64, max_threshold: f64) -> FleetReference {
-        FleetReference { share, logit: logit(at), max_threshold }
+        FleetReference { share, logit: logit(at), max_threshold, peaks: None }
     }
 
     fn calibration(trained: f64, critical: f64, r: FleetReference) -> FleetCalibration {
@@ -325,6 +508,10 @@ mod tests {
                 fleet_logit: None,
                 threshold: trained,
                 critical,
+                peaks: if r.peaks.is_some() { vec![0.0; BINS] } else { Vec::new() },
+                peaks_decayed_to_ms: None,
+                peak_logit: None,
+                days: DailyPeaks::default(),
             }],
         }
     }
@@ -401,6 +588,18 @@ mod tests {
         let mut back = calibration(0.6, CRITICAL_OFF, reference(0.01, sigmoid(-2.0), 0.95));
         back.restore(postcard::from_bytes(&bytes).expect("decode")).expect("same model");
         assert_eq!(back, c);
+        // Daily peaks, and a day in progress, come back too.
+        let mut c = calibration(0.6, 0.9, with_peaks(0.05, -2.0, 1.5));
+        let fleet = names(100);
+        a_day(&mut c, 20_000, &fleet);
+        a_day(&mut c, 20_001, &fleet);
+        assert!(!c.detectors[0].days.entities.is_empty());
+        let bytes = postcard::to_stdvec(&c).expect("encode");
+        let mut back = calibration(0.6, 0.9, with_peaks(0.05, -2.0, 1.5));
+        back.restore(postcard::from_bytes(&bytes).expect("decode")).expect("same model");
+        assert_eq!(back, c);
+        let err = calibration(0.6, 0.9, with_peaks(0.05, -2.5, 1.5)).restore(c.clone()).expect_err("other peaks");
+        assert!(err.contains("another detector"), "{err}");
         let mut other = calibration(0.5, CRITICAL_OFF, reference(0.01, sigmoid(-2.0), 0.95));
         let err = other.restore(c.clone()).expect_err("another detector");
         assert!(err.contains("voltage_instability terminal"), "{err}");
@@ -439,6 +638,146 @@ mod tests {
         absurd.observe_counts(KIND.0, KIND.1, 300_000, &[(0, u32::MAX), (639, u32::MAX), (u16::MAX, 7)]);
         let windows = absurd.status().next().map(|s| s.windows);
         assert_eq!(windows, Some(2.0 * f64::from(u32::MAX)));
+    }
+
+    fn with_peaks(share: f64, at: f64, max_shift: f64) -> FleetReference {
+        // Windows compared at 1 % above log-odds -2.
+        FleetReference {
+            peaks: Some(termwatch_models::detector::PeakReference { share, logit: at, max_shift }),
+            ..reference(0.01, sigmoid(-2.0), 0.99)
+        }
+    }
+
+    const W: i64 = 300_000;
+    const DAY: i64 = 86_400_000;
+
+    /// One day (288 windows from `day`'s midnight) of `entities`, every
+    /// window at log-odds -8 but two in a row at the entity's own peak,
+    /// spread over [-3, 0); into the windows' histogram and the peaks'.
+    fn a_day(c: &mut FleetCalibration, day: i64, entities: &[String]) {
+        for i in 1..=288 {
+            let end = day * DAY + i * W;
+            let scored: Vec<(&str, f64)> = entities
+                .iter()
+                .enumerate()
+                .map(|(e, name)| {
+                    let peak = -3.0 + 3.0 * e as f64 / entities.len() as f64;
+                    (name.as_str(), sigmoid(if i == 100 || i == 101 { peak } else { -8.0 }))
+                })
+                .collect();
+            let scores: Vec<f64> = scored.iter().map(|s| s.1).collect();
+            c.observe(KIND.0, KIND.1, end, &scores);
+            c.observe_days(KIND.0, KIND.1, end, W, &scored);
+        }
+    }
+
+    fn names(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("T-{i:06}")).collect()
+    }
+
+    #[test]
+    fn a_fleet_whose_healthy_days_peak_higher_lifts_the_threshold_within_the_peaks_bound() {
+        // Training's daily peaks: 5 % of entity-days above log-odds -2.
+        let mut c = calibration(0.6, 0.9, with_peaks(0.05, -2.0, 1.5));
+        let fleet = names(100);
+        a_day(&mut c, 20_000, &fleet);
+        // Two windows in 288 are high: the windows' 1 % is the fleet's
+        // usual -8, and the day has not ended.
+        let s = c.status().next().expect("one");
+        assert!(s.shift.expect("warm") < -5.0, "{s:?}");
+        assert_eq!((s.peak_shift, s.days, s.threshold), (None, 0.0, 0.6), "{s:?}");
+        // The next day's first window ends the first: 100 entity-days, the
+        // top 5 % peaking near -0.15, 1.85 above training's, bound at 1.5.
+        a_day(&mut c, 20_001, &fleet);
+        let s = c.status().next().expect("one");
+        let shift = s.peak_shift.expect("warm after a day");
+        assert!((shift - 1.85).abs() < 0.1, "{s:?}");
+        assert!((logit(s.threshold) - logit(0.6) - 1.5).abs() < 1e-9, "bound at 1.5: {s:?}");
+        let (_, critical) = c.thresholds(KIND.0, KIND.1).expect("known");
+        assert!((logit(critical) - logit(0.9) - 1.5).abs() < 1e-9, "the critical tier moves alike: {critical}");
+        // A fleet that peaks like training keeps the trained threshold.
+        let mut c = calibration(0.6, 0.9, with_peaks(0.05, 0.5, 1.5));
+        a_day(&mut c, 20_000, &fleet);
+        a_day(&mut c, 20_001, &fleet);
+        let s = c.status().next().expect("one");
+        assert!(s.peak_shift.expect("warm") < 0.0, "{s:?}");
+        assert_eq!(s.threshold, 0.6);
+    }
+
+    #[test]
+    fn a_daily_peak_is_what_two_consecutive_windows_of_one_entity_both_reach() {
+        let mut c = calibration(0.6, 0.9, with_peaks(0.05, -2.0, 1.5));
+        let day = 20_000 * DAY;
+        // High every other window, and once again after a missing window:
+        // never two in a row. Another entity's high window in between
+        // does not pair with it either.
+        for (i, z) in [(1, 4.0), (2, -6.0), (3, 4.0), (4, -5.0), (5, 4.0), (7, 4.0)] {
+            c.track_days(KIND.0, KIND.1, day + i * W, W, &[("T-1", sigmoid(z)), ("T-2", sigmoid(-z))]);
+        }
+        let ended = c.track_days(KIND.0, KIND.1, day + DAY + W, W, &[("T-1", sigmoid(0.0))]);
+        // T-1's best pair is (-5, 4): -5; T-2's (6, -4) and (-4, 5): -4.
+        assert_eq!(ended, [(bin(-5.0) as u16, 1), (bin(-4.0) as u16, 1)]);
+        // Tracking alone adds nothing to the histogram (stage 2 does).
+        assert_eq!(c.status().next().map(|s| s.days), Some(0.0));
+        // The day after: T-1 had one window, no pair; T-2 none.
+        assert!(c.track_days(KIND.0, KIND.1, day + 2 * DAY + W, W, &[]).is_empty());
+    }
+
+    #[test]
+    fn peaks_tracked_in_parts_give_the_histogram_of_one_process_bit_for_bit() {
+        let r = with_peaks(0.05, -2.0, 1.5);
+        let (mut whole, mut merging) = (calibration(0.6, 0.9, r), calibration(0.6, 0.9, r));
+        let mut replicas = [calibration(0.6, 0.9, r), calibration(0.6, 0.9, r)];
+        let fleet = names(90);
+        for day in 20_000..20_003 {
+            for i in 1..=288 {
+                let end = day * DAY + i * W;
+                let scored: Vec<(&str, f64)> = fleet
+                    .iter()
+                    .enumerate()
+                    .map(|(e, n)| (n.as_str(), sigmoid(((e * 7 + i as usize * 13) % 97) as f64 / 10.0 - 8.0)))
+                    .collect();
+                whole.observe_days(KIND.0, KIND.1, end, W, &scored);
+                let mut sum = WindowScores { end_ms: end, detectors: Vec::new() };
+                for (k, replica) in replicas.iter_mut().enumerate() {
+                    let mine: Vec<(&str, f64)> = scored.iter().copied().skip(k).step_by(2).collect();
+                    let peaks = replica.track_days(KIND.0, KIND.1, end, W, &mine);
+                    sum.merge(&WindowScores {
+                        end_ms: end,
+                        detectors: vec![DetectorScores { kind: KIND.0, scope: KIND.1, bins: Vec::new(), peaks }],
+                    });
+                }
+                for d in &sum.detectors {
+                    merging.observe_peak_counts(d.kind, d.scope, end, &d.peaks);
+                }
+            }
+        }
+        let days = |c: &FleetCalibration| c.detectors[0].peaks.clone();
+        assert_eq!(days(&whole), days(&merging));
+        assert_eq!(whole.status().next().map(|s| s.days), Some(90.0 * (-(DAY as f64) / MEMORY_MS).exp() + 90.0));
+        assert!(whole.status().next().and_then(|s| s.peak_shift).is_some(), "warm: the test compares thresholds");
+        assert_eq!(whole.thresholds(KIND.0, KIND.1), merging.thresholds(KIND.0, KIND.1));
+    }
+
+    #[test]
+    fn a_flood_of_entities_is_tracked_up_to_the_bound_and_the_rest_counted() {
+        let mut c = calibration(0.6, 0.9, with_peaks(0.05, -2.0, 1.5));
+        let flood = names(MAX_TRACKED_ENTITIES + 10);
+        let scored: Vec<(&str, f64)> = flood.iter().map(|n| (n.as_str(), 0.5)).collect();
+        c.observe_days(KIND.0, KIND.1, 20_000 * DAY + W, W, &scored);
+        assert_eq!(c.detectors[0].days.entities.len(), MAX_TRACKED_ENTITIES);
+        assert_eq!(c.status().next().map(|s| s.untracked), Some(10));
+        // A day later only the entities of the window before it may pair:
+        // the map is cleared of the others.
+        c.observe_days(KIND.0, KIND.1, 20_001 * DAY + 2 * W, W, &[("T-new", 0.5)]);
+        assert_eq!(c.detectors[0].days.entities.len(), 1);
+        // A snapshot of more than the bound is refused.
+        let mut broken = c.clone();
+        let fresh = calibration(0.6, 0.9, with_peaks(0.05, -2.0, 1.5));
+        broken.detectors[0].days.entities = (0..=MAX_TRACKED_ENTITIES)
+            .map(|i| (format!("T{i}").into(), Track { end_ms: 0, logit: 0.0, best: None }))
+            .collect();
+        assert!(fresh.clone().restore(broken).is_err());
     }
 
     #[test]

@@ -160,6 +160,8 @@ pub struct AlertMetrics {
     release_score: GaugeVec,
     threshold: GaugeVec,
     fleet_shift: GaugeVec,
+    fleet_peak_shift: GaugeVec,
+    peaks_untracked: IntGaugeVec,
     state: Arc<Mutex<State>>,
 }
 
@@ -537,6 +539,31 @@ impl AlertMetrics {
                     &["kind", "scope"],
                 )?,
             )?,
+            fleet_peak_shift: register(
+                registry,
+                GaugeVec::new(
+                    Opts::new(
+                        "termwatch_detector_fleet_peak_shift",
+                        "How much higher the watched fleet's daily peaks (per entity and UTC day, the highest score \
+                         two consecutive windows both reach) are than the training's at the share fleet calibration \
+                         compares (log-odds, before its bound; negative: quieter). The threshold rises by the larger \
+                         of this and termwatch_detector_fleet_shift. Absent while the detector warms up (fewer than \
+                         5 entity-days, decayed over 7 days, in that share) and for detectors without it.",
+                    ),
+                    &["kind", "scope"],
+                )?,
+            )?,
+            peaks_untracked: register(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "termwatch_detector_peak_entities_untracked",
+                        "Entities whose daily peak fleet calibration did not track for want of room (past \
+                         262,144 entities a day per detector), since the service started.",
+                    ),
+                    &["kind", "scope"],
+                )?,
+            )?,
             tracked_terminals: register(
                 registry,
                 IntGauge::new("termwatch_tracked_terminals", "Terminals the feature engine holds state for.")?,
@@ -885,6 +912,15 @@ impl AlertMetrics {
                 None => {
                     let _ = self.fleet_shift.remove_label_values(&[kind, scope]);
                 }
+            }
+            match t.peak_shift {
+                Some(shift) => self.fleet_peak_shift.with_label_values(&[kind, scope]).set(shift),
+                None => {
+                    let _ = self.fleet_peak_shift.remove_label_values(&[kind, scope]);
+                }
+            }
+            if t.untracked > 0 {
+                self.peaks_untracked.with_label_values(&[kind, scope]).set(t.untracked.min(i64::MAX as u64) as i64);
             }
         }
     }

@@ -140,6 +140,7 @@ impl RegionalStage {
         for window in scores {
             for d in &window.detectors {
                 self.fleet.observe_counts(d.kind, d.scope, window.end_ms, &d.bins);
+                self.fleet.observe_peak_counts(d.kind, d.scope, window.end_ms, &d.peaks);
             }
         }
     }
@@ -172,6 +173,8 @@ impl RegionalStage {
             let site_at = limits(AlertKind::VoltageInstability, Scope::Site);
             let network_at = limits(AlertKind::NetworkDegradation, Scope::Region);
             let mut site_scores = Vec::new();
+            let mut site_days = Vec::new();
+            let mut region_days = Vec::new();
             let mut bad_sites = Vec::new();
             for s in &w.sites {
                 let judged =
@@ -179,6 +182,7 @@ impl RegionalStage {
                 if let Some((score, e)) = judged {
                     events.extend(e);
                     site_scores.push(score);
+                    site_days.push((&*s.site, score));
                     // As one process judges a site for its terminals.
                     if score >= site_at.0
                         || self.alerts.firing_alert(AlertKind::VoltageInstability, Scope::Site, &s.site).is_some()
@@ -196,6 +200,7 @@ impl RegionalStage {
                 {
                     events.extend(e);
                     network_scores.push(score);
+                    region_days.push((&**region, score));
                     if self.kept.is_some() {
                         network_regions.push(region.clone());
                     }
@@ -213,6 +218,9 @@ impl RegionalStage {
             events.extend(self.alerts.expire(w.end_ms));
             self.fleet.observe(AlertKind::VoltageInstability, Scope::Site, w.end_ms, &site_scores);
             self.fleet.observe(AlertKind::NetworkDegradation, Scope::Region, w.end_ms, &network_scores);
+            let window_ms = self.models.features.window_ms;
+            self.fleet.observe_days(AlertKind::VoltageInstability, Scope::Site, w.end_ms, window_ms, &site_days);
+            self.fleet.observe_days(AlertKind::NetworkDegradation, Scope::Region, w.end_ms, window_ms, &region_days);
             if let Some(kept) = self.kept.as_mut() {
                 kept.keep(AlertKind::VoltageInstability, Scope::Site, &site_scores);
                 kept.keep(AlertKind::NetworkDegradation, Scope::Region, &network_scores);

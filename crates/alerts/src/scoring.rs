@@ -237,6 +237,7 @@ impl Scorer {
                 taught.or_else(|| fleet.thresholds(kind, scope)).unwrap_or((f64::INFINITY, CRITICAL_OFF))
             };
             let mut detectors = Vec::new();
+            let mut followed = Vec::new();
             let mut recorded = Vec::new();
             let terminal_detectors = [
                 (AlertKind::VoltageInstability, &held.voltage, &bad_sites[..]),
@@ -247,6 +248,7 @@ impl Scorer {
                 let at = limits(d.kind, d.scope);
                 // What the detector scored itself, for the fleet's calibration.
                 let mut own = Vec::new();
+                let mut own_days = Vec::new();
                 for r in rows {
                     let held_back = bad_sites.binary_search(&r.site).is_ok();
                     let (score, e) = judge_terminal(
@@ -264,19 +266,26 @@ impl Scorer {
                     events.extend(e);
                     if !held_back {
                         own.push(score);
+                        own_days.push((&*r.terminal, score));
                     }
                     recorded.push((d.kind, d.scope, score));
                 }
                 // Only a detector that follows the fleet needs the fleet's scores.
                 if d.fleet.is_some() {
-                    detectors.push(DetectorScores { kind: d.kind, scope: d.scope, bins: bin_counts(&own) });
+                    followed.push((d.kind, d.scope, own, own_days));
                 }
+            }
+            let window_ms = self.engine.config().window_ms;
+            for (kind, scope, own, own_days) in followed {
+                // This replica's terminals' days; stage 2 keeps the histogram.
+                let peaks = self.fleet.track_days(kind, scope, held.end_ms, window_ms, &own_days);
+                detectors.push(DetectorScores { kind, scope, bins: bin_counts(&own), peaks });
             }
             events.extend(self.alerts.expire(held.end_ms));
             for (kind, scope, score) in recorded {
                 self.record(kind, scope, score);
             }
-            detectors.retain(|d| !d.bins.is_empty());
+            detectors.retain(|d| !d.bins.is_empty() || !d.peaks.is_empty());
             if let Some(split) = self.split.as_mut().filter(|_| !detectors.is_empty()) {
                 split.outbox.push(PartialsRecord::Scores(WindowScores { end_ms: held.end_ms, detectors }));
             }
@@ -712,6 +721,9 @@ impl Scorer {
             // Each detector's windows for fleet calibration: what it scored
             // itself (not a terminal held back by its site's alert).
             let mut own_terminal_scores = Vec::new();
+            // And by entity, for their daily peaks.
+            let mut site_days = Vec::new();
+            let mut terminal_days = Vec::new();
             let fleet = &self.fleet;
             let limits = |kind, scope| fleet.thresholds(kind, scope).unwrap_or((f64::INFINITY, CRITICAL_OFF));
             let site_at = limits(AlertKind::VoltageInstability, Scope::Site);
@@ -722,6 +734,7 @@ impl Scorer {
                 let Some((score, event)) = judged else { continue };
                 events.extend(event);
                 site_scores.push(score);
+                site_days.push((r.site, score));
                 // Until the site's alert resolves, its terminals' supply
                 // trouble is the site's mains, already paged.
                 if score >= site_at.0
@@ -751,6 +764,7 @@ impl Scorer {
                     events.extend(e);
                     if !held_back {
                         own_terminal_scores.push(score);
+                        terminal_days.push((r.terminal, score));
                     }
                     terminal_scores.push(score);
                 }
@@ -797,6 +811,18 @@ impl Scorer {
                 (AlertKind::HardwareAging, Scope::Terminal, &aging_scores),
             ] {
                 self.fleet.observe(kind, scope, w.end_ms, scores);
+            }
+            let engine = &self.engine;
+            let window_ms = engine.config().window_ms;
+            let sites: Vec<(&str, f64)> = site_days.iter().map(|&(i, s)| (engine.site_id(i), s)).collect();
+            let terminals: Vec<(&str, f64)> = terminal_days.iter().map(|&(i, s)| (engine.terminal_id(i), s)).collect();
+            let regions: Vec<(&str, f64)> = network_scores.iter().map(|&(i, s)| (engine.region_name(i), s)).collect();
+            for (kind, scope, scored) in [
+                (AlertKind::VoltageInstability, Scope::Site, &sites),
+                (AlertKind::VoltageInstability, Scope::Terminal, &terminals),
+                (AlertKind::NetworkDegradation, Scope::Region, &regions),
+            ] {
+                self.fleet.observe_days(kind, scope, w.end_ms, window_ms, scored);
             }
             for s in site_scores {
                 self.record(AlertKind::VoltageInstability, Scope::Site, s);

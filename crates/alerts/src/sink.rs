@@ -534,15 +534,13 @@ impl BatchSink for AlertSink {
         let moved: Vec<String> = self
             .scorer
             .thresholds()
-            .filter(|t| t.shift.is_some())
+            .filter(|t| t.shift.is_some() || t.peak_shift.is_some())
             .map(|t| {
+                let peaks = t.peak_shift.map(|p| format!(", daily peaks {p:+.2}")).unwrap_or_default();
+                let windows = t.shift.map(|w| format!("fleet {w:+.2}")).unwrap_or_else(|| "fleet warming up".into());
                 format!(
-                    "{} {} {:.3} (trained {:.3}, fleet {:+.2} log-odds)",
-                    t.kind,
-                    t.scope,
-                    t.threshold,
-                    t.trained,
-                    t.shift.unwrap_or(0.0)
+                    "{} {} {:.3} (trained {:.3}, {windows}{peaks} log-odds)",
+                    t.kind, t.scope, t.threshold, t.trained
                 )
             })
             .collect();

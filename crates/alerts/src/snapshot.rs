@@ -53,7 +53,7 @@ const REGIONAL_MAGIC: &[u8; 6] = b"TWREGN";
 ///     for the partials topic not yet taken, and the thresholds taught.
 /// 16: the merging stage's cohorts, learnt once from every engine's
 ///     lessons, whose states it sends back instead of the lessons.
-const FORMAT: u32 = 16;
+const FORMAT: u32 = 17;
 const HEADER: usize = 6 + 4 + 8;
 
 #[derive(Debug, thiserror::Error)]

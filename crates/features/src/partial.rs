@@ -470,6 +470,9 @@ pub struct DetectorScores {
     pub kind: AlertKind,
     pub scope: Scope,
     pub bins: Vec<(u16, u32)>,
+    /// The daily peaks of the source's terminals whose day this window
+    /// ended (its first of a day), binned alike; empty in the others.
+    pub peaks: Vec<(u16, u32)>,
 }
 
 impl WindowScores {
@@ -479,19 +482,30 @@ impl WindowScores {
             let i = match self.detectors.iter().position(|d| (d.kind, d.scope) == (theirs.kind, theirs.scope)) {
                 Some(i) => i,
                 None => {
-                    self.detectors.push(DetectorScores { kind: theirs.kind, scope: theirs.scope, bins: Vec::new() });
+                    self.detectors.push(DetectorScores {
+                        kind: theirs.kind,
+                        scope: theirs.scope,
+                        bins: Vec::new(),
+                        peaks: Vec::new(),
+                    });
                     self.detectors.len() - 1
                 }
             };
             let mine = &mut self.detectors[i];
-            let mut bins: BTreeMap<u16, u32> = mine.bins.iter().copied().collect();
-            for &(bin, n) in &theirs.bins {
-                let c = bins.entry(bin).or_default();
-                *c = c.saturating_add(n);
-            }
-            mine.bins = bins.into_iter().collect();
+            mine.bins = summed(&mine.bins, &theirs.bins);
+            mine.peaks = summed(&mine.peaks, &theirs.peaks);
         }
     }
+}
+
+/// Two sources' counts per bin, summed.
+fn summed(mine: &[(u16, u32)], theirs: &[(u16, u32)]) -> Vec<(u16, u32)> {
+    let mut bins: BTreeMap<u16, u32> = mine.iter().copied().collect();
+    for &(bin, n) in theirs {
+        let c = bins.entry(bin).or_default();
+        *c = c.saturating_add(n);
+    }
+    bins.into_iter().collect()
 }
 
 /// A site's voltage row, merged.
@@ -1131,7 +1145,12 @@ mod tests {
     }
 
     fn scores(end_ms: i64, bins: &[(u16, u32)]) -> WindowScores {
-        let d = DetectorScores { kind: AlertKind::VoltageInstability, scope: Scope::Terminal, bins: bins.to_vec() };
+        let d = DetectorScores {
+            kind: AlertKind::VoltageInstability,
+            scope: Scope::Terminal,
+            bins: bins.to_vec(),
+            peaks: Vec::new(),
+        };
         WindowScores { end_ms, detectors: vec![d] }
     }
 

@@ -22,7 +22,7 @@ use crate::partial::{CohortStates, MergedWindow, WindowMerger, WindowPartials, W
 
 /// The value's first byte. A format this build does not know is refused,
 /// not guessed at: stage 2 is upgraded before stage 1.
-pub const FORMAT: u8 = 3;
+pub const FORMAT: u8 = 4;
 
 /// One record of the partials topic.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -187,6 +187,7 @@ mod tests {
                 kind: AlertKind::VoltageInstability,
                 scope: Scope::Terminal,
                 bins: vec![(12, 3), (639, 1)],
+                peaks: vec![(300, 2)],
             }],
         });
         for r in [window(300_000), scores, PartialsRecord::Progress(600_000), PartialsRecord::End] {

@@ -83,6 +83,39 @@ pub struct FleetReference {
     /// `RECALL_KEPT` of the training incidents the trained threshold
     /// catches: what a fleet's scores may never lift it past.
     pub max_threshold: f64,
+    /// The same comparison on entities' daily peaks, where a fleet's false
+    /// alerts are; None in artifacts from before `termwatch-default-53`.
+    /// (Always written: state snapshots keep the reference in postcard,
+    /// which cannot skip a field.)
+    #[serde(default)]
+    pub peaks: Option<PeakReference>,
+}
+
+/// The training fleets' daily peaks at one upper quantile. An entity's
+/// daily peak is the highest score two of its consecutive windows both
+/// reach in a UTC day (what an alert needs), in log-odds: the statistic a
+/// fleet whose healthy days page is told apart by, where the share of
+/// windows [`FleetReference`] compares holds no false alert.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeakReference {
+    /// The share of entity-days above the quantile compared (0.02 to 0.5).
+    pub share: f64,
+    /// The log-odds of the training fleets' daily peaks at that share.
+    pub logit: f64,
+    /// The most the daily peaks may lift the threshold, in log-odds: from
+    /// the trained threshold to the 5th percentile of the daily peaks of
+    /// the training incidents' days that the trained threshold catches.
+    pub max_shift: f64,
+}
+
+/// A UTC day in ms.
+pub const DAY_MS: i64 = 86_400_000;
+
+/// The UTC day (days since the epoch) whose daily peak a window ending at
+/// `end_ms` counts in: a window ending at midnight is the day before's.
+pub fn day_of(end_ms: i64) -> i64 {
+    (end_ms - 1).div_euclid(DAY_MS)
 }
 
 /// Log-odds of a score; scores of 0 and 1 are held within 1e-12 of them.

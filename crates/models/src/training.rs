@@ -11,7 +11,9 @@ use termwatch_telemetry::alerts::{AlertKind, IncidentLabel, Scope, Verdict};
 use crate::artifact::{
     DetectorFigures, FORMAT, IncidentFigures, ModelSet, ResolveFigures, TrainingData, scored_at_site_scope,
 };
-use crate::detector::{CRITICAL_OFF, Detector, DetectorError, FleetReference, is_critical, logit};
+use crate::detector::{
+    CRITICAL_OFF, DAY_MS, Detector, DetectorError, FleetReference, PeakReference, day_of, is_critical, logit,
+};
 use crate::policy::{AlertingConfig, Transition, hysteresis};
 
 /// Feature rows of a history, with entity names resolved, in window order.
@@ -495,7 +497,7 @@ pub fn train(
             ..config.clone()
         };
         let terminal_days = rows.terminal_days_for(kind);
-        let (d, f) = fit_one(kind, scope, feature_names, truths, &incidents, terminal_days, (k, m), &config)?;
+        let (d, f) = fit_one(kind, scope, feature_names, truths, &incidents, terminal_days, (k, m), window, &config)?;
         detectors.push(d);
         figures.push(f);
     }
@@ -575,6 +577,7 @@ fn fit_one(
     incidents: &Incidents<'_>,
     terminal_days: u64,
     (k, m): (usize, usize),
+    window_ms: i64,
     config: &TrainConfig,
 ) -> Result<(Detector, DetectorFigures), DetectorError> {
     let positives: Vec<&Labelled<'_>> = rows.iter().filter(|r| r.3 == Truth::Positive).collect();
@@ -656,9 +659,14 @@ fn fit_one(
     // (docs/model-history.md, termwatch-default-12).
     if !matches!(kind, AlertKind::FirmwareRegression | AlertKind::HardwareAging) {
         // The windows service scores: a one-terminal site is not scored at site scope.
-        let scores: Vec<f64> =
-            rows.iter().filter(|r| scope != Scope::Site || scored_at_site_scope(r.2)).map(|r| d.score(r.2)).collect();
-        d.fleet = fleet_reference(&scores, positives.len(), &policy, threshold, &calibration.k_only);
+        let scored: Vec<(i64, &str, f64)> = rows
+            .iter()
+            .filter(|r| scope != Scope::Site || scored_at_site_scope(r.2))
+            .map(|r| (r.0, r.1, d.score(r.2)))
+            .collect();
+        let scores: Vec<f64> = scored.iter().map(|r| r.2).collect();
+        d.fleet = fleet_reference(&scores, positives.len(), &policy, threshold, &calibration.k_only)
+            .map(|f| FleetReference { peaks: peak_reference(&scored, incidents, window_ms, threshold), ..f });
     }
     let figures = DetectorFigures {
         kind,
@@ -729,7 +737,73 @@ fn fleet_reference(
         .take_while(|&t| policy.detections(t, CRITICAL_OFF).delays.len() >= must)
         .last()
         .unwrap_or(threshold);
-    Some(FleetReference { share, logit: value, max_threshold })
+    Some(FleetReference { share, logit: value, max_threshold, peaks: None })
+}
+
+/// What fleet calibration compares a watched fleet's daily peaks with
+/// ([`PeakReference`]): the training entities' daily peaks (every window
+/// scored, incidents and all, as a fleet's are) at four times the share of
+/// entity-days with an incident (at least 2 %), and the most they may lift
+/// the threshold: up to the 5th percentile of the peaks of the incident
+/// days that the trained threshold catches, so that a fleet's incidents,
+/// which are in its peaks' tail too, cannot lift it past most of what it
+/// must catch. None without a single pair of consecutive windows, and
+/// None where that share would pass half: where an eighth of the
+/// entity-days have an incident (network's regions), the upper half of
+/// the peaks is the incidents', not a tail of healthy days, and a fleet's
+/// incidents would lift the threshold over its own (tried: network lost
+/// one to three incidents a fleet, docs/model-history.md).
+///
+/// `scored` is `(window end, entity, score)`; a day is a UTC day of window
+/// ends, a window ending at midnight the day before's (as the service
+/// counts them).
+fn peak_reference(
+    scored: &[(i64, &str, f64)],
+    incidents: &Incidents<'_>,
+    window_ms: i64,
+    threshold: f64,
+) -> Option<PeakReference> {
+    let mut by_entity: HashMap<&str, Vec<(i64, f64)>> = HashMap::new();
+    for &(end, entity, score) in scored {
+        by_entity.entry(entity).or_default().push((end, logit(score)));
+    }
+    let mut peaks = Vec::new();
+    let mut incident_peaks = Vec::new();
+    for (entity, mut windows) in by_entity {
+        windows.sort_by_key(|w| w.0);
+        let mut days: std::collections::BTreeMap<i64, f64> = std::collections::BTreeMap::new();
+        for pair in windows.windows(2) {
+            let [(before, a), (end, b)] = [pair[0], pair[1]];
+            if end - before != window_ms {
+                continue;
+            }
+            let peak = days.entry(day_of(end)).or_insert(f64::NEG_INFINITY);
+            *peak = peak.max(a.min(b));
+        }
+        let spans = incidents.get(entity).map(Vec::as_slice).unwrap_or_default();
+        for (day, peak) in days {
+            let (from, to) = (day * DAY_MS, (day + 1) * DAY_MS);
+            if spans.iter().any(|&(start, end)| start < to && end > from) {
+                incident_peaks.push(peak);
+            }
+            peaks.push(peak);
+        }
+    }
+    if peaks.is_empty() {
+        return None;
+    }
+    let share = (4.0 * incident_peaks.len() as f64 / peaks.len() as f64).max(0.02);
+    if share > 0.5 {
+        return None;
+    }
+    peaks.sort_by(f64::total_cmp);
+    let above = ((share * peaks.len() as f64).ceil() as usize).clamp(1, peaks.len());
+    let logit_at = peaks[peaks.len() - above];
+    let trained = logit(threshold);
+    let mut caught: Vec<f64> = incident_peaks.into_iter().filter(|&p| p >= trained).collect();
+    caught.sort_by(f64::total_cmp);
+    let max_shift = caught.get(caught.len().saturating_sub(1) / 20).map_or(0.0, |p5| (p5 - trained).max(0.0));
+    Some(PeakReference { share, logit: logit_at, max_shift })
 }
 
 /// The map's values in the order of their keys, so that sums and searches
@@ -970,6 +1044,65 @@ pub use termwatch_features::{FNV_OFFSET, fnv1a};
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// 100 entities over 10 days of 5-minute windows, each day quiet at
+    /// log-odds -6 but for two windows in a row at its own peak, spread
+    /// over [-4, 0); the first `with_incidents` entities have an hour at
+    /// +3 on each of `days` days from day 3, labelled.
+    type Spans = Vec<(String, (i64, i64))>;
+
+    fn peak_fleet(with_incidents: usize, days: i64) -> (Vec<(i64, String, f64)>, Spans) {
+        const W: i64 = 300_000;
+        let mut scored = Vec::new();
+        let mut spans = Vec::new();
+        for e in 0..100usize {
+            for d in 0..10i64 {
+                let day = (20_000 + d) * DAY_MS;
+                let peak = -4.0 + 4.0 * (e as f64 * 10.0 + d as f64) / 1000.0;
+                let incident = e < with_incidents && (3..3 + days).contains(&d);
+                for i in 1..=288i64 {
+                    let z = match i {
+                        100 | 101 => peak,
+                        120..132 if incident => 3.0,
+                        _ => -6.0,
+                    };
+                    scored.push((day + i * W, format!("T-{e}"), crate::detector::sigmoid(z)));
+                }
+                if incident {
+                    spans.push((format!("T-{e}"), (day + 119 * W, day + 132 * W)));
+                }
+            }
+        }
+        (scored, spans)
+    }
+
+    fn reference_of(with_incidents: usize, days: i64) -> Option<PeakReference> {
+        let (scored, spans) = peak_fleet(with_incidents, days);
+        let scored: Vec<(i64, &str, f64)> = scored.iter().map(|(t, e, s)| (*t, e.as_str(), *s)).collect();
+        let mut incidents: Incidents<'_> = HashMap::new();
+        for (e, span) in &spans {
+            incidents.entry(e.as_str()).or_default().push(*span);
+        }
+        peak_reference(&scored, &incidents, 300_000, 0.5)
+    }
+
+    #[test]
+    fn the_peak_reference_is_the_training_days_peaks_at_four_times_their_incidents_share() {
+        let r = reference_of(10, 1).expect("a reference");
+        // 10 incident days of 1,000: 4 %, the top 40 peaks: the incidents'
+        // 10 at +3, then the healthy days' top 30 (near -0.12).
+        assert!((r.share - 0.04).abs() < 1e-12, "{r:?}");
+        assert!(r.logit > -0.2 && r.logit < -0.08, "{r:?}");
+        // Every caught incident day peaks at +3, 3 above the threshold's 0.
+        assert!((r.max_shift - 3.0).abs() < 1e-9, "{r:?}");
+        // Fewer incidents: the share's floor, 2 %.
+        assert_eq!(reference_of(2, 1).map(|r| r.share), Some(0.02));
+        assert_eq!(reference_of(0, 1).map(|r| r.max_shift), Some(0.0), "none caught: the peaks lift nothing");
+        // An incident on more than an eighth of the days (140 of 1,000):
+        // the upper half of the peaks is incidents, no tail to compare.
+        assert_eq!(reference_of(20, 7), None);
+        assert!(reference_of(20, 6).is_some(), "120 of 1,000: 48 %");
+    }
 
     #[test]
     fn false_alerts_need_k_consecutive_bad_windows() {
@@ -1221,6 +1354,7 @@ mod tests {
                 &HashMap::new(),
                 1000,
                 (1, 1),
+                300_000,
                 &config,
             )
             .expect("fits");
@@ -1254,7 +1388,7 @@ mod tests {
         let fit = |target: f64| {
             let config = TrainConfig { target_false_alerts_per_1000_terminal_days: target, ..TrainConfig::default() };
             let kind = AlertKind::FirmwareRegression;
-            fit_one(kind, Scope::Cohort, &names, &rows, &HashMap::new(), 1000, (1, 1), &config).expect("fits")
+            fit_one(kind, Scope::Cohort, &names, &rows, &HashMap::new(), 1000, (1, 1), 300_000, &config).expect("fits")
         };
         let ((tight, tight_figures), (loose, loose_figures)) = (fit(0.05), fit(500.0));
         assert!(tight.threshold > loose.threshold, "{} against {}", tight.threshold, loose.threshold);
