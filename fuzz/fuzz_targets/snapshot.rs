@@ -101,6 +101,7 @@ fuzz_target!(|data: &[u8]| {
                     kind: AlertKind::VoltageInstability,
                     scope: Scope::Terminal,
                     bins: vec![(0, 1), (639, u32::MAX)],
+                    peaks: vec![(7, 2), (639, u32::MAX)],
                 }],
             };
             for (i, source) in sources.iter().enumerate() {

@@ -43,7 +43,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use termwatch_models::artifact::ModelSet;
-use termwatch_models::detector::{CRITICAL_OFF, FleetReference, day_of, logit, sigmoid};
+use termwatch_models::detector::{CRITICAL_OFF, DAY_MS, FleetReference, day_of, logit, sigmoid};
 use termwatch_telemetry::alerts::{AlertKind, Scope};
 
 /// Histogram bins of log-odds: [-16, 16) in steps of 0.05; a score beyond
@@ -261,13 +261,16 @@ impl FleetCalibration {
     }
 
     /// Adds entity-days' peaks of a detector given as counts per bin, every
-    /// source's summed, dated `end_ms` (the window that ended their day).
+    /// source's summed, that the window ending at `end_ms` ended. They are
+    /// dated at the start of that window's day, not at the window's end:
+    /// a stage-1 replica without terminals in a day's first window ends
+    /// its day with a later window, and the histogram is the same.
     pub fn observe_peak_counts(&mut self, kind: AlertKind, scope: Scope, end_ms: i64, bins: &[(u16, u32)]) {
         let Some(d) = self.detectors.iter_mut().find(|d| d.kind == kind && d.scope == scope) else { return };
         if d.peaks.is_empty() || bins.iter().all(|(_, n)| *n == 0) {
             return;
         }
-        decay(&mut d.peaks, &mut d.peaks_decayed_to_ms, end_ms);
+        decay(&mut d.peaks, &mut d.peaks_decayed_to_ms, day_of(end_ms).saturating_mul(DAY_MS));
         add_counts(&mut d.peaks, bins);
         d.settle();
     }
@@ -732,15 +735,26 @@ mod tests {
         for day in 20_000..20_003 {
             for i in 1..=288 {
                 let end = day * DAY + i * W;
+                // The second replica's terminals do not report in a day's
+                // first window: it has no window then, and ends its
+                // day with the next.
                 let scored: Vec<(&str, f64)> = fleet
                     .iter()
                     .enumerate()
+                    .filter(|(e, _)| i > 1 || e % 2 == 0)
                     .map(|(e, n)| (n.as_str(), sigmoid(((e * 7 + i as usize * 13) % 97) as f64 / 10.0 - 8.0)))
                     .collect();
                 whole.observe_days(KIND.0, KIND.1, end, W, &scored);
                 let mut sum = WindowScores { end_ms: end, detectors: Vec::new() };
                 for (k, replica) in replicas.iter_mut().enumerate() {
-                    let mine: Vec<(&str, f64)> = scored.iter().copied().skip(k).step_by(2).collect();
+                    if k == 1 && i == 1 {
+                        continue;
+                    }
+                    let mine: Vec<(&str, f64)> = scored
+                        .iter()
+                        .copied()
+                        .filter(|(n, _)| fleet.iter().position(|f| f == n).is_some_and(|e| e % 2 == k))
+                        .collect();
                     let peaks = replica.track_days(KIND.0, KIND.1, end, W, &mine);
                     sum.merge(&WindowScores {
                         end_ms: end,

@@ -564,6 +564,28 @@ fn model_card(set: &ModelSet) -> String {
             )),
         }
     }
+    let peaks: Vec<_> = set.detectors.iter().filter_map(|d| Some((d, d.fleet?.peaks?))).collect();
+    if !peaks.is_empty() {
+        s.push_str(
+            "\nThe threshold also follows the fleet's daily peaks (per entity and UTC day, the highest score two\n\
+             consecutive windows both reach): where the fleet's lie higher at the share below than these\n\
+             training entity-days' (incidents included), the threshold rises by the difference in log-odds, at\n\
+             most by the bound (to the 5th percentile of the training incident days' own peaks), if that is\n\
+             more than the windows give.\n\n\
+             | kind | scope | share of entity-days compared | training peak at that share | most it lifts (log-odds) |\n\
+             |---|---|---|---|---|\n",
+        );
+        for (d, p) in peaks {
+            s.push_str(&format!(
+                "| {} | {} | {:.4} | {:.5} | {:+.2} |\n",
+                d.kind,
+                d.scope,
+                p.share,
+                termwatch_models::detector::sigmoid(p.logit),
+                p.max_shift
+            ));
+        }
+    }
     s.push_str(
         "\n## Limits\n\nTrained and calibrated on simulated fleets (docs/simulator.md). Figures above are on the\n\
          training data; figures on unseen histories come from `termwatch eval` (see the README).\n",
