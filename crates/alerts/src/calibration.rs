@@ -110,18 +110,33 @@ struct DetectorCalibration {
 struct DailyPeaks {
     /// The UTC day tracked ([`day_of`] its windows' ends).
     day: Option<i64>,
-    entities: BTreeMap<Box<str>, Track>,
+    /// By a 64-bit hash of the entity's name ([`entity_key`]), not the
+    /// name: 16 bytes an entry, where a name would double the 132 bytes a
+    /// terminal this map took with names (measured at 100,000 terminals),
+    /// beside its 1 KiB of feature state. Two names of one hash (about
+    /// one chance in 10^9 at 10^5 entities) would share a day's pairs.
+    entities: BTreeMap<u64, Track>,
     /// Entities not tracked for want of room ([`MAX_TRACKED_ENTITIES`]).
     untracked: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 struct Track {
-    /// The entity's latest window's end and its log-odds.
+    /// The entity's latest window's end and its log-odds (the histogram's
+    /// bins are 0.05 wide: single precision is plenty).
     end_ms: i64,
-    logit: f64,
-    /// The highest log-odds two consecutive windows of the day both reach.
-    best: Option<f64>,
+    logit: f32,
+    /// The highest log-odds two consecutive windows of the day both reach;
+    /// [`NO_PAIR`] before the day has one.
+    best: f32,
+}
+
+const NO_PAIR: f32 = f32::NEG_INFINITY;
+
+/// FNV-1a, 64 bits: stable across builds and platforms, so a snapshot's
+/// keys mean the same entities after an upgrade.
+fn entity_key(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 /// One detector's thresholds and what moved them, for `/metrics`.
@@ -319,7 +334,11 @@ impl FleetCalibration {
                 return Err(format!("fleet calibration of {} {}: a histogram that is not one", mine.kind, mine.scope));
             }
             if theirs.days.entities.len() > MAX_TRACKED_ENTITIES
-                || theirs.days.entities.values().any(|t| !t.logit.is_finite() || t.best.is_some_and(|b| !b.is_finite()))
+                || theirs
+                    .days
+                    .entities
+                    .values()
+                    .any(|t| !t.logit.is_finite() || !(t.best.is_finite() || t.best == NO_PAIR))
             {
                 return Err(format!(
                     "fleet calibration of {} {}: daily peaks that are not ones",
@@ -390,7 +409,12 @@ impl DailyPeaks {
         match self.day {
             Some(d) if day < d => return ended,
             Some(d) if day > d => {
-                ended.extend(self.entities.values_mut().filter_map(|t| t.best.take()));
+                for t in self.entities.values_mut() {
+                    if t.best != NO_PAIR {
+                        ended.push(f64::from(t.best));
+                        t.best = NO_PAIR;
+                    }
+                }
                 // Only an entity in the window before this one can pair with it.
                 self.entities.retain(|_, t| t.end_ms.saturating_add(window_ms) >= end_ms);
                 self.day = Some(day);
@@ -399,17 +423,18 @@ impl DailyPeaks {
             None => self.day = Some(day),
         }
         for &(entity, score) in scored {
-            let z = logit(score);
-            if let Some(t) = self.entities.get_mut(entity) {
+            // Log-odds are within ±28 (scores held 1e-12 from 0 and 1).
+            let z = logit(score) as f32;
+            let key = entity_key(entity);
+            if let Some(t) = self.entities.get_mut(&key) {
                 if t.end_ms.saturating_add(window_ms) == end_ms {
-                    let pair = z.min(t.logit);
-                    t.best = Some(t.best.map_or(pair, |b| b.max(pair)));
+                    t.best = t.best.max(z.min(t.logit));
                 }
                 if end_ms > t.end_ms {
                     (t.end_ms, t.logit) = (end_ms, z);
                 }
             } else if self.entities.len() < MAX_TRACKED_ENTITIES {
-                self.entities.insert(entity.into(), Track { end_ms, logit: z, best: None });
+                self.entities.insert(key, Track { end_ms, logit: z, best: NO_PAIR });
             } else {
                 self.untracked += 1;
             }
@@ -788,10 +813,17 @@ mod tests {
         // A snapshot of more than the bound is refused.
         let mut broken = c.clone();
         let fresh = calibration(0.6, 0.9, with_peaks(0.05, -2.0, 1.5));
-        broken.detectors[0].days.entities = (0..=MAX_TRACKED_ENTITIES)
-            .map(|i| (format!("T{i}").into(), Track { end_ms: 0, logit: 0.0, best: None }))
-            .collect();
+        broken.detectors[0].days.entities =
+            (0..=MAX_TRACKED_ENTITIES).map(|i| (i as u64, Track { end_ms: 0, logit: 0.0, best: NO_PAIR })).collect();
         assert!(fresh.clone().restore(broken).is_err());
+    }
+
+    #[test]
+    fn an_entitys_key_is_the_same_in_every_build() {
+        // FNV-1a's published test vectors: a snapshot's keys outlive a build.
+        assert_eq!(entity_key(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(entity_key("a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(entity_key("foobar"), 0x8594_4171_f739_67e8);
     }
 
     #[test]
@@ -801,5 +833,32 @@ mod tests {
         c.observe(KIND.0, KIND.1, 300_000, &spread(10_000, -4.0, 8.0));
         assert_eq!(c.thresholds(KIND.0, KIND.1), Some((0.6, 0.9)));
         assert_eq!(c.status().next().map(|s| s.windows), Some(0.0));
+    }
+}
+/// A measurement, not a check (BENCHMARKS.md): `cargo test --release -p
+/// termwatch-alerts --lib daily_peaks_of_100000_terminals -- --ignored --nocapture`.
+#[cfg(test)]
+mod memory {
+    use super::*;
+
+    /// Resident bytes of this process (Linux).
+    fn resident() -> Option<usize> {
+        let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+        Some(statm.split_whitespace().nth(1)?.parse::<usize>().ok()? * 4096)
+    }
+
+    #[test]
+    #[ignore]
+    fn daily_peaks_of_100000_terminals() {
+        let names: Vec<String> = (0..100_000).map(|i| format!("T-{i:06}")).collect();
+        let scored: Vec<(&str, f64)> = names.iter().map(|n| (n.as_str(), 0.3)).collect();
+        let before = resident().expect("/proc/self/statm");
+        let mut days = DailyPeaks::default();
+        for w in 1..=3 {
+            days.observe(1_790_000_000_000 + w * 300_000, 300_000, &scored);
+        }
+        let after = resident().expect("/proc/self/statm");
+        assert_eq!(days.entities.len(), 100_000);
+        eprintln!("daily peaks: {:.1} bytes a terminal", (after - before) as f64 / 100_000.0);
     }
 }
