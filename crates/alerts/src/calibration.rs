@@ -27,10 +27,11 @@
 //! are those of versions being rolled out, not a fleet's usual state.
 //!
 //! That share of windows holds a fleet's incidents, not its false alerts
-//! (a few windows in 100,000). So each detector with a
-//! [`termwatch_models::detector::PeakReference`] compares its entities' daily peaks too: per entity and
-//! UTC day, the highest score two consecutive windows both reach, which is
-//! what an alert needs and where a healthy day that pages stands out. The
+//! (a few windows in 100,000). So each detector with a peak reference
+//! ([`termwatch_models::detector::PeakReference`]) compares its entities'
+//! daily peaks too: per entity and UTC day, the highest score two
+//! consecutive windows both reach, which is what an alert needs and where
+//! a healthy day that pages stands out. The
 //! peaks go into a second histogram, decayed alike, used once its tail at
 //! the reference's share holds [`MIN_PEAK_TAIL`] entity-days; the
 //! threshold rises by the larger of the two shifts, the peaks' bounded by
@@ -65,7 +66,7 @@ pub const MIN_TAIL: f64 = 20.0;
 pub const MIN_PEAK_TAIL: f64 = 5.0;
 /// Entities per detector whose day is tracked for its peak: past it, an
 /// entity first seen that day is not tracked (counted), so a flood of
-/// identifiers costs a bounded map (about 20 MB at the limit).
+/// identifiers costs a bounded map (about 12 MB at the limit).
 pub const MAX_TRACKED_ENTITIES: usize = 1 << 18;
 
 /// Scores of one window (every terminal's) that
@@ -111,12 +112,13 @@ struct DailyPeaks {
     /// The UTC day tracked ([`day_of`] its windows' ends).
     day: Option<i64>,
     /// By a 64-bit hash of the entity's name ([`entity_key`]), not the
-    /// name: 16 bytes an entry, where a name would double the 132 bytes a
-    /// terminal this map took with names (measured at 100,000 terminals),
-    /// beside its 1 KiB of feature state. Two names of one hash (about
-    /// one chance in 10^9 at 10^5 entities) would share a day's pairs.
+    /// name: 47 bytes a terminal in all at 100,000 terminals, where keyed
+    /// by name it took 133 (BENCHMARKS.md), beside its 1 KiB of feature
+    /// state. Two names of one hash (about one chance in 10^9 at 10^5
+    /// entities) would share a day's pairs.
     entities: BTreeMap<u64, Track>,
-    /// Entities not tracked for want of room ([`MAX_TRACKED_ENTITIES`]).
+    /// Scores of entities not tracked for want of room
+    /// ([`MAX_TRACKED_ENTITIES`]), one per entity and window.
     untracked: u64,
 }
 
@@ -159,7 +161,8 @@ pub struct FleetThreshold {
     pub peak_shift: Option<f64>,
     /// Entity-days in the peaks' histogram (decayed).
     pub days: f64,
-    /// Entities whose day was not tracked for want of room.
+    /// Scores of entities whose day was not tracked for want of room (one
+    /// per entity and window).
     pub untracked: u64,
     /// The level that holds a firing alert up, in use: the detector's
     /// resolve threshold, never above the threshold in use; None without
@@ -423,6 +426,9 @@ impl DailyPeaks {
             None => self.day = Some(day),
         }
         for &(entity, score) in scored {
+            if score.is_nan() {
+                continue;
+            }
             // Log-odds are within ±28 (scores held 1e-12 from 0 and 1).
             let z = logit(score) as f32;
             let key = entity_key(entity);

@@ -558,8 +558,9 @@ impl AlertMetrics {
                 IntGaugeVec::new(
                     Opts::new(
                         "termwatch_detector_peak_entities_untracked",
-                        "Entities whose daily peak fleet calibration did not track for want of room (past \
-                         262,144 entities a day per detector), since the service started.",
+                        "Windows of entities whose daily peak fleet calibration did not track for want of room \
+                         (past 262,144 entities a day per detector), one per entity and window, since the service \
+                         started.",
                     ),
                     &["kind", "scope"],
                 )?,
