@@ -306,7 +306,7 @@ mod tests {
             score: 0.97,
             model_version: "m-1".into(),
             reasons: vec![Reason {
-                feature: "share_sites_degraded".into(),
+                feature: "share_sites_degraded_trimmed".into(),
                 value: 0.8,
                 baseline: 0.02,
                 baseline_version: None,

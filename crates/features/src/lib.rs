@@ -64,11 +64,12 @@ pub mod names {
     /// errors of such a median (times sqrt(n) / 1.2533), so that regions
     /// of any size share one scale; `_trimmed_mean`: the mean without the
     /// terminal that contributes most, so one terminal's burst (a bad
-    /// cable, a SIM fault) does not move its region; `terminals_reporting`:
-    /// how many.
+    /// cable, a SIM fault) does not move its region; `_trimmed` shares:
+    /// of the sites and terminals other than the one terminal most out of
+    /// line, for the same reason; `terminals_reporting`: how many.
     pub const NETWORK: [&str; 7] = [
-        "share_sites_degraded",
-        "share_terminals_degraded",
+        "share_sites_degraded_trimmed",
+        "share_terminals_degraded_trimmed",
         "rtt_z_median_se",
         "loss_z_median_se",
         "reconnect_surprise_trimmed_mean",

@@ -126,7 +126,7 @@ fn trains_scores_and_evaluates_and_refuses_a_mismatched_artifact() {
     let tampered = d.join("tampered.json");
     std::fs::write(
         &tampered,
-        std::fs::read_to_string(&model).expect("artifact").replace("share_sites_degraded", "share_of_sites"),
+        std::fs::read_to_string(&model).expect("artifact").replace("share_sites_degraded_trimmed", "share_of_sites"),
     )
     .expect("write");
     let out = Command::new(env!("CARGO_BIN_EXE_termwatch"))
