@@ -1136,13 +1136,11 @@ mod tests {
             ]),
             (0.5, 1.0 / 3.0, 4.0)
         );
-        // The one left out is the most out of line, degraded first: a
-        // terminal past the line on loss goes before one far out on
-        // nothing else, and a tie goes to the first in id order.
+        // Of two alike the first in id order is left out: the other
+        // still counts, and its shop is one of the two left.
         assert_eq!(
             shares(vec![t("A", "S1", 4.0, 0.0), t("B", "S1", 4.0, 0.0), t("C", "S2", 0.0, 0.0)]),
-            (0.5, 0.5, 3.0),
-            "A left out: B of S1 is degraded, and S1 is half of the two shops left"
+            (0.5, 0.5, 3.0)
         );
         // None out of line: the shares stay zero.
         assert_eq!(
