@@ -138,7 +138,7 @@ const NO_PAIR: f32 = f32::NEG_INFINITY;
 /// FNV-1a, 64 bits: stable across builds and platforms, so a snapshot's
 /// keys mean the same entities after an upgrade.
 fn entity_key(name: &str) -> u64 {
-    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
+    termwatch_features::fnv1a(termwatch_features::FNV_OFFSET, name.as_bytes())
 }
 
 /// One detector's thresholds and what moved them, for `/metrics`.
