@@ -126,7 +126,7 @@ pub struct Limits {
     /// The most terminals held. A new terminal beyond it first makes room
     /// by forgetting the longest-silent sixteenth of those with no window
     /// open; if none can go, its reports are refused and counted.
-    /// Default 500,000 (about 450 MB at the 890 B per terminal BENCHMARKS.md measures there).
+    /// Default 500,000 (about 450 MB at the 896 B per terminal BENCHMARKS.md measures there).
     pub max_terminals: usize,
     /// A terminal whose latest report is this far behind the windows
     /// already closed is forgotten, ms. Default 14 days: longer than a
@@ -894,6 +894,23 @@ impl FeatureEngine {
         self.site_regions.get(s as usize).copied().unwrap_or(0)
     }
 
+    /// Room for one more terminal. A fleet's vector of terminals is most of
+    /// the engine's memory: doubling it leaves up to half of it unused (a
+    /// third at 100,000 terminals), so past a few thousand it grows by an
+    /// eighth, and never past the limit on terminals held.
+    fn reserve_terminal(&mut self) {
+        let (len, cap) = (self.terminals.len(), self.terminals.capacity());
+        if len < cap {
+            return;
+        }
+        if len < 4096 {
+            self.terminals.reserve(1);
+        } else {
+            let room = self.limits.max_terminals.saturating_sub(len);
+            self.terminals.reserve_exact((len / 8).min(room).max(1));
+        }
+    }
+
     /// Bytes of per-terminal state (state, open windows, id, index entry),
     /// counted from the data structures' sizes and capacities: the figure
     /// that must stay under 1 KiB per tracked terminal.
@@ -1413,6 +1430,7 @@ impl FeatureEngine {
             }
             ids.push(state.id.clone());
             self.terminal_index.insert(state.id.clone(), t);
+            self.reserve_terminal();
             self.terminals.push(state);
         }
         ids
@@ -1511,6 +1529,7 @@ impl FeatureEngine {
             self.cohort_prior.resize(cohort as usize + 1, CohortPrior::default());
         }
         let t = self.terminals.len() as u32;
+        self.reserve_terminal();
         self.terminals.push(Terminal {
             id: id.into(),
             max_ts: i64::MIN,
@@ -2573,6 +2592,26 @@ mod tests {
         let expected = crate::stats::poisson_surprise(10, 5.0 * RATE_FLOOR_PER_MINUTE);
         assert!(expected > 20.0, "{expected}");
         assert_eq!(per_terminal, [expected, expected]);
+    }
+
+    #[test]
+    fn the_vector_of_terminals_grows_by_an_eighth_and_never_past_the_limit() {
+        let mut e = FeatureEngine::new(FeatureConfig::default());
+        e.set_limits(Limits { max_terminals: 30_000, ..Limits::default() });
+        let mut worst_slack = 0.0f64;
+        for i in 0..40_000 {
+            let (t, _) = e.terminal(&format!("T-{i}"), "r1", None, "P200", "4.2.1");
+            let (len, cap) = (e.terminals.len(), e.terminals.capacity());
+            if i < 30_000 {
+                assert_eq!(t, Some(i as u32));
+            }
+            assert!(cap <= 30_000, "room for {cap} terminals, past the limit of 30,000");
+            if len > 4096 {
+                worst_slack = worst_slack.max(cap as f64 / len as f64);
+            }
+        }
+        // Doubling would leave room for up to twice the terminals held.
+        assert!(worst_slack > 1.1 && worst_slack <= 1.126, "room for {worst_slack} times the terminals held");
     }
 
     #[test]
