@@ -72,7 +72,7 @@ fn main() {
         critical: score > 0.95,
         holds: bad,
         model_version: "bench-1",
-        reasons: reasons.clone(),
+        reasons: reasons.clone().into(),
     };
     // 'static strs for the tracker's borrowed inputs: leak the (setup-only) names.
     let ids: &'static [String] = ids.leak();

@@ -41,6 +41,7 @@
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
+use termwatch_models::detector::Detector;
 use termwatch_models::policy::{AlertingConfig, HysteresisConfig, PolicyError, Transition, hysteresis};
 use termwatch_telemetry::alerts::{AlertEvent, AlertKind, AlertState, Reason, Scope, Severity};
 use thiserror::Error;
@@ -77,7 +78,48 @@ pub struct Scored<'a> {
     pub holds: bool,
     pub model_version: &'a str,
     /// The features that drove the score, most important first.
-    pub reasons: Vec<Reason>,
+    pub reasons: Reasons<'a>,
+}
+
+/// A window's reasons, worked out only when an event or a firing alert
+/// needs them: most windows are of quiet entities that stay quiet, and
+/// naming their reasons cost an allocation and three copied feature names
+/// each.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reasons<'a> {
+    Given(Vec<Reason>),
+    /// [`Detector::reasons`] of these features, each naming the version its
+    /// baseline is (firmware compares a version with the one before).
+    Of {
+        detector: &'a Detector,
+        features: &'a [f64],
+        baselines: &'a [f64],
+        baseline_version: Option<&'a str>,
+    },
+}
+
+impl Reasons<'_> {
+    /// The three features that pushed the score up most.
+    pub fn to_vec(&self) -> Vec<Reason> {
+        match self {
+            Reasons::Given(r) => r.clone(),
+            Reasons::Of { detector, features, baselines, baseline_version } => {
+                let mut reasons = detector.reasons(features, baselines, 3);
+                if let Some(v) = baseline_version {
+                    for r in &mut reasons {
+                        r.baseline_version = Some((*v).to_owned());
+                    }
+                }
+                reasons
+            }
+        }
+    }
+}
+
+impl From<Vec<Reason>> for Reasons<'_> {
+    fn from(r: Vec<Reason>) -> Self {
+        Reasons::Given(r)
+    }
 }
 
 /// Windows and alerts the tracker dropped or closed on its own, since it was
@@ -620,10 +662,10 @@ fn step(
             good_run: 0,
             last_score: scored.score,
             model_version: scored.model_version.into(),
-            reasons: scored.reasons.clone(),
+            reasons: scored.reasons.to_vec(),
         }));
         count_add(counts, slot, severity, &entry.region);
-        return Some(event(AlertState::Firing, severity, &entry.region, scored.reasons.clone()));
+        return Some(event(AlertState::Firing, severity, &entry.region, scored.reasons.to_vec()));
     };
     firing.last_score = scored.score;
     if *firing.model_version != *scored.model_version {
@@ -636,7 +678,7 @@ fn step(
             count_add(counts, slot, severity, &entry.region);
             firing.peak_severity = severity;
         }
-        firing.reasons.clone_from(&scored.reasons);
+        firing.reasons = scored.reasons.to_vec();
         return None;
     }
     if transition != Transition::Resolve {
@@ -645,7 +687,7 @@ fn step(
     let (announced, peak) = (firing.severity, firing.peak_severity);
     entry.firing = None;
     count_remove(counts, slot, peak, &entry.region);
-    Some(event(AlertState::Resolved, announced, &entry.region, scored.reasons.clone()))
+    Some(event(AlertState::Resolved, announced, &entry.region, scored.reasons.to_vec()))
 }
 
 #[cfg(test)]
@@ -688,7 +730,7 @@ mod tests {
             critical,
             holds: bad,
             model_version: "voltage-test",
-            reasons: if bad { vec![reason(score)] } else { Vec::new() },
+            reasons: if bad { vec![reason(score)] } else { Vec::new() }.into(),
         }
     }
 

@@ -1236,7 +1236,8 @@ mod tests {
             critical: score > 0.99,
             holds: true,
             model_version: "test-1",
-            reasons: vec![Reason { feature: "v_min_drop_z".into(), value: 1.0, baseline: 0.0, baseline_version: None }],
+            reasons: vec![Reason { feature: "v_min_drop_z".into(), value: 1.0, baseline: 0.0, baseline_version: None }]
+                .into(),
         }
     }
 

@@ -14,7 +14,7 @@ use termwatch_telemetry::alerts::{AlertEvent, AlertKind, Scope};
 
 use termwatch_models::artifact::{DETECTORS, ModelError, ModelSet, scored_at_site_scope};
 
-use crate::alerting::{AlertTracker, Scored};
+use crate::alerting::{AlertTracker, Reasons, Scored};
 use crate::calibration::{FleetCalibration, FleetThreshold, bin_counts};
 use crate::cold::{ColdStats, ColdStore};
 use crate::snapshot::{
@@ -884,10 +884,12 @@ pub(crate) fn release_health(
         if let (Some(d), Some(score)) = (detector, score) {
             // A cohort spans the fleet: its region is "*" (alerts-v1).
             // Its reasons say which version it is compared with.
-            let mut reasons = d.reasons(&r.features, &r.baselines, 3);
-            for reason in &mut reasons {
-                reason.baseline_version = r.baseline_version.as_deref().map(str::to_owned);
-            }
+            let reasons = Reasons::Of {
+                detector: d,
+                features: &r.features,
+                baselines: &r.baselines,
+                baseline_version: r.baseline_version.as_deref(),
+            };
             let scored = scored(d, firmware_at, end_ms, &r.entity, "*", score, &models.version, reasons);
             events.extend(alerts.observe(scored));
             scores.push(score);
@@ -929,7 +931,8 @@ fn judge_terminal(
     baselines: &[f64],
 ) -> (f64, Option<AlertEvent>) {
     let score = if held_back { 0.0 } else { d.score(features) };
-    let scored = scored(d, at, end_ms, terminal, region, score, version, d.reasons(features, baselines, 3));
+    let reasons = Reasons::Of { detector: d, features, baselines, baseline_version: None };
+    let scored = scored(d, at, end_ms, terminal, region, score, version, reasons);
     (score, alerts.observe(scored))
 }
 
@@ -951,7 +954,8 @@ pub(crate) fn site_voltage(
         return None;
     }
     let score = d.score(features);
-    let scored = scored(d, at, end_ms, site, region, score, &models.version, d.reasons(features, &d.means, 3));
+    let reasons = Reasons::Of { detector: d, features, baselines: &d.means, baseline_version: None };
+    let scored = scored(d, at, end_ms, site, region, score, &models.version, reasons);
     Some((score, alerts.observe(scored)))
 }
 
@@ -967,7 +971,8 @@ pub(crate) fn region_network(
 ) -> Option<(f64, Option<AlertEvent>)> {
     let d = models.detector(AlertKind::NetworkDegradation, Scope::Region)?;
     let score = d.score(features);
-    let scored = scored(d, at, end_ms, region, region, score, &models.version, d.reasons(features, &d.means, 3));
+    let reasons = Reasons::Of { detector: d, features, baselines: &d.means, baseline_version: None };
+    let scored = scored(d, at, end_ms, region, region, score, &models.version, reasons);
     Some((score, alerts.observe(scored)))
 }
 
@@ -980,7 +985,7 @@ fn scored<'a>(
     region: &'a str,
     score: f64,
     version: &'a str,
-    reasons: Vec<termwatch_telemetry::alerts::Reason>,
+    reasons: Reasons<'a>,
 ) -> Scored<'a> {
     Scored {
         window_end_ms: end_ms,

@@ -1408,6 +1408,8 @@ impl FeatureEngine {
     pub fn import_terminals(&mut self, states: TerminalStates) -> Vec<Box<str>> {
         let incoming: std::collections::HashSet<&str> = states.entries.iter().map(|e| &*e.state.id).collect();
         self.remove_terminals(|id| incoming.contains(id));
+        // A restore knows how many come: room for exactly those.
+        self.terminals.reserve_exact(states.entries.len());
         let mut ids = Vec::with_capacity(states.entries.len());
         for TerminalState { site, region, cohort, mut state } in states.entries {
             state.region = self.regions.intern(&region);

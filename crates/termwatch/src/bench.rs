@@ -939,7 +939,7 @@ fn scrape_section(table: &mut Table, terminals: u32) -> anyhow::Result<()> {
             critical: score > 0.95,
             holds: bad,
             model_version: "bench-1",
-            reasons: reasons.to_vec(),
+            reasons: reasons.to_vec().into(),
         }
     }
     for i in 0..3 {
