@@ -655,6 +655,7 @@ fn step(
         if hysteresis(false, &mut entry.bad_run, bad, scored.holds, scored.critical, k, m) == Transition::Stay {
             return None;
         }
+        let reasons = scored.reasons.to_vec();
         entry.firing = Some(Box::new(Firing {
             since_ms: scored.window_end_ms,
             severity,
@@ -662,10 +663,10 @@ fn step(
             good_run: 0,
             last_score: scored.score,
             model_version: scored.model_version.into(),
-            reasons: scored.reasons.to_vec(),
+            reasons: reasons.clone(),
         }));
         count_add(counts, slot, severity, &entry.region);
-        return Some(event(AlertState::Firing, severity, &entry.region, scored.reasons.to_vec()));
+        return Some(event(AlertState::Firing, severity, &entry.region, reasons));
     };
     firing.last_score = scored.score;
     if *firing.model_version != *scored.model_version {

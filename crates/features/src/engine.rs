@@ -894,20 +894,22 @@ impl FeatureEngine {
         self.site_regions.get(s as usize).copied().unwrap_or(0)
     }
 
-    /// Room for one more terminal. A fleet's vector of terminals is most of
+    /// Room for `more` terminals. A fleet's vector of terminals is most of
     /// the engine's memory: doubling it leaves up to half of it unused (a
     /// third at 100,000 terminals), so past a few thousand it grows by an
-    /// eighth, and never past the limit on terminals held.
-    fn reserve_terminal(&mut self) {
+    /// eighth (or by what comes, if more), and never past the limit on
+    /// terminals held unless what comes needs it.
+    fn reserve_terminals(&mut self, more: usize) {
         let (len, cap) = (self.terminals.len(), self.terminals.capacity());
-        if len < cap {
+        let needed = len.saturating_add(more);
+        if needed <= cap {
             return;
         }
         if len < 4096 {
-            self.terminals.reserve(1);
+            self.terminals.reserve(more);
         } else {
             let room = self.limits.max_terminals.saturating_sub(len);
-            self.terminals.reserve_exact((len / 8).min(room).max(1));
+            self.terminals.reserve_exact((len / 8).min(room).max(more));
         }
     }
 
@@ -1406,10 +1408,16 @@ impl FeatureEngine {
     /// here; a window this engine has closed meanwhile is gone for them.
     /// Returns the ids added.
     pub fn import_terminals(&mut self, states: TerminalStates) -> Vec<Box<str>> {
-        let incoming: std::collections::HashSet<&str> = states.entries.iter().map(|e| &*e.state.id).collect();
-        self.remove_terminals(|id| incoming.contains(id));
-        // A restore knows how many come: room for exactly those.
-        self.terminals.reserve_exact(states.entries.len());
+        // Replaced if held already; looked up first, since removing walks
+        // and rebuilds every terminal held, and the cold store gives
+        // terminals back a few at a time.
+        if states.entries.iter().any(|e| self.terminal_index.contains_key(&*e.state.id)) {
+            let incoming: std::collections::HashSet<&str> = states.entries.iter().map(|e| &*e.state.id).collect();
+            self.remove_terminals(|id| incoming.contains(id));
+        }
+        // Room for all that come at once: a restore brings every terminal,
+        // the cold store a few at a time.
+        self.reserve_terminals(states.entries.len());
         let mut ids = Vec::with_capacity(states.entries.len());
         for TerminalState { site, region, cohort, mut state } in states.entries {
             state.region = self.regions.intern(&region);
@@ -1432,7 +1440,6 @@ impl FeatureEngine {
             }
             ids.push(state.id.clone());
             self.terminal_index.insert(state.id.clone(), t);
-            self.reserve_terminal();
             self.terminals.push(state);
         }
         ids
@@ -1531,7 +1538,7 @@ impl FeatureEngine {
             self.cohort_prior.resize(cohort as usize + 1, CohortPrior::default());
         }
         let t = self.terminals.len() as u32;
-        self.reserve_terminal();
+        self.reserve_terminals(1);
         self.terminals.push(Terminal {
             id: id.into(),
             max_ts: i64::MIN,
@@ -2614,6 +2621,25 @@ mod tests {
         }
         // Doubling would leave room for up to twice the terminals held.
         assert!(worst_slack > 1.1 && worst_slack <= 1.126, "room for {worst_slack} times the terminals held");
+    }
+
+    #[test]
+    fn terminals_back_one_at_a_time_grow_the_vector_as_new_ones_do() {
+        let mut from = FeatureEngine::new(FeatureConfig::default());
+        for i in 0..6_000 {
+            from.terminal(&format!("T-{i}"), "r1", None, "P200", "4.2.1");
+        }
+        let mut to = FeatureEngine::new(FeatureConfig::default());
+        let mut moves = 0;
+        for entry in from.export_terminals(|_| true).entries {
+            let cap = to.terminals.capacity();
+            assert_eq!(to.import_terminals(TerminalStates { entries: vec![entry] }).len(), 1);
+            moves += usize::from(to.terminals.capacity() != cap);
+        }
+        assert_eq!(to.tracked_terminals(), 6_000);
+        // Doubling to 4,096, then by eighths: a handful of moves, not one
+        // per terminal (a cold store gives terminals back a few at a time).
+        assert!(moves <= 16, "the vector moved {moves} times for 6,000 terminals");
     }
 
     #[test]
