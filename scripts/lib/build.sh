@@ -1,5 +1,5 @@
-# Sourced by scripts/test, scripts/test-deploy and scripts/test-notebooks: one
-# build profile for everything. The test suite, the deploy check and the
+# Sourced, from the checkout's root, by every script that builds termwatch:
+# one build profile for everything. The test suite, the deploy check and the
 # notebooks all use the release profile, and clippy lints the workspace's own
 # crates during that same build (clippy-driver as their compiler, the way
 # `cargo clippy` runs it), so the heavy dependencies (polars, arrow, rdkafka)
@@ -7,6 +7,37 @@
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/termwatch-target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+# Cargo names a workspace crate's build after its path inside the
+# workspace, not after the checkout it is in, so every clone sharing a
+# target directory shares one build of each of our crates; and it rebuilds
+# a crate only when its sources are newer than that build. A clone whose
+# files are older than another clone's last build would be handed that
+# clone's code, silently (seen: a second worktree's binary, built after a
+# change to the feature engine, came out without it, and `cargo build` in
+# the first then gave the second's binary). So each target directory keeps
+# which checkout built in it last, and a checkout that was not it touches
+# its own crates' files first: cargo rebuilds our crates (minutes), and the
+# heavy dependencies stay built. The fuzz build (scripts/lib/fuzz.sh) has a
+# target directory of its own and is claimed with the main one.
+TERMWATCH_CHECKOUT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd -P)"
+TERMWATCH_FUZZ_TARGET="${TERMWATCH_FUZZ_TARGET:-/var/tmp/termwatch-fuzz-target}"
+claim_target_dirs() {
+  local dir stale=""
+  for dir in "$@"; do
+    if [ "$(cat "$dir/.termwatch-checkout" 2>/dev/null || true)" != "$TERMWATCH_CHECKOUT" ]; then
+      stale=1
+    fi
+  done
+  if [ -n "$stale" ]; then
+    find "$TERMWATCH_CHECKOUT/crates" "$TERMWATCH_CHECKOUT/fuzz/fuzz_targets" -type f -exec touch {} +
+    for dir in "$@"; do
+      mkdir -p "$dir"
+      echo "$TERMWATCH_CHECKOUT" >"$dir/.termwatch-checkout"
+    done
+  fi
+}
+claim_target_dirs "$CARGO_TARGET_DIR" "$TERMWATCH_FUZZ_TARGET"
 
 # Lints as `cargo clippy --workspace --all-targets -- -D warnings` would give
 # them, applied to every build of the workspace's crates from here on.

@@ -2,6 +2,8 @@
 # cargo-fuzz (libFuzzer), which needs a nightly toolchain (rustup's
 # `nightly`). cargo-fuzz is installed once into $TERMWATCH_TOOLS.
 
+# The fuzz target directory is claimed for this checkout there (claim_target_dirs).
+source "$(dirname "${BASH_SOURCE[0]}")/build.sh"
 TERMWATCH_TOOLS="${TERMWATCH_TOOLS:-/var/tmp/termwatch-tools}"
 CARGO_FUZZ_VERSION=0.13.2
 
@@ -23,7 +25,7 @@ cargo_fuzz() {
   # instrumentation, into a target directory of its own; the clippy wrapper
   # of the main build does not apply.
   env -u RUSTC_WORKSPACE_WRAPPER -u CLIPPY_ARGS \
-    CARGO_TARGET_DIR="${TERMWATCH_FUZZ_TARGET:-/var/tmp/termwatch-fuzz-target}" \
+    CARGO_TARGET_DIR="$TERMWATCH_FUZZ_TARGET" \
     PATH="$TERMWATCH_TOOLS/bin:$PATH" cargo +nightly fuzz "$@"
 }
 
