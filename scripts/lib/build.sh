@@ -1,4 +1,4 @@
-# Sourced, from the checkout's root, by every script that builds termwatch:
+# Sourced by every script that builds termwatch (from any directory):
 # one build profile for everything. The test suite, the deploy check and the
 # notebooks all use the release profile, and clippy lints the workspace's own
 # crates during that same build (clippy-driver as their compiler, the way
